@@ -1,0 +1,100 @@
+import type { ByteRange, BulkDataLocation, DicomJsonDataset, PixelDataLocation } from "../dicom/types.ts";
+import type { QidoQuery } from "../dicom/qidoQuery.ts";
+
+/** One stored instance as the index keeps it: every attribute QIDO needs plus where the bytes are. */
+export interface InstanceRecord {
+  studyInstanceUID: string;
+  seriesInstanceUID: string;
+  sopInstanceUID: string;
+  sopClassUID: string;
+  transferSyntaxUID: string;
+  /** bytes of the Part-10 file as stored */
+  size: number;
+  /** SHA-256 of the stored bytes, lower-case hex */
+  sha256: string;
+  /** opaque BlobStore key */
+  blobKey: string;
+  /** full data set as DICOM JSON (bulk data as BulkDataURI with BULK_ROOT_PLACEHOLDER) */
+  metadata: DicomJsonDataset;
+  pixelData: PixelDataLocation | null;
+  bulkData: BulkDataLocation[];
+  /**
+   * Set while the instance belongs to an unfinished transfer: such instances are invisible to
+   * readers until the transfer completes or is released (see the transfers issue). null = visible.
+   */
+  pendingTransferId?: string | null;
+  /** ISO time the index row was written (set by the index) */
+  storedAt?: string;
+}
+
+/** Light reference used for retrieval and deletion. */
+export interface InstanceLocation {
+  studyInstanceUID: string;
+  seriesInstanceUID: string;
+  sopInstanceUID: string;
+  sopClassUID: string;
+  transferSyntaxUID: string;
+  size: number;
+  sha256: string;
+  blobKey: string;
+  pixelData: PixelDataLocation | null;
+  bulkData: BulkDataLocation[];
+}
+
+/** Scope of a read: which UIDs, and whether instances of unfinished transfers are included. */
+export interface InstanceScope {
+  studyInstanceUID: string;
+  seriesInstanceUID?: string;
+  sopInstanceUID?: string;
+  /** default false: readers never see instances of unfinished transfers */
+  includePending?: boolean;
+  /** when set, only these studies may be seen (share links); others behave as absent */
+  allowedStudies?: readonly string[] | null;
+}
+
+export type InsertOutcome =
+  | { outcome: "inserted" }
+  /** same SOPInstanceUID with the same bytes (sha256): nothing written */
+  | { outcome: "duplicate"; existing: InstanceLocation }
+  /** same SOPInstanceUID with other bytes */
+  | { outcome: "conflict"; existing: InstanceLocation };
+
+export interface QidoResult {
+  /** one DICOM JSON data set per matched entity, already reduced to the returned attributes */
+  matches: DicomJsonDataset[];
+}
+
+/**
+ * The metadata index: one extension point (SQLite embedded, PostgreSQL at scale).
+ * Contract: test/contracts/index.ts runs against every implementation.
+ */
+export interface Index {
+  readonly kind: string;
+  /** Apply pending migrations. Idempotent. */
+  init(): Promise<void>;
+  /**
+   * Insert one instance. Race-free de-duplication: a unique constraint on SOPInstanceUID decides;
+   * the caller learns whether it was new, an identical duplicate, or a conflict.
+   */
+  insertInstance(record: InstanceRecord): Promise<InsertOutcome>;
+  /** Replace an existing instance row (conflict policy "replace"); returns the old location. */
+  replaceInstance(record: InstanceRecord): Promise<InstanceLocation | null>;
+  getInstance(sopInstanceUID: string, opts?: { includePending?: boolean }): Promise<InstanceLocation | null>;
+  /** Instances in a study / series / single instance, ordered by series then InstanceNumber. */
+  listInstances(scope: InstanceScope): Promise<InstanceLocation[]>;
+  /** DICOM JSON metadata strings (each a serialized data set) for the scope, same order. */
+  listMetadata(scope: InstanceScope): Promise<string[]>;
+  /** QIDO-RS search. allowedStudies restricts to a set of studies (share links). */
+  search(query: QidoQuery, opts?: { allowedStudies?: readonly string[] | null }): Promise<QidoResult>;
+  /** Delete index rows for the scope; returns the removed locations (for blob deletion). */
+  deleteInstances(scope: InstanceScope): Promise<InstanceLocation[]>;
+  /** Is any other instance row pointing to this blob key (content-addressed sharing)? */
+  isBlobReferenced(blobKey: string): Promise<boolean>;
+  /** Every instance location (for fsck), in pages. */
+  iterateInstances(): AsyncIterable<InstanceLocation>;
+  /** Make instances of a transfer visible (pendingTransferId -> null). Returns how many. */
+  releaseTransfer(transferId: string): Promise<number>;
+  /** Liveness probe for /readyz. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,227 @@
+/**
+ * One typed configuration: built-in defaults <- config file (JSON) <- environment (DICOM_RELAY_*).
+ * Every key can be set from the environment: the path storage.s3.accessKey is DICOM_RELAY_STORAGE_S3_ACCESS_KEY.
+ * Invalid configuration fails at start with a sentence naming the key.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+
+const conflictPolicy = z.enum(["reject", "keep-first", "replace"]);
+
+export const configSchema = z
+  .object({
+    server: z
+      .object({
+        host: z.string().min(1),
+        port: z.number().int().min(0).max(65535),
+        /** externally visible base URL (behind a proxy); default http://host:port */
+        publicUrl: z.string().url().or(z.literal("")),
+        /** largest accepted HTTP header block, bytes */
+        maxHeaderBytes: z.number().int().min(1024),
+      })
+      .strict(),
+    /** where the embedded defaults keep everything (blobs, SQLite, tus uploads, temp files) */
+    dataDir: z.string().min(1),
+    log: z.object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]) }).strict(),
+    storage: z
+      .object({
+        kind: z.enum(["fs", "s3"]),
+        fs: z.object({ root: z.string() }).strict(),
+        s3: z
+          .object({
+            endpoint: z.string(),
+            region: z.string(),
+            accessKey: z.string(),
+            secretKey: z.string(),
+            bucket: z.string(),
+            prefix: z.string(),
+            pathStyle: z.boolean(),
+            createBucket: z.boolean(),
+            /** part size for multipart uploads, bytes */
+            partSize: z.number().int().min(5 * 1024 * 1024),
+          })
+          .strict(),
+      })
+      .strict(),
+    index: z
+      .object({
+        kind: z.enum(["sqlite", "postgres"]),
+        sqlite: z.object({ path: z.string() }).strict(),
+        postgres: z.object({ url: z.string(), poolSize: z.number().int().min(1) }).strict(),
+      })
+      .strict(),
+    ingest: z
+      .object({
+        /** what to do when a known SOPInstanceUID arrives with different bytes */
+        conflictPolicy,
+        /** largest single instance accepted, bytes */
+        maxInstanceBytes: z.number().int().min(1024),
+        /** largest header (everything but bulk data) parsed into memory, bytes */
+        maxHeaderBytes: z.number().int().min(4096),
+        /** binary values at least this long are bulk data (BulkDataURI), not inline */
+        bulkDataThreshold: z.number().int().min(0),
+      })
+      .strict(),
+    dicomweb: z
+      .object({
+        /** path prefix of the DICOMweb root */
+        root: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+        /** QIDO limit when the client gives none, and the most it may ask for */
+        defaultLimit: z.number().int().min(1),
+        maxLimit: z.number().int().min(1),
+      })
+      .strict(),
+    admin: z
+      .object({
+        /** enable DELETE routes and other admin routes (guarded by the admin scope once tokens exist) */
+        enableDelete: z.boolean(),
+      })
+      .strict(),
+  })
+  .strict();
+
+export type RelayConfig = z.infer<typeof configSchema>;
+
+export function defaultConfig(): RelayConfig {
+  return {
+    server: { host: "127.0.0.1", port: 8042, publicUrl: "", maxHeaderBytes: 16 * 1024 },
+    dataDir: "./data",
+    log: { level: "info" },
+    storage: {
+      kind: "fs",
+      fs: { root: "" },
+      s3: {
+        endpoint: "",
+        region: "us-east-1",
+        accessKey: "",
+        secretKey: "",
+        bucket: "dicom-relay",
+        prefix: "",
+        pathStyle: true,
+        createBucket: true,
+        partSize: 16 * 1024 * 1024,
+      },
+    },
+    index: { kind: "sqlite", sqlite: { path: "" }, postgres: { url: "", poolSize: 10 } },
+    ingest: {
+      conflictPolicy: "reject",
+      maxInstanceBytes: 4 * 1024 * 1024 * 1024,
+      maxHeaderBytes: 64 * 1024 * 1024,
+      bulkDataThreshold: 1024,
+    },
+    dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000 },
+    admin: { enableDelete: true },
+  };
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+type Plain = Record<string, unknown>;
+const isPlain = (v: unknown): v is Plain => typeof v === "object" && v !== null && !Array.isArray(v);
+
+function deepMerge(base: Plain, over: Plain, at: string[] = []): Plain {
+  const out: Plain = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (!(k in base)) throw new ConfigError(`unknown configuration key "${[...at, k].join(".")}"`);
+    out[k] = isPlain(base[k]) && isPlain(v) ? deepMerge(base[k] as Plain, v, [...at, k]) : v;
+  }
+  return out;
+}
+
+export function envName(keyPath: string[]): string {
+  return "DICOM_RELAY_" + keyPath.map((k) => k.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()).join("_");
+}
+
+/** Reads every DICOM_RELAY_* variable that names a key of the defaults, coerced to that key's type. */
+function fromEnvironment(defaults: Plain, env: NodeJS.ProcessEnv, at: string[] = []): Plain {
+  const out: Plain = {};
+  for (const [k, def] of Object.entries(defaults)) {
+    const keyPath = [...at, k];
+    if (isPlain(def)) {
+      const nested = fromEnvironment(def, env, keyPath);
+      if (Object.keys(nested).length) out[k] = nested;
+      continue;
+    }
+    const name = envName(keyPath);
+    const raw = env[name];
+    if (raw === undefined) continue;
+    if (typeof def === "number") {
+      const n = Number(raw);
+      if (raw.trim() === "" || !Number.isFinite(n)) {
+        throw new ConfigError(`configuration key "${keyPath.join(".")}" (${name}) must be a number, got "${raw}"`);
+      }
+      out[k] = n;
+    } else if (typeof def === "boolean") {
+      if (!/^(true|false|1|0|yes|no)$/i.test(raw)) {
+        throw new ConfigError(`configuration key "${keyPath.join(".")}" (${name}) must be true or false, got "${raw}"`);
+      }
+      out[k] = /^(true|1|yes)$/i.test(raw);
+    } else {
+      out[k] = raw;
+    }
+  }
+  return out;
+}
+
+export interface LoadConfigOptions {
+  /** path of a JSON config file; default: $DICOM_RELAY_CONFIG, else none */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** programmatic overrides applied last (tests) */
+  overrides?: DeepPartial<RelayConfig>;
+}
+
+export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+export function loadConfig(opts: LoadConfigOptions = {}): RelayConfig {
+  const env = opts.env ?? process.env;
+  let merged: Plain = defaultConfig() as unknown as Plain;
+  const file = opts.file ?? env.DICOM_RELAY_CONFIG;
+  if (file) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+      throw new ConfigError(`cannot read the configuration file ${file}: ${(err as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`the configuration file ${file} is not valid JSON: ${(err as Error).message}`);
+    }
+    if (!isPlain(parsed)) throw new ConfigError(`the configuration file ${file} must hold a JSON object`);
+    merged = deepMerge(merged, parsed);
+  }
+  merged = deepMerge(merged, fromEnvironment(merged, env));
+  if (opts.overrides) merged = deepMerge(merged, opts.overrides as Plain);
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const first = result.error.issues[0]!;
+    const keyPath = first.path.map(String);
+    throw new ConfigError(
+      `invalid configuration key "${keyPath.join(".")}" (${envName(keyPath)}): ${first.message}`,
+    );
+  }
+  return resolvePaths(result.data);
+}
+
+/** Fill derived defaults (paths under dataDir) and make paths absolute. */
+function resolvePaths(cfg: RelayConfig): RelayConfig {
+  const dataDir = path.resolve(cfg.dataDir);
+  return {
+    ...cfg,
+    dataDir,
+    storage: { ...cfg.storage, fs: { root: path.resolve(cfg.storage.fs.root || path.join(dataDir, "blobs")) } },
+    index: {
+      ...cfg.index,
+      sqlite: { path: cfg.index.sqlite.path === ":memory:" ? ":memory:" : path.resolve(cfg.index.sqlite.path || path.join(dataDir, "index.sqlite")) },
+    },
+  };
+}

@@ -1,0 +1,48 @@
+import type { Readable } from "node:stream";
+import type { FailureReasonCode } from "../dicom/failureReasons.ts";
+
+/** One result per instance, whatever way it came in (STOW-RS, tus upload, bundle entry, CLI, DIMSE). */
+export type IngestResult =
+  | {
+      status: "stored" | "already-stored" | "replaced";
+      studyInstanceUID: string;
+      seriesInstanceUID: string;
+      sopInstanceUID: string;
+      sopClassUID: string;
+      sha256: string;
+      size: number;
+    }
+  | {
+      status: "failed";
+      reason: FailureReasonCode;
+      /** a sentence a person can act on */
+      message: string;
+      /** what could be read of the instance, when anything could */
+      studyInstanceUID?: string;
+      seriesInstanceUID?: string;
+      sopInstanceUID?: string;
+      sopClassUID?: string;
+      sha256?: string;
+      size?: number;
+      /** true when the failure is temporary (storage down): callers answer 503 + Retry-After */
+      retryable?: boolean;
+    };
+
+export interface IngestOptions {
+  /** STOW-RS /studies/{study}: every instance must belong to this study (else 0xC409) */
+  expectedStudyInstanceUID?: string;
+  /** instance belongs to an unfinished transfer: invisible to readers until released */
+  transferId?: string;
+  /** the sender's declared SHA-256 (from a transfer manifest): refuse on mismatch */
+  expectedSha256?: string;
+  /** a label for logs and audit (e.g. "stow", "tus", "bundle:IM0001") */
+  source?: string;
+}
+
+/** The one ingest function every way in calls. */
+export interface Ingestor {
+  /** Ingest one Part-10 instance read from a stream. Never throws for bad input: returns failed. */
+  ingestStream(body: Readable, opts?: IngestOptions): Promise<IngestResult>;
+  /** Ingest one Part-10 file already on local disk (a finished tus upload); the file is left in place. */
+  ingestFile(path: string, opts?: IngestOptions): Promise<IngestResult>;
+}

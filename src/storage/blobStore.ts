@@ -1,0 +1,78 @@
+import type { Readable } from "node:stream";
+
+/** What storage knows of one object: its opaque key and its size in bytes. */
+export interface BlobStat {
+  key: string;
+  size: number;
+}
+
+/** Inclusive byte range, as HTTP Range and S3 GetObject use it. */
+export interface ByteRangeRequest {
+  start: number;
+  /** inclusive */
+  end: number;
+}
+
+/**
+ * One extension point for where instance bytes live (local disk by default, S3/MinIO at scale).
+ * Keys are opaque, chosen by the ingest pipeline (never a raw UID or a client-supplied name);
+ * every implementation still checks them with assertSafeKey.
+ * Contract: test/contracts/blobStore.ts runs against every implementation.
+ */
+export interface BlobStore {
+  readonly kind: string;
+  /** Prepare the store (create directories / bucket). Idempotent. */
+  init(): Promise<void>;
+  /**
+   * Store a stream under key. Atomic: readers see either no object or the whole object, never a
+   * partial one, even if the process dies mid-write. Overwrites an existing object.
+   */
+  put(key: string, body: Readable, opts?: { size?: number }): Promise<BlobStat>;
+  /**
+   * Store a local file under key. Same guarantees as put(); an implementation may move the file
+   * (fs: rename) instead of copying, so the caller must not use sourcePath afterwards.
+   */
+  putFile(key: string, sourcePath: string): Promise<BlobStat>;
+  /** Stream the object (or an inclusive byte range of it). Rejects with BlobNotFoundError. */
+  get(key: string, range?: ByteRangeRequest): Promise<Readable>;
+  /** Size of the object, or null when it does not exist. */
+  stat(key: string): Promise<BlobStat | null>;
+  /** Remove the object; true when something was removed. */
+  delete(key: string): Promise<boolean>;
+  /** Every object under a key prefix (for fsck). */
+  list(prefix?: string): AsyncIterable<BlobStat>;
+  /** Cheap liveness probe for /readyz; throws StorageUnavailableError when the backend is down. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class BlobNotFoundError extends Error {
+  constructor(readonly key: string) {
+    super(`no stored object under key ${key}`);
+    this.name = "BlobNotFoundError";
+  }
+}
+
+/** The backend cannot be reached right now: HTTP layers answer 503 with Retry-After. */
+export class StorageUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StorageUnavailableError";
+  }
+}
+
+const SAFE_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
+
+/** Keys are relative, slash-separated, with no empty, "." or ".." segments and no odd characters. */
+export function assertSafeKey(key: string): void {
+  if (typeof key !== "string" || key.length === 0 || key.length > 512 || !SAFE_KEY.test(key) ||
+      key.split("/").some((seg) => seg === "." || seg === "..")) {
+    throw new Error(`unsafe storage key: ${JSON.stringify(key)}`);
+  }
+}
+
+/** Content-addressed key for instance bytes: identical bytes are one object. */
+export function instanceBlobKey(sha256Hex: string): string {
+  if (!/^[0-9a-f]{64}$/.test(sha256Hex)) throw new Error(`not a SHA-256 hex digest: ${sha256Hex}`);
+  return `instances/${sha256Hex.slice(0, 2)}/${sha256Hex.slice(2, 4)}/${sha256Hex}.dcm`;
+}
