@@ -16,8 +16,11 @@ export const FailureReason = {
   CannotUnderstand: 0xc000,
   /** Referenced transfer syntax not supported */
   TransferSyntaxNotSupported: 0xc122,
-  /** Instance's StudyInstanceUID does not match the study in the STOW-RS URL (PS3.18 10.5.3.1.4: 0xC409) */
-  StudyInstanceUIDMismatch: 0xc409,
+  /**
+   * The instance's StudyInstanceUID differs from the study in the STOW-RS URL. The standard has no code of its
+   * own for this; it is a data set error, so 0xA900 with a sentence that says which UIDs differ.
+   */
+  StudyInstanceUIDMismatch: 0xa900,
 } as const;
 export type FailureReasonCode = (typeof FailureReason)[keyof typeof FailureReason];
 

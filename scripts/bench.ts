@@ -1,0 +1,335 @@
+/**
+ * npm run bench: measures the relay as a separate process (so its RSS is its own) over loopback,
+ * and prints one JSON document. Every loop is bounded in count and time.
+ *
+ *   BENCH_QUICK=1 npm run bench    smaller sizes (for a smoke run)
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const QUICK = process.env.BENCH_QUICK === "1";
+const SIZES = {
+  ctInstances: QUICK ? 30 : 300,
+  smallInstances: QUICK ? 200 : 2000,
+  largeInstanceBytes: QUICK ? 50 * 1024 * 1024 : 500 * 1024 * 1024,
+  qidoRepeats: QUICK ? 30 : 200,
+  metadataRepeats: QUICK ? 10 : 50,
+};
+const DEADLINE = Date.now() + 20 * 60_000;
+
+function checkDeadline() {
+  if (Date.now() > DEADLINE) throw new Error("benchmark exceeded its 20-minute bound");
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+interface Server {
+  proc: ChildProcess;
+  url: string;
+  /** peak resident set size since the last reset, bytes (VmHWM) */
+  peakRss(): number;
+  resetPeak(): void;
+  stop(): Promise<void>;
+}
+
+export async function startServer(dataDir: string, env: Record<string, string> = {}): Promise<Server> {
+  const port = await freePort();
+  const proc = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      DICOM_RELAY_DATA_DIR: dataDir,
+      DICOM_RELAY_SERVER_PORT: String(port),
+      DICOM_RELAY_SERVER_HOST: "127.0.0.1",
+      DICOM_RELAY_LOG_LEVEL: "warn",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("relay did not start within 60 s")), 60_000);
+    proc.stdout!.on("data", (d: Buffer) => {
+      if (d.toString().includes("listening")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    proc.once("exit", (code) => reject(new Error(`relay exited with ${code}`)));
+  });
+  proc.stdout!.resume();
+  const status = () => fs.readFileSync(`/proc/${proc.pid}/status`, "utf8");
+  return {
+    proc,
+    url: `http://127.0.0.1:${port}/dicom-web`,
+    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(status())![1]) * 1024,
+    resetPeak: () => fs.writeFileSync(`/proc/${proc.pid}/clear_refs`, "5"),
+    stop: () =>
+      new Promise((resolve) => {
+        proc.once("exit", () => resolve());
+        proc.kill("SIGTERM");
+      }),
+  };
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+
+function httpRequest(url: string, opts: http.RequestOptions, body?: Readable | Buffer): Promise<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { agent, ...opts }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks), headers: res.headers }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    if (body instanceof Readable) body.pipe(req);
+    else req.end(body);
+  });
+}
+
+/** One STOW-RS request body streamed from a list of buffers or files. */
+function stowBody(boundary: string, parts: (Buffer | string)[]): Readable {
+  return Readable.from((async function* () {
+    for (const p of parts) {
+      yield Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
+      if (typeof p === "string") for await (const c of fs.createReadStream(p, { highWaterMark: 1 << 20 })) yield c as Buffer;
+      else yield p;
+      yield Buffer.from("\r\n");
+    }
+    yield Buffer.from(`--${boundary}--\r\n`);
+  })());
+}
+
+async function stow(url: string, parts: (Buffer | string)[]): Promise<void> {
+  const boundary = "bench" + crypto.randomBytes(8).toString("hex");
+  const res = await httpRequest(`${url}/studies`, {
+    method: "POST",
+    headers: { "Content-Type": `multipart/related; type="application/dicom"; boundary=${boundary}`, Accept: "application/dicom+json" },
+  }, stowBody(boundary, parts));
+  if (res.status !== 200) throw new Error(`STOW-RS answered ${res.status}: ${res.body.toString().slice(0, 300)}`);
+}
+
+/** Ingest instances in batches with bounded concurrency; returns seconds. */
+async function ingest(url: string, batches: AsyncIterable<Buffer[]> | Iterable<Buffer[]>, concurrency: number): Promise<number> {
+  const started = performance.now();
+  const inflight = new Set<Promise<void>>();
+  for await (const batch of batches) {
+    checkDeadline();
+    const p = stow(url, batch).finally(() => inflight.delete(p));
+    inflight.add(p);
+    if (inflight.size >= concurrency) await Promise.race(inflight);
+  }
+  await Promise.all(inflight);
+  return (performance.now() - started) / 1000;
+}
+
+function* batched<T>(items: Iterable<T>, size: number): Generator<T[]> {
+  let batch: T[] = [];
+  for (const it of items) {
+    batch.push(it);
+    if (batch.length === size) {
+      yield batch;
+      batch = [];
+    }
+  }
+  if (batch.length) yield batch;
+}
+
+function percentiles(samples: number[]): { p50: number; p95: number; p99: number; max: number; n: number } {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+  const r = (x: number) => Math.round(x * 100) / 100;
+  return { p50: r(at(0.5)), p95: r(at(0.95)), p99: r(at(0.99)), max: r(s[s.length - 1]!), n: s.length };
+}
+
+async function timeGet(url: string, accept: string): Promise<{ ms: number; bytes: number; status: number }> {
+  const t = performance.now();
+  const res = await httpRequest(url, { method: "GET", headers: { Accept: accept } });
+  return { ms: performance.now() - t, bytes: res.body.length, status: res.status };
+}
+
+/** Streams a WADO-RS response into a hash (never into memory); returns bytes and seconds. */
+async function streamGet(url: string, accept: string): Promise<{ bytes: number; seconds: number }> {
+  const t = performance.now();
+  let bytes = 0;
+  await new Promise<void>((resolve, reject) => {
+    http.get(url, { agent, headers: { Accept: accept } }, (res) => {
+      if (res.statusCode !== 200) return reject(new Error(`GET ${url} answered ${res.statusCode}`));
+      const h = crypto.createHash("sha256");
+      res.on("data", (c: Buffer) => { bytes += c.length; h.update(c); });
+      res.on("end", () => resolve());
+      res.on("error", reject);
+    }).on("error", reject);
+  });
+  return { bytes, seconds: (performance.now() - t) / 1000 };
+}
+
+const MB = 1024 * 1024;
+const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+
+export async function benchCore(workDir: string) {
+  const server = await startServer(path.join(workDir, "core"));
+  try {
+    // --- 300-instance 512x512 16-bit CT ---
+    const ctStudy = newUid();
+    let ctBytes = 0;
+    const ctGen = (function* () {
+      for (const inst of generateStudy({ instances: SIZES.ctInstances, seriesCount: 3, rows: 512, columns: 512, modality: "CT", studyInstanceUID: ctStudy, patientName: "Wang^XiaoDong=王^小东", charset: "GB18030", seed: 1 })) {
+        ctBytes += inst.bytes.length;
+        yield inst.bytes;
+      }
+    })();
+    server.resetPeak();
+    const ctSeconds = await ingest(server.url, batched(ctGen, 10), 2);
+    const ctPeak = server.peakRss();
+
+    // --- 2,000 small instances over 100 studies ---
+    let smallBytes = 0;
+    const smallGen = (function* () {
+      const perStudy = SIZES.smallInstances / 100;
+      for (let s = 0; s < 100; s++) {
+        for (const inst of generateStudy({ instances: perStudy, seriesCount: 2, rows: 16, columns: 16, modality: ["CR", "MR", "US", "CT"][s % 4], patientID: `P${s}`, studyDate: `2024${String((s % 12) + 1).padStart(2, "0")}15`, seed: s + 10 })) {
+          smallBytes += inst.bytes.length;
+          yield inst.bytes;
+        }
+      }
+    })();
+    const smallSeconds = await ingest(server.url, batched(smallGen, 50), 2);
+
+    // --- QIDO ---
+    const queries = [
+      "/studies?PatientID=P42",
+      "/studies?PatientName=Wang*",
+      "/studies?StudyDate=20240301-20240630",
+      "/studies?ModalitiesInStudy=MR&limit=50",
+      `/studies/${ctStudy}/series`,
+      `/studies/${ctStudy}/instances?limit=100`,
+      "/studies?limit=100",
+    ];
+    const qidoMs: number[] = [];
+    for (let i = 0; i < SIZES.qidoRepeats; i++) {
+      checkDeadline();
+      for (const q of queries) {
+        const r = await timeGet(server.url + q, "application/dicom+json");
+        if (r.status !== 200) throw new Error(`QIDO ${q} answered ${r.status}`);
+        qidoMs.push(r.ms);
+      }
+    }
+
+    // --- study metadata (300 instances) ---
+    const metaMs: number[] = [];
+    let metaBytes = 0;
+    for (let i = 0; i < SIZES.metadataRepeats; i++) {
+      const r = await timeGet(`${server.url}/studies/${ctStudy}/metadata`, "application/dicom+json");
+      if (r.status !== 200) throw new Error(`metadata answered ${r.status}`);
+      metaMs.push(r.ms);
+      metaBytes = r.bytes;
+    }
+
+    // --- WADO-RS retrieve of the CT study ---
+    server.resetPeak();
+    const wado = await streamGet(`${server.url}/studies/${ctStudy}`, 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    const wadoPeak = server.peakRss();
+
+    return {
+      stowCt: {
+        instances: SIZES.ctInstances, bytes: ctBytes, seconds: round(ctSeconds, 2),
+        instancesPerSecond: round(SIZES.ctInstances / ctSeconds), mbPerSecond: round(ctBytes / MB / ctSeconds),
+        serverPeakRssMB: round(ctPeak / MB),
+      },
+      stowSmall: {
+        instances: SIZES.smallInstances, bytes: smallBytes, seconds: round(smallSeconds, 2),
+        instancesPerSecond: round(SIZES.smallInstances / smallSeconds), mbPerSecond: round(smallBytes / MB / smallSeconds, 2),
+      },
+      qidoMs: { ...percentiles(qidoMs), queries: queries.length, indexedInstances: SIZES.ctInstances + SIZES.smallInstances },
+      studyMetadataMs: { ...percentiles(metaMs), instances: SIZES.ctInstances, responseBytes: metaBytes },
+      wadoRetrieveStudy: { bytes: wado.bytes, seconds: round(wado.seconds, 2), mbPerSecond: round(wado.bytes / MB / wado.seconds), serverPeakRssMB: round(wadoPeak / MB) },
+      serverPeakRssMB: round(server.peakRss() / MB),
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
+export async function benchLargeInstance(workDir: string) {
+  const file = path.join(workDir, "large.dcm");
+  const info = await writeLargeInstance(file, SIZES.largeInstanceBytes);
+  const size = (await fsp.stat(file)).size;
+  const server = await startServer(path.join(workDir, "large"));
+  try {
+    server.resetPeak();
+    const baseline = server.peakRss();
+    const t = performance.now();
+    await stow(server.url, [file]);
+    const stowSeconds = (performance.now() - t) / 1000;
+    const stowPeak = server.peakRss();
+    server.resetPeak();
+    const wado = await streamGet(
+      `${server.url}/studies/${info.studyInstanceUID}/series/${info.seriesInstanceUID}/instances/${info.sopInstanceUID}`,
+      'multipart/related; type="application/dicom"; transfer-syntax=*',
+    );
+    const wadoPeak = server.peakRss();
+    return {
+      instanceBytes: size,
+      stow: { seconds: round(stowSeconds, 2), mbPerSecond: round(size / MB / stowSeconds), serverPeakRssMB: round(stowPeak / MB) },
+      wado: { seconds: round(wado.seconds, 2), mbPerSecond: round(wado.bytes / MB / wado.seconds), serverPeakRssMB: round(wadoPeak / MB) },
+      serverIdleRssMB: round(baseline / MB),
+    };
+  } finally {
+    await server.stop();
+    await fsp.rm(file, { force: true });
+  }
+}
+
+async function main() {
+  const workDir = await fsp.mkdtemp(path.join(os.tmpdir(), "relay-bench-"));
+  const started = Date.now();
+  try {
+    const core = await benchCore(workDir);
+    const large = await benchLargeInstance(workDir);
+    const result = {
+      when: new Date().toISOString(),
+      machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, memoryGB: round(os.totalmem() / 1024 ** 3) },
+      quick: QUICK,
+      storage: "fs", index: "sqlite",
+      core,
+      largeInstance: large,
+      targets: {
+        "qido p95 < 20 ms": core.qidoMs.p95 < 20,
+        "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
+        "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,
+      },
+      totalSeconds: round((Date.now() - started) / 1000),
+    };
+    process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  } finally {
+    await fsp.rm(workDir, { recursive: true, force: true });
+    agent.destroy();
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main().catch((err) => {
+    process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,119 @@
+/**
+ * STOW-RS (PS3.18 10.5): POST {root}/studies[/{study}], multipart/related; type="application/dicom".
+ * Parts are streamed one by one into the ingest pipeline; nothing holds a whole part in memory.
+ */
+import { Router, type Request, type Response } from "express";
+import { parseContentType, parseMultipartRelatedContentType, readMultipartParts, MultipartError } from "../dicom/multipart.ts";
+import { FailureReason } from "../dicom/failureReasons.ts";
+import { acceptsMediaType, parseAccept } from "../dicom/accept.ts";
+import type { DicomJsonDataset } from "../dicom/types.ts";
+import type { IngestResult } from "../ingest/types.ts";
+import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
+import { accessOf, dicomwebRoot, uidParam, type DicomwebServices } from "./context.ts";
+
+export function stowRoutes(svc: DicomwebServices): Router {
+  const r = Router();
+  const handler = async (req: Request, res: Response) => {
+    const access = accessOf(res);
+    if (!access.canStore) throw new HttpError(403, "this credential may read studies but not store them");
+    const expectedStudy = req.params.study !== undefined ? uidParam(req, "study") : undefined;
+    const accept = parseAccept(req.get("accept"));
+    if (!acceptsMediaType(accept, "application/dicom+json") && !acceptsMediaType(accept, "application/json")) {
+      throw new HttpError(406, "the STOW-RS response is available as application/dicom+json only");
+    }
+    let boundary: string;
+    try {
+      const ct = parseMultipartRelatedContentType(req.get("content-type") ?? "");
+      boundary = ct.boundary;
+    } catch (err) {
+      if (err instanceof MultipartError) throw new HttpError(err.status, err.message);
+      throw err;
+    }
+
+    const results: IngestResult[] = [];
+    try {
+      for await (const part of readMultipartParts(req, boundary, {})) {
+        const partType = parseContentType(part.headers["content-type"] ?? "application/dicom").mediaType;
+        if (partType !== "application/dicom") {
+          part.body.resume();
+          await new Promise((resolve) => part.body.once("end", resolve));
+          results.push({
+            status: "failed",
+            reason: FailureReason.CannotUnderstand,
+            message: `a part of type ${partType} was sent; STOW-RS here takes application/dicom parts (Part-10 files)`,
+          });
+          continue;
+        }
+        results.push(await svc.ingest.ingestStream(part.body, { expectedStudyInstanceUID: expectedStudy, source: "stow" }));
+      }
+    } catch (err) {
+      if (err instanceof MultipartError) {
+        const stored = results.filter((x) => x.status !== "failed").length;
+        throw new HttpError(err.status, `${err.message}${stored ? ` (${stored} instance(s) before the error were stored)` : ""}`);
+      }
+      throw err;
+    }
+    if (results.length === 0) throw new HttpError(400, "the request holds no DICOM parts");
+
+    const root = dicomwebRoot(req, svc.config);
+    const body = stowResponse(results, root, expectedStudy);
+    const ok = results.filter((x) => x.status !== "failed").length;
+    const failed = results.length - ok;
+    let status = failed === 0 ? 200 : ok > 0 ? 202 : 409;
+    if (ok === 0 && results.some((x) => x.status === "failed" && x.retryable)) {
+      status = 503;
+      res.set("Retry-After", RETRY_AFTER_SECONDS);
+    }
+    if (failed > 0) {
+      const first = results.find((x) => x.status === "failed") as Extract<IngestResult, { status: "failed" }>;
+      res.set("Warning", `299 dicom-relay "${failed} of ${results.length} instance(s) failed; first: ${first.message.replace(/"/g, "'")}"`);
+    }
+    svc.log.info({ stored: ok, failed, study: expectedStudy }, "STOW-RS request done");
+    res.status(status).type("application/dicom+json").send(JSON.stringify(body));
+  };
+  r.post("/studies", handler);
+  r.post("/studies/:study", handler);
+  return r;
+}
+
+/** The STOW-RS response data set (PS3.18 Table 10.5.3-1). */
+export function stowResponse(results: IngestResult[], root: string, expectedStudy?: string): DicomJsonDataset {
+  const ds: DicomJsonDataset = {};
+  const studies = new Set(results.filter((x) => x.status !== "failed").map((x) => x.studyInstanceUID!));
+  const study = expectedStudy ?? (studies.size === 1 ? [...studies][0] : undefined);
+  if (study) ds["00081190"] = { vr: "UR", Value: [`${root}/studies/${study}`] };
+  const referenced = results.filter((x) => x.status !== "failed");
+  if (referenced.length) {
+    ds["00081199"] = {
+      vr: "SQ",
+      Value: referenced.map((x) => {
+        const item: DicomJsonDataset = {
+          "00081150": { vr: "UI", Value: [x.sopClassUID] },
+          "00081155": { vr: "UI", Value: [x.sopInstanceUID] },
+          "00081190": { vr: "UR", Value: [`${root}/studies/${x.studyInstanceUID}/series/${x.seriesInstanceUID}/instances/${x.sopInstanceUID}`] },
+        };
+        if (x.status === "already-stored") {
+          // Warning Reason 0xB000 would mean coercion; an identical duplicate is plain success, noted in a comment
+          item["00000902"] = { vr: "LO", Value: ["already stored: identical bytes, nothing written"] };
+        }
+        return item;
+      }),
+    };
+  }
+  const failed = results.filter((x): x is Extract<IngestResult, { status: "failed" }> => x.status === "failed");
+  if (failed.length) {
+    ds["00081198"] = {
+      vr: "SQ",
+      Value: failed.map((x) => {
+        const item: DicomJsonDataset = {};
+        if (x.sopClassUID) item["00081150"] = { vr: "UI", Value: [x.sopClassUID] };
+        if (x.sopInstanceUID) item["00081155"] = { vr: "UI", Value: [x.sopInstanceUID] };
+        item["00081197"] = { vr: "US", Value: [x.reason] };
+        // Error Comment: the sentence a person can act on
+        item["00000902"] = { vr: "LO", Value: [x.message] };
+        return item;
+      }),
+    };
+  }
+  return ds;
+}

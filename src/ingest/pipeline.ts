@@ -1,0 +1,215 @@
+/**
+ * The one ingest pipeline: spool -> parse -> validate -> hash -> de-duplicate -> store -> index.
+ * Every way in (STOW-RS, tus upload, bundle entry, CLI, later DIMSE) ends here and gets one IngestResult.
+ *
+ * Order matters for crash safety: the blob is durably stored before its index row is written, so a
+ * crash leaves at worst an orphan blob (fsck removes it), never an index row without its bytes.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import path from "node:path";
+import { Transform, type Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { Logger } from "pino";
+import type { RelayConfig } from "../config.ts";
+import type { Index, InstanceRecord } from "../catalog/index.ts";
+import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../storage/blobStore.ts";
+import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
+import { fileSource, readPart10 } from "../dicom/part10.ts";
+import type { ParsedInstance } from "../dicom/types.ts";
+import type { IngestOptions, IngestResult, Ingestor } from "./types.ts";
+
+export interface IngestDeps {
+  index: Index;
+  store: BlobStore;
+  config: RelayConfig["ingest"];
+  /** directory for spooled uploads; must be on local disk */
+  tmpDir: string;
+  log: Logger;
+}
+
+export class IngestPipeline implements Ingestor {
+  constructor(private readonly deps: IngestDeps) {}
+
+  async init(): Promise<void> {
+    await fsp.mkdir(this.deps.tmpDir, { recursive: true });
+    for (const name of await fsp.readdir(this.deps.tmpDir)) {
+      if (name.endsWith(".spool")) await fsp.rm(path.join(this.deps.tmpDir, name), { force: true });
+    }
+  }
+
+  async ingestStream(body: Readable, opts: IngestOptions = {}): Promise<IngestResult> {
+    const spool = path.join(this.deps.tmpDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
+    const hash = crypto.createHash("sha256");
+    let size = 0;
+    let tooLarge = false;
+    const max = this.deps.config.maxInstanceBytes;
+    const meter = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        // past the limit, keep reading (so a multipart body can move on to its next part) but keep nothing
+        if (size > max) tooLarge = true;
+        if (tooLarge) return done();
+        hash.update(chunk);
+        done(null, chunk);
+      },
+    });
+    try {
+      await pipeline(body, meter, fs.createWriteStream(spool, { flags: "wx" }));
+    } catch (err) {
+      await fsp.rm(spool, { force: true });
+      throw err;
+    }
+    if (tooLarge) {
+      await fsp.rm(spool, { force: true });
+      return this.fail(opts, FailureReason.OutOfResources,
+        `the instance is larger than the relay accepts (${max} bytes); ask the administrator to raise ingest.maxInstanceBytes`);
+    }
+    try {
+      return await this.ingestSpooled(spool, hash.digest("hex"), size, opts, true);
+    } finally {
+      await fsp.rm(spool, { force: true });
+    }
+  }
+
+  async ingestFile(filePath: string, opts: IngestOptions = {}): Promise<IngestResult> {
+    const st = await fsp.stat(filePath);
+    if (st.size > this.deps.config.maxInstanceBytes) {
+      return this.fail(opts, FailureReason.OutOfResources,
+        `the instance is larger than the relay accepts (${this.deps.config.maxInstanceBytes} bytes)`);
+    }
+    const hash = crypto.createHash("sha256");
+    await pipeline(fs.createReadStream(filePath, { highWaterMark: 1 << 20 }), hash);
+    return this.ingestSpooled(filePath, hash.digest("hex"), st.size, opts, false);
+  }
+
+  /** The file at spoolPath is complete and hashed; ownsFile: it may be moved into storage. */
+  private async ingestSpooled(spoolPath: string, sha256: string, size: number, opts: IngestOptions, ownsFile: boolean): Promise<IngestResult> {
+    const { index, store, log } = this.deps;
+    if (opts.expectedSha256 && opts.expectedSha256.toLowerCase() !== sha256) {
+      return this.fail(opts, FailureReason.ProcessingFailure,
+        `the instance's bytes do not match the SHA-256 declared in the transfer manifest (got ${sha256}); it was damaged in transit or the manifest is wrong`,
+        { sha256, size });
+    }
+
+    let parsed: ParsedInstance;
+    const handle = await fsp.open(spoolPath, "r");
+    try {
+      parsed = await readPart10(fileSource(handle, size), {
+        maxHeaderBytes: this.deps.config.maxHeaderBytes,
+        bulkDataThreshold: this.deps.config.bulkDataThreshold,
+      });
+    } catch (err) {
+      if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { sha256, size });
+      log.error({ err, source: opts.source }, "unexpected error while reading an instance");
+      return this.fail(opts, FailureReason.CannotUnderstand, `the file could not be read as DICOM: ${(err as Error).message}`, { sha256, size });
+    } finally {
+      await handle.close();
+    }
+
+    const ids = {
+      studyInstanceUID: parsed.studyInstanceUID,
+      seriesInstanceUID: parsed.seriesInstanceUID,
+      sopInstanceUID: parsed.sopInstanceUID,
+      sopClassUID: parsed.sopClassUID,
+    };
+    if (opts.expectedStudyInstanceUID && opts.expectedStudyInstanceUID !== parsed.studyInstanceUID) {
+      return this.fail(opts, FailureReason.StudyInstanceUIDMismatch,
+        `the instance belongs to study ${parsed.studyInstanceUID}, not to study ${opts.expectedStudyInstanceUID} named in the request URL`,
+        { ...ids, sha256, size });
+    }
+
+    // de-duplicate before writing anything: identical bytes are stored once
+    const existing = await index.getInstance(parsed.sopInstanceUID, { includePending: true });
+    if (existing && existing.sha256 === sha256) {
+      return { status: "already-stored", ...ids, sha256, size };
+    }
+    if (existing && this.deps.config.conflictPolicy !== "replace") {
+      return this.conflict(opts, ids, sha256, size, existing.sha256);
+    }
+
+    const blobKey = instanceBlobKey(sha256);
+    try {
+      if (ownsFile) await store.putFile(blobKey, spoolPath);
+      else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
+    } catch (err) {
+      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
+      const unavailable = err instanceof StorageUnavailableError;
+      return this.fail(opts, unavailable ? FailureReason.OutOfResources : FailureReason.ProcessingFailure,
+        unavailable
+          ? "the relay's storage is unavailable right now; nothing was stored, please retry later"
+          : "the relay could not store the instance; nothing was stored, please retry",
+        { ...ids, sha256, size, retryable: unavailable });
+    }
+
+    const record: InstanceRecord = {
+      ...ids,
+      transferSyntaxUID: parsed.transferSyntaxUID,
+      size,
+      sha256,
+      blobKey,
+      metadata: parsed.dataset,
+      pixelData: parsed.pixelData,
+      bulkData: parsed.bulkData,
+      pendingTransferId: opts.transferId ?? null,
+    };
+    try {
+      if (existing) {
+        // conflict policy "replace": the new bytes win; the old blob goes once no row points at it
+        const old = await index.replaceInstance(record);
+        if (old && old.blobKey !== blobKey && !(await index.isBlobReferenced(old.blobKey))) {
+          await store.delete(old.blobKey).catch((err) => log.warn({ err, key: old.blobKey }, "old blob not removed; fsck will"));
+        }
+        log.warn({ sopInstanceUID: parsed.sopInstanceUID, old: existing.sha256, new: sha256 }, "instance replaced by different bytes (conflict policy replace)");
+        return { status: "replaced", ...ids, sha256, size };
+      }
+      const outcome = await index.insertInstance(record);
+      if (outcome.outcome === "inserted") return { status: "stored", ...ids, sha256, size };
+      // lost a race with a concurrent ingest of the same SOPInstanceUID: the unique constraint decided
+      if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size };
+      await this.removeUnreferenced(blobKey);
+      return this.conflict(opts, ids, sha256, size, outcome.existing.sha256);
+    } catch (err) {
+      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "indexing an instance failed");
+      await this.removeUnreferenced(blobKey);
+      return this.fail(opts, FailureReason.ProcessingFailure,
+        "the relay could not index the instance; nothing was stored, please retry",
+        { ...ids, sha256, size, retryable: true });
+    }
+  }
+
+  private async removeUnreferenced(blobKey: string): Promise<void> {
+    try {
+      if (!(await this.deps.index.isBlobReferenced(blobKey))) await this.deps.store.delete(blobKey);
+    } catch (err) {
+      this.deps.log.warn({ err, key: blobKey }, "could not remove an unreferenced blob; fsck will");
+    }
+  }
+
+  private conflict(
+    opts: IngestOptions,
+    ids: { studyInstanceUID: string; seriesInstanceUID: string; sopInstanceUID: string; sopClassUID: string },
+    sha256: string,
+    size: number,
+    existingSha: string,
+  ): IngestResult {
+    if (this.deps.config.conflictPolicy === "keep-first") {
+      this.deps.log.warn({ ...ids, existing: existingSha, offered: sha256, source: opts.source }, "different bytes for a stored SOPInstanceUID ignored (conflict policy keep-first)");
+      return { status: "already-stored", ...ids, sha256: existingSha, size };
+    }
+    return this.fail(opts, FailureReason.DuplicateSOPInstance,
+      `an instance with SOPInstanceUID ${ids.sopInstanceUID} is already stored with different content; it was not overwritten (conflict policy "reject")`,
+      { ...ids, sha256, size });
+  }
+
+  private fail(
+    opts: IngestOptions,
+    reason: FailureReasonCode,
+    message: string,
+    extra: Partial<Extract<IngestResult, { status: "failed" }>> = {},
+  ): IngestResult {
+    this.deps.log.warn({ reason: `0x${reason.toString(16).toUpperCase()}`, message, source: opts.source, sopInstanceUID: extra.sopInstanceUID }, "instance refused");
+    return { ...extra, status: "failed", reason, message };
+  }
+}

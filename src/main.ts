@@ -1,0 +1,79 @@
+/**
+ * dicom-relay command line: serve, fsck (more commands join as they are built).
+ * Exit codes: 0 success, 1 could not run (with a sentence), 2 ran but found/produced failures.
+ */
+import { parseArgs } from "node:util";
+import { pathToFileURL } from "node:url";
+import { ConfigError, loadConfig } from "./config.ts";
+import { startRelay } from "./relay.ts";
+
+const USAGE = `dicom-relay <command> [options]
+
+Commands:
+  serve                 start the relay (defaults: 127.0.0.1:8042, data in ./data, local disk + SQLite)
+  fsck [--repair] [--no-hashes]
+                        compare the index with storage: missing blobs, hash mismatches, orphan blobs
+  help                  this text
+
+Options for every command:
+  --config FILE         JSON configuration file (also DICOM_RELAY_CONFIG)
+Every configuration key can also be set in the environment, e.g. DICOM_RELAY_SERVER_PORT=8080,
+DICOM_RELAY_DATA_DIR=/var/lib/dicom-relay (see docs/configuration.md).
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command = "help", ...rest] = argv;
+  try {
+    switch (command) {
+      case "serve":
+        return await serve(rest);
+      case "fsck": {
+        const { fsckCommand } = await import("./cli/fsck.ts");
+        return await fsckCommand(rest);
+      }
+      case "help":
+      case "--help":
+      case "-h":
+        process.stdout.write(USAGE);
+        return 0;
+      default:
+        process.stderr.write(`unknown command "${command}"\n\n${USAGE}`);
+        return 1;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`dicom-relay: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
+  const config = loadConfig({ file: values.config });
+  const relay = await startRelay(config);
+  const log = relay.services.log;
+  log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
+  process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, "shutting down");
+      resolve();
+    };
+    process.once("SIGINT", stop);
+    process.once("SIGTERM", stop);
+  });
+  await relay.close();
+  return 0;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  main(process.argv.slice(2)).then(
+    (code) => { process.exitCode = code; },
+    (err) => {
+      process.stderr.write(`dicom-relay: ${(err as Error).stack ?? err}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

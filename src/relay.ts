@@ -1,0 +1,71 @@
+/** Starts and stops a whole relay: services, HTTP server. Used by `dicom-relay serve` and by tests. */
+import http from "node:http";
+import path from "node:path";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import type { RelayConfig } from "./config.ts";
+import { createLogger } from "./logger.ts";
+import { createIndex } from "./catalog/factory.ts";
+import { createBlobStore } from "./storage/index.ts";
+import { IngestPipeline } from "./ingest/pipeline.ts";
+import { createApp, type RelayServices } from "./app.ts";
+
+export interface RunningRelay {
+  /** http://host:port */
+  url: string;
+  /** the DICOMweb root URL */
+  dicomwebUrl: string;
+  port: number;
+  services: RelayServices;
+  server: http.Server;
+  close(): Promise<void>;
+}
+
+export async function buildServices(config: RelayConfig, log?: Logger): Promise<RelayServices> {
+  const logger = log ?? createLogger(config.log.level);
+  const store = createBlobStore(config, logger);
+  await store.init();
+  const index = createIndex(config);
+  await index.init();
+  const ingest = new IngestPipeline({
+    index,
+    store,
+    config: config.ingest,
+    tmpDir: path.join(config.dataDir, "tmp"),
+    log: logger,
+  });
+  await ingest.init();
+  return { config, log: logger, index, store, ingest };
+}
+
+export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
+  const services = await buildServices(config, opts.log);
+  const app = createApp(services);
+  const server = http.createServer({ maxHeaderSize: config.server.maxHeaderBytes }, app);
+  // uploads over slow cross-border links take long: no whole-request deadline, but headers must come quickly
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(config.server.port, config.server.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
+  const url = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `http://${host}:${port}`;
+  return {
+    url,
+    dicomwebUrl: url + config.dicomweb.root,
+    port,
+    services,
+    server,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      await services.index.close();
+      await services.store.close();
+    },
+  };
+}

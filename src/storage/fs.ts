@@ -1,0 +1,187 @@
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import path from "node:path";
+import crypto from "node:crypto";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import {
+  assertSafeKey,
+  BlobNotFoundError,
+  StorageUnavailableError,
+  type BlobStat,
+  type BlobStore,
+  type ByteRangeRequest,
+} from "./blobStore.ts";
+
+/**
+ * Local-disk BlobStore (the embedded default). Writes go to a temp file in the same file system,
+ * are fsync'ed, then renamed over the final name: readers never see a partial object.
+ */
+export class FsBlobStore implements BlobStore {
+  readonly kind = "fs";
+  private readonly tmpDir: string;
+
+  constructor(private readonly root: string) {
+    this.root = path.resolve(root);
+    this.tmpDir = path.join(this.root, ".tmp");
+  }
+
+  async init(): Promise<void> {
+    await fsp.mkdir(this.tmpDir, { recursive: true });
+    // temp files left by a crash are never visible objects; clear them at start
+    for (const name of await fsp.readdir(this.tmpDir)) {
+      await fsp.rm(path.join(this.tmpDir, name), { force: true });
+    }
+  }
+
+  private pathOf(key: string): string {
+    assertSafeKey(key);
+    const p = path.join(this.root, key);
+    // defence in depth: assertSafeKey already refuses "..", but never step outside root
+    if (!p.startsWith(this.root + path.sep)) throw new Error(`unsafe storage key: ${key}`);
+    return p;
+  }
+
+  private tempPath(): string {
+    return path.join(this.tmpDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.part`);
+  }
+
+  async put(key: string, body: Readable): Promise<BlobStat> {
+    const dest = this.pathOf(key);
+    const tmp = this.tempPath();
+    try {
+      await pipeline(body, fs.createWriteStream(tmp, { flags: "wx" }));
+      await fsyncFile(tmp);
+      return await this.commit(tmp, dest, key);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw wrapFsError(err);
+    }
+  }
+
+  async putFile(key: string, sourcePath: string): Promise<BlobStat> {
+    const dest = this.pathOf(key);
+    try {
+      await fsyncFile(sourcePath);
+      try {
+        return await this.commit(sourcePath, dest, key);
+      } catch (err) {
+        // a source on another file system cannot be renamed: copy it in through a temp file instead
+        if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
+        const stat = await this.put(key, fs.createReadStream(sourcePath));
+        await fsp.rm(sourcePath, { force: true });
+        return stat;
+      }
+    } catch (err) {
+      throw wrapFsError(err);
+    }
+  }
+
+  private async commit(tmp: string, dest: string, key: string): Promise<BlobStat> {
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    await fsp.rename(tmp, dest);
+    // make the rename itself durable
+    const dir = await fsp.open(path.dirname(dest), "r");
+    try {
+      await dir.sync();
+    } catch {
+      // some file systems refuse fsync on directories; the rename is still atomic
+    } finally {
+      await dir.close();
+    }
+    const st = await fsp.stat(dest);
+    return { key, size: st.size };
+  }
+
+  async get(key: string, range?: ByteRangeRequest): Promise<Readable> {
+    const p = this.pathOf(key);
+    let handle: fsp.FileHandle;
+    try {
+      handle = await fsp.open(p, "r");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new BlobNotFoundError(key);
+      throw wrapFsError(err);
+    }
+    if (range) {
+      if (range.start < 0 || range.end < range.start) {
+        await handle.close();
+        throw new RangeError(`invalid byte range ${range.start}-${range.end}`);
+      }
+      return handle.createReadStream({ start: range.start, end: range.end, highWaterMark: 256 * 1024 });
+    }
+    return handle.createReadStream({ highWaterMark: 256 * 1024 });
+  }
+
+  async stat(key: string): Promise<BlobStat | null> {
+    try {
+      const st = await fsp.stat(this.pathOf(key));
+      return st.isFile() ? { key, size: st.size } : null;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw wrapFsError(err);
+    }
+  }
+
+  async delete(key: string): Promise<boolean> {
+    try {
+      await fsp.unlink(this.pathOf(key));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw wrapFsError(err);
+    }
+  }
+
+  async *list(prefix = ""): AsyncIterable<BlobStat> {
+    const walk = async function* (this: FsBlobStore, dir: string, rel: string): AsyncGenerator<BlobStat> {
+      let entries: fs.Dirent[];
+      try {
+        entries = await fsp.readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+        throw err;
+      }
+      entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      for (const e of entries) {
+        if (rel === "" && e.name === ".tmp") continue;
+        const key = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) {
+          if (prefix.startsWith(key + "/") || key.startsWith(prefix) || prefix === "") {
+            yield* walk.call(this, path.join(dir, e.name), key);
+          }
+        } else if (e.isFile() && key.startsWith(prefix)) {
+          const st = await fsp.stat(path.join(dir, e.name));
+          yield { key, size: st.size };
+        }
+      }
+    };
+    yield* walk.call(this, this.root, "");
+  }
+
+  async ping(): Promise<void> {
+    try {
+      await fsp.access(this.root, fs.constants.W_OK);
+    } catch (err) {
+      throw new StorageUnavailableError(`the storage directory ${this.root} is not writable`, { cause: err });
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+async function fsyncFile(p: string): Promise<void> {
+  const handle = await fsp.open(p, "r+");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function wrapFsError(err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === "ENOSPC" || code === "EDQUOT" || code === "EROFS" || code === "EIO") {
+    return new StorageUnavailableError(`local storage cannot write (${code})`, { cause: err });
+  }
+  return err;
+}

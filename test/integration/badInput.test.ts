@@ -1,0 +1,212 @@
+/**
+ * Every guard of STOW-RS / QIDO-RS / WADO-RS answered over raw HTTP: status, DICOM failure reason,
+ * a sentence, and nothing stored or damaged.
+ */
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import request from "supertest";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+
+const BOUNDARY = "relay-test-boundary-1234";
+
+function multipart(parts: { type?: string; body: Buffer }[], boundary = BOUNDARY): Buffer {
+  const chunks: Buffer[] = [];
+  for (const p of parts) {
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Type: ${p.type ?? "application/dicom"}\r\n\r\n`));
+    chunks.push(p.body);
+    chunks.push(Buffer.from("\r\n"));
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return Buffer.concat(chunks);
+}
+const CT = `multipart/related; type="application/dicom"; boundary=${BOUNDARY}`;
+
+type Failed = { "00081197": { Value: number[] }; "00000902": { Value: string[] } };
+const failures = (body: Record<string, { Value?: unknown[] }>) => (body["00081198"]?.Value ?? []) as Failed[];
+const reasonOf = (body: Record<string, { Value?: unknown[] }>) => failures(body)[0]?.["00081197"].Value[0];
+const sentenceOf = (body: Record<string, { Value?: unknown[] }>) => failures(body)[0]?.["00000902"].Value[0] ?? "";
+
+/** Build a Part-10 file and then damage it. */
+function withoutElement(bytes: Buffer, tagGroup: number, tagElement: number): Buffer {
+  // find the explicit VR LE element header and zero its value (UI) so the UID is empty
+  const needle = Buffer.alloc(4);
+  needle.writeUInt16LE(tagGroup, 0);
+  needle.writeUInt16LE(tagElement, 2);
+  const at = bytes.indexOf(needle, 132);
+  if (at < 0) throw new Error("tag not found");
+  const copy = Buffer.from(bytes);
+  const len = copy.readUInt16LE(at + 6);
+  copy.fill(0x20, at + 8, at + 8 + len);
+  return copy;
+}
+
+describe("bad input over raw HTTP", () => {
+  let relay: TestRelay;
+  const good = makeInstance({ rows: 16, columns: 16 });
+  beforeAll(async () => {
+    relay = await startTestRelay();
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  const stow = (body: Buffer, contentType = CT, urlPath = "/dicom-web/studies") =>
+    request(relay.url).post(urlPath).set("Content-Type", contentType).set("Accept", "application/dicom+json").send(body);
+
+  async function indexedCount(): Promise<number> {
+    const res = await request(relay.url).get("/dicom-web/instances?includefield=00080018");
+    return (res.body as unknown[]).length;
+  }
+
+  it("a JPEG or PDF sent as a study: 409, 0xC000 and a sentence asking for the DICOM export", async () => {
+    const jpeg = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10]), Buffer.from("JFIF\0"), crypto.randomBytes(500)]);
+    const pdf = Buffer.from("%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n");
+    for (const body of [jpeg, pdf]) {
+      const res = await stow(multipart([{ body }]));
+      expect(res.status).toBe(409);
+      expect(reasonOf(res.body)).toBe(0xc000);
+      expect(sentenceOf(res.body)).toMatch(/not a DICOM file.*DICOM export/i);
+    }
+    expect(await indexedCount()).toBe(0);
+  });
+
+  it("a truncated file: 0xC000", async () => {
+    const res = await stow(multipart([{ body: good.subarray(0, good.length - 100) }]));
+    expect(res.status).toBe(409);
+    expect(reasonOf(res.body)).toBe(0xc000);
+    expect(sentenceOf(res.body)).toMatch(/truncated|ends before/i);
+  });
+
+  it("no DICM preamble and no parseable data set: 0xC000", async () => {
+    const res = await stow(multipart([{ body: crypto.randomBytes(4096) }]));
+    expect(res.status).toBe(409);
+    expect(reasonOf(res.body)).toBe(0xc000);
+  });
+
+  it("missing or malformed UIDs and missing SOPClassUID: 0xA900", async () => {
+    const cases = [
+      withoutElement(makeInstance({ rows: 8, columns: 8 }), 0x0020, 0x000d),
+      withoutElement(makeInstance({ rows: 8, columns: 8 }), 0x0020, 0x000e),
+      makeInstance({ rows: 8, columns: 8, sopInstanceUID: "1.2.abc.4" }),
+      makeInstance({ rows: 8, columns: 8, studyInstanceUID: "1.2." + "3".repeat(70) }),
+      withoutElement(makeInstance({ rows: 8, columns: 8 }), 0x0008, 0x0016),
+    ];
+    for (const body of cases) {
+      const res = await stow(multipart([{ body }]));
+      expect(res.status).toBe(409);
+      expect(reasonOf(res.body)).toBe(0xa900);
+      expect(sentenceOf(res.body).length).toBeGreaterThan(10);
+    }
+    expect(await indexedCount()).toBe(0);
+  });
+
+  it("an unknown transfer syntax: 0xC122", async () => {
+    const res = await stow(multipart([{ body: makeInstance({ rows: 8, columns: 8, transferSyntaxUID: "1.2.3.4.5.6.7" }) }]));
+    expect(res.status).toBe(409);
+    expect(reasonOf(res.body)).toBe(0xc122);
+  });
+
+  it("an instance of another study than the one in the URL: refused, the rest stored (202)", async () => {
+    const study = newUid();
+    const mine = makeInstance({ rows: 8, columns: 8, studyInstanceUID: study });
+    const other = makeInstance({ rows: 8, columns: 8 });
+    const res = await stow(multipart([{ body: mine }, { body: other }]), CT, `/dicom-web/studies/${study}`);
+    expect(res.status).toBe(202);
+    expect(reasonOf(res.body)).toBe(0xa900);
+    expect(sentenceOf(res.body)).toMatch(/belongs to study/);
+    expect(res.body["00081199"].Value).toHaveLength(1);
+  });
+
+  it("wrong media type: 415; malformed multipart: 400; no parts: 400", async () => {
+    expect((await stow(good, "application/dicom")).status).toBe(415);
+    expect((await stow(good, 'multipart/related; type="image/jpeg"; boundary=x')).status).toBe(415);
+    expect((await stow(good, 'multipart/related; type="application/dicom"')).status).toBe(400);
+    const truncated = multipart([{ body: good }]).subarray(0, 2000);
+    const res = await stow(truncated);
+    expect(res.status).toBe(400);
+    expect(res.body.error).toMatch(/./);
+    expect((await stow(Buffer.from(`--${BOUNDARY}--\r\n`))).status).toBe(400);
+  });
+
+  it("the same instance twice is stored once; different bytes under the same SOPInstanceUID are refused (0x0111), never overwritten", async () => {
+    const sop = newUid();
+    const study = newUid();
+    const first = makeInstance({ rows: 8, columns: 8, sopInstanceUID: sop, studyInstanceUID: study, seriesDescription: "first" });
+    const second = makeInstance({ rows: 8, columns: 8, sopInstanceUID: sop, studyInstanceUID: study, seriesDescription: "second" });
+    expect((await stow(multipart([{ body: first }]))).status).toBe(200);
+    const blobsBefore = countFiles(path.join(relay.dataDir, "blobs", "instances"));
+    const again = await stow(multipart([{ body: first }]));
+    expect(again.status).toBe(200);
+    expect(countFiles(path.join(relay.dataDir, "blobs", "instances"))).toBe(blobsBefore);
+    const conflict = await stow(multipart([{ body: second }]));
+    expect(conflict.status).toBe(409);
+    expect(reasonOf(conflict.body)).toBe(0x0111);
+    expect(sentenceOf(conflict.body)).toMatch(/different content/);
+    const back = await request(relay.url).get(`/dicom-web/studies/${study}`).set("Accept", 'multipart/related; type="application/dicom"').buffer(true).parse((res, cb) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => cb(null, Buffer.concat(chunks)));
+    });
+    expect(back.status).toBe(200);
+    expect((back.body as Buffer).includes(first)).toBe(true);
+  });
+
+  it("QIDO: an unknown attribute or bad date range is 400 with a sentence; XML is 406", async () => {
+    const bad = await request(relay.url).get("/dicom-web/studies?NoSuchKeyword=1");
+    expect(bad.status).toBe(400);
+    expect(bad.body.error).toMatch(/NoSuchKeyword/);
+    expect((await request(relay.url).get("/dicom-web/studies?StudyDate=2024-01-01")).status).toBe(400);
+    expect((await request(relay.url).get("/dicom-web/studies").set("Accept", "application/dicom+xml")).status).toBe(406);
+  });
+
+  it("WADO: unknown UIDs 404, malformed UIDs 400, a transfer syntax the relay cannot produce 406, bad frame lists 400/404", async () => {
+    const study = newUid();
+    const series = newUid();
+    const sop = newUid();
+    await stow(multipart([{ body: makeInstance({ rows: 8, columns: 8, studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop }) }]));
+    const base = `/dicom-web/studies/${study}/series/${series}/instances/${sop}`;
+    expect((await request(relay.url).get(`/dicom-web/studies/${newUid()}`)).status).toBe(404);
+    expect((await request(relay.url).get(`/dicom-web/studies/${newUid()}/metadata`)).status).toBe(404);
+    expect((await request(relay.url).get(`/dicom-web/studies/..%2F..%2Fetc`)).status).toBe(400);
+    const jp = await request(relay.url).get(base).set("Accept", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50');
+    expect(jp.status).toBe(406);
+    expect(jp.body.error).toMatch(/does not transcode/);
+    expect((await request(relay.url).get(`${base}/frames/0`)).status).toBe(400);
+    expect((await request(relay.url).get(`${base}/frames/1,x`)).status).toBe(400);
+    expect((await request(relay.url).get(`${base}/frames/2`)).status).toBe(404);
+    const jpegFrames = await request(relay.url).get(`${base}/frames/1`).set("Accept", 'multipart/related; type="image/jpeg"');
+    expect(jpegFrames.status).toBe(406);
+  });
+
+  it("DELETE removes index rows and blobs", async () => {
+    const study = newUid();
+    const body = makeInstance({ rows: 8, columns: 8, studyInstanceUID: study });
+    expect((await stow(multipart([{ body }]))).status).toBe(200);
+    const blobs = countFiles(path.join(relay.dataDir, "blobs", "instances"));
+    const del = await request(relay.url).delete(`/dicom-web/studies/${study}`);
+    expect(del.status).toBe(200);
+    expect(del.body.deletedInstances).toBe(1);
+    expect(countFiles(path.join(relay.dataDir, "blobs", "instances"))).toBe(blobs - 1);
+    expect((await request(relay.url).get(`/dicom-web/studies/${study}/metadata`)).status).toBe(404);
+    expect((await request(relay.url).delete(`/dicom-web/studies/${study}`)).status).toBe(404);
+  });
+
+  it("health and readiness", async () => {
+    expect((await request(relay.url).get("/healthz")).body).toEqual({ status: "ok" });
+    const ready = await request(relay.url).get("/readyz");
+    expect(ready.status).toBe(200);
+    expect(ready.body.checks).toEqual({ index: "ok", storage: "ok" });
+  });
+});
+
+function countFiles(dir: string): number {
+  if (!fs.existsSync(dir)) return 0;
+  let n = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    n += e.isDirectory() ? countFiles(path.join(dir, e.name)) : 1;
+  }
+  return n;
+}

@@ -1,0 +1,123 @@
+/**
+ * The core user story with a real client: store a study with STOW-RS, find it with QIDO-RS, pull it
+ * back with WADO-RS byte for byte (dicomweb-client over loopback against the real server, real disk + SQLite).
+ */
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import crypto from "node:crypto";
+import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+
+const toArrayBuffer = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
+const value = (ds: Record<string, { Value?: unknown[] }>, tag: string) => ds[tag]?.Value?.[0];
+
+describe("DICOMweb round trip with dicomweb-client", () => {
+  let relay: TestRelay;
+  let client: DicomwebClient;
+  const studyUID = newUid();
+  const ct = [...generateStudy({ instances: 12, seriesCount: 2, rows: 64, columns: 64, modality: "CT", studyInstanceUID: studyUID, patientName: "Zhang^San=张^三", patientID: "CN-0001", charset: "GB18030", studyDate: "20240315", accessionNumber: "ACC-77" })];
+  const mrStudyUID = newUid();
+  const mr = [...generateStudy({ instances: 3, seriesCount: 1, rows: 32, columns: 32, modality: "MR", studyInstanceUID: mrStudyUID, patientName: "Smith^John", patientID: "UK-42", charset: "ISO_IR 100", studyDate: "20230102" })];
+
+  beforeAll(async () => {
+    relay = await startTestRelay();
+    client = dicomwebClient(relay.dicomwebUrl);
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  it("stores a study with STOW-RS (dicomweb-client storeInstances)", async () => {
+    await client.storeInstances({ datasets: ct.map((i) => toArrayBuffer(i.bytes)) });
+    await client.storeInstances({ datasets: mr.map((i) => toArrayBuffer(i.bytes)), studyInstanceUID: mrStudyUID });
+  });
+
+  it("finds studies with QIDO-RS: computed attributes and Chinese names decoded from GB18030", async () => {
+    const studies = await client.searchForStudies({ queryParams: { PatientID: "CN-0001" } });
+    expect(studies).toHaveLength(1);
+    const s = studies[0]!;
+    expect(value(s, "0020000D")).toBe(studyUID);
+    expect(value(s, "00201206")).toBe(2); // NumberOfStudyRelatedSeries
+    expect(value(s, "00201208")).toBe(12); // NumberOfStudyRelatedInstances
+    expect(s["00080061"]?.Value).toEqual(["CT"]); // ModalitiesInStudy
+    expect(value(s, "00100010")).toEqual({ Alphabetic: "Zhang^San", Ideographic: "张^三" });
+    expect(String(value(s, "00081190"))).toBe(`${relay.dicomwebUrl}/studies/${studyUID}`);
+  });
+
+  it("matches either name group, wildcards, date ranges, UID lists and ModalitiesInStudy", async () => {
+    const uidsOf = async (q: Record<string, unknown>) =>
+      (await client.searchForStudies({ queryParams: q })).map((s) => value(s, "0020000D")).sort();
+    expect(await uidsOf({ PatientName: "张^三" })).toEqual([studyUID]);
+    expect(await uidsOf({ PatientName: "zhang*" })).toEqual([studyUID]);
+    expect(await uidsOf({ PatientName: "Sm?th*" })).toEqual([mrStudyUID]);
+    expect(await uidsOf({ StudyDate: "20240101-20241231" })).toEqual([studyUID]);
+    expect(await uidsOf({ StudyDate: "-20231231" })).toEqual([mrStudyUID]);
+    expect(await uidsOf({ StudyInstanceUID: `${studyUID},${mrStudyUID}` })).toEqual([studyUID, mrStudyUID].sort());
+    expect(await uidsOf({ ModalitiesInStudy: "MR" })).toEqual([mrStudyUID]);
+    expect(await uidsOf({ AccessionNumber: "ACC-77" })).toEqual([studyUID]);
+    expect(await uidsOf({ PatientID: "nobody" })).toEqual([]);
+    expect(await client.searchForStudies({ queryParams: { limit: 1 } })).toHaveLength(1);
+  });
+
+  it("lists series and instances of a study", async () => {
+    const series = await client.searchForSeries({ studyInstanceUID: studyUID });
+    expect(series).toHaveLength(2);
+    expect(series.every((s) => value(s, "00080060") === "CT")).toBe(true);
+    const seriesUID = String(value(series[0]!, "0020000E"));
+    const instances = await client.searchForInstances({ studyInstanceUID: studyUID, seriesInstanceUID: seriesUID });
+    const expected = ct.filter((i) => i.seriesInstanceUID === seriesUID).map((i) => i.sopInstanceUID).sort();
+    expect(instances.map((i) => value(i, "00080018")).sort()).toEqual(expected);
+    const all = await client.searchForInstances({ studyInstanceUID: studyUID });
+    expect(all).toHaveLength(12);
+  });
+
+  it("retrieves the study with WADO-RS byte for byte", async () => {
+    const parts = await client.retrieveStudy({ studyInstanceUID: studyUID });
+    expect(parts).toHaveLength(12);
+    expect(parts.map(sha).sort()).toEqual(ct.map((i) => sha(i.bytes)).sort());
+    const one = ct[3]!;
+    const inst = await client.retrieveInstance({ studyInstanceUID: studyUID, seriesInstanceUID: one.seriesInstanceUID, sopInstanceUID: one.sopInstanceUID });
+    expect(sha(inst)).toBe(sha(one.bytes));
+  });
+
+  it("returns study metadata from the index with resolvable bulk data URIs", async () => {
+    const meta = await client.retrieveStudyMetadata({ studyInstanceUID: studyUID });
+    expect(meta).toHaveLength(12);
+    const m = meta.find((x) => value(x, "00080018") === ct[0]!.sopInstanceUID)!;
+    expect(value(m, "00280010")).toBe(64);
+    const pixel = m["7FE00010"] as { BulkDataURI?: string };
+    expect(pixel.BulkDataURI).toMatch(new RegExp(`^${relay.dicomwebUrl}/studies/${studyUID}/series/.+/bulkdata/7FE00010$`));
+    const [bulk] = await client.retrieveBulkData({ BulkDataURI: pixel.BulkDataURI! });
+    expect(Buffer.from(bulk!).length).toBe(64 * 64 * 2);
+  });
+
+  it("retrieves frames of native pixel data that match the stored pixel bytes", async () => {
+    const one = ct[0]!;
+    const frames = await client.retrieveInstanceFrames({ studyInstanceUID: studyUID, seriesInstanceUID: one.seriesInstanceUID, sopInstanceUID: one.sopInstanceUID, frameNumbers: [1] });
+    expect(frames).toHaveLength(1);
+    const frame = Buffer.from(frames[0]!);
+    expect(frame.length).toBe(64 * 64 * 2);
+    // the frame is the tail of the file: native pixel data is the last element in these instances
+    expect(one.bytes.includes(frame)).toBe(true);
+  });
+
+  it("serves each frame of a multi-frame RLE (encapsulated) instance by ranged reads", async () => {
+    const sop = newUid();
+    const series = newUid();
+    const bytes = makeInstance({ studyInstanceUID: studyUID, seriesInstanceUID: series, sopInstanceUID: sop, rows: 32, columns: 32, frames: 3, transferSyntaxUID: "1.2.840.10008.1.2.5", modality: "CT" });
+    await client.storeInstances({ datasets: [toArrayBuffer(bytes)] });
+    const frames = await client.retrieveInstanceFrames({
+      studyInstanceUID: studyUID, seriesInstanceUID: series, sopInstanceUID: sop, frameNumbers: [1, 3],
+      mediaTypes: [{ mediaType: "application/octet-stream", transferSyntaxUID: "*" }],
+    });
+    expect(frames).toHaveLength(2);
+    for (const f of frames) {
+      const b = Buffer.from(f);
+      expect(b.length).toBeGreaterThan(64); // RLE header is 64 bytes
+      expect(b.readUInt32LE(0)).toBeGreaterThan(0); // number of RLE segments
+      expect(bytes.includes(b)).toBe(true);
+    }
+    expect(Buffer.from(frames[0]!).equals(Buffer.from(frames[1]!))).toBe(false);
+  });
+});

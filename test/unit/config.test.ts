@@ -1,0 +1,49 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, it, expect } from "vitest";
+import { ConfigError, defaultConfig, envName, loadConfig } from "../../src/config.ts";
+
+describe("configuration: defaults <- file <- environment", () => {
+  it("embedded defaults: local disk + SQLite under the data directory", () => {
+    const c = loadConfig({ env: {} });
+    expect(c.storage.kind).toBe("fs");
+    expect(c.index.kind).toBe("sqlite");
+    expect(c.storage.fs.root).toBe(path.resolve("./data/blobs"));
+    expect(c.index.sqlite.path).toBe(path.resolve("./data/index.sqlite"));
+    expect(c.server.host).toBe("127.0.0.1");
+  });
+
+  it("names environment variables after the key path", () => {
+    expect(envName(["storage", "s3", "accessKey"])).toBe("DICOM_RELAY_STORAGE_S3_ACCESS_KEY");
+    expect(envName(["dataDir"])).toBe("DICOM_RELAY_DATA_DIR");
+  });
+
+  it("file overrides defaults and environment overrides the file, with types coerced", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cfg-"));
+    const file = path.join(dir, "relay.json");
+    fs.writeFileSync(file, JSON.stringify({ server: { port: 9000 }, ingest: { conflictPolicy: "keep-first" } }));
+    const c = loadConfig({ file, env: { DICOM_RELAY_SERVER_PORT: "9100", DICOM_RELAY_STORAGE_S3_PATH_STYLE: "false" } });
+    expect(c.server.port).toBe(9100);
+    expect(c.ingest.conflictPolicy).toBe("keep-first");
+    expect(c.storage.s3.pathStyle).toBe(false);
+    expect(c.server.maxHeaderBytes).toBe(defaultConfig().server.maxHeaderBytes);
+  });
+
+  it("refuses bad values with a sentence naming the key", () => {
+    expect(() => loadConfig({ env: { DICOM_RELAY_SERVER_PORT: "eighty" } })).toThrow(/server\.port.*DICOM_RELAY_SERVER_PORT.*number/);
+    expect(() => loadConfig({ env: { DICOM_RELAY_SERVER_PORT: "70000" } })).toThrow(ConfigError);
+    expect(() => loadConfig({ env: { DICOM_RELAY_INGEST_CONFLICT_POLICY: "overwrite" } })).toThrow(/ingest\.conflictPolicy/);
+    expect(() => loadConfig({ env: { DICOM_RELAY_STORAGE_S3_CREATE_BUCKET: "maybe" } })).toThrow(/storage\.s3\.createBucket.*true or false/);
+  });
+
+  it("refuses unknown keys and broken files", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cfg-"));
+    const file = path.join(dir, "relay.json");
+    fs.writeFileSync(file, JSON.stringify({ storage: { kindd: "fs" } }));
+    expect(() => loadConfig({ file, env: {} })).toThrow(/unknown configuration key "storage\.kindd"/);
+    fs.writeFileSync(file, "{ not json");
+    expect(() => loadConfig({ file, env: {} })).toThrow(/not valid JSON/);
+    expect(() => loadConfig({ file: path.join(dir, "missing.json"), env: {} })).toThrow(/cannot read the configuration file/);
+  });
+});

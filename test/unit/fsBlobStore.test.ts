@@ -1,0 +1,46 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, it, expect } from "vitest";
+import { Readable } from "node:stream";
+import { blobStoreContract } from "../contracts/blobStore.ts";
+import { FsBlobStore } from "../../src/storage/fs.ts";
+
+const roots: string[] = [];
+blobStoreContract(
+  "fs",
+  async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    roots.push(root);
+    return new FsBlobStore(root);
+  },
+  async (s) => {
+    await s.close();
+    for (const r of roots) fs.rmSync(r, { recursive: true, force: true });
+  },
+);
+
+describe("FsBlobStore specifics", () => {
+  it("clears temp files left by a crash at init and never lists them", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    fs.mkdirSync(path.join(root, ".tmp"), { recursive: true });
+    fs.writeFileSync(path.join(root, ".tmp", "half.part"), "partial");
+    const store = new FsBlobStore(root);
+    await store.init();
+    expect(fs.readdirSync(path.join(root, ".tmp"))).toEqual([]);
+    await store.put("instances/aa/x.dcm", Readable.from([Buffer.from("x")]));
+    const keys: string[] = [];
+    for await (const b of store.list()) keys.push(b.key);
+    expect(keys).toEqual(["instances/aa/x.dcm"]);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it("stays inside its root", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    await expect(store.put("..", Readable.from([Buffer.from("x")]))).rejects.toThrow(/unsafe/);
+    expect(fs.existsSync(path.join(root, "..", "x"))).toBe(false);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+});
