@@ -15,6 +15,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
+import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -186,9 +187,24 @@ async function streamGet(url: string, accept: string): Promise<{ bytes: number; 
 const MB = 1024 * 1024;
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
+interface Target {
+  url: string;
+  peakRss(): number;
+  resetPeak(): void;
+}
+
 export async function benchCore(workDir: string) {
   const server = await startServer(path.join(workDir, "core"));
   try {
+    return await measureDicomweb(server);
+  } finally {
+    await server.stop();
+  }
+}
+
+/** The same workload against any DICOMweb origin server (the relay, or Orthanc as the peer). */
+export async function measureDicomweb(server: Target) {
+  {
     // --- 300-instance 512x512 16-bit CT ---
     const ctStudy = newUid();
     let ctBytes = 0;
@@ -265,8 +281,6 @@ export async function benchCore(workDir: string) {
       wadoRetrieveStudy: { bytes: wado.bytes, seconds: round(wado.seconds, 2), mbPerSecond: round(wado.bytes / MB / wado.seconds), serverPeakRssMB: round(wadoPeak / MB) },
       serverPeakRssMB: round(server.peakRss() / MB),
     };
-  } finally {
-    await server.stop();
   }
 }
 
@@ -300,12 +314,25 @@ export async function benchLargeInstance(workDir: string) {
   }
 }
 
+/** The same core workload against Orthanc + its DICOMweb plugin, when installed. */
+async function benchPeer(workDir: string) {
+  const found = orthancAvailable();
+  if (!found || process.env.BENCH_SKIP_PEER === "1") return { orthanc: "not measured (not installed or BENCH_SKIP_PEER=1)" };
+  const orthanc = await startOrthanc(path.join(workDir, "peer"));
+  try {
+    return { orthanc: orthancVersion(found.binary), core: await measureDicomweb(orthanc) };
+  } finally {
+    await orthanc.stop();
+  }
+}
+
 async function main() {
   const workDir = await fsp.mkdtemp(path.join(os.tmpdir(), "relay-bench-"));
   const started = Date.now();
   try {
     const core = await benchCore(workDir);
     const large = await benchLargeInstance(workDir);
+    const peer = await benchPeer(workDir);
     const result = {
       when: new Date().toISOString(),
       machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, memoryGB: round(os.totalmem() / 1024 ** 3) },
@@ -313,6 +340,7 @@ async function main() {
       storage: "fs", index: "sqlite",
       core,
       largeInstance: large,
+      peer,
       targets: {
         "qido p95 < 20 ms": core.qidoMs.p95 < 20,
         "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,

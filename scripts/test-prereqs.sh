@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
 # Installs the external programs the test suite runs against (cached outside the repo).
+# One call per program; each script is idempotent and fast when its program is already cached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-minio.sh >/dev/null

@@ -6,6 +6,7 @@ import type { Index } from "./catalog/index.ts";
 import type { BlobStore } from "./storage/blobStore.ts";
 import type { Ingestor } from "./ingest/types.ts";
 import { dicomwebRouter } from "./dicomweb/router.ts";
+import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 
 export interface RelayServices {
@@ -14,6 +15,8 @@ export interface RelayServices {
   index: Index;
   store: BlobStore;
   ingest: Ingestor;
+  /** tus uploads, manifests, receipts (absent in tools that only need storage and index) */
+  transfers?: Transfers;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -51,6 +54,7 @@ export function createApp(svc: RelayServices): Express {
   });
 
   app.use(svc.config.dicomweb.root, dicomwebRouter(svc));
+  if (svc.transfers) app.use(svc.transfers.router());
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log));

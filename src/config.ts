@@ -78,6 +78,36 @@ export const configSchema = z
         enableDelete: z.boolean(),
       })
       .strict(),
+    transfers: z
+      .object({
+        /** path of the tus 1.0 endpoint; GET {tusPath}/{id} answers the upload's result */
+        tusPath: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+        /** where unfinished tus uploads are kept (local disk); default dataDir/uploads */
+        uploadDir: z.string(),
+        /** largest tus upload (a single file or a whole bundle), bytes; larger is refused with 413 */
+        maxUploadBytes: z.number().int().min(1024),
+        /** an upload not finished this long after its creation is removed and its disk space freed */
+        expirationSeconds: z.number().int().min(1),
+        /** how often abandoned uploads are looked for */
+        cleanupIntervalSeconds: z.number().int().min(1),
+        /** the final PATCH waits this long for the ingest result; then the client reads GET {tusPath}/{id} */
+        finishWaitSeconds: z.number().int().min(0),
+        /** most instances one transfer manifest may list */
+        maxManifestInstances: z.number().int().min(1),
+        /** Ed25519 key that signs receipts (PKCS#8 PEM, created at first start); default dataDir/keys/receipt-ed25519.pem */
+        receiptKeyPath: z.string(),
+        bundle: z
+          .object({
+            /** most entries in one bundle */
+            maxEntries: z.number().int().min(1),
+            /** most bytes all entries of one bundle may expand to */
+            maxTotalBytes: z.number().int().min(1024),
+            /** largest expanded/compressed ratio accepted (gzip / zip bomb guard) */
+            maxCompressionRatio: z.number().min(1),
+          })
+          .strict(),
+      })
+      .strict(),
   })
   .strict();
 
@@ -112,6 +142,17 @@ export function defaultConfig(): RelayConfig {
     },
     dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000 },
     admin: { enableDelete: true },
+    transfers: {
+      tusPath: "/api/uploads",
+      uploadDir: "",
+      maxUploadBytes: 64 * 1024 * 1024 * 1024,
+      expirationSeconds: 3 * 24 * 3600,
+      cleanupIntervalSeconds: 3600,
+      finishWaitSeconds: 60,
+      maxManifestInstances: 100_000,
+      receiptKeyPath: "",
+      bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
+    },
   };
 }
 
@@ -222,6 +263,11 @@ function resolvePaths(cfg: RelayConfig): RelayConfig {
     index: {
       ...cfg.index,
       sqlite: { path: cfg.index.sqlite.path === ":memory:" ? ":memory:" : path.resolve(cfg.index.sqlite.path || path.join(dataDir, "index.sqlite")) },
+    },
+    transfers: {
+      ...cfg.transfers,
+      uploadDir: path.resolve(cfg.transfers.uploadDir || path.join(dataDir, "uploads")),
+      receiptKeyPath: path.resolve(cfg.transfers.receiptKeyPath || path.join(dataDir, "keys", "receipt-ed25519.pem")),
     },
   };
 }

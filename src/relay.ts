@@ -9,6 +9,7 @@ import { createIndex } from "./catalog/factory.ts";
 import { createBlobStore } from "./storage/index.ts";
 import { IngestPipeline } from "./ingest/pipeline.ts";
 import { createApp, type RelayServices } from "./app.ts";
+import { startTransfers } from "./transfers/index.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -35,7 +36,8 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     log: logger,
   });
   await ingest.init();
-  return { config, log: logger, index, store, ingest };
+  const transfers = await startTransfers({ config, log: logger, index, store, ingest });
+  return { config, log: logger, index, store, ingest, transfers };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -64,6 +66,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
         server.close(() => resolve());
         server.closeAllConnections();
       });
+      await services.transfers?.close();
       await services.index.close();
       await services.store.close();
     },

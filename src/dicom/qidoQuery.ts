@@ -8,7 +8,10 @@ export type QidoMatch =
   | { kind: "single"; value: string }
   /** wildcard matching with * and ? (value keeps the raw pattern) */
   | { kind: "wildcard"; pattern: string }
-  /** UID list matching (backslash-separated or repeated parameter) */
+  /**
+   * list matching: UID list matching (PS3.4 C.2.2.2.2), and "any of" for code strings such as
+   * ModalitiesInStudy=CT\MR (backslash- or comma-separated)
+   */
   | { kind: "uidList"; values: string[] }
   /**
    * range matching for DA/TM/DT: either bound may be missing; values normalised

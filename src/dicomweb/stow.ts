@@ -35,8 +35,7 @@ export function stowRoutes(svc: DicomwebServices): Router {
       for await (const part of readMultipartParts(req, boundary, {})) {
         const partType = parseContentType(part.headers["content-type"] ?? "application/dicom").mediaType;
         if (partType !== "application/dicom") {
-          part.body.resume();
-          await new Promise((resolve) => part.body.once("end", resolve));
+          // the reader discards an unread part when the next one is asked for
           results.push({
             status: "failed",
             reason: FailureReason.CannotUnderstand,

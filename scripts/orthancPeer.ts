@@ -1,0 +1,87 @@
+/**
+ * Orthanc with its DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb) as the peer to measure
+ * against: started on loopback ports with a temporary database, stopped afterwards.
+ */
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+
+const PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins"];
+
+export function orthancAvailable(): { binary: string; plugin: string } | null {
+  let binary = "";
+  for (const b of ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]) if (fs.existsSync(b)) binary = b;
+  if (!binary) return null;
+  for (const d of PLUGIN_DIRS) {
+    const p = path.join(d, "libOrthancDicomWeb.so");
+    if (fs.existsSync(p)) return { binary, plugin: p };
+  }
+  return null;
+}
+
+export function orthancVersion(binary: string): string {
+  try {
+    return execFileSync(binary, ["--version"], { encoding: "utf8" }).split("\n")[0]!.trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+export interface OrthancPeer {
+  url: string;
+  proc: ChildProcess;
+  peakRss(): number;
+  resetPeak(): void;
+  stop(): Promise<void>;
+}
+
+export async function startOrthanc(workDir: string): Promise<OrthancPeer> {
+  const found = orthancAvailable();
+  if (!found) throw new Error("Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)");
+  const httpPort = await freePort();
+  const conf = path.join(workDir, "orthanc-conf");
+  const db = path.join(workDir, "orthanc-db");
+  fs.mkdirSync(conf, { recursive: true });
+  fs.mkdirSync(db, { recursive: true });
+  fs.writeFileSync(path.join(conf, "orthanc.json"), JSON.stringify({
+    Name: "peer", StorageDirectory: db, IndexDirectory: db, HttpPort: httpPort,
+    RemoteAccessAllowed: false, AuthenticationEnabled: false, DicomServerEnabled: false,
+    Plugins: [found.plugin], DicomWeb: { Enable: true, Root: "/dicom-web/" },
+  }));
+  const proc = spawn(found.binary, [conf + "/"], { stdio: ["ignore", "ignore", "ignore"] });
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/system`);
+      if (res.ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error("Orthanc did not start within 30 s");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const status = () => fs.readFileSync(`/proc/${proc.pid}/status`, "utf8");
+  return {
+    url: `http://127.0.0.1:${httpPort}/dicom-web`,
+    proc,
+    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(status())![1]) * 1024,
+    resetPeak: () => fs.writeFileSync(`/proc/${proc.pid}/clear_refs`, "5"),
+    stop: () =>
+      new Promise((resolve) => {
+        proc.once("exit", () => resolve());
+        proc.kill("SIGTERM");
+      }),
+  };
+}

@@ -1,0 +1,165 @@
+/**
+ * Versioned schema migrations for the SQL indexes. Each migration carries its SQL per dialect, so a
+ * PostgreSQL index adds its `postgres` text next to the SQLite one and reuses the same numbering
+ * and the same runner logic (a schema_migrations table; applied versions are skipped).
+ *
+ * Rules: never edit a released migration, append a new one. Column types stay to TEXT / INTEGER
+ * (portable); dates are TEXT "YYYYMMDD", times TEXT "HHMMSS.FFFFFF", so ranges are string compares.
+ */
+export type DialectName = "sqlite" | "postgres";
+
+export interface Migration {
+  version: number;
+  name: string;
+  /** statements separated by ";" (a runner may execute the text as one script) */
+  sql: { sqlite: string; postgres?: string };
+}
+
+/**
+ * Version 1. Spelled out (not generated from queryCompiler's column map) so that it never changes
+ * once released; a unit test checks that every matching column exists.
+ */
+const V1_SQLITE = `
+CREATE TABLE patients (
+  pk INTEGER PRIMARY KEY,
+  -- identity of a patient: ID, issuer and name as written; '' when absent (NULLs never collide in UNIQUE)
+  patient_key_id TEXT NOT NULL,
+  patient_key_issuer TEXT NOT NULL,
+  patient_key_name TEXT NOT NULL,
+  patient_name_alpha TEXT,
+  patient_name_ideo TEXT,
+  patient_name_phon TEXT,
+  patient_name_alpha_uc TEXT,
+  patient_name_ideo_uc TEXT,
+  patient_name_phon_uc TEXT,
+  patient_name_words TEXT,
+  patient_id TEXT,
+  issuer_of_patient_id TEXT,
+  patient_birth_date TEXT,
+  patient_sex TEXT,
+  attrs TEXT NOT NULL,
+  UNIQUE (patient_key_id, patient_key_issuer, patient_key_name)
+);
+CREATE INDEX patients_patient_name_alpha_uc ON patients(patient_name_alpha_uc);
+CREATE INDEX patients_patient_name_ideo_uc ON patients(patient_name_ideo_uc);
+CREATE INDEX patients_patient_name_phon_uc ON patients(patient_name_phon_uc);
+CREATE INDEX patients_patient_id ON patients(patient_id);
+CREATE INDEX patients_issuer_of_patient_id ON patients(issuer_of_patient_id);
+CREATE INDEX patients_patient_birth_date ON patients(patient_birth_date);
+CREATE INDEX patients_patient_sex ON patients(patient_sex);
+
+CREATE TABLE studies (
+  pk INTEGER PRIMARY KEY,
+  study_instance_uid TEXT NOT NULL UNIQUE,
+  patient_pk INTEGER NOT NULL REFERENCES patients(pk),
+  study_date TEXT,
+  study_time TEXT,
+  accession_number TEXT,
+  referring_name_alpha TEXT,
+  referring_name_ideo TEXT,
+  referring_name_phon TEXT,
+  referring_name_alpha_uc TEXT,
+  referring_name_ideo_uc TEXT,
+  referring_name_phon_uc TEXT,
+  referring_name_words TEXT,
+  study_description TEXT,
+  study_id TEXT,
+  -- counts kept by the index: all rows, and rows not held back by an unfinished transfer
+  instance_count INTEGER NOT NULL DEFAULT 0,
+  visible_count INTEGER NOT NULL DEFAULT 0,
+  attrs TEXT NOT NULL,
+  created_at TEXT NOT NULL
+);
+CREATE INDEX studies_patient_pk ON studies(patient_pk);
+CREATE INDEX studies_order ON studies(study_date DESC, study_instance_uid);
+CREATE INDEX studies_study_time ON studies(study_time);
+CREATE INDEX studies_accession_number ON studies(accession_number);
+CREATE INDEX studies_referring_name_alpha_uc ON studies(referring_name_alpha_uc);
+CREATE INDEX studies_referring_name_ideo_uc ON studies(referring_name_ideo_uc);
+CREATE INDEX studies_referring_name_phon_uc ON studies(referring_name_phon_uc);
+CREATE INDEX studies_study_description ON studies(study_description);
+CREATE INDEX studies_study_id ON studies(study_id);
+
+CREATE TABLE series (
+  pk INTEGER PRIMARY KEY,
+  series_instance_uid TEXT NOT NULL,
+  study_pk INTEGER NOT NULL REFERENCES studies(pk),
+  modality TEXT,
+  series_description TEXT,
+  series_date TEXT,
+  body_part_examined TEXT,
+  series_number INTEGER,
+  pps_start_date TEXT,
+  pps_start_time TEXT,
+  instance_count INTEGER NOT NULL DEFAULT 0,
+  visible_count INTEGER NOT NULL DEFAULT 0,
+  attrs TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  -- per study: a series UID wrongly reused by another study stays in its own study
+  UNIQUE (study_pk, series_instance_uid)
+);
+CREATE INDEX series_uid ON series(series_instance_uid);
+CREATE INDEX series_study_order ON series(study_pk, series_number, series_instance_uid);
+CREATE INDEX series_study_modality ON series(study_pk, modality);
+CREATE INDEX series_modality ON series(modality);
+CREATE INDEX series_series_number ON series(series_number);
+CREATE INDEX series_series_description ON series(series_description);
+CREATE INDEX series_series_date ON series(series_date);
+CREATE INDEX series_body_part_examined ON series(body_part_examined);
+CREATE INDEX series_pps_start_date ON series(pps_start_date);
+CREATE INDEX series_pps_start_time ON series(pps_start_time);
+
+CREATE TABLE instances (
+  pk INTEGER PRIMARY KEY,
+  sop_instance_uid TEXT NOT NULL UNIQUE,
+  series_pk INTEGER NOT NULL REFERENCES series(pk),
+  study_pk INTEGER NOT NULL REFERENCES studies(pk),
+  sop_class_uid TEXT NOT NULL,
+  instance_number INTEGER,
+  content_date TEXT,
+  acquisition_datetime TEXT,
+  transfer_syntax_uid TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  blob_key TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  -- the catalogued instance attributes, so instance searches need not parse the full metadata
+  qido_attrs TEXT NOT NULL,
+  pixel_data TEXT,
+  bulk_data TEXT NOT NULL,
+  stored_at TEXT NOT NULL,
+  pending_transfer_id TEXT
+);
+CREATE INDEX instances_series_order ON instances(series_pk, instance_number, sop_instance_uid);
+CREATE INDEX instances_study_pk ON instances(study_pk);
+CREATE INDEX instances_sop_class_uid ON instances(sop_class_uid);
+CREATE INDEX instances_instance_number ON instances(instance_number);
+CREATE INDEX instances_content_date ON instances(content_date);
+CREATE INDEX instances_acquisition_datetime ON instances(acquisition_datetime);
+CREATE INDEX instances_blob_key ON instances(blob_key);
+CREATE INDEX instances_pending ON instances(pending_transfer_id) WHERE pending_transfer_id IS NOT NULL;
+`;
+
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, name: "patients, studies, series, instances", sql: { sqlite: V1_SQLITE } },
+];
+
+/** The migrations not yet applied, in order; refuses a database newer than this build. */
+export function pendingMigrations(appliedVersions: readonly number[], dialect: DialectName): Migration[] {
+  const latest = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+  const newest = appliedVersions.length ? Math.max(...appliedVersions) : 0;
+  if (newest > latest) {
+    throw new Error(`the index database is at schema version ${newest}, newer than this relay understands (${latest}); upgrade the relay`);
+  }
+  const applied = new Set(appliedVersions);
+  const pending = MIGRATIONS.filter((m) => !applied.has(m.version));
+  for (const m of pending) {
+    if (!m.sql[dialect]) throw new Error(`migration ${m.version} (${m.name}) has no ${dialect} SQL`);
+  }
+  return pending;
+}
+
+export const SCHEMA_MIGRATIONS_TABLE: Record<DialectName, string> = {
+  sqlite: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+  postgres: "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)",
+};

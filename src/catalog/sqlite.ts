@@ -1,0 +1,488 @@
+/**
+ * The embedded index: SQLite through better-sqlite3 (synchronous calls behind the async Index API).
+ *
+ * - WAL, so readers (QIDO, WADO) never wait for a writer, and synchronous=FULL: a STOW-RS or a
+ *   finished upload answered "stored" lets the sender drop its copy, so each commit must survive a
+ *   power cut, not just a crash of the process (NORMAL could lose the last commits). The cost is one
+ *   fsync of the WAL per committed instance, small next to writing the instance itself.
+ * - Study / series / patient rows are derived from their instances: created by the first instance
+ *   (whose attributes win), blanks filled by later ones, counts kept on every change, rows removed
+ *   with their last instance.
+ * - De-duplication is decided by the UNIQUE constraint on sop_instance_uid inside the write
+ *   transaction (INSERT ... ON CONFLICT DO NOTHING), never by a read before the write alone.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import Database from "better-sqlite3";
+import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
+import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
+import type { QidoQuery } from "../dicom/qidoQuery.ts";
+import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
+import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
+import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations } from "./migrations.ts";
+import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnNames, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
+import { nameKey, personNameGroups } from "./pnMatch.ts";
+
+export interface SqliteIndexOptions {
+  /** database file, or ":memory:" (tests) */
+  path: string;
+  /** how long a writer waits for another process's write lock (ms) */
+  busyTimeoutMs?: number;
+}
+
+/** Rows per page of iterateInstances. */
+const PAGE = 500;
+
+const LOCATION_COLUMNS =
+  "i.pk, i.series_pk, i.study_pk, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.size, i.sha256, i.blob_key," +
+  " i.pixel_data, i.bulk_data, se.series_instance_uid, st.study_instance_uid";
+const INSTANCE_JOINS = "instances i JOIN series se ON se.pk = i.series_pk JOIN studies st ON st.pk = i.study_pk";
+
+interface LocationRow {
+  pk: number;
+  series_pk: number;
+  study_pk: number;
+  sop_instance_uid: string;
+  sop_class_uid: string;
+  transfer_syntax_uid: string;
+  size: number;
+  sha256: string;
+  blob_key: string;
+  pixel_data: string | null;
+  bulk_data: string;
+  series_instance_uid: string;
+  study_instance_uid: string;
+}
+
+function toLocation(r: LocationRow): InstanceLocation {
+  return {
+    studyInstanceUID: r.study_instance_uid,
+    seriesInstanceUID: r.series_instance_uid,
+    sopInstanceUID: r.sop_instance_uid,
+    sopClassUID: r.sop_class_uid,
+    transferSyntaxUID: r.transfer_syntax_uid,
+    size: r.size,
+    sha256: r.sha256,
+    blobKey: r.blob_key,
+    pixelData: r.pixel_data === null ? null : JSON.parse(r.pixel_data),
+    bulkData: JSON.parse(r.bulk_data),
+  };
+}
+
+/** Thrown inside the insert transaction to roll it back when the unique constraint said "already there". */
+class AlreadyIndexed extends Error {}
+
+function hasValue(a: DicomJsonAttribute | undefined): boolean {
+  if (!a) return false;
+  if (a.InlineBinary !== undefined || a.BulkDataURI !== undefined) return true;
+  return Array.isArray(a.Value) && a.Value.length > 0 && a.Value.some((v) => v !== null && v !== "");
+}
+
+/** The stored attributes of one entity level, taken from an instance's data set. */
+function pick(ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset {
+  const out: DicomJsonDataset = {};
+  for (const tag of storedTagsOf(level)) if (hasValue(ds[tag])) out[tag] = ds[tag]!;
+  return out;
+}
+
+/** First instance wins; attributes it left empty are taken from a later one. Null when nothing changed. */
+function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset | null {
+  let changed = false;
+  for (const tag of storedTagsOf(level)) {
+    if (!hasValue(stored[tag]) && hasValue(ds[tag])) {
+      stored[tag] = ds[tag]!;
+      changed = true;
+    }
+  }
+  return changed ? stored : null;
+}
+
+function stringValue(ds: DicomJsonDataset, tag: string): string {
+  const v = ds[tag]?.Value?.[0];
+  return typeof v === "string" ? v.trim() : "";
+}
+
+/** Identity of a patient: ID, issuer and name as written (two people sharing an ID stay apart). */
+function patientKey(ds: DicomJsonDataset) {
+  return {
+    patient_key_id: stringValue(ds, TAG.PatientID),
+    patient_key_issuer: stringValue(ds, "00100021"),
+    patient_key_name: nameKey(personNameGroups(ds[TAG.PatientName]?.Value?.[0])),
+  };
+}
+
+const PATIENT_COLUMNS = matchColumnNames("patient");
+const STUDY_COLUMNS = matchColumnNames("study");
+const SERIES_COLUMNS = matchColumnNames("series");
+const INSTANCE_COLUMNS = matchColumnNames("instance");
+const assignments = (cols: string[]) => cols.map((c) => `${c} = @${c}`).join(", ");
+
+export class SqliteIndex implements Index {
+  readonly kind = "sqlite";
+  private db: Database.Database | null = null;
+  private readonly statements = new Map<string, Database.Statement>();
+
+  constructor(private readonly options: SqliteIndexOptions) {}
+
+  private get conn(): Database.Database {
+    if (!this.db) throw new Error("the SQLite index is not open: call init() first");
+    return this.db;
+  }
+
+  /** Prepared statements are cached by their SQL text (search SQL varies with the query's keys). */
+  private prep(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      if (this.statements.size >= 500) this.statements.clear();
+      s = this.conn.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  async init(): Promise<void> {
+    if (!this.db) {
+      const file = this.options.path;
+      if (file !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+      const db = new Database(file);
+      try {
+        db.pragma("journal_mode = WAL");
+        db.pragma("synchronous = FULL");
+        db.pragma("foreign_keys = ON");
+        db.pragma(`busy_timeout = ${Math.max(0, Math.floor(this.options.busyTimeoutMs ?? 5000))}`);
+      } catch (err) {
+        db.close();
+        throw err;
+      }
+      this.db = db;
+    }
+    const db = this.conn;
+    db.exec(SCHEMA_MIGRATIONS_TABLE.sqlite);
+    // IMMEDIATE: two processes starting together apply each migration once
+    db.transaction(() => {
+      const applied = db.prepare("SELECT version FROM schema_migrations").pluck().all() as number[];
+      for (const m of pendingMigrations(applied, "sqlite")) {
+        db.exec(m.sql.sqlite);
+        db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)").run(m.version, m.name, new Date().toISOString());
+      }
+    }).immediate();
+  }
+
+  /** Applied schema versions (for diagnostics and tests). */
+  schemaVersions(): number[] {
+    return this.conn.prepare("SELECT version FROM schema_migrations ORDER BY version").pluck().all() as number[];
+  }
+
+  /** The newest schema version this build knows. */
+  static readonly latestSchemaVersion = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+  // ---- writing ----
+
+  async insertInstance(record: InstanceRecord): Promise<InsertOutcome> {
+    // fast path for the common re-send: nothing to write
+    const before = this.findBySop(record.sopInstanceUID);
+    if (before) return this.compare(record, before);
+    try {
+      this.conn.transaction(() => this.insertRow(record)).immediate();
+      return { outcome: "inserted" };
+    } catch (err) {
+      if (!(err instanceof AlreadyIndexed)) throw err;
+      const existing = this.findBySop(record.sopInstanceUID);
+      if (!existing) throw new Error(`instance ${record.sopInstanceUID} was reported present and then absent`);
+      return this.compare(record, existing);
+    }
+  }
+
+  private compare(record: InstanceRecord, existing: LocationRow): InsertOutcome {
+    const loc = toLocation(existing);
+    return existing.sha256 === record.sha256 ? { outcome: "duplicate", existing: loc } : { outcome: "conflict", existing: loc };
+  }
+
+  async replaceInstance(record: InstanceRecord): Promise<InstanceLocation | null> {
+    return this.conn.transaction(() => {
+      const old = this.findBySop(record.sopInstanceUID);
+      if (old) this.deleteRows([old]);
+      this.insertRow(record);
+      return old ? toLocation(old) : null;
+    }).immediate();
+  }
+
+  /** Inside a transaction: patient / study / series upserts, the instance row, the counts. */
+  private insertRow(record: InstanceRecord): void {
+    const now = new Date().toISOString();
+    const ds = record.metadata;
+    const studyPk = this.ensureStudy(record.studyInstanceUID, ds, now);
+    const seriesPk = this.ensureSeries(studyPk, record.seriesInstanceUID, ds, now);
+    const cols = ["sop_instance_uid", "series_pk", "study_pk", "sop_class_uid", ...INSTANCE_COLUMNS, "transfer_syntax_uid", "size", "sha256",
+      "blob_key", "metadata", "qido_attrs", "pixel_data", "bulk_data", "stored_at", "pending_transfer_id"];
+    const pending = record.pendingTransferId ?? null;
+    const info = this.prep(
+      `INSERT INTO instances (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (sop_instance_uid) DO NOTHING`,
+    ).run({
+      ...matchColumnValues("instance", ds),
+      sop_instance_uid: record.sopInstanceUID,
+      series_pk: seriesPk,
+      study_pk: studyPk,
+      sop_class_uid: record.sopClassUID,
+      transfer_syntax_uid: record.transferSyntaxUID,
+      size: record.size,
+      sha256: record.sha256,
+      blob_key: record.blobKey,
+      metadata: JSON.stringify(ds),
+      qido_attrs: JSON.stringify(pick(ds, "instance")),
+      pixel_data: record.pixelData ? JSON.stringify(record.pixelData) : null,
+      bulk_data: JSON.stringify(record.bulkData ?? []),
+      stored_at: now,
+      pending_transfer_id: pending,
+    });
+    if (info.changes === 0) throw new AlreadyIndexed();
+    const visible = pending === null ? 1 : 0;
+    this.prep("UPDATE series SET instance_count = instance_count + 1, visible_count = visible_count + ? WHERE pk = ?").run(visible, seriesPk);
+    this.prep("UPDATE studies SET instance_count = instance_count + 1, visible_count = visible_count + ? WHERE pk = ?").run(visible, studyPk);
+  }
+
+  private ensurePatient(ds: DicomJsonDataset): number {
+    const key = patientKey(ds);
+    const attrs = pick(ds, "patient");
+    const cols = ["patient_key_id", "patient_key_issuer", "patient_key_name", ...PATIENT_COLUMNS, "attrs"];
+    this.prep(
+      `INSERT INTO patients (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")})` +
+        " ON CONFLICT (patient_key_id, patient_key_issuer, patient_key_name) DO NOTHING",
+    ).run({ ...key, ...matchColumnValues("patient", attrs), attrs: JSON.stringify(attrs) });
+    const row = this.prep(
+      "SELECT pk, attrs FROM patients WHERE patient_key_id = @patient_key_id AND patient_key_issuer = @patient_key_issuer AND patient_key_name = @patient_key_name",
+    ).get(key) as { pk: number; attrs: string };
+    this.fillPatient(row.pk, row.attrs, ds);
+    return row.pk;
+  }
+
+  private fillPatient(pk: number, storedJson: string, ds: DicomJsonDataset): void {
+    const merged = fillBlanks(JSON.parse(storedJson), ds, "patient");
+    if (merged) {
+      this.prep(`UPDATE patients SET ${assignments(PATIENT_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
+        .run({ ...matchColumnValues("patient", merged), attrs: JSON.stringify(merged), pk });
+    }
+  }
+
+  private ensureStudy(uid: string, ds: DicomJsonDataset, now: string): number {
+    const existing = this.prep("SELECT pk, patient_pk, attrs FROM studies WHERE study_instance_uid = ?").get(uid) as
+      | { pk: number; patient_pk: number; attrs: string }
+      | undefined;
+    if (existing) {
+      const merged = fillBlanks(JSON.parse(existing.attrs), ds, "study");
+      if (merged) {
+        this.prep(`UPDATE studies SET ${assignments(STUDY_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
+          .run({ ...matchColumnValues("study", merged), attrs: JSON.stringify(merged), pk: existing.pk });
+      }
+      // the study keeps the patient its first instance named; only that same patient's blanks are filled
+      const patient = this.prep("SELECT patient_key_id, patient_key_issuer, patient_key_name, attrs FROM patients WHERE pk = ?").get(existing.patient_pk) as
+        { patient_key_id: string; patient_key_issuer: string; patient_key_name: string; attrs: string };
+      const key = patientKey(ds);
+      if (patient.patient_key_id === key.patient_key_id && patient.patient_key_issuer === key.patient_key_issuer && patient.patient_key_name === key.patient_key_name) {
+        this.fillPatient(existing.patient_pk, patient.attrs, ds);
+      }
+      return existing.pk;
+    }
+    const attrs = pick(ds, "study");
+    const cols = ["study_instance_uid", "patient_pk", ...STUDY_COLUMNS, "attrs", "created_at"];
+    this.prep(`INSERT INTO studies (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (study_instance_uid) DO NOTHING`)
+      .run({ ...matchColumnValues("study", attrs), study_instance_uid: uid, patient_pk: this.ensurePatient(ds), attrs: JSON.stringify(attrs), created_at: now });
+    return (this.prep("SELECT pk FROM studies WHERE study_instance_uid = ?").get(uid) as { pk: number }).pk;
+  }
+
+  private ensureSeries(studyPk: number, uid: string, ds: DicomJsonDataset, now: string): number {
+    const existing = this.prep("SELECT pk, attrs FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as
+      | { pk: number; attrs: string }
+      | undefined;
+    if (existing) {
+      const merged = fillBlanks(JSON.parse(existing.attrs), ds, "series");
+      if (merged) {
+        this.prep(`UPDATE series SET ${assignments(SERIES_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
+          .run({ ...matchColumnValues("series", merged), attrs: JSON.stringify(merged), pk: existing.pk });
+      }
+      return existing.pk;
+    }
+    const attrs = pick(ds, "series");
+    const cols = ["series_instance_uid", "study_pk", ...SERIES_COLUMNS, "attrs", "created_at"];
+    this.prep(`INSERT INTO series (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (study_pk, series_instance_uid) DO NOTHING`)
+      .run({ ...matchColumnValues("series", attrs), series_instance_uid: uid, study_pk: studyPk, attrs: JSON.stringify(attrs), created_at: now });
+    return (this.prep("SELECT pk FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as { pk: number }).pk;
+  }
+
+  /** Inside a transaction: remove instance rows, recount, drop emptied series / studies / patients. */
+  private deleteRows(rows: readonly LocationRow[]): void {
+    if (!rows.length) return;
+    this.prep("DELETE FROM instances WHERE pk IN (SELECT value FROM json_each(?))").run(JSON.stringify(rows.map((r) => r.pk)));
+    this.recount(new Set(rows.map((r) => r.series_pk)), new Set(rows.map((r) => r.study_pk)));
+  }
+
+  private recount(seriesPks: ReadonlySet<number>, studyPks: ReadonlySet<number>): void {
+    for (const pk of seriesPks) {
+      this.prep(
+        "UPDATE series SET instance_count = (SELECT COUNT(*) FROM instances WHERE series_pk = @pk)," +
+          " visible_count = (SELECT COUNT(*) FROM instances WHERE series_pk = @pk AND pending_transfer_id IS NULL) WHERE pk = @pk",
+      ).run({ pk });
+      this.prep("DELETE FROM series WHERE pk = ? AND instance_count = 0").run(pk);
+    }
+    for (const pk of studyPks) {
+      this.prep(
+        "UPDATE studies SET instance_count = (SELECT COALESCE(SUM(instance_count), 0) FROM series WHERE study_pk = @pk)," +
+          " visible_count = (SELECT COALESCE(SUM(visible_count), 0) FROM series WHERE study_pk = @pk) WHERE pk = @pk",
+      ).run({ pk });
+      const study = this.prep("SELECT patient_pk, instance_count FROM studies WHERE pk = ?").get(pk) as { patient_pk: number; instance_count: number } | undefined;
+      if (study && study.instance_count === 0) {
+        this.prep("DELETE FROM studies WHERE pk = ?").run(pk);
+        this.prep("DELETE FROM patients WHERE pk = @pk AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = @pk)").run({ pk: study.patient_pk });
+      }
+    }
+  }
+
+  async deleteInstances(scope: InstanceScope): Promise<InstanceLocation[]> {
+    const where = compileInstanceScope(scope, sqliteDialect);
+    return this.conn.transaction(() => {
+      const rows = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).all(...where.params) as LocationRow[];
+      this.deleteRows(rows);
+      return rows.map(toLocation);
+    }).immediate();
+  }
+
+  async releaseTransfer(transferId: string): Promise<number> {
+    return this.conn.transaction(() => {
+      const affected = this.prep("SELECT DISTINCT series_pk, study_pk FROM instances WHERE pending_transfer_id = ?").all(transferId) as
+        { series_pk: number; study_pk: number }[];
+      const n = this.prep("UPDATE instances SET pending_transfer_id = NULL WHERE pending_transfer_id = ?").run(transferId).changes;
+      this.recount(new Set(affected.map((r) => r.series_pk)), new Set(affected.map((r) => r.study_pk)));
+      return n;
+    }).immediate();
+  }
+
+  // ---- reading ----
+
+  private findBySop(sopInstanceUID: string, includePending = true): LocationRow | undefined {
+    return this.prep(
+      `SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE i.sop_instance_uid = ?${includePending ? "" : " AND i.pending_transfer_id IS NULL"}`,
+    ).get(sopInstanceUID) as LocationRow | undefined;
+  }
+
+  async getInstance(sopInstanceUID: string, opts: { includePending?: boolean } = {}): Promise<InstanceLocation | null> {
+    const row = this.findBySop(sopInstanceUID, opts.includePending ?? false);
+    return row ? toLocation(row) : null;
+  }
+
+  async listInstances(scope: InstanceScope): Promise<InstanceLocation[]> {
+    const where = compileInstanceScope(scope, sqliteDialect);
+    const rows = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).all(...where.params) as LocationRow[];
+    return rows.map(toLocation);
+  }
+
+  async listMetadata(scope: InstanceScope): Promise<string[]> {
+    const where = compileInstanceScope(scope, sqliteDialect);
+    // the stored text as is: no parse / re-serialise per instance
+    return this.prep(`SELECT i.metadata FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).pluck().all(...where.params) as string[];
+  }
+
+  async isBlobReferenced(blobKey: string): Promise<boolean> {
+    return this.prep("SELECT 1 FROM instances WHERE blob_key = ? LIMIT 1").get(blobKey) !== undefined;
+  }
+
+  async *iterateInstances(): AsyncIterable<InstanceLocation> {
+    // bounded by the rows present when the walk starts: rows added meanwhile are not chased
+    const last = (this.prep("SELECT COALESCE(MAX(pk), 0) FROM instances").pluck().get() as number) ?? 0;
+    let after = 0;
+    while (after < last) {
+      const rows = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE i.pk > ? AND i.pk <= ? ORDER BY i.pk LIMIT ${PAGE}`)
+        .all(after, last) as LocationRow[];
+      if (!rows.length) break;
+      for (const r of rows) yield toLocation(r);
+      after = rows[rows.length - 1]!.pk;
+    }
+  }
+
+  async search(query: QidoQuery, opts: { allowedStudies?: readonly string[] | null } = {}): Promise<QidoResult> {
+    const compiled = compileQidoSearch(query, opts, sqliteDialect);
+    const rows = this.prep(compiled.sql).all(...compiled.params) as { study_pk: number; series_pk?: number; instance_pk?: number }[];
+    if (!rows.length) return { matches: [] };
+    const plan = qidoReturnPlan(query);
+    const studies = this.loadStudies(rows.map((r) => r.study_pk));
+    const series = query.level === "study" ? new Map<number, QidoSeriesValues>() : this.loadSeries(rows.map((r) => r.series_pk!));
+    const instances = query.level === "instance" ? this.loadInstances(rows.map((r) => r.instance_pk!), plan.needsMetadata) : null;
+    const matches = rows.map((r) => {
+      const values: QidoMatchValues = { study: studies.get(r.study_pk)! };
+      if (r.series_pk !== undefined) values.series = series.get(r.series_pk);
+      if (instances) {
+        const inst = instances.get(r.instance_pk!)!;
+        values.instance = { sopInstanceUID: inst.sopInstanceUID, attrs: inst.attrs };
+        values.metadata = inst.metadata;
+      } else if (plan.needsMetadata) {
+        values.metadata = this.representative(query.level === "study" ? "study_pk" : "series_pk", query.level === "study" ? r.study_pk : r.series_pk!);
+      }
+      return assembleQidoMatch(query.level, plan, values);
+    });
+    return { matches };
+  }
+
+  private loadStudies(pks: number[]): Map<number, QidoStudyValues> {
+    const list = JSON.stringify([...new Set(pks)]);
+    const rows = this.prep(
+      "SELECT st.pk, st.study_instance_uid, st.attrs, p.attrs AS patient_attrs, st.visible_count FROM studies st" +
+        " JOIN patients p ON p.pk = st.patient_pk WHERE st.pk IN (SELECT value FROM json_each(?))",
+    ).all(list) as { pk: number; study_instance_uid: string; attrs: string; patient_attrs: string; visible_count: number }[];
+    const perSeries = this.prep(
+      "SELECT study_pk, modality, COUNT(*) AS n FROM series WHERE study_pk IN (SELECT value FROM json_each(?)) AND visible_count > 0 GROUP BY study_pk, modality",
+    ).all(list) as { study_pk: number; modality: string | null; n: number }[];
+    const out = new Map<number, QidoStudyValues>();
+    for (const r of rows) {
+      out.set(r.pk, {
+        studyInstanceUID: r.study_instance_uid,
+        attrs: { ...JSON.parse(r.patient_attrs), ...JSON.parse(r.attrs) },
+        numberOfSeries: 0,
+        numberOfInstances: r.visible_count,
+        modalities: [],
+      });
+    }
+    for (const s of perSeries) {
+      const st = out.get(s.study_pk);
+      if (!st) continue;
+      st.numberOfSeries += s.n;
+      if (s.modality) st.modalities.push(s.modality);
+    }
+    for (const st of out.values()) st.modalities.sort();
+    return out;
+  }
+
+  private loadSeries(pks: number[]): Map<number, QidoSeriesValues> {
+    const rows = this.prep("SELECT pk, series_instance_uid, attrs, visible_count FROM series WHERE pk IN (SELECT value FROM json_each(?))")
+      .all(JSON.stringify([...new Set(pks)])) as { pk: number; series_instance_uid: string; attrs: string; visible_count: number }[];
+    return new Map(rows.map((r) => [r.pk, { seriesInstanceUID: r.series_instance_uid, attrs: JSON.parse(r.attrs), numberOfInstances: r.visible_count }]));
+  }
+
+  private loadInstances(pks: number[], full: boolean) {
+    const rows = this.prep(
+      `SELECT pk, sop_instance_uid, qido_attrs${full ? ", metadata" : ""} FROM instances WHERE pk IN (SELECT value FROM json_each(?))`,
+    ).all(JSON.stringify(pks)) as { pk: number; sop_instance_uid: string; qido_attrs: string; metadata?: string }[];
+    return new Map(rows.map((r) => [r.pk, {
+      sopInstanceUID: r.sop_instance_uid,
+      attrs: JSON.parse(r.qido_attrs) as DicomJsonDataset,
+      metadata: r.metadata !== undefined ? (JSON.parse(r.metadata) as DicomJsonDataset) : null,
+    }]));
+  }
+
+  /** The first visible instance of a study or series: the source of attributes the index keeps no column for. */
+  private representative(column: "study_pk" | "series_pk", pk: number): DicomJsonDataset | null {
+    const json = this.prep(`SELECT metadata FROM instances WHERE ${column} = ? AND pending_transfer_id IS NULL ORDER BY pk LIMIT 1`).pluck().get(pk) as
+      | string
+      | undefined;
+    return json === undefined ? null : (JSON.parse(json) as DicomJsonDataset);
+  }
+
+  async ping(): Promise<void> {
+    this.conn.prepare("SELECT 1").get();
+  }
+
+  async close(): Promise<void> {
+    const db = this.db;
+    this.db = null;
+    this.statements.clear();
+    db?.close();
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * HTTP edge of transfers: the tus endpoint, the transfer JSON API (docs/openapi.yaml) and the receipt key.
+ * Access control plugs in as one middleware per audience (sender / admin) once it exists; today routes are open
+ * like the DICOMweb ones.
+ */
+import express, { Router, type RequestHandler } from "express";
+import type { Server } from "@tus/server";
+import type { RelayConfig } from "../config.ts";
+import { HttpError } from "../http/errors.ts";
+import { ManifestError } from "./manifest.ts";
+import { TransferNotFoundError, type TransferService } from "./transferService.ts";
+import type { ItemState } from "./transferStore.ts";
+
+export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
+
+export interface TransferRoutesOptions {
+  /** runs before every sender route (tus, transfers, receipts) */
+  access?: RequestHandler;
+  /** runs before admin routes (release) */
+  admin?: RequestHandler;
+}
+
+const pass: RequestHandler = (_req, _res, next) => next();
+const INSTANCE_FILTERS = new Set(["all", "none", "present", "received", "missing", "failed"]);
+
+export function transfersRouter(
+  deps: { config: RelayConfig; service: TransferService; tus: Server },
+  opts: TransferRoutesOptions = {},
+): Router {
+  const { config, service, tus } = deps;
+  const access = opts.access ?? pass;
+  const admin = opts.admin ?? pass;
+  const tusPath = config.transfers.tusPath;
+  const r = Router();
+
+  // public on purpose: anyone holding a receipt must be able to check it
+  r.get(RECEIPT_KEY_PATH, (_req, res) => {
+    res.set("Cache-Control", "public, max-age=3600").json(service.signer.publishedKey());
+  });
+
+  const api = Router();
+  api.use(["/api/transfers", tusPath], access, (_req, res, next) => {
+    res.set("Cache-Control", "no-store");
+    next();
+  });
+  // a manifest line is ~250 bytes of JSON; leave room for whitespace
+  const limitMb = Math.max(1, Math.ceil((config.transfers.maxManifestInstances * 400) / (1024 * 1024)));
+  api.post("/api/transfers", express.json({ limit: `${limitMb}mb`, type: ["application/json", "application/*+json"] }), async (req, res) => {
+    if (!req.is("application/json") && !req.is("application/*+json")) {
+      throw new HttpError(415, "send the manifest as application/json");
+    }
+    try {
+      const view = await service.createTransfer(req.body);
+      res.status(201).location(`/api/transfers/${view.id}`).json(view);
+    } catch (err) {
+      if (err instanceof ManifestError) throw new HttpError(400, err.message);
+      throw err;
+    }
+  });
+  api.get("/api/transfers/:id", async (req, res) => {
+    const filter = typeof req.query.instances === "string" ? req.query.instances : "all";
+    if (!INSTANCE_FILTERS.has(filter)) {
+      throw new HttpError(400, `instances must be one of ${[...INSTANCE_FILTERS].join(", ")}`);
+    }
+    const view = await service.view(req.params.id!, { instances: filter as ItemState | "all" | "none" });
+    if (!view) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    res.json(view);
+  });
+  api.get("/api/transfers/:id/receipt", async (req, res) => {
+    const view = await service.view(req.params.id!, { instances: "none" });
+    if (!view) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    if (!view.receipt) {
+      throw new HttpError(409, `transfer ${view.id} is not complete (${view.missing} missing, ${view.failed} failed); the receipt is issued when every instance is there`);
+    }
+    res.json({ ...view.receipt, keyUrl: RECEIPT_KEY_PATH });
+  });
+  api.post("/api/transfers/:id/release", admin, async (req, res) => {
+    try {
+      res.json(await service.release(String(req.params.id)));
+    } catch (err) {
+      if (err instanceof TransferNotFoundError) throw new HttpError(404, err.message);
+      throw err;
+    }
+  });
+  // the upload URL doubles as the place to read its result (tus itself needs no GET)
+  api.get(`${tusPath}/:id`, async (req, res, next) => {
+    // express answers HEAD with GET routes; HEAD here is the tus offset request
+    if (req.method === "HEAD") return next();
+    const id = String(req.params.id);
+    const result = await service.uploadResult(id);
+    if (!result) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
+    res.json(result);
+  });
+  api.all([tusPath, `${tusPath}/:id`], (req, res, next) => {
+    tus.handle(req, res).catch(next);
+  });
+
+  r.use(api);
+  return r;
+}

@@ -1,0 +1,185 @@
+/** TransferStore in its own SQLite file under dataDir (better-sqlite3: synchronous, so each method is atomic). */
+import fs from "node:fs";
+import path from "node:path";
+import Database from "better-sqlite3";
+import type { SignedReceipt } from "./receipts.ts";
+import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadResult } from "./transferStore.ts";
+
+const MIGRATIONS = [
+  `CREATE TABLE transfers (
+     id TEXT PRIMARY KEY,
+     label TEXT,
+     created_at TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('open','complete','released')),
+     completed_at TEXT,
+     released_at TEXT,
+     receipt TEXT
+   );
+   CREATE TABLE transfer_items (
+     transfer_id TEXT NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+     sop_instance_uid TEXT NOT NULL,
+     sha256 TEXT NOT NULL,
+     size INTEGER NOT NULL,
+     study_instance_uid TEXT,
+     series_instance_uid TEXT,
+     state TEXT NOT NULL CHECK (state IN ('present','received','missing','failed')),
+     reason TEXT,
+     failure_code INTEGER,
+     updated_at TEXT NOT NULL,
+     PRIMARY KEY (transfer_id, sop_instance_uid)
+   );
+   CREATE INDEX transfer_items_sha ON transfer_items (transfer_id, sha256);
+   CREATE TABLE upload_results (
+     upload_id TEXT PRIMARY KEY,
+     transfer_id TEXT,
+     state TEXT NOT NULL,
+     finished_at TEXT,
+     result TEXT NOT NULL
+   );`,
+];
+
+interface ItemRow {
+  sop_instance_uid: string;
+  sha256: string;
+  size: number;
+  study_instance_uid: string | null;
+  series_instance_uid: string | null;
+  state: ItemState;
+  reason: string | null;
+  failure_code: number | null;
+  updated_at: string;
+}
+
+const toItem = (r: ItemRow): TransferItem => ({
+  sopInstanceUID: r.sop_instance_uid,
+  sha256: r.sha256,
+  size: r.size,
+  studyInstanceUID: r.study_instance_uid,
+  seriesInstanceUID: r.series_instance_uid,
+  state: r.state,
+  reason: r.reason,
+  failureCode: r.failure_code,
+  updatedAt: r.updated_at,
+});
+
+export class SqliteTransferStore implements TransferStore {
+  private db!: Database.Database;
+  constructor(private readonly file: string) {}
+
+  async init(): Promise<void> {
+    if (this.file !== ":memory:") fs.mkdirSync(path.dirname(this.file), { recursive: true });
+    this.db = new Database(this.file);
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("foreign_keys = ON");
+    this.db.pragma("busy_timeout = 5000");
+    const version = this.db.pragma("user_version", { simple: true }) as number;
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.db?.open) this.db.close();
+  }
+
+  async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
+    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, state) VALUES (?, ?, ?, 'open')");
+    const insertI = this.db.prepare(
+      `INSERT INTO transfer_items (transfer_id, sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    this.db.transaction(() => {
+      insertT.run(t.id, t.label, t.createdAt);
+      for (const i of items) {
+        insertI.run(t.id, i.sopInstanceUID, i.sha256, i.size, i.studyInstanceUID, i.seriesInstanceUID, i.state, i.reason, i.failureCode, i.updatedAt);
+      }
+    })();
+  }
+
+  async getTransfer(id: string): Promise<TransferRecord | null> {
+    const r = this.db.prepare("SELECT * FROM transfers WHERE id = ?").get(id) as
+      | { id: string; label: string | null; created_at: string; state: TransferRecord["state"]; completed_at: string | null; released_at: string | null; receipt: string | null }
+      | undefined;
+    if (!r) return null;
+    return {
+      id: r.id,
+      label: r.label,
+      createdAt: r.created_at,
+      state: r.state,
+      completedAt: r.completed_at,
+      releasedAt: r.released_at,
+      receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
+    };
+  }
+
+  async listItems(transferId: string): Promise<TransferItem[]> {
+    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? ORDER BY rowid").all(transferId) as ItemRow[];
+    return rows.map(toItem);
+  }
+
+  async getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null> {
+    const r = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sop_instance_uid = ?").get(transferId, sopInstanceUID) as ItemRow | undefined;
+    return r ? toItem(r) : null;
+  }
+
+  async findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]> {
+    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sha256 = ?").all(transferId, sha256.toLowerCase()) as ItemRow[];
+    return rows.map(toItem);
+  }
+
+  async updateItem(transferId: string, sopInstanceUID: string, u: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void> {
+    const good = u.state === "present" || u.state === "received";
+    // good bytes once stored are never un-received by a later bad copy
+    this.db
+      .prepare(
+        `UPDATE transfer_items SET state = ?, reason = ?, failure_code = ?, updated_at = ?
+         WHERE transfer_id = ? AND sop_instance_uid = ? ${good ? "" : "AND state NOT IN ('present','received')"}`,
+      )
+      .run(u.state, good ? null : (u.reason ?? null), good ? null : (u.failureCode ?? null), new Date().toISOString(), transferId, sopInstanceUID);
+  }
+
+  async countItems(transferId: string): Promise<Record<ItemState, number>> {
+    const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
+    const out: Record<ItemState, number> = { present: 0, received: 0, missing: 0, failed: 0 };
+    for (const r of rows) out[r.state] = r.n;
+    return out;
+  }
+
+  async markComplete(transferId: string, at: string): Promise<boolean> {
+    return this.db.prepare("UPDATE transfers SET state = 'complete', completed_at = ? WHERE id = ? AND state IN ('open','released')").run(at, transferId).changes === 1;
+  }
+
+  async markReleased(transferId: string, at: string): Promise<boolean> {
+    return this.db.prepare("UPDATE transfers SET state = 'released', released_at = ? WHERE id = ? AND state = 'open'").run(at, transferId).changes === 1;
+  }
+
+  async setReceipt(transferId: string, receipt: SignedReceipt): Promise<void> {
+    this.db.prepare("UPDATE transfers SET receipt = ? WHERE id = ?").run(JSON.stringify(receipt), transferId);
+  }
+
+  async listCompleteWithoutReceipt(): Promise<string[]> {
+    return (this.db.prepare("SELECT id FROM transfers WHERE state = 'complete' AND receipt IS NULL").all() as { id: string }[]).map((r) => r.id);
+  }
+
+  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+    const r = this.db.prepare("SELECT result FROM upload_results WHERE upload_id = ?").get(uploadId) as { result: string } | undefined;
+    return r ? (JSON.parse(r.result) as UploadResult) : null;
+  }
+
+  async saveUploadResult(result: UploadResult): Promise<void> {
+    this.db
+      .prepare(
+        `INSERT INTO upload_results (upload_id, transfer_id, state, finished_at, result) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (upload_id) DO UPDATE SET transfer_id = excluded.transfer_id, state = excluded.state, finished_at = excluded.finished_at, result = excluded.result`,
+      )
+      .run(result.uploadId, result.transferId, result.state, result.finishedAt, JSON.stringify(result));
+  }
+
+  async deleteUploadResultsBefore(iso: string): Promise<number> {
+    return this.db.prepare("DELETE FROM upload_results WHERE state = 'done' AND finished_at < ?").run(iso).changes;
+  }
+}

@@ -1,0 +1,445 @@
+/**
+ * Transfers: manifests (what the sender will send, what the relay already has), finished tus uploads turned into
+ * ingested instances (a single file or each entry of a bundle), completion, release and signed receipts.
+ *
+ * Visibility: every instance ingested by an upload is pending (invisible to readers) until the end:
+ *  - with a transfer (tus metadata transferId): until every manifest instance is there, or an admin releases it;
+ *  - without one: until the whole upload is read, so a bundle refused midway (bomb, corrupt archive) leaves
+ *    nothing of itself visible; its newly stored instances are removed again.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import path from "node:path";
+import type { Readable } from "node:stream";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { Logger } from "pino";
+import type { Upload } from "@tus/server";
+import type { RelayConfig } from "../config.ts";
+import type { Index } from "../catalog/index.ts";
+import type { BlobStore } from "../storage/blobStore.ts";
+import type { IngestResult, Ingestor } from "../ingest/types.ts";
+import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
+import { fileSource, readPart10 } from "../dicom/part10.ts";
+import { BundleError, readBundleEntries } from "./bundle.ts";
+import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
+import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
+import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult } from "./transferStore.ts";
+import { tusError, type TusHooks } from "./tusServer.ts";
+
+export interface TransferServiceDeps {
+  config: RelayConfig;
+  log: Logger;
+  index: Index;
+  store: BlobStore;
+  ingest: Ingestor;
+  transfers: TransferStore;
+  signer: ReceiptSigner;
+}
+
+export interface TransferView extends TransferProgress {
+  id: string;
+  label: string | null;
+  state: TransferRecord["state"];
+  createdAt: string;
+  completedAt: string | null;
+  releasedAt: string | null;
+  /** put this in every tus upload's metadata of this transfer */
+  uploadMetadata: { transferId: string };
+  instances?: TransferItem[];
+  /** SOPInstanceUIDs still to send (missing or failed) */
+  needed?: string[];
+  /** SOPInstanceUIDs the relay already had with identical bytes (nothing to send) */
+  alreadyHeld?: string[];
+  receipt: SignedReceipt | null;
+}
+
+export class TransferNotFoundError extends Error {
+  constructor(id: string) {
+    super(`no transfer with id ${id}`);
+    this.name = "TransferNotFoundError";
+  }
+}
+
+const hex = (code: number) => `0x${code.toString(16).toUpperCase().padStart(4, "0")}`;
+
+export class TransferService {
+  /** uploads being ingested now: a repeated finish waits for the same work instead of doing it twice */
+  private readonly inFlight = new Map<string, Promise<UploadResult>>();
+  private cleanupTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  readonly spoolDir: string;
+
+  constructor(private readonly deps: TransferServiceDeps) {
+    this.spoolDir = path.join(deps.config.dataDir, "tmp");
+  }
+
+  get signer(): ReceiptSigner {
+    return this.deps.signer;
+  }
+
+  /** Finishes what a stop interrupted: receipts of completed transfers, ingest of complete uploads. */
+  async start(tus: { listComplete(): Promise<Upload[]>; deleteExpired(): Promise<number> }): Promise<void> {
+    await fsp.mkdir(this.spoolDir, { recursive: true });
+    for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
+    for (const upload of await tus.listComplete()) {
+      const done = await this.deps.transfers.getUploadResult(upload.id);
+      if (done?.state === "done") continue;
+      this.deps.log.info({ uploadId: upload.id }, "ingesting an upload that completed before the relay stopped");
+      void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
+    }
+    const every = this.deps.config.transfers.cleanupIntervalSeconds * 1000;
+    const sweep = async () => {
+      try {
+        const removed = await tus.deleteExpired();
+        const before = new Date(Date.now() - this.deps.config.transfers.expirationSeconds * 1000).toISOString();
+        const forgotten = await this.deps.transfers.deleteUploadResultsBefore(before);
+        if (removed || forgotten) this.deps.log.info({ removed, forgotten }, "expired uploads cleaned up");
+      } catch (err) {
+        this.deps.log.warn({ err }, "cleaning up expired uploads failed; will retry");
+      }
+    };
+    this.cleanupTimer = setInterval(() => void sweep(), every);
+    this.cleanupTimer.unref();
+  }
+
+  /** Stops the cleanup timer and waits (bounded) for running ingests so their results are recorded. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.cleanupTimer) clearInterval(this.cleanupTimer);
+    const running = [...this.inFlight.values()].map((p) => p.catch(() => undefined));
+    if (running.length) {
+      await Promise.race([Promise.all(running), new Promise((r) => setTimeout(r, 10_000).unref())]);
+    }
+    await this.deps.transfers.close();
+  }
+
+  // ---------------------------------------------------------------- transfers
+
+  async createTransfer(body: unknown): Promise<TransferView> {
+    const manifest = parseManifest(body, this.deps.config.transfers.maxManifestInstances);
+    const held = new Map<string, HeldInstance>();
+    for (const m of manifest.instances) {
+      // pending instances count: they are stored and verified, only not yet visible
+      const have = await this.deps.index.getInstance(m.sopInstanceUID, { includePending: true });
+      if (have) held.set(m.sopInstanceUID, { sha256: have.sha256 });
+    }
+    const id = crypto.randomUUID();
+    const now = new Date().toISOString();
+    await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now }, initialItems(manifest, held, now));
+    this.deps.log.info({ transferId: id, instances: manifest.instances.length, present: held.size }, "transfer created");
+    await this.checkComplete(id);
+    return (await this.view(id, { instances: "all" }))!;
+  }
+
+  async view(id: string, opts: { instances?: "all" | ItemState | "none" } = {}): Promise<TransferView | null> {
+    const t = await this.deps.transfers.getTransfer(id);
+    if (!t) return null;
+    const progress = progressOf(await this.deps.transfers.countItems(id));
+    const out: TransferView = {
+      id: t.id,
+      label: t.label,
+      state: t.state,
+      ...progress,
+      createdAt: t.createdAt,
+      completedAt: t.completedAt,
+      releasedAt: t.releasedAt,
+      uploadMetadata: { transferId: t.id },
+      receipt: t.receipt,
+    };
+    if ((opts.instances ?? "all") !== "none") {
+      const items = await this.deps.transfers.listItems(id);
+      out.needed = items.filter((i) => i.state === "missing" || i.state === "failed").map((i) => i.sopInstanceUID);
+      out.alreadyHeld = items.filter((i) => i.state === "present").map((i) => i.sopInstanceUID);
+      out.instances = opts.instances === "all" || !opts.instances ? items : items.filter((i) => i.state === opts.instances);
+    }
+    return out;
+  }
+
+  /** Admin: make a partial transfer visible on purpose. Instances that arrive later are visible at once. */
+  async release(id: string): Promise<{ transfer: TransferView; released: number }> {
+    const t = await this.deps.transfers.getTransfer(id);
+    if (!t) throw new TransferNotFoundError(id);
+    let released = 0;
+    if (t.state === "open") {
+      await this.deps.transfers.markReleased(id, new Date().toISOString());
+      released = await this.deps.index.releaseTransfer(id);
+      this.deps.log.warn({ transferId: id, released }, "partial transfer released by an admin");
+    }
+    return { transfer: (await this.view(id, { instances: "none" }))!, released };
+  }
+
+  private async checkComplete(id: string): Promise<void> {
+    const progress = progressOf(await this.deps.transfers.countItems(id));
+    if (!progress.complete) return;
+    // only one caller wins the state change, so the receipt is issued once
+    if (!(await this.deps.transfers.markComplete(id, new Date().toISOString()))) return;
+    await this.issueReceipt(id);
+  }
+
+  private async issueReceipt(id: string): Promise<void> {
+    const t = (await this.deps.transfers.getTransfer(id))!;
+    const released = await this.deps.index.releaseTransfer(id);
+    const items = await this.deps.transfers.listItems(id);
+    const receipt = this.deps.signer.sign({
+      transferId: id,
+      issuedAt: t.completedAt ?? new Date().toISOString(),
+      issuer: this.deps.config.server.publicUrl || null,
+      instances: items.map((i) => ({
+        sopInstanceUID: i.sopInstanceUID,
+        studyInstanceUID: i.studyInstanceUID,
+        seriesInstanceUID: i.seriesInstanceUID,
+        sha256: i.sha256,
+        size: i.size,
+        state: i.state === "present" ? "already-held" : "received",
+      })),
+    });
+    await this.deps.transfers.setReceipt(id, receipt);
+    this.deps.log.info({ transferId: id, instances: items.length, released }, "transfer complete; receipt issued");
+  }
+
+  // ---------------------------------------------------------------- tus hooks
+
+  tusHooks(): TusHooks {
+    return {
+      validateCreate: async (metadata) => {
+        if (this.closed) throw tusError(503, "the relay is shutting down; retry in a moment");
+        const transferId = metadata.transferId;
+        if (transferId === undefined || transferId === null || transferId === "") return;
+        const t = await this.deps.transfers.getTransfer(transferId);
+        if (!t) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
+        if (t.state === "complete") throw tusError(409, `transfer ${transferId} is already complete; nothing more is needed`);
+      },
+      onFinish: async (upload) => {
+        const resultUrl = `${this.deps.config.transfers.tusPath}/${upload.id}`;
+        const work = this.processUpload(upload);
+        const waitMs = this.deps.config.transfers.finishWaitSeconds * 1000;
+        let timer: NodeJS.Timeout | undefined;
+        const result = await Promise.race([
+          work,
+          new Promise<null>((r) => {
+            timer = setTimeout(() => r(null), waitMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
+        return { body: result ? JSON.stringify(result) : null, resultUrl };
+      },
+      isProcessed: async (id) => (await this.deps.transfers.getUploadResult(id))?.state === "done",
+      isProcessing: (id) => this.inFlight.has(id),
+    };
+  }
+
+  async uploadResult(id: string): Promise<UploadResult | null> {
+    return this.deps.transfers.getUploadResult(id);
+  }
+
+  // ---------------------------------------------------------------- uploads
+
+  /** Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result. */
+  processUpload(upload: Upload): Promise<UploadResult> {
+    const running = this.inFlight.get(upload.id);
+    if (running) return running;
+    const work = (async () => {
+      const done = await this.deps.transfers.getUploadResult(upload.id);
+      if (done?.state === "done") return done;
+      return this.ingestUpload(upload);
+    })().finally(() => this.inFlight.delete(upload.id));
+    this.inFlight.set(upload.id, work);
+    return work;
+  }
+
+  private async ingestUpload(upload: Upload): Promise<UploadResult> {
+    const { log, transfers } = this.deps;
+    const meta = upload.metadata ?? {};
+    const filePath = upload.storage?.path ?? path.join(this.deps.config.transfers.uploadDir, upload.id);
+    const transferId = meta.transferId || null;
+    const result: UploadResult = {
+      uploadId: upload.id,
+      transferId,
+      state: "processing",
+      kind: null,
+      filename: meta.filename ?? meta.name ?? null,
+      size: upload.size ?? upload.offset,
+      finishedAt: null,
+      counts: { entries: 0, stored: 0, alreadyStored: 0, failed: 0 },
+      entries: [],
+      error: null,
+    };
+    await transfers.saveUploadResult(result);
+
+    const transfer = transferId ? await transfers.getTransfer(transferId) : null;
+    if (transferId && !transfer) {
+      result.error = `transfer ${transferId} no longer exists; nothing was ingested`;
+    } else {
+      // without a transfer, the upload is its own unit of visibility
+      const pendingId = transfer ? (transfer.state === "open" ? transfer.id : undefined) : `upload:${upload.id}`;
+      const entries = readBundleEntries(filePath, {
+        maxEntries: this.deps.config.transfers.bundle.maxEntries,
+        maxTotalBytes: this.deps.config.transfers.bundle.maxTotalBytes,
+        maxCompressionRatio: this.deps.config.transfers.bundle.maxCompressionRatio,
+        maxEntryBytes: this.deps.config.ingest.maxInstanceBytes,
+        name: result.filename ?? undefined,
+      });
+      try {
+        for await (const entry of entries) {
+          const name = entry.name || result.filename || upload.id;
+          const source = `tus:${upload.id}:${name}`;
+          const r = transfer
+            ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
+            : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
+          this.addEntry(result, name, r);
+        }
+      } catch (err) {
+        if (err instanceof BundleError) {
+          result.error = `the upload was refused as a whole: ${err.message}`;
+        } else {
+          log.error({ err, uploadId: upload.id }, "reading an upload failed");
+          result.error = `the relay could not read the upload: ${(err as Error).message}`;
+        }
+      }
+      result.kind = entries.kind;
+      if (!transfer) {
+        if (result.error) await this.undoUpload(result);
+        else await this.deps.index.releaseTransfer(`upload:${upload.id}`);
+      } else {
+        await this.checkComplete(transfer.id);
+        // released (or completed) while this upload was being ingested: what it stored must not stay pending
+        const now = await transfers.getTransfer(transfer.id);
+        if (pendingId && now && now.state !== "open") await this.deps.index.releaseTransfer(transfer.id);
+      }
+    }
+    result.state = "done";
+    result.finishedAt = new Date().toISOString();
+    await transfers.saveUploadResult(result);
+    // the bytes are ingested (or refused): give the disk space back now, keep the small info file for HEAD
+    await fsp.rm(filePath, { force: true });
+    log.info({ uploadId: upload.id, transferId, ...result.counts, error: result.error }, "tus upload ingested");
+    return result;
+  }
+
+  private addEntry(result: UploadResult, name: string, r: IngestResult): void {
+    const e: UploadEntryResult =
+      r.status === "failed"
+          ? { name, status: "failed", sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size, reason: hex(r.reason), message: r.message }
+          : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
+    result.entries.push(e);
+    result.counts.entries++;
+    if (e.status === "failed") result.counts.failed++;
+    else if (e.status === "already-stored") result.counts.alreadyStored++;
+    else result.counts.stored++;
+  }
+
+  /** A bundle refused midway: what it newly stored goes again, so nothing partial of it is ever visible. */
+  private async undoUpload(result: UploadResult): Promise<void> {
+    for (const e of result.entries) {
+      if ((e.status !== "stored" && e.status !== "replaced") || !e.sopInstanceUID || !e.studyInstanceUID) continue;
+      try {
+        const removed = await this.deps.index.deleteInstances({
+          studyInstanceUID: e.studyInstanceUID,
+          seriesInstanceUID: e.seriesInstanceUID,
+          sopInstanceUID: e.sopInstanceUID,
+          includePending: true,
+        });
+        for (const loc of removed) {
+          if (!(await this.deps.index.isBlobReferenced(loc.blobKey))) await this.deps.store.delete(loc.blobKey);
+        }
+      } catch (err) {
+        this.deps.log.warn({ err, sopInstanceUID: e.sopInstanceUID }, "could not remove an instance of a refused bundle; it stays invisible");
+      }
+      const was = result.entries.indexOf(e);
+      result.entries[was] = { ...e, status: "failed", reason: hex(FailureReason.ProcessingFailure), message: "not kept: the bundle it came in was refused as a whole (see error)" };
+      result.counts.stored--;
+      result.counts.failed++;
+    }
+  }
+
+  /**
+   * One entry of an upload that belongs to a transfer: spooled and hashed first, so it can be matched to its
+   * manifest instance by hash; a copy matching no hash is matched by the SOPInstanceUID in its header and refused
+   * by the ingest pipeline (expectedSha256), which marks that instance failed with the reason.
+   */
+  private async ingestForTransfer(transferId: string, body: Readable, opts: { pendingId: string | undefined; source: string }): Promise<IngestResult> {
+    const { transfers, ingest } = this.deps;
+    const spool = path.join(this.spoolDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
+    const hash = crypto.createHash("sha256");
+    let size = 0;
+    const max = this.deps.config.ingest.maxInstanceBytes;
+    const meter = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        if (size > max) return done(new InstanceRejectedError(FailureReason.OutOfResources, `the instance is larger than the relay accepts (${max} bytes)`));
+        hash.update(chunk);
+        done(null, chunk);
+      },
+    });
+    try {
+      try {
+        await pipeline(body, meter, fs.createWriteStream(spool, { flags: "wx" }));
+      } catch (err) {
+        if (err instanceof InstanceRejectedError) return { status: "failed", reason: err.reason, message: err.message, size };
+        throw err;
+      }
+      const sha256 = hash.digest("hex");
+      const bySha = await transfers.findItemsBySha256(transferId, sha256);
+      let result: IngestResult;
+      if (bySha.length > 0) {
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source });
+      } else {
+        const header = await this.readSopInstanceUID(spool, size);
+        if ("failed" in header) return { status: "failed", reason: header.reason, message: header.message, sha256, size };
+        const item = await transfers.getItem(transferId, header.sopInstanceUID);
+        if (!item) {
+          return {
+            status: "failed",
+            reason: FailureReason.ProcessingFailure,
+            message: `SOPInstanceUID ${header.sopInstanceUID} is not in the manifest of transfer ${transferId}; it was not stored (send it in another transfer, or without one)`,
+            sopInstanceUID: header.sopInstanceUID,
+            sha256,
+            size,
+          };
+        }
+        // the pipeline refuses it: the bytes do not match the manifest hash
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source });
+        if (result.status === "failed") result = { ...result, sopInstanceUID: result.sopInstanceUID ?? header.sopInstanceUID };
+      }
+      await this.recordItem(transferId, result);
+      return result;
+    } finally {
+      await fsp.rm(spool, { force: true });
+    }
+  }
+
+  private async recordItem(transferId: string, r: IngestResult): Promise<void> {
+    if (!r.sopInstanceUID) return;
+    const item = await this.deps.transfers.getItem(transferId, r.sopInstanceUID);
+    if (!item) return;
+    if (r.status === "failed") {
+      await this.deps.transfers.updateItem(transferId, r.sopInstanceUID, { state: "failed", reason: r.message, failureCode: r.reason });
+    } else if (r.sha256 === item.sha256) {
+      await this.deps.transfers.updateItem(transferId, r.sopInstanceUID, { state: "received" });
+    } else {
+      // conflict policy keep-first answered "already stored" with the other bytes it keeps
+      await this.deps.transfers.updateItem(transferId, r.sopInstanceUID, {
+        state: "failed",
+        reason: `the relay keeps other bytes for this SOPInstanceUID (SHA-256 ${r.sha256}) than the manifest declares`,
+        failureCode: FailureReason.DuplicateSOPInstance,
+      });
+    }
+  }
+
+  private async readSopInstanceUID(file: string, size: number): Promise<{ sopInstanceUID: string } | { failed: true; reason: FailureReasonCode; message: string }> {
+    const handle = await fsp.open(file, "r");
+    try {
+      const parsed = await readPart10(fileSource(handle, size), {
+        maxHeaderBytes: this.deps.config.ingest.maxHeaderBytes,
+        bulkDataThreshold: this.deps.config.ingest.bulkDataThreshold,
+      });
+      return { sopInstanceUID: parsed.sopInstanceUID };
+    } catch (err) {
+      if (err instanceof InstanceRejectedError) return { failed: true, reason: err.reason, message: err.message };
+      return { failed: true, reason: FailureReason.CannotUnderstand, message: `the file could not be read as DICOM: ${(err as Error).message}` };
+    } finally {
+      await handle.close();
+    }
+  }
+}

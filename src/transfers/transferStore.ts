@@ -1,0 +1,100 @@
+/**
+ * Durable state of transfers (manifests, per-instance progress, receipts) and of finished tus uploads' results.
+ * One extension point like Index: SQLite embedded (sqliteTransferStore.ts); PostgreSQL can follow the same interface.
+ */
+import type { SignedReceipt } from "./receipts.ts";
+
+/**
+ * present: the relay already had identical bytes when the manifest arrived (nothing to send);
+ * received: sent in this transfer and stored (or found identical); missing: still to send;
+ * failed: sent but refused (reason says why); sending correct bytes again turns it into received.
+ */
+export type ItemState = "present" | "received" | "missing" | "failed";
+
+/** open: instances arriving stay invisible; complete: all present/received, released, receipt issued; released: an admin made a partial transfer visible. */
+export type TransferState = "open" | "complete" | "released";
+
+export interface TransferItem {
+  sopInstanceUID: string;
+  sha256: string;
+  size: number;
+  studyInstanceUID: string | null;
+  seriesInstanceUID: string | null;
+  state: ItemState;
+  /** why it failed, a sentence (state failed only) */
+  reason: string | null;
+  /** DICOM failure reason code, e.g. 0xC000 (state failed only) */
+  failureCode: number | null;
+  updatedAt: string;
+}
+
+export interface TransferRecord {
+  id: string;
+  label: string | null;
+  createdAt: string;
+  state: TransferState;
+  completedAt: string | null;
+  releasedAt: string | null;
+  receipt: SignedReceipt | null;
+}
+
+export type EntryStatus = "stored" | "already-stored" | "replaced" | "failed";
+
+/** One entry of an upload (the file itself, or one member of a bundle). */
+export interface UploadEntryResult {
+  /** entry name inside the bundle (never used as a path), or the upload's filename */
+  name: string;
+  status: EntryStatus;
+  sopInstanceUID?: string;
+  studyInstanceUID?: string;
+  seriesInstanceUID?: string;
+  sha256?: string;
+  size?: number;
+  /** failure reason code as 0xHHHH (failed only) */
+  reason?: string;
+  /** a sentence a person can act on (failed only) */
+  message?: string;
+}
+
+export interface UploadResult {
+  uploadId: string;
+  transferId: string | null;
+  /** processing: the upload is complete and its entries are being ingested; done: entries below are final */
+  state: "processing" | "done";
+  /** what the bytes turned out to be */
+  kind: string | null;
+  filename: string | null;
+  size: number;
+  finishedAt: string | null;
+  counts: { entries: number; stored: number; alreadyStored: number; failed: number };
+  entries: UploadEntryResult[];
+  /** set when the bundle as a whole was refused (bomb, corrupt archive): entries before it are listed */
+  error: string | null;
+}
+
+export interface TransferStore {
+  init(): Promise<void>;
+  close(): Promise<void>;
+
+  createTransfer(transfer: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void>;
+  getTransfer(id: string): Promise<TransferRecord | null>;
+  listItems(transferId: string): Promise<TransferItem[]>;
+  getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null>;
+  findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]>;
+  /** Set an item's state; a present/received item never goes back to failed or missing (good bytes already stored). */
+  updateItem(transferId: string, sopInstanceUID: string, update: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void>;
+  /** Counts by state (cheaper than listing for big manifests). */
+  countItems(transferId: string): Promise<Record<ItemState, number>>;
+  /** Atomically open|released -> complete; true for the one caller that made the change. */
+  markComplete(transferId: string, at: string): Promise<boolean>;
+  /** Atomically open -> released; true when it changed. */
+  markReleased(transferId: string, at: string): Promise<boolean>;
+  setReceipt(transferId: string, receipt: SignedReceipt): Promise<void>;
+  /** Complete transfers whose receipt was not written (a crash between the two): finished at start. */
+  listCompleteWithoutReceipt(): Promise<string[]>;
+
+  getUploadResult(uploadId: string): Promise<UploadResult | null>;
+  saveUploadResult(result: UploadResult): Promise<void>;
+  /** Forget results of uploads finished before this ISO time; returns how many. */
+  deleteUploadResultsBefore(iso: string): Promise<number>;
+}

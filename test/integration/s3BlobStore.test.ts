@@ -1,0 +1,365 @@
+/**
+ * S3BlobStore against a real MinIO (scripts/install-minio.sh builds it): the shared BlobStore contract
+ * with and without a key prefix, then what only S3 has: bucket handling, multipart clean-up, timeouts,
+ * a backend that goes away and comes back, and memory for a large put.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import type { AddressInfo } from "node:net";
+import { Readable } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import * as Minio from "minio";
+import { blobStoreContract } from "../contracts/blobStore.ts";
+import { startMinio, type RunningMinio } from "../support/minio.ts";
+import { S3BlobStore, type S3Settings, type S3BlobStoreOptions } from "../../src/storage/s3.ts";
+import { StorageUnavailableError, BlobNotFoundError } from "../../src/storage/blobStore.ts";
+import { ConfigError, defaultConfig } from "../../src/config.ts";
+import { createBlobStore } from "../../src/storage/index.ts";
+
+const MiB = 1024 * 1024;
+let minio: RunningMinio;
+
+beforeAll(async () => {
+  minio = await startMinio();
+});
+afterAll(async () => {
+  await minio?.destroy();
+});
+
+function settings(m: RunningMinio, over: Partial<S3Settings> = {}): S3Settings {
+  return {
+    endpoint: m.endpoint,
+    region: "us-east-1",
+    accessKey: m.accessKey,
+    secretKey: m.secretKey,
+    bucket: "relay-test",
+    prefix: "",
+    pathStyle: true,
+    createBucket: true,
+    partSize: 5 * MiB,
+    ...over,
+  };
+}
+
+function rawClient(m: RunningMinio): Minio.Client {
+  return new Minio.Client({ endPoint: "127.0.0.1", port: m.port, useSSL: false, accessKey: m.accessKey, secretKey: m.secretKey, pathStyle: true });
+}
+
+async function readAll(r: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of r) chunks.push(Buffer.from(c));
+  return Buffer.concat(chunks);
+}
+
+/** `size` deterministic bytes, 1 MiB at a time. */
+function patternStream(size: number, seed = 3): Readable {
+  let sent = 0;
+  return new Readable({
+    read() {
+      if (sent >= size) return this.push(null);
+      const n = Math.min(MiB, size - sent);
+      const buf = Buffer.allocUnsafe(n);
+      for (let i = 0; i < n; i += 4) buf.writeUInt32LE(((sent + i) * 2654435761 + seed) >>> 0, i);
+      sent += n;
+      this.push(buf);
+    },
+  });
+}
+
+async function sha256(r: Readable): Promise<string> {
+  const h = crypto.createHash("sha256");
+  for await (const c of r) h.update(c);
+  return h.digest("hex");
+}
+
+async function within<T>(ms: number, p: Promise<T>): Promise<{ value?: T; error?: unknown; elapsed: number }> {
+  const t0 = Date.now();
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms`)), ms);
+  });
+  try {
+    return { value: await Promise.race([p, deadline]), elapsed: Date.now() - t0 };
+  } catch (error) {
+    return { error, elapsed: Date.now() - t0 };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+blobStoreContract("s3 (MinIO)", async () => new S3BlobStore(settings(minio)));
+blobStoreContract("s3 (MinIO) with a key prefix", async () => new S3BlobStore(settings(minio, { prefix: "tenant-a/relay/" })));
+
+describe("S3BlobStore specifics", () => {
+  it("keeps objects under the configured prefix and lists keys without it", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "prefixed", prefix: "/site-1/" }));
+    await store.init();
+    await store.put("instances/ab/cd/x.dcm", Readable.from([Buffer.from("abc")]));
+    const names: string[] = [];
+    for await (const o of rawClient(minio).listObjectsV2("prefixed", "", true)) names.push((o as { name: string }).name);
+    expect(names).toEqual(["site-1/instances/ab/cd/x.dcm"]);
+    const listed: string[] = [];
+    for await (const b of store.list("instances/")) listed.push(b.key);
+    expect(listed).toEqual(["instances/ab/cd/x.dcm"]);
+    await store.close();
+  });
+
+  it("creates the bucket at init when createBucket is set, and init is idempotent", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "made-at-init" }));
+    await store.init();
+    await store.init();
+    expect(await rawClient(minio).bucketExists("made-at-init")).toBe(true);
+    await store.close();
+  });
+
+  it("refuses to start on a missing bucket when createBucket is off, naming the setting", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "never-created", createBucket: false }));
+    await expect(store.init()).rejects.toThrow(/bucket "never-created" does not exist.*DICOM_RELAY_STORAGE_S3_CREATE_BUCKET/);
+    await expect(store.ping()).rejects.toBeInstanceOf(StorageUnavailableError);
+    expect(await rawClient(minio).bucketExists("never-created")).toBe(false);
+    await store.close();
+  });
+
+  it("refuses unusable settings with a sentence naming the key", () => {
+    expect(() => new S3BlobStore(settings(minio, { endpoint: "" }))).toThrow(ConfigError);
+    expect(() => new S3BlobStore(settings(minio, { endpoint: "not a url" }))).toThrow(/storage.s3.endpoint/);
+    expect(() => new S3BlobStore(settings(minio, { endpoint: "ftp://127.0.0.1:21" }))).toThrow(/http\(s\)/);
+    expect(() => new S3BlobStore(settings(minio, { endpoint: "http://127.0.0.1:9000/some/path" }))).toThrow(/no path/);
+    expect(() => new S3BlobStore(settings(minio, { secretKey: "" }))).toThrow(/secretKey/);
+    expect(() => new S3BlobStore(settings(minio, { prefix: "a/../b" }))).toThrow(/storage.s3.prefix/);
+  });
+
+  it("createBlobStore picks fs or s3 from the config", async () => {
+    const cfg = defaultConfig();
+    cfg.storage.fs.root = fs.mkdtempSync(path.join(os.tmpdir(), "factory-"));
+    expect(createBlobStore(cfg).kind).toBe("fs");
+    cfg.storage.kind = "s3";
+    cfg.storage.s3 = settings(minio, { bucket: "from-factory" });
+    const s3 = createBlobStore(cfg);
+    expect(s3.kind).toBe("s3");
+    await s3.init();
+    await s3.ping();
+    await s3.close();
+    fs.rmSync(cfg.storage.fs.root, { recursive: true, force: true });
+  });
+
+  it("a put whose stream fails after several parts aborts its multipart upload", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "aborts" }));
+    await store.init();
+    let sent = 0;
+    const failing = new Readable({
+      read() {
+        if (sent >= 12 * MiB) return this.destroy(new Error("client went away"));
+        sent += MiB;
+        this.push(Buffer.alloc(MiB, 7));
+      },
+    });
+    await expect(store.put("instances/aa/bb/partial.dcm", failing)).rejects.toThrow(/client went away/);
+    expect(await store.stat("instances/aa/bb/partial.dcm")).toBeNull();
+    const incomplete: unknown[] = [];
+    for await (const u of rawClient(minio).listIncompleteUploads("aborts", "", true)) incomplete.push(u);
+    expect(incomplete).toEqual([]);
+    await store.close();
+  });
+
+  it("a stream shorter than the announced size stores nothing", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "sizes" }));
+    await store.init();
+    await expect(store.put("short", Readable.from([Buffer.alloc(100)]), { size: 101 })).rejects.toThrow(/expected 101 bytes, the stream gave 100/);
+    expect(await store.stat("short")).toBeNull();
+    await store.close();
+  });
+
+  it("putFile removes the source file (the caller must not reuse it)", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "files" }));
+    await store.init();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "s3put-"));
+    const src = path.join(dir, "in.dcm");
+    fs.writeFileSync(src, crypto.randomBytes(6 * MiB));
+    const digest = crypto.createHash("sha256").update(fs.readFileSync(src)).digest("hex");
+    expect((await store.putFile("f.dcm", src)).size).toBe(6 * MiB);
+    expect(fs.existsSync(src)).toBe(false);
+    expect(await sha256(await store.get("f.dcm"))).toBe(digest);
+    fs.rmSync(dir, { recursive: true, force: true });
+    await store.close();
+  });
+
+  it("ranged get refuses inverted or out-of-object ranges with RangeError", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "ranges" }));
+    await store.init();
+    await store.put("r", Readable.from([Buffer.from("0123456789")]));
+    await expect(store.get("r", { start: 5, end: 4 })).rejects.toBeInstanceOf(RangeError);
+    await expect(store.get("r", { start: -1, end: 4 })).rejects.toBeInstanceOf(RangeError);
+    await expect(store.get("r", { start: 50, end: 60 })).rejects.toBeInstanceOf(RangeError);
+    expect((await readAll(await store.get("r", { start: 8, end: 20 }))).toString()).toBe("89");
+    await expect(store.get("nope", { start: 0, end: 1 })).rejects.toBeInstanceOf(BlobNotFoundError);
+    await store.close();
+  });
+
+  it("a download paused longer than the idle timeout still completes (downstream backpressure is not a backend fault)", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "slow-reader" }), { idleTimeoutMs: 1000 });
+    await store.init();
+    const size = 24 * MiB;
+    const expected = await sha256(patternStream(size, 9));
+    await store.put("big", patternStream(size, 9), { size });
+    const body = await store.get("big");
+    const h = crypto.createHash("sha256");
+    let paused = false;
+    for await (const c of body) {
+      h.update(c);
+      if (!paused) {
+        paused = true;
+        await new Promise((r) => setTimeout(r, 2500));
+      }
+    }
+    expect(h.digest("hex")).toBe(expected);
+    await store.close();
+  }, 60_000);
+
+  it("a 200 MB put streams in bounded memory", async () => {
+    const store = new S3BlobStore(settings(minio, { bucket: "memory", partSize: 16 * MiB }));
+    await store.init();
+    const size = 200 * MiB;
+    // rss can hide growth in memory freed by earlier tests; Buffer memory alive (arrayBuffers) cannot
+    const before = process.memoryUsage();
+    let peakRss = before.rss;
+    let peakBuffers = before.arrayBuffers;
+    const sample = () => {
+      const m = process.memoryUsage();
+      peakRss = Math.max(peakRss, m.rss);
+      peakBuffers = Math.max(peakBuffers, m.arrayBuffers);
+    };
+    const sampler = setInterval(sample, 10);
+    try {
+      const st = await store.put("instances/00/00/large.dcm", patternStream(size, 5), { size });
+      expect(st.size).toBe(size);
+    } finally {
+      clearInterval(sampler);
+    }
+    sample();
+    expect(peakRss - before.rss).toBeLessThan(100 * MiB);
+    // two parts of 16 MiB, the chunks in flight and source chunks not yet collected; a buffered put is 200+
+    expect(peakBuffers - before.arrayBuffers).toBeLessThan(100 * MiB);
+    expect((await store.stat("instances/00/00/large.dcm"))?.size).toBe(size);
+    expect(await sha256(await store.get("instances/00/00/large.dcm"))).toBe(await sha256(patternStream(size, 5)));
+    await store.delete("instances/00/00/large.dcm");
+    await store.close();
+  }, 180_000);
+});
+
+describe("S3BlobStore when the backend goes away", () => {
+  let own: RunningMinio;
+  beforeAll(async () => {
+    own = await startMinio();
+  });
+  afterAll(async () => {
+    await own?.destroy();
+  });
+
+  it("fails fast with StorageUnavailableError while MinIO is stopped, and the same store works again after a restart", async () => {
+    const store = new S3BlobStore(settings(own, { bucket: "outage" }));
+    await store.init();
+    await store.put("kept", Readable.from([Buffer.from("before the outage")]));
+    await own.stop();
+
+    const calls: Array<() => Promise<unknown>> = [
+      () => store.ping(),
+      () => store.get("kept"),
+      () => store.put("new", Readable.from([Buffer.from("x")])),
+      () => store.stat("kept"),
+      () => store.delete("kept"),
+      async () => {
+        for await (const _ of store.list("")) void _;
+      },
+    ];
+    for (const call of calls) {
+      const r = await within<unknown>(5_000, call());
+      expect(r.error).toBeInstanceOf(StorageUnavailableError);
+      expect(r.elapsed).toBeLessThan(5_000);
+    }
+
+    await own.restart();
+    await store.ping();
+    expect((await readAll(await store.get("kept"))).toString()).toBe("before the outage");
+    await store.put("after", Readable.from([Buffer.from("after the outage")]));
+    expect((await store.stat("after"))?.size).toBe(16);
+    await store.close();
+  }, 60_000);
+
+  it("after a crash (SIGKILL) and restart, the same store works again", async () => {
+    const store = new S3BlobStore(settings(own, { bucket: "crash" }));
+    await store.init();
+    await store.put("k", Readable.from([Buffer.from("durable")]));
+    await own.kill();
+    const r = await within(5_000, store.get("k"));
+    expect(r.error).toBeInstanceOf(StorageUnavailableError);
+    await own.restart();
+    expect((await readAll(await store.get("k"))).toString()).toBe("durable");
+    await store.close();
+  }, 60_000);
+
+  it("a hung MinIO (accepts connections, never answers) fails calls after the idle timeout", async () => {
+    const store = new S3BlobStore(settings(own, { bucket: "hung" }), { idleTimeoutMs: 1500 });
+    await store.init();
+    await own.freeze();
+    try {
+      const ping = await within(6_000, store.ping());
+      expect(ping.error).toBeInstanceOf(StorageUnavailableError);
+      expect(ping.elapsed).toBeGreaterThanOrEqual(1_400);
+      const put = await within(6_000, store.put("p", Readable.from([Buffer.from("x")])));
+      expect(put.error).toBeInstanceOf(StorageUnavailableError);
+    } finally {
+      own.thaw();
+    }
+    await store.ping();
+    await store.close();
+  }, 60_000);
+});
+
+describe("S3BlobStore against a backend answering 5xx", () => {
+  // a fault injector, not an S3 fake: it only answers 503 / 500 so the mapping of server errors is seen
+  let server: http.Server;
+  let status = 503;
+  beforeAll(async () => {
+    server = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(status, { "content-type": "application/xml" });
+        res.end(req.method === "HEAD" ? undefined : `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${status === 503 ? "ServiceUnavailable" : "InternalError"}</Code><Message>down</Message></Error>`);
+      });
+    });
+    // idle connections stay open (like a real S3 endpoint's): a pinned socket is not freed by the server
+    server.keepAliveTimeout = 120_000;
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  });
+  afterAll(async () => {
+    await new Promise((r) => server.close(r));
+  });
+
+  for (const code of [503, 500]) {
+    it(`maps ${code} to StorageUnavailableError`, async () => {
+      status = code;
+      const port = (server.address() as AddressInfo).port;
+      const opts: S3BlobStoreOptions = { idleTimeoutMs: 2000 };
+      const store = new S3BlobStore({ ...settings(minio), endpoint: `http://127.0.0.1:${port}` }, opts);
+      await expect(store.ping()).rejects.toBeInstanceOf(StorageUnavailableError);
+      await expect(store.get("x")).rejects.toBeInstanceOf(StorageUnavailableError);
+      await expect(store.put("x", Readable.from([Buffer.from("x")]))).rejects.toBeInstanceOf(StorageUnavailableError);
+      await store.close();
+    });
+  }
+
+  it("drains 5xx answers, so failed downloads never pin the connection pool (64 sockets)", async () => {
+    status = 503;
+    const port = (server.address() as AddressInfo).port;
+    const store = new S3BlobStore({ ...settings(minio), endpoint: `http://127.0.0.1:${port}` }, { idleTimeoutMs: 60_000 });
+    const r = await within(10_000, (async () => {
+      for (let i = 0; i < 80; i++) await expect(store.get("x")).rejects.toBeInstanceOf(StorageUnavailableError);
+    })());
+    expect(r.error).toBeUndefined();
+    await store.close();
+  });
+});

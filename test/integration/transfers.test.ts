@@ -1,0 +1,221 @@
+/**
+ * Transfers with a manifest against a real relay: what the relay already has, per-instance progress, hash
+ * mismatches refused, nothing visible until complete (or released by an admin), and a receipt verified with only
+ * the published public key.
+ */
+import crypto from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import * as tus from "tus-js-client";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+import { Readable } from "node:stream";
+import { createTarGzBundle } from "../../src/transfers/bundle.ts";
+import type { TransferView } from "../../src/transfers/transferService.ts";
+import type { UploadResult } from "../../src/transfers/transferStore.ts";
+
+const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
+
+/** A tar.gz bundle of in-memory entries (createTarGzBundle streams; tests want the bytes). */
+async function tgz(entries: { name: string; body: Buffer }[]): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  const src = (async function* () {
+    for (const e of entries) yield { name: e.name, size: e.body.length, body: Readable.from([e.body]) };
+  })();
+  for await (const c of createTarGzBundle(src)) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function tusUpload(endpoint: string, input: Buffer, metadata: Record<string, string> = {}): Promise<UploadResult> {
+  return new Promise((resolve, reject) => {
+    const upload = new tus.Upload(input, {
+      endpoint,
+      metadata,
+      retryDelays: [0, 100, 300],
+      storeFingerprintForResuming: false,
+      onSuccess: ({ lastResponse }) => resolve(JSON.parse(lastResponse.getBody()) as UploadResult),
+      onError: reject,
+    });
+    upload.start();
+  });
+}
+
+type Inst = { sopInstanceUID: string; seriesInstanceUID: string; studyInstanceUID: string; bytes: Buffer };
+const manifestOf = (insts: Inst[]) => ({
+  instances: insts.map((i) => ({ sopInstanceUID: i.sopInstanceUID, sha256: sha(i.bytes), size: i.bytes.length, studyInstanceUID: i.studyInstanceUID, seriesInstanceUID: i.seriesInstanceUID })),
+});
+
+describe("transfers with a manifest", () => {
+  let relay: TestRelay;
+  let uploads: string;
+
+  beforeAll(async () => {
+    relay = await startTestRelay();
+    uploads = `${relay.url}/api/uploads`;
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  const api = async (method: string, path: string, body?: unknown) => {
+    const res = await fetch(relay.url + path, {
+      method,
+      headers: body === undefined ? {} : { "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: res.status, headers: res.headers, json: (await res.json()) as Record<string, unknown> };
+  };
+  /** what a reader (home PACS) sees over QIDO-RS */
+  const qidoCount = async (study: string): Promise<number> => {
+    const res = await fetch(`${relay.dicomwebUrl}/studies/${study}/instances`, { headers: { Accept: "application/dicom+json" } });
+    if (res.status === 204 || res.status === 404) return 0;
+    return ((await res.json()) as unknown[]).length;
+  };
+  const wadoStatus = async (i: Inst) =>
+    (await fetch(`${relay.dicomwebUrl}/studies/${i.studyInstanceUID}/series/${i.seriesInstanceUID}/instances/${i.sopInstanceUID}`, {
+      headers: { Accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' },
+    })).status;
+
+  it("answers which instances the relay already has and which it needs; completes only when all arrived; signs a receipt", async () => {
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 6, seriesCount: 2, rows: 16, columns: 16, studyInstanceUID: study })] as Inst[];
+    // the relay already holds the first one (an earlier STOW-RS / plain upload)
+    const pre = await relay.services.ingest.ingestStream((await import("node:stream")).Readable.from([insts[0]!.bytes]), { source: "test" });
+    expect(pre.status).toBe("stored");
+
+    const created = await api("POST", "/api/transfers", { label: "CT test", ...manifestOf(insts) });
+    expect(created.status).toBe(201);
+    const t = created.json as unknown as TransferView;
+    expect(created.headers.get("location")).toBe(`/api/transfers/${t.id}`);
+    expect(t.alreadyHeld).toEqual([insts[0]!.sopInstanceUID]);
+    expect(t.needed).toEqual(insts.slice(1).map((i) => i.sopInstanceUID));
+    expect(t).toMatchObject({ state: "open", complete: false, total: 6, present: 1, missing: 5, uploadMetadata: { transferId: t.id } });
+
+    // first part: a bundle of three
+    const part1 = await tusUpload(uploads, await tgz(insts.slice(1, 4).map((i, n) => ({ name: `IM${n}`, body: i.bytes }))), { transferId: t.id });
+    expect(part1.counts).toMatchObject({ stored: 3, failed: 0 });
+    let view = (await api("GET", `/api/transfers/${t.id}`)).json as unknown as TransferView;
+    expect(view).toMatchObject({ complete: false, present: 1, received: 3, missing: 2 });
+    // no half study: a reader sees only the instance it already had
+    expect(await qidoCount(study)).toBe(1);
+    expect(await wadoStatus(insts[1]!)).toBe(404);
+    expect(await relay.services.index.getInstance(insts[1]!.sopInstanceUID)).toBeNull();
+    expect((await api("GET", `/api/transfers/${t.id}/receipt`)).status).toBe(409);
+
+    // the rest as single files
+    for (const i of insts.slice(4)) {
+      const r = await tusUpload(uploads, i.bytes, { transferId: t.id, filename: "x.dcm" });
+      expect(r.entries[0]).toMatchObject({ status: "stored", sopInstanceUID: i.sopInstanceUID });
+    }
+    view = (await api("GET", `/api/transfers/${t.id}`)).json as unknown as TransferView;
+    expect(view).toMatchObject({ state: "complete", complete: true, present: 1, received: 5, missing: 0, failed: 0 });
+    expect(await qidoCount(study)).toBe(6);
+    expect(await wadoStatus(insts[1]!)).toBe(200);
+
+    // the receipt, verified with nothing but the public key from the well-known route
+    const key = (await (await fetch(`${relay.url}/.well-known/dicom-relay/receipt-key`)).json()) as { pem: string; kid: string };
+    const receipt = (await api("GET", `/api/transfers/${t.id}/receipt`)).json as { jws: string };
+    const [h, p, s] = receipt.jws.split(".") as [string, string, string];
+    expect(crypto.verify(null, Buffer.from(`${h}.${p}`), crypto.createPublicKey(key.pem), Buffer.from(s, "base64url"))).toBe(true);
+    const payload = JSON.parse(Buffer.from(p, "base64url").toString("utf8"));
+    expect(payload).toMatchObject({ format: "dicom-relay-receipt/1", transferId: t.id, keyId: key.kid });
+    expect(Date.parse(payload.issuedAt)).toBeGreaterThan(Date.now() - 60_000);
+    expect(payload.instances.map((x: { sopInstanceUID: string; sha256: string }) => [x.sopInstanceUID, x.sha256])).toEqual(insts.map((i) => [i.sopInstanceUID, sha(i.bytes)]));
+    expect(payload.instances[0].state).toBe("already-held");
+    expect(payload.instances[1].state).toBe("received");
+
+    // a complete transfer takes no more uploads
+    const late = await fetch(uploads, { method: "POST", headers: { "Tus-Resumable": "1.0.0", "Upload-Length": "10", "Upload-Metadata": `transferId ${Buffer.from(t.id).toString("base64")}` } });
+    expect(late.status).toBe(409);
+  });
+
+  it("refuses bytes that do not match the manifest hash, shows the instance failed, and accepts the right bytes later", async () => {
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 2, rows: 8, columns: 8, studyInstanceUID: study })] as Inst[];
+    const manifest = manifestOf(insts);
+    // the sender's copy of the first instance got damaged: same header, one pixel byte flipped
+    const damaged = Buffer.from(insts[0]!.bytes);
+    damaged[damaged.length - 1] ^= 0xff;
+    const t = (await api("POST", "/api/transfers", manifest)).json as unknown as TransferView;
+
+    const r = await tusUpload(uploads, await tgz([{ name: "a", body: damaged }, { name: "b", body: insts[1]!.bytes }]), { transferId: t.id });
+    expect(r.counts).toMatchObject({ stored: 1, failed: 1 });
+    expect(r.entries[0]).toMatchObject({ status: "failed", sopInstanceUID: insts[0]!.sopInstanceUID, reason: "0x0110" });
+    expect(r.entries[0]!.message).toMatch(/do not match the SHA-256 declared in the transfer manifest/);
+    let view = (await api("GET", `/api/transfers/${t.id}?instances=failed`)).json as unknown as TransferView;
+    expect(view).toMatchObject({ complete: false, failed: 1, received: 1 });
+    expect(view.instances).toHaveLength(1);
+    expect(view.instances![0]).toMatchObject({ sopInstanceUID: insts[0]!.sopInstanceUID, state: "failed", failureCode: 0x0110 });
+    expect(view.instances![0]!.reason).toMatch(/SHA-256/);
+    expect(await relay.services.index.getInstance(insts[0]!.sopInstanceUID, { includePending: true })).toBeNull();
+    expect(await qidoCount(study)).toBe(0);
+
+    await tusUpload(uploads, insts[0]!.bytes, { transferId: t.id });
+    view = (await api("GET", `/api/transfers/${t.id}`)).json as unknown as TransferView;
+    expect(view).toMatchObject({ complete: true, received: 2, failed: 0 });
+    expect(await qidoCount(study)).toBe(2);
+  });
+
+  it("refuses an instance that is not in the manifest", async () => {
+    const insts = [...generateStudy({ instances: 1, rows: 8, columns: 8 })] as Inst[];
+    const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;
+    const stranger = makeInstance({ rows: 8, columns: 8 });
+    const r = await tusUpload(uploads, stranger, { transferId: t.id });
+    expect(r.entries[0]).toMatchObject({ status: "failed" });
+    expect(r.entries[0]!.message).toMatch(/is not in the manifest/);
+    expect((await api("GET", `/api/transfers/${t.id}`)).json).toMatchObject({ missing: 1, failed: 0 });
+  });
+
+  it("lets an admin release a partial transfer on purpose; later arrivals are visible at once", async () => {
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 3, rows: 8, columns: 8, studyInstanceUID: study })] as Inst[];
+    const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;
+    await tusUpload(uploads, insts[0]!.bytes, { transferId: t.id });
+    expect(await qidoCount(study)).toBe(0);
+    const rel = await api("POST", `/api/transfers/${t.id}/release`);
+    expect(rel.status).toBe(200);
+    expect(rel.json).toMatchObject({ released: 1, transfer: { state: "released", complete: false } });
+    expect(await qidoCount(study)).toBe(1);
+    await tusUpload(uploads, insts[1]!.bytes, { transferId: t.id });
+    expect(await qidoCount(study)).toBe(2);
+    // releasing again changes nothing
+    expect((await api("POST", `/api/transfers/${t.id}/release`)).json).toMatchObject({ released: 0 });
+    await tusUpload(uploads, insts[2]!.bytes, { transferId: t.id });
+    expect((await api("GET", `/api/transfers/${t.id}/receipt`)).status).toBe(200);
+  });
+
+  it("completes at once (with a receipt) when the relay already has everything", async () => {
+    const insts = [...generateStudy({ instances: 2, rows: 8, columns: 8 })] as Inst[];
+    for (const i of insts) await tusUpload(uploads, i.bytes);
+    const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;
+    expect(t).toMatchObject({ state: "complete", complete: true, present: 2, needed: [] });
+    expect(t.receipt?.jws).toBeTruthy();
+  });
+
+  it("keeps STOW-RS without a transfer immediately visible", async () => {
+    const uid = newUid();
+    const bytes = makeInstance({ rows: 8, columns: 8, sopInstanceUID: uid });
+    const boundary = "b" + crypto.randomBytes(6).toString("hex");
+    const body = Buffer.concat([Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), bytes, Buffer.from(`\r\n--${boundary}--\r\n`)]);
+    const res = await fetch(`${relay.dicomwebUrl}/studies`, {
+      method: "POST",
+      headers: { "Content-Type": `multipart/related; type="application/dicom"; boundary=${boundary}`, Accept: "application/dicom+json" },
+      body: new Uint8Array(body),
+    });
+    expect(res.status).toBe(200);
+    expect((await relay.services.index.getInstance(uid))?.sha256).toBe(sha(bytes));
+  });
+
+  it("refuses uploads naming an unknown transfer (404) and invalid manifests (400 with a sentence)", async () => {
+    const res = await fetch(uploads, { method: "POST", headers: { "Tus-Resumable": "1.0.0", "Upload-Length": "10", "Upload-Metadata": `transferId ${Buffer.from("nope").toString("base64")}` } });
+    expect(res.status).toBe(404);
+    expect(await res.text()).toMatch(/no transfer with id nope/);
+    const bad = await api("POST", "/api/transfers", { instances: [{ sopInstanceUID: "1.2", sha256: "xyz", size: 1 }] });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error).toMatch(/instances\[0\]\.sha256/);
+    expect((await api("GET", "/api/transfers/does-not-exist")).status).toBe(404);
+    expect((await api("POST", "/api/transfers/does-not-exist/release")).status).toBe(404);
+    expect((await api("GET", "/api/transfers/x?instances=bogus")).status).toBe(400);
+    const text = await fetch(relay.url + "/api/transfers", { method: "POST", headers: { "Content-Type": "text/plain" }, body: "{}" });
+    expect(text.status).toBe(415);
+  });
+});

@@ -1,0 +1,414 @@
+import fsp from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import zlib from "node:zlib";
+import iconv from "iconv-lite";
+import { describe, expect, it } from "vitest";
+import { fileSource, readPart10 } from "../../src/dicom/part10.ts";
+import { FailureReason } from "../../src/dicom/failureReasons.ts";
+import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
+import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
+import { encodeDataset, encodeFileMeta, generateStudy, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
+import { countingSource, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
+
+const TS = {
+  explicitLE: "1.2.840.10008.1.2.1",
+  implicitLE: "1.2.840.10008.1.2",
+  explicitBE: "1.2.840.10008.1.2.2",
+  deflated: "1.2.840.10008.1.2.1.99",
+  rle: "1.2.840.10008.1.2.5",
+  encapsulatedUncompressed: "1.2.840.10008.1.2.1.98",
+};
+
+const value = (ds: DicomJsonDataset, tag: string) => ds[tag]?.Value;
+
+/** The bytes of every frame, read back through the locations the reader reported. */
+function frameBytes(file: Buffer, frames: Array<Array<{ offset: number; length: number }>>): Buffer[] {
+  return frames.map((runs) => Buffer.concat(runs.map((r) => file.subarray(r.offset, r.offset + r.length))));
+}
+
+describe("readPart10: encodings", () => {
+  const common = { rows: 16, columns: 16, frames: 2, modality: "CT", patientName: "Zhang^San=张^三", charset: "GB18030" as const, seed: 7 };
+
+  it("reads an explicit VR little endian CT into DICOM JSON with the right types", async () => {
+    const study = newUid(), series = newUid(), sop = newUid();
+    const bytes = makeInstance({ ...common, studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop, extra: { FrameIncrementPointer: 0x00181063 } });
+    const p = await parse(bytes);
+    expect(p).toMatchObject({ transferSyntaxUID: TS.explicitLE, studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop, sopClassUID: "1.2.840.10008.5.1.4.1.1.7.3" });
+    const ds = p.dataset;
+    expect(value(ds, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
+    expect(value(ds, "00080005")).toEqual(["GB18030"]);
+    expect(value(ds, "00281052")).toEqual([-1024]); // DS as a number
+    expect(value(ds, "00200013")).toEqual([1]); // IS
+    expect(value(ds, "00280010")).toEqual([16]); // US
+    expect(value(ds, "00200032")).toEqual([-180, -180, -1.25]);
+    expect(value(ds, "00280009")).toEqual(["00181063"]); // AT as hex
+    expect(ds["00081032"]).toEqual({ vr: "SQ", Value: [{ "00080100": { vr: "SH", Value: ["RPID16"] }, "00080102": { vr: "SH", Value: ["RADLEX"] }, "00080104": { vr: "LO", Value: ["CT CHEST W/O CONTRAST"] } }] });
+    expect(ds["00091001"]!.vr).toBe("OB");
+    expect(Buffer.from(ds["00091001"]!.InlineBinary!, "base64").toString("latin1")).toMatch(/^synthetic:/);
+    expect(ds["7FE00010"]).toEqual({ vr: "OW", BulkDataURI: `${BULK_ROOT_PLACEHOLDER}/studies/${study}/series/${series}/instances/${sop}/bulkdata/7FE00010` });
+    // keys sorted, no dcmjs internals anywhere
+    expect(Object.keys(ds)).toEqual([...Object.keys(ds)].sort());
+    expect(JSON.stringify(ds)).not.toMatch(/_rawValue|_vrMap/);
+    expect(p.fileMeta["00020010"]).toEqual({ vr: "UI", Value: [TS.explicitLE] });
+    expect(p.fileMeta["00020003"]).toEqual({ vr: "UI", Value: [sop] });
+    expect(p.pixelData).toEqual({ offset: expect.any(Number), length: 1024, encapsulated: false, frames: [[{ offset: p.pixelData!.offset, length: 512 }], [{ offset: p.pixelData!.offset + 512, length: 512 }]] });
+    expect(p.bulkData).toEqual([{ tag: "7FE00010", vr: "OW", offset: p.pixelData!.offset, length: 1024 }]);
+  });
+
+  it("gives the same metadata for implicit VR LE, explicit VR BE and explicit VR LE", async () => {
+    const uids = { studyInstanceUID: newUid(), seriesInstanceUID: newUid(), sopInstanceUID: newUid() };
+    const [le, ile, be] = await Promise.all([TS.explicitLE, TS.implicitLE, TS.explicitBE].map((ts) =>
+      parse(makeInstance({ ...common, ...uids, transferSyntaxUID: ts, undefinedLengthSequences: ts === TS.implicitLE }))));
+    const strip = (ds: DicomJsonDataset) => {
+      const c = { ...ds };
+      delete c["00091001"]; // private: OB in explicit, UN in implicit (no dictionary VR)
+      return c;
+    };
+    expect(strip(ile!.dataset)).toEqual(strip(le!.dataset));
+    expect(strip(be!.dataset)).toEqual(strip(le!.dataset));
+    expect(ile!.dataset["00091001"]).toEqual({ vr: "UN", InlineBinary: le!.dataset["00091001"]!.InlineBinary });
+    expect(be!.transferSyntaxUID).toBe(TS.explicitBE);
+    expect(be!.pixelData!.frames.map((f) => f[0]!.length)).toEqual([512, 512]);
+  });
+
+  it("reads implicit VR US/SS (xs) attributes by PixelRepresentation", async () => {
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0028, 0x0103), vr: "US", value: 1 },
+      { tag: tagOf(0x0028, 0x0106), vr: "SS", value: -100 }];
+    const p = await parse(handMade(els, { transferSyntaxUID: TS.implicitLE, explicitVR: false }));
+    expect(p.dataset["00280106"]).toEqual({ vr: "SS", Value: [-100] });
+  });
+
+  it("walks nested undefined-length sequences and items", async () => {
+    const bytes = makeInstance({ ...common, undefinedLengthSequences: true, extra: { OtherPatientIDsSequence: [{ PatientID: "A", OtherPatientIDsSequence: [{ PatientID: "B", OtherPatientIDsSequence: [] }] }, {}] } });
+    const p = await parse(bytes);
+    expect(p.dataset["00101002"]).toEqual({
+      vr: "SQ",
+      Value: [{ "00100020": { vr: "LO", Value: ["A"] }, "00101002": { vr: "SQ", Value: [{ "00100020": { vr: "LO", Value: ["B"] }, "00101002": { vr: "SQ" } }] } }, {}],
+    });
+    expect(p.pixelData!.frames).toHaveLength(2);
+  });
+
+  it("reads a UN element of undefined length (an implicit VR sequence inside an explicit data set)", async () => {
+    const inner = encodeDataset([{ tag: tagOf(0x0011, 0x0010), vr: "LO", value: "PRIVATE" }], { explicitVR: false, littleEndian: true });
+    const item = Buffer.alloc(8);
+    item.writeUInt32LE(0xe000fffe, 0);
+    item.writeUInt32LE(0xffffffff, 4);
+    const itemEnd = Buffer.from([0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0]);
+    const seqEnd = Buffer.from([0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
+    const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x0011, 0x1001), vr: "UN", value: Buffer.concat([item, inner, itemEnd, seqEnd]), undefinedLength: true }];
+    const p = await parse(handMade(els));
+    expect(p.dataset["00111001"]).toEqual({ vr: "SQ", Value: [{ "00110010": { vr: "LO", Value: ["PRIVATE"] } }] });
+  });
+
+  it("accepts a deflated data set without pixel data and refuses one with pixel data (0xC122)", async () => {
+    const ok = await parse(makeInstance({ ...common, transferSyntaxUID: TS.deflated, noPixelData: true }));
+    expect(ok.transferSyntaxUID).toBe(TS.deflated);
+    expect(value(ok.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
+    expect(ok.pixelData).toBeNull();
+    expect(ok.bulkData).toEqual([]);
+    const err = await rejection(makeInstance({ ...common, transferSyntaxUID: TS.deflated }));
+    expect(err.reason).toBe(FailureReason.TransferSyntaxNotSupported);
+    expect(err.message).toMatch(/Deflated/);
+  });
+
+  it("trusts the bytes when an implicit VR data set is labelled explicit", async () => {
+    const bytes = handMade(minimalElements(), { transferSyntaxUID: TS.explicitLE, explicitVR: false });
+    const p = await parse(bytes);
+    expect(value(p.dataset, "00100020")).toEqual(["HAND-1"]);
+  });
+});
+
+describe("readPart10: character sets", () => {
+  const cases = [
+    { charset: "GB18030" as const, name: "Zhang^San=张^三", bytes: iconv.encode("张", "gb18030") },
+    { charset: "GBK" as const, name: "Li^Na=李^娜", bytes: iconv.encode("李", "gbk") },
+    { charset: "ISO_IR 192" as const, name: "Chen^Jing=陈^静", bytes: Buffer.from("陈", "utf8") },
+    { charset: "ISO_IR 100" as const, name: "Müller^Jürgen", bytes: Buffer.from("ü", "latin1") },
+  ];
+  for (const c of cases) {
+    it(`decodes ${c.charset} person names written in that encoding`, async () => {
+      const file = makeInstance({ rows: 8, columns: 8, patientName: c.name, charset: c.charset });
+      expect(file.includes(c.bytes)).toBe(true); // really encoded, not UTF-8
+      const p = await parse(file);
+      const [alphabetic, ideographic] = c.name.split("=");
+      expect(value(p.dataset, "00100010")).toEqual([ideographic ? { Alphabetic: alphabetic, Ideographic: ideographic } : { Alphabetic: alphabetic }]);
+      expect(value(p.dataset, "00080005")).toEqual([c.charset]);
+    });
+  }
+
+  it("decodes ISO 2022 IR 58 code extensions (GB2312 after escapes) and keeps the original values", async () => {
+    const esc = Buffer.from([0x1b, 0x24, 0x29, 0x41]);
+    const pn = Buffer.concat([Buffer.from("Zhang^San="), esc, iconv.encode("张", "gb2312"), Buffer.from("^"), esc, iconv.encode("三", "gb2312")]);
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["", "ISO 2022 IR 58"] },
+      { tag: tagOf(0x0010, 0x0010), vr: "PN", value: pn }];
+    const p = await parse(handMade(els));
+    expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
+    expect(value(p.dataset, "00080005")).toEqual([null, "ISO 2022 IR 58"]);
+  });
+
+  it("does not fail on a SpecificCharacterSet it does not know", async () => {
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO_IR 999", "WHATEVER"] },
+      { tag: tagOf(0x0010, 0x0010), vr: "PN", value: Buffer.from("Doe^Jane") }];
+    const p = await parse(handMade(els));
+    expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Doe^Jane" }]);
+    expect(value(p.dataset, "00080005")).toEqual(["ISO_IR 999", "WHATEVER"]);
+  });
+});
+
+describe("readPart10: bulk data and frames", () => {
+  it("locates binary elements at or above the threshold as bulk data, keeps smaller ones inline", async () => {
+    const big = Buffer.alloc(4000, 7);
+    const small = Buffer.alloc(16, 9);
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0042, 0x0011), vr: "OB", value: big },
+      { tag: tagOf(0x0019, 0x0010), vr: "LO", value: "X" },
+      { tag: tagOf(0x0019, 0x1001), vr: "OB", value: small }];
+    const file = handMade(els);
+    const p = await parse(file, { bulkDataThreshold: 1024 });
+    const loc = p.bulkData.find((b) => b.tag === "00420011")!;
+    expect(loc).toMatchObject({ vr: "OB", length: 4000 });
+    expect(file.subarray(loc.offset, loc.offset + loc.length).equals(big)).toBe(true);
+    expect(p.dataset["00420011"]!.BulkDataURI).toMatch(new RegExp(`^${BULK_ROOT_PLACEHOLDER}/studies/.+/bulkdata/00420011$`));
+    expect(p.dataset["00191001"]).toEqual({ vr: "OB", InlineBinary: small.toString("base64") });
+    expect(p.pixelData).toBeNull();
+  });
+
+  it("never reads the pixel data of a 512x512 CT (positional reads of the header only)", async () => {
+    const file = makeInstance({ rows: 512, columns: 512, modality: "CT" });
+    const c = countingSource(file);
+    const p = await readPart10(c.source, READ_OPTS);
+    expect(p.pixelData!.length).toBe(512 * 512 * 2);
+    expect(c.bytesRead()).toBeLessThanOrEqual(64 * 1024);
+  });
+
+  it("computes native frames for 8-bit RGB and for 1-bit frames that do not end on a byte", async () => {
+    const rgb = await parse(makeInstance({ rows: 4, columns: 6, samplesPerPixel: 3, frames: 3, modality: "US" }));
+    expect(rgb.pixelData!.frames.map((f) => f[0]!.length)).toEqual([72, 72, 72]);
+    // 3x3 1-bit frames: 9 bits each, 27 bits = 4 bytes; frame 2 is bits 9..17 (bytes 1..2), frame 3 bits 18..26 (bytes 2..3)
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0028, 0x0002), vr: "US", value: 1 }, { tag: tagOf(0x0028, 0x0008), vr: "IS", value: 3 },
+      { tag: tagOf(0x0028, 0x0010), vr: "US", value: 3 }, { tag: tagOf(0x0028, 0x0011), vr: "US", value: 3 },
+      { tag: tagOf(0x0028, 0x0100), vr: "US", value: 1 }, { tag: 0x7fe00010, vr: "OB", value: Buffer.from([0xff, 0x01, 0x02, 0x03]) }];
+    const p = await parse(handMade(els));
+    const o = p.pixelData!.offset;
+    expect(p.pixelData!.frames).toEqual([[{ offset: o, length: 2 }], [{ offset: o + 1, length: 2 }], [{ offset: o + 2, length: 2 }]]);
+  });
+
+  it("refuses native pixel data shorter than its frames need (0xA900)", async () => {
+    const els: WriterElement[] = [...minimalElements(),
+      { tag: tagOf(0x0028, 0x0010), vr: "US", value: 8 }, { tag: tagOf(0x0028, 0x0011), vr: "US", value: 8 },
+      { tag: tagOf(0x0028, 0x0100), vr: "US", value: 16 }, { tag: 0x7fe00010, vr: "OW", value: Buffer.alloc(64) }];
+    const err = await rejection(handMade(els));
+    expect(err.reason).toBe(FailureReason.DataSetDoesNotMatchSOPClass);
+    expect(err.message).toMatch(/PixelData is 64 bytes/);
+  });
+
+  const shape = { rows: 16, columns: 16, bitsAllocated: 16 as const, samplesPerPixel: 1 as const };
+  const rleCases: Array<{ name: string; frames: number; opts: Record<string, unknown>; fragmentsPerFrame: number }> = [
+    { name: "Basic Offset Table", frames: 3, opts: {}, fragmentsPerFrame: 1 },
+    { name: "Basic Offset Table, two fragments per frame", frames: 3, opts: { fragmentsPerFrame: 2 }, fragmentsPerFrame: 2 },
+    { name: "no offset table, one fragment per frame", frames: 3, opts: { basicOffsetTable: false }, fragmentsPerFrame: 1 },
+    { name: "no offset table, one frame in two fragments", frames: 1, opts: { basicOffsetTable: false, fragmentsPerFrame: 2 }, fragmentsPerFrame: 2 },
+    { name: "Extended Offset Table, two fragments per frame", frames: 3, opts: { extendedOffsetTable: true, fragmentsPerFrame: 2 }, fragmentsPerFrame: 2 },
+  ];
+  for (const c of rleCases) {
+    it(`maps RLE fragments to frames: ${c.name}`, async () => {
+      const file = makeInstance({ ...shape, frames: c.frames, modality: "MR", transferSyntaxUID: TS.rle, seed: 3, instanceNumber: 2, ...c.opts });
+      const nativeFile = makeInstance({ ...shape, frames: c.frames, modality: "MR", seed: 3, instanceNumber: 2 });
+      const native = await parse(nativeFile);
+      const p = await parse(file);
+      expect(p.pixelData!.encapsulated).toBe(true);
+      expect(p.pixelData!.frames).toHaveLength(c.frames);
+      for (const f of p.pixelData!.frames) expect(f).toHaveLength(c.fragmentsPerFrame);
+      // each frame's fragments are exactly the RLE encoding of the same native frame
+      const nativeFrames = frameBytes(nativeFile, native.pixelData!.frames);
+      frameBytes(file, p.pixelData!.frames).forEach((enc, i) => {
+        const expected = rleEncodeFrame(nativeFrames[i]!, shape);
+        expect(enc.subarray(0, expected.length).equals(expected)).toBe(true);
+      });
+      const loc = p.bulkData.find((b) => b.tag === "7FE00010")!;
+      expect(loc.offset + loc.length).toBe(file.length); // up to and including the sequence delimiter
+      expect(file.readUInt32LE(file.length - 8)).toBe(0xe0ddfffe);
+    });
+  }
+
+  it("gives frames up for several frames in mismatched fragments without an offset table", async () => {
+    const file = makeInstance({ ...shape, frames: 3, transferSyntaxUID: TS.rle, basicOffsetTable: false, fragmentsPerFrame: 2 });
+    const p = await parse(file);
+    expect(p.pixelData!.frames).toEqual([]);
+    expect(p.pixelData!.encapsulated).toBe(true);
+  });
+});
+
+describe("readPart10: refusals", () => {
+  const magic: Array<[string, Buffer, RegExp]> = [
+    ["PDF", Buffer.concat([Buffer.from("%PDF-1.7\n"), Buffer.alloc(300)]), /this is a PDF document, not a DICOM file; ask for the DICOM export/],
+    ["JPEG", Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(300)]), /this is a JPEG image, not a DICOM file/],
+    ["PNG", Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.alloc(300)]), /this is a PNG image, not a DICOM file/],
+    ["ZIP", Buffer.concat([Buffer.from("PK\x03\x04"), Buffer.alloc(300)]), /this is a ZIP archive, not a DICOM file/],
+    ["gzip", Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 0]), Buffer.alloc(300)]), /this is a gzip archive/],
+  ];
+  for (const [name, bytes, sentence] of magic) {
+    it(`says a ${name} file is not DICOM (0xC000)`, async () => {
+      const err = await rejection(bytes);
+      expect(err.reason).toBe(FailureReason.CannotUnderstand);
+      expect(err.message).toMatch(sentence);
+    });
+  }
+
+  it("refuses a file too short to be Part 10, and arbitrary bytes (0xC000)", async () => {
+    expect((await rejection(Buffer.from("hello"))).message).toMatch(/too short/);
+    expect((await rejection(Buffer.alloc(0))).reason).toBe(FailureReason.CannotUnderstand);
+    const junk = Buffer.alloc(2000, 0x41);
+    const err = await rejection(junk);
+    expect(err.reason).toBe(FailureReason.CannotUnderstand);
+    expect(err.message).toMatch(/no "DICM" marker/);
+  });
+
+  it("refuses a bare data set without preamble and file meta (0xC000), even though it would parse", async () => {
+    const err = await rejection(makeInstance({ rows: 8, columns: 8, noFileMeta: true, transferSyntaxUID: TS.implicitLE }));
+    expect(err.reason).toBe(FailureReason.CannotUnderstand);
+    expect(err.message).toMatch(/bare DICOM data set without the Part-10 header/);
+  });
+
+  it("refuses a file truncated in the header, in the pixel data and in an encapsulated fragment (0xC000)", async () => {
+    const file = makeInstance({ rows: 64, columns: 64, modality: "CT" });
+    for (const cut of [140, 400, file.length - 100, file.length - 1]) {
+      const err = await rejection(file.subarray(0, cut));
+      expect(err.reason).toBe(FailureReason.CannotUnderstand);
+      expect(err.message).toMatch(/truncated/);
+    }
+    const rle = makeInstance({ rows: 64, columns: 64, frames: 2, transferSyntaxUID: TS.rle });
+    for (const cut of [rle.length - 4, rle.length - 200]) {
+      const err = await rejection(rle.subarray(0, cut));
+      expect(err.message).toMatch(/truncated/);
+    }
+  });
+
+  it("refuses a truncated undefined-length sequence (0xC000)", async () => {
+    const file = makeInstance({ rows: 4, columns: 4, noPixelData: true, undefinedLengthSequences: true, extra: { OtherPatientIDsSequence: [{ PatientID: "A" }] } });
+    const seq = Buffer.from([0x10, 0x00, 0x02, 0x10, 0x53, 0x51]); // (0010,1002) SQ
+    const at = file.indexOf(seq);
+    const err = await rejection(file.subarray(0, at + 20));
+    expect(err.reason).toBe(FailureReason.CannotUnderstand);
+    expect(err.message).toMatch(/truncated/);
+  });
+
+  it("refuses a damaged element (no valid VR) with 0xC000", async () => {
+    const file = Buffer.from(makeInstance({ rows: 4, columns: 4 }));
+    const at = file.indexOf(Buffer.from([0x10, 0x00, 0x20, 0x00, 0x4c, 0x4f])); // (0010,0020) LO
+    file.write("\x01\x02", at + 4, "latin1");
+    const err = await rejection(file);
+    expect(err.reason).toBe(FailureReason.CannotUnderstand);
+    expect(err.message).toMatch(/\(0010,0020\).*no valid value representation/);
+  });
+
+  const uidCases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ["missing StudyInstanceUID", { StudyInstanceUID: null }, /no StudyInstanceUID \(0020,000D\)/],
+    ["missing SeriesInstanceUID", { SeriesInstanceUID: null }, /no SeriesInstanceUID \(0020,000E\)/],
+    ["missing SOPClassUID", { SOPClassUID: null }, /no SOPClassUID \(0008,0016\)/],
+    ["empty SOPInstanceUID", { SOPInstanceUID: "" }, /no SOPInstanceUID \(0008,0018\)/],
+    ["letters in a UID", { StudyInstanceUID: "1.2.abc.4" }, /StudyInstanceUID \(0020,000D\) "1.2.abc.4" is not a valid UID/],
+    ["a leading zero", { SeriesInstanceUID: "1.2.03.4" }, /SeriesInstanceUID .* is not a valid UID/],
+    ["more than 64 characters", { StudyInstanceUID: "1.2." + "3".repeat(70) }, /is not a valid UID/],
+    ["malformed SOPClassUID", { SOPClassUID: "1..2" }, /SOPClassUID .* is not a valid UID/],
+  ];
+  for (const [name, extra, sentence] of uidCases) {
+    it(`refuses ${name} (0xA900)`, async () => {
+      const err = await rejection(makeInstance({ rows: 4, columns: 4, mediaStorageSOPInstanceUID: undefined, extra }));
+      expect(err.reason).toBe(FailureReason.DataSetDoesNotMatchSOPClass);
+      expect(err.message).toMatch(sentence);
+    });
+  }
+
+  it("refuses a MediaStorageSOPInstanceUID that differs from SOPInstanceUID (0xA900)", async () => {
+    const err = await rejection(makeInstance({ rows: 4, columns: 4, mediaStorageSOPInstanceUID: newUid() }));
+    expect(err.reason).toBe(FailureReason.DataSetDoesNotMatchSOPClass);
+    expect(err.message).toMatch(/MediaStorageSOPInstanceUID \(0002,0003\).*differs/);
+  });
+
+  it("refuses an unknown transfer syntax (0xC122) and a file meta without one (0xC000)", async () => {
+    const err = await rejection(makeInstance({ rows: 4, columns: 4, transferSyntaxUID: "1.2.3.4.5.6.7" }));
+    expect(err.reason).toBe(FailureReason.TransferSyntaxNotSupported);
+    expect(err.message).toMatch(/"1.2.3.4.5.6.7" is not a standard DICOM transfer syntax/);
+    const meta = encodeFileMeta({ sopClassUID: "1.2.3", sopInstanceUID: "1.2.3", transferSyntaxUID: "1.2.840.10008.1.2.1" });
+    const at = meta.indexOf(Buffer.from([0x02, 0x00, 0x10, 0x00]), 132);
+    const noTs = Buffer.from(meta);
+    noTs.writeUInt16LE(0x0011, at + 2); // (0002,0011): no longer the transfer syntax
+    const err2 = await rejection(Buffer.concat([noTs, encodeDataset(minimalElements(), { explicitVR: true, littleEndian: true })]));
+    expect(err2.reason).toBe(FailureReason.CannotUnderstand);
+    expect(err2.message).toMatch(/no TransferSyntaxUID/);
+  });
+
+  it("refuses a header larger than maxHeaderBytes (0xA700), in plain elements and in a sequence", async () => {
+    const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x0020, 0x4000), vr: "LT", value: "x".repeat(9000) }];
+    const err = await rejection(handMade(els), { maxHeaderBytes: 8192 });
+    expect(err.reason).toBe(FailureReason.OutOfResources);
+    expect(err.message).toMatch(/larger than the relay parses in memory \(8192 bytes\)/);
+    const items = Array.from({ length: 400 }, (_, i) => ({ PatientID: `ID-${i}-${"y".repeat(40)}` }));
+    const seq = makeInstance({ rows: 4, columns: 4, undefinedLengthSequences: true, extra: { OtherPatientIDsSequence: items } });
+    expect((await rejection(seq, { maxHeaderBytes: 8192 })).reason).toBe(FailureReason.OutOfResources);
+    // the same file parses with room to spare, and bulk data does not count
+    await expect(parse(seq, { maxHeaderBytes: 64 * 1024 })).resolves.toBeTruthy();
+    await expect(parse(makeInstance({ rows: 512, columns: 512 }), { maxHeaderBytes: 8192 })).resolves.toBeTruthy();
+  });
+});
+
+describe("readPart10: files and speed", () => {
+  it("reads through fileSource from a file on disk", async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "part10-"));
+    try {
+      const file = path.join(dir, "a.dcm");
+      const bytes = makeInstance({ rows: 128, columns: 128, frames: 2, transferSyntaxUID: TS.rle });
+      await fsp.writeFile(file, bytes);
+      const fh = await fsp.open(file, "r");
+      try {
+        const p = await readPart10(fileSource(fh, bytes.length), READ_OPTS);
+        expect(p.pixelData!.frames).toHaveLength(2);
+        const src = fileSource(fh, bytes.length);
+        expect((await src.read(bytes.length - 10, 100)).length).toBe(10); // short at EOF, no error
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("parses a 300-instance 512x512 CT in well under 5 ms per instance", async () => {
+    const files = [...generateStudy({ instances: 300, seriesCount: 3, rows: 512, columns: 512, modality: "CT", charset: "GB18030", patientName: "Wang^XiaoDong=王^小东", seed: 1 })].map((i) => i.bytes);
+    await parse(files[0]!); // warm-up (dictionary, dcmjs)
+    const t = performance.now();
+    for (const f of files) await parse(f);
+    const perInstance = (performance.now() - t) / files.length;
+    expect(perInstance).toBeLessThan(5);
+  });
+});
+
+describe("transfer syntaxes", () => {
+  it("knows encoding and frame media type of the standard transfer syntaxes", () => {
+    expect(transferSyntaxInfo(TS.implicitLE)).toMatchObject({ explicitVR: false, littleEndian: true, encapsulated: false, mediaType: "application/octet-stream" });
+    expect(transferSyntaxInfo(TS.explicitBE)).toMatchObject({ explicitVR: true, littleEndian: false, retired: true });
+    expect(transferSyntaxInfo(TS.deflated)).toMatchObject({ deflated: true, encapsulated: false });
+    expect(transferSyntaxInfo("1.2.840.10008.1.2.4.50")).toMatchObject({ encapsulated: true, mediaType: "image/jpeg" });
+    expect(transferSyntaxInfo("1.2.840.10008.1.2.4.80")!.mediaType).toBe("image/jls");
+    expect(transferSyntaxInfo("1.2.840.10008.1.2.4.90")!.mediaType).toBe("image/jp2");
+    expect(transferSyntaxInfo("1.2.840.10008.1.2.4.201")!.mediaType).toBe("image/jphc");
+    expect(transferSyntaxInfo(TS.rle)!.mediaType).toBe("image/dicom-rle");
+    expect(transferSyntaxInfo(TS.encapsulatedUncompressed)).toMatchObject({ encapsulated: true, mediaType: "application/octet-stream" });
+    expect(transferSyntaxInfo("1.2.3.4")).toBeUndefined();
+  });
+});
+
+// keep zlib imported for the deflate sanity check below (the generator's deflate is raw DEFLATE, RFC 1951)
+describe("synthetic deflate sanity", () => {
+  it("is raw deflate after the file meta", () => {
+    const file = makeInstance({ rows: 4, columns: 4, transferSyntaxUID: TS.deflated, noPixelData: true });
+    const metaEnd = file.indexOf(Buffer.from("DICOMRELAY_01")) + "DICOMRELAY_01".length + 1;
+    expect(zlib.inflateRawSync(file.subarray(metaEnd)).length).toBeGreaterThan(100);
+  });
+});
