@@ -226,11 +226,14 @@ class Window {
   private start = 0;
   constructor(private readonly src: RandomAccessSource, readonly end: number) {}
 
-  /** `n` bytes at `pos` (a view into the current window when it holds them). */
-  async bytes(pos: number, n: number, what: string): Promise<Buffer> {
+  /**
+   * `n` bytes at `pos` (a view into the current window when it holds them). A miss reads `readAhead`
+   * bytes at least; item headers between large fragments use a small one so the fragments are not read.
+   */
+  async bytes(pos: number, n: number, what: string, readAhead = CHUNK): Promise<Buffer> {
     if (pos + n > this.end) throw new Truncated(what, pos, n, this.end);
     if (pos < this.start || pos + n > this.start + this.buf.length) {
-      const len = Math.min(Math.max(n, CHUNK), this.end - pos);
+      const len = Math.min(Math.max(n, readAhead), this.end - pos);
       this.buf = await this.src.read(pos, len);
       this.start = pos;
       if (this.buf.length < n) throw new Truncated(what, pos, n, pos + this.buf.length);
@@ -477,9 +480,10 @@ async function scanEncapsulated(win: Window, h: ElementHeader, valueAt: number, 
   const fragments: Array<ByteRange & { item: number }> = [];
   let pos = valueAt + 8 + botLength;
   const firstFragmentItem = pos;
+  let readAhead = CHUNK;
   // each iteration moves pos forward by at least 8 bytes
   for (;;) {
-    const item = await win.bytes(pos, 8, "a pixel data fragment item");
+    const item = await win.bytes(pos, 8, "a pixel data fragment item", readAhead);
     const tag = item.readUInt32LE(0);
     const len = item.readUInt32LE(4);
     if (tag === 0xe0ddfffe) {
@@ -490,6 +494,8 @@ async function scanEncapsulated(win: Window, h: ElementHeader, valueAt: number, 
     if (pos + 8 + len > win.end) throw new Truncated("a pixel data fragment", pos, 8 + len, win.end);
     fragments.push({ item: pos, offset: pos + 8, length: len });
     pos += 8 + len;
+    // after a large fragment the next item header is far away: read just the header, not 64 KiB of pixels
+    readAhead = len > CHUNK / 2 ? 8 : CHUNK;
   }
   return { tag: h.tag, vr: "OB", offset: valueAt, length: pos - valueAt, encapsulated: true, bot, fragments, firstFragmentItem };
 }

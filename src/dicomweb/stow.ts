@@ -11,6 +11,9 @@ import type { IngestResult } from "../ingest/types.ts";
 import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { accessOf, dicomwebRoot, uidParam, type DicomwebServices } from "./context.ts";
 
+/** instances of one STOW-RS request stored and indexed at the same time */
+const STOW_CONCURRENCY = 4;
+
 export function stowRoutes(svc: DicomwebServices): Router {
   const r = Router();
   const handler = async (req: Request, res: Response) => {
@@ -30,6 +33,11 @@ export function stowRoutes(svc: DicomwebServices): Router {
       throw err;
     }
 
+    // parts are read one after the other (a stream), but storing and indexing a spooled part overlaps
+    // with reading the next: fsyncs dominate ingest time, and they run in parallel on the thread pool
+    const pending: Promise<IngestResult>[] = [];
+    const inflight = new Set<Promise<unknown>>();
+    const opts = { expectedStudyInstanceUID: expectedStudy, source: "stow" };
     const results: IngestResult[] = [];
     try {
       for await (const part of readMultipartParts(req, boundary, {})) {
@@ -43,9 +51,21 @@ export function stowRoutes(svc: DicomwebServices): Router {
           });
           continue;
         }
-        results.push(await svc.ingest.ingestStream(part.body, { expectedStudyInstanceUID: expectedStudy, source: "stow" }));
+        const spooled = await svc.ingest.spool(part.body, opts);
+        if ("status" in spooled) {
+          pending.push(Promise.resolve(spooled));
+          continue;
+        }
+        while (inflight.size >= STOW_CONCURRENCY) await Promise.race(inflight);
+        const p = svc.ingest.ingestSpool(spooled, opts);
+        const tracked = p.finally(() => inflight.delete(tracked));
+        inflight.add(tracked);
+        pending.push(p);
       }
+      results.push(...(await Promise.all(pending)));
     } catch (err) {
+      // let what was already spooled finish (or fail) before answering; nothing is left half-done
+      results.push(...(await Promise.all(pending)));
       if (err instanceof MultipartError) {
         const stored = results.filter((x) => x.status !== "failed").length;
         throw new HttpError(err.status, `${err.message}${stored ? ` (${stored} instance(s) before the error were stored)` : ""}`);

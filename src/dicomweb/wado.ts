@@ -9,7 +9,7 @@ import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { ByteRange } from "../dicom/types.ts";
 import { multipartBoundary, writeMultipart } from "../dicom/multipart.ts";
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
-import { transferSyntaxInfo } from "../dicom/transferSyntax.ts";
+import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import { accessOf, assertStudyVisible, dicomwebRoot, uidParam, withRoot, type DicomwebServices } from "./context.ts";
@@ -211,7 +211,11 @@ function negotiateFramePartType(req: Request, transferSyntaxUID: string, encapsu
   const info = transferSyntaxInfo(transferSyntaxUID);
   const native = "application/octet-stream";
   const compressedType = encapsulated ? (info?.mediaType ?? native) : native;
-  const choices = multipartChoices(parseAccept(req.get("accept")), native);
+  const choices = multipartChoices(parseAccept(req.get("accept")), native).map((c) => ({
+    ...c,
+    // older clients still ask for the pre-2021 names (image/x-dicom-rle, image/x-jls)
+    partType: LEGACY_FRAME_MEDIA_TYPES[c.partType] ?? c.partType,
+  }));
   for (const c of choices) {
     const tsOk = c.transferSyntax === null || c.transferSyntax === ANY_TS || c.transferSyntax === transferSyntaxUID;
     if (c.partType === "*/*") return compressedType;

@@ -18,7 +18,7 @@ import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../sto
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
 import { fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
-import type { IngestOptions, IngestResult, Ingestor } from "./types.ts";
+import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "./types.ts";
 
 export interface IngestDeps {
   index: Index;
@@ -40,6 +40,15 @@ export class IngestPipeline implements Ingestor {
   }
 
   async ingestStream(body: Readable, opts: IngestOptions = {}): Promise<IngestResult> {
+    const spooled = await this.spool(body, opts);
+    return "status" in spooled ? spooled : this.ingestSpool(spooled, opts);
+  }
+
+  /**
+   * First half of ingestStream: the stream lands in a local spool file, hashed and counted on the way.
+   * Split out so a multipart reader can read part N+1 while part N is being stored and indexed.
+   */
+  async spool(body: Readable, opts: IngestOptions = {}): Promise<SpooledInstance | IngestResult> {
     const spool = path.join(this.deps.tmpDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
     const hash = crypto.createHash("sha256");
     let size = 0;
@@ -66,10 +75,15 @@ export class IngestPipeline implements Ingestor {
       return this.fail(opts, FailureReason.OutOfResources,
         `the instance is larger than the relay accepts (${max} bytes); ask the administrator to raise ingest.maxInstanceBytes`);
     }
+    return { path: spool, sha256: hash.digest("hex"), size };
+  }
+
+  /** Second half of ingestStream: parse, validate, de-duplicate, store, index; the spool file is consumed. */
+  async ingestSpool(spooled: SpooledInstance, opts: IngestOptions = {}): Promise<IngestResult> {
     try {
-      return await this.ingestSpooled(spool, hash.digest("hex"), size, opts, true);
+      return await this.ingestSpooled(spooled.path, spooled.sha256, spooled.size, opts, true);
     } finally {
-      await fsp.rm(spool, { force: true });
+      await fsp.rm(spooled.path, { force: true });
     }
   }
 

@@ -39,10 +39,20 @@ export interface IngestOptions {
   source?: string;
 }
 
+/** An instance's bytes landed in a local spool file, hashed and counted; not yet parsed or stored. */
+export interface SpooledInstance {
+  path: string;
+  sha256: string;
+  size: number;
+}
+
 /** The one ingest function every way in calls. */
 export interface Ingestor {
   /** Ingest one Part-10 instance read from a stream. Never throws for bad input: returns failed. */
   ingestStream(body: Readable, opts?: IngestOptions): Promise<IngestResult>;
   /** Ingest one Part-10 file already on local disk (a finished tus upload); the file is left in place. */
   ingestFile(path: string, opts?: IngestOptions): Promise<IngestResult>;
+  /** ingestStream in two halves, so a reader can overlap reading the next instance with storing this one */
+  spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult>;
+  ingestSpool(spooled: SpooledInstance, opts?: IngestOptions): Promise<IngestResult>;
 }

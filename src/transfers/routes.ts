@@ -67,12 +67,13 @@ export function transfersRouter(
     res.json(view);
   });
   api.get("/api/transfers/:id/receipt", async (req, res) => {
-    const view = await service.view(req.params.id!, { instances: "none" });
-    if (!view) throw new HttpError(404, `no transfer with id ${req.params.id}`);
-    if (!view.receipt) {
-      throw new HttpError(409, `transfer ${view.id} is not complete (${view.missing} missing, ${view.failed} failed); the receipt is issued when every instance is there`);
+    const found = await service.receipt(String(req.params.id));
+    if (!found) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    const { transfer, receipt } = found;
+    if (!receipt) {
+      throw new HttpError(409, `transfer ${transfer.id} is not complete (${transfer.missing} missing, ${transfer.failed} failed); the receipt is issued when every instance is there`);
     }
-    res.json({ ...view.receipt, keyUrl: RECEIPT_KEY_PATH });
+    res.json({ ...receipt, keyUrl: RECEIPT_KEY_PATH });
   });
   api.post("/api/transfers/:id/release", admin, async (req, res) => {
     try {

@@ -52,7 +52,8 @@ export interface TransferView extends TransferProgress {
   needed?: string[];
   /** SOPInstanceUIDs the relay already had with identical bytes (nothing to send) */
   alreadyHeld?: string[];
-  receipt: SignedReceipt | null;
+  /** where the signed receipt is, once issued (kept out of this view: it lists every instance) */
+  receiptUrl: string | null;
 }
 
 export class TransferNotFoundError extends Error {
@@ -146,7 +147,7 @@ export class TransferService {
       completedAt: t.completedAt,
       releasedAt: t.releasedAt,
       uploadMetadata: { transferId: t.id },
-      receipt: t.receipt,
+      receiptUrl: t.receipt ? `/api/transfers/${t.id}/receipt` : null,
     };
     if ((opts.instances ?? "all") !== "none") {
       const items = await this.deps.transfers.listItems(id);
@@ -155,6 +156,13 @@ export class TransferService {
       out.instances = opts.instances === "all" || !opts.instances ? items : items.filter((i) => i.state === opts.instances);
     }
     return out;
+  }
+
+  /** The signed receipt, null while the transfer is not complete; null overall when there is no such transfer. */
+  async receipt(id: string): Promise<{ transfer: TransferView; receipt: SignedReceipt | null } | null> {
+    const t = await this.deps.transfers.getTransfer(id);
+    if (!t) return null;
+    return { transfer: (await this.view(id, { instances: "none" }))!, receipt: t.receipt };
   }
 
   /** Admin: make a partial transfer visible on purpose. Instances that arrive later are visible at once. */

@@ -121,3 +121,26 @@ describe("DICOMweb round trip with dicomweb-client", () => {
     expect(Buffer.from(frames[0]!).equals(Buffer.from(frames[1]!))).toBe(false);
   });
 });
+
+describe("frame media types over raw HTTP", () => {
+  it("an RLE instance's frames come as image/dicom-rle, also when asked by the legacy name, and 406 for uncompressed", async () => {
+    const { default: request } = await import("supertest");
+    const relay = await startTestRelay();
+    try {
+      const study = newUid(), series = newUid(), sop = newUid();
+      const bytes = makeInstance({ studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop, rows: 16, columns: 16, frames: 2, transferSyntaxUID: "1.2.840.10008.1.2.5" });
+      await dicomwebClient(relay.dicomwebUrl).storeInstances({ datasets: [toArrayBuffer(bytes)] });
+      const url = `/dicom-web/studies/${study}/series/${series}/instances/${sop}/frames/2`;
+      for (const accept of ['multipart/related; type="image/dicom-rle"', 'multipart/related; type="image/x-dicom-rle"']) {
+        const res = await request(relay.url).get(url).set("Accept", accept);
+        expect(res.status).toBe(200);
+        expect(res.headers["content-type"]).toMatch(/type="image\/dicom-rle"/);
+      }
+      const plain = await request(relay.url).get(url).set("Accept", 'multipart/related; type="application/octet-stream"');
+      expect(plain.status).toBe(406);
+      expect(plain.body.error).toMatch(/does not transcode/);
+    } finally {
+      await relay.dispose();
+    }
+  });
+});

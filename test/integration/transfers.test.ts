@@ -188,7 +188,10 @@ describe("transfers with a manifest", () => {
     for (const i of insts) await tusUpload(uploads, i.bytes);
     const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;
     expect(t).toMatchObject({ state: "complete", complete: true, present: 2, needed: [] });
-    expect(t.receipt?.jws).toBeTruthy();
+    expect(t.receiptUrl).toBe(`/api/transfers/${t.id}/receipt`);
+    const receipt = (await api("GET", t.receiptUrl!)).json as { jws: string; payload: { instances: { state: string }[] } };
+    expect(receipt.jws.split(".")).toHaveLength(3);
+    expect(receipt.payload.instances.map((i) => i.state)).toEqual(["already-held", "already-held"]);
   });
 
   it("keeps STOW-RS without a transfer immediately visible", async () => {

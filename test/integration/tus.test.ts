@@ -255,10 +255,10 @@ describe("tus uploads", () => {
   });
 });
 
-describe("tus expiration", () => {
+describe("tus expiration and slow ingest", () => {
   let relay: TestRelay;
   beforeAll(async () => {
-    relay = await startTestRelay({ transfers: { expirationSeconds: 1, cleanupIntervalSeconds: 1 } });
+    relay = await startTestRelay({ transfers: { expirationSeconds: 1, cleanupIntervalSeconds: 1, finishWaitSeconds: 0 } });
   });
   afterAll(async () => {
     await relay?.dispose();
@@ -277,5 +277,56 @@ describe("tus expiration", () => {
     expect(fs.existsSync(file)).toBe(false);
     expect(fs.existsSync(file + ".json")).toBe(false);
     expect([404, 410]).toContain((await fetch(url, { method: "HEAD", headers })).status);
+  });
+
+  it("answers the final PATCH before ingest ends when it takes longer than finishWaitSeconds; the result follows at GET", async () => {
+    const headers = { "Tus-Resumable": "1.0.0" };
+    const bytes = makeInstance({ rows: 8, columns: 8 });
+    const create = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...headers, "Upload-Length": String(bytes.length) } });
+    const url = create.headers.get("location")!;
+    const patch = await fetch(url, { method: "PATCH", headers: { ...headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(bytes) });
+    expect(patch.status).toBe(204);
+    expect(patch.headers.get("upload-result")).toBe(new URL(url).pathname);
+    let result: UploadResult | null = null;
+    for (let i = 0; i < 50; i++) {
+      const r = await fetch(url);
+      if (r.status === 200) {
+        result = (await r.json()) as UploadResult;
+        if (result.state === "done") break;
+      }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    expect(result).toMatchObject({ state: "done", counts: { stored: 1 } });
+  });
+});
+
+describe("tus recovery at start", () => {
+  it("ingests an upload whose bytes were complete when the relay stopped", async () => {
+    const dataDir = fs.mkdtempSync(path.join((await import("node:os")).tmpdir(), "relay-recover-"));
+    try {
+      // what a crash between the last PATCH byte and the ingest leaves behind: data file + info file, no result
+      const bytes = makeInstance({ rows: 8, columns: 8 });
+      const uploadDir = path.join(dataDir, "uploads");
+      fs.mkdirSync(uploadDir, { recursive: true });
+      const id = crypto.randomBytes(16).toString("hex");
+      fs.writeFileSync(path.join(uploadDir, id), bytes);
+      fs.writeFileSync(path.join(uploadDir, `${id}.json`), JSON.stringify({ id, size: bytes.length, offset: 0, metadata: { filename: "left.dcm" }, creation_date: new Date().toISOString() }));
+      const relay = await startTestRelay({}, { dataDir });
+      try {
+        let result: UploadResult | null = null;
+        for (let i = 0; i < 50 && result?.state !== "done"; i++) {
+          const r = await fetch(`${relay.url}/api/uploads/${id}`);
+          if (r.status === 200) result = (await r.json()) as UploadResult;
+          if (result?.state !== "done") await new Promise((res) => setTimeout(res, 50));
+        }
+        expect(result).toMatchObject({ state: "done", filename: "left.dcm", counts: { stored: 1 } });
+        expect(await relay.services.index.getInstance(result!.entries[0]!.sopInstanceUID!)).not.toBeNull();
+        expect(fs.existsSync(path.join(uploadDir, id))).toBe(false);
+      } finally {
+        await relay.close();
+      }
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });

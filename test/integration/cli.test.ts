@@ -1,0 +1,56 @@
+/** The command line as a person runs it: start the relay, bad configuration, help. */
+import { describe, it, expect } from "vitest";
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const BIN = path.resolve("bin/dicom-relay.js");
+
+function run(args: string[], env: Record<string, string>, untilLine?: RegExp): Promise<{ code: number | null; stdout: string; stderr: string; kill: () => void }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => p.kill("SIGKILL"), 30_000);
+    p.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+      if (untilLine && untilLine.test(stdout)) resolve({ code: null, stdout, stderr, kill: () => p.kill("SIGTERM") });
+    });
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    p.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, kill: () => {} });
+    });
+  });
+}
+
+describe("dicom-relay command line", () => {
+  it("serve starts on embedded defaults and prints the DICOMweb root URL", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "cli-"));
+    const r = await run(["serve"], { DICOM_RELAY_DATA_DIR: dataDir, DICOM_RELAY_SERVER_PORT: "0", DICOM_RELAY_LOG_LEVEL: "silent" }, /DICOMweb root: (\S+)/);
+    const url = /DICOMweb root: (\S+)/.exec(r.stdout)?.[1];
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/dicom-web$/);
+    const res = await fetch(`${url}/studies`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual([]);
+    expect(fs.existsSync(path.join(dataDir, "index.sqlite"))).toBe(true);
+    r.kill();
+  });
+
+  it("bad configuration stops the start with a sentence naming the key", async () => {
+    const r = await run(["serve"], { DICOM_RELAY_SERVER_PORT: "eighty", DICOM_RELAY_LOG_LEVEL: "silent" });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/server\.port.*DICOM_RELAY_SERVER_PORT/);
+  });
+
+  it("help lists the commands; an unknown command exits 1", async () => {
+    const help = await run(["help"], {});
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/serve/);
+    expect(help.stdout).toMatch(/fsck/);
+    const bad = await run(["frobnicate"], {});
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/unknown command "frobnicate"/);
+  });
+});
