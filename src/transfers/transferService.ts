@@ -288,6 +288,7 @@ export class TransferService {
         maxEntryBytes: this.deps.config.ingest.maxInstanceBytes,
         name: result.filename ?? undefined,
       });
+      let savedAt = Date.now();
       try {
         for await (const entry of entries) {
           const name = entry.name || result.filename || upload.id;
@@ -296,6 +297,11 @@ export class TransferService {
             ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
             : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
           this.addEntry(result, name, r);
+          // a big bundle takes minutes: let GET {tusPath}/{id} show progress
+          if (Date.now() - savedAt > 2000) {
+            await transfers.saveUploadResult(result);
+            savedAt = Date.now();
+          }
         }
       } catch (err) {
         if (err instanceof BundleError) {

@@ -119,11 +119,15 @@ async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> 
   return !groupAlive(pgid);
 }
 
+/**
+ * /minio/health/live answers 200 as soon as the HTTP listener runs, while S3 calls still get 503
+ * (server not initialized); it then carries "x-minio-server-status: offline". Ready = 200 without it.
+ */
 async function isLive(port: number): Promise<boolean> {
   try {
     const res = await fetch(`http://127.0.0.1:${port}/minio/health/live`, { signal: AbortSignal.timeout(1000) });
     await res.arrayBuffer();
-    return res.ok;
+    return res.ok && res.headers.get("x-minio-server-status") !== "offline";
   } catch {
     return false;
   }

@@ -47,3 +47,12 @@ describe("configuration: defaults <- file <- environment", () => {
     expect(() => loadConfig({ file: path.join(dir, "missing.json"), env: {} })).toThrow(/cannot read the configuration file/);
   });
 });
+
+describe("the shipped example configuration", () => {
+  it("config/relay.example.json loads and validates", () => {
+    const c = loadConfig({ file: path.resolve("config/relay.example.json"), env: {} });
+    expect(c.server.host).toBe("0.0.0.0");
+    expect(c.dataDir).toBe("/var/lib/dicom-relay");
+    expect(c.storage.fs.root).toBe("/var/lib/dicom-relay/blobs");
+  });
+});
