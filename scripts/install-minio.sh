@@ -22,6 +22,10 @@ if [ -x "$BIN" ]; then
   exit 0
 fi
 
+# a non-login shell (CI) may not have Go's usual install directory on PATH
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "install-minio: Go is needed to build MinIO $MINIO_VERSION from source (its community edition ships no binaries); install Go 1.24 or newer (https://go.dev/dl/) and run 'bash scripts/install-minio.sh' again." >&2
   exit 1

@@ -108,8 +108,55 @@ export const configSchema = z
           .strict(),
       })
       .strict(),
+    auth: z
+      .object({
+        /** false = no authentication at all (explicit choice; a warning is logged at every start) */
+        enabled: z.boolean(),
+        /** realm named in WWW-Authenticate */
+        realm: z.string().regex(/^[A-Za-z0-9 ._-]+$/),
+        /** lifetime of a share link when none is given: 90m, 12h, 7d ... */
+        shareDefaultExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
+      })
+      .strict(),
+    tls: z
+      .object({
+        /** serve HTTPS with certFile/keyFile */
+        enabled: z.boolean(),
+        /** where `dicom-relay pki` keeps the relay CA, server certificate and client list; default dataDir/pki */
+        pkiDir: z.string(),
+        /** server certificate / key (PEM); default pkiDir/server-cert.pem, pkiDir/server-key.pem */
+        certFile: z.string(),
+        keyFile: z.string(),
+        /** CA that issues hospital client certificates (PEM); default pkiDir/ca-cert.pem */
+        clientCaFile: z.string(),
+        /** revoked client certificate serials, checked at each upload; default pkiDir/revoked.json */
+        revokedFile: z.string(),
+        /** upload routes (STOW-RS, tus, transfers) also need a valid, unrevoked client certificate */
+        requireClientCertForUpload: z.boolean(),
+      })
+      .strict(),
+    encryption: z
+      .object({
+        /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
+        enabled: z.boolean(),
+        /** file holding the current 256-bit key (base64 or hex); preferred over key */
+        keyFile: z.string(),
+        /** the current key itself (base64 or hex), e.g. from a secret store via the environment */
+        key: z.string(),
+        /** older keys still needed to read objects written before a rotation: key files, comma separated */
+        previousKeyFiles: z.string(),
+      })
+      .strict(),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if (c.tls.requireClientCertForUpload && !c.tls.enabled) {
+      ctx.addIssue({ code: "custom", path: ["tls", "requireClientCertForUpload"], message: "client certificates need HTTPS: set tls.enabled too" });
+    }
+    if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
+      ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
+    }
+  });
 
 export type RelayConfig = z.infer<typeof configSchema>;
 
@@ -153,6 +200,17 @@ export function defaultConfig(): RelayConfig {
       receiptKeyPath: "",
       bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
     },
+    auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" },
+    tls: {
+      enabled: false,
+      pkiDir: "",
+      certFile: "",
+      keyFile: "",
+      clientCaFile: "",
+      revokedFile: "",
+      requireClientCertForUpload: false,
+    },
+    encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
   };
 }
 
@@ -269,5 +327,25 @@ function resolvePaths(cfg: RelayConfig): RelayConfig {
       uploadDir: path.resolve(cfg.transfers.uploadDir || path.join(dataDir, "uploads")),
       receiptKeyPath: path.resolve(cfg.transfers.receiptKeyPath || path.join(dataDir, "keys", "receipt-ed25519.pem")),
     },
+    tls: resolveTlsPaths(cfg.tls, dataDir),
+    encryption: {
+      ...cfg.encryption,
+      keyFile: cfg.encryption.keyFile ? path.resolve(cfg.encryption.keyFile) : "",
+      previousKeyFiles: cfg.encryption.previousKeyFiles
+        .split(",").map((f) => f.trim()).filter(Boolean).map((f) => path.resolve(f)).join(","),
+    },
+  };
+}
+
+function resolveTlsPaths(tls: RelayConfig["tls"], dataDir: string): RelayConfig["tls"] {
+  const pkiDir = path.resolve(tls.pkiDir || path.join(dataDir, "pki"));
+  const inPki = (value: string, name: string) => path.resolve(value || path.join(pkiDir, name));
+  return {
+    ...tls,
+    pkiDir,
+    certFile: inPki(tls.certFile, "server-cert.pem"),
+    keyFile: inPki(tls.keyFile, "server-key.pem"),
+    clientCaFile: inPki(tls.clientCaFile, "ca-cert.pem"),
+    revokedFile: inPki(tls.revokedFile, "revoked.json"),
   };
 }

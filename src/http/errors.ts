@@ -42,6 +42,8 @@ export function errorHandler(log: Logger) {
       res.destroy();
       return;
     }
-    res.status(status).set(headers).json({ status, error: message });
+    // a streamed response may have set its own headers before failing: answer as plain JSON
+    res.removeHeader("Content-Length");
+    res.status(status).set(headers).type("application/json").send(JSON.stringify({ status, error: message }));
   };
 }

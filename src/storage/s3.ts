@@ -41,6 +41,12 @@ export interface S3BlobStoreOptions {
   log?: Logger;
 }
 
+/**
+ * Connections to the backend per store. A WADO download holds one for as long as the downstream client
+ * takes to read (minutes on a slow link), so the bound is high; requests beyond it wait for a free one.
+ */
+export const S3_MAX_SOCKETS = 256;
+
 /** Error codes of the socket layer that mean "the backend cannot be reached now". */
 const NETWORK_CODES = new Set([
   "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "EHOSTDOWN", "ENETUNREACH", "ENETDOWN",
@@ -141,7 +147,8 @@ export class S3BlobStore implements BlobStore {
     const useSSL = url.protocol === "https:";
     const connectMs = opts.connectTimeoutMs ?? 5_000;
     const idleMs = opts.idleTimeoutMs ?? 30_000;
-    this.agent = useSSL ? new https.Agent({ keepAlive: true, maxSockets: 64 }) : new http.Agent({ keepAlive: true, maxSockets: 64 });
+    const agentOptions = { keepAlive: true, maxSockets: S3_MAX_SOCKETS, maxFreeSockets: 32 };
+    this.agent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
     this.client = new Minio.Client({
       endPoint: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : useSSL ? 443 : 80,

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as Minio from "minio";
 import { blobStoreContract } from "../contracts/blobStore.ts";
 import { startMinio, type RunningMinio } from "../support/minio.ts";
-import { S3BlobStore, type S3Settings, type S3BlobStoreOptions } from "../../src/storage/s3.ts";
+import { S3BlobStore, S3_MAX_SOCKETS, type S3Settings, type S3BlobStoreOptions } from "../../src/storage/s3.ts";
 import { StorageUnavailableError, BlobNotFoundError } from "../../src/storage/blobStore.ts";
 import { ConfigError, defaultConfig } from "../../src/config.ts";
 import { createBlobStore } from "../../src/storage/index.ts";
@@ -352,12 +352,12 @@ describe("S3BlobStore against a backend answering 5xx", () => {
     });
   }
 
-  it("drains 5xx answers, so failed downloads never pin the connection pool (64 sockets)", async () => {
+  it("drains 5xx answers, so failed downloads never pin the connection pool", async () => {
     status = 503;
     const port = (server.address() as AddressInfo).port;
     const store = new S3BlobStore({ ...settings(minio), endpoint: `http://127.0.0.1:${port}` }, { idleTimeoutMs: 60_000 });
     const r = await within(10_000, (async () => {
-      for (let i = 0; i < 80; i++) await expect(store.get("x")).rejects.toBeInstanceOf(StorageUnavailableError);
+      for (let i = 0; i < S3_MAX_SOCKETS + 20; i++) await expect(store.get("x")).rejects.toBeInstanceOf(StorageUnavailableError);
     })());
     expect(r.error).toBeUndefined();
     await store.close();

@@ -1,0 +1,232 @@
+/**
+ * The audit log: who (token id, certificate subject), what (action, route, UIDs), when, from where, outcome.
+ * Append-only: SQLite triggers refuse UPDATE and DELETE, and each row carries a SHA-256 chained over the row
+ * before it, so a row changed or removed with other tools shows in `dicom-relay audit --verify`.
+ *
+ * Requests carry their audit context in AsyncLocalStorage, so work they start (a STOW-RS part, the ingest of a
+ * finished tus upload) is recorded under the same actor without threading it through the services.
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
+import crypto from "node:crypto";
+import type { Readable } from "node:stream";
+import type { AccessDb } from "./db.ts";
+import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "../ingest/types.ts";
+
+export type AuditOutcome = "success" | "failure";
+
+export interface AuditEntry {
+  /** token id, "cert:<subject>", "cli:<user>", "anonymous", "system" */
+  actor: string;
+  certSubject?: string | null;
+  /** e.g. dicomweb.wado, dicomweb.stow, instance.store, token.create, share.create, cert.issue, auth */
+  action: string;
+  method?: string | null;
+  route?: string | null;
+  studyInstanceUID?: string | null;
+  seriesInstanceUID?: string | null;
+  sopInstanceUID?: string | null;
+  remoteAddr?: string | null;
+  outcome: AuditOutcome;
+  status?: number | null;
+  detail?: string | null;
+}
+
+export interface AuditRecord extends Required<AuditEntry> {
+  seq: number;
+  at: string;
+  hash: string;
+}
+
+export interface AuditQuery {
+  study?: string;
+  actor?: string;
+  action?: string;
+  outcome?: AuditOutcome;
+  /** ISO times, inclusive / exclusive */
+  since?: string;
+  until?: string;
+  /** only rows after this sequence number (paging) */
+  afterSeq?: number;
+  limit?: number;
+}
+
+const MAX_QUERY_ROWS = 10_000;
+const GENESIS = "0".repeat(64);
+
+interface Row {
+  seq: number;
+  at: string;
+  actor: string;
+  cert_subject: string | null;
+  action: string;
+  method: string | null;
+  route: string | null;
+  study_instance_uid: string | null;
+  series_instance_uid: string | null;
+  sop_instance_uid: string | null;
+  remote_addr: string | null;
+  outcome: AuditOutcome;
+  status: number | null;
+  detail: string | null;
+  hash: string;
+}
+
+const FIELDS = [
+  "at", "actor", "cert_subject", "action", "method", "route", "study_instance_uid", "series_instance_uid",
+  "sop_instance_uid", "remote_addr", "outcome", "status", "detail",
+] as const;
+
+function rowHash(prev: string, row: Record<(typeof FIELDS)[number], unknown>): string {
+  return crypto.createHash("sha256").update(prev).update(JSON.stringify(FIELDS.map((f) => row[f] ?? null))).digest("hex");
+}
+
+const cut = (v: string | null | undefined, n: number): string | null => (v === undefined || v === null ? null : String(v).slice(0, n));
+
+export class AuditLog {
+  private readonly insert;
+  private readonly last;
+
+  constructor(private readonly db: AccessDb, private readonly onError: (err: unknown, entry: AuditEntry) => void = () => {}) {
+    this.last = db.prepare("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1");
+    const ins = db.prepare(
+      `INSERT INTO audit (${FIELDS.join(", ")}, hash) VALUES (${FIELDS.map(() => "?").join(", ")}, ?)`,
+    );
+    // read the previous hash and append in one write transaction: other processes (the CLI) append too
+    this.insert = db.transaction((row: Record<(typeof FIELDS)[number], unknown>) => {
+      const prev = (this.last.get() as { hash: string } | undefined)?.hash ?? GENESIS;
+      ins.run(...FIELDS.map((f) => row[f] ?? null), rowHash(prev, row));
+    });
+  }
+
+  /** Append one entry. Never throws: a failing audit write is reported to onError (logged as an error). */
+  record(e: AuditEntry): void {
+    const row = {
+      at: new Date().toISOString(),
+      actor: cut(e.actor, 200) ?? "unknown",
+      cert_subject: cut(e.certSubject, 500),
+      action: cut(e.action, 100),
+      method: cut(e.method, 16),
+      route: cut(e.route, 1000),
+      study_instance_uid: cut(e.studyInstanceUID, 64),
+      series_instance_uid: cut(e.seriesInstanceUID, 64),
+      sop_instance_uid: cut(e.sopInstanceUID, 64),
+      remote_addr: cut(e.remoteAddr, 100),
+      outcome: e.outcome,
+      status: e.status ?? null,
+      detail: cut(e.detail, 2000),
+    };
+    try {
+      this.insert.immediate(row);
+    } catch (err) {
+      this.onError(err, e);
+    }
+  }
+
+  query(q: AuditQuery = {}): AuditRecord[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const add = (sql: string, v: unknown) => {
+      where.push(sql);
+      args.push(v);
+    };
+    if (q.study) add("study_instance_uid = ?", q.study);
+    if (q.actor) add("actor = ?", q.actor);
+    if (q.action) add("action = ?", q.action);
+    if (q.outcome) add("outcome = ?", q.outcome);
+    if (q.since) add("at >= ?", q.since);
+    if (q.until) add("at < ?", q.until);
+    if (q.afterSeq !== undefined) add("seq > ?", q.afterSeq);
+    const limit = Math.min(Math.max(1, Math.floor(q.limit ?? 1000)), MAX_QUERY_ROWS);
+    const rows = this.db
+      .prepare(`SELECT * FROM audit ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY seq LIMIT ${limit}`)
+      .all(...args) as Row[];
+    return rows.map(toRecord);
+  }
+
+  /** Recompute the hash chain; the first row that does not match shows where the file was edited. */
+  verifyChain(): { ok: boolean; checked: number; firstBadSeq: number | null } {
+    let prev = GENESIS;
+    let checked = 0;
+    // iterate() streams rows: the log can be millions of rows
+    for (const row of this.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as IterableIterator<Row>) {
+      checked++;
+      if (rowHash(prev, row as unknown as Record<(typeof FIELDS)[number], unknown>) !== row.hash) {
+        return { ok: false, checked, firstBadSeq: row.seq };
+      }
+      prev = row.hash;
+    }
+    return { ok: true, checked, firstBadSeq: null };
+  }
+}
+
+function toRecord(r: Row): AuditRecord {
+  return {
+    seq: r.seq,
+    at: r.at,
+    actor: r.actor,
+    certSubject: r.cert_subject,
+    action: r.action,
+    method: r.method,
+    route: r.route,
+    studyInstanceUID: r.study_instance_uid,
+    seriesInstanceUID: r.series_instance_uid,
+    sopInstanceUID: r.sop_instance_uid,
+    remoteAddr: r.remote_addr,
+    outcome: r.outcome,
+    status: r.status,
+    detail: r.detail,
+    hash: r.hash,
+  };
+}
+
+/** Who is behind the request being handled (set by the access middleware). */
+export interface AuditContext {
+  actor: string;
+  certSubject: string | null;
+  remoteAddr: string | null;
+  method: string;
+  route: string;
+}
+
+export const auditContext = new AsyncLocalStorage<AuditContext>();
+
+/**
+ * Ingestor that records one audit row per instance it stores (or fails to store), under the actor of the
+ * request that started the work; work started by the relay itself (recovery at start) is "system".
+ */
+export function auditingIngestor(inner: Ingestor, audit: AuditLog): Ingestor {
+  const note = (result: IngestResult, opts?: IngestOptions): IngestResult => {
+    const ctx = auditContext.getStore();
+    audit.record({
+      actor: ctx?.actor ?? "system",
+      certSubject: ctx?.certSubject ?? null,
+      action: "instance.store",
+      method: ctx?.method ?? null,
+      route: ctx?.route ?? null,
+      studyInstanceUID: result.studyInstanceUID ?? null,
+      seriesInstanceUID: result.seriesInstanceUID ?? null,
+      sopInstanceUID: result.sopInstanceUID ?? null,
+      remoteAddr: ctx?.remoteAddr ?? null,
+      outcome: result.status === "failed" ? "failure" : "success",
+      detail: [result.status, opts?.source, opts?.transferId ? `transfer ${opts.transferId}` : null, result.status === "failed" ? result.message : null]
+        .filter(Boolean)
+        .join("; "),
+    });
+    return result;
+  };
+  return {
+    async ingestStream(body: Readable, opts?: IngestOptions) {
+      return note(await inner.ingestStream(body, opts), opts);
+    },
+    async ingestFile(p: string, opts?: IngestOptions) {
+      return note(await inner.ingestFile(p, opts), opts);
+    },
+    async spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult> {
+      const s = await inner.spool(body, opts);
+      return "status" in s ? note(s, opts) : s;
+    },
+    async ingestSpool(spooled: SpooledInstance, opts?: IngestOptions) {
+      return note(await inner.ingestSpool(spooled, opts), opts);
+    },
+  };
+}
