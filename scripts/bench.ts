@@ -17,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
+import { startMinio } from "../test/support/minio.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -285,11 +286,11 @@ export async function measureDicomweb(server: Target) {
   }
 }
 
-export async function benchLargeInstance(workDir: string) {
+export async function benchLargeInstance(workDir: string, env: Record<string, string> = {}) {
   const file = path.join(workDir, "large.dcm");
   const info = await writeLargeInstance(file, SIZES.largeInstanceBytes);
   const size = (await fsp.stat(file)).size;
-  const server = await startServer(path.join(workDir, "large"));
+  const server = await startServer(path.join(workDir, `large-${env.DICOM_RELAY_STORAGE_KIND ?? "fs"}`), env);
   try {
     server.resetPeak();
     const baseline = server.peakRss();
@@ -315,6 +316,32 @@ export async function benchLargeInstance(workDir: string) {
   }
 }
 
+/** The core workload and the large instance with blobs on S3 (a real MinIO on loopback). */
+async function benchS3(workDir: string) {
+  if (process.env.BENCH_SKIP_S3 === "1") return { skipped: "BENCH_SKIP_S3=1" };
+  const minio = await startMinio();
+  const env = {
+    DICOM_RELAY_STORAGE_KIND: "s3",
+    DICOM_RELAY_STORAGE_S3_ENDPOINT: minio.endpoint,
+    DICOM_RELAY_STORAGE_S3_ACCESS_KEY: minio.accessKey,
+    DICOM_RELAY_STORAGE_S3_SECRET_KEY: minio.secretKey,
+    DICOM_RELAY_STORAGE_S3_BUCKET: "bench",
+  };
+  try {
+    const server = await startServer(path.join(workDir, "s3-core"), env);
+    let core;
+    try {
+      core = await measureDicomweb(server);
+    } finally {
+      await server.stop();
+    }
+    const large = await benchLargeInstance(workDir, env);
+    return { storage: "s3 (MinIO on loopback)", core, largeInstance: large };
+  } finally {
+    await minio.destroy();
+  }
+}
+
 /** The same core workload against Orthanc + its DICOMweb plugin, when installed. */
 async function benchPeer(workDir: string) {
   const found = orthancAvailable();
@@ -333,6 +360,7 @@ async function main() {
   try {
     const core = await benchCore(workDir);
     const large = await benchLargeInstance(workDir);
+    const s3 = await benchS3(workDir);
     const transfers = await benchTransfers(workDir);
     const peer = await benchPeer(workDir);
     const result = {
@@ -342,6 +370,7 @@ async function main() {
       storage: "fs", index: "sqlite",
       core,
       largeInstance: large,
+      s3,
       transfers,
       peer,
       targets: {

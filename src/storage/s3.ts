@@ -219,21 +219,15 @@ export class S3BlobStore implements BlobStore {
       throw err;
     }
     try {
-      const size = await this.upload(name, body);
-      if (opts.size !== undefined && size !== opts.size) {
-        // the stream ended early (or ran long): the object must not stand for the announced one
-        await this.client.removeObject(this.bucket, name).catch(() => undefined);
-        throw new Error(`put ${key}: expected ${opts.size} bytes, the stream gave ${size}`);
-      }
-      return { key, size };
+      return { key, size: await this.upload(name, body, opts.size) };
     } catch (err) {
       body.destroy();
       throw this.mapError(err, key);
     }
   }
 
-  /** Streams body into the object; returns its size. */
-  private async upload(name: string, body: Readable): Promise<number> {
+  /** Streams body into the object; returns its size. Nothing is committed when expectedSize differs. */
+  private async upload(name: string, body: Readable, expectedSize?: number): Promise<number> {
     const partSize = this.partSize;
     const buffers = [Buffer.allocUnsafe(partSize), Buffer.allocUnsafe(partSize)];
     let current = 0;
@@ -275,6 +269,10 @@ export class S3BlobStore implements BlobStore {
           chunk = chunk.subarray(n);
           if (filled === partSize) await sendPart();
         }
+      }
+      if (expectedSize !== undefined && total !== expectedSize) {
+        // the stream ended early (or ran long): it must not replace the object announced
+        throw new Error(`put ${name}: expected ${expectedSize} bytes, the stream gave ${total}`);
       }
       if (uploadId === null && inFlight === null) {
         // smaller than one part: a single PUT

@@ -25,6 +25,37 @@ function run(args: string[], env: Record<string, string>, untilLine?: RegExp): P
   });
 }
 
+describe("dicom-relay fsck", () => {
+  it("reports a missing blob and an orphan, exits 2; --repair fixes both; then it is clean", async () => {
+    const { startTestRelay } = await import("../support/relay.ts");
+    const { makeInstance } = await import("../../scripts/lib/synthetic.ts");
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "cli-fsck-"));
+    const relay = await startTestRelay({}, { dataDir });
+    for (let i = 0; i < 2; i++) {
+      const r = await relay.services.ingest.ingestStream((await import("node:stream")).Readable.from([makeInstance({ rows: 8, columns: 8 })]));
+      expect(r.status).toBe("stored");
+    }
+    await relay.close();
+    const blobs: string[] = [];
+    const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) e.isDirectory() ? walk(path.join(d, e.name)) : blobs.push(path.join(d, e.name)); };
+    walk(path.join(dataDir, "blobs", "instances"));
+    expect(blobs).toHaveLength(2);
+    fs.rmSync(blobs[0]!);
+    fs.mkdirSync(path.join(dataDir, "blobs", "instances", "ff", "ff"), { recursive: true });
+    fs.writeFileSync(path.join(dataDir, "blobs", "instances", "ff", "ff", "f".repeat(64) + ".dcm"), "orphan");
+    const env = { DICOM_RELAY_DATA_DIR: dataDir };
+    const check = await run(["fsck"], env);
+    expect(check.code).toBe(2);
+    expect(check.stdout).toMatch(/1 missing blob\(s\).*1 orphan blob\(s\)/s);
+    const repair = await run(["fsck", "--repair"], env);
+    expect(repair.code).toBe(0);
+    const again = await run(["fsck"], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/checked 1 instance\(s\): 0 missing blob\(s\), 0 hash mismatch\(es\), 0 orphan blob\(s\)/);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+});
+
 describe("dicom-relay command line", () => {
   it("serve starts on embedded defaults and prints the DICOMweb root URL", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "cli-"));

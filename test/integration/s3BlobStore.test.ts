@@ -165,11 +165,18 @@ describe("S3BlobStore specifics", () => {
     await store.close();
   });
 
-  it("a stream shorter than the announced size stores nothing", async () => {
+  it("a stream of another length than announced stores nothing and keeps the object it would replace", async () => {
     const store = new S3BlobStore(settings(minio, { bucket: "sizes" }));
     await store.init();
     await expect(store.put("short", Readable.from([Buffer.alloc(100)]), { size: 101 })).rejects.toThrow(/expected 101 bytes, the stream gave 100/);
     expect(await store.stat("short")).toBeNull();
+    await store.put("kept", Readable.from([Buffer.from("good bytes")]));
+    // multipart: 12 MiB announced, 11 MiB sent
+    await expect(store.put("kept", patternStream(11 * MiB), { size: 12 * MiB })).rejects.toThrow(/expected 12582912 bytes/);
+    expect((await readAll(await store.get("kept"))).toString()).toBe("good bytes");
+    const incomplete: unknown[] = [];
+    for await (const u of rawClient(minio).listIncompleteUploads("sizes", "", true)) incomplete.push(u);
+    expect(incomplete).toEqual([]);
     await store.close();
   });
 
