@@ -4,6 +4,7 @@
  */
 import { Router, type Request, type Response } from "express";
 import { HttpError } from "../http/errors.ts";
+import { deleteBlobIfUnreferenced } from "../storage/blobLocks.ts";
 import { accessOf, assertStudyVisible, uidParam, type DicomwebServices } from "./context.ts";
 
 export function deleteRoutes(svc: DicomwebServices): Router {
@@ -25,7 +26,7 @@ export function deleteRoutes(svc: DicomwebServices): Router {
     let blobsRemoved = 0;
     for (const loc of removed) {
       try {
-        if (!(await svc.index.isBlobReferenced(loc.blobKey)) && (await svc.store.delete(loc.blobKey))) blobsRemoved++;
+        if (await deleteBlobIfUnreferenced(svc.index, svc.store, loc.blobKey)) blobsRemoved++;
       } catch (err) {
         // the index no longer points at it: an orphan that fsck --repair removes
         svc.log.warn({ err, key: loc.blobKey }, "blob not removed after delete");

@@ -15,6 +15,7 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import type { Index, InstanceRecord } from "../catalog/index.ts";
 import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../storage/blobStore.ts";
+import { deleteBlobIfUnreferenced, withBlobLock } from "../storage/blobLocks.ts";
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
 import { fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
@@ -144,55 +145,60 @@ export class IngestPipeline implements Ingestor {
     }
 
     const blobKey = instanceBlobKey(sha256);
-    try {
-      if (ownsFile) await store.putFile(blobKey, spoolPath);
-      else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
-    } catch (err) {
-      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
-      const unavailable = err instanceof StorageUnavailableError;
-      return this.fail(opts, unavailable ? FailureReason.OutOfResources : FailureReason.ProcessingFailure,
-        unavailable
-          ? "the relay's storage is unavailable right now; nothing was stored, please retry later"
-          : "the relay could not store the instance; nothing was stored, please retry",
-        { ...ids, sha256, size, retryable: unavailable });
-    }
-
-    const record: InstanceRecord = {
-      ...ids,
-      transferSyntaxUID: parsed.transferSyntaxUID,
-      size,
-      sha256,
-      blobKey,
-      metadata: parsed.dataset,
-      pixelData: parsed.pixelData,
-      bulkData: parsed.bulkData,
-      pendingTransferId: opts.transferId ?? null,
-    };
-    try {
-      if (existing) {
-        // conflict policy "replace": the new bytes win; the old blob goes once no row points at it
-        const old = await index.replaceInstance(record);
-        if (old && old.blobKey !== blobKey && !(await index.isBlobReferenced(old.blobKey))) {
-          await store.delete(old.blobKey).catch((err) => log.warn({ err, key: old.blobKey }, "old blob not removed; fsck will"));
-        }
-        log.warn({ sopInstanceUID: parsed.sopInstanceUID, old: existing.sha256, new: sha256 }, "instance replaced by different bytes (conflict policy replace)");
-        return { status: "replaced", ...ids, sha256, size };
+    // the blob and its row are written under the blob's lock, so a concurrent "delete if unreferenced"
+    // of the same content-addressed key cannot remove the blob between the put and the insert
+    return withBlobLock(blobKey, async (): Promise<IngestResult> => {
+      try {
+        if (ownsFile) await store.putFile(blobKey, spoolPath);
+        else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
+      } catch (err) {
+        log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
+        const unavailable = err instanceof StorageUnavailableError;
+        return this.fail(opts, unavailable ? FailureReason.OutOfResources : FailureReason.ProcessingFailure,
+          unavailable
+            ? "the relay's storage is unavailable right now; nothing was stored, please retry later"
+            : "the relay could not store the instance; nothing was stored, please retry",
+          { ...ids, sha256, size, retryable: unavailable });
       }
-      const outcome = await index.insertInstance(record);
-      if (outcome.outcome === "inserted") return { status: "stored", ...ids, sha256, size };
-      // lost a race with a concurrent ingest of the same SOPInstanceUID: the unique constraint decided
-      if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size };
-      await this.removeUnreferenced(blobKey);
-      return this.conflict(opts, ids, sha256, size, outcome.existing.sha256);
-    } catch (err) {
-      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "indexing an instance failed");
-      await this.removeUnreferenced(blobKey);
-      return this.fail(opts, FailureReason.ProcessingFailure,
-        "the relay could not index the instance; nothing was stored, please retry",
-        { ...ids, sha256, size, retryable: true });
-    }
+
+      const record: InstanceRecord = {
+        ...ids,
+        transferSyntaxUID: parsed.transferSyntaxUID,
+        size,
+        sha256,
+        blobKey,
+        metadata: parsed.dataset,
+        pixelData: parsed.pixelData,
+        bulkData: parsed.bulkData,
+        pendingTransferId: opts.transferId ?? null,
+      };
+      try {
+        if (existing) {
+          // conflict policy "replace": the new bytes win; the old blob goes once no row points at it
+          const old = await index.replaceInstance(record);
+          if (old && old.blobKey !== blobKey) {
+            await deleteBlobIfUnreferenced(index, store, old.blobKey).catch((err) => log.warn({ err, key: old.blobKey }, "old blob not removed; fsck will"));
+          }
+          log.warn({ sopInstanceUID: parsed.sopInstanceUID, old: existing.sha256, new: sha256 }, "instance replaced by different bytes (conflict policy replace)");
+          return { status: "replaced", ...ids, sha256, size };
+        }
+        const outcome = await index.insertInstance(record);
+        if (outcome.outcome === "inserted") return { status: "stored", ...ids, sha256, size };
+        // lost a race with a concurrent ingest of the same SOPInstanceUID: the unique constraint decided
+        if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size };
+        await this.removeUnreferenced(blobKey);
+        return this.conflict(opts, ids, sha256, size, outcome.existing.sha256);
+      } catch (err) {
+        log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "indexing an instance failed");
+        await this.removeUnreferenced(blobKey);
+        return this.fail(opts, FailureReason.ProcessingFailure,
+          "the relay could not index the instance; nothing was stored, please retry",
+          { ...ids, sha256, size, retryable: true });
+      }
+    });
   }
 
+  /** Only called while holding blobKey's lock. */
   private async removeUnreferenced(blobKey: string): Promise<void> {
     try {
       if (!(await this.deps.index.isBlobReferenced(blobKey))) await this.deps.store.delete(blobKey);

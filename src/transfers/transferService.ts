@@ -7,6 +7,7 @@
  *  - without one: until the whole upload is read, so a bundle refused midway (bomb, corrupt archive) leaves
  *    nothing of itself visible; its newly stored instances are removed again.
  */
+import { deleteBlobIfUnreferenced } from "../storage/blobLocks.ts";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
@@ -355,7 +356,7 @@ export class TransferService {
           includePending: true,
         });
         for (const loc of removed) {
-          if (!(await this.deps.index.isBlobReferenced(loc.blobKey))) await this.deps.store.delete(loc.blobKey);
+          await deleteBlobIfUnreferenced(this.deps.index, this.deps.store, loc.blobKey);
         }
       } catch (err) {
         this.deps.log.warn({ err, sopInstanceUID: e.sopInstanceUID }, "could not remove an instance of a refused bundle; it stays invisible");
