@@ -64,7 +64,8 @@ async function serve(args: string[]): Promise<number> {
     process.once("SIGINT", stop);
     process.once("SIGTERM", stop);
   });
-  await relay.close();
+  // running uploads and retrievals get a moment to finish; then connections are cut
+  await relay.close(10_000);
   return 0;
 }
 

@@ -19,7 +19,8 @@ export interface RunningRelay {
   port: number;
   services: RelayServices;
   server: http.Server;
-  close(): Promise<void>;
+  /** Stop listening; running requests get graceMs to finish before their connections are cut. */
+  close(graceMs?: number): Promise<void>;
 }
 
 export async function buildServices(config: RelayConfig, log?: Logger): Promise<RelayServices> {
@@ -61,10 +62,12 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     port,
     services,
     server,
-    async close() {
+    async close(graceMs = 0) {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeAllConnections();
+        server.closeIdleConnections();
+        if (graceMs > 0) setTimeout(() => server.closeAllConnections(), graceMs).unref();
+        else server.closeAllConnections();
       });
       await services.transfers?.close();
       await services.index.close();
