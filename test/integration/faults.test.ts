@@ -6,7 +6,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +16,7 @@ import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
 import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
 import type { UploadResult } from "../../src/transfers/transferStore.ts";
+import { freePort } from "../../scripts/lib/net.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
@@ -149,16 +149,6 @@ async function countBlobs(relay: TestRelay): Promise<number> {
 
 // ---------------------------------------------------------------- relay as a child process
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
 
 function spawnRelay(dataDir: string, port: number): Promise<ChildProcess> {
   const proc = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
