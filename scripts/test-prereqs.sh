@@ -4,3 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-minio.sh >/dev/null
+bash scripts/install-postgres.sh >/dev/null

@@ -1,5 +1,5 @@
 /**
- * dicom-relay command line: serve, fsck (more commands join as they are built).
+ * dicom-relay command line: serve, fsck, token, pki, audit (more commands join as they are built).
  * Exit codes: 0 success, 1 could not run (with a sentence), 2 ran but found/produced failures.
  */
 import { parseArgs } from "node:util";
@@ -13,6 +13,15 @@ Commands:
   serve                 start the relay (defaults: 127.0.0.1:8042, data in ./data, local disk + SQLite)
   fsck [--repair] [--no-hashes]
                         compare the index with storage: missing blobs, hash mismatches, orphan blobs
+  token create|list|revoke|share
+                        access tokens (scopes read, upload, admin) and study share links;
+                        "dicom-relay token help" for details
+  pki init|server|issue|revoke|list
+                        relay CA, HTTPS server certificate, client certificates (PKCS#12) for hospitals
+  audit [--study UID] [--since 24h|DATE] [--until DATE] [--actor ID] [--json] [--verify]
+                        read the audit log (who read, stored or deleted what, when, from where)
+  migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
+                        move the embedded index into PostgreSQL (blobs untouched), then verify
   help                  this text
 
 Options for every command:
@@ -30,6 +39,22 @@ export async function main(argv: string[]): Promise<number> {
       case "fsck": {
         const { fsckCommand } = await import("./cli/fsck.ts");
         return await fsckCommand(rest);
+      }
+      case "token": {
+        const { tokenCommand } = await import("./cli/token.ts");
+        return await tokenCommand(rest);
+      }
+      case "pki": {
+        const { pkiCommand } = await import("./cli/pki.ts");
+        return await pkiCommand(rest);
+      }
+      case "audit": {
+        const { auditCommand } = await import("./cli/audit.ts");
+        return await auditCommand(rest);
+      }
+      case "migrate": {
+        const { migrateCommand } = await import("./cli/migrate.ts");
+        return await migrateCommand(rest);
       }
       case "help":
       case "--help":
@@ -55,6 +80,14 @@ async function serve(args: string[]): Promise<number> {
   const relay = await startRelay(config);
   const log = relay.services.log;
   log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
+  if (relay.initialAdminToken) {
+    // standard output only, never the log: the token is stored as a hash and cannot be shown again
+    process.stdout.write(
+      "First start: an admin token was created. It is shown this once and stored only as a hash; keep it safe.\n" +
+        `Admin token: ${relay.initialAdminToken}\n` +
+        'Send it as "Authorization: Bearer <token>"; make narrower tokens with "dicom-relay token create".\n',
+    );
+  }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

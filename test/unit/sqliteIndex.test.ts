@@ -174,7 +174,8 @@ describe("schema and compiler", () => {
   it("pendingMigrations skips applied versions", () => {
     expect(pendingMigrations([], "sqlite").map((m) => m.version)).toEqual(MIGRATIONS.map((m) => m.version));
     expect(pendingMigrations(MIGRATIONS.map((m) => m.version), "sqlite")).toEqual([]);
-    expect(() => pendingMigrations([], "postgres")).toThrow(/no postgres SQL/);
+    expect(pendingMigrations([], "postgres").map((m) => m.version)).toEqual(MIGRATIONS.map((m) => m.version));
+    expect(() => pendingMigrations([], "postgres", [{ version: 1, name: "x", sql: { sqlite: "SELECT 1" } }])).toThrow(/no postgres SQL/);
   });
 
   it("translates DICOM wildcards for GLOB and LIKE, other characters literal", () => {
