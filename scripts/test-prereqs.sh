@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-minio.sh >/dev/null
 bash scripts/install-postgres.sh >/dev/null
+bash scripts/apt-ensure.sh zip zip
