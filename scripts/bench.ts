@@ -54,6 +54,7 @@ export async function startServer(dataDir: string, env: Record<string, string> =
       DICOM_RELAY_SERVER_PORT: String(port),
       DICOM_RELAY_SERVER_HOST: "127.0.0.1",
       DICOM_RELAY_LOG_LEVEL: "warn",
+      DICOM_RELAY_AUTH_ENABLED: "false",
       ...env,
     },
     stdio: ["ignore", "pipe", "inherit"],

@@ -8,6 +8,7 @@ import type { Ingestor } from "./ingest/types.ts";
 import { dicomwebRouter } from "./dicomweb/router.ts";
 import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
+import type { AccessControl } from "./access/index.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -17,6 +18,8 @@ export interface RelayServices {
   ingest: Ingestor;
   /** tus uploads, manifests, receipts (absent in tools that only need storage and index) */
   transfers?: Transfers;
+  /** tokens, share links, audit, client certificates; required unless auth.enabled is false */
+  access?: AccessControl;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -53,8 +56,19 @@ export function createApp(svc: RelayServices): Express {
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", checks });
   });
 
-  app.use(svc.config.dicomweb.root, dicomwebRouter(svc));
-  if (svc.transfers) app.use(svc.transfers.router());
+  // access control: everything below needs a valid token (or share link), except the receipt public key
+  const access = svc.access;
+  if (!access && svc.config.auth.enabled) throw new Error("createApp: access control services are missing while auth.enabled is true");
+  if (access) app.use(access.guards.authenticate);
+  const dicomweb = dicomwebRouter(svc);
+  app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), dicomweb);
+  if (access) {
+    app.use(`/share/:token${svc.config.dicomweb.root}`, access.guards.share, dicomweb);
+    // anything else under /share: a plain 404 whose sentence does not repeat the token
+    app.use("/share", (req, _res, next) => next(new HttpError(404, `no route for ${req.method} under this share link`)));
+    app.use("/api/admin", access.guards.admin, access.adminRouter());
+  }
+  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log));

@@ -1,5 +1,6 @@
 /** Starts and stops a whole relay: services, HTTP server. Used by `dicom-relay serve` and by tests. */
 import http from "node:http";
+import https from "node:https";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
@@ -10,6 +11,9 @@ import { createBlobStore } from "./storage/index.ts";
 import { IngestPipeline } from "./ingest/pipeline.ts";
 import { createApp, type RelayServices } from "./app.ts";
 import { startTransfers } from "./transfers/index.ts";
+import { startAccess } from "./access/index.ts";
+import { auditingIngestor } from "./access/audit.ts";
+import { tlsServerOptions } from "./access/tls.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -19,6 +23,8 @@ export interface RunningRelay {
   port: number;
   services: RelayServices;
   server: http.Server;
+  /** the admin token created on the first start (null on later starts or with auth disabled); print it once */
+  initialAdminToken: string | null;
   /** Stop listening; running requests get graceMs to finish before their connections are cut. */
   close(graceMs?: number): Promise<void>;
 }
@@ -37,14 +43,21 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     log: logger,
   });
   await ingest.init();
-  const transfers = await startTransfers({ config, log: logger, index, store, ingest });
-  return { config, log: logger, index, store, ingest, transfers };
+  const access = startAccess({ config, log: logger });
+  // one audit row per instance stored, whichever way it came in, under the actor of the request behind it
+  const audited = auditingIngestor(ingest, access.audit);
+  const transfers = await startTransfers({ config, log: logger, index, store, ingest: audited });
+  return { config, log: logger, index, store, ingest: audited, transfers, access };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
+  // certificate files are read first: a missing one stops the start before anything is opened
+  const tls = config.tls.enabled ? tlsServerOptions(config.tls) : null;
   const services = await buildServices(config, opts.log);
   const app = createApp(services);
-  const server = http.createServer({ maxHeaderSize: config.server.maxHeaderBytes }, app);
+  const server = tls
+    ? https.createServer({ ...tls, maxHeaderSize: config.server.maxHeaderBytes }, app)
+    : http.createServer({ maxHeaderSize: config.server.maxHeaderBytes }, app);
   // uploads over slow cross-border links take long: no whole-request deadline, but headers must come quickly
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;
@@ -55,13 +68,15 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
   });
   const port = (server.address() as AddressInfo).port;
   const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
-  const url = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `http://${host}:${port}`;
+  const scheme = config.tls.enabled ? "https" : "http";
+  const url = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `${scheme}://${host}:${port}`;
   return {
     url,
     dicomwebUrl: url + config.dicomweb.root,
     port,
     services,
     server,
+    initialAdminToken: services.access?.initialAdminToken ?? null,
     async close(graceMs = 0) {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -72,6 +87,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       await services.transfers?.close();
       await services.index.close();
       await services.store.close();
+      services.access?.close();
     },
   };
 }

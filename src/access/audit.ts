@@ -144,18 +144,18 @@ export class AuditLog {
   }
 
   /** Recompute the hash chain; the first row that does not match shows where the file was edited. */
-  verifyChain(): { ok: boolean; checked: number; firstBadSeq: number | null } {
+  verifyChain(): { ok: boolean; checked: number; firstBadSeq: number | null; newestHash: string | null } {
     let prev = GENESIS;
     let checked = 0;
     // iterate() streams rows: the log can be millions of rows
     for (const row of this.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as IterableIterator<Row>) {
       checked++;
       if (rowHash(prev, row as unknown as Record<(typeof FIELDS)[number], unknown>) !== row.hash) {
-        return { ok: false, checked, firstBadSeq: row.seq };
+        return { ok: false, checked, firstBadSeq: row.seq, newestHash: null };
       }
       prev = row.hash;
     }
-    return { ok: true, checked, firstBadSeq: null };
+    return { ok: true, checked, firstBadSeq: null, newestHash: checked ? prev : null };
   }
 }
 
@@ -229,4 +229,19 @@ export function auditingIngestor(inner: Ingestor, audit: AuditLog): Ingestor {
       return note(await inner.ingestSpool(spooled, opts), opts);
     },
   };
+}
+
+/** A point in time for audit queries: "24h", "7d", "90m" ago, or an ISO date / date-time. */
+export function auditTime(spec: string, now = new Date()): string {
+  const s = spec.trim();
+  const m = /^([1-9][0-9]{0,6})([smhd])$/.exec(s);
+  if (m) {
+    const unit = { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as "s" | "m" | "h" | "d"];
+    return new Date(now.getTime() - Number(m[1]) * unit * 1000).toISOString();
+  }
+  if (/^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s)) {
+    const t = new Date(s);
+    if (!Number.isNaN(t.getTime())) return t.toISOString();
+  }
+  throw new Error(`"${spec}" is not a time: use e.g. 24h, 7d (that long ago) or an ISO date (2025-01-31 or 2025-01-31T08:00:00Z)`);
 }

@@ -109,7 +109,7 @@ export class TokenStore {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM tokens").get() as { n: number }).n;
   }
 
-  create(opts: { scopes: readonly Scope[]; label?: string; expiresAt?: string | null; createdBy: string }): { token: string; info: TokenInfo } {
+  create(opts: { scopes: readonly string[] | string; label?: string; expiresAt?: string | null; createdBy: string }): { token: string; info: TokenInfo } {
     const scopes = parseScopes(opts.scopes);
     return this.insert("token", scopes, [], opts);
   }

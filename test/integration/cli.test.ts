@@ -57,16 +57,28 @@ describe("dicom-relay fsck", () => {
 });
 
 describe("dicom-relay command line", () => {
-  it("serve starts on embedded defaults and prints the DICOMweb root URL", async () => {
+  it("serve starts on embedded defaults, prints the DICOMweb root URL and, on the first start only, an admin token", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "cli-"));
-    const r = await run(["serve"], { DICOM_RELAY_DATA_DIR: dataDir, DICOM_RELAY_SERVER_PORT: "0", DICOM_RELAY_LOG_LEVEL: "silent" }, /DICOMweb root: (\S+)/);
+    const env = { DICOM_RELAY_DATA_DIR: dataDir, DICOM_RELAY_SERVER_PORT: "0", DICOM_RELAY_LOG_LEVEL: "silent" };
+    const r = await run(["serve"], env, /DICOMweb root: (\S+)/);
     const url = /DICOMweb root: (\S+)/.exec(r.stdout)?.[1];
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/dicom-web$/);
-    const res = await fetch(`${url}/studies`);
+    // the default start is safe: an admin token is created, shown once, and needed for every request
+    expect(r.stdout).toMatch(/admin token was created\. It is shown this once/);
+    const token = /Admin token: (drt_\S+)/.exec(r.stdout)?.[1];
+    expect(token).toMatch(/^drt_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
+    expect((await fetch(`${url}/studies`)).status).toBe(401);
+    const res = await fetch(`${url}/studies`, { headers: { Authorization: `Bearer ${token}` } });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual([]);
     expect(fs.existsSync(path.join(dataDir, "index.sqlite"))).toBe(true);
     r.kill();
+    // a later start on the same data prints no token; the first one still works
+    const again = await run(["serve"], env, /DICOMweb root: (\S+)/);
+    const url2 = /DICOMweb root: (\S+)/.exec(again.stdout)?.[1];
+    expect(again.stdout).not.toMatch(/Admin token/);
+    expect((await fetch(`${url2}/studies`, { headers: { Authorization: `Bearer ${token}` } })).status).toBe(200);
+    again.kill();
   });
 
   it("bad configuration stops the start with a sentence naming the key", async () => {

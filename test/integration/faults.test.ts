@@ -159,6 +159,7 @@ function spawnRelay(dataDir: string, port: number): Promise<ChildProcess> {
       DICOM_RELAY_SERVER_PORT: String(port),
       DICOM_RELAY_SERVER_HOST: "127.0.0.1",
       DICOM_RELAY_LOG_LEVEL: "warn",
+      DICOM_RELAY_AUTH_ENABLED: "false",
     },
     stdio: ["ignore", "pipe", "inherit"],
   });

@@ -19,6 +19,8 @@ export async function startTestRelay(overrides: DeepPartial<RelayConfig> = {}, o
     env: {},
     overrides: {
       ...overrides,
+      // tests written before access control assume an open relay; tests of access control pass their own auth
+      auth: overrides.auth ?? { enabled: false },
       dataDir,
       server: { host: "127.0.0.1", port: 0, ...(overrides.server ?? {}) },
       log: { level: process.env.TEST_LOG_LEVEL ?? "silent", ...(overrides.log ?? {}) },

@@ -1,0 +1,259 @@
+/**
+ * Access control at the HTTP edge: one app-wide authentication step, then one authorization step per mount
+ * (DICOMweb root, share root, transfers/tus, admin API). Authorization sits on the same mount as the router it
+ * guards, so whatever path express matches to a router (any case, trailing slash) passes that router's guard.
+ *
+ * Refusals: no credentials 401 + `WWW-Authenticate: Bearer realm=...`; a bad, expired or revoked token
+ * 401 + error="invalid_token"; a valid token without the scope 403 + error="insufficient_scope"; a share link
+ * asked to store or delete 403; a missing or revoked client certificate on an upload route 403.
+ * Every request that gets past the open routes leaves one audit row (failures included).
+ */
+import type { NextFunction, Request, RequestHandler, Response } from "express";
+import type { Logger } from "pino";
+import type { RelayConfig } from "../config.ts";
+import { FULL_ACCESS, type AccessScope } from "../dicomweb/context.ts";
+import { HttpError } from "../http/errors.ts";
+import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
+import { auditContext, type AuditLog } from "./audit.ts";
+import { redactToken, type Scope, type TokenStore } from "./tokens.ts";
+import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
+
+export interface Principal {
+  kind: "token" | "share" | "anonymous";
+  tokenId: string | null;
+  scopes: ReadonlySet<Scope>;
+  /** share links: the studies they open; null = every study */
+  studies: readonly string[] | null;
+  /** the credential came from a /share/{token}/ path */
+  viaSharePath: boolean;
+}
+
+/** What the audit row of this request will say (filled in by the guards). */
+interface AuditNote {
+  actor: string;
+  certSubject: string | null;
+  action: string;
+  studyInstanceUID?: string | null;
+  seriesInstanceUID?: string | null;
+  sopInstanceUID?: string | null;
+  detail?: string | null;
+}
+
+export interface AccessGuards {
+  authenticate: RequestHandler;
+  /** mount with the DICOMweb router: GET/HEAD read, POST upload, DELETE admin */
+  dicomweb: RequestHandler;
+  /** mount with the DICOMweb router under /share/:token{root}: read only, share links only */
+  share: RequestHandler;
+  /** tus and /api/transfers: upload (or admin) scope, plus the client certificate when required */
+  transfers: RequestHandler;
+  admin: RequestHandler;
+}
+
+export interface GuardDeps {
+  config: RelayConfig;
+  log: Logger;
+  tokens: TokenStore;
+  audit: AuditLog;
+  revoked: RevocationList | null;
+}
+
+const SHARE_PATH = /^\/share\/([^/]*)(?:\/|$)/i;
+const ANONYMOUS: Principal = { kind: "anonymous", tokenId: null, scopes: new Set(["read", "upload", "admin"]), studies: null, viaSharePath: false };
+
+const principalOf = (res: Response): Principal | undefined => res.locals.principal as Principal | undefined;
+const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
+
+/** The request line as it may be logged: share tokens in the path reduced to their id. */
+function redactedUrl(url: string): string {
+  return url.replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+/** Study/series/instance UIDs named by a DICOMweb path (relative to the root), for the audit row. */
+function uidsOf(relPath: string): Pick<AuditNote, "studyInstanceUID" | "seriesInstanceUID" | "sopInstanceUID"> {
+  const m = /^\/studies\/([^/]+)(?:\/series\/([^/]+)(?:\/instances\/([^/]+))?)?/i.exec(relPath);
+  const clean = (v: string | undefined) => (v === undefined ? null : safeDecode(v).slice(0, 64));
+  return { studyInstanceUID: clean(m?.[1]), seriesInstanceUID: clean(m?.[2]), sopInstanceUID: clean(m?.[3]) };
+}
+
+function dicomwebAction(method: string, relPath: string): string {
+  if (method === "POST") return "dicomweb.stow";
+  if (method === "DELETE") return "dicomweb.delete";
+  return /\/(studies|series|instances)\/?$/i.test(relPath) ? "dicomweb.qido" : "dicomweb.wado";
+}
+
+export function accessGuards(deps: GuardDeps): AccessGuards {
+  const { config, tokens, audit } = deps;
+  const realm = config.auth.realm;
+
+  const challenge = (error?: "invalid_token" | "insufficient_scope", description?: string, scope?: string): Record<string, string> => {
+    let v = `Bearer realm="${realm}"`;
+    if (error) v += `, error="${error}"`;
+    if (description) v += `, error_description="${description.replace(/["\\]/g, "'")}"`;
+    if (scope) v += `, scope="${scope}"`;
+    return { "WWW-Authenticate": v };
+  };
+
+  /** Refuse: the finish hook writes the audit row with this sentence. */
+  const deny = (res: Response, next: NextFunction, status: number, message: string, headers: Record<string, string> = {}, action?: string) => {
+    const note = noteOf(res);
+    if (note) {
+      if (action) note.action = action;
+      note.detail = message;
+    }
+    next(new HttpError(status, message, headers));
+  };
+
+  const authenticate: RequestHandler = (req, res, next) => {
+    if ((req.method === "GET" || req.method === "HEAD") && req.path === RECEIPT_KEY_PATH) return next();
+    const share = SHARE_PATH.exec(req.path);
+    // share tokens ride in the URL: keep them out of every log line and error message
+    if (share) req.originalUrl = redactedUrl(req.originalUrl);
+    const cert = clientCertificate(req);
+    const note: AuditNote = { actor: "unauthenticated", certSubject: cert?.subject ?? null, action: "request" };
+    res.locals.auditNote = note;
+    let written = false;
+    const writeAudit = () => {
+      if (written) return;
+      written = true;
+      const complete = res.writableFinished;
+      audit.record({
+        actor: note.actor,
+        certSubject: note.certSubject,
+        action: note.action,
+        method: req.method,
+        route: req.originalUrl,
+        studyInstanceUID: note.studyInstanceUID ?? null,
+        seriesInstanceUID: note.seriesInstanceUID ?? null,
+        sopInstanceUID: note.sopInstanceUID ?? null,
+        remoteAddr: req.socket.remoteAddress ?? null,
+        outcome: complete && res.statusCode < 400 ? "success" : "failure",
+        status: res.statusCode,
+        detail: note.detail ?? (complete ? null : "the connection closed before the response was complete"),
+      });
+    };
+    res.once("finish", writeAudit);
+    res.once("close", writeAudit);
+
+    let presented: string | null = null;
+    if (share) {
+      presented = safeDecode(share[1]!);
+    } else if (!config.auth.enabled) {
+      res.locals.principal = ANONYMOUS;
+      note.actor = cert ? `cert:${cert.subject}` : "anonymous";
+    } else {
+      const header = req.get("authorization");
+      const m = header ? /^Bearer[ ]+([^\s]+)\s*$/i.exec(header) : null;
+      if (!m) {
+        const why = header ? "only Bearer tokens are accepted (Authorization: Bearer <token>)" : "this relay needs a token: send Authorization: Bearer <token>";
+        return deny(res, next, 401, why, challenge(), "auth");
+      }
+      presented = m[1]!;
+    }
+    if (presented !== null) {
+      const check = tokens.verify(presented);
+      if (!check.ok) {
+        note.actor = check.tokenId ?? "unauthenticated";
+        const what = share ? "share link" : "token";
+        return deny(res, next, 401, `the ${what} was refused: ${check.message.replace(/^the token/, `the ${what}`)}`, challenge("invalid_token", check.message), "auth");
+      }
+      const t = check.token;
+      note.actor = t.id;
+      if (share && t.kind !== "share") {
+        return deny(res, next, 401, "only share links can be used in /share/ URLs; send other tokens as Authorization: Bearer", challenge("invalid_token", "not a share link"), "auth");
+      }
+      res.locals.principal = {
+        kind: t.kind,
+        tokenId: t.id,
+        scopes: new Set(t.scopes),
+        studies: t.kind === "share" ? t.studies : null,
+        viaSharePath: Boolean(share),
+      } satisfies Principal;
+    }
+    const ctx = { actor: note.actor, certSubject: note.certSubject, remoteAddr: req.socket.remoteAddress ?? null, method: req.method, route: req.originalUrl };
+    auditContext.run(ctx, () => next());
+  };
+
+  /** One scope (any of several), the client certificate for uploads, then the access scope for the routes. */
+  const authorize = (req: Request, res: Response, next: NextFunction, needed: readonly Scope[], action: string) => {
+    const p = principalOf(res);
+    const note = noteOf(res);
+    if (!note || !p) return next(new HttpError(500, "access control is not wired in front of this route"));
+    note.action = action;
+    if (p.kind === "share") {
+      if (!needed.includes("read")) {
+        return deny(res, next, 403, "a share link can only read its studies; it can never store or delete", challenge("insufficient_scope", "share links are read only", needed.join(" ")));
+      }
+    } else if (!needed.some((s) => p.scopes.has(s))) {
+      return deny(res, next, 403, `this token lacks the ${needed.join(" or ")} scope needed for ${req.method} here`, challenge("insufficient_scope", `${needed.join(" or ")} scope needed`, needed.join(" ")));
+    }
+    if (needed.includes("upload") && deps.revoked) {
+      const check = checkClientCertificate(req, deps.revoked);
+      if (!check.ok) return deny(res, next, 403, check.message);
+      note.certSubject = check.cert.subject;
+      if (p.kind === "anonymous") note.actor = `cert:${check.cert.subject}`;
+    }
+    const access: AccessScope =
+      p.kind === "anonymous"
+        ? FULL_ACCESS
+        : { allowedStudies: p.studies, canStore: p.kind === "token" && p.scopes.has("upload"), canDelete: p.kind === "token" && p.scopes.has("admin") };
+    res.locals.access = access;
+    next();
+  };
+
+  const dicomwebScope = (method: string): Scope => (method === "POST" ? "upload" : method === "DELETE" ? "admin" : "read");
+
+  return {
+    authenticate,
+    dicomweb: (req, res, next) => {
+      const p = principalOf(res);
+      if (p?.viaSharePath) return deny(res, next, 404, `no route for ${req.method} ${req.path}`);
+      Object.assign(noteOf(res) ?? {}, uidsOf(req.path));
+      authorize(req, res, next, [dicomwebScope(req.method)], dicomwebAction(req.method, req.path));
+    },
+    share: (req, res, next) => {
+      const p = principalOf(res);
+      Object.assign(noteOf(res) ?? {}, uidsOf(req.path));
+      if (!p?.viaSharePath || p.kind !== "share") return next(new HttpError(500, "share route reached without a share link"));
+      const action = "share." + dicomwebAction(req.method, req.path).slice("dicomweb.".length);
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        return deny(res, next, 403, "a share link can only read its studies; it can never store or delete", {}, action);
+      }
+      authorize(req, res, next, ["read"], action);
+    },
+    transfers: (req, res, next) => {
+      const tus = req.baseUrl.toLowerCase() === config.transfers.tusPath.toLowerCase();
+      const id = /^\/([^/]+)/.exec(req.path)?.[1];
+      const note = noteOf(res);
+      if (id && note) note.detail = `${tus ? "upload" : "transfer"} ${safeDecode(id).slice(0, 100)}`;
+      authorize(req, res, next, ["upload", "admin"], tus ? "tus.upload" : "transfer");
+    },
+    admin: (req, res, next) => {
+      const current = noteOf(res)?.action;
+      // transfers' admin routes (release) keep their transfer action
+      authorize(req, res, next, ["admin"], current === "transfer" ? "transfer.admin" : "admin");
+    },
+  };
+}
+
+/** Let a route say what its audit row should record (e.g. token.create and the new token's id). */
+export function noteAudit(res: Response, what: { action?: string; detail?: string; studyInstanceUID?: string | null }): void {
+  const note = res.locals.auditNote as AuditNote | undefined;
+  if (!note) return;
+  if (what.action) note.action = what.action;
+  if (what.detail !== undefined) note.detail = what.detail;
+  if (what.studyInstanceUID !== undefined) note.studyInstanceUID = what.studyInstanceUID;
+}
+
+/** The authenticated caller, for routes that record who did something. */
+export function actorOf(res: Response): string {
+  return (res.locals.auditNote as AuditNote | undefined)?.actor ?? "unknown";
+}

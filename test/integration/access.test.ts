@@ -1,0 +1,307 @@
+/**
+ * Access control over real HTTP: every refusal (no token, wrong scope, expired, revoked, tampered, other study
+ * through a share link, path traversal, oversized headers), share links used by dicomweb-client as a DICOMweb
+ * root, and the token CLI against a running relay.
+ */
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import { spawn } from "node:child_process";
+import crypto from "node:crypto";
+import http from "node:http";
+import path from "node:path";
+import request from "supertest";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { dicomwebClient } from "../support/dicomwebClient.ts";
+import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
+import { RECEIPT_KEY_PATH } from "../../src/transfers/routes.ts";
+
+const toArrayBuffer = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
+const uidOf = (ds: Record<string, { Value?: unknown[] }>, tag: string) => ds[tag]?.Value?.[0];
+const BIN = path.resolve("bin/dicom-relay.js");
+
+function runCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => p.kill("SIGKILL"), 30_000);
+    p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    p.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A request whose path is sent exactly as written (no client-side normalization), with extra headers. */
+function rawRequest(url: string, rawPath: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: rawPath, method: "GET", headers }, (res) => {
+      let body = "";
+      res.on("data", (d: Buffer) => (body += d.toString()));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+describe("access control", () => {
+  let relay: TestRelay;
+  let admin: string;
+  let readToken: string;
+  let uploadToken: string;
+  const studyA = newUid();
+  const studyB = newUid();
+  const a = [...generateStudy({ instances: 3, seriesCount: 1, rows: 32, columns: 32, modality: "CT", studyInstanceUID: studyA, patientName: "Share^Me", patientID: "P-A" })];
+  const b = [...generateStudy({ instances: 2, seriesCount: 1, rows: 32, columns: 32, modality: "MR", studyInstanceUID: studyB, patientName: "Private^Other", patientID: "P-B" })];
+  const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+
+  beforeAll(async () => {
+    relay = await startTestRelay({ auth: { enabled: true } });
+    admin = relay.initialAdminToken!;
+    const mk = async (scopes: string[]) =>
+      (await request(relay.url).post("/api/admin/tokens").set(bearer(admin)).send({ scopes, label: scopes.join("+") })).body.token as string;
+    readToken = await mk(["read"]);
+    uploadToken = await mk(["upload"]);
+    const up = dicomwebClient(relay.dicomwebUrl, bearer(uploadToken));
+    await up.storeInstances({ datasets: a.map((i) => toArrayBuffer(i.bytes)) });
+    await up.storeInstances({ datasets: b.map((i) => toArrayBuffer(i.bytes)) });
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  it("the default start printed nothing but created an admin token; tokens come from the admin API", () => {
+    expect(admin).toMatch(/^drt_[0-9a-f]{16}_/);
+    expect(readToken).toMatch(/^drt_/);
+    expect(uploadToken).toMatch(/^drt_/);
+  });
+
+  it("health, readiness and the receipt public key stay open; every other route needs a token (401 + WWW-Authenticate)", async () => {
+    const r = request(relay.url);
+    expect((await r.get("/healthz")).status).toBe(200);
+    expect((await r.get("/readyz")).status).toBe(200);
+    expect((await r.get(RECEIPT_KEY_PATH)).status).toBe(200);
+    const refused = [
+      r.get("/dicom-web/studies"),
+      r.get(`/dicom-web/studies/${studyA}/metadata`),
+      r.get(`/dicom-web/studies/${studyA}`),
+      r.post("/dicom-web/studies").set("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=x").send("--x--"),
+      r.delete(`/dicom-web/studies/${studyA}`),
+      r.post("/api/uploads").set("Tus-Resumable", "1.0.0").set("Upload-Length", "10"),
+      r.head("/api/uploads/abc").set("Tus-Resumable", "1.0.0"),
+      r.get("/api/uploads/abc"),
+      r.post("/api/transfers").send({}),
+      r.get("/api/transfers/abc"),
+      r.post("/api/transfers/abc/release"),
+      r.get("/api/admin/tokens"),
+      r.get("/api/admin/audit"),
+      r.get("/no/such/route"),
+    ];
+    for (const [i, req] of refused.entries()) {
+      const res = await req;
+      expect(res.status, `request ${i}`).toBe(401);
+      expect(res.headers["www-authenticate"]).toBe('Bearer realm="dicom-relay"');
+    }
+    // only Bearer is accepted
+    const basic = await r.get("/dicom-web/studies").set("Authorization", "Basic dXNlcjpwYXNz");
+    expect(basic.status).toBe(401);
+    expect(basic.body.error).toMatch(/only Bearer tokens/);
+  });
+
+  it("a read token reads but cannot store, delete, upload or administer (403 insufficient_scope)", async () => {
+    const r = request(relay.url);
+    const qido = await r.get("/dicom-web/studies").set(bearer(readToken));
+    expect(qido.status).toBe(200);
+    expect((qido.body as Record<string, { Value?: unknown[] }>[]).map((s) => uidOf(s, "0020000D")).sort()).toEqual([studyA, studyB].sort());
+    const forbidden = [
+      r.post("/dicom-web/studies").set("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=x").send("--x--"),
+      r.delete(`/dicom-web/studies/${studyA}`),
+      r.post("/api/uploads").set("Tus-Resumable", "1.0.0").set("Upload-Length", "10"),
+      r.post("/api/transfers").send({}),
+      r.get("/api/admin/tokens"),
+      r.post("/api/admin/shares").send({ studies: [studyA] }),
+    ];
+    for (const [i, req] of forbidden.entries()) {
+      const res = await req.set(bearer(readToken));
+      expect(res.status, `request ${i}`).toBe(403);
+      expect(res.headers["www-authenticate"]).toMatch(/error="insufficient_scope"/);
+    }
+    expect((await r.get(`/dicom-web/studies/${studyA}/metadata`).set(bearer(readToken))).status).toBe(200);
+  });
+
+  it("an upload token stores but cannot read; the guard holds whatever the path's case", async () => {
+    const r = request(relay.url);
+    for (const p of ["/dicom-web/studies", "/DICOM-WEB/studies", "/Dicom-Web/studies/", `/dicom-web/studies/${studyA}/metadata`]) {
+      const res = await r.get(p).set(bearer(uploadToken));
+      expect(res.status, p).toBe(403);
+      expect(res.body.error).toMatch(/lacks the read scope/);
+    }
+    const tus = await r.post("/api/uploads").set(bearer(uploadToken)).set("Tus-Resumable", "1.0.0").set("Upload-Length", "10");
+    expect(tus.status).toBe(201);
+    expect((await r.get("/api/admin/audit").set(bearer(uploadToken))).status).toBe(403);
+  });
+
+  it("tampered, malformed, expired and revoked tokens are refused with error=\"invalid_token\"", async () => {
+    const r = request(relay.url);
+    const tampered = readToken.slice(0, -2) + (readToken.endsWith("AA") ? "BB" : "AA");
+    const expired = relay.services.access!.tokens.create({ scopes: ["read"], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
+    const created = await r.post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["read"], expires: "1h" });
+    expect(created.status).toBe(201);
+    expect(created.body.expiresAt).toBeTruthy();
+    expect((await r.get("/dicom-web/studies").set(bearer(created.body.token))).status).toBe(200);
+    const revoke = await r.delete(`/api/admin/tokens/${created.body.id}`).set(bearer(admin));
+    expect(revoke.status).toBe(200);
+    expect(revoke.body.revokedAt).toBeTruthy();
+    const cases: [string, RegExp][] = [
+      [tampered, /not known/],
+      ["drt_0123456789abcdef_short", /not well formed/],
+      [expired.token, /expired/],
+      [created.body.token, /revoked/],
+    ];
+    for (const [token, why] of cases) {
+      const res = await r.get("/dicom-web/studies").set(bearer(token));
+      expect(res.status).toBe(401);
+      expect(res.headers["www-authenticate"]).toMatch(/^Bearer realm="dicom-relay", error="invalid_token", error_description="/);
+      expect(res.body.error).toMatch(why);
+    }
+    // the token list never shows secrets
+    const list = await r.get("/api/admin/tokens?includeRevoked=true").set(bearer(admin));
+    expect(list.status).toBe(200);
+    expect(JSON.stringify(list.body)).not.toContain(readToken.slice(21));
+    expect((list.body as { id: string; revokedAt: string | null }[]).find((t) => t.id === created.body.id)?.revokedAt).toBeTruthy();
+    expect((await r.post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["write"] })).status).toBe(400);
+    expect((await r.post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["read"], expires: "2001-01-01" })).status).toBe(400);
+  });
+
+  describe("study share links", () => {
+    let share: { id: string; token: string; url: string };
+    beforeAll(async () => {
+      const res = await request(relay.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [studyA], label: "second opinion", expires: "1h" });
+      expect(res.status).toBe(201);
+      share = res.body;
+    });
+
+    it("work as a DICOMweb root for dicomweb-client: QIDO sees only the shared study, WADO returns its bytes", async () => {
+      expect(share.url).toBe(`${relay.url}/share/${share.token}/dicom-web`);
+      const client = dicomwebClient(share.url);
+      const studies = await client.searchForStudies();
+      expect(studies.map((s) => uidOf(s, "0020000D"))).toEqual([studyA]);
+      expect(String(uidOf(studies[0]!, "00081190"))).toBe(`${share.url}/studies/${studyA}`);
+      expect(await client.searchForStudies({ queryParams: { PatientID: "P-B" } })).toEqual([]);
+      const series = await client.searchForSeries();
+      expect(series.map((s) => uidOf(s, "0020000D"))).toEqual([studyA]);
+      expect(await client.searchForInstances({ queryParams: { StudyInstanceUID: studyB } })).toEqual([]);
+      const meta = await client.retrieveStudyMetadata({ studyInstanceUID: studyA });
+      expect(meta).toHaveLength(3);
+      const one = a[0]!;
+      const got = await client.retrieveInstance({ studyInstanceUID: studyA, seriesInstanceUID: one.seriesInstanceUID, sopInstanceUID: one.sopInstanceUID });
+      expect(sha(got)).toBe(sha(one.bytes));
+    });
+
+    it("any other study is 404 (not 403), and the link can never store or delete (403)", async () => {
+      const client = dicomwebClient(share.url);
+      await expect(client.retrieveStudyMetadata({ studyInstanceUID: studyB })).rejects.toMatchObject({ status: 404 });
+      const r = request(relay.url);
+      const root = `/share/${share.token}/dicom-web`;
+      for (const p of [`/studies/${studyB}`, `/studies/${studyB}/metadata`, `/studies/${studyB}/series`, `/studies/${b[0]!.studyInstanceUID}/series/${b[0]!.seriesInstanceUID}/instances/${b[0]!.sopInstanceUID}`]) {
+        const res = await r.get(root + p).set("Accept", p.endsWith("metadata") || p.endsWith("series") ? "application/dicom+json" : "multipart/related; type=\"application/dicom\"");
+        expect(res.status, p).toBe(404);
+      }
+      const stow = await r.post(`${root}/studies`).set("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=x").send("--x--");
+      expect(stow.status).toBe(403);
+      expect(stow.body.error).toMatch(/can only read/);
+      expect((await r.delete(`${root}/studies/${studyA}`)).status).toBe(403);
+      // nothing was deleted
+      expect((await r.get(`${root}/studies/${studyA}/metadata`)).status).toBe(200);
+    });
+
+    it("the same link works as a bearer token at the normal root, read only and limited to its studies", async () => {
+      const r = request(relay.url);
+      const qido = await r.get("/dicom-web/studies").set(bearer(share.token));
+      expect(qido.status).toBe(200);
+      expect((qido.body as Record<string, { Value?: unknown[] }>[]).map((s) => uidOf(s, "0020000D"))).toEqual([studyA]);
+      expect((await r.get(`/dicom-web/studies/${studyB}/metadata`).set(bearer(share.token))).status).toBe(404);
+      expect((await r.post("/dicom-web/studies").set(bearer(share.token)).set("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=x").send("--x--")).status).toBe(403);
+      expect((await r.delete(`/dicom-web/studies/${studyA}`).set(bearer(share.token))).status).toBe(403);
+      expect((await r.post("/api/uploads").set(bearer(share.token)).set("Tus-Resumable", "1.0.0").set("Upload-Length", "10")).status).toBe(403);
+      expect((await r.get("/api/admin/tokens").set(bearer(share.token))).status).toBe(403);
+    });
+
+    it("only share links open /share/ URLs; revoked and expired links are refused; errors never echo the token", async () => {
+      const r = request(relay.url);
+      expect((await r.get(`/share/${readToken}/dicom-web/studies`)).status).toBe(401);
+      expect((await r.get(`/share/${share.token.slice(0, -1)}x/dicom-web/studies`)).status).toBe(401);
+      const notFound = await r.get(`/share/${share.token}/elsewhere`);
+      expect(notFound.status).toBe(404);
+      expect(JSON.stringify(notFound.body)).not.toContain(share.token.slice(21));
+      const expired = relay.services.access!.tokens.createShare({ studies: [studyA], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
+      const res = await r.get(`/share/${expired.token}/dicom-web/studies`);
+      expect(res.status).toBe(401);
+      expect(res.body.error).toMatch(/share link.*expired/);
+      expect(JSON.stringify(res.body)).not.toContain(expired.token.slice(21));
+      const other = (await r.post("/api/admin/shares").set(bearer(admin)).send({ studies: [studyB] })).body as { id: string; token: string; expiresAt: string };
+      // share links expire by default (auth.shareDefaultExpiry, 7 days)
+      expect(Date.parse(other.expiresAt) - Date.now()).toBeGreaterThan(6.9 * 86400_000);
+      expect((await r.get(`/share/${other.token}/dicom-web/studies`)).status).toBe(200);
+      expect((await r.delete(`/api/admin/shares/${other.id}`).set(bearer(admin))).status).toBe(200);
+      expect((await r.get(`/share/${other.token}/dicom-web/studies`)).status).toBe(401);
+      expect((await r.get("/dicom-web/studies").set(bearer(other.token))).status).toBe(401);
+      expect((await r.post("/api/admin/shares").set(bearer(admin)).send({ studies: ["../../etc/passwd"] })).status).toBe(400);
+    });
+  });
+
+  it("path traversal in UIDs or in the share token is refused before it reaches storage or SQL", async () => {
+    for (const p of [
+      "/dicom-web/studies/..%2F..%2Fetc%2Fpasswd/metadata",
+      `/dicom-web/studies/${studyA}/series/..%2F..%2F..%2Fblobs/metadata`,
+      "/dicom-web/studies/1.2.3%00/metadata",
+      "/dicom-web/studies/1.2.3'%20OR%20'1'='1/metadata",
+    ]) {
+      const res = await rawRequest(relay.url, p, { ...bearer(readToken), Accept: "application/dicom+json" });
+      expect(res.status, p).toBe(400);
+      expect(res.body).toMatch(/not a valid DICOM UID/);
+    }
+    for (const p of ["/share/..%2F..%2Fetc%2Fpasswd/dicom-web/studies", "/share/abc/../../dicom-web/studies", "/share/%2e%2e/dicom-web/studies"]) {
+      const res = await rawRequest(relay.url, p);
+      expect(res.status, p).toBe(401);
+    }
+  });
+
+  it("oversized headers are refused with 431 before any handler runs", async () => {
+    const huge = await rawRequest(relay.url, "/dicom-web/studies", { ...bearer(readToken), "X-Padding": "a".repeat(20 * 1024) });
+    expect(huge.status).toBe(431);
+    const hugeAuth = await rawRequest(relay.url, "/dicom-web/studies", { Authorization: `Bearer ${"x".repeat(20 * 1024)}` });
+    expect(hugeAuth.status).toBe(431);
+  });
+
+  it("token CLI: create, list and revoke against the running relay (shared access database)", async () => {
+    const env = { DICOM_RELAY_DATA_DIR: relay.dataDir, DICOM_RELAY_LOG_LEVEL: "silent" };
+    const created = await runCli(["token", "create", "--scope", "read", "--expires", "30d", "--label", "radiology viewer"], env);
+    expect(created.code, created.stderr).toBe(0);
+    const token = /^(drt_\S+)$/m.exec(created.stdout)?.[1];
+    expect(token).toBeTruthy();
+    expect(created.stdout).toMatch(/shown this once/);
+    expect((await request(relay.url).get("/dicom-web/studies").set(bearer(token!))).status).toBe(200);
+    const id = token!.slice(4, 20);
+    const list = await runCli(["token", "list"], env);
+    expect(list.stdout).toMatch(new RegExp(`${id}.*active.*scopes read.*"radiology viewer"`));
+    expect(list.stdout).not.toContain(token!.slice(21));
+    const revoked = await runCli(["token", "revoke", id], env);
+    expect(revoked.code).toBe(0);
+    expect((await request(relay.url).get("/dicom-web/studies").set(bearer(token!))).status).toBe(401);
+    const share = await runCli(["token", "share", "--study", studyA, "--expires", "2h", "--url", relay.url, "--json"], env);
+    expect(share.code, share.stderr).toBe(0);
+    const shared = JSON.parse(share.stdout) as { url: string; studies: string[] };
+    expect(shared.studies).toEqual([studyA]);
+    const viaCli = await request(shared.url).get("/studies");
+    expect(viaCli.status).toBe(200);
+    const bad = await runCli(["token", "create", "--scope", "everything"], env);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/unknown scope "everything"/);
+    expect((await runCli(["token", "revoke", "ffffffffffffffff"], env)).code).toBe(1);
+  }, 60_000);
+});
