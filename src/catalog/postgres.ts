@@ -24,13 +24,12 @@
 import crypto from "node:crypto";
 import pg from "pg";
 import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
-import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
+import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
-import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations, type Migration } from "./migrations.ts";
-import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnNames, matchColumnValues, postgresDialect } from "./queryCompiler.ts";
-import { nameKey, personNameGroups } from "./pnMatch.ts";
+import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, postgresDialect } from "./queryCompiler.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, toLocation, type LocationRow } from "./rows.ts";
 
 export interface PostgresIndexOptions {
   /** postgres://user:password@host:port/database */
@@ -63,84 +62,11 @@ const LOCATION_COLUMNS =
   " i.pixel_data, i.bulk_data, se.series_instance_uid, st.study_instance_uid";
 const INSTANCE_JOINS = "instances i JOIN series se ON se.pk = i.series_pk JOIN studies st ON st.pk = i.study_pk";
 
-interface LocationRow {
-  pk: number;
-  series_pk: number;
-  study_pk: number;
-  sop_instance_uid: string;
-  sop_class_uid: string;
-  transfer_syntax_uid: string;
-  size: number;
-  sha256: string;
-  blob_key: string;
-  pixel_data: string | null;
-  bulk_data: string;
-  series_instance_uid: string;
-  study_instance_uid: string;
-}
-
-function toLocation(r: LocationRow): InstanceLocation {
-  return {
-    studyInstanceUID: r.study_instance_uid,
-    seriesInstanceUID: r.series_instance_uid,
-    sopInstanceUID: r.sop_instance_uid,
-    sopClassUID: r.sop_class_uid,
-    transferSyntaxUID: r.transfer_syntax_uid,
-    size: r.size,
-    sha256: r.sha256,
-    blobKey: r.blob_key,
-    pixelData: r.pixel_data === null ? null : JSON.parse(r.pixel_data),
-    bulkData: JSON.parse(r.bulk_data),
-  };
-}
-
 /** Thrown inside the insert transaction to roll it back when the unique constraint said "already there". */
 class AlreadyIndexed extends Error {}
 /** Thrown inside a transaction when what it locked no longer matches what it read: start again. */
 class StartAgain extends Error {}
 
-// The derivation of entity rows from an instance, as in sqlite.ts (kept identical on purpose).
-
-function hasValue(a: DicomJsonAttribute | undefined): boolean {
-  if (!a) return false;
-  if (a.InlineBinary !== undefined || a.BulkDataURI !== undefined) return true;
-  return Array.isArray(a.Value) && a.Value.length > 0 && a.Value.some((v) => v !== null && v !== "");
-}
-
-function pick(ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset {
-  const out: DicomJsonDataset = {};
-  for (const tag of storedTagsOf(level)) if (hasValue(ds[tag])) out[tag] = ds[tag]!;
-  return out;
-}
-
-function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset | null {
-  let changed = false;
-  for (const tag of storedTagsOf(level)) {
-    if (!hasValue(stored[tag]) && hasValue(ds[tag])) {
-      stored[tag] = ds[tag]!;
-      changed = true;
-    }
-  }
-  return changed ? stored : null;
-}
-
-function stringValue(ds: DicomJsonDataset, tag: string): string {
-  const v = ds[tag]?.Value?.[0];
-  return typeof v === "string" ? v.trim() : "";
-}
-
-function patientKey(ds: DicomJsonDataset) {
-  return {
-    patient_key_id: stringValue(ds, TAG.PatientID),
-    patient_key_issuer: stringValue(ds, "00100021"),
-    patient_key_name: nameKey(personNameGroups(ds[TAG.PatientName]?.Value?.[0])),
-  };
-}
-
-const PATIENT_COLUMNS = matchColumnNames("patient");
-const STUDY_COLUMNS = matchColumnNames("study");
-const SERIES_COLUMNS = matchColumnNames("series");
-const INSTANCE_COLUMNS = matchColumnNames("instance");
 
 /** `INSERT INTO table (cols) VALUES ($1..$n) <tail>` with the values taken from `row` by column name. */
 function insertStatement(table: string, row: Record<string, unknown>, tail: string): { text: string; values: unknown[] } {

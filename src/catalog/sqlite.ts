@@ -15,13 +15,12 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
-import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
+import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
-import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations } from "./migrations.ts";
-import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnNames, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
-import { nameKey, personNameGroups } from "./pnMatch.ts";
+import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, toLocation, type LocationRow } from "./rows.ts";
 
 export interface SqliteIndexOptions {
   /** database file, or ":memory:" (tests) */
@@ -38,83 +37,9 @@ const LOCATION_COLUMNS =
   " i.pixel_data, i.bulk_data, se.series_instance_uid, st.study_instance_uid";
 const INSTANCE_JOINS = "instances i JOIN series se ON se.pk = i.series_pk JOIN studies st ON st.pk = i.study_pk";
 
-interface LocationRow {
-  pk: number;
-  series_pk: number;
-  study_pk: number;
-  sop_instance_uid: string;
-  sop_class_uid: string;
-  transfer_syntax_uid: string;
-  size: number;
-  sha256: string;
-  blob_key: string;
-  pixel_data: string | null;
-  bulk_data: string;
-  series_instance_uid: string;
-  study_instance_uid: string;
-}
-
-function toLocation(r: LocationRow): InstanceLocation {
-  return {
-    studyInstanceUID: r.study_instance_uid,
-    seriesInstanceUID: r.series_instance_uid,
-    sopInstanceUID: r.sop_instance_uid,
-    sopClassUID: r.sop_class_uid,
-    transferSyntaxUID: r.transfer_syntax_uid,
-    size: r.size,
-    sha256: r.sha256,
-    blobKey: r.blob_key,
-    pixelData: r.pixel_data === null ? null : JSON.parse(r.pixel_data),
-    bulkData: JSON.parse(r.bulk_data),
-  };
-}
-
 /** Thrown inside the insert transaction to roll it back when the unique constraint said "already there". */
 class AlreadyIndexed extends Error {}
 
-function hasValue(a: DicomJsonAttribute | undefined): boolean {
-  if (!a) return false;
-  if (a.InlineBinary !== undefined || a.BulkDataURI !== undefined) return true;
-  return Array.isArray(a.Value) && a.Value.length > 0 && a.Value.some((v) => v !== null && v !== "");
-}
-
-/** The stored attributes of one entity level, taken from an instance's data set. */
-function pick(ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset {
-  const out: DicomJsonDataset = {};
-  for (const tag of storedTagsOf(level)) if (hasValue(ds[tag])) out[tag] = ds[tag]!;
-  return out;
-}
-
-/** First instance wins; attributes it left empty are taken from a later one. Null when nothing changed. */
-function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset | null {
-  let changed = false;
-  for (const tag of storedTagsOf(level)) {
-    if (!hasValue(stored[tag]) && hasValue(ds[tag])) {
-      stored[tag] = ds[tag]!;
-      changed = true;
-    }
-  }
-  return changed ? stored : null;
-}
-
-function stringValue(ds: DicomJsonDataset, tag: string): string {
-  const v = ds[tag]?.Value?.[0];
-  return typeof v === "string" ? v.trim() : "";
-}
-
-/** Identity of a patient: ID, issuer and name as written (two people sharing an ID stay apart). */
-function patientKey(ds: DicomJsonDataset) {
-  return {
-    patient_key_id: stringValue(ds, TAG.PatientID),
-    patient_key_issuer: stringValue(ds, "00100021"),
-    patient_key_name: nameKey(personNameGroups(ds[TAG.PatientName]?.Value?.[0])),
-  };
-}
-
-const PATIENT_COLUMNS = matchColumnNames("patient");
-const STUDY_COLUMNS = matchColumnNames("study");
-const SERIES_COLUMNS = matchColumnNames("series");
-const INSTANCE_COLUMNS = matchColumnNames("instance");
 const assignments = (cols: string[]) => cols.map((c) => `${c} = @${c}`).join(", ");
 
 export class SqliteIndex implements Index {

@@ -1,0 +1,85 @@
+/**
+ * How index rows are derived from an instance and read back, shared by every Index implementation
+ * (sqlite.ts, postgres.ts) so both keep exactly the same semantics.
+ */
+import type { InstanceLocation } from "./index.ts";
+import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
+import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
+import { matchColumnNames } from "./queryCompiler.ts";
+import { nameKey, personNameGroups } from "./pnMatch.ts";
+
+export interface LocationRow {
+  pk: number;
+  series_pk: number;
+  study_pk: number;
+  sop_instance_uid: string;
+  sop_class_uid: string;
+  transfer_syntax_uid: string;
+  size: number;
+  sha256: string;
+  blob_key: string;
+  pixel_data: string | null;
+  bulk_data: string;
+  series_instance_uid: string;
+  study_instance_uid: string;
+}
+
+export function toLocation(r: LocationRow): InstanceLocation {
+  return {
+    studyInstanceUID: r.study_instance_uid,
+    seriesInstanceUID: r.series_instance_uid,
+    sopInstanceUID: r.sop_instance_uid,
+    sopClassUID: r.sop_class_uid,
+    transferSyntaxUID: r.transfer_syntax_uid,
+    size: r.size,
+    sha256: r.sha256,
+    blobKey: r.blob_key,
+    pixelData: r.pixel_data === null ? null : JSON.parse(r.pixel_data),
+    bulkData: JSON.parse(r.bulk_data),
+  };
+}
+
+
+export function hasValue(a: DicomJsonAttribute | undefined): boolean {
+  if (!a) return false;
+  if (a.InlineBinary !== undefined || a.BulkDataURI !== undefined) return true;
+  return Array.isArray(a.Value) && a.Value.length > 0 && a.Value.some((v) => v !== null && v !== "");
+}
+
+/** The stored attributes of one entity level, taken from an instance's data set. */
+export function pick(ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset {
+  const out: DicomJsonDataset = {};
+  for (const tag of storedTagsOf(level)) if (hasValue(ds[tag])) out[tag] = ds[tag]!;
+  return out;
+}
+
+/** First instance wins; attributes it left empty are taken from a later one. Null when nothing changed. */
+export function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset | null {
+  let changed = false;
+  for (const tag of storedTagsOf(level)) {
+    if (!hasValue(stored[tag]) && hasValue(ds[tag])) {
+      stored[tag] = ds[tag]!;
+      changed = true;
+    }
+  }
+  return changed ? stored : null;
+}
+
+export function stringValue(ds: DicomJsonDataset, tag: string): string {
+  const v = ds[tag]?.Value?.[0];
+  return typeof v === "string" ? v.trim() : "";
+}
+
+/** Identity of a patient: ID, issuer and name as written (two people sharing an ID stay apart). */
+export function patientKey(ds: DicomJsonDataset) {
+  return {
+    patient_key_id: stringValue(ds, TAG.PatientID),
+    patient_key_issuer: stringValue(ds, "00100021"),
+    patient_key_name: nameKey(personNameGroups(ds[TAG.PatientName]?.Value?.[0])),
+  };
+}
+
+export const PATIENT_COLUMNS = matchColumnNames("patient");
+export const STUDY_COLUMNS = matchColumnNames("study");
+export const SERIES_COLUMNS = matchColumnNames("series");
+export const INSTANCE_COLUMNS = matchColumnNames("instance");
