@@ -13,6 +13,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../../scripts/lib/net.ts";
+import { groupAlive, logTail, runningGroups, sleep, tempRoots, waitGroupGone } from "./serverProcess.ts";
 
 export interface MinioOptions {
   /** keep the MinIO log on stderr of the test run (default: only shown when start fails) */
@@ -43,20 +44,6 @@ export interface RunningMinio {
 }
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const running = new Set<number>(); // process group ids
-const tempRoots = new Set<string>();
-
-process.once("exit", () => {
-  // last resort when a test run ends without afterAll (a crash, a timeout): no MinIO may outlive it
-  for (const pgid of running) {
-    try {
-      process.kill(-pgid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-  for (const dir of tempRoots) fs.rmSync(dir, { recursive: true, force: true });
-});
 
 /** Path of the cached MinIO binary; a sentence saying how to get it when it is missing. */
 export function minioBinary(): string {
@@ -69,16 +56,7 @@ export function minioBinary(): string {
 }
 
 
-function groupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Every process of the group is in state T (stopped), per /proc (Linux). */
 function groupStopped(pgid: number): boolean {
@@ -100,14 +78,6 @@ function groupStopped(pgid: number): boolean {
   return members > 0;
 }
 
-async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!groupAlive(pgid)) return true;
-    await sleep(50);
-  }
-  return !groupAlive(pgid);
-}
 
 /**
  * /minio/health/live answers 200 as soon as the HTTP listener runs, while S3 calls still get 503
@@ -123,14 +93,6 @@ async function isLive(port: number): Promise<boolean> {
   }
 }
 
-function logTail(logPath: string, bytes = 4000): string {
-  try {
-    const text = fs.readFileSync(logPath, "utf8");
-    return text.slice(-bytes);
-  } catch {
-    return "(no log)";
-  }
-}
 
 export async function startMinio(opts: MinioOptions = {}): Promise<RunningMinio> {
   const bin = minioBinary();
@@ -171,7 +133,7 @@ export async function startMinio(opts: MinioOptions = {}): Promise<RunningMinio>
     );
     fs.closeSync(logFd);
     child = proc;
-    running.add(proc.pid!);
+    runningGroups.add(proc.pid!);
     let exited = false;
     proc.once("exit", () => {
       exited = true;
@@ -209,7 +171,7 @@ export async function startMinio(opts: MinioOptions = {}): Promise<RunningMinio>
       await waitGroupGone(pgid, 5_000);
     }
     proc.stdin?.destroy();
-    running.delete(pgid);
+    runningGroups.delete(pgid);
   };
 
   const signalGroup = (signal: NodeJS.Signals): void => {

@@ -13,10 +13,11 @@
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
+import { freePort } from "../../scripts/lib/net.ts";
+import { groupAlive, logTail, runningGroups, sleep, tempRoots, waitGroupGone } from "./serverProcess.ts";
 
 export interface RunningPostgres {
   /** postgres://user:password@127.0.0.1:port/database — the database created for this run */
@@ -38,20 +39,6 @@ export interface PostgresOptions {
 }
 
 const USER = "relay";
-const running = new Set<number>(); // process group ids
-const tempRoots = new Set<string>();
-
-process.once("exit", () => {
-  // last resort when a run ends without afterAll (a crash, a timeout): no server may outlive it
-  for (const pgid of running) {
-    try {
-      process.kill(-pgid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-  for (const dir of tempRoots) fs.rmSync(dir, { recursive: true, force: true });
-});
 
 /** The newest /usr/lib/postgresql/<version>/bin holding initdb and postgres; a sentence when there is none. */
 export function postgresBinDir(): string {
@@ -93,44 +80,10 @@ function clusterLocale(): string {
   return "C.UTF-8";
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function groupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!groupAlive(pgid)) return true;
-    await sleep(50);
-  }
-  return !groupAlive(pgid);
-}
 
-function logTail(logPath: string, bytes = 4000): string {
-  try {
-    return fs.readFileSync(logPath, "utf8").slice(-bytes);
-  } catch {
-    return "(no log)";
-  }
-}
 
 async function accepts(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
@@ -211,7 +164,7 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Running
       }
       await waitGroupGone(pgid, 5_000);
     }
-    running.delete(pgid);
+    runningGroups.delete(pgid);
   };
 
   const launch = async (): Promise<void> => {
@@ -231,7 +184,7 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Running
     });
     fs.closeSync(logFd);
     child = proc;
-    running.add(proc.pid!);
+    runningGroups.add(proc.pid!);
     let exited = false;
     proc.once("exit", () => {
       exited = true;
