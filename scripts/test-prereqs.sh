@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-minio.sh >/dev/null
 bash scripts/install-postgres.sh >/dev/null
 bash scripts/apt-ensure.sh zip zip
+bash scripts/install-dcmtk.sh

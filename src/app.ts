@@ -9,6 +9,7 @@ import { dicomwebRouter } from "./dicomweb/router.ts";
 import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
+import { documentsRouter } from "./documents/routes.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -68,6 +69,8 @@ export function createApp(svc: RelayServices): Express {
     app.use("/share", (req, _res, next) => next(new HttpError(404, `no route for ${req.method} under this share link`)));
     app.use("/api/admin", access.guards.admin, access.adminRouter());
   }
+  // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
+  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest }, access?.guards.transfers));
   if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));

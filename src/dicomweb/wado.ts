@@ -157,9 +157,10 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       })());
       return;
     }
-    const range: ByteRange | undefined =
+    let range: ByteRange | undefined =
       tag === "7FE00010" && inst!.pixelData ? { offset: inst!.pixelData.offset, length: inst!.pixelData.length } : inst!.bulkData.find((b) => b.tag === tag);
     if (!range) throw new HttpError(404, `instance ${scope.sopInstanceUID} has no bulk data element ${tag}`);
+    if (tag === "00420011") range = await trimToDocumentLength(svc, scope, range);
     const mediaType = bulkMediaType(inst!, tag);
     const single = accept.find((a) => a.mediaType === mediaType || (a.mediaType === "application/octet-stream"));
     if (single && accept[0] === single) {
@@ -182,6 +183,16 @@ export function wadoRoutes(svc: DicomwebServices): Router {
   return r;
 }
 
+/**
+ * DICOM pads odd-length values with one byte; an encapsulated document's true length is
+ * EncapsulatedDocumentLength (0042,0015), so the document comes back exactly as it was attached.
+ */
+async function trimToDocumentLength(svc: DicomwebServices, scope: InstanceScope, range: ByteRange): Promise<ByteRange> {
+  const [json] = await svc.index.listMetadata(scope);
+  const declared = json ? (JSON.parse(json) as Record<string, { Value?: unknown[] }>)["00420015"]?.Value?.[0] : undefined;
+  return typeof declared === "number" && declared >= 0 && declared < range.length ? { offset: range.offset, length: declared } : range;
+}
+
 /** The stored transfer syntax can satisfy this choice (no transcoding). */
 function servable(choice: PartNegotiation, instances: InstanceLocation[]): boolean {
   if (choice.transferSyntax === null || choice.transferSyntax === ANY_TS) return true;
@@ -189,7 +200,9 @@ function servable(choice: PartNegotiation, instances: InstanceLocation[]): boole
 }
 
 /** Media type of a bulk data element: the document's own type for an encapsulated document. */
-function bulkMediaType(_inst: InstanceLocation, _tag: string): string {
+function bulkMediaType(inst: InstanceLocation, tag: string): string {
+  // Encapsulated PDF Storage fixes MIMETypeOfEncapsulatedDocument (0042,0012) to application/pdf (PS3.3 A.45.1)
+  if (tag.toUpperCase() === "00420011" && inst.sopClassUID === "1.2.840.10008.5.1.4.1.1.104.1") return "application/pdf";
   return "application/octet-stream";
 }
 

@@ -1,0 +1,119 @@
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { execFileSync, spawnSync } from "node:child_process";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+
+// the odd-length case (DICOM pads odd values) is checked in its own test below
+const pdf = Buffer.from("%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n\n");
+const jpeg = Buffer.from([0xff, 0xd8, 0xff, 0xc0, 0x00, 0x11, 0x08, 0x00, 0x10, 0x00, 0x18, 0x03, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xff, 0xd9]);
+
+describe("documents attached to a study", () => {
+  let relay: TestRelay;
+  const study = newUid();
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "docs-test-"));
+  const post = (body: Buffer, q: Record<string, string>, s = study) =>
+    fetch(`${relay.url}/api/studies/${s}/documents?${new URLSearchParams(q)}`, { method: "POST", body: new Uint8Array(body), headers: { "content-type": "application/octet-stream" } });
+  const count = async () => ((await (await fetch(`${relay.dicomwebUrl}/studies/${study}/instances`)).json()) as unknown[]).length;
+
+  beforeAll(async () => {
+    // the test PDF is tiny: a low threshold makes it bulk data, as any real PDF (>1 KiB) is
+    relay = await startTestRelay({ ingest: { bulkDataThreshold: 16 } });
+    const inst = makeInstance({ studyInstanceUID: study, patientName: "Zhang^San=张^三", patientID: "CN-0001", charset: "GB18030", rows: 8, columns: 8 });
+    const res = await fetch(`${relay.dicomwebUrl}/studies`, {
+      method: "POST", body: new Uint8Array(Buffer.concat([Buffer.from("--b\r\nContent-Type: application/dicom\r\n\r\n"), inst, Buffer.from("\r\n--b--\r\n")])),
+      headers: { "content-type": 'multipart/related; type="application/dicom"; boundary=b' },
+    });
+    expect(res.status).toBe(200);
+  });
+  afterAll(async () => { await relay?.dispose(); fs.rmSync(tmp, { recursive: true, force: true }); });
+
+  it("wraps a PDF, stores it once, finds it by QIDO and returns it byte-identical", async () => {
+    const r1 = await post(pdf, { kind: "pathology-report", title: "病理报告", language: "zh" });
+    expect(r1.status).toBe(201);
+    const b1 = (await r1.json()) as { status: string; sopInstanceUID: string; seriesInstanceUID: string };
+    expect(b1.status).toBe("stored");
+    const r2 = await post(pdf, { kind: "pathology-report", title: "病理报告", language: "zh" });
+    expect(((await r2.json()) as { status: string; sopInstanceUID: string }).sopInstanceUID).toBe(b1.sopInstanceUID);
+
+    const q = (await (await fetch(`${relay.dicomwebUrl}/instances?Modality=DOC&SOPClassUID=1.2.840.10008.5.1.4.1.1.104.1`)).json()) as Record<string, { Value: string[] }>[];
+    expect(q.map((d) => d["00080018"]!.Value[0])).toEqual([b1.sopInstanceUID]);
+
+    const base = `${relay.dicomwebUrl}/studies/${study}/series/${b1.seriesInstanceUID}/instances/${b1.sopInstanceUID}`;
+    const bulk = await fetch(`${base}/bulkdata/00420011`, { headers: { accept: "application/pdf" } });
+    expect(bulk.status).toBe(200);
+    expect(bulk.headers.get("content-type")).toMatch(/^application\/pdf/);
+    expect(Buffer.from(await bulk.arrayBuffer()).equals(pdf)).toBe(true);
+
+    const md = (await (await fetch(`${base}/metadata`)).json()) as Record<string, { Value?: unknown[] }>[];
+    expect(md[0]!["00420010"]!.Value).toEqual(["病理报告"]);
+    expect((md[0]!["00100010"]!.Value![0] as { Ideographic: string }).Ideographic).toBe("张^三");
+
+    const part = await fetch(base, { headers: { accept: 'multipart/related; type="application/dicom"' } });
+    const raw = Buffer.from(await part.arrayBuffer());
+    const start = raw.indexOf("DICM") - 128;
+    const end = raw.lastIndexOf(Buffer.from("\r\n--"));
+    const file = path.join(tmp, "doc.dcm");
+    fs.writeFileSync(file, raw.subarray(start, end));
+    execFileSync("dcm2pdf", [file, path.join(tmp, "out.pdf")]);
+    expect(fs.readFileSync(path.join(tmp, "out.pdf")).equals(pdf)).toBe(true);
+    const dump = spawnSync("dcmdump", [file], { encoding: "utf8" });
+    expect(dump.status).toBe(0);
+    expect(dump.stderr + dump.stdout).not.toMatch(/error|warning/i);
+    expect(dump.stdout).toContain("病理报告");
+  });
+
+  it("links a translation to its original and reports completeness", async () => {
+    const orig = (await (await post(Buffer.concat([pdf, Buffer.from("% radiology\n\n")]), { kind: "radiology-report", title: "放射报告", language: "zh" })).json()) as { sopInstanceUID: string };
+    const en = Buffer.concat([pdf, Buffer.from("% translation\n")]);
+    const tr = await post(en, { kind: "radiology-report", title: "Radiology report", language: "en", translationOf: orig.sopInstanceUID });
+    expect(tr.status).toBe(201);
+    const list = (await (await fetch(`${relay.url}/api/studies/${study}/documents`)).json()) as { documents: { kind: string; language: string; original: boolean; translationOf?: string }[] };
+    const t = list.documents.find((d) => d.language === "en")!;
+    expect(t).toMatchObject({ kind: "radiology-report", original: false, translationOf: orig.sopInstanceUID });
+    expect(list.documents.filter((d) => d.kind === "radiology-report" && d.original)).toHaveLength(1);
+    const c = (await (await fetch(`${relay.url}/api/studies/${study}/completeness`)).json()) as { present: string[]; missing: string[] };
+    expect(c.present.sort()).toEqual(["pathology-report", "radiology-report"]);
+    expect(c.missing).toContain("discharge-summary");
+  });
+
+  it("wraps a JPEG photo as Secondary Capture, Modality OT", async () => {
+    const r = await post(jpeg, { kind: "lab-results", title: "化验单", language: "zh" });
+    expect(r.status).toBe(201);
+    const q = (await (await fetch(`${relay.dicomwebUrl}/instances?Modality=OT&SOPClassUID=1.2.840.10008.5.1.4.1.1.7`)).json()) as unknown[];
+    expect(q).toHaveLength(1);
+  });
+
+  it("refuses bad input with a sentence and stores nothing", async () => {
+    const before = await count();
+    const cases: [Buffer, Record<string, string>, number, RegExp, string?][] = [
+      [Buffer.from("just text named report.pdf"), { kind: "other", title: "x", language: "en" }, 422, /not a PDF, JPEG or PNG/],
+      [Buffer.from("%PDF-1.4\ntrailer<</Encrypt 5 0 R>>\n%%EOF\n"), { kind: "other", title: "x", language: "en" }, 422, /encrypted/],
+      [Buffer.from("%PDF-1.4\n1 0 obj<<>>"), { kind: "other", title: "x", language: "en" }, 422, /broken/],
+      [pdf, { kind: "horoscope", title: "x", language: "en" }, 400, /kind must be/],
+      [pdf, { kind: "other", title: "x", language: "en" }, 404, /not on this relay/, newUid()],
+      [Buffer.alloc(101 * 1024 * 1024, 0x20), { kind: "other", title: "x", language: "en" }, 413, /larger than/],
+    ];
+    for (const [body, q, status, msg, s] of cases) {
+      const r = await post(body, q, s);
+      expect(r.status).toBe(status);
+      expect(JSON.stringify(await r.json())).toMatch(msg);
+    }
+    expect(await count()).toBe(before);
+  });
+
+  it("returns an odd-length PDF without DICOM's pad byte (trimmed to EncapsulatedDocumentLength)", async () => {
+    const odd = Buffer.from("%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n");
+    expect(odd.length % 2).toBe(1);
+    const r = await post(odd, { kind: "discharge-summary", title: "Discharge summary", language: "en" });
+    expect(r.status).toBe(201);
+    const b = (await r.json()) as { sopInstanceUID: string; seriesInstanceUID: string };
+    const url = `${relay.dicomwebUrl}/studies/${study}/series/${b.seriesInstanceUID}/instances/${b.sopInstanceUID}/bulkdata/00420011`;
+    const bulk = await fetch(url, { headers: { accept: "application/pdf" } });
+    expect(bulk.status).toBe(200);
+    expect(Buffer.from(await bulk.arrayBuffer()).equals(odd)).toBe(true);
+  });
+
+});
