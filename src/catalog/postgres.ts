@@ -29,7 +29,7 @@ import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations, type Migration } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, postgresDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyValues, toLocation, type LocationRow } from "./rows.ts";
 
 export interface PostgresIndexOptions {
   /** postgres://user:password@host:port/database */
@@ -510,25 +510,7 @@ export class PostgresIndex implements Index {
       "SELECT study_pk, modality, COUNT(*) AS n FROM series WHERE study_pk = ANY($1::bigint[]) AND visible_count > 0 GROUP BY study_pk, modality",
       [list],
     )).rows;
-    const out = new Map<number, QidoStudyValues>();
-    for (const r of rows) {
-      out.set(r.pk, {
-        studyInstanceUID: r.study_instance_uid,
-        attrs: { ...JSON.parse(r.patient_attrs), ...JSON.parse(r.attrs) },
-        numberOfSeries: 0,
-        numberOfInstances: r.visible_count,
-        modalities: [],
-      });
-    }
-    for (const s of perSeries) {
-      const st = out.get(s.study_pk);
-      if (!st) continue;
-      st.numberOfSeries += s.n;
-      if (s.modality) st.modalities.push(s.modality);
-    }
-    // code-point order, as SQLite's sort of the same strings (ASCII code strings in practice)
-    for (const st of out.values()) st.modalities.sort();
-    return out;
+    return studyValues(rows, perSeries);
   }
 
   private async loadSeries(c: Client, pks: number[]): Promise<Map<number, QidoSeriesValues>> {

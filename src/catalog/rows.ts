@@ -3,6 +3,7 @@
  * (sqlite.ts, postgres.ts) so both keep exactly the same semantics.
  */
 import type { InstanceLocation } from "./index.ts";
+import type { QidoStudyValues } from "../dicom/qido.ts";
 import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
 import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
 import { matchColumnNames } from "./queryCompiler.ts";
@@ -83,3 +84,36 @@ export const PATIENT_COLUMNS = matchColumnNames("patient");
 export const STUDY_COLUMNS = matchColumnNames("study");
 export const SERIES_COLUMNS = matchColumnNames("series");
 export const INSTANCE_COLUMNS = matchColumnNames("instance");
+
+export interface StudyRow {
+  pk: number;
+  study_instance_uid: string;
+  attrs: string;
+  patient_attrs: string;
+  visible_count: number;
+}
+
+/**
+ * Study-level QIDO values from the study rows and their per-(study, modality) series counts.
+ * Modalities in code-point order, so both databases answer alike.
+ */
+export function studyValues(rows: StudyRow[], perSeries: { study_pk: number; modality: string | null; n: number }[]): Map<number, QidoStudyValues> {
+  const out = new Map<number, QidoStudyValues>();
+  for (const r of rows) {
+    out.set(r.pk, {
+      studyInstanceUID: r.study_instance_uid,
+      attrs: { ...JSON.parse(r.patient_attrs), ...JSON.parse(r.attrs) },
+      numberOfSeries: 0,
+      numberOfInstances: r.visible_count,
+      modalities: [],
+    });
+  }
+  for (const s of perSeries) {
+    const st = out.get(s.study_pk);
+    if (!st) continue;
+    st.numberOfSeries += Number(s.n);
+    if (s.modality) st.modalities.push(s.modality);
+  }
+  for (const st of out.values()) st.modalities.sort();
+  return out;
+}

@@ -20,7 +20,7 @@ import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyValues, toLocation, type LocationRow } from "./rows.ts";
 
 export interface SqliteIndexOptions {
   /** database file, or ":memory:" (tests) */
@@ -355,24 +355,7 @@ export class SqliteIndex implements Index {
     const perSeries = this.prep(
       "SELECT study_pk, modality, COUNT(*) AS n FROM series WHERE study_pk IN (SELECT value FROM json_each(?)) AND visible_count > 0 GROUP BY study_pk, modality",
     ).all(list) as { study_pk: number; modality: string | null; n: number }[];
-    const out = new Map<number, QidoStudyValues>();
-    for (const r of rows) {
-      out.set(r.pk, {
-        studyInstanceUID: r.study_instance_uid,
-        attrs: { ...JSON.parse(r.patient_attrs), ...JSON.parse(r.attrs) },
-        numberOfSeries: 0,
-        numberOfInstances: r.visible_count,
-        modalities: [],
-      });
-    }
-    for (const s of perSeries) {
-      const st = out.get(s.study_pk);
-      if (!st) continue;
-      st.numberOfSeries += s.n;
-      if (s.modality) st.modalities.push(s.modality);
-    }
-    for (const st of out.values()) st.modalities.sort();
-    return out;
+    return studyValues(rows, perSeries);
   }
 
   private loadSeries(pks: number[]): Map<number, QidoSeriesValues> {
