@@ -9,12 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { BlobNotFoundError, type BlobStore } from "../../src/storage/blobStore.ts";
-
-async function readAll(r: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of r) chunks.push(Buffer.from(c));
-  return Buffer.concat(chunks);
-}
+import { readAll } from "../support/streams.ts";
 
 /** A deterministic stream of `size` bytes produced chunk by chunk (never one big buffer). */
 function patternStream(size: number, seed = 1): Readable {

@@ -18,6 +18,7 @@ import { S3BlobStore, S3_MAX_SOCKETS, type S3Settings, type S3BlobStoreOptions }
 import { StorageUnavailableError, BlobNotFoundError } from "../../src/storage/blobStore.ts";
 import { ConfigError, defaultConfig } from "../../src/config.ts";
 import { createBlobStore } from "../../src/storage/index.ts";
+import { readAll } from "../support/streams.ts";
 
 const MiB = 1024 * 1024;
 let minio: RunningMinio;
@@ -46,12 +47,6 @@ function settings(m: RunningMinio, over: Partial<S3Settings> = {}): S3Settings {
 
 function rawClient(m: RunningMinio): Minio.Client {
   return new Minio.Client({ endPoint: "127.0.0.1", port: m.port, useSSL: false, accessKey: m.accessKey, secretKey: m.secretKey, pathStyle: true });
-}
-
-async function readAll(r: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of r) chunks.push(Buffer.from(c));
-  return Buffer.concat(chunks);
 }
 
 /** `size` deterministic bytes, 1 MiB at a time. */

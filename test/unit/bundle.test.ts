@@ -7,6 +7,7 @@ import { Readable } from "node:stream";
 import { createDeflateRaw, createGzip, deflateRawSync, gzipSync } from "node:zlib";
 import tar from "tar-stream";
 import { BundleError, createTarGzBundle, readBundleEntries, type BundleOptions } from "../../src/transfers/bundle.ts";
+import { readAll } from "../support/streams.ts";
 
 const LIMITS: BundleOptions = {
   maxEntryBytes: 64 * 1024 * 1024,
@@ -24,12 +25,6 @@ function noise(n: number, seed = 1): Buffer {
     b[i] = s >>> 24;
   }
   return b;
-}
-
-async function readAll(s: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of s) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 async function list(source: Readable | string, opts: Partial<BundleOptions> = {}) {

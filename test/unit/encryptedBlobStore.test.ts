@@ -20,6 +20,7 @@ import {
 import type { BlobStore, ByteRangeRequest } from "../../src/storage/blobStore.ts";
 import { ConfigError, loadConfig } from "../../src/config.ts";
 import { createBlobStore } from "../../src/storage/index.ts";
+import { readAll } from "../support/streams.ts";
 
 const tmpRoots: string[] = [];
 function tmpDir(): string {
@@ -32,12 +33,6 @@ afterAll(() => {
 });
 
 const newKey = () => parseKey(crypto.randomBytes(32).toString("base64"), "test key");
-
-async function readAll(r: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of r) chunks.push(Buffer.from(c));
-  return Buffer.concat(chunks);
-}
 
 blobStoreContract("encrypted over fs", async () => new EncryptedBlobStore(new FsBlobStore(tmpDir()), keyring(newKey())));
 

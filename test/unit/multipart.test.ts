@@ -4,6 +4,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { PassThrough, Readable, Writable } from "node:stream";
 import { startFaultProxy } from "../support/faultProxy.ts";
+import { readAll } from "../support/streams.ts";
 import {
   MultipartError,
   multipartBoundary,
@@ -38,12 +39,6 @@ function prng(seed: number): () => number {
     s = (s * 1664525 + 1013904223) >>> 0;
     return s / 2 ** 32;
   };
-}
-
-async function readAll(s: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of s) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 async function collect(body: Readable, boundary = B, opts = {}) {
