@@ -8,6 +8,22 @@ import path from "node:path";
 import { z } from "zod";
 
 const conflictPolicy = z.enum(["reject", "keep-first", "replace"]);
+/** PS3.5 AE: 1 to 16 characters, no backslash or control characters, not only spaces */
+const aeTitle = z.string().regex(/^(?! *$)[\x20-\x5b\x5d-\x7e]{1,16}$/, "an AE title is 1 to 16 printable characters, no backslash").refine((s) => s === s.trim(), "an AE title has no leading or trailing spaces");
+const peerSchema = z
+  .object({
+    aeTitle,
+    /** IP address the peer connects from and is reached at (or "localhost") */
+    host: z.string().min(1),
+    /** the peer's own DICOM port, for C-MOVE destinations and forwarding; 0 = the relay never calls it */
+    port: z.number().int().min(0).max(65535).default(0),
+    /** "all": every study; "granted": only studies shared with this AE (dicom-relay token share --peer) */
+    studies: z.enum(["all", "granted"]).default("granted"),
+    /** may send instances in with C-STORE */
+    store: z.boolean().default(false),
+  })
+  .strict();
+export type DimsePeerConfig = z.infer<typeof peerSchema>;
 
 export const configSchema = z
   .object({
@@ -135,6 +151,46 @@ export const configSchema = z
         requireClientCertForUpload: z.boolean(),
       })
       .strict(),
+    dimse: z
+      .object({
+        /** run the DICOM node (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) beside the HTTP server */
+        enabled: z.boolean(),
+        host: z.string().min(1),
+        port: z.number().int().min(0).max(65535),
+        /** the relay's own AE title: associations calling another title are refused */
+        aeTitle: aeTitle,
+        /** largest PDU the relay accepts (announced to peers): bounds what one read holds in memory, bytes */
+        maxPduLength: z.number().int().min(4096).max(16 * 1024 * 1024),
+        /** associations open at once; more are refused (transient, local limit exceeded) */
+        maxAssociations: z.number().int().min(1),
+        /** an association silent this long is aborted */
+        idleTimeoutSeconds: z.number().int().min(1),
+        /** how long to wait for a peer when the relay opens an association (C-MOVE, forwarding) */
+        connectTimeoutSeconds: z.number().int().min(1),
+        /** largest C-FIND identifier, bytes */
+        maxIdentifierBytes: z.number().int().min(1024),
+        /** most C-FIND matches answered; beyond, the search ends with 0xA700 (narrow the query) */
+        maxFindResults: z.number().int().min(1),
+        /** DICOM TLS with the relay PKI (tls.certFile/keyFile, peers' certificates issued by tls.clientCaFile) */
+        tls: z.boolean(),
+        /** the only AEs allowed to associate (a JSON array in DICOM_RELAY_DIMSE_PEERS) */
+        peers: z.preprocess((v) => {
+          if (typeof v !== "string") return v;
+          try {
+            return JSON.parse(v);
+          } catch {
+            return v;
+          }
+        }, z.array(peerSchema)),
+      })
+      .strict()
+      .superRefine((d, ctx) => {
+        const seen = new Set<string>();
+        d.peers.forEach((p, i) => {
+          if (seen.has(p.aeTitle)) ctx.addIssue({ code: "custom", path: ["peers", i, "aeTitle"], message: `AE title "${p.aeTitle}" is configured twice` });
+          seen.add(p.aeTitle);
+        });
+      }),
     encryption: z
       .object({
         /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
@@ -209,6 +265,20 @@ export function defaultConfig(): RelayConfig {
       clientCaFile: "",
       revokedFile: "",
       requireClientCertForUpload: false,
+    },
+    dimse: {
+      enabled: false,
+      host: "127.0.0.1",
+      port: 11112,
+      aeTitle: "DICOM_RELAY",
+      maxPduLength: 256 * 1024,
+      maxAssociations: 32,
+      idleTimeoutSeconds: 120,
+      connectTimeoutSeconds: 15,
+      maxIdentifierBytes: 1024 * 1024,
+      maxFindResults: 10_000,
+      tls: false,
+      peers: [],
     },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
   };

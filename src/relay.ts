@@ -14,6 +14,7 @@ import { startTransfers } from "./transfers/index.ts";
 import { startAccess } from "./access/index.ts";
 import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
+import { DimseServer } from "./dimse/server.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -23,6 +24,10 @@ export interface RunningRelay {
   port: number;
   services: RelayServices;
   server: http.Server;
+  /** the DICOM node (dimse.enabled) */
+  dimse: DimseServer | null;
+  /** its port (0 when not enabled) */
+  dimsePort: number;
   /** the admin token created on the first start (null on later starts or with auth disabled); print it once */
   initialAdminToken: string | null;
   /** Stop listening; running requests get graceMs to finish before their connections are cut. */
@@ -67,6 +72,16 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     server.listen(config.server.port, config.server.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  let dimse: DimseServer | null = null;
+  if (config.dimse.enabled) {
+    dimse = new DimseServer({ ...services, audit: services.access?.audit, peerGrants: services.access?.peerGrants });
+    try {
+      await dimse.start();
+    } catch (err) {
+      server.close();
+      throw err;
+    }
+  }
   const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
   const scheme = config.tls.enabled ? "https" : "http";
   const url = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `${scheme}://${host}:${port}`;
@@ -74,10 +89,13 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     url,
     dicomwebUrl: url + config.dicomweb.root,
     port,
+    dimse,
+    dimsePort: dimse?.port ?? 0,
     services,
     server,
     initialAdminToken: services.access?.initialAdminToken ?? null,
     async close(graceMs = 0) {
+      await dimse?.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeIdleConnections();

@@ -6,6 +6,9 @@
  *   GET    /api/admin/shares[?includeRevoked=true]
  *   POST   /api/admin/shares   {studies, label?, expires?}         -> 201 {token, url, ...}
  *   DELETE /api/admin/shares/{id}
+ *   GET    /api/admin/peers/{ae}/studies                      studies granted to a DICOM peer
+ *   POST   /api/admin/peers/{ae}/studies {studies, expires?}  grant studies to a DICOM peer (C-FIND/C-MOVE/C-GET)
+ *   DELETE /api/admin/peers/{ae}/studies/{study}              withdraw one
  *   GET    /api/admin/audit?study=&since=&until=&actor=&action=&outcome=&afterSeq=&limit=
  */
 import express, { Router, type Request } from "express";
@@ -14,14 +17,15 @@ import { HttpError } from "../http/errors.ts";
 import { auditTime, type AuditLog, type AuditQuery } from "./audit.ts";
 import { actorOf, noteAudit } from "./middleware.ts";
 import { expiryFrom, TokenError, type TokenInfo, type TokenStore } from "./tokens.ts";
+import type { PeerGrants } from "./peerGrants.ts";
 
 /** The DICOMweb root URL a share link opens. */
 export function shareUrl(base: string, token: string, config: RelayConfig): string {
   return `${base.replace(/\/$/, "")}/share/${token}${config.dicomweb.root}`;
 }
 
-export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; audit: AuditLog }): Router {
-  const { config, tokens, audit } = deps;
+export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; audit: AuditLog; peerGrants?: PeerGrants }): Router {
+  const { config, tokens, audit, peerGrants } = deps;
   const r = Router();
   r.use((_req, res, next) => {
     res.set("Cache-Control", "no-store");
@@ -98,6 +102,34 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
     res.status(201).json({ ...created.info, token: created.token, url: shareUrl(base(req), created.token, config) });
   });
   r.delete("/shares/:id", revoke("share"));
+
+  if (peerGrants) {
+    r.get("/peers/:ae/studies", (req, res) => {
+      noteAudit(res, { action: "peer.grant.list", detail: `peer ${String(req.params.ae).slice(0, 16)}` });
+      res.json(peerGrants.list(String(req.params.ae)));
+    });
+    r.post("/peers/:ae/studies", (req, res) => {
+      const b = body(req);
+      const ae = String(req.params.ae);
+      noteAudit(res, { action: "peer.grant" });
+      const studies = Array.isArray(b.studies) ? b.studies.map(String) : typeof b.studies === "string" ? b.studies.split(",") : undefined;
+      if (!studies) throw new HttpError(400, 'give the studies to grant, e.g. {"studies": ["1.2.840..."], "expires": "30d"}');
+      const expires = str(b.expires, "expires");
+      const granted = tokenErrors(() => peerGrants.grant({ aeTitle: ae, studies, expiresAt: expiryFrom(expires ?? "never"), grantedBy: actorOf(res) }));
+      noteAudit(res, {
+        detail: `granted ${granted.length} study(ies) to peer ${ae.slice(0, 16)}: ${studies.join(",").slice(0, 1500)}`,
+        studyInstanceUID: granted.length === 1 ? granted[0]!.studyInstanceUID : null,
+      });
+      res.status(201).json(granted);
+    });
+    r.delete("/peers/:ae/studies/:study", (req, res) => {
+      const ae = String(req.params.ae);
+      const study = String(req.params.study);
+      noteAudit(res, { action: "peer.revoke", detail: `peer ${ae.slice(0, 16)}`, studyInstanceUID: study.slice(0, 64) });
+      if (!peerGrants.revoke(ae, study)) throw new HttpError(404, `study ${study.slice(0, 64)} is not granted to peer ${ae.slice(0, 16)}`);
+      res.status(204).end();
+    });
+  }
 
   r.get("/audit", (req, res) => {
     const q = req.query as Record<string, unknown>;

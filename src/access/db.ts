@@ -60,6 +60,20 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'); END;
 `,
   },
+  {
+    version: 2,
+    sql: `
+-- studies a DICOM peer (a home PACS, by AE title) may find and retrieve over DIMSE
+CREATE TABLE peer_studies (
+  ae_title TEXT NOT NULL,
+  study_instance_uid TEXT NOT NULL,
+  granted_at TEXT NOT NULL,
+  granted_by TEXT NOT NULL,
+  expires_at TEXT,
+  PRIMARY KEY (ae_title, study_instance_uid)
+);
+`,
+  },
 ];
 
 export type AccessDb = Database.Database;

@@ -8,10 +8,13 @@ import { TokenStore, SCOPES } from "./tokens.ts";
 import { RevocationList } from "./tls.ts";
 import { accessGuards, type AccessGuards } from "./middleware.ts";
 import { adminRouter } from "./adminRoutes.ts";
+import { PeerGrants } from "./peerGrants.ts";
 
 export interface AccessControl {
   db: AccessDb;
   tokens: TokenStore;
+  /** studies granted to DICOM peers (by AE title) */
+  peerGrants: PeerGrants;
   audit: AuditLog;
   guards: AccessGuards;
   adminRouter(): Router;
@@ -24,6 +27,7 @@ export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessC
   const { config, log } = deps;
   const db = openAccessDb(accessDbPath(config.dataDir));
   const tokens = new TokenStore(db);
+  const peerGrants = new PeerGrants(db);
   const audit = new AuditLog(db, (err, entry) => {
     log.error({ err, action: entry.action, actor: entry.actor }, "could not write an audit entry");
   });
@@ -42,9 +46,10 @@ export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessC
   return {
     db,
     tokens,
+    peerGrants,
     audit,
     guards,
-    adminRouter: () => adminRouter({ config, tokens, audit }),
+    adminRouter: () => adminRouter({ config, tokens, audit, peerGrants }),
     initialAdminToken,
     close: () => db.close(),
   };

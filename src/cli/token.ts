@@ -9,6 +9,7 @@ import { accessDbPath, openAccessDb } from "../access/db.ts";
 import { AuditLog } from "../access/audit.ts";
 import { expiryFrom, TokenError, TokenStore, type TokenInfo } from "../access/tokens.ts";
 import { shareUrl } from "../access/adminRoutes.ts";
+import { PeerGrants } from "../access/peerGrants.ts";
 
 const USAGE = `dicom-relay token <subcommand> [options]
 
@@ -16,6 +17,13 @@ const USAGE = `dicom-relay token <subcommand> [options]
                   a bearer token; printed once (only its hash is kept)
   share --study UID[,UID...] [--expires 7d] [--label TEXT] [--url BASE]
                   a read-only share link for those studies: a DICOMweb root URL to give a viewer or PACS
+  share --study UID[,UID...] --peer AE [--expires 30d|never]
+                  grant those studies to a DICOM peer (home PACS) by AE title: it finds and retrieves
+                  them over DIMSE (peers configured with studies "granted"); default expiry never
+  peers [--peer AE]
+                  studies granted to DICOM peers
+  unshare --peer AE [--study UID]
+                  withdraw a study (or every study) from a DICOM peer
   list [--all]    tokens and share links (--all: revoked ones too)
   revoke ID       revoke a token or share link at once
 
@@ -63,6 +71,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
       expires: { type: "string" },
       label: { type: "string" },
       url: { type: "string" },
+      peer: { type: "string" },
       all: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
     },
@@ -89,6 +98,18 @@ export async function tokenCommand(args: string[]): Promise<number> {
       case "share": {
         const studies = (values.study ?? []).flatMap((s) => s.split(","));
         if (!studies.length) throw new TokenError("give --study UID (repeat it, or separate UIDs with commas, to share several studies)");
+        if (values.peer !== undefined) {
+          const granted = new PeerGrants(db).grant({ aeTitle: values.peer, studies, expiresAt: expiryFrom(values.expires ?? "never"), grantedBy: actor });
+          audit.record({
+            actor,
+            action: "peer.grant",
+            outcome: "success",
+            studyInstanceUID: granted.length === 1 ? granted[0]!.studyInstanceUID : null,
+            detail: `granted ${granted.length} study(ies) to peer ${values.peer}: ${studies.join(",").slice(0, 1500)}`,
+          });
+          out(`Granted ${granted.length} study(ies) to DICOM peer ${values.peer} (expires ${granted[0]!.expiresAt ?? "never"}).\n`, granted);
+          return 0;
+        }
         const { token, info } = tokens.createShare({
           studies,
           label: values.label,
@@ -109,6 +130,19 @@ export async function tokenCommand(args: string[]): Promise<number> {
             `(or send the token as "Authorization: Bearer ${token}")\n`,
           { ...info, token, url },
         );
+        return 0;
+      }
+      case "peers": {
+        const list = new PeerGrants(db).list(values.peer);
+        out(list.length ? list.map((g) => `${g.aeTitle.padEnd(16)}  ${g.studyInstanceUID}  expires ${g.expiresAt ?? "never"}  by ${g.grantedBy}`).join("\n") + "\n" : "no studies granted to DICOM peers\n", list);
+        return 0;
+      }
+      case "unshare": {
+        if (!values.peer) throw new TokenError("give --peer AE (and --study UID to withdraw one study only)");
+        const study = values.study?.[0];
+        const n = new PeerGrants(db).revoke(values.peer, study);
+        audit.record({ actor, action: "peer.revoke", outcome: "success", studyInstanceUID: study ?? null, detail: `withdrew ${n} study(ies) from peer ${values.peer}` });
+        out(`Withdrew ${n} study(ies) from DICOM peer ${values.peer}.\n`, { removed: n });
         return 0;
       }
       case "list": {

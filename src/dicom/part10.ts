@@ -796,46 +796,15 @@ export async function readPart10(src: RandomAccessSource, opts: ReadPart10Option
   const sopInstanceUID = checkUid(kept, UID_ATTRIBUTES[1]![0], UID_ATTRIBUTES[1]![1]);
   const studyInstanceUID = checkUid(kept, UID_ATTRIBUTES[2]![0], UID_ATTRIBUTES[2]![1]);
   const seriesInstanceUID = checkUid(kept, UID_ATTRIBUTES[3]![0], UID_ATTRIBUTES[3]![1]);
+  if (meta.mediaStorageSOPClassUID && meta.mediaStorageSOPClassUID !== sopClassUID) {
+    throw doesNotMatch(`the file meta MediaStorageSOPClassUID (0002,0002) "${meta.mediaStorageSOPClassUID.slice(0, 64)}" differs from the data set's SOPClassUID "${sopClassUID}"; the data set does not match the SOP class it was sent as`);
+  }
   if (meta.mediaStorageSOPInstanceUID && meta.mediaStorageSOPInstanceUID !== sopInstanceUID) {
     throw doesNotMatch(`the file meta MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64)}" differs from the data set's SOPInstanceUID "${sopInstanceUID}"; the file was altered without updating its meta information`);
   }
 
-  // character set: one decoder dcmjs knows, the original values restored afterwards
-  let charset: CharsetChoice | undefined;
-  if (walk.specificCharacterSet) {
-    const terms = walk.specificCharacterSet.toString("latin1").replace(/[\0 ]+$/, "").split("\\");
-    charset = chooseCharset(terms);
-  }
-
-  const sink = new Sink();
-  const ctx: TranscodeContext = { pixelRepresentation: 0 };
-  const sourceEnc = ts.deflated ? EXPLICIT_LE : enc;
-  const direct: DicomJsonDataset = {};
-  for (const k of walk.kept) {
-    if (k.tag === PIXEL_REPRESENTATION && k.value.length >= 2) ctx.pixelRepresentation = sourceEnc.le ? k.value.readUInt16LE(0) : k.value.readUInt16BE(0);
-    if (k.tag === SPECIFIC_CHARACTER_SET && charset) {
-      sink.push(encodeCharsetElement(charset.dcmjsTerm));
-      continue;
-    }
-    if (FOREIGN_VRS.has(k.vr) || k.vr === "UV") {
-      direct[hex8(k.tag)] = foreignToJson(k.vr, sourceEnc.le ? k.value : swapped(k.value, k.vr));
-      continue;
-    }
-    if (sourceEnc.explicit && sourceEnc.le && !k.undefinedLength && k.vr !== "SQ" && k.vr !== "UN") {
-      // already explicit VR little endian: header + value as they are
-      sink.header(k.tag, k.vr, k.value.length);
-      sink.push(k.value);
-    } else {
-      transcodeElement(sink, k.tag, k.vr, k.value, k.undefinedLength, sourceEnc, k.nested, ctx, 0);
-    }
-  }
-  const parsed = parseWithDcmjs(encodeMeta(meta.elements), sink.concat());
-  const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
-  const dataset: DicomJsonDataset = { ...toDicomJson(parsed.dict, jsonOpts), ...direct };
-  if (charset) {
-    dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
-  }
-  const fileMeta = toDicomJson(parsed.meta);
+  const { dataset, parsedMeta } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements);
+  const fileMeta = toDicomJson(parsedMeta);
   fileMeta["00020010"] = { vr: "UI", Value: [tsUid] };
 
   // bulk data: placeholders in the metadata, locations for WADO
@@ -864,6 +833,58 @@ export async function readPart10(src: RandomAccessSource, opts: ReadPart10Option
     pixelData,
     bulkData: walk.bulk,
   };
+}
+
+/** Decode the kept (non-bulk) elements of a walk: character set, then dcmjs, then DICOM JSON. */
+function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"]): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict } {
+  // character set: one decoder dcmjs knows, the original values restored afterwards
+  let charset: CharsetChoice | undefined;
+  if (walk.specificCharacterSet) {
+    const terms = walk.specificCharacterSet.toString("latin1").replace(/[\0 ]+$/, "").split("\\");
+    charset = chooseCharset(terms);
+  }
+
+  const sink = new Sink();
+  const ctx: TranscodeContext = { pixelRepresentation: 0 };
+  const direct: DicomJsonDataset = {};
+  for (const k of walk.kept) {
+    if (k.tag === PIXEL_REPRESENTATION && k.value.length >= 2) ctx.pixelRepresentation = sourceEnc.le ? k.value.readUInt16LE(0) : k.value.readUInt16BE(0);
+    if (k.tag === SPECIFIC_CHARACTER_SET && charset) {
+      sink.push(encodeCharsetElement(charset.dcmjsTerm));
+      continue;
+    }
+    if (FOREIGN_VRS.has(k.vr) || k.vr === "UV") {
+      direct[hex8(k.tag)] = foreignToJson(k.vr, sourceEnc.le ? k.value : swapped(k.value, k.vr));
+      continue;
+    }
+    if (sourceEnc.explicit && sourceEnc.le && !k.undefinedLength && k.vr !== "SQ" && k.vr !== "UN") {
+      // already explicit VR little endian: header + value as they are
+      sink.header(k.tag, k.vr, k.value.length);
+      sink.push(k.value);
+    } else {
+      transcodeElement(sink, k.tag, k.vr, k.value, k.undefinedLength, sourceEnc, k.nested, ctx, 0);
+    }
+  }
+  const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
+  const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
+  const dataset: DicomJsonDataset = { ...toDicomJson(parsed.dict, jsonOpts), ...direct };
+  if (charset) {
+    dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
+  }
+  return { dataset, parsedMeta: parsed.meta };
+}
+
+/**
+ * A bare data set (no preamble, no file meta) in a known transfer syntax, as DICOM JSON: a C-FIND
+ * identifier. Bounded by opts.maxHeaderBytes like any header; binary values become bulk data placeholders.
+ */
+export async function readBareDataset(bytes: Buffer, transferSyntaxUID: string, opts: ReadPart10Options): Promise<DicomJsonDataset> {
+  const ts = transferSyntaxInfo(transferSyntaxUID);
+  if (!ts || ts.deflated) throw cannotUnderstand(`the transfer syntax "${transferSyntaxUID.slice(0, 64)}" cannot be used for an identifier`);
+  const enc: Encoding = { explicit: ts.explicitVR, le: ts.littleEndian };
+  const win = new Window(bufferSource(bytes), bytes.length);
+  const walk = await walkDataset(win, 0, enc, opts);
+  return decodeWalk(walk, enc, []).dataset;
 }
 
 /** SV, UV (numbers) and OL, OV (binary) at the top level, which dcmjs does not decode. */

