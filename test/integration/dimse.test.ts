@@ -8,6 +8,7 @@ import fsp from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import crypto from "node:crypto";
+import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { dcmtk, startStorescp } from "../support/dcmtk.ts";
@@ -28,6 +29,40 @@ function datasetOf(file: Buffer): Buffer {
 async function readIdentifierFile(file: string): Promise<DicomJsonDataset> {
   const b = await fsp.readFile(file);
   return readBareDataset(datasetOf(b), "1.2.840.10008.1.2.1", OPTS);
+}
+
+/** The project's CLI, as an administrator runs it beside the relay. */
+function cli(args: string[], dataDir: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [path.resolve("bin/dicom-relay.js"), ...args], { env: { ...process.env, DICOM_RELAY_DATA_DIR: dataDir }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => (stdout += d));
+    p.stderr.on("data", (d: Buffer) => (stderr += d));
+    p.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await filesUnder(p)));
+    else out.push(p);
+  }
+  return out;
+}
+
+/** SOPInstanceUID -> SHA-256 of the data set, for a set of Part-10 files. */
+async function datasetHashes(files: string[]): Promise<Map<string, string>> {
+  const m = new Map<string, string>();
+  for (const f of files) {
+    const b = await fsp.readFile(f);
+    const ds = datasetOf(b);
+    const sop = (await readBareDataset(ds, "1.2.840.10008.1.2.1", OPTS))["00080018"]!.Value![0] as string;
+    m.set(sop, sha(ds));
+  }
+  return m;
 }
 
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
@@ -135,7 +170,7 @@ describe("DIMSE node with dcmtk peers", () => {
     const badFile = path.join(work, "bad.dcm");
     await fsp.writeFile(badFile, bad);
     const refused = await dcmtk("storescu", ["-v", ...args("HOSPITAL", [], [badFile])]);
-    expect(refused.stdout + refused.stderr).toMatch(/0xa900|0xc000|Error: /i);
+    expect(refused.stdout + refused.stderr).toMatch(/Received Store Response \(Error: DataSetDoesNotMatchSOPClass\)/);
     expect(await relay.services.index.getInstance("1.2.3.4.5.6")).toBeNull();
     const failures = relay.services.access!.audit.query({ action: "instance.store", outcome: "failure" });
     expect(failures.length).toBeGreaterThanOrEqual(2);
@@ -209,4 +244,65 @@ describe("DIMSE node with dcmtk peers", () => {
     const alpha = await Promise.all((await fsp.readdir(alphaOut)).map((f) => readIdentifierFile(path.join(alphaOut, f))));
     expect(alpha.map((x) => x["0020000D"]!.Value![0])).toEqual([study.studyInstanceUID]);
   });
+  it("C-MOVE to a peer sees only studies granted to it (token share --peer); the moved data sets are byte for byte the stored ones", async () => {
+    const out = path.join(work, "homepacs");
+    await fsp.mkdir(out);
+    const scp = await startStorescp(storescpPort, "HOMEPACS", out);
+    try {
+      // nothing granted yet: C-FIND finds nothing, C-MOVE moves nothing
+      const before = path.join(work, "home-find-before");
+      await fsp.mkdir(before);
+      await dcmtk("findscu", ["-S", "-X", "-od", before, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"])]);
+      expect(await fsp.readdir(before)).toEqual([]);
+      const refused = await dcmtk("movescu", ["-v", "-S", ...args("HOMEPACS", ["-aem", "HOMEPACS", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${study.studyInstanceUID}`])]);
+      expect(refused.stdout + refused.stderr).toMatch(/Move Response.*(0xc000|Failed)|Unable to process/i);
+      expect(await filesUnder(out)).toEqual([]);
+
+      const granted = await cli(["token", "share", "--study", study.studyInstanceUID, "--peer", "HOMEPACS"], relay.dataDir);
+      expect(granted.code, granted.stderr).toBe(0);
+      expect(granted.stdout).toMatch(/Granted 1 study/);
+
+      const after = path.join(work, "home-find-after");
+      await fsp.mkdir(after);
+      await dcmtk("findscu", ["-S", "-X", "-od", after, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"])]);
+      const visible = await Promise.all((await fsp.readdir(after)).map((f) => readIdentifierFile(path.join(after, f))));
+      expect(visible.map((v) => v["0020000D"]!.Value![0])).toEqual([study.studyInstanceUID]);
+
+      const moved = await dcmtk("movescu", ["-v", "-S", ...args("HOMEPACS", ["-aem", "HOMEPACS", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${study.studyInstanceUID}`])], { timeoutMs: 120_000 });
+      expect(moved.code, moved.stderr).toBe(0);
+      expect(moved.stdout + moved.stderr).toMatch(/Received Final Move Response \(Success\)/);
+      const received = await datasetHashes(await filesUnder(out));
+      expect(received).toEqual(await datasetHashes(study.files));
+
+      // the study not granted stays out of reach
+      const secretMove = await dcmtk("movescu", ["-v", "-S", ...args("HOMEPACS", ["-aem", "HOMEPACS", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${secret.studyInstanceUID}`])]);
+      expect(secretMove.stdout + secretMove.stderr).toMatch(/0xc000|Unable to process|Failed/i);
+      expect((await filesUnder(out)).length).toBe(6);
+
+      const audit = relay.services.access!.audit.query({ action: "dimse.move", actor: "ae:HOMEPACS" });
+      expect(audit.map((a) => a.outcome)).toEqual(["failure", "success", "failure"]);
+      expect(audit[1]!.detail).toMatch(/to HOMEPACS; 6 completed, 0 warning, 0 failed of 6/);
+    } finally {
+      await scp.stop();
+    }
+  }, 120_000);
+
+  it("C-MOVE to an unknown destination: 0xA801", async () => {
+    const r = await dcmtk("movescu", ["-v", "-S", ...args("ADMINWS", ["-aem", "NOWHERE", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${study.studyInstanceUID}`])]);
+    expect(r.stdout + r.stderr).toMatch(/Final Move Response \(Refused: Move ?Destination ?Unknown\)/i);
+  });
+
+  it("C-GET streams a series back on the same association; SHA-256 of each data set equals what was stored", async () => {
+    const out = path.join(work, "getscu");
+    await fsp.mkdir(out);
+    const seriesUid = (await readBareDataset(datasetOf(await fsp.readFile(study.files[0]!)), "1.2.840.10008.1.2.1", OPTS))["0020000E"]!.Value![0] as string;
+    const r = await dcmtk("getscu", ["-S", "+B", "-od", out, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=SERIES", "-k", `StudyInstanceUID=${study.studyInstanceUID}`, "-k", `SeriesInstanceUID=${seriesUid}`])], { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const got = await datasetHashes(await filesUnder(out));
+    expect(got.size).toBe(3);
+    const stored = await datasetHashes(study.files);
+    for (const [sop, h] of got) expect(h).toBe(stored.get(sop));
+    const audit = relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:ADMINWS" });
+    expect(audit.at(-1)!.detail).toMatch(/3 completed, 0 warning, 0 failed of 3/);
+  }, 120_000);
 });
