@@ -135,8 +135,9 @@ export function datasetOffset(head: Buffer): number | null {
   if (head.subarray(128, 132).toString("latin1") !== "DICM") throw new Error("the stored object is not a DICOM Part-10 file");
   let p = 132;
   for (;;) {
-    if (p + 6 > head.length) return null;
+    if (p + 2 > head.length) return null;
     if (head.readUInt16LE(p) !== 0x0002) return p;
+    if (p + 8 > head.length) return null;
     const vr = head.toString("latin1", p + 4, p + 6);
     let len: number;
     let hl: number;
