@@ -7,3 +7,4 @@ bash scripts/install-minio.sh >/dev/null
 bash scripts/install-postgres.sh >/dev/null
 bash scripts/apt-ensure.sh zip zip
 bash scripts/install-dcmtk.sh
+bash scripts/install-orthanc.sh

@@ -10,6 +10,8 @@ import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
 import { documentsRouter } from "./documents/routes.ts";
+import type { ForwardingService } from "./forwarding/service.ts";
+import { forwardingRouter } from "./forwarding/routes.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -21,6 +23,8 @@ export interface RelayServices {
   transfers?: Transfers;
   /** tokens, share links, audit, client certificates; required unless auth.enabled is false */
   access?: AccessControl;
+  /** auto-forwarding of completed transfers */
+  forwarding?: ForwardingService;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -69,6 +73,7 @@ export function createApp(svc: RelayServices): Express {
     app.use("/share", (req, _res, next) => next(new HttpError(404, `no route for ${req.method} under this share link`)));
     app.use("/api/admin", access.guards.admin, access.adminRouter());
   }
+  if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
   app.use(documentsRouter({ index: svc.index, ingest: svc.ingest }, access?.guards.transfers));
   if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));

@@ -24,6 +24,20 @@ const peerSchema = z
   })
   .strict();
 export type DimsePeerConfig = z.infer<typeof peerSchema>;
+const forwardRuleSchema = z
+  .object({
+    /** names the rule in the API and the logs */
+    name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/),
+    kind: z.enum(["dimse", "stow"]),
+    /** dimse: the peer's AE title, configured in dimse.peers with host and port */
+    aeTitle: z.string().default(""),
+    /** stow: the peer's DICOMweb root (STOW-RS goes to {url}/studies) */
+    url: z.string().default(""),
+    /** stow: bearer token sent to the peer (empty: none) */
+    token: z.string().default(""),
+  })
+  .strict();
+export type ForwardRuleConfig = z.infer<typeof forwardRuleSchema>;
 
 export const configSchema = z
   .object({
@@ -191,6 +205,37 @@ export const configSchema = z
           seen.add(p.aeTitle);
         });
       }),
+    forwarding: z
+      .object({
+        /** send completed transfers on to the peers of the rules below, by themselves */
+        enabled: z.boolean(),
+        /** one rule per peer (a JSON array in DICOM_RELAY_FORWARDING_RULES) */
+        rules: z.preprocess((v) => {
+          if (typeof v !== "string") return v;
+          try {
+            return JSON.parse(v);
+          } catch {
+            return v;
+          }
+        }, z.array(forwardRuleSchema)),
+        /** first wait after a failed attempt; doubles up to maxRetrySeconds */
+        retrySeconds: z.number().min(0.05),
+        maxRetrySeconds: z.number().min(0.05),
+        /** how often due work is looked for (also woken at once when a transfer completes) */
+        pollSeconds: z.number().min(0.05),
+        /** how long one STOW-RS request or DIMSE association may take before it counts as failed */
+        requestTimeoutSeconds: z.number().int().min(1),
+      })
+      .strict()
+      .superRefine((f, ctx) => {
+        const seen = new Set<string>();
+        f.rules.forEach((r, i) => {
+          if (seen.has(r.name)) ctx.addIssue({ code: "custom", path: ["rules", i, "name"], message: `rule name "${r.name}" is used twice` });
+          seen.add(r.name);
+          if (r.kind === "dimse" && !r.aeTitle) ctx.addIssue({ code: "custom", path: ["rules", i, "aeTitle"], message: "a dimse rule names the peer's AE title (one of dimse.peers, with a port)" });
+          if (r.kind === "stow" && !r.url) ctx.addIssue({ code: "custom", path: ["rules", i, "url"], message: "a stow rule needs the peer's DICOMweb root URL" });
+        });
+      }),
     encryption: z
       .object({
         /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
@@ -209,6 +254,11 @@ export const configSchema = z
     if (c.tls.requireClientCertForUpload && !c.tls.enabled) {
       ctx.addIssue({ code: "custom", path: ["tls", "requireClientCertForUpload"], message: "client certificates need HTTPS: set tls.enabled too" });
     }
+    c.forwarding.rules.forEach((r, i) => {
+      if (r.kind === "dimse" && r.aeTitle && !c.dimse.peers.some((p) => p.aeTitle === r.aeTitle && p.port > 0)) {
+        ctx.addIssue({ code: "custom", path: ["forwarding", "rules", i, "aeTitle"], message: `"${r.aeTitle}" is not in dimse.peers with a port` });
+      }
+    });
     if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
       ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
     }
@@ -280,6 +330,7 @@ export function defaultConfig(): RelayConfig {
       tls: false,
       peers: [],
     },
+    forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300 },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
   };
 }

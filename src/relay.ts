@@ -15,6 +15,7 @@ import { startAccess } from "./access/index.ts";
 import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
 import { DimseServer } from "./dimse/server.ts";
+import { ForwardingService } from "./forwarding/service.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -51,8 +52,17 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
   const access = startAccess({ config, log: logger });
   // one audit row per instance stored, whichever way it came in, under the actor of the request behind it
   const audited = auditingIngestor(ingest, access.audit);
-  const transfers = await startTransfers({ config, log: logger, index, store, ingest: audited });
-  return { config, log: logger, index, store, ingest: audited, transfers, access };
+  const forwarding = new ForwardingService({ config, log: logger, index, store, audit: access.audit });
+  const transfers = await startTransfers({
+    config,
+    log: logger,
+    index,
+    store,
+    ingest: audited,
+    onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
+  });
+  forwarding.start();
+  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -103,6 +113,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
         else server.closeAllConnections();
       });
       await services.transfers?.close();
+      await services.forwarding?.close();
       await services.index.close();
       await services.store.close();
       services.access?.close();

@@ -9,7 +9,7 @@ import type { BlobStore } from "../storage/blobStore.ts";
 import type { Ingestor } from "../ingest/types.ts";
 import { ReceiptSigner } from "./receipts.ts";
 import { SqliteTransferStore } from "./sqliteTransferStore.ts";
-import { TransferService } from "./transferService.ts";
+import { TransferService, type TransferServiceDeps } from "./transferService.ts";
 import { createTusServer, type RelayFileStore } from "./tusServer.ts";
 import { transfersRouter, type TransferRoutesOptions } from "./routes.ts";
 
@@ -21,7 +21,15 @@ export interface Transfers {
   close(): Promise<void>;
 }
 
-export async function startTransfers(deps: { config: RelayConfig; log: Logger; index: Index; store: BlobStore; ingest: Ingestor }): Promise<Transfers> {
+export async function startTransfers(deps: {
+  config: RelayConfig;
+  log: Logger;
+  index: Index;
+  store: BlobStore;
+  ingest: Ingestor;
+  /** completed transfers (auto-forwarding) */
+  onComplete?: TransferServiceDeps["onComplete"];
+}): Promise<Transfers> {
   const { config } = deps;
   const transfers = new SqliteTransferStore(path.join(config.dataDir, "transfers.sqlite"));
   await transfers.init();

@@ -37,6 +37,11 @@ export interface TransferServiceDeps {
   ingest: Ingestor;
   transfers: TransferStore;
   signer: ReceiptSigner;
+  /**
+   * Called once a transfer is complete, before its receipt is written: after a crash between the two, the
+   * receipt is issued again at start and the hook runs again, so hooks must be idempotent (forwarding is).
+   */
+  onComplete?: (transferId: string, items: TransferItem[]) => Promise<void>;
 }
 
 export interface TransferView extends TransferProgress {
@@ -191,6 +196,9 @@ export class TransferService {
     const t = (await this.deps.transfers.getTransfer(id))!;
     const released = await this.deps.index.releaseTransfer(id);
     const items = await this.deps.transfers.listItems(id);
+    if (this.deps.onComplete) {
+      await this.deps.onComplete(id, items).catch((err) => this.deps.log.error({ err, transferId: id }, "a transfer completion hook failed"));
+    }
     const receipt = this.deps.signer.sign({
       transferId: id,
       issuedAt: t.completedAt ?? new Date().toISOString(),
