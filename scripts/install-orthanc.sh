@@ -3,7 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/apt-ensure.sh Orthanc orthanc
+# the plugin has no command of its own to look for: ask dpkg
 if ! dpkg -s orthanc-dicomweb >/dev/null 2>&1; then
-  # the plugin has no command of its own: apt-ensure is asked for a name that is never a command
-  bash scripts/apt-ensure.sh orthanc-dicomweb-plugin-installed orthanc-dicomweb || dpkg -s orthanc-dicomweb >/dev/null 2>&1
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "install-orthanc: installing Debian package orthanc-dicomweb" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq orthanc-dicomweb >&2 \
+    || { $SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq orthanc-dicomweb >&2; }
 fi
