@@ -3,6 +3,7 @@
  * and prints one JSON document. Every loop is bounded in count and time.
  *
  *   BENCH_QUICK=1 npm run bench    smaller sizes (for a smoke run)
+ *   BENCH_SKIP_DIMSE=1              without the DIMSE section (C-STORE in, C-MOVE out)
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
@@ -16,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
+import { benchDimse } from "./bench-dimse.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
 
@@ -354,6 +356,7 @@ async function main() {
     const s3 = await benchS3(workDir);
     const transfers = await benchTransfers(workDir);
     const peer = await benchPeer(workDir);
+    const dimse = await benchDimse(workDir);
     const result = {
       when: new Date().toISOString(),
       machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, memoryGB: round(os.totalmem() / 1024 ** 3) },
@@ -364,6 +367,7 @@ async function main() {
       s3,
       transfers,
       peer,
+      dimse,
       targets: {
         "qido p95 < 20 ms": core.qidoMs.p95 < 20,
         "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,

@@ -124,6 +124,7 @@ export class Association {
     const timer = setTimeout(() => socket.destroy(new Error(`no answer from ${target.host}:${target.port} within ${opts.connectTimeoutMs} ms`)), opts.connectTimeoutMs);
     try {
       await once(socket, "connect");
+      socket.setNoDelay(true);
     } catch (err) {
       clearTimeout(timer);
       throw new AssociationError(`cannot connect to ${target.calledAE} at ${target.host}:${target.port}: ${(err as Error).message}`);
