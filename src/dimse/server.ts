@@ -20,7 +20,8 @@ import type { DicomJsonDataset } from "../dicom/types.ts";
 import { Association, AssociationError, type IncomingMessage } from "./association.ts";
 import { CommandField, Status, type Command } from "./command.ts";
 import { encodeDataset, isExplicit } from "./dataset.ts";
-import { decideAssociation, hostIsAddress, SopClassUID } from "./peers.ts";
+import { decideAssociation, hostIsAddress, isStorageSopClass, SopClassUID } from "./peers.ts";
+import { isUid } from "../dicom/qido.ts";
 import { IdentifierError, planFind, responseIdentifier } from "./find.ts";
 import { storeSink } from "./store.ts";
 import { retrieveScopes, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
@@ -154,15 +155,20 @@ export class DimseServer {
         errorComment,
         hasDataset: false,
       }).catch(() => {});
+    // refused before anything is spooled: the data set is read and dropped, then answered
+    const drop = (status: number, comment: string, why = comment) => {
+      this.audit({ action: "dimse.store", outcome: "failure", sopInstanceUID: isUid(sop) ? sop : null, detail: why }, a);
+      this.deps.log.warn({ callingAE: a.callingAE, sopInstanceUID: sop.slice(0, 64), status: status.toString(16), why }, "C-STORE refused");
+      return { write() {}, end: () => void respond(status, comment.slice(0, 64)), abort() {} };
+    };
     if (!session?.peer.store) {
-      // a C-GET destination context used to push instances: refused, the data set is read and dropped
-      this.audit({ action: "dimse.store", outcome: "failure", sopInstanceUID: sop, detail: "this peer may not store instances" }, a);
-      return {
-        write() {},
-        end: () => void respond(Status.NotAuthorized, "this peer may not store instances (dimse.peers[].store)"),
-        abort() {},
-      };
+      // a C-GET destination context used to push instances
+      return drop(Status.NotAuthorized, "this AE may not store instances", "this peer may not store instances (dimse.peers[].store is false)");
     }
+    if (!isStorageSopClass(ctx.abstractSyntax) || sopClass !== ctx.abstractSyntax) {
+      return drop(Status.SOPClassNotSupported, "SOP class differs from its presentation context", `SOP class ${sopClass.slice(0, 64)} sent on a presentation context for ${ctx.abstractSyntax}`);
+    }
+    if (!isUid(sop)) return drop(Status.IdentifierDoesNotMatchSOPClass, "no valid AffectedSOPInstanceUID", "the C-STORE request has no valid AffectedSOPInstanceUID");
     const auditCtx = { actor: `ae:${a.callingAE}`, certSubject: null, remoteAddr: a.remoteAddress, method: "C-STORE", route: `dimse://${this.cfg.aeTitle}` };
     const { sink, done } = auditContext.run(auditCtx, () =>
       storeSink({ ingest: this.deps.ingest, sopClassUID: sopClass, sopInstanceUID: sop, transferSyntaxUID: ctx.transferSyntax, callingAE: a.callingAE, source: `dimse:${a.callingAE}` }),
