@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-minio.sh >/dev/null
 bash scripts/install-postgres.sh >/dev/null
 bash scripts/apt-ensure.sh zip zip
+bash scripts/apt-ensure.sh openssl openssl
 bash scripts/install-dcmtk.sh
 bash scripts/install-orthanc.sh

@@ -26,6 +26,7 @@ import { IdentifierError, planFind, responseIdentifier } from "./find.ts";
 import { storeSink } from "./store.ts";
 import { retrieveScopes, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
 import { Reject } from "./pdu.ts";
+import { RevocationList } from "../access/tls.ts";
 
 export interface DimseDeps {
   config: RelayConfig;
@@ -47,6 +48,8 @@ export class DimseServer {
   private server: net.Server | null = null;
   private readonly open = new Set<Association>();
   private readonly sessions = new WeakMap<Association, Session>();
+  private readonly certSubjects = new WeakMap<Association, string>();
+  private revoked: RevocationList | null = null;
   port = 0;
 
   constructor(private readonly deps: DimseDeps) {
@@ -63,6 +66,7 @@ export class DimseServer {
     const onSocket = (socket: net.Socket) => this.onConnection(socket);
     if (this.cfg.tls) {
       const t = this.deps.config.tls;
+      this.revoked = new RevocationList(t.revokedFile);
       this.server = tls.createServer({
         cert: fs.readFileSync(t.certFile),
         key: fs.readFileSync(t.keyFile),
@@ -91,7 +95,26 @@ export class DimseServer {
   }
 
   private audit(e: Omit<AuditEntry, "actor"> & { actor?: string }, assoc: Association): void {
-    this.deps.audit?.record({ actor: `ae:${assoc.callingAE || "unknown"}`, remoteAddr: assoc.remoteAddress, route: `dimse://${this.cfg.aeTitle}`, ...e });
+    this.deps.audit?.record({
+      actor: `ae:${assoc.callingAE || "unknown"}`,
+      certSubject: this.certSubjects.get(assoc) ?? null,
+      remoteAddr: assoc.remoteAddress,
+      route: `dimse${this.cfg.tls ? "s" : ""}://${this.cfg.aeTitle}`,
+      ...e,
+    });
+  }
+
+  /** DICOM TLS: the peer certificate was verified against the relay CA by the handshake; here: not revoked. */
+  private certificateCheck(socket: net.Socket): { subject: string | null; refusal: string | null } {
+    if (!(socket instanceof tls.TLSSocket)) return { subject: null, refusal: null };
+    const cert = socket.getPeerCertificate();
+    const subject = cert?.subject ? Object.entries(cert.subject).map(([k, v]) => `${k}=${String(v)}`).join(",") : "unknown";
+    try {
+      if (cert?.serialNumber && this.revoked?.has(cert.serialNumber)) return { subject, refusal: `the client certificate ${subject} (serial ${cert.serialNumber}) has been revoked` };
+    } catch (err) {
+      return { subject, refusal: `the revoked-certificate list cannot be read: ${(err as Error).message}` };
+    }
+    return { subject, refusal: null };
   }
 
   private allowedStudies(peer: DimsePeerConfig): string[] | null {
@@ -119,6 +142,14 @@ export class DimseServer {
       },
     }, async (a, rq) => {
       a.callingAE = rq.callingAE;
+      const cert = this.certificateCheck(socket);
+      if (cert.subject) this.certSubjects.set(a, cert.subject);
+      if (cert.refusal) {
+        log.warn({ callingAE: rq.callingAE, remote: socket.remoteAddress, reason: cert.refusal }, "DICOM association refused");
+        this.audit({ action: "dimse.associate", outcome: "failure", detail: `refused: ${cert.refusal}` }, a);
+        a.sendReject(Reject.permanent, Reject.user.source, Reject.user.noReason);
+        return;
+      }
       const d = decideAssociation(rq, socket.remoteAddress ?? "", this.cfg);
       if (!d.ok) {
         log.warn({ callingAE: rq.callingAE, calledAE: rq.calledAE, remote: socket.remoteAddress, reason: d.message }, "DICOM association refused");

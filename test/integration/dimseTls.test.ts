@@ -1,0 +1,68 @@
+/**
+ * DICOM TLS with the relay's own PKI: dcmtk's echoscu with a client certificate issued by `pki issue` is
+ * accepted; without TLS it gets nothing; once the certificate is revoked, the association is refused.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { execFileSync } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { dcmtk } from "../support/dcmtk.ts";
+import { initPki, issueClientCert, pkiPaths, revokeClientCert } from "../../src/access/pki.ts";
+
+describe("DICOM TLS", () => {
+  let relay: TestRelay;
+  let dataDir: string;
+  let serial: string;
+  const files = { key: "", cert: "", ca: "" };
+
+  beforeAll(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "dimse-tls-"));
+    const pki = pkiPaths(path.join(dataDir, "pki"));
+    initPki(pki, { hosts: ["127.0.0.1", "localhost"] });
+    const issued = issueClientCert(pki, { name: "HOSPITAL gateway", password: "a good password", iterations: 2048 });
+    serial = issued.cert.serial;
+    const p12 = path.join(dataDir, "client.p12");
+    fs.writeFileSync(p12, issued.p12);
+    // dcmtk reads PEM: the key and certificate out of the PKCS#12 file, as an administrator would
+    files.key = path.join(dataDir, "client-key.pem");
+    files.cert = path.join(dataDir, "client-cert.pem");
+    files.ca = pki.caCert;
+    execFileSync("openssl", ["pkcs12", "-in", p12, "-passin", "pass:a good password", "-nodes", "-nocerts", "-out", files.key]);
+    execFileSync("openssl", ["pkcs12", "-in", p12, "-passin", "pass:a good password", "-clcerts", "-nokeys", "-out", files.cert]);
+    relay = await startTestRelay({
+      dimse: { enabled: true, port: 0, tls: true, peers: [{ aeTitle: "HOSPITAL", host: "127.0.0.1", studies: "all", store: true }] },
+    } as never, { dataDir });
+  }, 60_000);
+
+  afterAll(async () => {
+    await relay?.dispose();
+    if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  const echo = (tls: boolean) =>
+    dcmtk("echoscu", ["-v", ...(tls ? ["+tls", files.key, files.cert, "+cf", files.ca] : []), "-aet", "HOSPITAL", "-aec", "DICOM_RELAY", "127.0.0.1", String(relay.dimsePort)]);
+
+  it("accepts a peer with a certificate issued by the relay CA, and records its subject", async () => {
+    const r = await echo(true);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "success" });
+    expect(audit.at(-1)!.certSubject).toMatch(/CN=HOSPITAL gateway/);
+    expect(audit.at(-1)!.route).toBe("dimses://DICOM_RELAY");
+  });
+
+  it("gives nothing to a peer without TLS", async () => {
+    const r = await echo(false);
+    expect(r.code).not.toBe(0);
+  });
+
+  it("refuses the association once the certificate is revoked", async () => {
+    revokeClientCert(pkiPaths(path.join(dataDir, "pki")), serial, "laptop stolen");
+    const r = await echo(true);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/Association Rejected/i);
+    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
+    expect(audit.at(-1)!.detail).toMatch(/has been revoked/);
+  });
+});
