@@ -274,6 +274,8 @@ export class Association {
     const messageId = this.nextMessageId;
     this.nextMessageId = messageId >= 0xffff ? 1 : messageId + 1;
     const result = new Promise<Command>((resolve, reject) => this.waiters.set(messageId, { resolve, reject, onPending }));
+    // when sending fails, the caller gets that error; the waiter's own rejection must not go unhandled
+    result.catch(() => {});
     try {
       await this.send(contextId, { ...command, messageId, hasDataset: dataset !== undefined }, dataset);
     } catch (err) {

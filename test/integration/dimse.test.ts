@@ -305,4 +305,26 @@ describe("DIMSE node with dcmtk peers", () => {
     const audit = relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:ADMINWS" });
     expect(audit.at(-1)!.detail).toMatch(/3 completed, 0 warning, 0 failed of 3/);
   }, 120_000);
+  it("grants and withdraws a study for a peer through the admin API; bad grants get a sentence", async () => {
+    const find = async () => {
+      const dir = fs.mkdtempSync(path.join(work, "grant-find-"));
+      await dcmtk("findscu", ["-S", "-X", "-od", dir, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"])]);
+      const found = await Promise.all((await fsp.readdir(dir)).map((f) => readIdentifierFile(path.join(dir, f))));
+      return found.map((f) => f["0020000D"]!.Value![0] as string).sort();
+    };
+    const base = `${relay.url}/api/admin/peers/HOMEPACS/studies`;
+    const post = await fetch(base, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ studies: [secret.studyInstanceUID], expires: "1d" }) });
+    expect(post.status).toBe(201);
+    expect(await find()).toEqual([study.studyInstanceUID, secret.studyInstanceUID].sort());
+    const list = (await (await fetch(base)).json()) as Array<{ studyInstanceUID: string; expiresAt: string | null }>;
+    expect(list.find((g) => g.studyInstanceUID === secret.studyInstanceUID)!.expiresAt).not.toBeNull();
+    expect((await fetch(`${base}/${secret.studyInstanceUID}`, { method: "DELETE" })).status).toBe(204);
+    expect(await find()).toEqual([study.studyInstanceUID]);
+    expect((await fetch(`${base}/${secret.studyInstanceUID}`, { method: "DELETE" })).status).toBe(404);
+    const bad = await fetch(base, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ studies: ["not-a-uid"] }) });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toMatch(/not a valid StudyInstanceUID/);
+    const tooLong = await fetch(`${relay.url}/api/admin/peers/${"X".repeat(17)}/studies`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ studies: [study.studyInstanceUID] }) });
+    expect(tooLong.status).toBe(400);
+  });
 });

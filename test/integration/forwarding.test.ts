@@ -175,4 +175,15 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
     const atPacs = await orthanc.studyInstances(uid);
     expect(atPacs.map((i) => i.sopInstanceUID).sort()).toEqual(study.map((i) => i.sopInstanceUID).sort());
   }, 180_000);
+  it("answers bad status requests with a sentence", async () => {
+    const relay = relays[0]!;
+    const bad = await fetch(`${relay.url}/api/forwarding?state=bogus`);
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toMatch(/state must be one of pending, done, failed/);
+    expect((await fetch(`${relay.url}/api/forwarding/jobs/abc`)).status).toBe(400);
+    expect((await fetch(`${relay.url}/api/forwarding/jobs/999999`)).status).toBe(404);
+    const done = (await jobs(relay, "state=done"))[0]!;
+    const retry = await fetch(`${relay.url}/api/forwarding/jobs/${done.id}/retry`, { method: "POST" });
+    expect(retry.status).toBe(409);
+  });
 });
