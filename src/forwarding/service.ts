@@ -48,7 +48,8 @@ export class ForwardingService {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.running?.catch(() => {});
+    // the send in flight is given a moment; what it did not finish is sent again after the restart
+    if (this.running) await Promise.race([this.running.catch(() => {}), new Promise((r) => setTimeout(r, 10_000).unref())]);
     this.queue.close();
   }
 
@@ -84,7 +85,9 @@ export class ForwardingService {
         void this.running.then(() => this.schedule(0));
         return;
       }
-      this.running = this.pass().finally(() => {
+      this.running = this.pass().catch((err) => {
+        if (!this.closed) this.deps.log.error({ err }, "forwarding pass failed");
+      }).finally(() => {
         this.running = null;
         this.scheduleNext();
       });
