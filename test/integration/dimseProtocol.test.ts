@@ -11,7 +11,9 @@ import { CommandField } from "../../src/dimse/command.ts";
 import { encodeAssociateRQ, encodePData, PduType, Reject } from "../../src/dimse/pdu.ts";
 import { encodeDataset } from "../../src/dimse/dataset.ts";
 import { SopClassUID } from "../../src/dimse/peers.ts";
-import { makeInstance } from "../../scripts/lib/synthetic.ts";
+import { generateStudy, makeInstance } from "../../scripts/lib/synthetic.ts";
+import { Readable } from "node:stream";
+import type { Command } from "../../src/dimse/command.ts";
 import { createLogger } from "../../src/logger.ts";
 
 const CT = "1.2.840.10008.5.1.4.1.1.2";
@@ -121,5 +123,50 @@ describe("DIMSE protocol guards", () => {
     s.write(rq);
     const answer = await readUntilClose(s);
     expect([...answer.subarray(0, 10)]).toEqual([PduType.AssociateRJ, 0, 0, 0, 0, 4, 0, Reject.permanent, 1, Reject.user.applicationContextNotSupported]);
+  });
+  it("stops a C-GET on C-CANCEL: 0xFE00 after the sub-operation in flight", async () => {
+    const series = [...generateStudy({ instances: 4, seriesCount: 1, modality: "CT", seed: 77 })];
+    for (const i of series) {
+      const r = await relay.services.ingest.ingestStream(Readable.from([i.bytes]));
+      expect(r.status).toBe("stored");
+    }
+    let received = 0;
+    let releaseFirst!: () => void;
+    const firstHeld = new Promise<void>((r) => (releaseFirst = r));
+    const a = await Association.connect(
+      target(),
+      [{ id: 1, abstractSyntax: SopClassUID.StudyRootGet, transferSyntaxes: [EXPLICIT] }, { id: 3, abstractSyntax: CT, transferSyntaxes: [EXPLICIT] }],
+      { ...OPTS, roles: [{ sopClassUID: CT, scuRole: false, scpRole: true }] },
+      {
+        // the C-GET SCU side: take each instance, answer the first one only once the cancel was sent
+        datasetSink: (assoc, contextId, command) => ({
+          write() {},
+          abort() {},
+          end() {
+            received++;
+            const answer = () => void assoc.send(contextId, { commandField: CommandField.CStoreRSP, messageIdBeingRespondedTo: command.messageId, affectedSOPClassUID: command.affectedSOPClassUID, affectedSOPInstanceUID: command.affectedSOPInstanceUID, status: 0, hasDataset: false });
+            if (received === 1) void firstHeld.then(answer);
+            else answer();
+          },
+        }),
+      },
+    );
+    try {
+      const identifier = encodeDataset({ "00080052": { vr: "CS", Value: ["SERIES"] }, "0020000D": { vr: "UI", Value: [series[0]!.studyInstanceUID] }, "0020000E": { vr: "UI", Value: [series[0]!.seriesInstanceUID] } }, { explicit: true });
+      const final: Promise<Command> = a.request(1, { commandField: CommandField.CGetRQ, affectedSOPClassUID: SopClassUID.StudyRootGet, priority: 0 }, identifier);
+      // a fresh association numbers its first request 1
+      await new Promise((r) => setTimeout(r, 200));
+      await a.send(1, { commandField: CommandField.CCancelRQ, messageIdBeingRespondedTo: 1, hasDataset: false });
+      await new Promise((r) => setTimeout(r, 200));
+      releaseFirst();
+      const rsp = await final;
+      expect(rsp.status).toBe(0xfe00);
+      expect(rsp.completed).toBe(1);
+      expect(received).toBe(1);
+    } finally {
+      await a.release();
+    }
+    const audit = relay.services.access!.audit.query({ action: "dimse.get" });
+    expect(audit.at(-1)!.detail).toMatch(/1 completed, 0 warning, 0 failed of 4; cancelled/);
   });
 });
