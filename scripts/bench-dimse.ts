@@ -3,7 +3,9 @@
  * runs as a separate process with its DICOM node on, dcmtk's tools are the peers.
  *
  *  - C-STORE in: storescu sends the 300-instance 512x512 CT (one association, files in order);
- *  - C-MOVE out: movescu asks for the study, the relay sends it to a storescp that keeps nothing (--ignore).
+ *  - C-MOVE out: movescu asks for the study, the relay sends it to a storescp that keeps nothing (--ignore);
+ *  - one large multi-frame instance (500 MB; 50 MB quick) in by C-STORE and out by C-MOVE, with the relay's
+ *    peak RSS: the data set is streamed both ways, never held whole.
  *
  * Figures sit beside the DICOMweb ones (STOW-RS of the same CT, WADO-RS retrieve of it) in the JSON.
  */
@@ -12,7 +14,7 @@ import fsp from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { startServer } from "./bench.ts";
-import { writeStudy } from "./lib/synthetic.ts";
+import { writeLargeInstance, writeStudy } from "./lib/synthetic.ts";
 import { freePort } from "./lib/net.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -96,7 +98,29 @@ export async function benchDimse(workDir: string) {
     const movePeak = server.peakRss();
     if (move.code !== 0) throw new Error(`movescu failed: ${move.out}`);
 
+    // --- one large instance ---
+    const largeFile = path.join(workDir, "dimse-large", "large.dcm");
+    const large = await writeLargeInstance(largeFile, QUICK ? 50 * MB : 500 * MB);
+    server.resetPeak();
+    t = performance.now();
+    const storeLarge = await run("storescu", ["-aet", "BENCH", "-aec", "DICOM_RELAY", "127.0.0.1", String(dimsePort), largeFile], 20 * 60_000);
+    const storeLargeSeconds = (performance.now() - t) / 1000;
+    const storeLargePeak = server.peakRss();
+    await fsp.rm(path.dirname(largeFile), { recursive: true, force: true });
+    if (storeLarge.code !== 0) throw new Error(`storescu (large) failed: ${storeLarge.out}`);
+    server.resetPeak();
+    t = performance.now();
+    const moveLarge = await run("movescu", ["-S", "-aet", "BENCH", "-aec", "DICOM_RELAY", "-aem", "BENCHDEST", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${large.studyInstanceUID}`, "127.0.0.1", String(dimsePort)], 20 * 60_000);
+    const moveLargeSeconds = (performance.now() - t) / 1000;
+    const moveLargePeak = server.peakRss();
+    if (moveLarge.code !== 0) throw new Error(`movescu (large) failed: ${moveLarge.out}`);
+
     return {
+      largeInstance: {
+        bytes: large.bytes,
+        cStoreIn: { seconds: round(storeLargeSeconds, 2), mbPerSecond: round(large.bytes / MB / storeLargeSeconds), serverPeakRssMB: round(storeLargePeak / MB) },
+        cMoveOut: { seconds: round(moveLargeSeconds, 2), mbPerSecond: round(large.bytes / MB / moveLargeSeconds), serverPeakRssMB: round(moveLargePeak / MB) },
+      },
       study: { instances, bytes: study.totalBytes },
       cStoreIn: { seconds: round(storeSeconds, 2), instancesPerSecond: round(instances / storeSeconds), mbPerSecond: round(study.totalBytes / MB / storeSeconds), serverPeakRssMB: round(storePeak / MB) },
       cMoveOut: { seconds: round(moveSeconds, 2), instancesPerSecond: round(instances / moveSeconds), mbPerSecond: round(study.totalBytes / MB / moveSeconds), serverPeakRssMB: round(movePeak / MB) },

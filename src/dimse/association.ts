@@ -62,6 +62,19 @@ export interface AssociationOptions {
   log: Logger;
 }
 
+/** Wait until a writable drains or closes; the listeners are removed either way (no leak across many waits). */
+export function drainOrClose(w: NodeJS.EventEmitter): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      w.off("drain", done);
+      w.off("close", done);
+      resolve();
+    };
+    w.on("drain", done);
+    w.on("close", done);
+  });
+}
+
 /** Cap on the PDUs this side sends when the peer announces no limit (0). */
 const SEND_CAP = 1 << 20;
 
@@ -296,7 +309,7 @@ export class Association {
   private async write(buf: Buffer): Promise<void> {
     if (this.closed || this.socket.destroyed) throw new AssociationError("the association is closed");
     if (!this.socket.write(buf)) {
-      await Promise.race([once(this.socket, "drain"), once(this.socket, "close")]);
+      await drainOrClose(this.socket);
       if (this.socket.destroyed) throw new AssociationError("the connection closed while sending");
     }
   }

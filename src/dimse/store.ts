@@ -5,7 +5,7 @@
  * stored, indexed. One ingest result per instance becomes one DIMSE status.
  */
 import { PassThrough } from "node:stream";
-import { once } from "node:events";
+import { drainOrClose } from "./association.ts";
 import type { IngestResult, Ingestor } from "../ingest/types.ts";
 import { FailureReason } from "../dicom/failureReasons.ts";
 import { Status } from "./command.ts";
@@ -68,7 +68,7 @@ export function storeSink(opts: {
   })().catch((err: Error): StoreOutcome => ({ status: Status.ProcessingFailure, errorComment: `not stored: ${err.message}` }));
   const sink: DatasetSink = {
     async write(chunk) {
-      if (!body.write(chunk)) await Promise.race([once(body, "drain"), once(body, "close")]);
+      if (!body.write(chunk)) await drainOrClose(body);
     },
     end() {
       body.end();
