@@ -21,6 +21,8 @@ const peerSchema = z
     studies: z.enum(["all", "granted"]).default("granted"),
     /** may send instances in with C-STORE */
     store: z.boolean().default(false),
+    /** the relay calls this peer (C-MOVE, forwarding) over DICOM TLS, presenting its own certificate */
+    tls: z.boolean().default(false),
   })
   .strict();
 export type DimsePeerConfig = z.infer<typeof peerSchema>;

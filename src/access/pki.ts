@@ -167,7 +167,8 @@ export function issueServerCert(p: PkiPaths, opts: { hosts?: string[]; days?: nu
   cert.setExtensions([
     { name: "basicConstraints", cA: false, critical: true },
     { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: "extKeyUsage", serverAuth: true },
+    // clientAuth too: the relay presents this certificate when it calls a DICOM peer over TLS
+    { name: "extKeyUsage", serverAuth: true, clientAuth: true },
     { name: "subjectAltName", altNames: hosts.map((h) => (net.isIP(h) ? { type: 7, ip: h } : { type: 2, value: h })) },
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },

@@ -9,6 +9,8 @@
  * instance) is read chunk by chunk, waiting for the socket to drain.
  */
 import net from "node:net";
+import tls from "node:tls";
+import fs from "node:fs";
 import { once } from "node:events";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
@@ -60,6 +62,23 @@ export interface AssociationOptions {
   /** idle time after which the association is aborted */
   idleTimeoutMs: number;
   log: Logger;
+}
+
+/**
+ * TLS options for calling a peer: the relay's own certificate and key (tls.certFile / keyFile, issued by its PKI
+ * with clientAuth), and the relay CA (tls.clientCaFile) as the only trusted issuer of the peer's certificate.
+ * DICOM TLS identifies a node by its certificate chain and AE title; the peer's host name is not checked
+ * against the certificate (peers are configured by address).
+ */
+export function peerTlsOptions(t: { certFile: string; keyFile: string; clientCaFile: string }): tls.ConnectionOptions {
+  return {
+    cert: fs.readFileSync(t.certFile),
+    key: fs.readFileSync(t.keyFile),
+    ca: fs.readFileSync(t.clientCaFile),
+    rejectUnauthorized: true,
+    checkServerIdentity: () => undefined,
+    minVersion: "TLSv1.2",
+  };
 }
 
 /** Wait until a writable drains or closes; the listeners are removed either way (no leak across many waits). */
@@ -128,15 +147,17 @@ export class Association {
 
   /** Open an association to a peer; rejects with AssociationError when refused. */
   static async connect(
-    target: { host: string; port: number; calledAE: string; callingAE: string },
+    target: { host: string; port: number; calledAE: string; callingAE: string; tls?: tls.ConnectionOptions },
     contexts: ProposedContext[],
     opts: AssociationOptions & { connectTimeoutMs: number; roles?: RoleSelection[] },
     handlers: AssociationHandlers = {},
   ): Promise<Association> {
-    const socket = net.connect({ host: target.host, port: target.port });
+    const socket = target.tls
+      ? tls.connect({ ...target.tls, host: target.host, port: target.port })
+      : net.connect({ host: target.host, port: target.port });
     const timer = setTimeout(() => socket.destroy(new Error(`no answer from ${target.host}:${target.port} within ${opts.connectTimeoutMs} ms`)), opts.connectTimeoutMs);
     try {
-      await once(socket, "connect");
+      await once(socket, target.tls ? "secureConnect" : "connect");
       socket.setNoDelay(true);
     } catch (err) {
       clearTimeout(timer);

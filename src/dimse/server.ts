@@ -17,7 +17,7 @@ import type { PeerGrants } from "../access/peerGrants.ts";
 import { readBareDataset } from "../dicom/part10.ts";
 import { InstanceRejectedError } from "../dicom/failureReasons.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
-import { Association, AssociationError, type IncomingMessage } from "./association.ts";
+import { Association, AssociationError, peerTlsOptions, type IncomingMessage } from "./association.ts";
 import { CommandField, Status, type Command } from "./command.ts";
 import { encodeDataset, isExplicit } from "./dataset.ts";
 import { decideAssociation, hostIsAddress, isStorageSopClass, SopClassUID } from "./peers.ts";
@@ -354,7 +354,7 @@ export class DimseServer {
       }
       try {
         target = await Association.connect(
-          { host: dest.host, port: dest.port, calledAE: dest.aeTitle, callingAE: this.cfg.aeTitle },
+          { host: dest.host, port: dest.port, calledAE: dest.aeTitle, callingAE: this.cfg.aeTitle, ...(dest.tls ? { tls: peerTlsOptions(this.deps.config.tls) } : {}) },
           storageContexts(instances),
           { maxPduLength: this.cfg.maxPduLength, maxInMemoryDataset: this.cfg.maxIdentifierBytes, idleTimeoutMs: this.cfg.idleTimeoutSeconds * 1000, connectTimeoutMs: this.cfg.connectTimeoutSeconds * 1000, log: this.deps.log },
         );

@@ -11,7 +11,7 @@ import type { Logger } from "pino";
 import type { RelayConfig, ForwardRuleConfig } from "../config.ts";
 import type { InstanceLocation } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
-import { Association, AssociationError } from "../dimse/association.ts";
+import { Association, AssociationError, peerTlsOptions } from "../dimse/association.ts";
 import { statusClass, storageContexts, storeInstance } from "../dimse/retrieve.ts";
 
 export type SendOutcome =
@@ -41,7 +41,7 @@ function dimseSender(rule: ForwardRuleConfig, deps: { config: RelayConfig; store
       if (!peer) throw new Error(`peer ${rule.aeTitle} is not configured in dimse.peers with a port`);
       const timeoutMs = config.forwarding.requestTimeoutSeconds * 1000;
       const assoc = await Association.connect(
-        { host: peer.host, port: peer.port, calledAE: peer.aeTitle, callingAE: config.dimse.aeTitle },
+        { host: peer.host, port: peer.port, calledAE: peer.aeTitle, callingAE: config.dimse.aeTitle, ...(peer.tls ? { tls: peerTlsOptions(config.tls) } : {}) },
         storageContexts(instances),
         { maxPduLength: config.dimse.maxPduLength, maxInMemoryDataset: config.dimse.maxIdentifierBytes, idleTimeoutMs: timeoutMs, connectTimeoutMs: config.dimse.connectTimeoutSeconds * 1000, log: deps.log },
       );
