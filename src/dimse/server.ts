@@ -78,6 +78,9 @@ export class DimseServer {
     } else {
       this.server = net.createServer(onSocket);
     }
+    // connections that never associate are bounded too (they end at the idle timeout); a few spare ones let
+    // the over-limit association hear its A-ASSOCIATE-RJ instead of a reset
+    this.server.maxConnections = this.cfg.maxAssociations + 8;
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", reject);
       this.server!.listen(this.cfg.port, this.cfg.host, () => resolve());
