@@ -281,20 +281,24 @@ export class Association {
       }
       let pending: Buffer[] = [];
       let pendingBytes = 0;
-      for await (const chunk of dataset as AsyncIterable<Buffer>) {
-        if (this.closed) {
-          dataset.destroy();
-          throw new AssociationError("the association closed while an instance was being sent");
+      try {
+        for await (const chunk of dataset as AsyncIterable<Buffer>) {
+          if (this.closed) throw new AssociationError("the association closed while an instance was being sent");
+          pending.push(chunk);
+          pendingBytes += chunk.length;
+          // keep the tail back: the last fragment must carry the "last" flag
+          while (pendingBytes > max) {
+            const all = Buffer.concat(pending);
+            await this.write(encodePData(contextId, false, false, all.subarray(0, max)));
+            pending = [all.subarray(max)];
+            pendingBytes = all.length - max;
+          }
         }
-        pending.push(chunk);
-        pendingBytes += chunk.length;
-        // keep the tail back: the last fragment must carry the "last" flag
-        while (pendingBytes > max) {
-          const all = Buffer.concat(pending);
-          await this.write(encodePData(contextId, false, false, all.subarray(0, max)));
-          pending = [all.subarray(max)];
-          pendingBytes = all.length - max;
-        }
+      } catch (err) {
+        dataset.destroy();
+        // half a data set is on the wire: DIMSE has no way to take it back, only A-ABORT
+        if (!(err instanceof AssociationError)) this.abort(`reading the data set being sent failed: ${(err as Error).message}`);
+        throw err instanceof AssociationError ? err : new AssociationError(`sending stopped: ${(err as Error).message}`);
       }
       await this.write(encodePData(contextId, false, true, Buffer.concat(pending)));
     };
