@@ -169,4 +169,34 @@ describe("DIMSE protocol guards", () => {
     const audit = relay.services.access!.audit.query({ action: "dimse.get" });
     expect(audit.at(-1)!.detail).toMatch(/1 completed, 0 warning, 0 failed of 4; cancelled/);
   });
+  it("C-GET with a stored object gone missing: that sub-operation fails, the others complete, final 0xB000", async () => {
+    const series = [...generateStudy({ instances: 3, seriesCount: 1, modality: "CT", seed: 88 })];
+    for (const i of series) expect((await relay.services.ingest.ingestStream(Readable.from([i.bytes]))).status).toBe("stored");
+    const lost = (await relay.services.index.getInstance(series[1]!.sopInstanceUID))!;
+    await relay.services.store.delete(lost.blobKey);
+    let received = 0;
+    const a = await Association.connect(
+      target(),
+      [{ id: 1, abstractSyntax: SopClassUID.StudyRootGet, transferSyntaxes: [EXPLICIT] }, { id: 3, abstractSyntax: CT, transferSyntaxes: [EXPLICIT] }],
+      { ...OPTS, roles: [{ sopClassUID: CT, scuRole: false, scpRole: true }] },
+      {
+        datasetSink: (assoc, contextId, command) => ({
+          write() {},
+          abort() {},
+          end() {
+            received++;
+            void assoc.send(contextId, { commandField: CommandField.CStoreRSP, messageIdBeingRespondedTo: command.messageId, affectedSOPClassUID: command.affectedSOPClassUID, affectedSOPInstanceUID: command.affectedSOPInstanceUID, status: 0, hasDataset: false });
+          },
+        }),
+      },
+    );
+    try {
+      const identifier = encodeDataset({ "00080052": { vr: "CS", Value: ["SERIES"] }, "0020000D": { vr: "UI", Value: [series[0]!.studyInstanceUID] }, "0020000E": { vr: "UI", Value: [series[0]!.seriesInstanceUID] } }, { explicit: true });
+      const rsp = await a.request(1, { commandField: CommandField.CGetRQ, affectedSOPClassUID: SopClassUID.StudyRootGet, priority: 0 }, identifier);
+      expect(rsp).toMatchObject({ status: 0xb000, completed: 2, failed: 1, warning: 0 });
+      expect(received).toBe(2);
+    } finally {
+      await a.release();
+    }
+  });
 });
