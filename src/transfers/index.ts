@@ -10,13 +10,15 @@ import type { Ingestor } from "../ingest/types.ts";
 import { ReceiptSigner } from "./receipts.ts";
 import { SqliteTransferStore } from "./sqliteTransferStore.ts";
 import { TransferService } from "./transferService.ts";
-import { createTusServer, type RelayFileStore } from "./tusServer.ts";
+import { createTusServer, type RelayUploadStore } from "./tusServer.ts";
+import { RelayS3Store } from "./s3UploadStore.ts";
 import { transfersRouter, type TransferRoutesOptions } from "./routes.ts";
 
 export interface Transfers {
   service: TransferService;
   tus: Server;
-  uploads: RelayFileStore;
+  /** local files (storage.kind=fs) or the storage bucket (s3) */
+  uploads: RelayUploadStore;
   router(opts?: TransferRoutesOptions): Router;
   close(): Promise<void>;
 }
@@ -28,12 +30,16 @@ export async function startTransfers(deps: { config: RelayConfig; log: Logger; i
   const signer = await ReceiptSigner.loadOrCreate(config.transfers.receiptKeyPath);
   const service = new TransferService({ ...deps, transfers, signer });
   const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks() });
-  await service.start(uploads);
+  // on S3 an upload's result lives beside it, so the node that continues an upload (or any other) can read it
+  await service.start(uploads, uploads instanceof RelayS3Store ? uploads : transfers);
   return {
     service,
     tus,
     uploads,
     router: (opts) => transfersRouter({ config, service, tus }, opts),
-    close: () => service.close(),
+    async close() {
+      await service.close();
+      if (uploads instanceof RelayS3Store) await uploads.close();
+    },
   };
 }
