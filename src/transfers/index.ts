@@ -12,6 +12,8 @@ import { SqliteTransferStore } from "./sqliteTransferStore.ts";
 import { TransferService } from "./transferService.ts";
 import { createTusServer, type RelayUploadStore } from "./tusServer.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
+import { PgLocker } from "./pgLocker.ts";
+import { MemoryLocker, type Locker } from "@tus/server";
 import { transfersRouter, type TransferRoutesOptions } from "./routes.ts";
 
 export interface Transfers {
@@ -29,7 +31,8 @@ export async function startTransfers(deps: { config: RelayConfig; log: Logger; i
   await transfers.init();
   const signer = await ReceiptSigner.loadOrCreate(config.transfers.receiptKeyPath);
   const service = new TransferService({ ...deps, transfers, signer });
-  const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks() });
+  const locker = createTusLocker(config, deps.log);
+  const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks(), locker });
   // on S3 an upload's result lives beside it, so the node that continues an upload (or any other) can read it
   await service.start(uploads, uploads instanceof RelayS3Store ? uploads : transfers);
   return {
@@ -40,6 +43,20 @@ export async function startTransfers(deps: { config: RelayConfig; log: Logger; i
     async close() {
       await service.close();
       if (uploads instanceof RelayS3Store) await uploads.close();
+      if (locker instanceof PgLocker) await locker.close();
     },
   };
+}
+
+/**
+ * Who may write an upload at a time. memory: @tus/server's MemoryLocker, one process (SQLite sites have one node).
+ * postgres: advisory locks in the shared index database, so any node may take any request of an upload.
+ */
+export function createTusLocker(config: RelayConfig, log: Logger): Locker {
+  const { kind, acquireTimeoutSeconds } = config.transfers.locker;
+  const resolved = kind === "auto" ? (config.index.kind === "postgres" ? "postgres" : "memory") : kind;
+  if (resolved === "postgres") {
+    return new PgLocker({ url: config.index.postgres.url, acquireTimeoutMs: acquireTimeoutSeconds * 1000, log });
+  }
+  return new MemoryLocker({ acquireLockTimeout: acquireTimeoutSeconds * 1000 });
 }
