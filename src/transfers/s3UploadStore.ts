@@ -18,7 +18,7 @@
  *   swept here too, and a complete upload never ingested is left to recovery;
  * - no cross-node stale cache: upload metadata is cached only once its length is known (then it never changes).
  */
-import type { Readable } from "node:stream";
+import { PassThrough, type Readable } from "node:stream";
 import type { S3 } from "@aws-sdk/client-s3";
 import { S3Store, type MetadataValue } from "@tus/s3-store";
 import { ERRORS, Upload, type KvStore } from "@tus/server";
@@ -322,12 +322,20 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   /** The finished upload's bytes as a stream (ingest reads it once, front to back). */
   async openUpload(upload: Upload): Promise<Readable> {
+    let body: Readable;
     try {
-      const res = await this.reader.getObject({ Bucket: this.bucket, Key: upload.id });
-      return res.Body as Readable;
+      body = (await this.reader.getObject({ Bucket: this.bucket, Key: upload.id })).Body as Readable;
     } catch (err) {
       throw this.unavailable(err);
     }
+    // a read cut midway is an outage, not a damaged upload: the ingest stops and is tried again later
+    const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+    body.once("error", (err) => {
+      const mapped = this.unavailable(err);
+      out.destroy(mapped instanceof UploadStorageUnavailableError ? mapped : new UploadStorageUnavailableError(`reading upload ${upload.id} failed: ${(err as Error).message}`, { cause: err }));
+    });
+    out.once("close", () => body.destroy());
+    return body.pipe(out);
   }
 
   /** After ingest: the bytes go, the .info object stays for HEAD until expiration. */
@@ -421,6 +429,17 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
         ContentType: "application/json",
       });
     } catch (err) {
+      throw this.unavailable(err);
+    }
+  }
+
+  async resultAgeMs(uploadId: string): Promise<number | null> {
+    if (!SAFE_ID.test(uploadId)) return null;
+    try {
+      const head = await this.client.headObject({ Bucket: this.bucket, Key: `${uploadId}.result.json` });
+      return head.LastModified ? Math.max(0, Date.now() - head.LastModified.getTime()) : null;
+    } catch (err) {
+      if (isNotFound(err)) return null;
       throw this.unavailable(err);
     }
   }

@@ -65,6 +65,23 @@ export class TransferNotFoundError extends Error {
   }
 }
 
+/** Storage went away, possibly seen through a bundle reader that wrapped the read error (e.g. "gzip data cut short"). */
+function isStorageOutage(err: unknown): boolean {
+  let e: unknown = err;
+  for (let depth = 0; e && depth < 5; depth++, e = (e as { cause?: unknown }).cause) {
+    if (e instanceof StorageUnavailableError) return true;
+  }
+  return false;
+}
+
+/** A running ingest re-saves its result this often ... */
+const RESULT_HEARTBEAT_MS = 20_000;
+/** ... so a "processing" result older than this has no one working on it (its node stopped). */
+const RESULT_STALE_MS = 120_000;
+/** After a storage failure midway, this node tries the same upload again this many times, this far apart. */
+const INGEST_RETRIES = 20;
+const INGEST_RETRY_MS = 5_000;
+
 const hex = (code: number) => `0x${code.toString(16).toUpperCase().padStart(4, "0")}`;
 
 export class TransferService {
@@ -92,12 +109,7 @@ export class TransferService {
     this.results = results;
     await fsp.mkdir(this.spoolDir, { recursive: true });
     for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
-    for (const upload of await tus.listComplete()) {
-      const done = await this.results.getUploadResult(upload.id);
-      if (done?.state === "done") continue;
-      this.deps.log.info({ uploadId: upload.id }, "ingesting an upload that completed before the relay stopped");
-      void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
-    }
+    await this.recoverUploads("at start");
     const every = this.deps.config.transfers.cleanupIntervalSeconds * 1000;
     const sweep = async () => {
       try {
@@ -105,12 +117,36 @@ export class TransferService {
         const before = new Date(Date.now() - this.deps.config.transfers.expirationSeconds * 1000).toISOString();
         const forgotten = await this.results.deleteUploadResultsBefore(before);
         if (removed || forgotten) this.deps.log.info({ removed, forgotten }, "expired uploads cleaned up");
+        // complete uploads nobody ingests (a node died mid-ingest, an ingest gave up while storage was down)
+        await this.recoverUploads("in the periodic sweep");
       } catch (err) {
         this.deps.log.warn({ err }, "cleaning up expired uploads failed; will retry");
       }
     };
     this.cleanupTimer = setInterval(() => void sweep(), every);
     this.cleanupTimer.unref();
+  }
+
+  /** Ingests complete uploads without a final result that no one (here or, on S3, on another node) is working on. */
+  private async recoverUploads(when: string): Promise<void> {
+    for (const upload of await this.uploads!.listComplete()) {
+      if (this.closed) return;
+      if (this.inFlight.has(upload.id)) continue;
+      const done = await this.results.getUploadResult(upload.id);
+      if (done?.state === "done" || (done && (await this.ingestedElsewhere(upload.id)))) continue;
+      this.deps.log.info({ uploadId: upload.id }, `ingesting a complete upload nobody is ingesting (${when})`);
+      void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
+    }
+  }
+
+  /**
+   * Is another node ingesting this upload now? Only results kept in S3 can say (their heartbeat keeps them fresh);
+   * with results in the local transfer store there is one node, and inFlight already knows.
+   */
+  private async ingestedElsewhere(id: string): Promise<boolean> {
+    if (this.inFlight.has(id) || !this.results.resultAgeMs) return false;
+    const age = await this.results.resultAgeMs(id);
+    return age !== null && age < RESULT_STALE_MS;
   }
 
   /** Stops the cleanup timer and waits (bounded) for running ingests so their results are recorded. */
@@ -254,24 +290,36 @@ export class TransferService {
 
   // ---------------------------------------------------------------- uploads
 
-  /** Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result. */
-  processUpload(upload: Upload): Promise<UploadResult> {
+  /**
+   * Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result,
+   * and so does one another node is ingesting now (its result is "processing"). When storage fails midway, the
+   * caller gets the error and this node tries again by itself a few times; then the periodic sweep takes over.
+   */
+  processUpload(upload: Upload, attempt = 1): Promise<UploadResult> {
     const running = this.inFlight.get(upload.id);
     if (running) return running;
     const work = (async () => {
       const done = await this.results.getUploadResult(upload.id);
       if (done?.state === "done") return done;
+      if (done && attempt === 1 && (await this.ingestedElsewhere(upload.id))) return done;
       return this.ingestUpload(upload);
-    })().finally(() => this.inFlight.delete(upload.id));
-    this.inFlight.set(upload.id, work);
-    return work;
+    })();
+    work.catch((err: unknown) => {
+      if (!(err instanceof StorageUnavailableError) || this.closed || attempt >= INGEST_RETRIES) return;
+      setTimeout(() => {
+        if (this.closed) return;
+        this.processUpload(upload, attempt + 1).catch(() => undefined);
+      }, INGEST_RETRY_MS).unref();
+    });
+    const tracked = work.finally(() => this.inFlight.delete(upload.id));
+    tracked.catch(() => undefined);
+    this.inFlight.set(upload.id, tracked);
+    return tracked;
   }
 
   private async ingestUpload(upload: Upload): Promise<UploadResult> {
-    const { log, transfers } = this.deps;
     const results = this.results;
-    const uploads = this.uploads;
-    if (!uploads) throw new Error("the transfer service is not started");
+    if (!this.uploads) throw new Error("the transfer service is not started");
     const meta = upload.metadata ?? {};
     const transferId = meta.transferId || null;
     const result: UploadResult = {
@@ -287,6 +335,24 @@ export class TransferService {
       error: null,
     };
     await results.saveUploadResult(result);
+    // heartbeat: other nodes tell a running ingest from an abandoned one by the age of its result
+    let beat: Promise<void> = Promise.resolve();
+    const heartbeat = setInterval(() => {
+      beat = results.saveUploadResult(result).catch(() => undefined);
+    }, RESULT_HEARTBEAT_MS);
+    heartbeat.unref();
+    try {
+      return await this.ingestUploadEntries(upload, result, heartbeat, () => beat);
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  private async ingestUploadEntries(upload: Upload, result: UploadResult, heartbeat: NodeJS.Timeout, lastBeat: () => Promise<void>): Promise<UploadResult> {
+    const { log, transfers } = this.deps;
+    const results = this.results;
+    const uploads = this.uploads!;
+    const transferId = result.transferId;
 
     const transfer = transferId ? await transfers.getTransfer(transferId) : null;
     if (transferId && !transfer) {
@@ -322,12 +388,12 @@ export class TransferService {
           }
         }
       } catch (err) {
-        if (err instanceof StorageUnavailableError) {
+        if (isStorageOutage(err)) {
           // S3 (upload bytes or blob store) went away midway: not a verdict on the upload. What was stored stays
           // pending; the same upload is ingested again when it is finished again (a retried final PATCH) or at start.
           await entries.return?.(undefined).catch(() => undefined);
-          log.warn({ err: err.message, uploadId: upload.id }, "ingest of a tus upload interrupted: storage unavailable");
-          throw err;
+          log.warn({ err: (err as Error).message, uploadId: upload.id }, "ingest of a tus upload interrupted: storage unavailable");
+          throw err instanceof StorageUnavailableError ? err : new StorageUnavailableError((err as Error).message, { cause: err });
         }
         if (err instanceof BundleError) {
           result.error = `the upload was refused as a whole: ${err.message}`;
@@ -349,6 +415,9 @@ export class TransferService {
     }
     result.state = "done";
     result.finishedAt = new Date().toISOString();
+    // no heartbeat copy ("processing") may land after the final one
+    clearInterval(heartbeat);
+    await lastBeat();
     await results.saveUploadResult(result);
     // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
     await uploads.removeData(upload.id);

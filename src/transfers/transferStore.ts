@@ -78,6 +78,8 @@ export interface UploadResultStore {
   saveUploadResult(result: UploadResult): Promise<void>;
   /** Forget results of uploads finished before this ISO time; returns how many. */
   deleteUploadResultsBefore(iso: string): Promise<number>;
+  /** How long ago the result was last saved (ms), null when there is none; stores shared by nodes implement it. */
+  resultAgeMs?(uploadId: string): Promise<number | null>;
 }
 
 export interface TransferStore extends UploadResultStore {

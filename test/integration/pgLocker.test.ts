@@ -164,7 +164,7 @@ describe("relay on PostgreSQL + MinIO uses the PostgreSQL locker for tus", () =>
     try {
       const tusOptions = (relay.services.transfers!.tus as unknown as { options: { locker: unknown } }).options;
       expect(tusOptions.locker).toBeInstanceOf(PgLocker);
-      const bytes = makeInstance({ rows: 256, columns: 256 });
+      const bytes = makeInstance({ rows: 256, columns: 256, bitsAllocated: 16, modality: "CT" });
       const result = await new Promise<UploadResult>((resolve, reject) => {
         const up = new tus.Upload(bytes, {
           endpoint: `${relay.url}/api/uploads`,
@@ -195,7 +195,7 @@ describe("relay on PostgreSQL + MinIO uses the PostgreSQL locker for tus", () =>
     const b = await startTestRelay(overrides);
     let hanging: http.ClientRequest | null = null;
     try {
-      const bytes = makeInstance({ rows: 1024, columns: 1024 }); // ~2 MB
+      const bytes = makeInstance({ rows: 1024, columns: 1024, bitsAllocated: 16, modality: "CT" }); // ~2 MB
       const create = await fetch(`${a.url}/api/uploads`, { method: "POST", headers: { ...TUS, "Upload-Length": String(bytes.length) } });
       const id = new URL(create.headers.get("location")!).pathname.split("/").pop()!;
       // a client whose link died mid-PATCH: A holds the upload's lock while it waits for the rest of the body

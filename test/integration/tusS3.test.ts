@@ -128,7 +128,7 @@ describe("tus uploads on S3 (real MinIO)", () => {
     sha(await dicomwebClient(r.dicomwebUrl).retrieveInstance({ studyInstanceUID: e.studyInstanceUID!, seriesInstanceUID: e.seriesInstanceUID!, sopInstanceUID: e.sopInstanceUID! }));
 
   it("keeps the upload in the bucket under the uploads prefix; after ingest only .info and the result stay; HEAD says complete", async () => {
-    const bytes = makeInstance({ rows: 1024, columns: 1536 }); // ~3 MiB: 1 MiB chunks are each below S3's part minimum
+    const bytes = makeInstance({ rows: 1024, columns: 1536, bitsAllocated: 16, modality: "CT" }); // ~3 MiB: 1 MiB chunks are each below S3's part minimum
     const up = await send(endpoint, bytes, { chunkSize: 1024 * 1024, metadata: { filename: "big.dcm" } });
     expect(up.result).toMatchObject({ state: "done", filename: "big.dcm", counts: { entries: 1, stored: 1, failed: 0 }, error: null });
     expect(await wado(relay, up.result.entries[0]!)).toBe(sha(bytes));
@@ -171,7 +171,7 @@ describe("tus uploads on S3 (real MinIO)", () => {
   }, 60_000);
 
   it("an upload whose parts are all in S3 but whose completion failed is completed on the next HEAD and ingested", async () => {
-    const bytes = makeInstance({ rows: 2048, columns: 1536 }); // ~6.3 MB: one full part and a final part
+    const bytes = makeInstance({ rows: 2048, columns: 1536, bitsAllocated: 16, modality: "CT" }); // ~6.3 MB: one full part and a final part
     const store = new RelayS3Store({
       s3: relay.config.storage.s3,
       prefix: relay.config.transfers.s3.prefix,
@@ -231,7 +231,7 @@ describe("tus uploads on S3 (real MinIO)", () => {
   it("resumes after the connection is cut again and again (fault proxy); the instance comes back byte-identical", async () => {
     const proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: relay.port }, resetEveryBytes: 3 * 1024 * 1024 });
     try {
-      const bytes = makeInstance({ rows: 2048, columns: 3072 }); // ~12.6 MB: full 8 MiB parts and tails
+      const bytes = makeInstance({ rows: 2048, columns: 3072, bitsAllocated: 16, modality: "CT" }); // ~12.6 MB: full 8 MiB parts and tails
       const up = await send(`${proxy.url}/api/uploads`, bytes);
       expect(proxy.stats().resets).toBeGreaterThanOrEqual(3);
       expect(up.retries).toBeGreaterThanOrEqual(3);
@@ -245,10 +245,11 @@ describe("tus uploads on S3 (real MinIO)", () => {
 
   it("MinIO stopped mid-upload: POST, PATCH and HEAD answer 503 + Retry-After with a sentence; back: the same upload resumes, byte-identical", async () => {
     const sopInstanceUID = newUid();
-    const bytes = makeInstance({ rows: 2048, columns: 2560, sopInstanceUID }); // ~10.5 MB
+    const bytes = makeInstance({ rows: 2048, columns: 2560, sopInstanceUID, bitsAllocated: 16, modality: "CT" }); // ~10.5 MB
     const create = await fetch(endpoint, { method: "POST", headers: { ...TUS, "Upload-Length": String(bytes.length) } });
     const url = create.headers.get("location")!;
     const first = 9 * 1024 * 1024;
+    expect(bytes.length).toBeGreaterThan(first + 1024 * 1024);
     const p1 = await fetch(url, { method: "PATCH", headers: { ...TUS, "Upload-Offset": "0", "Content-Type": OCTETS }, body: new Uint8Array(bytes.subarray(0, first)) });
     expect([p1.status, p1.headers.get("upload-offset"), bytes.length, await p1.text()]).toEqual([204, String(first), bytes.length, ""]);
 
@@ -282,7 +283,7 @@ describe("tus uploads on S3 (real MinIO)", () => {
   it("a tus-js-client upload running while MinIO goes away and comes back finishes without a relay restart", async () => {
     const proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: relay.port }, bandwidthBytesPerSec: 2 * 1024 * 1024 });
     try {
-      const bytes = makeInstance({ rows: 2048, columns: 2048 }); // ~8.4 MB, ~4 s through the proxy
+      const bytes = makeInstance({ rows: 2048, columns: 2048, bitsAllocated: 16, modality: "CT" }); // ~8.4 MB, ~4 s through the proxy
       const sending = send(`${proxy.url}/api/uploads`, bytes, { retryMs: 500 });
       await sleep(1500);
       await minio.stop();
@@ -297,16 +298,51 @@ describe("tus uploads on S3 (real MinIO)", () => {
     }
   }, 120_000);
 
+  it("MinIO stopped while a finished upload is being ingested: the relay ingests it by itself once MinIO is back", async () => {
+    const slow = await startTestRelay(s3Overrides(minio, { transfers: { finishWaitSeconds: 0 } }));
+    try {
+      const insts = [...generateStudy({ instances: 40, rows: 256, columns: 256 })];
+      const bundle = await tarOf(insts.map((g, i) => ({ name: `IM${i}.dcm`, body: g.bytes })));
+      const create = await fetch(`${slow.url}/api/uploads`, { method: "POST", headers: { ...TUS, "Upload-Length": String(bundle.length) } });
+      const url = create.headers.get("location")!;
+      const patch = await fetch(url, { method: "PATCH", headers: { ...TUS, "Upload-Offset": "0", "Content-Type": OCTETS }, body: new Uint8Array(bundle) });
+      expect(patch.status).toBe(204); // finishWaitSeconds 0: answered before the ingest ends
+      await minio.stop();
+      try {
+        const during = await fetch(url);
+        expect(during.status).toBe(503);
+        expect(during.headers.get("retry-after")).toMatch(/^\d+$/);
+        await during.arrayBuffer();
+        await sleep(1000);
+      } finally {
+        await minio.restart();
+      }
+      let result: UploadResult | null = null;
+      for (let i = 0; i < 300 && result?.state !== "done"; i++) {
+        const r = await fetch(url);
+        if (r.status === 200) result = (await r.json()) as UploadResult;
+        else await r.arrayBuffer();
+        if (result?.state !== "done") await sleep(100);
+      }
+      expect(result).toMatchObject({ state: "done", error: null, counts: { entries: 40, failed: 0 } });
+      expect(result!.counts.stored + result!.counts.alreadyStored).toBe(40);
+      for (const g of insts) expect((await slow.services.index.getInstance(g.sopInstanceUID))?.sha256).toBe(sha(g.bytes));
+    } finally {
+      await slow.dispose();
+    }
+  }, 120_000);
+
   it("an upload begun on relay A is finished on relay B over the same bucket; B answers HEAD and the result", async () => {
     const dataA = fs.mkdtempSync(path.join(os.tmpdir(), "relay-a-"));
     const dataB = fs.mkdtempSync(path.join(os.tmpdir(), "relay-b-"));
     const indexPath = path.join(dataA, "shared-index.sqlite");
     try {
       const a = await startTestRelay(s3Overrides(minio, { index: { kind: "sqlite", sqlite: { path: indexPath } } }), { dataDir: dataA });
-      const bytes = makeInstance({ rows: 2048, columns: 3072 });
+      const bytes = makeInstance({ rows: 2048, columns: 3072, bitsAllocated: 16, modality: "CT" });
       const create = await fetch(`${a.url}/api/uploads`, { method: "POST", headers: { ...TUS, "Upload-Length": String(bytes.length), "Upload-Metadata": `filename ${Buffer.from("ab.dcm").toString("base64")}` } });
       const id = path.basename(create.headers.get("location")!);
       const sent = 9 * 1024 * 1024 + 12345; // a full part and a tail below 5 MiB
+      expect(bytes.length).toBeGreaterThan(sent + 1024 * 1024);
       const p = await fetch(`${a.url}/api/uploads/${id}`, { method: "PATCH", headers: { ...TUS, "Upload-Offset": "0", "Content-Type": OCTETS }, body: new Uint8Array(bytes.subarray(0, sent)) });
       expect(p.headers.get("upload-offset")).toBe(String(sent));
       await a.close();
@@ -341,7 +377,7 @@ describe("tus uploads on S3 (real MinIO)", () => {
   }, 120_000);
 
   it("ingests at start an upload that was complete in S3 but never ingested", async () => {
-    const bytes = makeInstance({ rows: 64, columns: 64 });
+    const bytes = makeInstance({ rows: 64, columns: 64, bitsAllocated: 16, modality: "CT" });
     // what a relay stopped between the last byte and the ingest leaves in the bucket
     const store = new RelayS3Store({
       s3: relay.config.storage.s3,
