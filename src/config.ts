@@ -90,7 +90,10 @@ export const configSchema = z
         s3: z
           .object({
             /** key prefix of tus uploads, under storage.s3.prefix; kept apart from instances/ */
-            prefix: z.string().regex(/^([A-Za-z0-9._-]+\/)*[A-Za-z0-9._-]+\/?$/, "slash-separated letters, digits, '.', '_' or '-', e.g. uploads/"),
+            prefix: z
+              .string()
+              .regex(/^([A-Za-z0-9._-]+\/)*[A-Za-z0-9._-]+\/?$/, "slash-separated letters, digits, '.', '_' or '-', e.g. uploads/")
+              .refine((p) => !p.split("/").some((seg) => seg === "." || seg === ".."), "no '.' or '..' segments"),
             /** preferred S3 part size of an upload, bytes (S3: at least 5 MiB except the last part) */
             partSize: z.number().int().min(5 * 1024 * 1024).max(5 * 1024 * 1024 * 1024),
           })
