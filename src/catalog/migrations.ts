@@ -271,8 +271,63 @@ CREATE INDEX instances_blob_key ON instances(blob_key);
 CREATE INDEX instances_pending ON instances(pending_transfer_id) WHERE pending_transfer_id IS NOT NULL;
 `;
 
+/**
+ * Version 2: state every relay node must share when the index is PostgreSQL (docs/operations.md):
+ * transfers (manifests, per-instance progress, receipts), results of finished tus uploads, and the
+ * receipt signing key. With the embedded index they stay in dataDir (transfers.sqlite, keys/), so the
+ * SQLite text is a comment only.
+ */
+const V2_POSTGRES = `
+CREATE TABLE transfers (
+  id TEXT COLLATE "C" PRIMARY KEY,
+  label TEXT,
+  created_at TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('open','complete','released')),
+  completed_at TEXT,
+  released_at TEXT,
+  receipt TEXT
+);
+CREATE INDEX transfers_complete_without_receipt ON transfers(id) WHERE state = 'complete' AND receipt IS NULL;
+CREATE TABLE transfer_items (
+  transfer_id TEXT COLLATE "C" NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+  -- manifest order, for listing
+  seq INTEGER NOT NULL,
+  sop_instance_uid TEXT COLLATE "C" NOT NULL,
+  sha256 TEXT COLLATE "C" NOT NULL,
+  size BIGINT NOT NULL,
+  study_instance_uid TEXT COLLATE "C",
+  series_instance_uid TEXT COLLATE "C",
+  state TEXT NOT NULL CHECK (state IN ('present','received','missing','failed')),
+  reason TEXT,
+  failure_code INTEGER,
+  updated_at TEXT NOT NULL,
+  PRIMARY KEY (transfer_id, sop_instance_uid)
+);
+CREATE INDEX transfer_items_order ON transfer_items(transfer_id, seq);
+CREATE INDEX transfer_items_sha ON transfer_items(transfer_id, sha256);
+CREATE TABLE upload_results (
+  upload_id TEXT COLLATE "C" PRIMARY KEY,
+  transfer_id TEXT COLLATE "C",
+  state TEXT NOT NULL,
+  finished_at TEXT,
+  result TEXT NOT NULL
+);
+CREATE INDEX upload_results_finished ON upload_results(finished_at) WHERE state = 'done';
+-- secrets every node needs alike (the receipt signing key, PKCS#8 PEM): back the database up as you would the key
+CREATE TABLE relay_keys (
+  name TEXT COLLATE "C" PRIMARY KEY,
+  pem TEXT NOT NULL,
+  created_at TIMESTAMPTZ NOT NULL
+);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "patients, studies, series, instances", sql: { sqlite: V1_SQLITE, postgres: V1_POSTGRES } },
+  {
+    version: 2,
+    name: "transfers, upload results, relay keys (shared by every node)",
+    sql: { sqlite: "-- embedded index: transfers live in transfers.sqlite and the receipt key in dataDir/keys\n", postgres: V2_POSTGRES },
+  },
 ];
 
 /**
