@@ -86,6 +86,24 @@ export const configSchema = z
         uploadDir: z.string(),
         /** largest tus upload (a single file or a whole bundle), bytes; larger is refused with 413 */
         maxUploadBytes: z.number().int().min(1024),
+        /** with storage.kind=s3: tus uploads (bytes, .info, results) live in the storage bucket, not in uploadDir */
+        s3: z
+          .object({
+            /** key prefix of tus uploads, under storage.s3.prefix; kept apart from instances/ */
+            prefix: z.string().regex(/^([A-Za-z0-9._-]+\/)*[A-Za-z0-9._-]+\/?$/, "slash-separated letters, digits, '.', '_' or '-', e.g. uploads/"),
+            /** preferred S3 part size of an upload, bytes (S3: at least 5 MiB except the last part) */
+            partSize: z.number().int().min(5 * 1024 * 1024).max(5 * 1024 * 1024 * 1024),
+          })
+          .strict(),
+        /** who may write one upload at a time: memory (one node) or PostgreSQL advisory locks (several nodes) */
+        locker: z
+          .object({
+            /** auto: postgres when index.kind=postgres, else memory */
+            kind: z.enum(["auto", "memory", "postgres"]),
+            /** a request waits this long for an upload held by another request (which is asked to let go) */
+            acquireTimeoutSeconds: z.number().int().min(1),
+          })
+          .strict(),
         /** an upload not finished this long after its creation is removed and its disk space freed */
         expirationSeconds: z.number().int().min(1),
         /** how often abandoned uploads are looked for */
@@ -153,6 +171,9 @@ export const configSchema = z
     if (c.tls.requireClientCertForUpload && !c.tls.enabled) {
       ctx.addIssue({ code: "custom", path: ["tls", "requireClientCertForUpload"], message: "client certificates need HTTPS: set tls.enabled too" });
     }
+    if (c.transfers.locker.kind === "postgres" && c.index.kind !== "postgres") {
+      ctx.addIssue({ code: "custom", path: ["transfers", "locker", "kind"], message: "the postgres locker uses the index database: set index.kind=postgres too (or locker kind auto/memory)" });
+    }
     if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
       ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
     }
@@ -192,6 +213,8 @@ export function defaultConfig(): RelayConfig {
     transfers: {
       tusPath: "/api/uploads",
       uploadDir: "",
+      s3: { prefix: "uploads/", partSize: 8 * 1024 * 1024 },
+      locker: { kind: "auto", acquireTimeoutSeconds: 30 },
       maxUploadBytes: 64 * 1024 * 1024 * 1024,
       expirationSeconds: 3 * 24 * 3600,
       cleanupIntervalSeconds: 3600,

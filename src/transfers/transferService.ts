@@ -26,8 +26,9 @@ import { fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
 import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
-import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult } from "./transferStore.ts";
-import { tusError, type TusHooks } from "./tusServer.ts";
+import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
+import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
+import { StorageUnavailableError } from "../storage/blobStore.ts";
 
 export interface TransferServiceDeps {
   config: RelayConfig;
@@ -70,11 +71,15 @@ export class TransferService {
   /** uploads being ingested now: a repeated finish waits for the same work instead of doing it twice */
   private readonly inFlight = new Map<string, Promise<UploadResult>>();
   private cleanupTimer: NodeJS.Timeout | null = null;
+  private uploads: RelayUploadStore | null = null;
+  /** where upload results are kept: the transfer store, or the S3 upload store (shared by nodes) */
+  private results: UploadResultStore;
   private closed = false;
   readonly spoolDir: string;
 
   constructor(private readonly deps: TransferServiceDeps) {
     this.spoolDir = path.join(deps.config.dataDir, "tmp");
+    this.results = deps.transfers;
   }
 
   get signer(): ReceiptSigner {
@@ -82,11 +87,13 @@ export class TransferService {
   }
 
   /** Finishes what a stop interrupted: receipts of completed transfers, ingest of complete uploads. */
-  async start(tus: { listComplete(): Promise<Upload[]>; deleteExpired(): Promise<number> }): Promise<void> {
+  async start(tus: RelayUploadStore, results: UploadResultStore = this.deps.transfers): Promise<void> {
+    this.uploads = tus;
+    this.results = results;
     await fsp.mkdir(this.spoolDir, { recursive: true });
     for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
     for (const upload of await tus.listComplete()) {
-      const done = await this.deps.transfers.getUploadResult(upload.id);
+      const done = await this.results.getUploadResult(upload.id);
       if (done?.state === "done") continue;
       this.deps.log.info({ uploadId: upload.id }, "ingesting an upload that completed before the relay stopped");
       void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
@@ -96,7 +103,7 @@ export class TransferService {
       try {
         const removed = await tus.deleteExpired();
         const before = new Date(Date.now() - this.deps.config.transfers.expirationSeconds * 1000).toISOString();
-        const forgotten = await this.deps.transfers.deleteUploadResultsBefore(before);
+        const forgotten = await this.results.deleteUploadResultsBefore(before);
         if (removed || forgotten) this.deps.log.info({ removed, forgotten }, "expired uploads cleaned up");
       } catch (err) {
         this.deps.log.warn({ err }, "cleaning up expired uploads failed; will retry");
@@ -233,13 +240,13 @@ export class TransferService {
         ]).finally(() => clearTimeout(timer));
         return { body: result ? JSON.stringify(result) : null, resultUrl };
       },
-      isProcessed: async (id) => (await this.deps.transfers.getUploadResult(id))?.state === "done",
+      isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
     };
   }
 
   async uploadResult(id: string): Promise<UploadResult | null> {
-    return this.deps.transfers.getUploadResult(id);
+    return this.results.getUploadResult(id);
   }
 
   // ---------------------------------------------------------------- uploads
@@ -249,7 +256,7 @@ export class TransferService {
     const running = this.inFlight.get(upload.id);
     if (running) return running;
     const work = (async () => {
-      const done = await this.deps.transfers.getUploadResult(upload.id);
+      const done = await this.results.getUploadResult(upload.id);
       if (done?.state === "done") return done;
       return this.ingestUpload(upload);
     })().finally(() => this.inFlight.delete(upload.id));
@@ -259,8 +266,10 @@ export class TransferService {
 
   private async ingestUpload(upload: Upload): Promise<UploadResult> {
     const { log, transfers } = this.deps;
+    const results = this.results;
+    const uploads = this.uploads;
+    if (!uploads) throw new Error("the transfer service is not started");
     const meta = upload.metadata ?? {};
-    const filePath = upload.storage?.path ?? path.join(this.deps.config.transfers.uploadDir, upload.id);
     const transferId = meta.transferId || null;
     const result: UploadResult = {
       uploadId: upload.id,
@@ -274,7 +283,7 @@ export class TransferService {
       entries: [],
       error: null,
     };
-    await transfers.saveUploadResult(result);
+    await results.saveUploadResult(result);
 
     const transfer = transferId ? await transfers.getTransfer(transferId) : null;
     if (transferId && !transfer) {
@@ -282,7 +291,8 @@ export class TransferService {
     } else {
       // without a transfer, the upload is its own unit of visibility
       const pendingId = transfer ? (transfer.state === "open" ? transfer.id : undefined) : `upload:${upload.id}`;
-      const entries = readBundleEntries(filePath, {
+      // a local file (fs) or a stream from S3; zip bundles need random access and are spooled by the reader
+      const entries = readBundleEntries(await uploads.openUpload(upload), {
         maxEntries: this.deps.config.transfers.bundle.maxEntries,
         maxTotalBytes: this.deps.config.transfers.bundle.maxTotalBytes,
         maxCompressionRatio: this.deps.config.transfers.bundle.maxCompressionRatio,
@@ -297,14 +307,25 @@ export class TransferService {
           const r = transfer
             ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
             : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
+          if (r.status === "failed" && r.retryable && r.reason === FailureReason.OutOfResources) {
+            // the blob store is down: the entry is fine, the moment is not
+            throw new StorageUnavailableError(r.message);
+          }
           this.addEntry(result, name, r);
           // a big bundle takes minutes: let GET {tusPath}/{id} show progress
           if (Date.now() - savedAt > 2000) {
-            await transfers.saveUploadResult(result);
+            await results.saveUploadResult(result);
             savedAt = Date.now();
           }
         }
       } catch (err) {
+        if (err instanceof StorageUnavailableError) {
+          // S3 (upload bytes or blob store) went away midway: not a verdict on the upload. What was stored stays
+          // pending; the same upload is ingested again when it is finished again (a retried final PATCH) or at start.
+          await entries.return?.(undefined).catch(() => undefined);
+          log.warn({ err: err.message, uploadId: upload.id }, "ingest of a tus upload interrupted: storage unavailable");
+          throw err;
+        }
         if (err instanceof BundleError) {
           result.error = `the upload was refused as a whole: ${err.message}`;
         } else {
@@ -325,9 +346,9 @@ export class TransferService {
     }
     result.state = "done";
     result.finishedAt = new Date().toISOString();
-    await transfers.saveUploadResult(result);
-    // the bytes are ingested (or refused): give the disk space back now, keep the small info file for HEAD
-    await fsp.rm(filePath, { force: true });
+    await results.saveUploadResult(result);
+    // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
+    await uploads.removeData(upload.id);
     log.info({ uploadId: upload.id, transferId, ...result.counts, error: result.error }, "tus upload ingested");
     return result;
   }
