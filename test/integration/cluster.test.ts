@@ -188,6 +188,58 @@ describe("two relay nodes over one PostgreSQL and one MinIO", () => {
     expect(payload.instances.map((x) => [x.sopInstanceUID, x.sha256, x.state])).toEqual(insts.map((i) => [i.sopInstanceUID, sha(i.bytes), "received"]));
   });
 
+  it("a tus upload begun on one node and resumed on the other finishes, and both nodes report its result", async () => {
+    const bytes = makeInstance({ rows: 1536, columns: 2048 }); // ~6 MiB: more than one S3 part size's worth of chunks
+    const chunkSize = 2 * 1024 * 1024;
+    // on A: three chunks, then the connection "drops" (abort)
+    const uploadUrl = await new Promise<string>((resolve, reject) => {
+      let chunks = 0;
+      const upload: tus.Upload = new tus.Upload(bytes, {
+        endpoint: `${a.url}/api/uploads`,
+        chunkSize,
+        metadata: { filename: "big.dcm" },
+        retryDelays: [0, 200],
+        storeFingerprintForResuming: false,
+        onChunkComplete: () => {
+          if (++chunks === 3) void upload.abort().then(() => resolve(upload.url!), reject);
+        },
+        onError: reject,
+      });
+      upload.start();
+    });
+    const id = uploadUrl.split("/").pop()!;
+    const head = await fetch(`${b.url}/api/uploads/${id}`, { method: "HEAD", headers: { "Tus-Resumable": "1.0.0" } });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers.get("upload-offset"))).toBe(3 * chunkSize);
+
+    // on B: tus-js-client asks B for the offset and sends the rest
+    const offsets: number[] = [];
+    const result = await new Promise<UploadResult>((resolve, reject) => {
+      const upload = new tus.Upload(bytes, {
+        endpoint: `${b.url}/api/uploads`,
+        uploadUrl: `${b.url}/api/uploads/${id}`,
+        chunkSize,
+        retryDelays: [0, 200, 500],
+        storeFingerprintForResuming: false,
+        onAfterResponse: (req, res) => {
+          if (req.getMethod() === "HEAD") offsets.push(Number(res.getHeader("Upload-Offset")));
+        },
+        onSuccess: ({ lastResponse }) => resolve(JSON.parse(lastResponse.getBody()) as UploadResult),
+        onError: reject,
+      });
+      upload.start();
+    });
+    expect(offsets[0]).toBe(3 * chunkSize);
+    expect(result).toMatchObject({ state: "done", filename: "big.dcm", counts: { entries: 1, stored: 1, failed: 0 } });
+    const entry = result.entries[0]!;
+    expect(entry.sha256).toBe(sha(bytes));
+    // the node where it began knows the result too, and serves the instance byte for byte
+    const fromA = (await (await fetch(`${a.url}/api/uploads/${id}`)).json()) as UploadResult;
+    expect(fromA).toMatchObject({ state: "done", counts: { stored: 1 } });
+    const got = await dicomwebClient(a.dicomwebUrl).retrieveInstance({ studyInstanceUID: entry.studyInstanceUID!, seriesInstanceUID: entry.seriesInstanceUID!, sopInstanceUID: entry.sopInstanceUID! });
+    expect(sha(got)).toBe(sha(bytes));
+  }, 120_000);
+
   it("a node SIGKILLed mid-ingest loses nothing acknowledged, leaves no index row without its blob, and the retry on the other node completes", async () => {
     const study = newUid();
     const acknowledged = [...generateStudy({ instances: 4, seriesCount: 1, rows: 32, columns: 32, studyInstanceUID: study })] as Inst[];
