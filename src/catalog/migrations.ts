@@ -321,12 +321,64 @@ CREATE TABLE relay_keys (
 );
 `;
 
+/**
+ * Version 3: access control shared by every node (tokens, share links, the audit log), the same tables as
+ * access.sqlite (src/access/db.ts). The audit log is append-only here too: a trigger refuses UPDATE and DELETE.
+ */
+const V3_POSTGRES = `
+CREATE TABLE tokens (
+  id TEXT COLLATE "C" PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('token', 'share')),
+  hash TEXT COLLATE "C" NOT NULL,
+  scopes TEXT NOT NULL,
+  label TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL,
+  created_by TEXT NOT NULL,
+  expires_at TEXT,
+  revoked_at TEXT,
+  revoked_by TEXT
+);
+CREATE TABLE share_studies (
+  token_id TEXT COLLATE "C" NOT NULL REFERENCES tokens(id),
+  study_instance_uid TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (token_id, study_instance_uid)
+);
+CREATE TABLE audit (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  cert_subject TEXT,
+  action TEXT NOT NULL,
+  method TEXT,
+  route TEXT,
+  study_instance_uid TEXT COLLATE "C",
+  series_instance_uid TEXT,
+  sop_instance_uid TEXT,
+  remote_addr TEXT,
+  outcome TEXT NOT NULL CHECK (outcome IN ('success', 'failure')),
+  status INTEGER,
+  detail TEXT,
+  hash TEXT NOT NULL
+);
+CREATE INDEX audit_study_at ON audit(study_instance_uid, at);
+CREATE INDEX audit_at ON audit(at);
+CREATE INDEX audit_actor_at ON audit(actor, at);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only: rows cannot be changed or deleted'; END $$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit FOR EACH ROW EXECUTE PROCEDURE audit_append_only();
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "patients, studies, series, instances", sql: { sqlite: V1_SQLITE, postgres: V1_POSTGRES } },
   {
     version: 2,
     name: "transfers, upload results, relay keys (shared by every node)",
     sql: { sqlite: "-- embedded index: transfers live in transfers.sqlite and the receipt key in dataDir/keys\n", postgres: V2_POSTGRES },
+  },
+  {
+    version: 3,
+    name: "tokens, share links, audit log (shared by every node)",
+    sql: { sqlite: "-- embedded index: tokens, share links and the audit log live in access.sqlite\n", postgres: V3_POSTGRES },
   },
 ];
 
