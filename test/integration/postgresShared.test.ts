@@ -1,7 +1,8 @@
 /**
  * What several relay nodes share through PostgreSQL besides the index (real server, test/support/postgres.ts):
  * the TransferStore contract, the receipt signing key (one for every node), and the per-blob-key lock
- * held across processes (two PostgresIndex instances stand for two nodes: separate pools, separate sessions).
+ * held across processes (two PostgresIndex instances stand for two nodes: separate pools, separate sessions),
+ * and access control (tokens, share links, one audit log) shared by two relays with authentication on.
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from "vitest";
 import crypto from "node:crypto";
@@ -13,6 +14,10 @@ import { PostgresTransferStore, loadSharedReceiptSigner } from "../../src/transf
 import { ReceiptSigner, verifyReceipt } from "../../src/transfers/receipts.ts";
 import { transferStoreContract } from "../contracts/transferStore.ts";
 import { startPostgres, runSql, type RunningPostgres } from "../support/postgres.ts";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { runCli } from "../support/relayProcess.ts";
+import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+import request from "supertest";
 
 let server: RunningPostgres;
 let sharedUrl: string;
@@ -167,5 +172,99 @@ describe("per-blob-key lock across nodes (PostgreSQL advisory lock)", () => {
     finish();
     await dying;
     expect(await a.withBlobLock(key, async () => "again")).toBe("again");
+  });
+});
+
+describe("access control shared through PostgreSQL: two relays, auth on", () => {
+  let url: string;
+  let a: TestRelay;
+  let b: TestRelay;
+  const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+  const study = newUid();
+
+  beforeAll(async () => {
+    url = await server.createDatabase();
+    const over = { index: { kind: "postgres" as const, postgres: { url, poolSize: 3 } }, auth: { enabled: true } };
+    // both start at once on an empty database: exactly one makes the initial admin token
+    [a, b] = await Promise.all([startTestRelay(over), startTestRelay(over)]);
+  });
+  afterAll(async () => {
+    await a?.dispose();
+    await b?.dispose();
+  });
+
+  it("one initial admin token for the cluster, accepted by both nodes; a token made on one works on the other", async () => {
+    const initial = [a.initialAdminToken, b.initialAdminToken].filter((t): t is string => t !== null);
+    expect(initial).toHaveLength(1);
+    const admin = initial[0]!;
+    expect(a.services.access!.db).toBeNull();
+    for (const n of [a, b]) expect((await request(n.url).get("/api/admin/tokens").set(bearer(admin))).status).toBe(200);
+
+    const made = (await request(a.url).post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["read", "upload"] })).body as { id: string; token: string };
+    const inst = makeInstance({ studyInstanceUID: study, rows: 8, columns: 8 });
+    const stored = await request(b.url).post("/dicom-web/studies").set(bearer(made.token)).set("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=x")
+      .send(Buffer.concat([Buffer.from("--x\r\nContent-Type: application/dicom\r\n\r\n"), inst, Buffer.from("\r\n--x--\r\n")]));
+    expect(stored.status).toBe(200);
+    expect((await request(a.url).get(`/dicom-web/studies?StudyInstanceUID=${study}`).set(bearer(made.token))).body).toHaveLength(1);
+
+    // a share link made on B opens the study on A
+    const share = (await request(b.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [study] })).body as { token: string };
+    expect((await request(a.url).get(`/share/${share.token}/dicom-web/studies`)).body).toHaveLength(1);
+
+    // revoked on B: refused on A at once
+    expect((await request(b.url).delete(`/api/admin/tokens/${made.id}`).set(bearer(admin))).status).toBe(200);
+    const refused = await request(a.url).get("/dicom-web/studies").set(bearer(made.token));
+    expect(refused.status).toBe(401);
+    expect(refused.body.error).toMatch(/revoked/);
+  });
+
+  it("both nodes write one audit log, one intact hash chain; UPDATE and DELETE are refused by the database", async () => {
+    await Promise.all([a.services.access!.audit.flush(), b.services.access!.audit.flush()]);
+    const audit = b.services.access!.audit;
+    const rows = await audit.query({ study });
+    const stores = rows.filter((r) => r.action === "instance.store");
+    expect(stores).toHaveLength(1);
+    const all = await audit.query({ limit: 10_000 });
+    // what happened on A (token made, revoked token refused) and on B (revocation, STOW) is in the one log
+    const actions = all.map((r) => `${r.action} ${r.outcome}`);
+    expect(actions).toEqual(expect.arrayContaining(["token.create success", "token.revoke success", "auth failure", "dicomweb.stow success", "share.create success"]));
+    expect(all.map((r) => r.seq)).toEqual([...all.map((r) => r.seq)].sort((x, y) => x - y));
+    expect(await audit.verifyChain()).toMatchObject({ ok: true, checked: all.length });
+    await expect(runSql(url, "UPDATE audit SET actor = 'someone else'")).rejects.toThrow(/append-only/);
+    await expect(runSql(url, "DELETE FROM audit")).rejects.toThrow(/append-only/);
+
+    // concurrent appends from both nodes still chain
+    for (let i = 0; i < 20; i++) {
+      (i % 2 ? a : b).services.access!.audit.record({ actor: "test", action: "test.append", outcome: "success", detail: String(i) });
+    }
+    await Promise.all([a.services.access!.audit.flush(), b.services.access!.audit.flush()]);
+    expect((await audit.query({ action: "test.append" })).map((r) => r.detail).sort()).toEqual(Array.from({ length: 20 }, (_, i) => String(i)).sort());
+    expect(await audit.verifyChain()).toMatchObject({ ok: true });
+  });
+
+  it("the token and audit CLI work on the shared database; a token it makes is accepted by both nodes", async () => {
+    const env = { DICOM_RELAY_INDEX_KIND: "postgres", DICOM_RELAY_INDEX_POSTGRES_URL: url, DICOM_RELAY_DATA_DIR: fs.mkdtempSync(path.join(dir, "cli-")), DICOM_RELAY_LOG_LEVEL: "silent" };
+    const created = await runCli(["token", "create", "--scope", "read", "--json"], env);
+    expect(created.code, created.stderr).toBe(0);
+    const { token } = JSON.parse(created.stdout) as { token: string };
+    for (const n of [a, b]) expect((await request(n.url).get("/dicom-web/studies").set(bearer(token))).status).toBe(200);
+    const verify = await runCli(["audit", "--verify"], env);
+    expect(verify.stdout).toMatch(/intact: \d+ entries, hash chain verified/);
+    const listed = await runCli(["audit", "--action", "token.create", "--json"], env);
+    expect((JSON.parse(listed.stdout) as { actor: string }[]).some((r) => r.actor.startsWith("cli:"))).toBe(true);
+  });
+
+  it("PostgreSQL down: a request with a token gets 503 + Retry-After (the token cannot be checked), not 401; back up: accepted again", async () => {
+    const made = await a.services.access!.tokens.create({ scopes: ["read"], createdBy: "test" });
+    await server.halt();
+    try {
+      const res = await request(a.url).get("/dicom-web/studies").set(bearer(made.token));
+      expect(res.status).toBe(503);
+      expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
+      expect(res.body.error).toMatch(/index database is unavailable/);
+    } finally {
+      await server.start();
+    }
+    expect((await request(b.url).get("/dicom-web/studies").set(bearer(made.token))).status).toBe(200);
   });
 });
