@@ -100,7 +100,7 @@ export interface S3UploadStoreOptions {
   prefix: string;
   partSize: number;
   expirationMs: number;
-  hooks: Pick<TusHooks, "isProcessed" | "isProcessing">;
+  hooks: Pick<TusHooks, "isProcessed" | "isProcessing" | "completedLate">;
   log: Logger;
   /** TCP connect deadline per S3 request (ms) */
   connectTimeoutMs?: number;
@@ -219,11 +219,34 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
       if (isNotFound(err)) throw ERRORS.FILE_NOT_FOUND;
       throw this.unavailable(err);
     }
+    let upload: Upload;
     try {
-      return await super.getUpload(id);
+      upload = await super.getUpload(id);
+      if (upload.size !== undefined && upload.offset === upload.size) await this.completeIfAllPartsThere(upload);
     } catch (err) {
       throw this.unavailable(err);
     }
+    return upload;
+  }
+
+  /**
+   * Every byte is in parts but the multipart upload was never completed: S3 failed between the last part and
+   * CompleteMultipartUpload. HEAD would tell the client "complete" and it would never PATCH again, so complete it
+   * now and have it ingested.
+   */
+  private async completeIfAllPartsThere(upload: Upload): Promise<void> {
+    let parts;
+    try {
+      parts = await this.retrieveParts(upload.id);
+    } catch (err) {
+      if (isNoSuchUpload(err)) return; // completed already: the normal case
+      throw err;
+    }
+    if (parts.reduce((a, p) => a + (p.Size ?? 0), 0) !== upload.size) return;
+    await this.finishMultipartUpload(await this.getMetadata(upload.id), parts);
+    await this.clearCache(upload.id);
+    this.log.warn({ uploadId: upload.id }, "completed an S3 multipart upload whose last step had failed; ingesting it");
+    this.hooks.completedLate?.(upload);
   }
 
   override async write(readable: Readable, id: string, offset: number): Promise<number> {

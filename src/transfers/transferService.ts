@@ -242,6 +242,9 @@ export class TransferService {
       },
       isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
+      completedLate: (upload) => {
+        void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "ingest of a late-completed upload failed"));
+      },
     };
   }
 

@@ -33,6 +33,8 @@ export interface TusHooks {
   isProcessed(id: string): Promise<boolean>;
   /** Is this upload's ingest running now (do not expire it under its feet)? */
   isProcessing(id: string): boolean;
+  /** The store found an upload complete outside a PATCH (S3: its completion had failed): ingest it in the background. */
+  completedLate?(upload: Upload): void;
 }
 
 /** What the transfer service needs of the upload store beyond tus: recovery, expiry, reading and dropping bytes. */
@@ -135,7 +137,7 @@ export interface TusServerOptions {
 }
 
 /** The upload store storage.kind asks for: local files (fs) or the storage bucket (s3). */
-export function createUploadStore(config: RelayConfig, hooks: Pick<TusHooks, "isProcessed" | "isProcessing">, log: Logger): RelayUploadStore {
+export function createUploadStore(config: RelayConfig, hooks: Pick<TusHooks, "isProcessed" | "isProcessing" | "completedLate">, log: Logger): RelayUploadStore {
   const t = config.transfers;
   if (config.storage.kind === "s3") {
     return new RelayS3Store({ s3: config.storage.s3, prefix: t.s3.prefix, partSize: t.s3.partSize, expirationMs: t.expirationSeconds * 1000, hooks, log });

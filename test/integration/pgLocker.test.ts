@@ -4,6 +4,7 @@
  * bounded; and a relay on PostgreSQL + MinIO takes tus uploads with it.
  */
 import crypto from "node:crypto";
+import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as tus from "tus-js-client";
 import { ERRORS } from "@tus/server";
@@ -16,6 +17,7 @@ import type { UploadResult } from "../../src/transfers/transferStore.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const newId = () => crypto.randomBytes(16).toString("hex");
+const TUS = { "Tus-Resumable": "1.0.0" };
 
 let server: RunningPostgres;
 let url: string;
@@ -181,4 +183,56 @@ describe("relay on PostgreSQL + MinIO uses the PostgreSQL locker for tus", () =>
       await relay.dispose();
     }
   }, 60_000);
+
+  it("a PATCH hanging on relay A is asked to let go by a HEAD on relay B; the client resumes on B, byte-identical", async () => {
+    const db = await server.createDatabase();
+    const overrides = {
+      index: { kind: "postgres" as const, postgres: { url: db, poolSize: 4 } },
+      storage: { kind: "s3" as const, s3: { endpoint: minio.endpoint, accessKey: minio.accessKey, secretKey: minio.secretKey, bucket: "pg-two-nodes" } },
+      transfers: { locker: { kind: "postgres" as const, acquireTimeoutSeconds: 20 } },
+    };
+    const a = await startTestRelay(overrides);
+    const b = await startTestRelay(overrides);
+    let hanging: http.ClientRequest | null = null;
+    try {
+      const bytes = makeInstance({ rows: 1024, columns: 1024 }); // ~2 MB
+      const create = await fetch(`${a.url}/api/uploads`, { method: "POST", headers: { ...TUS, "Upload-Length": String(bytes.length) } });
+      const id = new URL(create.headers.get("location")!).pathname.split("/").pop()!;
+      // a client whose link died mid-PATCH: A holds the upload's lock while it waits for the rest of the body
+      const sent = 700_000;
+      hanging = http.request(`${a.url}/api/uploads/${id}`, {
+        method: "PATCH",
+        headers: { ...TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream", "Content-Length": String(bytes.length) },
+      });
+      hanging.on("error", () => {});
+      hanging.write(bytes.subarray(0, sent));
+      await sleep(500);
+      const started = Date.now();
+      // the client comes back through another node: B asks A (NOTIFY) to let go, A keeps what arrived and unlocks
+      const head = await fetch(`${b.url}/api/uploads/${id}`, { method: "HEAD", headers: TUS });
+      expect(head.status).toBe(200);
+      expect(Date.now() - started).toBeLessThan(15_000);
+      const offset = Number(head.headers.get("upload-offset"));
+      expect(offset).toBe(sent);
+      const result = await new Promise<UploadResult>((resolve, reject) => {
+        const up = new tus.Upload(bytes, {
+          endpoint: `${b.url}/api/uploads`,
+          uploadUrl: `${b.url}/api/uploads/${id}`,
+          retryDelays: [0, 200, 500],
+          storeFingerprintForResuming: false,
+          onSuccess: ({ lastResponse }) => resolve(JSON.parse(lastResponse.getBody()) as UploadResult),
+          onError: reject,
+        });
+        up.start();
+      });
+      expect(result.counts).toMatchObject({ entries: 1, stored: 1, failed: 0 });
+      expect(result.entries[0]!.sha256).toBe(crypto.createHash("sha256").update(bytes).digest("hex"));
+      // A sees the instance too: one index, one bucket
+      expect(await a.services.index.getInstance(result.entries[0]!.sopInstanceUID!)).not.toBeNull();
+    } finally {
+      hanging?.destroy();
+      await a.dispose();
+      await b.dispose();
+    }
+  }, 90_000);
 });

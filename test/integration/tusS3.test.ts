@@ -5,6 +5,7 @@
  * Retry-After, then the same upload resumes), expiry and recovery at start.
  */
 import crypto from "node:crypto";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -154,6 +155,54 @@ describe("tus uploads on S3 (real MinIO)", () => {
     const result = (await post.json()) as UploadResult;
     expect(result).toMatchObject({ kind: "tar", counts: { entries: 3, stored: 3, failed: 0 } });
     for (const [i, g] of insts.entries()) expect(result.entries[i]!.sha256).toBe(sha(g.bytes));
+    // a zip made by Info-ZIP (installed by scripts/test-prereqs.sh)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tus-s3-zip-"));
+    try {
+      const more = [...generateStudy({ instances: 2, rows: 32, columns: 32 })];
+      for (const [i, g] of more.entries()) fs.writeFileSync(path.join(dir, `z${i}.dcm`), g.bytes);
+      execFileSync("zip", ["-q", "-r", "bundle.zip", "z0.dcm", "z1.dcm"], { cwd: dir });
+      const zipped = fs.readFileSync(path.join(dir, "bundle.zip"));
+      const up = await send(endpoint, zipped, { chunkSize: 2000 });
+      expect(up.result).toMatchObject({ kind: "zip", counts: { entries: 2, stored: 2, failed: 0 } });
+      expect(up.result.entries.map((e) => e.sha256).sort()).toEqual(more.map((g) => sha(g.bytes)).sort());
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it("an upload whose parts are all in S3 but whose completion failed is completed on the next HEAD and ingested", async () => {
+    const bytes = makeInstance({ rows: 2048, columns: 1536 }); // ~6.3 MB: one full part and a final part
+    const store = new RelayS3Store({
+      s3: relay.config.storage.s3,
+      prefix: relay.config.transfers.s3.prefix,
+      partSize: relay.config.transfers.s3.partSize,
+      expirationMs: 0,
+      hooks: { isProcessed: async () => false, isProcessing: () => false },
+      log: createLogger("silent"),
+    });
+    const id = crypto.randomBytes(16).toString("hex");
+    try {
+      await store.create(new Upload({ id, size: bytes.length, offset: 0, metadata: {} }));
+      // S3 goes away between the last part and CompleteMultipartUpload
+      (store as unknown as { finishMultipartUpload: () => Promise<never> }).finishMultipartUpload = async () => {
+        throw Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" });
+      };
+      await expect(store.write(Readable.from([bytes.subarray(0, 5 * 1024 * 1024), bytes.subarray(5 * 1024 * 1024)]), id, 0)).rejects.toThrow(/unavailable/);
+    } finally {
+      await store.close();
+    }
+    const head = await fetch(`${endpoint}/${id}`, { method: "HEAD", headers: TUS });
+    expect(head.status).toBe(200);
+    expect(head.headers.get("upload-offset")).toBe(String(bytes.length));
+    let result: UploadResult | null = null;
+    for (let i = 0; i < 100 && result?.state !== "done"; i++) {
+      const r = await fetch(`${endpoint}/${id}`);
+      if (r.status === 200) result = (await r.json()) as UploadResult;
+      else await r.arrayBuffer();
+      if (result?.state !== "done") await sleep(100);
+    }
+    expect(result).toMatchObject({ state: "done", counts: { stored: 1 } });
+    expect(await wado(relay, result!.entries[0]!)).toBe(sha(bytes));
   }, 60_000);
 
   it("refuses an upload over transfers.maxUploadBytes with 413 and a sentence; an id naming another object is 404", async () => {
