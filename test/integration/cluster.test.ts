@@ -189,7 +189,7 @@ describe("two relay nodes over one PostgreSQL and one MinIO", () => {
   });
 
   it("a tus upload begun on one node and resumed on the other finishes, and both nodes report its result", async () => {
-    const bytes = makeInstance({ rows: 1536, columns: 2048 }); // ~6 MiB: more than one S3 part size's worth of chunks
+    const bytes = makeInstance({ rows: 1536, columns: 2048, bitsAllocated: 16, samplesPerPixel: 1 }); // ~6 MiB: four 2 MiB chunks
     const chunkSize = 2 * 1024 * 1024;
     // on A: three chunks, then the connection "drops" (abort)
     const uploadUrl = await new Promise<string>((resolve, reject) => {
@@ -203,10 +203,12 @@ describe("two relay nodes over one PostgreSQL and one MinIO", () => {
         onChunkComplete: () => {
           if (++chunks === 3) void upload.abort().then(() => resolve(upload.url!), reject);
         },
+        onSuccess: () => reject(new Error("the upload finished before it could be cut after three chunks")),
         onError: reject,
       });
       upload.start();
     });
+    expect(bytes.length).toBeGreaterThan(3 * chunkSize);
     const id = uploadUrl.split("/").pop()!;
     const head = await fetch(`${b.url}/api/uploads/${id}`, { method: "HEAD", headers: { "Tus-Resumable": "1.0.0" } });
     expect(head.status).toBe(200);
@@ -247,7 +249,7 @@ describe("two relay nodes over one PostgreSQL and one MinIO", () => {
     expect(ack.status).toBe(200);
 
     // a bigger STOW, streamed slowly enough that the node dies in the middle of it
-    const big = [...generateStudy({ instances: 24, seriesCount: 2, rows: 256, columns: 256, studyInstanceUID: study })] as Inst[];
+    const big = [...generateStudy({ instances: 24, seriesCount: 2, rows: 256, columns: 256, bitsAllocated: 16, samplesPerPixel: 1, studyInstanceUID: study })] as Inst[];
     const body = stowBody(big.map((i) => i.bytes));
     const outcome = new Promise<string>((resolve) => {
       const req = http.request(`${a.dicomwebUrl}/studies`, { method: "POST", headers: { "Content-Type": STOW_TYPE, "Content-Length": body.length } }, (res) => {
