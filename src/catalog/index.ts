@@ -113,18 +113,24 @@ export class IndexUnavailableError extends Error {
 }
 
 /**
- * Network errors and PostgreSQL's "the server is going away / not accepting yet" codes: a database that is
- * down or restarting, not a bad request. Class 08 connection exceptions, 57P01..57P03 (admin shutdown, crash
- * shutdown, cannot connect now), 53300 (too many connections).
+ * The database cannot be reached or is going away, as opposed to a bad request: connecting failed (refused,
+ * unreachable, timed out, name not resolved), the connection dropped (pg: "Connection terminated ..."), or
+ * PostgreSQL said so (class 08 connection exceptions, 57P01..57P03 admin/crash shutdown and "cannot connect
+ * now", 53300 too many connections). Socket errors of other origins (a client that hung up: ECONNRESET
+ * without a connect/getaddrinfo syscall) are not counted.
  */
-const UNAVAILABLE_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "57P01", "57P02", "57P03", "53300"]);
-const UNAVAILABLE_MESSAGE = /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection closed|the database system is (starting up|shutting down)/i;
+const CONNECT_CODES = new Set(["ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+const SERVER_CODES = new Set(["57P01", "57P02", "57P03", "53300"]);
+const UNAVAILABLE_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection closed)|the database system is (starting up|shutting down)/i;
 
 export function isIndexUnavailable(err: unknown): boolean {
   if (err instanceof IndexUnavailableError) return true;
   if (!err || typeof err !== "object") return false;
-  const e = err as { code?: unknown; message?: unknown; errors?: unknown };
-  if (typeof e.code === "string" && (UNAVAILABLE_CODES.has(e.code) || e.code.startsWith("08"))) return true;
+  const e = err as { code?: unknown; message?: unknown; errors?: unknown; syscall?: unknown };
+  if (typeof e.code === "string") {
+    if (SERVER_CODES.has(e.code) || /^08[0-9A-Z]{3}$/.test(e.code)) return true;
+    if (CONNECT_CODES.has(e.code) && (e.syscall === "connect" || e.syscall === "getaddrinfo")) return true;
+  }
   if (typeof e.message === "string" && UNAVAILABLE_MESSAGE.test(e.message)) return true;
   // AggregateError from a dual-stack connect
   return Array.isArray(e.errors) && e.errors.some(isIndexUnavailable);
