@@ -21,7 +21,8 @@ Commands:
   audit [--study UID] [--since 24h|DATE] [--until DATE] [--actor ID] [--json] [--verify]
                         read the audit log (who read, stored or deleted what, when, from where)
   migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
-                        move the embedded index into PostgreSQL (blobs untouched), then verify
+                        move the embedded index, transfers, receipt key, tokens and audit log into
+                        PostgreSQL (blobs untouched), then verify
   help                  this text
 
 Options for every command:

@@ -11,16 +11,16 @@
 import express, { Router, type Request } from "express";
 import type { RelayConfig } from "../config.ts";
 import { HttpError } from "../http/errors.ts";
-import { auditTime, type AuditLog, type AuditQuery } from "./audit.ts";
+import { auditTime, type AuditTrail, type AuditQuery } from "./audit.ts";
 import { actorOf, noteAudit } from "./middleware.ts";
-import { expiryFrom, TokenError, type TokenInfo, type TokenStore } from "./tokens.ts";
+import { expiryFrom, TokenError, type TokenInfo, type TokenRegistry } from "./tokens.ts";
 
 /** The DICOMweb root URL a share link opens. */
 export function shareUrl(base: string, token: string, config: RelayConfig): string {
   return `${base.replace(/\/$/, "")}/share/${token}${config.dicomweb.root}`;
 }
 
-export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; audit: AuditLog }): Router {
+export function adminRouter(deps: { config: RelayConfig; tokens: TokenRegistry; audit: AuditTrail }): Router {
   const { config, tokens, audit } = deps;
   const r = Router();
   r.use((_req, res, next) => {
@@ -40,9 +40,9 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
     if (typeof v !== "string") throw new HttpError(400, `${name} must be a string`);
     return v;
   };
-  const tokenErrors = <T>(f: () => T): T => {
+  const tokenErrors = async <T>(f: () => T | Promise<T>): Promise<T> => {
     try {
-      return f();
+      return await f();
     } catch (err) {
       if (err instanceof TokenError) throw new HttpError(400, err.message);
       throw err;
@@ -50,25 +50,25 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
   };
   const base = (req: Request) => config.server.publicUrl || `${req.protocol}://${req.get("host")}`;
 
-  const list = (kind: TokenInfo["kind"]) => (req: Request, res: express.Response) => {
+  const list = (kind: TokenInfo["kind"]) => async (req: Request, res: express.Response) => {
     noteAudit(res, { action: `${kind}.list` });
-    res.json(tokens.list({ kind, includeRevoked: req.query.includeRevoked === "true" }));
+    res.json(await tokens.list({ kind, includeRevoked: req.query.includeRevoked === "true" }));
   };
-  const revoke = (kind: TokenInfo["kind"]) => (req: Request, res: express.Response) => {
+  const revoke = (kind: TokenInfo["kind"]) => async (req: Request, res: express.Response) => {
     const id = String(req.params.id);
-    const existing = tokens.get(id);
+    const existing = await tokens.get(id);
     noteAudit(res, { action: `${kind}.revoke`, detail: `revoke ${id.slice(0, 40)}` });
     if (!existing || existing.kind !== kind) throw new HttpError(404, `no ${kind === "share" ? "share link" : "token"} with id ${id.slice(0, 40)}`);
-    res.json(tokens.revoke(id, actorOf(res)));
+    res.json(await tokens.revoke(id, actorOf(res)));
   };
 
   r.get("/tokens", list("token"));
-  r.post("/tokens", (req, res) => {
+  r.post("/tokens", async (req, res) => {
     const b = body(req);
     noteAudit(res, { action: "token.create" });
     const scopes = Array.isArray(b.scopes) || typeof b.scopes === "string" ? (b.scopes as string[] | string) : undefined;
     if (!scopes) throw new HttpError(400, 'give scopes, e.g. {"scopes": ["read", "upload"]}');
-    const created = tokenErrors(() =>
+    const created = await tokenErrors(() =>
       tokens.create({
         scopes: typeof scopes === "string" ? scopes : scopes.map(String),
         label: str(b.label, "label"),
@@ -82,13 +82,13 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
   r.delete("/tokens/:id", revoke("token"));
 
   r.get("/shares", list("share"));
-  r.post("/shares", (req, res) => {
+  r.post("/shares", async (req, res) => {
     const b = body(req);
     noteAudit(res, { action: "share.create" });
     const studies = Array.isArray(b.studies) ? b.studies.map(String) : typeof b.studies === "string" ? b.studies.split(",") : undefined;
     if (!studies) throw new HttpError(400, 'give the studies to share, e.g. {"studies": ["1.2.840..."], "expires": "7d"}');
     const expires = str(b.expires, "expires") ?? config.auth.shareDefaultExpiry;
-    const created = tokenErrors(() =>
+    const created = await tokenErrors(() =>
       tokens.createShare({ studies, label: str(b.label, "label"), expiresAt: expiryFrom(expires), createdBy: actorOf(res) }),
     );
     noteAudit(res, {
@@ -99,7 +99,7 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
   });
   r.delete("/shares/:id", revoke("share"));
 
-  r.get("/audit", (req, res) => {
+  r.get("/audit", async (req, res) => {
     const q = req.query as Record<string, unknown>;
     const one = (name: string) => (typeof q[name] === "string" && q[name] !== "" ? (q[name] as string) : undefined);
     const query: AuditQuery = {};
@@ -121,7 +121,7 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
       throw new HttpError(400, (err as Error).message);
     }
     noteAudit(res, { action: "audit.query", detail: JSON.stringify(query).slice(0, 500), studyInstanceUID: query.study ?? null });
-    const entries = audit.query(query);
+    const entries = await audit.query(query);
     const limit = query.limit ?? 1000;
     res.json({ entries, next: entries.length >= limit && entries.length ? { afterSeq: entries[entries.length - 1]!.seq } : null });
   });

@@ -5,9 +5,8 @@
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { loadConfig, type RelayConfig } from "../config.ts";
-import { accessDbPath, openAccessDb } from "../access/db.ts";
-import { AuditLog } from "../access/audit.ts";
-import { expiryFrom, TokenError, TokenStore, type TokenInfo } from "../access/tokens.ts";
+import { openAccessStores } from "../access/index.ts";
+import { expiryFrom, TokenError, type TokenInfo } from "../access/tokens.ts";
 import { shareUrl } from "../access/adminRoutes.ts";
 
 const USAGE = `dicom-relay token <subcommand> [options]
@@ -68,16 +67,14 @@ export async function tokenCommand(args: string[]): Promise<number> {
     },
   });
   const config = loadConfig({ file: values.config });
-  const db = openAccessDb(accessDbPath(config.dataDir));
-  const tokens = new TokenStore(db);
-  const audit = new AuditLog(db, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`));
+  const { tokens, audit, close } = await openAccessStores(config, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`));
   const actor = cliActor();
   const out = (text: string, json: unknown) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + "\n" : text);
   try {
     switch (sub) {
       case "create": {
         if (!values.scope) throw new TokenError("give --scope, e.g. --scope read or --scope read,upload");
-        const { token, info } = tokens.create({ scopes: values.scope, label: values.label, expiresAt: expiryFrom(values.expires), createdBy: actor });
+        const { token, info } = await tokens.create({ scopes: values.scope, label: values.label, expiresAt: expiryFrom(values.expires), createdBy: actor });
         audit.record({ actor, action: "token.create", outcome: "success", detail: `created token ${info.id} scopes ${info.scopes.join(",")} expires ${info.expiresAt ?? "never"}` });
         out(
           `Created token ${info.id} (scopes ${info.scopes.join(",")}, expires ${info.expiresAt ?? "never"}).\n` +
@@ -89,7 +86,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
       case "share": {
         const studies = (values.study ?? []).flatMap((s) => s.split(","));
         if (!studies.length) throw new TokenError("give --study UID (repeat it, or separate UIDs with commas, to share several studies)");
-        const { token, info } = tokens.createShare({
+        const { token, info } = await tokens.createShare({
           studies,
           label: values.label,
           expiresAt: expiryFrom(values.expires ?? config.auth.shareDefaultExpiry),
@@ -112,14 +109,14 @@ export async function tokenCommand(args: string[]): Promise<number> {
         return 0;
       }
       case "list": {
-        const list = tokens.list({ includeRevoked: values.all });
+        const list = await tokens.list({ includeRevoked: values.all });
         out(list.length ? list.map(describe).join("\n") + "\n" : "no tokens\n", list);
         return 0;
       }
       case "revoke": {
         const id = positionals[0];
         if (!id || positionals.length > 1) throw new TokenError("give the id of one token or share link (see token list)");
-        const info = tokens.revoke(id, actor);
+        const info = await tokens.revoke(id, actor);
         if (!info) throw new TokenError(`no token or share link with id ${id}`);
         audit.record({ actor, action: `${info.kind}.revoke`, outcome: "success", detail: `revoke ${id}` });
         out(`Revoked ${info.kind === "share" ? "share link" : "token"} ${id} (${info.revokedAt}).\n`, info);
@@ -136,6 +133,6 @@ export async function tokenCommand(args: string[]): Promise<number> {
     }
     throw err;
   } finally {
-    db.close();
+    await close();
   }
 }

@@ -9,6 +9,9 @@ import type { BlobStore } from "../storage/blobStore.ts";
 import type { Ingestor } from "../ingest/types.ts";
 import { ReceiptSigner } from "./receipts.ts";
 import { SqliteTransferStore } from "./sqliteTransferStore.ts";
+import { PostgresTransferStore, loadSharedReceiptSigner } from "./postgresTransferStore.ts";
+import { PostgresIndex } from "../catalog/postgres.ts";
+import type { TransferStore } from "./transferStore.ts";
 import { TransferService } from "./transferService.ts";
 import { createTusServer, type RelayUploadStore } from "./tusServer.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
@@ -27,9 +30,20 @@ export interface Transfers {
 
 export async function startTransfers(deps: { config: RelayConfig; log: Logger; index: Index; store: BlobStore; ingest: Ingestor }): Promise<Transfers> {
   const { config } = deps;
-  const transfers = new SqliteTransferStore(path.join(config.dataDir, "transfers.sqlite"));
-  await transfers.init();
-  const signer = await ReceiptSigner.loadOrCreate(config.transfers.receiptKeyPath);
+  let transfers: TransferStore;
+  let signer: ReceiptSigner;
+  if (deps.index instanceof PostgresIndex) {
+    // several nodes: transfers and the receipt key live in the shared database (docs/operations.md)
+    transfers = new PostgresTransferStore(deps.index.sharedPool);
+    await transfers.init();
+    const shared = await loadSharedReceiptSigner(deps.index.sharedPool, config.transfers.receiptKeyPath);
+    signer = shared.signer;
+    if (shared.source !== "database") deps.log.info({ keyId: signer.keyId, from: shared.source }, "receipt signing key stored in PostgreSQL for every node");
+  } else {
+    transfers = new SqliteTransferStore(path.join(config.dataDir, "transfers.sqlite"));
+    await transfers.init();
+    signer = await ReceiptSigner.loadOrCreate(config.transfers.receiptKeyPath);
+  }
   const service = new TransferService({ ...deps, transfers, signer });
   const locker = createTusLocker(config, deps.log);
   const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks(), locker });
