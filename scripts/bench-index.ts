@@ -205,13 +205,13 @@ export async function benchIndex100k(workDir: string) {
     const sqlitePath = path.join(shmDir, "index.sqlite");
     const sqlite = new SqliteIndex({ path: sqlitePath });
     await sqlite.init();
-    const sqliteLoad = await loadSyntheticIndex(sqlite, { ...opts, concurrency: CONCURRENCY, onProgress: progress("sqlite") });
+    const sqliteLoad = await loadSyntheticIndex(sqlite, { ...opts, concurrency: CONCURRENCY, onProgress: progress("sqlite"), deadline });
     const sqliteBytes = fs.statSync(sqlitePath).size;
 
     // ---- PostgreSQL ----
     const pgIndex = new PostgresIndex({ url: pg.url, poolSize: 10 });
     await pgIndex.init();
-    const pgLoad = await loadSyntheticIndex(pgIndex, { ...opts, concurrency: CONCURRENCY, onProgress: progress("postgres") });
+    const pgLoad = await loadSyntheticIndex(pgIndex, { ...opts, concurrency: CONCURRENCY, onProgress: progress("postgres"), deadline });
     // what autovacuum does after a bulk load (statistics, hint bits, visibility map), done now so the
     // figures do not depend on its timing
     await runSql(pg.url, "VACUUM ANALYZE");

@@ -356,7 +356,10 @@ export interface LoadResult {
  * read, then insertInstance), `concurrency` instances at a time (several STOW-RS requests / uploads
  * in parallel). Every outcome must be "inserted".
  */
-export async function loadSyntheticIndex(index: Index, opts: SyntheticIndexOptions & { concurrency?: number; onProgress?: (n: number) => void }): Promise<LoadResult> {
+export async function loadSyntheticIndex(
+  index: Index,
+  opts: SyntheticIndexOptions & { concurrency?: number; onProgress?: (n: number) => void; /** Date.now() past which loading stops with an error */ deadline?: number },
+): Promise<LoadResult> {
   const concurrency = Math.max(1, opts.concurrency ?? 8);
   const started = performance.now();
   let done = 0;
@@ -366,6 +369,10 @@ export async function loadSyntheticIndex(index: Index, opts: SyntheticIndexOptio
   let failure: unknown = null;
   for await (const record of syntheticRecords(opts)) {
     if (failure) break;
+    if (opts.deadline !== undefined && Date.now() > opts.deadline) {
+      failure = new Error(`loading the synthetic catalogue did not finish in time (${done} instances written)`);
+      break;
+    }
     if (done % 97 === 0) {
       metaBytes += Buffer.byteLength(JSON.stringify(record.metadata));
       sampled++;
