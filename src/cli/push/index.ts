@@ -58,6 +58,15 @@ export async function pushCommand(argv: string[]): Promise<number> {
     }
     throw err;
   }
+  // if the event loop ever empties while the push is unfinished (a request left hanging with nothing to wake it),
+  // node would exit with code 0: say so and exit 1 instead
+  let finished = false;
+  const early = () => {
+    if (finished) return;
+    process.stderr.write("\ndicom-relay push stopped unexpectedly before it finished; run the same command again to continue\n");
+    process.exitCode = 1;
+  };
+  process.once("beforeExit", early);
   try {
     return await push(opts);
   } catch (err) {
@@ -70,6 +79,9 @@ export async function pushCommand(argv: string[]): Promise<number> {
       return 1;
     }
     throw err;
+  } finally {
+    finished = true;
+    process.off("beforeExit", early);
   }
 }
 

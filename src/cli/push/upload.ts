@@ -47,6 +47,7 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
   return new Promise<{ url: string; body: string | null }>((resolve, reject) => {
     let lastProgressAt = Date.now();
     let lastSent = -1;
+    let lastTotal = 0;
     let url = o.uploadUrl;
     const upload = new tus.Upload(fs.createReadStream(o.file), {
       endpoint: o.endpoint,
@@ -77,6 +78,7 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
           lastSent = sent;
           lastProgressAt = Date.now();
         }
+        lastTotal = total ?? 0;
         o.onProgress(sent, total ?? 0);
       },
       onSuccess({ lastResponse }) {
@@ -94,14 +96,17 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
         else reject(new Error(`${o.filename} could not be sent: the link kept failing (${shortError(err)}); run the same command again to resume`));
       },
     });
-    // a connection that hangs without an error: drop it and resume from the relay's offset
+    // A connection that hangs without an error (a response cut mid-body leaves tus-js-client waiting forever):
+    // drop it and resume from the relay's offset. Once every byte is sent, waiting for the answer is cut shorter:
+    // starting again only asks HEAD (complete) and then reads the result at the upload URL, which is harmless.
+    // Kept referenced on purpose: it is what keeps the process alive while a request hangs.
     const watchdog = setInterval(() => {
-      if (Date.now() - lastProgressAt < o.stallMs) return;
+      const limit = lastTotal > 0 && lastSent >= lastTotal ? Math.min(o.stallMs, 15_000) : o.stallMs;
+      if (Date.now() - lastProgressAt < limit) return;
       lastProgressAt = Date.now();
-      o.log(`${o.filename}: no progress for ${Math.round(o.stallMs / 1000)} s; reconnecting`);
+      o.log(`${o.filename}: no progress for ${Math.round(limit / 1000)} s; reconnecting`);
       void upload.abort(false).then(() => upload.start());
-    }, Math.min(5000, o.stallMs));
-    watchdog.unref();
+    }, Math.min(2000, o.stallMs));
     upload.start();
   }).then(async ({ url, body }) => {
     if (body) {
