@@ -3,6 +3,7 @@
  * and prints one JSON document. Every loop is bounded in count and time.
  *
  *   BENCH_QUICK=1 npm run bench    smaller sizes (for a smoke run)
+ *   BENCH_SKIP_PUSH=1              leave out the uploader (dicom-relay push) benchmark
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
@@ -16,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
+import { benchPush } from "./bench-push.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
 
@@ -353,6 +355,7 @@ async function main() {
     const large = await benchLargeInstance(workDir);
     const s3 = await benchS3(workDir);
     const transfers = await benchTransfers(workDir);
+    const push = await benchPush(workDir);
     const peer = await benchPeer(workDir);
     const result = {
       when: new Date().toISOString(),
@@ -363,6 +366,7 @@ async function main() {
       largeInstance: large,
       s3,
       transfers,
+      push,
       peer,
       targets: {
         "qido p95 < 20 ms": core.qidoMs.p95 < 20,

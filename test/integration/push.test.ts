@@ -3,7 +3,7 @@
  * relay, through the fault-injecting proxy (latency, bandwidth cap, connection resets).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
@@ -234,6 +234,25 @@ describe("dicom-relay push through an unreliable link", () => {
     expect(r.stdout).toMatch(/stored now: 5 +already on the relay: 0 +failed: 0/);
     expect(r.stdout).toMatch(/1 file\(s\) from the folder could not be read and were not sent/);
     await expectByteIdentical(relay, cdFiles.slice(0, 5));
+  }, 120_000);
+
+  it("a .zip of an export is unpacked into the cache and sent; re-running does not unpack or send again", async () => {
+    const dir = path.join(work, "zipsrc");
+    const study = await writeStudy(path.join(dir, "DICOM"), { instances: 5, rows: 32, columns: 32, modality: "DX", seed: 18 });
+    fs.writeFileSync(path.join(dir, "viewer.exe"), Buffer.from([0x4d, 0x5a, 0x90, 0, 3, 0, 0, 0, 4]));
+    const zipFile = path.join(work, "export.zip");
+    execFileSync("zip", ["-qr", zipFile, "."], { cwd: dir });
+    const args = [zipFile, "--to", proxy.url, "--cache-dir", path.join(work, "cache-zip"), "--receipt-dir", path.join(work, "receipts-zip")];
+    const r = await runPush(args);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/Unpacking export\.zip/);
+    expect(r.stdout).toMatch(/1 series, 5 instances/);
+    expect(r.stdout).toMatch(/viewer\.exe: not a DICOM file: not sent/);
+    await expectByteIdentical(relay, study.files);
+    const again = await runPush(args);
+    expect(again.code).toBe(0);
+    expect(again.stdout).not.toMatch(/Unpacking/);
+    expect(again.stdout).toMatch(/5 already on the relay, 0 to send/);
   }, 120_000);
 
   it("--documents and --document attach reports and photos to the study; a translation names its original", async () => {

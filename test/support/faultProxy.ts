@@ -17,6 +17,11 @@ export interface FaultSettings {
   resetAfterBytes?: number | (() => number);
   /** reset whichever connection is passing data each time this many bytes have passed, counted across connections */
   resetEveryBytes?: number;
+  /**
+   * one bottleneck per direction for all connections together (a real link), instead of a cap per connection;
+   * parallel uploads then share bandwidthBytesPerSec
+   */
+  sharedBandwidth?: boolean;
 }
 
 export interface FaultProxyOptions extends Partial<FaultSettings> {
@@ -57,10 +62,11 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     bandwidthBytesPerSec: opts.bandwidthBytesPerSec ?? 0,
     resetAfterBytes: opts.resetAfterBytes,
     resetEveryBytes: opts.resetEveryBytes,
+    sharedBandwidth: opts.sharedBandwidth,
   };
   const stats: FaultProxyStats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0 };
   const conns = new Set<Connection>();
-  const shared = { settings, stats, sinceReset: 0 };
+  const shared: Shared = { settings, stats, sinceReset: 0, nextFree: { bytesUp: 0, bytesDown: 0 } };
 
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     stats.connections++;
@@ -98,6 +104,8 @@ interface Shared {
   stats: FaultProxyStats;
   /** bytes passed across connections since the last resetEveryBytes fault */
   sinceReset: number;
+  /** when the shared bottleneck of each direction is next free (sharedBandwidth) */
+  nextFree: { bytesUp: number; bytesDown: number };
 }
 
 class Connection {
@@ -225,8 +233,10 @@ class Direction {
       const data = chunk.subarray(off, off + slice);
       let sent = now;
       if (paced) {
-        sent = Math.max(now, this.nextFree) + (data.length / rate) * 1000;
-        this.nextFree = sent;
+        const link = this.conn.shared.settings.sharedBandwidth ? this.conn.shared.nextFree : null;
+        sent = Math.max(now, link ? link[this.counter] : this.nextFree) + (data.length / rate) * 1000;
+        if (link) link[this.counter] = sent;
+        else this.nextFree = sent;
       }
       this.queue.push({ data, dueAt: sent + latencyMs });
       this.queued += data.length;

@@ -88,6 +88,14 @@ describe("startFaultProxy", () => {
     expect(r.ms).toBeGreaterThanOrEqual(400);
   });
 
+  it("sharedBandwidth: two connections share one cap (a real link), without it each gets the cap", async () => {
+    const { proxy } = await setup("sink", { bandwidthBytesPerSec: 2 * 1024 * 1024, sharedBandwidth: true });
+    const both = await Promise.all([exchange(proxy, randomBytes(512 * 1024)), exchange(proxy, randomBytes(512 * 1024))]);
+    // 1 MB in all at 2 MB/s: the later one finishes after at least 0.4 s
+    expect(Math.max(...both.map((r) => r.ms))).toBeGreaterThanOrEqual(400);
+    expect(proxy.stats().bytesUp).toBe(1024 * 1024);
+  });
+
   it("resets a connection after N bytes; the client sees ECONNRESET", async () => {
     const { proxy, server } = await setup("sink", { resetAfterBytes: 100_000 });
     const r = await exchange(proxy, randomBytes(1024 * 1024));
