@@ -316,6 +316,10 @@ describe("dicom-relay push through an unreliable link", () => {
     } finally {
       other.close();
     }
+    // --dry-run reads and summarises without the relay
+    const dry = await runPush([src, "--to", `http://127.0.0.1:${port}`, "--cache-dir", path.join(work, "cache6"), "--dry-run"]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/1 series, 1 instances[\s\S]*Dry run: nothing was sent\./);
     const r3 = await runPush([src, "--to", "ftp://relay"]);
     expect(r3.code).toBe(1);
     expect(r3.stderr).toMatch(/must start with https:\/\//);

@@ -9,7 +9,9 @@ import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies,
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
 import { RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
-import { backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
+import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
+import http from "node:http";
+import { freePort } from "../../scripts/lib/net.ts";
 import { compareReceipt, receiptFileName } from "../../src/cli/push/receipt.ts";
 import { acquireLock, loadState, saveState, stateDirFor } from "../../src/cli/push/state.ts";
 import { orderDocuments } from "../../src/cli/push/documents.ts";
@@ -239,6 +241,45 @@ describe("retries and sentences", () => {
     expect(backoffMs(20, () => 0.5)).toBe(30_000);
   });
 
+  it("RelayApi retries 503 and 429 after their Retry-After, returns 4xx at once, sends the token", async () => {
+    const answers = [
+      { status: 503, headers: { "Retry-After": "1" } },
+      { status: 429, headers: { "Retry-After": "0" } },
+      { status: 200, headers: {} },
+      { status: 400, headers: {} },
+    ];
+    const seen: Array<{ at: number; auth?: string }> = [];
+    const server = http.createServer((req, res) => {
+      seen.push({ at: Date.now(), auth: req.headers.authorization });
+      const a = answers.shift()!;
+      res.writeHead(a.status, { "Content-Type": "application/json", ...a.headers }).end(JSON.stringify({ error: `answer ${a.status}` }));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    try {
+      const logged: string[] = [];
+      const api = new RelayApi(`http://127.0.0.1:${(server.address() as { port: number }).port}`, "drt_t", (l) => logged.push(l));
+      const ok = await api.request("GET", "/x");
+      expect(ok.status).toBe(200);
+      expect(seen).toHaveLength(3);
+      expect(seen[1]!.at - seen[0]!.at).toBeGreaterThanOrEqual(950);
+      expect(seen.every((s) => s.auth === "Bearer drt_t")).toBe(true);
+      expect(logged[0]).toMatch(/answered 503 \(answer 503\); trying again in 1 s/);
+      const bad = await api.request("GET", "/x");
+      expect(bad.status).toBe(400);
+      expect(seen).toHaveLength(4);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("RelayApi: nothing listening is CouldNotRun with a sentence after its attempts", async () => {
+    const port = await freePort();
+    const api = new RelayApi(`http://127.0.0.1:${port}`, null);
+    const err = await api.request("GET", "/x", { attempts: 2 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CouldNotRun);
+    expect((err as Error).message).toMatch(/nothing answers at 127\.0\.0\.1:\d+/);
+  });
+
   it("network codes from fetch's cause chain, and a sentence for each", () => {
     expect(networkCode(Object.assign(new TypeError("fetch failed"), { cause: Object.assign(new Error("x"), { code: "ECONNREFUSED" }) }))).toBe("ECONNREFUSED");
     expect(networkCode(Object.assign(new Error("t"), { name: "TimeoutError" }))).toBe("ETIMEDOUT");
@@ -268,8 +309,13 @@ describe("receipts, state, documents order", () => {
     expect(dir).not.toBe(stateDirFor(cache, "/media/cd", "https://other"));
     const s = loadState(dir, "/media/cd", "https://r");
     s.studies["1.2"] = { manifestKey: "k", transferId: "t", bundles: [], documents: {} };
+    s.files["/media/cd/IM1"] = { size: 1, mtimeMs: 2, dicomdir: true };
     saveState(dir, s);
     expect(loadState(dir, "/media/cd", "https://r").studies["1.2"]!.transferId).toBe("t");
+    // the scan results are written only when asked (they can be large), to their own file
+    expect(loadState(dir, "/media/cd", "https://r").files).toEqual({});
+    saveState(dir, s, { files: true });
+    expect(loadState(dir, "/media/cd", "https://r").files["/media/cd/IM1"]).toEqual({ size: 1, mtimeMs: 2, dicomdir: true });
     fs.writeFileSync(path.join(dir, "state.json"), "{broken");
     expect(loadState(dir, "/media/cd", "https://r").studies).toEqual({});
     const release = acquireLock(dir);

@@ -110,6 +110,7 @@ export class RelayApi {
     let lastCode = "";
     for (let n = 0; n < attempts; n++) {
       let res: Response;
+      let text: string;
       try {
         const headers: Record<string, string> = { ...this.authHeaders(), ...(opts.headers ?? {}) };
         let body: BodyInit | undefined;
@@ -121,6 +122,8 @@ export class RelayApi {
           body = Readable.toWeb(opts.body()) as unknown as BodyInit;
         }
         res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(opts.timeoutMs ?? 120_000), ...(body && opts.body ? { duplex: "half" } : {}) } as RequestInit);
+        // inside the try: a connection cut while the answer arrives ("terminated") is a network failure too
+        text = await res.text();
       } catch (err) {
         lastCode = networkCode(err);
         if (lastCode === "ENOTFOUND" || (lastCode && !TRANSIENT.has(lastCode) && !lastCode.startsWith("UND_"))) throw new CouldNotRun(unreachableSentence(this.base, lastCode));
@@ -131,7 +134,6 @@ export class RelayApi {
         }
         continue;
       }
-      const text = await res.text();
       const retryable = res.status === 408 || res.status === 429 || res.status >= 500;
       if (retryable && n + 1 < attempts) {
         const wait = retryAfterMs(res.headers.get("retry-after")) ?? backoffMs(n);

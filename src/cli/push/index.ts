@@ -74,7 +74,8 @@ export async function pushCommand(argv: string[]): Promise<number> {
       process.stderr.write(`\ndicom-relay push could not run: ${err.message}\n`);
       return 1;
     }
-    if (err instanceof RelayError && (err.status === 401 || err.status === 403)) {
+    if (err instanceof RelayError) {
+      // the relay refused a step every later step depends on (the manifest, the transfer view)
       process.stderr.write(`\ndicom-relay push could not run: ${err.message}\n`);
       return 1;
     }
@@ -109,7 +110,7 @@ async function push(opts: PushOptions): Promise<number> {
     });
     if (tty) process.stderr.write("\n");
     state.files = cache;
-    saveState(stateDir, state);
+    saveState(stateDir, state, { files: true });
     const studies = groupStudies(result.instances);
     printFound(result, studies, opts);
     if (!studies.length) {

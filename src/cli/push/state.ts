@@ -3,7 +3,8 @@
  * the bundle plan, tus upload URLs and what already arrived. Written atomically (temp file + rename) after every
  * step, so a crash, a closed laptop or a cut link loses at most the step in progress.
  *
- *   <cacheDir>/<key>/state.json      this file
+ *   <cacheDir>/<key>/state.json      this file, without the per-file scan results
+ *   <cacheDir>/<key>/files.json      the per-file scan results (written once per run: it can be large)
  *   <cacheDir>/<key>/bundles/        bundles being sent (deleted once the relay has them)
  *   <cacheDir>/<key>/zip/            a .zip source, unpacked
  *   <cacheDir>/<key>/lock            pid of the push running now
@@ -58,6 +59,17 @@ export function stateDirFor(cacheDir: string, source: string, relay: string): st
 
 export function loadState(dir: string, source: string, relay: string): PushState {
   const file = path.join(dir, "state.json");
+  const state = loadStudies(file, source, relay);
+  try {
+    state.files = JSON.parse(fs.readFileSync(path.join(dir, "files.json"), "utf8")) as ScanCache;
+  } catch {
+    // no scan results yet (or damaged): every file is read again
+    state.files = {};
+  }
+  return state;
+}
+
+function loadStudies(file: string, source: string, relay: string): PushState {
   const fresh = (): PushState => {
     const now = new Date().toISOString();
     return { version: STATE_VERSION, source: path.resolve(source), relay, createdAt: now, updatedAt: now, files: {}, studies: {} };
@@ -78,14 +90,20 @@ export function loadState(dir: string, source: string, relay: string): PushState
   }
 }
 
-export function saveState(dir: string, state: PushState): void {
+/** Saves the studies' state (after every step); with files: true also the per-file scan results. */
+export function saveState(dir: string, state: PushState, opts: { files?: boolean } = {}): void {
   fs.mkdirSync(dir, { recursive: true });
   state.updatedAt = new Date().toISOString();
-  const file = path.join(dir, "state.json");
+  const { files, ...rest } = state;
+  writeAtomic(path.join(dir, "state.json"), JSON.stringify({ ...rest, files: {} }));
+  if (opts.files) writeAtomic(path.join(dir, "files.json"), JSON.stringify(files));
+}
+
+function writeAtomic(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = fs.openSync(tmp, "w", 0o600);
   try {
-    fs.writeSync(fd, JSON.stringify(state));
+    fs.writeSync(fd, text);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
