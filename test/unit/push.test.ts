@@ -8,7 +8,7 @@ import { UsageError, normaliseRelayUrl, parseDocumentSpec, parsePushArgs, parseS
 import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies, mediaStorageSopClass, referencedFiles, scanFolder, type FoundInstance } from "../../src/cli/push/scan.ts";
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
-import { RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
+import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
 import { freePort } from "../../scripts/lib/net.ts";
@@ -223,6 +223,30 @@ describe("progress", () => {
     const snap = { doneBytes: 50 * 1024 * 1024, totalBytes: 100 * 1024 * 1024, doneInstances: 10, totalInstances: 20, wireBytes: 20 * 1024 * 1024, rate: 1024 * 1024 };
     expect(progressLine(snap, 120)).toMatch(/^\[#+-+\] 50% 50\.0 MB\/100 MB 1\.0 MB\/s left 0:50 instances 10\/20$/);
     expect(logLine(snap)).toBe("progress: 50% (50.0 MB of 100 MB), 1.0 MB/s, about 0:50 left, 10 of 20 instances, 20.0 MB sent on the wire");
+  });
+
+  it("Progress: redraws one line on a terminal, messages above it; plain lines otherwise", () => {
+    const sink = (tty: boolean) => {
+      const chunks: string[] = [];
+      return { chunks, out: { write: (s: string) => (chunks.push(s), true), columns: 100, isTTY: tty } as unknown as NodeJS.WriteStream };
+    };
+    const t = sink(true);
+    const p = new Progress(t.out, true);
+    p.start(1000, 10, 0, 0);
+    p.bundleProgress("b1", 500, 50, 100);
+    expect(p.snapshot()).toMatchObject({ doneBytes: 250, totalInstances: 10, doneInstances: 0 });
+    p.say("b1: the connection dropped; resuming");
+    p.bundleDone("b1", 500, 5);
+    expect(p.snapshot()).toMatchObject({ doneBytes: 500, doneInstances: 5 });
+    p.stop();
+    const text = t.chunks.join("");
+    expect(text).toMatch(/b1: the connection dropped; resuming\n/);
+    expect(text).toMatch(/\r\x1b\[2K\[#+-+\] 50% 500 B\/1000 B .* instances 5\/10\n$/);
+    const l = sink(false);
+    const q = new Progress(l.out, false);
+    q.start(1000, 10, 1000, 10);
+    q.stop();
+    expect(l.chunks.join("")).toBe("progress: 100% (1000 B of 1000 B), 0 B/s, about --:-- left, 10 of 10 instances, 0 B sent on the wire\n");
   });
 });
 

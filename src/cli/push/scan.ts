@@ -302,10 +302,12 @@ export async function scanFolder(root: string, opts: ScanOptions): Promise<{ res
     if (st.size > 256 * 1024 * 1024) continue;
     const listed = referencedFiles(await fsp.readFile(dd));
     const base = path.dirname(dd);
-    const present = new Set(files.map((f) => f.toUpperCase()));
+    // ISO 9660 names may show in lower case or with a ";1" version suffix depending on how the disc is mounted
+    const norm = (p: string) => p.toUpperCase().replace(/;\d+$/, "");
+    const present = new Set(files.map(norm));
     for (const ref of listed) {
       const full = path.join(base, ref);
-      if (!present.has(full.toUpperCase()) && !fs.existsSync(full)) result.missingFromDicomdir.push(path.relative(root, full));
+      if (!present.has(norm(full)) && !fs.existsSync(full)) result.missingFromDicomdir.push(path.relative(root, full));
     }
   }
   return { result, cache };
