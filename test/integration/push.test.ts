@@ -330,6 +330,49 @@ describe("dicom-relay push through an unreliable link", () => {
   }, 120_000);
 });
 
+describe("dicom-relay push while the relay restarts", () => {
+  it("the relay stops mid-upload and comes back on the same data: the push waits, resumes and completes", async () => {
+    const work = tmp("push-restart-");
+    const dataDir = path.join(work, "data");
+    let relay = await startTestRelay({}, { dataDir });
+    const port = Number(new URL(relay.url).port);
+    const proxy = await startFaultProxy({ target: { host: "127.0.0.1", port }, latencyMs: 5, bandwidthBytesPerSec: 150_000 });
+    try {
+      const src = path.join(work, "cd");
+      const study = await writeStudy(src, { instances: 16, rows: 256, columns: 256, modality: "MR", seed: 19 });
+      const cache = path.join(work, "cache");
+      let restarted: Promise<void> | null = null;
+      let urlAtStop = "";
+      const r = await runPush([src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", path.join(work, "receipts"), "--bundle-size", "4M"], {
+        watch() {
+          const st = readState(cache);
+          if (!restarted && Object.values(st?.studies ?? {})[0]?.bundles[0]?.uploadUrl && proxy.stats().bytesUp > 150_000) {
+            urlAtStop = Object.values(st!.studies)[0]!.bundles[0]!.uploadUrl!;
+            restarted = (async () => {
+              await relay.close();
+              await new Promise((res) => setTimeout(res, 1500));
+              relay = await startTestRelay({ server: { port } }, { dataDir });
+              proxy.setFaults({ bandwidthBytesPerSec: 0 });
+            })();
+          }
+        },
+      });
+      expect(restarted).not.toBeNull();
+      await restarted;
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/the connection dropped|connection to the relay failed/);
+      expect(r.stdout).toMatch(/stored now: 16 +already on the relay: 0 +failed: 0/);
+      // the upload that was cut by the stop is the one that finished: its offset survived the restart
+      expect(Object.values(readState(cache)!.studies)[0]!.bundles[0]!.uploadUrl).toBe(urlAtStop);
+      await expectByteIdentical(relay, study.files);
+    } finally {
+      await proxy.close();
+      await relay.dispose();
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }, 180_000);
+});
+
 describe("dicom-relay push with access control", () => {
   let relay: TestRelay;
   let proxy: FaultProxy;

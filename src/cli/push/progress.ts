@@ -103,9 +103,9 @@ export class Progress {
     this.timer.unref();
   }
 
-  /** fraction of a bundle's raw bytes sent (bytesSent/bytesTotal of its upload) */
+  /** fraction of a bundle's raw bytes sent (bytesSent/bytesTotal of its upload); 99% at most until the relay confirms */
   bundleProgress(name: string, rawBytes: number, sent: number, total: number): void {
-    this.inFlight.set(name, total ? (rawBytes * sent) / total : 0);
+    this.inFlight.set(name, total ? rawBytes * Math.min(0.99, sent / total) : 0);
   }
 
   bundleDone(name: string, rawBytes: number, instances: number): void {
