@@ -206,6 +206,25 @@ describe("dicom-relay push through an unreliable link", () => {
     await expectByteIdentical(relay, study.files);
   }, 240_000);
 
+  it("a connection that goes silent (no reset, no close) is dropped by the stall watchdog and the upload resumes", async () => {
+    const src = path.join(work, "cd-stall");
+    const study = await writeStudy(src, { instances: 12, rows: 256, columns: 256, modality: "MR", seed: 20 });
+    proxy.setFaults({ stallAfterBytes: 150_000, bandwidthBytesPerSec: 1_000_000 });
+    const before = proxy.stats();
+    const r = await runPush([src, "--to", proxy.url, "--cache-dir", path.join(work, "cache-stall"), "--receipt-dir", path.join(work, "receipts-stall"), "--bundle-size", "8M", "--stall-seconds", "5"], {
+      watch() {
+        // one silent connection is enough: later connections are healthy
+        if (proxy.stats().stalls > before.stalls) proxy.setFaults({ stallAfterBytes: undefined, bandwidthBytesPerSec: 0 });
+      },
+    });
+    proxy.setFaults({ stallAfterBytes: undefined, bandwidthBytesPerSec: 0 });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(proxy.stats().stalls - before.stalls).toBeGreaterThanOrEqual(1);
+    expect(r.stderr).toMatch(/no progress for \d+ s; reconnecting/);
+    expect(r.stdout).toMatch(/stored now: 12 +already on the relay: 0 +failed: 0/);
+    await expectByteIdentical(relay, study.files);
+  }, 120_000);
+
   it("a CD folder with a DICOMDIR, files without extension, a JPEG, a PDF, a text file and a truncated instance", async () => {
     const cd = path.join(work, "cd3");
     const study = await writeStudy(path.join(cd, "DICOM", "ST000001"), { instances: 6, seriesCount: 2, rows: 64, columns: 64, modality: "CT", seed: 13 });
