@@ -105,7 +105,9 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
       if (Date.now() - lastProgressAt < limit) return;
       lastProgressAt = Date.now();
       o.log(`${o.filename}: no progress for ${Math.round(limit / 1000)} s; reconnecting`);
-      void upload.abort(false).then(() => upload.start());
+      // start again a moment later: the aborted request's own error must arrive while the upload is still marked
+      // aborted (tus-js-client ignores it then), or it would start a second flow beside the new one
+      void upload.abort(false).then(() => setTimeout(() => upload.start(), 1000));
     }, Math.min(2000, o.stallMs));
     upload.start();
   }).then(async ({ url, body }) => {
