@@ -225,6 +225,55 @@ describe("dicom-relay push through an unreliable link", () => {
     await expectByteIdentical(relay, study.files);
   }, 120_000);
 
+  it("a busy relay (503 + Retry-After) on the manifest and on an upload is waited for as long as it asks", async () => {
+    // an HTTP gate in front of the relay: the first manifest and the first PATCH are answered 503, the rest passes
+    const plan = { transfers503: 1, patch503: 1 };
+    const seen: Array<{ method: string; path: string; at: number; status: number }> = [];
+    const target = relay.url;
+    const gate = http.createServer((req, res) => {
+      const at = Date.now();
+      const reqPath = req.url ?? "";
+      const busy = (req.method === "PATCH" && plan.patch503 > 0) || (req.method === "POST" && reqPath === "/api/transfers" && plan.transfers503 > 0 && seen.some((s) => s.method === "POST" && s.status === 400));
+      if (busy) {
+        if (req.method === "PATCH") plan.patch503--;
+        else plan.transfers503--;
+        req.resume();
+        req.on("end", () => {
+          seen.push({ method: req.method!, path: reqPath, at, status: 503 });
+          res.writeHead(503, { "Retry-After": req.method === "PATCH" ? "2" : "1", "Tus-Resumable": "1.0.0", "Content-Type": "application/json" }).end(JSON.stringify({ status: 503, error: "busy" }));
+        });
+        return;
+      }
+      const up = http.request(new URL(reqPath, target), { method: req.method, headers: req.headers }, (ur) => {
+        seen.push({ method: req.method!, path: reqPath, at, status: ur.statusCode ?? 0 });
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+      });
+      up.on("error", () => res.destroy());
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => gate.listen(0, "127.0.0.1", () => r()));
+    try {
+      const src = path.join(work, "cd-busy");
+      const study = await writeStudy(src, { instances: 4, rows: 64, columns: 64, modality: "CT", seed: 22 });
+      const url = `http://127.0.0.1:${(gate.address() as { port: number }).port}`;
+      const r = await runPush([src, "--to", url, "--cache-dir", path.join(work, "cache-busy"), "--receipt-dir", path.join(work, "receipts-busy")]);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(plan).toEqual({ transfers503: 0, patch503: 0 });
+      expect(r.stderr).toMatch(/the relay answered 503 \(busy\); trying again in 1 s/);
+      expect(r.stderr).toMatch(/the connection dropped \(HTTP 503\); resuming/);
+      const i = seen.findIndex((s) => s.method === "PATCH" && s.status === 503);
+      const next = seen.slice(i + 1).find((s) => s.path.startsWith("/api/uploads/"));
+      // tus-js-client's own first retry is immediate: the wait is the relay's Retry-After
+      expect(next!.at - seen[i]!.at).toBeGreaterThanOrEqual(1900);
+      const j = seen.findIndex((s) => s.method === "POST" && s.path === "/api/transfers" && s.status === 503);
+      expect(seen[j + 1]!.at - seen[j]!.at).toBeGreaterThanOrEqual(900);
+      await expectByteIdentical(relay, study.files);
+    } finally {
+      gate.close();
+    }
+  }, 120_000);
+
   it("a CD folder with a DICOMDIR, files without extension, a JPEG, a PDF, a text file and a truncated instance", async () => {
     const cd = path.join(work, "cd3");
     const study = await writeStudy(path.join(cd, "DICOM", "ST000001"), { instances: 6, seriesCount: 2, rows: 64, columns: 64, modality: "CT", seed: 13 });

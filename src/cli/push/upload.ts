@@ -5,7 +5,7 @@
  */
 import fs from "node:fs";
 import * as tus from "tus-js-client";
-import { CouldNotRun, RelayError, errorText, type RelayApi } from "./http.ts";
+import { CouldNotRun, RelayError, errorText, retryAfterMs, type RelayApi } from "./http.ts";
 
 export interface UploadEntry {
   name: string;
@@ -56,13 +56,19 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
       headers: o.api.authHeaders(),
       // one PATCH streams the rest of the file; a reset costs only the bytes in flight
       chunkSize: Number.POSITIVE_INFINITY,
-      retryDelays: o.retryDelays ?? DEFAULT_RETRY_DELAYS,
+      // a copy: a Retry-After answer lengthens one of its delays
+      retryDelays: [...(o.retryDelays ?? DEFAULT_RETRY_DELAYS)],
       storeFingerprintForResuming: false,
       removeFingerprintOnSuccess: false,
-      onShouldRetry(err, attempt) {
+      onShouldRetry(err, attempt, options) {
         const status = err.originalResponse?.getStatus() ?? 0;
         // 401/403/404/413 will not change by waiting
         if (status >= 400 && status < 500 && status !== 408 && status !== 409 && status !== 423 && status !== 429) return false;
+        // a busy relay says how long to wait: tus-js-client reads the delay from retryDelays[attempt] right after this
+        const wait = retryAfterMs(err.originalResponse?.getHeader("Retry-After") ?? null);
+        if (wait !== null && options.retryDelays && attempt < options.retryDelays.length) {
+          options.retryDelays[attempt] = Math.max(options.retryDelays[attempt] ?? 0, wait);
+        }
         o.log(`${o.filename}: the connection dropped (${status ? `HTTP ${status}` : shortError(err)}); resuming${attempt ? ` (attempt ${attempt + 1})` : ""}`);
         return true;
       },
