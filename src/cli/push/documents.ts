@@ -6,7 +6,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { errorText, type RelayApi } from "./http.ts";
-import type { DocumentSpec } from "./args.ts";
+import { UsageError, type DocumentSpec, type PushOptions } from "./args.ts";
+import { formatDicomDate, type ScanResult, type StudySummary } from "./scan.ts";
 
 export interface DocumentOutcome {
   file: string;
@@ -51,4 +52,28 @@ export async function attachDocuments(api: RelayApi, studyInstanceUID: string, s
     }
   }
   return out;
+}
+
+/** Documents per study: the ones named on the command line, plus those found in the folder with --documents. */
+export function documentsToAttach(result: ScanResult, studies: StudySummary[], opts: PushOptions): Map<string, DocumentSpec[]> {
+  const map = new Map<string, DocumentSpec[]>();
+  const found: DocumentSpec[] = opts.documents
+    ? result.others.filter((o) => o.kind === "pdf" || o.kind === "jpeg" || o.kind === "png").map((o) => ({ file: o.path, kind: "other", language: opts.documentsLanguage, title: path.basename(o.path) }))
+    : [];
+  const named = new Set(opts.documentSpecs.map((d) => path.resolve(d.file)));
+  const all = [...opts.documentSpecs, ...found.filter((f) => !named.has(path.resolve(f.file)))];
+  if (!all.length) return map;
+  let study: string;
+  if (opts.documentStudy) {
+    if (!studies.some((s) => s.studyInstanceUID === opts.documentStudy)) {
+      throw new UsageError(`--study ${opts.documentStudy} is not one of the studies found (${studies.map((s) => s.studyInstanceUID).join(", ")})`);
+    }
+    study = opts.documentStudy;
+  } else if (studies.length === 1) {
+    study = studies[0]!.studyInstanceUID;
+  } else {
+    throw new UsageError(`the folder holds ${studies.length} studies; say which one the documents belong to with --study <StudyInstanceUID> (${studies.map((s) => `${s.studyInstanceUID} = ${formatDicomDate(s.studyDate)} ${s.studyDescription}`).join("; ")})`);
+  }
+  map.set(study, all);
+  return map;
 }

@@ -17,10 +17,11 @@ import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInst
 import { buildManifest, entryName, manifestKey, planBundles, type ManifestBody } from "./manifest.ts";
 import { writeBundle } from "./bundle.ts";
 import { acquireLock, loadState, saveState, stateDirFor, LockedError, type BundleState, type PushState, type StudyState } from "./state.ts";
-import { Progress, formatBytes } from "./progress.ts";
+import { Progress } from "./progress.ts";
 import { uploadBundle } from "./upload.ts";
 import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
-import { attachDocuments, type DocumentOutcome } from "./documents.ts";
+import { attachDocuments, documentsToAttach, type DocumentOutcome } from "./documents.ts";
+import { printFound, rel } from "./summary.ts";
 
 interface TransferView {
   id: string;
@@ -175,71 +176,6 @@ async function unzip(zip: string, dir: string, state: PushState, stateDir: strin
   state.zipExtracted = true;
   saveState(stateDir, state);
   return dir;
-}
-
-function rel(root: string, p: string): string {
-  const r = path.relative(root, p);
-  return r && !r.startsWith("..") ? r : p;
-}
-
-function printFound(result: ScanResult, studies: StudySummary[], opts: PushOptions): void {
-  const root = result.root;
-  out(`Found in ${root}:`);
-  for (const s of studies) {
-    out("");
-    out(`  Patient   ${s.patientName || "(no name)"}${s.patientID ? `  (ID ${s.patientID})` : ""}`);
-    out(`  Study     ${formatDicomDate(s.studyDate)}  ${s.studyDescription || "(no description)"}  [${s.modalities.join(", ") || "?"}]`);
-    out(`            ${s.series} series, ${s.instances.length} instances, ${formatBytes(s.bytes)}`);
-  }
-  out("");
-  if (result.dicomdirs.length) {
-    out(`  DICOMDIR: ${result.dicomdirs.map((d) => rel(root, d)).join(", ")} (the disc's table of contents, not an image; not sent)`);
-    if (result.missingFromDicomdir.length) {
-      out(`  The DICOMDIR lists ${result.missingFromDicomdir.length} file(s) that are not on the disc (the export may be incomplete):`);
-      for (const m of result.missingFromDicomdir.slice(0, 20)) out(`    ${m}`);
-      if (result.missingFromDicomdir.length > 20) out(`    ... and ${result.missingFromDicomdir.length - 20} more`);
-    }
-  }
-  if (result.duplicates.length) out(`  ${result.duplicates.length} file(s) are identical copies of other files; each instance is sent once.`);
-  if (result.others.length) {
-    out(`  Not DICOM images (${result.others.length} file(s)):`);
-    const shown = result.others.slice(0, 30);
-    for (const o of shown) out(`    ${rel(root, o.path)}: ${o.sentence}`);
-    if (result.others.length > shown.length) out(`    ... and ${result.others.length - shown.length} more`);
-  }
-  if (result.broken.length) {
-    out(`  Could not be read (${result.broken.length} file(s); they will NOT arrive):`);
-    for (const b of result.broken.slice(0, 50)) out(`    ${rel(root, b.path)}: ${b.reason}`);
-    if (result.broken.length > 50) out(`    ... and ${result.broken.length - 50} more`);
-  }
-  if (opts.documents === false && result.others.some((o) => o.kind === "pdf" || o.kind === "jpeg" || o.kind === "png")) {
-    out("  (PDF reports and photos can travel with the study: run with --documents, or name them with --document FILE:KIND:LANGUAGE.)");
-  }
-  out("");
-}
-
-/** Documents per study: the ones named on the command line, plus those found in the folder with --documents. */
-function documentsToAttach(result: ScanResult, studies: StudySummary[], opts: PushOptions): Map<string, DocumentSpec[]> {
-  const map = new Map<string, DocumentSpec[]>();
-  const found: DocumentSpec[] = opts.documents
-    ? result.others.filter((o) => o.kind === "pdf" || o.kind === "jpeg" || o.kind === "png").map((o) => ({ file: o.path, kind: "other", language: opts.documentsLanguage, title: path.basename(o.path) }))
-    : [];
-  const named = new Set(opts.documentSpecs.map((d) => path.resolve(d.file)));
-  const all = [...opts.documentSpecs, ...found.filter((f) => !named.has(path.resolve(f.file)))];
-  if (!all.length) return map;
-  let study: string;
-  if (opts.documentStudy) {
-    if (!studies.some((s) => s.studyInstanceUID === opts.documentStudy)) {
-      throw new UsageError(`--study ${opts.documentStudy} is not one of the studies found (${studies.map((s) => s.studyInstanceUID).join(", ")})`);
-    }
-    study = opts.documentStudy;
-  } else if (studies.length === 1) {
-    study = studies[0]!.studyInstanceUID;
-  } else {
-    throw new UsageError(`the folder holds ${studies.length} studies; say which one the documents belong to with --study <StudyInstanceUID> (${studies.map((s) => `${s.studyInstanceUID} = ${formatDicomDate(s.studyDate)} ${s.studyDescription}`).join("; ")})`);
-  }
-  map.set(study, all);
-  return map;
 }
 
 // ---------------------------------------------------------------- sending
