@@ -321,10 +321,16 @@ describe("dicom-relay push through an unreliable link", () => {
     expect(r.stdout).toMatch(/1 series, 5 instances/);
     expect(r.stdout).toMatch(/viewer\.exe: not a DICOM file: not sent/);
     await expectByteIdentical(relay, study.files);
-    const again = await runPush(args);
-    expect(again.code).toBe(0);
+    // the receipt folder cannot be written (here: a file is in the way): the receipt goes to the cache, said where
+    const blocked = path.join(work, "not-a-folder");
+    fs.writeFileSync(blocked, "x");
+    const again = await runPush([...args.slice(0, -1), path.join(blocked, "receipts")]);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
     expect(again.stdout).not.toMatch(/Unpacking/);
     expect(again.stdout).toMatch(/5 already on the relay, 0 to send/);
+    const saved = /Receipt saved: (\S+)/.exec(again.stdout)?.[1];
+    expect(saved).toContain(path.join(work, "cache-zip"));
+    expect(JSON.parse(fs.readFileSync(saved!, "utf8")).verified.signature).toBe(true);
   }, 120_000);
 
   it("--documents and --document attach reports and photos to the study; a translation names its original", async () => {

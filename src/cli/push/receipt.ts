@@ -36,7 +36,23 @@ export function receiptFileName(studyDate: string, patientID: string, transferId
   return ["dicom-relay-receipt", safe(studyDate) || "undated", safe(patientID) || "patient", transferId.slice(0, 8)].join("-") + ".json";
 }
 
-export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, dir: string, name: string): Promise<SavedReceipt> {
+/** Writes the receipt into dir, or into fallbackDir when dir cannot be written (a read-only disc as current folder). */
+function writeReceipt(dirs: string[], name: string, text: string): string {
+  let last: unknown;
+  for (const dir of dirs) {
+    try {
+      fs.mkdirSync(dir, { recursive: true });
+      const file = path.join(dir, name);
+      fs.writeFileSync(file, text);
+      return file;
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, dir: string, name: string, fallbackDir?: string): Promise<SavedReceipt> {
   const r = await api.request("GET", `/api/transfers/${transferId}/receipt`);
   if (r.status !== 200) throw new RelayError(r.status, `the relay gave no receipt for transfer ${transferId} (${r.status}): ${errorText(r.text)}`);
   const { jws } = r.json<{ jws: string }>();
@@ -47,8 +63,6 @@ export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, man
   const payload = verifyReceipt(jws, key.pem);
   const problems = compareReceipt(payload, manifest, transferId);
   if (problems.length) throw new Error(`the receipt does not match what was sent: ${problems.slice(0, 3).join("; ")}`);
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, name);
   const saved = {
     about: "Signed delivery receipt from a dicom-relay. Check it with the relay's public key (below, also at " + RECEIPT_KEY_PATH + "); see docs/transfers.md.",
     relay: api.base,
@@ -59,6 +73,6 @@ export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, man
     jws,
     payload,
   };
-  fs.writeFileSync(file, JSON.stringify(saved, null, 2) + "\n");
+  const file = writeReceipt(fallbackDir ? [dir, fallbackDir] : [dir], name, JSON.stringify(saved, null, 2) + "\n");
   return { file, payload };
 }
