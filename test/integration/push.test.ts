@@ -361,6 +361,30 @@ describe("dicom-relay push through an unreliable link", () => {
     expect(got.find((d) => d.kind === "other")).toMatchObject({ title: "photo.jpg", language: "en" });
   }, 120_000);
 
+  it("a folder with two patients' studies: one transfer and one receipt per study; documents need --study", async () => {
+    const src = path.join(work, "cd-two");
+    const a = await writeStudy(path.join(src, "A"), { instances: 3, rows: 32, columns: 32, modality: "CT", patientName: "Zhang^San=张^三", patientID: "CN-A", seed: 23 });
+    const b = await writeStudy(path.join(src, "B"), { instances: 2, rows: 32, columns: 32, modality: "MR", patientName: "Li^Na=李^娜", patientID: "CN-B", seed: 24 });
+    fs.writeFileSync(path.join(src, "report.pdf"), PDF);
+    const receipts = path.join(work, "receipts-two");
+    const common = [src, "--to", proxy.url, "--cache-dir", path.join(work, "cache-two"), "--receipt-dir", receipts];
+    // which study would the PDF belong to? it is not guessed
+    const ask = await runPush([...common, "--documents"]);
+    expect(ask.code).toBe(1);
+    expect(ask.stderr).toMatch(/the folder holds 2 studies; say which one the documents belong to with --study/);
+    const r = await runPush([...common, "--documents", "--study", b.studyInstanceUID]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/Patient +Li\^Na=李\^娜 +\(ID CN-B\)[\s\S]*1 series, 2 instances/);
+    expect(r.stdout).toMatch(/Patient +Zhang\^San=张\^三 +\(ID CN-A\)[\s\S]*1 series, 3 instances/);
+    const saved = receiptsIn(receipts);
+    expect(saved).toHaveLength(2);
+    expect(new Set(saved.map((x) => x.transferId)).size).toBe(2);
+    const docs = await request(relay.url).get(`/api/studies/${b.studyInstanceUID}/documents`);
+    expect(docs.body.documents).toHaveLength(1);
+    expect((await request(relay.url).get(`/api/studies/${a.studyInstanceUID}/documents`)).body.documents).toHaveLength(0);
+    await expectByteIdentical(relay, [...a.files, ...b.files]);
+  }, 120_000);
+
   it("exit 2 when the relay refuses an instance (same SOPInstanceUID, other bytes), with the reason", async () => {
     const src = path.join(work, "cd5");
     const study = await writeStudy(src, { instances: 4, rows: 32, columns: 32, modality: "CT", seed: 15 });
