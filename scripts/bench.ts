@@ -4,7 +4,7 @@
  *
  *   BENCH_QUICK=1 npm run bench            smaller sizes (for a smoke run)
  *   BENCH_ONLY=index100k npm run bench     only the named sections (comma-separated)
- *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1   leave one out
+ *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_PUSH=1   leave one out
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
@@ -19,6 +19,7 @@ import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
 import { benchIndex100k } from "./bench-index.ts";
+import { benchPush } from "./bench-push.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
 
@@ -361,6 +362,7 @@ async function main() {
     const large = wanted("largeInstance") ? await benchLargeInstance(workDir) : null;
     const s3 = wanted("s3") ? await benchS3(workDir) : notSelected;
     const transfers = wanted("transfers") ? await benchTransfers(workDir) : notSelected;
+    const push = wanted("push") ? await benchPush(workDir) : notSelected;
     const peer = wanted("peer") ? await benchPeer(workDir) : notSelected;
     const index100k = wanted("index100k") ? await benchIndex100k(workDir) : notSelected;
     const result = {
@@ -372,6 +374,7 @@ async function main() {
       largeInstance: large ?? notSelected,
       s3,
       transfers,
+      push,
       peer,
       index100k,
       targets: {
