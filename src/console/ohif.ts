@@ -37,9 +37,11 @@ export function rewriteOhifIndex(html: string, paths: OhifPagePaths): string {
       .replace(PUBLIC_URL_RE, `window.PUBLIC_URL=${JSON.stringify(assets)}`)
       // a service worker would cache the viewer (and share pages) in the browser; not wanted for medical data
       .replace(/<script[^>]*src="\/init-service-worker\.js"[^>]*><\/script>/g, "")
-      .replace(CONFIG_SRC_RE, `src="${escapeAttr(paths.configSrc)}"`)
+      // the configuration is the page's own; a placeholder keeps it out of the next replacement
+      .replace(CONFIG_SRC_RE, 'src="\u0000config"')
       // every other absolute link of the build ("/assets/...", "/app.bundle...js") points into the assets path
       .replace(/(href|src)="\/(?!\/)/g, (_m, attr: string) => `${attr}="${assets}`)
+      .replace('src="\u0000config"', `src="${escapeAttr(paths.configSrc)}"`)
       // share links carry their secret in the URL: never send it on as a Referer
       .replace(/<head>/i, '<head><meta name="referrer" content="no-referrer">')
   );
@@ -49,10 +51,12 @@ function escapeAttr(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;");
 }
 
-/** The webpack public path compiled into OHIF's bundles, and what it becomes. */
-export function publicPathPatch(assetsPath: string): { from: Buffer; to: Buffer } {
+/** What changes in a static file of the build: webpack's public path in scripts, root-relative url(/...) in styles. */
+export function publicPathPatch(assetsPath: string, file: string): { from: Buffer; to: Buffer } | null {
   const assets = assetsPath.endsWith("/") ? assetsPath : assetsPath + "/";
-  return { from: Buffer.from('__webpack_require__.p = "/"'), to: Buffer.from(`__webpack_require__.p = ${JSON.stringify(assets)}`) };
+  if (file.endsWith(".js")) return { from: Buffer.from('__webpack_require__.p = "/"'), to: Buffer.from(`__webpack_require__.p = ${JSON.stringify(assets)}`) };
+  if (file.endsWith(".css")) return { from: Buffer.from("url(/"), to: Buffer.from(`url(${assets}`) };
+  return null;
 }
 
 /** A stream that replaces every occurrence of `from` with `to`, also across chunk boundaries. */

@@ -31,10 +31,9 @@ function installed(dir: string): boolean {
   return fs.existsSync(path.join(dir, "index.html")) && fs.existsSync(path.join(dir, "app-config.js"));
 }
 
-/** Static OHIF files under viewer.assetsPath; JavaScript has webpack's public path rewritten as it streams. */
+/** Static OHIF files under viewer.assetsPath; scripts and styles have their root paths rewritten as they stream. */
 export function viewerAssetsRouter(config: RelayConfig): Router {
   const dir = config.viewer.ohifDir;
-  const patch = publicPathPatch(config.viewer.assetsPath);
   const r = Router();
   r.use((req, res, next) => {
     if (!installed(dir)) {
@@ -51,7 +50,7 @@ export function viewerAssetsRouter(config: RelayConfig): Router {
   r.get(["/app-config.js", "/sw.js", "/init-service-worker.js"], (_req, res) => {
     res.status(404).type("text/plain").send("not served: the viewer's configuration comes with each share link");
   });
-  r.get(/\.js$/, async (req, res, next) => {
+  r.get(/\.(js|css)$/, async (req, res, next) => {
     let rel: string;
     try {
       rel = decodeURIComponent(req.path);
@@ -67,7 +66,8 @@ export function viewerAssetsRouter(config: RelayConfig): Router {
       return next();
     }
     if (!stat.isFile()) return next();
-    res.type("application/javascript").set("Cache-Control", "public, max-age=86400");
+    const patch = publicPathPatch(config.viewer.assetsPath, file)!;
+    res.type(file.endsWith(".css") ? "text/css" : "application/javascript").set("Cache-Control", "public, max-age=86400");
     if (req.method === "HEAD") return res.end();
     try {
       await pipeline(fs.createReadStream(file), replaceStream(patch.from, patch.to), res);

@@ -254,6 +254,7 @@ function send(item) {
       updateTotal();
     },
     onSuccess() {
+      item.uploadUrl = upload.url;
       item.sent = item.file.size;
       setFileState(item, "sent", 1);
       updateTotal();
@@ -315,12 +316,29 @@ function resume() {
 
 async function finish() {
   $("pause").hidden = true;
-  $("upload-status").textContent = "Sending finished. Checking with the relay…";
+  $("upload-status").textContent = "Sending finished. The relay is checking the files…";
+  await waitForIngest(state.files.filter((f) => f.uploadUrl));
   const t = await api(`/api/transfers/${encodeURIComponent(state.transferId)}?instances=all`);
   state.running = false;
   showTransfer(t);
   if (t.complete) localStorage.removeItem(TRANSFER_KEY);
   $("upload-status").textContent = t.complete ? "Done." : "Sending finished, but some files did not arrive intact.";
+}
+
+/**
+ * An upload that was already complete when the page resumed it (e.g. reloaded while the relay was reading it) ends
+ * without the relay's answer: ask each upload's result until the relay has read it (bounded).
+ */
+async function waitForIngest(items) {
+  const deadline = Date.now() + 180_000;
+  for (const item of items) {
+    const path = new URL(item.uploadUrl, location.href).pathname;
+    while (Date.now() < deadline) {
+      const result = await api(path).catch(() => null);
+      if (result && result.state !== "processing") break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
 }
 
 async function showTransfer(t) {
