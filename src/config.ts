@@ -175,6 +175,15 @@ export const configSchema = z
     if (c.tls.requireClientCertForUpload && !c.tls.enabled) {
       ctx.addIssue({ code: "custom", path: ["tls", "requireClientCertForUpload"], message: "client certificates need HTTPS: set tls.enabled too" });
     }
+    // the console and the viewer's files are served without a token: their paths must not shadow a guarded route
+    const guarded = [c.dicomweb.root, c.transfers.tusPath, "/api", "/share", "/.well-known", "/healthz", "/readyz"];
+    for (const [key, p] of [["console", c.console.path], ["viewer", c.viewer.assetsPath]] as const) {
+      const clash = guarded.find((g) => { const a = p.toLowerCase(), b = g.toLowerCase(); return a === b || a.startsWith(b + "/") || b.startsWith(a + "/"); });
+      if (clash) ctx.addIssue({ code: "custom", path: [key, key === "console" ? "path" : "assetsPath"], message: `${p} overlaps ${clash}, which needs a token; choose another path` });
+    }
+    if (c.console.path.toLowerCase() === c.viewer.assetsPath.toLowerCase()) {
+      ctx.addIssue({ code: "custom", path: ["viewer", "assetsPath"], message: "the viewer and the console need different paths" });
+    }
     if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
       ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
     }
