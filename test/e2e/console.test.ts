@@ -110,6 +110,22 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await page.close();
   });
 
+  it("a drop of files that are not DICOM gets a sentence, nothing is sent", async () => {
+    const page = await tb.browser.newPage();
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    await page.locator("#drop").evaluate((drop) => {
+      const data = new DataTransfer();
+      data.items.add(new File(["MZ this is VIEWER.EXE"], "VIEWER.EXE"));
+      data.items.add(new File(["autorun"], "AUTORUN.INF"));
+      drop.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    });
+    await expect.poll(() => page.locator("#message").textContent()).toContain("None of these files is a DICOM image");
+    expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
+    expect(await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))).toBeNull();
+    await page.close();
+  });
+
   it("sends a study through the page: cut once, reloaded mid-way, then complete with a receipt", async () => {
     const context = await tb.browser.newContext({ viewport: { width: 1366, height: 768 } });
     const page = await context.newPage();
@@ -119,7 +135,8 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
 
     // a slow link, and one cut after 1.2 MB
     proxy.setFaults({ bandwidthBytesPerSec: 300_000, resetEveryBytes: 1_200_000 });
-    await page.locator("#pick-files").setInputFiles(files);
+    // the first time the whole folder (as "Choose a folder" gives it), after the reload the files one by one
+    await page.locator("#pick-folder").setInputFiles(workDir);
     await expect.poll(() => proxy.stats().resets, { timeout: 60_000 }).toBeGreaterThanOrEqual(1);
     proxy.setFaults({ resetEveryBytes: 0 });
     expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
