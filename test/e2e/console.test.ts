@@ -106,6 +106,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await signIn(page, "drt_0000000000000000_" + "x".repeat(43));
     await expect.poll(() => page.locator("#message").textContent()).toContain("did not accept the access token");
     expect(await page.locator("#signin").isVisible()).toBe(true);
+    expect(await page.locator("#nav").isVisible()).toBe(false);
     await page.screenshot({ path: artifactPath("console-signin-refused.png"), fullPage: true });
     await page.close();
   });
@@ -126,7 +127,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await page.close();
   });
 
-  it("sends a study through the page: cut once, reloaded mid-way, then complete with a receipt", async () => {
+  it("sends a study through the page: cut once, paused and resumed, reloaded mid-way, then complete with a receipt", async () => {
     const context = await tb.browser.newContext({ viewport: { width: 1366, height: 768 } });
     const page = await context.newPage();
     await signIn(page, admin);
@@ -140,6 +141,18 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await expect.poll(() => proxy.stats().resets, { timeout: 60_000 }).toBeGreaterThanOrEqual(1);
     proxy.setFaults({ resetEveryBytes: 0 });
     expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
+    expect(await page.locator("#file-rows").textContent()).toContain("S001/I00001.dcm");
+
+    // pause: nothing moves until resumed
+    const progress = () => page.locator("#total-progress").evaluate((e) => (e as HTMLProgressElement).value);
+    await page.getByRole("button", { name: "Pause" }).click();
+    await expect.poll(() => page.locator("#upload-status").textContent()).toContain("Paused");
+    expect(await page.getByRole("button", { name: "Pause" }).isVisible()).toBe(false);
+    const paused = await progress();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await progress()).toBe(paused);
+    await page.getByRole("button", { name: "Resume" }).click();
+    await expect.poll(progress, { timeout: 60_000 }).toBeGreaterThan(paused);
     await expect.poll(() => page.locator("#total-progress").evaluate((e) => (e as HTMLProgressElement).value), { timeout: 60_000 })
       .toBeGreaterThan(0.5);
     const saved = JSON.parse((await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))) ?? "null") as { id: string } | null;
@@ -160,6 +173,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     expect(summary).toContain(`Transfer ${saved!.id}`);
     expect(summary).toContain("0 missing, 0 failed");
     await expect.poll(() => page.locator("#receipt").isVisible()).toBe(true);
+    expect(await page.getByRole("button", { name: /Pause|Resume/ }).count()).toBe(0);
     expect(await page.locator("#receipt-text").textContent()).toContain("signed a receipt");
     await page.screenshot({ path: artifactPath("console-send-complete.png"), fullPage: true });
 
