@@ -52,6 +52,10 @@ export function consoleRouter(config: RelayConfig): Router {
     if (!fs.existsSync(tusFile)) return next(new HttpError(503, "tus-js-client is not installed next to the relay (npm ci)"));
     res.type("application/javascript").sendFile(tusFile);
   });
+  // what the page needs before sign-in; nothing secret
+  r.get("/settings.json", (_req, res) => {
+    res.json({ authEnabled: config.auth.enabled });
+  });
   r.use(express.static(PUBLIC_DIR, { index: "index.html", dotfiles: "ignore" }));
   return r;
 }

@@ -298,4 +298,18 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await gone.screenshot({ path: artifactPath("viewer-share-revoked.png") });
     await context.close();
   }, 240_000);
+  it("on a relay without authentication the console opens without a token and says so", async () => {
+    const open = await startTestRelay({ viewer: { ohifDir: path.join(workDir, "no-ohif") } });
+    try {
+      const page = await tb.browser.newPage();
+      await page.goto(`${open.url}/console/`);
+      await expect.poll(() => page.locator("#who").textContent()).toContain("without authentication");
+      await expect.poll(() => page.locator("#studies-status").textContent()).toBe("No study matches these filters.");
+      expect(await page.locator("#signin").isVisible()).toBe(false);
+      expect(open.services.access!.audit.query({ outcome: "failure" })).toEqual([]);
+      await page.close();
+    } finally {
+      await open.dispose();
+    }
+  });
 });

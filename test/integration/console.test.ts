@@ -65,6 +65,7 @@ describe("console and viewer routes", () => {
     const tus = await get(relay, "/console/vendor/tus.min.js");
     expect(tus.status).toBe(200);
     expect(await tus.text()).toContain("tus");
+    expect(await (await get(relay, "/console/settings.json")).json()).toEqual({ authEnabled: true });
     for (const f of ["app.js", "api.js", "upload.js", "studies.js", "dicom.js", "style.css"]) expect((await get(relay, `/console/${f}`)).status).toBe(200);
   });
 

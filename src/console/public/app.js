@@ -77,7 +77,17 @@ initUpload({ showMessage });
 initStudies({ showMessage });
 
 (async () => {
-  if (session.token) {
+  if (!session.token) {
+    // a relay run with auth.enabled=false needs no token (asked without one only then: no refused sign-in in the audit)
+    const settings = await fetch("settings.json", { cache: "no-store" }).then((r) => r.json()).catch(() => null);
+    const open = settings && !settings.authEnabled ? await fetch("/api/session", { cache: "no-store" }).catch(() => null) : null;
+    if (open?.ok) {
+      session.info = await open.json();
+      $("nav").hidden = false;
+      $("sign-out").hidden = true;
+      $("who").textContent = "This relay runs without authentication (anyone who reaches it can read and send).";
+    }
+  } else {
     try {
       await signIn(session.token);
     } catch (err) {
