@@ -298,6 +298,26 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await gone.screenshot({ path: artifactPath("viewer-share-revoked.png") });
     await context.close();
   }, 240_000);
+  it("a damaged file is reported failed with the relay's reason; the transfer stays open", async () => {
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 } });
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    const good = makeInstance({ modality: "MR", seed: 11 });
+    const broken = makeInstance({ modality: "MR", seed: 12 });
+    await page.locator("#pick-files").setInputFiles([
+      { name: "GOOD.dcm", mimeType: "application/dicom", buffer: good },
+      // the file meta is intact (the browser can declare it), the data set is cut short
+      { name: "BROKEN.dcm", mimeType: "application/dicom", buffer: broken.subarray(0, Math.floor(broken.length * 0.6)) },
+    ]);
+    await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).toBe("false");
+    expect(await page.locator("#transfer-summary").textContent()).toContain("1 received, 0 already on the relay, 0 missing, 1 failed");
+    expect(await page.locator("#transfer-problems").textContent()).toMatch(/failed \(.+\)/);
+    expect(await page.locator("#upload-status").textContent()).toContain("did not arrive intact");
+    expect(await page.locator("#receipt").isVisible()).toBe(false);
+    await page.screenshot({ path: artifactPath("console-send-failed.png"), fullPage: true });
+    await page.close();
+  }, 180_000);
+
   it("on a relay without authentication the console opens without a token and says so", async () => {
     const open = await startTestRelay({ viewer: { ohifDir: path.join(workDir, "no-ohif") } });
     try {

@@ -6,6 +6,8 @@ import { DICOMDIR_CLASS, readFileMeta, sha256Hex } from "./dicom.js";
 
 const TRANSFER_KEY = "dicom-relay.transfer";
 const PARALLEL = 3;
+// crypto.subtle hashes a whole ArrayBuffer: larger files would not fit in one
+const MAX_HASH_BYTES = 2 * 1024 * 1024 * 1024;
 const $ = (id) => document.getElementById(id);
 
 const state = { files: [], transferId: null, paused: false, active: new Map(), queue: [], running: false };
@@ -164,6 +166,10 @@ async function start(picked, showMessage) {
       }
       if (meta.sopClassUID === DICOMDIR_CLASS) {
         setFileState(item, "left out: the disc's table of contents (DICOMDIR), not needed");
+        continue;
+      }
+      if (item.file.size > MAX_HASH_BYTES) {
+        setFileState(item, "left out: too large for the browser to check (over 2 GB); send it with the relay's command-line uploader");
         continue;
       }
       item.sopInstanceUID = meta.sopInstanceUID;
