@@ -311,7 +311,8 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     ]);
     await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).toBe("false");
     expect(await page.locator("#transfer-summary").textContent()).toContain("1 received, 0 already on the relay, 0 missing, 1 failed");
-    expect(await page.locator("#transfer-problems").textContent()).toMatch(/failed \(.+\)/);
+    expect(await page.locator("#transfer-problems").textContent()).toMatch(/^BROKEN\.dcm: failed \(the file is truncated.*\)$/);
+    expect(await page.locator("#file-rows").textContent()).toContain("refused by the relay: the file is truncated");
     expect(await page.locator("#upload-status").textContent()).toContain("did not arrive intact");
     expect(await page.locator("#receipt").isVisible()).toBe(false);
     await page.screenshot({ path: artifactPath("console-send-failed.png"), fullPage: true });

@@ -326,6 +326,14 @@ async function finish() {
   await waitForIngest(state.files.filter((f) => f.uploadUrl));
   const t = await api(`/api/transfers/${encodeURIComponent(state.transferId)}?instances=all`);
   state.running = false;
+  // each file row ends with what the relay says about it
+  const bySop = new Map((t.instances || []).map((i) => [i.sopInstanceUID, i]));
+  for (const f of state.files.filter((x) => x.send)) {
+    const i = bySop.get(f.sopInstanceUID);
+    if (i?.state === "received") setFileState(f, "received and checked by the relay");
+    else if (i?.state === "failed") setFileState(f, `refused by the relay: ${i.reason || "no reason given"}`);
+    else if (i?.state === "missing") setFileState(f, "did not arrive; send it again");
+  }
   showTransfer(t);
   if (t.complete) localStorage.removeItem(TRANSFER_KEY);
   $("upload-status").textContent = t.complete ? "Done." : "Sending finished, but some files did not arrive intact.";
@@ -359,7 +367,8 @@ async function showTransfer(t) {
   for (const i of t.instances || []) {
     if (i.state !== "missing" && i.state !== "failed") continue;
     const li = document.createElement("li");
-    li.textContent = `${i.sopInstanceUID}: ${i.state}${i.reason ? ` (${i.reason})` : ""}`;
+    const file = state.files.find((f) => f.sopInstanceUID === i.sopInstanceUID);
+    li.textContent = `${file ? file.path : `image ${i.sopInstanceUID}`}: ${i.state}${i.reason ? ` (${i.reason})` : ""}`;
     problems.append(li);
   }
   $("receipt").hidden = true;
