@@ -100,7 +100,8 @@ export function ohifAppConfig(opts: ViewerConfigOptions): Record<string, unknown
     showStudyList: false,
     extensions: [],
     modes: [],
-    customizationService: {},
+    // no onboarding tour over the images: a radiologist opens one study and reads it
+    customizationService: { "ohif.tours": { $set: [] } },
     investigationalUseDialog: { option: "never" },
     maxNumberOfWebWorkers: 3,
     showWarningMessageForCrossOrigin: false,

@@ -55,6 +55,7 @@ describe("OHIF's build served under the relay's paths", () => {
     };
     expect(c.routerBasename).toBe("/share/drs_x");
     expect(c.showStudyList).toBe(false);
+    expect((c as unknown as { customizationService: unknown }).customizationService).toEqual({ "ohif.tours": { $set: [] } });
     expect(c.dataSources).toHaveLength(1);
     expect(c.dataSources[0]!.configuration).toMatchObject({
       qidoRoot: "/share/drs_x/dicom-web", wadoRoot: "/share/drs_x/dicom-web", wadoUriRoot: "/share/drs_x/dicom-web",
