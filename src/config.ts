@@ -4,8 +4,12 @@
  * Invalid configuration fails at start with a sentence naming the key.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
+
+/** the OHIF release scripts/install-ohif.sh installs by default (docs/viewer.md) */
+export const OHIF_VERSION = "3.13.2";
 
 const conflictPolicy = z.enum(["reject", "keep-first", "replace"]);
 
@@ -156,6 +160,24 @@ export const configSchema = z
         requireClientCertForUpload: z.boolean(),
       })
       .strict(),
+    console: z
+      .object({
+        /** serve the web console (sign in with a token, send a study, list studies, share links, documents) */
+        enabled: z.boolean(),
+        /** path the console is served under */
+        path: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+      })
+      .strict(),
+    viewer: z
+      .object({
+        /** folder holding OHIF's static build (scripts/install-ohif.sh); default ~/.cache/dicom-relay/ohif-3.13.2 */
+        ohifDir: z.string(),
+        /** path OHIF's static files are served under (the share viewer pages load them from here) */
+        assetsPath: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+        /** lifetime of the short share link the console creates to open a study in the viewer */
+        linkExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
+      })
+      .strict(),
     encryption: z
       .object({
         /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
@@ -176,6 +198,15 @@ export const configSchema = z
     }
     if (c.transfers.locker.kind === "postgres" && c.index.kind !== "postgres") {
       ctx.addIssue({ code: "custom", path: ["transfers", "locker", "kind"], message: "the postgres locker uses the index database: set index.kind=postgres too (or locker kind auto/memory)" });
+    }
+    // the console and the viewer's files are served without a token: their paths must not shadow a guarded route
+    const guarded = [c.dicomweb.root, c.transfers.tusPath, "/api", "/share", "/.well-known", "/healthz", "/readyz"];
+    for (const [key, p] of [["console", c.console.path], ["viewer", c.viewer.assetsPath]] as const) {
+      const clash = guarded.find((g) => { const a = p.toLowerCase(), b = g.toLowerCase(); return a === b || a.startsWith(b + "/") || b.startsWith(a + "/"); });
+      if (clash) ctx.addIssue({ code: "custom", path: [key, key === "console" ? "path" : "assetsPath"], message: `${p} overlaps ${clash}, which needs a token; choose another path` });
+    }
+    if (c.console.path.toLowerCase() === c.viewer.assetsPath.toLowerCase()) {
+      ctx.addIssue({ code: "custom", path: ["viewer", "assetsPath"], message: "the viewer and the console need different paths" });
     }
     if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
       ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
@@ -237,6 +268,8 @@ export function defaultConfig(): RelayConfig {
       requireClientCertForUpload: false,
     },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
+    console: { enabled: true, path: "/console" },
+    viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },
   };
 }
 
@@ -354,6 +387,7 @@ function resolvePaths(cfg: RelayConfig): RelayConfig {
       receiptKeyPath: path.resolve(cfg.transfers.receiptKeyPath || path.join(dataDir, "keys", "receipt-ed25519.pem")),
     },
     tls: resolveTlsPaths(cfg.tls, dataDir),
+    viewer: { ...cfg.viewer, ohifDir: path.resolve(cfg.viewer.ohifDir || path.join(os.homedir(), ".cache", "dicom-relay", `ohif-${OHIF_VERSION}`)) },
     encryption: {
       ...cfg.encryption,
       keyFile: cfg.encryption.keyFile ? path.resolve(cfg.encryption.keyFile) : "",

@@ -65,7 +65,7 @@ const principalOf = (res: Response): Principal | undefined => res.locals.princip
 const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
 
 /** The request line as it may be logged: share tokens in the path reduced to their id. */
-function redactedUrl(url: string): string {
+export function redactedUrl(url: string): string {
   return url.replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
 }
 

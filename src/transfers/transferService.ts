@@ -492,6 +492,9 @@ export class TransferService {
       let result: IngestResult;
       if (bySha.length > 0) {
         result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source });
+        // bytes declared in the manifest but refused before their header was read (e.g. truncated on the sender's
+        // disk): the item they were declared as is failed, with the reason, rather than left missing
+        if (result.status === "failed" && !result.sopInstanceUID && bySha.length === 1) result = { ...result, sopInstanceUID: bySha[0]!.sopInstanceUID };
       } else {
         const header = await this.readSopInstanceUID(spool, size);
         if ("failed" in header) return { status: "failed", reason: header.reason, message: header.message, sha256, size };
