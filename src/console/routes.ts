@@ -82,11 +82,11 @@ export function consoleApiRouter(deps: { config: RelayConfig; access: AccessCont
     res.set("Cache-Control", "no-store");
     next();
   });
-  r.get("/api/session", (_req, res) => {
+  r.get("/api/session", async (_req, res) => {
     const p = principalOf(res);
     if (!p) throw new HttpError(500, "access control is not wired in front of this route");
     noteAudit(res, { action: "session" });
-    const info = p.tokenId ? access.tokens.get(p.tokenId) : null;
+    const info = p.tokenId ? await access.tokens.get(p.tokenId) : null;
     res.json({
       kind: p.kind,
       tokenId: p.tokenId,
@@ -106,7 +106,7 @@ export function consoleApiRouter(deps: { config: RelayConfig; access: AccessCont
     if (typeof study !== "string" || !isValidUid(study)) throw new HttpError(400, "studyInstanceUID must be a DICOM UID (digits and dots)");
     noteAudit(res, { studyInstanceUID: study });
     if (!(await studyExists(index, study))) throw new HttpError(404, `no study ${study} on this relay`);
-    const created = access.tokens.createShare({
+    const created = await access.tokens.createShare({
       studies: [study],
       label: `viewer link (console) for ${actorOf(res)}`,
       expiresAt: expiryFrom(config.viewer.linkExpiry),

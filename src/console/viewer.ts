@@ -99,10 +99,10 @@ export function shareViewerRouter(deps: { config: RelayConfig; access: AccessCon
   };
 
   /** Checks the link and writes the audit row; answers the refusal itself (a page a person reads). */
-  const checkLink = (req: Request, res: Response, action: string): { token: string; studies: string[] } | null => {
+  const checkLink = async (req: Request, res: Response, action: string): Promise<{ token: string; studies: string[] } | null> => {
     const token = String(req.params.token);
     req.originalUrl = redactedUrl(req.originalUrl);
-    const check = access.tokens.verify(token);
+    const check = await access.tokens.verify(token);
     const ok = check.ok && check.token.kind === "share";
     access.audit.record({
       actor: check.ok ? check.token.id : (check.tokenId ?? "unauthenticated"),
@@ -134,7 +134,7 @@ export function shareViewerRouter(deps: { config: RelayConfig; access: AccessCon
   });
   r.get(["/viewer", "/viewer/*rest"], async (req, res, next) => {
     if (!ready(res)) return;
-    const link = checkLink(req, res, "share.viewer");
+    const link = await checkLink(req, res, "share.viewer");
     if (!link) return;
     if (req.path === "/viewer" && typeof req.query.StudyInstanceUIDs !== "string") {
       return res.redirect(302, `${req.baseUrl}/viewer?StudyInstanceUIDs=${link.studies.map(encodeURIComponent).join(",")}`);
@@ -150,9 +150,9 @@ export function shareViewerRouter(deps: { config: RelayConfig; access: AccessCon
       next(err);
     }
   });
-  r.get("/app-config.js", (req, res) => {
+  r.get("/app-config.js", async (req, res) => {
     if (!ready(res)) return;
-    const link = checkLink(req, res, "share.viewer-config");
+    const link = await checkLink(req, res, "share.viewer-config");
     if (!link) return;
     const base = `/share/${encodeURIComponent(link.token)}`;
     res.set({ "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff" }).type("application/javascript")

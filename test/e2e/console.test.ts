@@ -327,7 +327,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
       await expect.poll(() => page.locator("#who").textContent()).toContain("without authentication");
       await expect.poll(() => page.locator("#studies-status").textContent()).toBe("No study matches these filters.");
       expect(await page.locator("#signin").isVisible()).toBe(false);
-      expect(open.services.access!.audit.query({ outcome: "failure" })).toEqual([]);
+      expect(await open.services.access!.audit.query({ outcome: "failure" })).toEqual([]);
       await page.close();
     } finally {
       await open.dispose();

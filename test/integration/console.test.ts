@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { sqliteAccess, startTestRelay, type TestRelay } from "../support/relay.ts";
 import { makeInstance } from "../../scripts/lib/synthetic.ts";
 
 const FAKE_INDEX =
@@ -42,7 +42,7 @@ describe("console and viewer routes", () => {
     relay = await startTestRelay({ auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" }, viewer: { ohifDir: ohif } });
     bare = await startTestRelay({ auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" }, viewer: { ohifDir: path.join(ohif, "missing") } });
     admin = relay.initialAdminToken!;
-    const tokens = relay.services.access!.tokens;
+    const tokens = sqliteAccess(relay).tokens;
     reader = tokens.create({ scopes: "read", createdBy: "test" }).token;
     uploader = tokens.create({ scopes: "upload", createdBy: "test" }).token;
     const stored = await relay.services.ingest.ingestStream(Readable.from([makeInstance({ patientName: "Wang^XiaoDong=王^小东", charset: "GB18030", seed: 1 })]), { source: "test" });
@@ -102,12 +102,12 @@ describe("console and viewer routes", () => {
     const html = await page.text();
     expect(html).toContain('window.PUBLIC_URL="/viewer/"');
     expect(html).toContain(`src="${link.url.split("/viewer?")[0]}/app-config.js"`);
-    const audit = relay.services.access!.audit.query({ action: "viewer.link" });
+    const audit = sqliteAccess(relay).audit.query({ action: "viewer.link" });
     expect(audit.at(-1)).toMatchObject({ outcome: "success", studyInstanceUID: study });
   });
 
   it("share link pages: redirect to the link's studies, a config on the scoped root, sentences for bad links, secrets kept out of the audit", async () => {
-    const tokens = relay.services.access!.tokens;
+    const tokens = sqliteAccess(relay).tokens;
     const share = tokens.createShare({ studies: [study], createdBy: "test" });
     const base = `/share/${share.token}`;
     const first = await get(relay, `${base}/viewer`);
@@ -134,10 +134,10 @@ describe("console and viewer routes", () => {
     expect(old.status).toBe(401);
     expect(await old.text()).toContain("This share link has expired");
 
-    const rows = relay.services.access!.audit.query({ action: "share.viewer" });
+    const rows = sqliteAccess(relay).audit.query({ action: "share.viewer" });
     expect(rows.some((r) => r.outcome === "success" && r.studyInstanceUID === study)).toBe(true);
     expect(rows.some((r) => r.outcome === "failure")).toBe(true);
-    for (const r of relay.services.access!.audit.query({})) expect(r.route ?? "").not.toContain(share.token);
+    for (const r of sqliteAccess(relay).audit.query({})) expect(r.route ?? "").not.toContain(share.token);
   });
 
   it("serves OHIF's files without a token, with their root paths rewritten, and nothing outside the build", async () => {
@@ -168,7 +168,7 @@ describe("console and viewer routes", () => {
     const assets = await get(bare, "/viewer/app.bundle.abc.js");
     expect(assets.status).toBe(503);
     expect(await assets.text()).toContain("scripts/install-ohif.sh");
-    const share = bare.services.access!.tokens.createShare({ studies: ["1.2.3"], createdBy: "test" });
+    const share = await bare.services.access!.tokens.createShare({ studies: ["1.2.3"], createdBy: "test" });
     const page = await get(bare, `/share/${share.token}/viewer?StudyInstanceUIDs=1.2.3`);
     expect(page.status).toBe(503);
     expect(await page.text()).toContain("viewer.ohifDir");
