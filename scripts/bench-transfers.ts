@@ -7,7 +7,9 @@
  *  - a study through the fault proxy at 20 Mbit/s with a reset every 30 MB vs the time the bandwidth alone needs
  *    (target <= 1.25x);
  *  - bytes on the wire vs study size with gzip bundles;
- *  - peak RSS of the relay while a large bundle is ingested (target < 300 MB for 2 GB).
+ *  - peak RSS of the relay while a large bundle is ingested (target < 300 MB for 2 GB);
+ *  - the same ~150 MB tus upload with uploads on local disk (storage fs) and in S3 (storage s3, a real MinIO on
+ *    loopback): upload MB/s, upload + ingest MB/s, peak RSS (benchTusStorage; BENCH_SKIP_S3=1 skips the S3 side).
  */
 import fs from "node:fs";
 import fsp from "node:fs/promises";
@@ -21,6 +23,7 @@ import { startServer } from "./bench.ts";
 import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { createTarGzBundle } from "../src/transfers/bundle.ts";
 import { startFaultProxy } from "../test/support/faultProxy.ts";
+import { startMinio } from "../test/support/minio.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const MB = 1024 * 1024;
@@ -30,6 +33,7 @@ const SIZES = {
   linkStudyBytes: QUICK ? 15 * MB : 150 * MB,
   linkResetEveryBytes: QUICK ? 3 * MB : 30 * MB,
   linkBitsPerSecond: 20_000_000,
+  tusStorageBytes: QUICK ? 32 * MB : 150 * MB,
   gzipStudyInstances: QUICK ? 20 : 100,
   largeBundleBytes: QUICK ? 256 * MB : 2048 * MB,
 };
@@ -339,6 +343,8 @@ export async function benchTransfers(workDir: string) {
     }
   }
 
+  out.tusStorage = await benchTusStorage(dir);
+
   const t = out.throughput as { tusVsRaw: number };
   const l = out.unreliableLink as { ratio: number };
   const b = out.largeBundle as { serverPeakRssMB: number };
@@ -351,9 +357,64 @@ export async function benchTransfers(workDir: string) {
   return out;
 }
 
+/** One tus upload of the same ~150 MB instance to a relay per storage: uploads on local disk, uploads in S3. */
+export async function benchTusStorage(dir: string) {
+  await fsp.mkdir(dir, { recursive: true });
+  const file = path.join(dir, "tus-storage.dcm");
+  await writeLargeInstance(file, SIZES.tusStorageBytes);
+  const size = (await fsp.stat(file)).size;
+  const measure = async (name: string, env: Record<string, string>) => {
+    // finishWaitSeconds 0: the final PATCH answers once the bytes are stored; ingest is timed to the result
+    const server = await startServer(path.join(dir, `relay-tus-${name}`), { DICOM_RELAY_TRANSFERS_FINISH_WAIT_SECONDS: "0", ...env });
+    const base = server.url.replace(/\/dicom-web$/, "");
+    try {
+      server.resetPeak();
+      const t = performance.now();
+      const { url } = await tusRaw(base, file);
+      const uploadSeconds = (performance.now() - t) / 1000;
+      const result = await waitResult(url);
+      const totalSeconds = (performance.now() - t) / 1000;
+      if (result.counts.stored !== 1) throw new Error(`tus upload on ${name} was not stored: ${JSON.stringify(result)}`);
+      return {
+        uploadMBps: round(size / MB / uploadSeconds),
+        uploadPlusIngestMBps: round(size / MB / totalSeconds),
+        serverPeakRssMB: round(server.peakRss() / MB),
+      };
+    } finally {
+      await server.stop();
+    }
+  };
+  try {
+    const out: Record<string, unknown> = { bytes: size, fs: await measure("fs", {}) };
+    if (process.env.BENCH_SKIP_S3 === "1") {
+      out.s3 = { skipped: "BENCH_SKIP_S3=1" };
+      return out;
+    }
+    const minio = await startMinio();
+    try {
+      out.s3 = {
+        storage: "uploads and blobs in MinIO on loopback",
+        ...(await measure("s3", {
+          DICOM_RELAY_STORAGE_KIND: "s3",
+          DICOM_RELAY_STORAGE_S3_ENDPOINT: minio.endpoint,
+          DICOM_RELAY_STORAGE_S3_ACCESS_KEY: minio.accessKey,
+          DICOM_RELAY_STORAGE_S3_SECRET_KEY: minio.secretKey,
+          DICOM_RELAY_STORAGE_S3_BUCKET: "bench-tus",
+        })),
+      };
+    } finally {
+      await minio.destroy();
+    }
+    return out;
+  } finally {
+    await fsp.rm(file, { force: true });
+  }
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const work = await fsp.mkdtemp(path.join((await import("node:os")).tmpdir(), "relay-bench-transfers-"));
-  benchTransfers(work)
+  // BENCH_ONLY=tus-storage: just the fs vs S3 tus figure
+  (process.env.BENCH_ONLY === "tus-storage" ? benchTusStorage(path.join(work, "transfers")).then((r) => ({ tusStorage: r })) : benchTransfers(work))
     .then((r) => process.stdout.write(JSON.stringify(r, null, 2) + "\n"))
     .catch((err) => {
       process.stderr.write(`bench failed: ${(err as Error).stack}\n`);

@@ -2,8 +2,9 @@
  * npm run bench: measures the relay as a separate process (so its RSS is its own) over loopback,
  * and prints one JSON document. Every loop is bounded in count and time.
  *
- *   BENCH_QUICK=1 npm run bench    smaller sizes (for a smoke run)
- *   BENCH_SKIP_DIMSE=1              without the DIMSE section (C-STORE in, C-MOVE out)
+ *   BENCH_QUICK=1 npm run bench            smaller sizes (for a smoke run)
+ *   BENCH_ONLY=index100k npm run bench     only the named sections (comma-separated)
+ *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_PUSH=1, BENCH_SKIP_DIMSE=1   leave one out
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
@@ -18,6 +19,8 @@ import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
 import { benchDimse } from "./bench-dimse.ts";
+import { benchIndex100k } from "./bench-index.ts";
+import { benchPush } from "./bench-push.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
 
@@ -347,31 +350,48 @@ async function benchPeer(workDir: string) {
   }
 }
 
+/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, s3, transfers, peer, index100k). */
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
+const wanted = (section: string) => !ONLY || ONLY.has(section);
+const notSelected = { skipped: `not in BENCH_ONLY=${process.env.BENCH_ONLY ?? ""}` };
+
 async function main() {
   const workDir = await fsp.mkdtemp(path.join(os.tmpdir(), "relay-bench-"));
   const started = Date.now();
   try {
-    const core = await benchCore(workDir);
-    const large = await benchLargeInstance(workDir);
-    const s3 = await benchS3(workDir);
-    const transfers = await benchTransfers(workDir);
-    const peer = await benchPeer(workDir);
-    const dimse = await benchDimse(workDir);
+    const core = wanted("core") ? await benchCore(workDir) : null;
+    const large = wanted("largeInstance") ? await benchLargeInstance(workDir) : null;
+    const s3 = wanted("s3") ? await benchS3(workDir) : notSelected;
+    const transfers = wanted("transfers") ? await benchTransfers(workDir) : notSelected;
+    const push = wanted("push") ? await benchPush(workDir) : notSelected;
+    const peer = wanted("peer") ? await benchPeer(workDir) : notSelected;
+    const index100k = wanted("index100k") ? await benchIndex100k(workDir) : notSelected;
+    const dimse = wanted("dimse") ? await benchDimse(workDir) : notSelected;
     const result = {
       when: new Date().toISOString(),
       machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, memoryGB: round(os.totalmem() / 1024 ** 3) },
       quick: QUICK,
       storage: "fs", index: "sqlite",
-      core,
-      largeInstance: large,
+      core: core ?? notSelected,
+      largeInstance: large ?? notSelected,
       s3,
       transfers,
+      push,
       peer,
       dimse,
+      index100k,
       targets: {
-        "qido p95 < 20 ms": core.qidoMs.p95 < 20,
-        "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
-        "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,
+        ...(core && {
+          "qido p95 < 20 ms": core.qidoMs.p95 < 20,
+          "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
+        }),
+        ...(large && {
+          "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,
+        }),
+        ...("allPass" in index100k && {
+          [`qido p95 < 20 ms and study metadata p95 < 50 ms at ${index100k.catalogue.instances.toLocaleString("en")} instances, SQLite and PostgreSQL (in process)`]: index100k.allPass.inProcess,
+          "the same over HTTP": index100k.allPass.http,
+        }),
       },
       totalSeconds: round((Date.now() - started) / 1000),
     };

@@ -9,3 +9,11 @@ bash scripts/apt-ensure.sh zip zip
 bash scripts/apt-ensure.sh openssl openssl
 bash scripts/install-dcmtk.sh
 bash scripts/install-orthanc.sh
+# the browser tests of the console and the viewer: Debian's Chromium (driven by playwright-core), a CJK font so
+# screenshots show Chinese names, and OHIF's static build (cached under ~/.cache/dicom-relay)
+bash scripts/apt-ensure.sh chromium chromium
+if ! dpkg -s fonts-wqy-zenhei >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei >/dev/null 2>&1 || echo "test-prereqs: could not install fonts-wqy-zenhei (screenshots will show boxes for Chinese text)" >&2; }
+fi
+bash scripts/install-ohif.sh >/dev/null

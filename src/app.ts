@@ -12,6 +12,8 @@ import type { AccessControl } from "./access/index.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
+import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
+import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -61,6 +63,15 @@ export function createApp(svc: RelayServices): Express {
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", checks });
   });
 
+  // the console's pages and OHIF's files hold no data: open without a token; what they show comes from guarded routes
+  if (svc.config.console.enabled) {
+    app.use(svc.config.console.path, consoleRouter(svc.config));
+    app.get("/", (_req, res) => res.redirect(302, svc.config.console.path + "/"));
+  }
+  app.use(svc.config.viewer.assetsPath, viewerAssetsRouter(svc.config));
+  // a share link's viewer page checks the link itself and answers a person with a page, not JSON
+  if (svc.access) app.use("/share/:token", shareViewerRouter({ config: svc.config, access: svc.access }));
+
   // access control: everything below needs a valid token (or share link), except the receipt public key
   const access = svc.access;
   if (!access && svc.config.auth.enabled) throw new Error("createApp: access control services are missing while auth.enabled is true");
@@ -72,6 +83,7 @@ export function createApp(svc: RelayServices): Express {
     // anything else under /share: a plain 404 whose sentence does not repeat the token
     app.use("/share", (req, _res, next) => next(new HttpError(404, `no route for ${req.method} under this share link`)));
     app.use("/api/admin", access.guards.admin, access.adminRouter());
+    app.use(consoleApiRouter({ config: svc.config, access, index: svc.index }));
   }
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)

@@ -4,8 +4,12 @@
  * Invalid configuration fails at start with a sentence naming the key.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
+
+/** the OHIF release scripts/install-ohif.sh installs by default (docs/viewer.md) */
+export const OHIF_VERSION = "3.13.2";
 
 const conflictPolicy = z.enum(["reject", "keep-first", "replace"]);
 /** PS3.5 AE: 1 to 16 characters, no backslash or control characters, not only spaces */
@@ -118,6 +122,27 @@ export const configSchema = z
         uploadDir: z.string(),
         /** largest tus upload (a single file or a whole bundle), bytes; larger is refused with 413 */
         maxUploadBytes: z.number().int().min(1024),
+        /** with storage.kind=s3: tus uploads (bytes, .info, results) live in the storage bucket, not in uploadDir */
+        s3: z
+          .object({
+            /** key prefix of tus uploads, under storage.s3.prefix; kept apart from instances/ */
+            prefix: z
+              .string()
+              .regex(/^([A-Za-z0-9._-]+\/)*[A-Za-z0-9._-]+\/?$/, "slash-separated letters, digits, '.', '_' or '-', e.g. uploads/")
+              .refine((p) => !p.split("/").some((seg) => seg === "." || seg === ".."), "no '.' or '..' segments"),
+            /** preferred S3 part size of an upload, bytes (S3: at least 5 MiB except the last part) */
+            partSize: z.number().int().min(5 * 1024 * 1024).max(5 * 1024 * 1024 * 1024),
+          })
+          .strict(),
+        /** who may write one upload at a time: memory (one node) or PostgreSQL advisory locks (several nodes) */
+        locker: z
+          .object({
+            /** auto: postgres when index.kind=postgres, else memory */
+            kind: z.enum(["auto", "memory", "postgres"]),
+            /** a request waits this long for an upload held by another request (which is asked to let go) */
+            acquireTimeoutSeconds: z.number().int().min(1),
+          })
+          .strict(),
         /** an upload not finished this long after its creation is removed and its disk space freed */
         expirationSeconds: z.number().int().min(1),
         /** how often abandoned uploads are looked for */
@@ -238,6 +263,24 @@ export const configSchema = z
           if (r.kind === "stow" && !r.url) ctx.addIssue({ code: "custom", path: ["rules", i, "url"], message: "a stow rule needs the peer's DICOMweb root URL" });
         });
       }),
+    console: z
+      .object({
+        /** serve the web console (sign in with a token, send a study, list studies, share links, documents) */
+        enabled: z.boolean(),
+        /** path the console is served under */
+        path: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+      })
+      .strict(),
+    viewer: z
+      .object({
+        /** folder holding OHIF's static build (scripts/install-ohif.sh); default ~/.cache/dicom-relay/ohif-3.13.2 */
+        ohifDir: z.string(),
+        /** path OHIF's static files are served under (the share viewer pages load them from here) */
+        assetsPath: z.string().regex(/^\/[A-Za-z0-9/_-]*[A-Za-z0-9_-]$/),
+        /** lifetime of the short share link the console creates to open a study in the viewer */
+        linkExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
+      })
+      .strict(),
     encryption: z
       .object({
         /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
@@ -261,6 +304,18 @@ export const configSchema = z
         ctx.addIssue({ code: "custom", path: ["forwarding", "rules", i, "aeTitle"], message: `"${r.aeTitle}" is not in dimse.peers with a port` });
       }
     });
+    if (c.transfers.locker.kind === "postgres" && c.index.kind !== "postgres") {
+      ctx.addIssue({ code: "custom", path: ["transfers", "locker", "kind"], message: "the postgres locker uses the index database: set index.kind=postgres too (or locker kind auto/memory)" });
+    }
+    // the console and the viewer's files are served without a token: their paths must not shadow a guarded route
+    const guarded = [c.dicomweb.root, c.transfers.tusPath, "/api", "/share", "/.well-known", "/healthz", "/readyz"];
+    for (const [key, p] of [["console", c.console.path], ["viewer", c.viewer.assetsPath]] as const) {
+      const clash = guarded.find((g) => { const a = p.toLowerCase(), b = g.toLowerCase(); return a === b || a.startsWith(b + "/") || b.startsWith(a + "/"); });
+      if (clash) ctx.addIssue({ code: "custom", path: [key, key === "console" ? "path" : "assetsPath"], message: `${p} overlaps ${clash}, which needs a token; choose another path` });
+    }
+    if (c.console.path.toLowerCase() === c.viewer.assetsPath.toLowerCase()) {
+      ctx.addIssue({ code: "custom", path: ["viewer", "assetsPath"], message: "the viewer and the console need different paths" });
+    }
     if (c.encryption.enabled && !c.encryption.keyFile && !c.encryption.key) {
       ctx.addIssue({ code: "custom", path: ["encryption", "keyFile"], message: "encryption is enabled but no key is configured (encryption.keyFile or encryption.key)" });
     }
@@ -300,6 +355,8 @@ export function defaultConfig(): RelayConfig {
     transfers: {
       tusPath: "/api/uploads",
       uploadDir: "",
+      s3: { prefix: "uploads/", partSize: 8 * 1024 * 1024 },
+      locker: { kind: "auto", acquireTimeoutSeconds: 30 },
       maxUploadBytes: 64 * 1024 * 1024 * 1024,
       expirationSeconds: 3 * 24 * 3600,
       cleanupIntervalSeconds: 3600,
@@ -334,6 +391,8 @@ export function defaultConfig(): RelayConfig {
     },
     forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300 },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
+    console: { enabled: true, path: "/console" },
+    viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },
   };
 }
 
@@ -451,6 +510,7 @@ function resolvePaths(cfg: RelayConfig): RelayConfig {
       receiptKeyPath: path.resolve(cfg.transfers.receiptKeyPath || path.join(dataDir, "keys", "receipt-ed25519.pem")),
     },
     tls: resolveTlsPaths(cfg.tls, dataDir),
+    viewer: { ...cfg.viewer, ohifDir: path.resolve(cfg.viewer.ohifDir || path.join(os.homedir(), ".cache", "dicom-relay", `ohif-${OHIF_VERSION}`)) },
     encryption: {
       ...cfg.encryption,
       keyFile: cfg.encryption.keyFile ? path.resolve(cfg.encryption.keyFile) : "",

@@ -1,5 +1,5 @@
 /**
- * dicom-relay command line: serve, fsck, token, pki, audit (more commands join as they are built).
+ * dicom-relay command line: serve, push, fsck, token, pki, audit (more commands join as they are built).
  * Exit codes: 0 success, 1 could not run (with a sentence), 2 ran but found/produced failures.
  */
 import { parseArgs } from "node:util";
@@ -11,6 +11,9 @@ const USAGE = `dicom-relay <command> [options]
 
 Commands:
   serve                 start the relay (defaults: 127.0.0.1:8042, data in ./data, local disk + SQLite)
+  push <folder | DICOMDIR | file.zip> --to URL [--token T] [--documents] [--document FILE:KIND:LANG]
+                        send a CD/USB export to a relay: resumable, only what it lacks, signed receipt;
+                        "dicom-relay push --help" for details
   fsck [--repair] [--no-hashes]
                         compare the index with storage: missing blobs, hash mismatches, orphan blobs
   token create|list|revoke|share
@@ -21,7 +24,8 @@ Commands:
   audit [--study UID] [--since 24h|DATE] [--until DATE] [--actor ID] [--json] [--verify]
                         read the audit log (who read, stored or deleted what, when, from where)
   migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
-                        move the embedded index into PostgreSQL (blobs untouched), then verify
+                        move the embedded index, transfers, receipt key, tokens and audit log into
+                        PostgreSQL (blobs untouched), then verify
   help                  this text
 
 Options for every command:
@@ -36,6 +40,10 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case "serve":
         return await serve(rest);
+      case "push": {
+        const { pushCommand } = await import("./cli/push/index.ts");
+        return await pushCommand(rest);
+      }
       case "fsck": {
         const { fsckCommand } = await import("./cli/fsck.ts");
         return await fsckCommand(rest);

@@ -11,7 +11,7 @@ import { createBlobStore } from "./storage/index.ts";
 import { IngestPipeline } from "./ingest/pipeline.ts";
 import { createApp, type RelayServices } from "./app.ts";
 import { startTransfers } from "./transfers/index.ts";
-import { startAccess } from "./access/index.ts";
+import { openAccess } from "./access/index.ts";
 import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
 import { DimseServer } from "./dimse/server.ts";
@@ -49,7 +49,7 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     log: logger,
   });
   await ingest.init();
-  const access = startAccess({ config, log: logger });
+  const access = await openAccess({ config, log: logger, index });
   // one audit row per instance stored, whichever way it came in, under the actor of the request behind it
   const audited = auditingIngestor(ingest, access.audit);
   const forwarding = new ForwardingService({ config, log: logger, index, store, audit: access.audit });
@@ -114,9 +114,10 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       });
       await services.transfers?.close();
       await services.forwarding?.close();
+      // pending audit rows (PostgreSQL) are written before the index's pool closes
+      await services.access?.close();
       await services.index.close();
       await services.store.close();
-      services.access?.close();
     },
   };
 }

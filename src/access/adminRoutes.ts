@@ -14,9 +14,9 @@
 import express, { Router, type Request } from "express";
 import type { RelayConfig } from "../config.ts";
 import { HttpError } from "../http/errors.ts";
-import { auditTime, type AuditLog, type AuditQuery } from "./audit.ts";
+import { auditTime, type AuditTrail, type AuditQuery } from "./audit.ts";
 import { actorOf, noteAudit } from "./middleware.ts";
-import { expiryFrom, TokenError, type TokenInfo, type TokenStore } from "./tokens.ts";
+import { expiryFrom, TokenError, type TokenInfo, type TokenRegistry } from "./tokens.ts";
 import type { PeerGrants } from "./peerGrants.ts";
 
 /** The DICOMweb root URL a share link opens. */
@@ -24,7 +24,7 @@ export function shareUrl(base: string, token: string, config: RelayConfig): stri
   return `${base.replace(/\/$/, "")}/share/${token}${config.dicomweb.root}`;
 }
 
-export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; audit: AuditLog; peerGrants?: PeerGrants }): Router {
+export function adminRouter(deps: { config: RelayConfig; tokens: TokenRegistry; audit: AuditTrail; peerGrants?: PeerGrants }): Router {
   const { config, tokens, audit, peerGrants } = deps;
   const r = Router();
   r.use((_req, res, next) => {
@@ -44,9 +44,9 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
     if (typeof v !== "string") throw new HttpError(400, `${name} must be a string`);
     return v;
   };
-  const tokenErrors = <T>(f: () => T): T => {
+  const tokenErrors = async <T>(f: () => T | Promise<T>): Promise<T> => {
     try {
-      return f();
+      return await f();
     } catch (err) {
       if (err instanceof TokenError) throw new HttpError(400, err.message);
       throw err;
@@ -54,25 +54,25 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
   };
   const base = (req: Request) => config.server.publicUrl || `${req.protocol}://${req.get("host")}`;
 
-  const list = (kind: TokenInfo["kind"]) => (req: Request, res: express.Response) => {
+  const list = (kind: TokenInfo["kind"]) => async (req: Request, res: express.Response) => {
     noteAudit(res, { action: `${kind}.list` });
-    res.json(tokens.list({ kind, includeRevoked: req.query.includeRevoked === "true" }));
+    res.json(await tokens.list({ kind, includeRevoked: req.query.includeRevoked === "true" }));
   };
-  const revoke = (kind: TokenInfo["kind"]) => (req: Request, res: express.Response) => {
+  const revoke = (kind: TokenInfo["kind"]) => async (req: Request, res: express.Response) => {
     const id = String(req.params.id);
-    const existing = tokens.get(id);
+    const existing = await tokens.get(id);
     noteAudit(res, { action: `${kind}.revoke`, detail: `revoke ${id.slice(0, 40)}` });
     if (!existing || existing.kind !== kind) throw new HttpError(404, `no ${kind === "share" ? "share link" : "token"} with id ${id.slice(0, 40)}`);
-    res.json(tokens.revoke(id, actorOf(res)));
+    res.json(await tokens.revoke(id, actorOf(res)));
   };
 
   r.get("/tokens", list("token"));
-  r.post("/tokens", (req, res) => {
+  r.post("/tokens", async (req, res) => {
     const b = body(req);
     noteAudit(res, { action: "token.create" });
     const scopes = Array.isArray(b.scopes) || typeof b.scopes === "string" ? (b.scopes as string[] | string) : undefined;
     if (!scopes) throw new HttpError(400, 'give scopes, e.g. {"scopes": ["read", "upload"]}');
-    const created = tokenErrors(() =>
+    const created = await tokenErrors(() =>
       tokens.create({
         scopes: typeof scopes === "string" ? scopes : scopes.map(String),
         label: str(b.label, "label"),
@@ -86,13 +86,13 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
   r.delete("/tokens/:id", revoke("token"));
 
   r.get("/shares", list("share"));
-  r.post("/shares", (req, res) => {
+  r.post("/shares", async (req, res) => {
     const b = body(req);
     noteAudit(res, { action: "share.create" });
     const studies = Array.isArray(b.studies) ? b.studies.map(String) : typeof b.studies === "string" ? b.studies.split(",") : undefined;
     if (!studies) throw new HttpError(400, 'give the studies to share, e.g. {"studies": ["1.2.840..."], "expires": "7d"}');
     const expires = str(b.expires, "expires") ?? config.auth.shareDefaultExpiry;
-    const created = tokenErrors(() =>
+    const created = await tokenErrors(() =>
       tokens.createShare({ studies, label: str(b.label, "label"), expiresAt: expiryFrom(expires), createdBy: actorOf(res) }),
     );
     noteAudit(res, {
@@ -108,14 +108,14 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
       noteAudit(res, { action: "peer.grant.list", detail: `peer ${String(req.params.ae).slice(0, 16)}` });
       res.json(peerGrants.list(String(req.params.ae)));
     });
-    r.post("/peers/:ae/studies", (req, res) => {
+    r.post("/peers/:ae/studies", async (req, res) => {
       const b = body(req);
       const ae = String(req.params.ae);
       noteAudit(res, { action: "peer.grant" });
       const studies = Array.isArray(b.studies) ? b.studies.map(String) : typeof b.studies === "string" ? b.studies.split(",") : undefined;
       if (!studies) throw new HttpError(400, 'give the studies to grant, e.g. {"studies": ["1.2.840..."], "expires": "30d"}');
       const expires = str(b.expires, "expires");
-      const granted = tokenErrors(() => peerGrants.grant({ aeTitle: ae, studies, expiresAt: expiryFrom(expires ?? "never"), grantedBy: actorOf(res) }));
+      const granted = await tokenErrors(() => peerGrants.grant({ aeTitle: ae, studies, expiresAt: expiryFrom(expires ?? "never"), grantedBy: actorOf(res) }));
       noteAudit(res, {
         detail: `granted ${granted.length} study(ies) to peer ${ae.slice(0, 16)}: ${studies.join(",").slice(0, 1500)}`,
         studyInstanceUID: granted.length === 1 ? granted[0]!.studyInstanceUID : null,
@@ -131,7 +131,7 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
     });
   }
 
-  r.get("/audit", (req, res) => {
+  r.get("/audit", async (req, res) => {
     const q = req.query as Record<string, unknown>;
     const one = (name: string) => (typeof q[name] === "string" && q[name] !== "" ? (q[name] as string) : undefined);
     const query: AuditQuery = {};
@@ -153,7 +153,7 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenStore; aud
       throw new HttpError(400, (err as Error).message);
     }
     noteAudit(res, { action: "audit.query", detail: JSON.stringify(query).slice(0, 500), studyInstanceUID: query.study ?? null });
-    const entries = audit.query(query);
+    const entries = await audit.query(query);
     const limit = query.limit ?? 1000;
     res.json({ entries, next: entries.length >= limit && entries.length ? { afterSeq: entries[entries.length - 1]!.seq } : null });
   });

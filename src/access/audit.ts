@@ -50,10 +50,10 @@ export interface AuditQuery {
   limit?: number;
 }
 
-const MAX_QUERY_ROWS = 10_000;
-const GENESIS = "0".repeat(64);
+export const MAX_QUERY_ROWS = 10_000;
+export const GENESIS = "0".repeat(64);
 
-interface Row {
+export interface AuditRow {
   seq: number;
   at: string;
   actor: string;
@@ -71,18 +71,54 @@ interface Row {
   hash: string;
 }
 
-const FIELDS = [
+export const FIELDS = [
   "at", "actor", "cert_subject", "action", "method", "route", "study_instance_uid", "series_instance_uid",
   "sop_instance_uid", "remote_addr", "outcome", "status", "detail",
 ] as const;
 
-function rowHash(prev: string, row: Record<(typeof FIELDS)[number], unknown>): string {
+export function rowHash(prev: string, row: Record<(typeof FIELDS)[number], unknown>): string {
   return crypto.createHash("sha256").update(prev).update(JSON.stringify(FIELDS.map((f) => row[f] ?? null))).digest("hex");
 }
 
 const cut = (v: string | null | undefined, n: number): string | null => (v === undefined || v === null ? null : String(v).slice(0, n));
 
-export class AuditLog {
+/** Where the audit log is kept: AuditLog (access.sqlite, one node) or PostgresAuditLog (every node). */
+export interface AuditTrail {
+  /** Append one entry; never throws (failures go to the log's error callback). */
+  record(e: AuditEntry): void;
+  query(q?: AuditQuery): AuditRecord[] | Promise<AuditRecord[]>;
+  verifyChain(): ChainCheck | Promise<ChainCheck>;
+  /** Resolves once every entry recorded so far is written (a no-op where writing is synchronous). */
+  flush(): Promise<void>;
+}
+
+export interface ChainCheck {
+  ok: boolean;
+  checked: number;
+  firstBadSeq: number | null;
+  newestHash: string | null;
+}
+
+/** The row an entry becomes (before its hash), cut to the column limits. */
+export function auditRowOf(e: AuditEntry, at = new Date()): Record<(typeof FIELDS)[number], string | number | null> {
+  return {
+    at: at.toISOString(),
+    actor: cut(e.actor, 200) ?? "unknown",
+    cert_subject: cut(e.certSubject, 500),
+    action: cut(e.action, 100),
+    method: cut(e.method, 16),
+    route: cut(e.route, 1000),
+    study_instance_uid: cut(e.studyInstanceUID, 64),
+    series_instance_uid: cut(e.seriesInstanceUID, 64),
+    sop_instance_uid: cut(e.sopInstanceUID, 64),
+    remote_addr: cut(e.remoteAddr, 100),
+    outcome: e.outcome,
+    status: e.status ?? null,
+    detail: cut(e.detail, 2000),
+  };
+}
+
+export class AuditLog implements AuditTrail {
   private readonly insert;
   private readonly last;
 
@@ -100,21 +136,7 @@ export class AuditLog {
 
   /** Append one entry. Never throws: a failing audit write is reported to onError (logged as an error). */
   record(e: AuditEntry): void {
-    const row = {
-      at: new Date().toISOString(),
-      actor: cut(e.actor, 200) ?? "unknown",
-      cert_subject: cut(e.certSubject, 500),
-      action: cut(e.action, 100),
-      method: cut(e.method, 16),
-      route: cut(e.route, 1000),
-      study_instance_uid: cut(e.studyInstanceUID, 64),
-      series_instance_uid: cut(e.seriesInstanceUID, 64),
-      sop_instance_uid: cut(e.sopInstanceUID, 64),
-      remote_addr: cut(e.remoteAddr, 100),
-      outcome: e.outcome,
-      status: e.status ?? null,
-      detail: cut(e.detail, 2000),
-    };
+    const row = auditRowOf(e);
     try {
       this.insert.immediate(row);
     } catch (err) {
@@ -139,16 +161,18 @@ export class AuditLog {
     const limit = Math.min(Math.max(1, Math.floor(q.limit ?? 1000)), MAX_QUERY_ROWS);
     const rows = this.db
       .prepare(`SELECT * FROM audit ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY seq LIMIT ${limit}`)
-      .all(...args) as Row[];
+      .all(...args) as AuditRow[];
     return rows.map(toRecord);
   }
 
   /** Recompute the hash chain; the first row that does not match shows where the file was edited. */
-  verifyChain(): { ok: boolean; checked: number; firstBadSeq: number | null; newestHash: string | null } {
+  async flush(): Promise<void> {}
+
+  verifyChain(): ChainCheck {
     let prev = GENESIS;
     let checked = 0;
     // iterate() streams rows: the log can be millions of rows
-    for (const row of this.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as IterableIterator<Row>) {
+    for (const row of this.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as IterableIterator<AuditRow>) {
       checked++;
       if (rowHash(prev, row as unknown as Record<(typeof FIELDS)[number], unknown>) !== row.hash) {
         return { ok: false, checked, firstBadSeq: row.seq, newestHash: null };
@@ -159,7 +183,7 @@ export class AuditLog {
   }
 }
 
-function toRecord(r: Row): AuditRecord {
+export function toRecord(r: AuditRow): AuditRecord {
   return {
     seq: r.seq,
     at: r.at,
@@ -194,7 +218,7 @@ export const auditContext = new AsyncLocalStorage<AuditContext>();
  * Ingestor that records one audit row per instance it stores (or fails to store), under the actor of the
  * request that started the work; work started by the relay itself (recovery at start) is "system".
  */
-export function auditingIngestor(inner: Ingestor, audit: AuditLog): Ingestor {
+export function auditingIngestor(inner: Ingestor, audit: Pick<AuditTrail, "record">): Ingestor {
   const note = (result: IngestResult, opts?: IngestOptions): IngestResult => {
     const ctx = auditContext.getStore();
     audit.record({

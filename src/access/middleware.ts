@@ -14,8 +14,8 @@ import type { RelayConfig } from "../config.ts";
 import { FULL_ACCESS, type AccessScope } from "../dicomweb/context.ts";
 import { HttpError } from "../http/errors.ts";
 import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
-import { auditContext, type AuditLog } from "./audit.ts";
-import { redactToken, type Scope, type TokenStore } from "./tokens.ts";
+import { auditContext, type AuditTrail } from "./audit.ts";
+import { redactToken, type Scope, type TokenRegistry } from "./tokens.ts";
 import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
 
 export interface Principal {
@@ -53,8 +53,8 @@ export interface AccessGuards {
 export interface GuardDeps {
   config: RelayConfig;
   log: Logger;
-  tokens: TokenStore;
-  audit: AuditLog;
+  tokens: TokenRegistry;
+  audit: AuditTrail;
   revoked: RevocationList | null;
 }
 
@@ -65,7 +65,7 @@ const principalOf = (res: Response): Principal | undefined => res.locals.princip
 const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
 
 /** The request line as it may be logged: share tokens in the path reduced to their id. */
-function redactedUrl(url: string): string {
+export function redactedUrl(url: string): string {
   return url.replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
 }
 
@@ -112,7 +112,7 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
     next(new HttpError(status, message, headers));
   };
 
-  const authenticate: RequestHandler = (req, res, next) => {
+  const authenticate: RequestHandler = async (req, res, next) => {
     if ((req.method === "GET" || req.method === "HEAD") && req.path === RECEIPT_KEY_PATH) return next();
     const share = SHARE_PATH.exec(req.path);
     // share tokens ride in the URL: keep them out of every log line and error message
@@ -159,7 +159,7 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       presented = m[1]!;
     }
     if (presented !== null) {
-      const check = tokens.verify(presented);
+      const check = await tokens.verify(presented);
       if (!check.ok) {
         note.actor = check.tokenId ?? "unauthenticated";
         const what = share ? "share link" : "token";

@@ -88,7 +88,72 @@ export function expiryFrom(spec: string | null | undefined, now = new Date()): s
   throw new TokenError(`"${spec}" is not an expiry: use e.g. 30d, 12h, 90m, an ISO date (2030-01-31) or never`);
 }
 
-interface TokenRow {
+/** Where tokens are kept: TokenStore (access.sqlite, one node) or PostgresTokenStore (every node). */
+export interface TokenRegistry {
+  count(): number | Promise<number>;
+  create(opts: { scopes: readonly string[] | string; label?: string; expiresAt?: string | null; createdBy: string }): { token: string; info: TokenInfo } | Promise<{ token: string; info: TokenInfo }>;
+  createShare(opts: { studies: readonly string[]; label?: string; expiresAt?: string | null; createdBy: string }): { token: string; info: TokenInfo } | Promise<{ token: string; info: TokenInfo }>;
+  get(id: string): TokenInfo | null | Promise<TokenInfo | null>;
+  list(opts?: { includeRevoked?: boolean; kind?: TokenKind }): TokenInfo[] | Promise<TokenInfo[]>;
+  revoke(id: string, by: string): TokenInfo | null | Promise<TokenInfo | null>;
+  verify(token: string, now?: Date): TokenCheck | Promise<TokenCheck>;
+}
+
+/** A new token of this kind: its id and the whole string (shown once; only hashToken(token) is kept). */
+export function newToken(kind: TokenKind): { id: string; token: string } {
+  const id = crypto.randomBytes(8).toString("hex");
+  return { id, token: `dr${kind === "share" ? "s" : "t"}_${id}_${crypto.randomBytes(32).toString("base64url")}` };
+}
+
+/** The studies of a share link, checked: de-duplicated, at least one, at most MAX_SHARE_STUDIES, valid UIDs. */
+export function shareStudies(list: readonly string[]): string[] {
+  const studies = [...new Set(list.map((s) => s.trim()).filter(Boolean))];
+  if (!studies.length) throw new TokenError("a share link needs at least one StudyInstanceUID");
+  if (studies.length > MAX_SHARE_STUDIES) throw new TokenError(`a share link may open at most ${MAX_SHARE_STUDIES} studies`);
+  for (const s of studies) {
+    if (!isValidUid(s)) throw new TokenError(`"${s.slice(0, 80)}" is not a valid StudyInstanceUID`);
+  }
+  return studies;
+}
+
+/**
+ * The verdict on a presented token given the stored row of its id (tokenIdOf; undefined when unknown): the rules
+ * every store shares. The hash comparison runs even for an unknown id, so both paths take the same time.
+ */
+export function judgeToken(token: string, row: TokenRow | undefined, now: Date): { ok: true; row: TokenRow } | Extract<TokenCheck, { ok: false }> {
+  const m = TOKEN_RE.exec(token);
+  if (!m) return { ok: false, reason: "malformed", message: "the token is not well formed" };
+  const id = m[2]!;
+  const presented = Buffer.from(hashToken(token), "hex");
+  const stored = Buffer.from(row?.hash ?? "0".repeat(64), "hex");
+  const equal = stored.length === presented.length && crypto.timingSafeEqual(stored, presented);
+  if (!row || !equal || (row.kind === "share") !== (m[1] === "s")) {
+    return { ok: false, reason: "unknown", tokenId: id, message: "the token is not known to this relay" };
+  }
+  if (row.revoked_at) return { ok: false, reason: "revoked", tokenId: id, message: `the token was revoked at ${row.revoked_at}` };
+  if (row.expires_at && row.expires_at <= now.toISOString()) {
+    return { ok: false, reason: "expired", tokenId: id, message: `the token expired at ${row.expires_at}` };
+  }
+  return { ok: true, row };
+}
+
+/** A stored token row as TokenInfo. */
+export function tokenInfoOf(row: TokenRow, studies: string[]): TokenInfo {
+  return {
+    id: row.id,
+    kind: row.kind,
+    scopes: row.scopes ? (row.scopes.split(",") as Scope[]) : [],
+    studies,
+    label: row.label,
+    createdAt: row.created_at,
+    createdBy: row.created_by,
+    expiresAt: row.expires_at,
+    revokedAt: row.revoked_at,
+    revokedBy: row.revoked_by,
+  };
+}
+
+export interface TokenRow {
   id: string;
   kind: TokenKind;
   hash: string;
@@ -101,7 +166,7 @@ interface TokenRow {
   revoked_by: string | null;
 }
 
-export class TokenStore {
+export class TokenStore implements TokenRegistry {
   constructor(private readonly db: AccessDb) {}
 
   /** How many tokens were ever created (revoked ones included): 0 means a first run. */
@@ -115,13 +180,7 @@ export class TokenStore {
   }
 
   createShare(opts: { studies: readonly string[]; label?: string; expiresAt?: string | null; createdBy: string }): { token: string; info: TokenInfo } {
-    const studies = [...new Set(opts.studies.map((s) => s.trim()).filter(Boolean))];
-    if (!studies.length) throw new TokenError("a share link needs at least one StudyInstanceUID");
-    if (studies.length > MAX_SHARE_STUDIES) throw new TokenError(`a share link may open at most ${MAX_SHARE_STUDIES} studies`);
-    for (const s of studies) {
-      if (!isValidUid(s)) throw new TokenError(`"${s.slice(0, 80)}" is not a valid StudyInstanceUID`);
-    }
-    return this.insert("share", [], studies, opts);
+    return this.insert("share", [], shareStudies(opts.studies), opts);
   }
 
   private insert(
@@ -131,8 +190,7 @@ export class TokenStore {
     opts: { label?: string; expiresAt?: string | null; createdBy: string },
   ): { token: string; info: TokenInfo } {
     const label = (opts.label ?? "").slice(0, 200);
-    const id = crypto.randomBytes(8).toString("hex");
-    const token = `dr${kind === "share" ? "s" : "t"}_${id}_${crypto.randomBytes(32).toString("base64url")}`;
+    const { id, token } = newToken(kind);
     const createdAt = new Date().toISOString();
     this.db.transaction(() => {
       this.db
@@ -171,22 +229,10 @@ export class TokenStore {
 
   /** Check a presented token: well formed, known, hash equal, not revoked, not expired. */
   verify(token: string, now = new Date()): TokenCheck {
-    const m = TOKEN_RE.exec(token);
-    if (!m) return { ok: false, reason: "malformed", message: "the token is not well formed" };
-    const id = m[2]!;
-    const row = this.db.prepare("SELECT * FROM tokens WHERE id = ?").get(id) as TokenRow | undefined;
-    const presented = Buffer.from(hashToken(token), "hex");
-    // compare even when the id is unknown, so both paths take the same time
-    const stored = Buffer.from(row?.hash ?? "0".repeat(64), "hex");
-    const equal = stored.length === presented.length && crypto.timingSafeEqual(stored, presented);
-    if (!row || !equal || (row.kind === "share") !== (m[1] === "s")) {
-      return { ok: false, reason: "unknown", tokenId: id, message: "the token is not known to this relay" };
-    }
-    if (row.revoked_at) return { ok: false, reason: "revoked", tokenId: id, message: `the token was revoked at ${row.revoked_at}` };
-    if (row.expires_at && row.expires_at <= now.toISOString()) {
-      return { ok: false, reason: "expired", tokenId: id, message: `the token expired at ${row.expires_at}` };
-    }
-    return { ok: true, token: this.toInfo(row) };
+    const id = tokenIdOf(token);
+    const row = id ? (this.db.prepare("SELECT * FROM tokens WHERE id = ?").get(id) as TokenRow | undefined) : undefined;
+    const verdict = judgeToken(token, row, now);
+    return verdict.ok ? { ok: true, token: this.toInfo(verdict.row) } : verdict;
   }
 
   private toInfo(row: TokenRow): TokenInfo {
@@ -194,17 +240,6 @@ export class TokenStore {
       row.kind === "share"
         ? (this.db.prepare("SELECT study_instance_uid AS s FROM share_studies WHERE token_id = ? ORDER BY study_instance_uid").all(row.id) as { s: string }[]).map((r) => r.s)
         : [];
-    return {
-      id: row.id,
-      kind: row.kind,
-      scopes: row.scopes ? (row.scopes.split(",") as Scope[]) : [],
-      studies,
-      label: row.label,
-      createdAt: row.created_at,
-      createdBy: row.created_by,
-      expiresAt: row.expires_at,
-      revokedAt: row.revoked_at,
-      revokedBy: row.revoked_by,
-    };
+    return tokenInfoOf(row, studies);
   }
 }

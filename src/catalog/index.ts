@@ -94,7 +94,44 @@ export interface Index {
   iterateInstances(): AsyncIterable<InstanceLocation>;
   /** Make instances of a transfer visible (pendingTransferId -> null). Returns how many. */
   releaseTransfer(transferId: string): Promise<number>;
+  /**
+   * Hold a lock on a blob key across every relay process sharing this index while fn runs (see
+   * storage/blobLocks.ts). Absent for an index only one process opens (SQLite): the in-process lock suffices.
+   */
+  withBlobLock?<T>(blobKey: string, fn: () => Promise<T>): Promise<T>;
   /** Liveness probe for /readyz. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The index database cannot be reached right now (down, restarting, unreachable): HTTP layers answer 503 with Retry-After. */
+export class IndexUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "IndexUnavailableError";
+  }
+}
+
+/**
+ * The database cannot be reached or is going away, as opposed to a bad request: connecting failed (refused,
+ * unreachable, timed out, name not resolved), the connection dropped (pg: "Connection terminated ..."), or
+ * PostgreSQL said so (class 08 connection exceptions, 57P01..57P03 admin/crash shutdown and "cannot connect
+ * now", 53300 too many connections). Socket errors of other origins (a client that hung up: ECONNRESET
+ * without a connect/getaddrinfo syscall) are not counted.
+ */
+const CONNECT_CODES = new Set(["ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+const SERVER_CODES = new Set(["57P01", "57P02", "57P03", "53300"]);
+const UNAVAILABLE_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection closed)|the database system is (starting up|shutting down)/i;
+
+export function isIndexUnavailable(err: unknown): boolean {
+  if (err instanceof IndexUnavailableError) return true;
+  if (!err || typeof err !== "object") return false;
+  const e = err as { code?: unknown; message?: unknown; errors?: unknown; syscall?: unknown };
+  if (typeof e.code === "string") {
+    if (SERVER_CODES.has(e.code) || /^08[0-9A-Z]{3}$/.test(e.code)) return true;
+    if (CONNECT_CODES.has(e.code) && (e.syscall === "connect" || e.syscall === "getaddrinfo")) return true;
+  }
+  if (typeof e.message === "string" && UNAVAILABLE_MESSAGE.test(e.message)) return true;
+  // AggregateError from a dual-stack connect
+  return Array.isArray(e.errors) && e.errors.some(isIndexUnavailable);
 }

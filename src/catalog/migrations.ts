@@ -271,8 +271,115 @@ CREATE INDEX instances_blob_key ON instances(blob_key);
 CREATE INDEX instances_pending ON instances(pending_transfer_id) WHERE pending_transfer_id IS NOT NULL;
 `;
 
+/**
+ * Version 2: state every relay node must share when the index is PostgreSQL (docs/operations.md):
+ * transfers (manifests, per-instance progress, receipts), results of finished tus uploads, and the
+ * receipt signing key. With the embedded index they stay in dataDir (transfers.sqlite, keys/), so the
+ * SQLite text is a comment only.
+ */
+const V2_POSTGRES = `
+CREATE TABLE transfers (
+  id TEXT COLLATE "C" PRIMARY KEY,
+  label TEXT,
+  created_at TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('open','complete','released')),
+  completed_at TEXT,
+  released_at TEXT,
+  receipt TEXT
+);
+CREATE INDEX transfers_complete_without_receipt ON transfers(id) WHERE state = 'complete' AND receipt IS NULL;
+CREATE TABLE transfer_items (
+  transfer_id TEXT COLLATE "C" NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+  -- manifest order, for listing
+  seq INTEGER NOT NULL,
+  sop_instance_uid TEXT COLLATE "C" NOT NULL,
+  sha256 TEXT COLLATE "C" NOT NULL,
+  size BIGINT NOT NULL,
+  study_instance_uid TEXT COLLATE "C",
+  series_instance_uid TEXT COLLATE "C",
+  state TEXT NOT NULL CHECK (state IN ('present','received','missing','failed')),
+  reason TEXT,
+  failure_code INTEGER,
+  updated_at TEXT NOT NULL,
+  PRIMARY KEY (transfer_id, sop_instance_uid)
+);
+CREATE INDEX transfer_items_order ON transfer_items(transfer_id, seq);
+CREATE INDEX transfer_items_sha ON transfer_items(transfer_id, sha256);
+CREATE TABLE upload_results (
+  upload_id TEXT COLLATE "C" PRIMARY KEY,
+  transfer_id TEXT COLLATE "C",
+  state TEXT NOT NULL,
+  finished_at TEXT,
+  result TEXT NOT NULL
+);
+CREATE INDEX upload_results_finished ON upload_results(finished_at) WHERE state = 'done';
+-- secrets every node needs alike (the receipt signing key, PKCS#8 PEM): back the database up as you would the key
+CREATE TABLE relay_keys (
+  name TEXT COLLATE "C" PRIMARY KEY,
+  pem TEXT NOT NULL,
+  created_at TIMESTAMPTZ NOT NULL
+);
+`;
+
+/**
+ * Version 3: access control shared by every node (tokens, share links, the audit log), the same tables as
+ * access.sqlite (src/access/db.ts). The audit log is append-only here too: a trigger refuses UPDATE and DELETE.
+ */
+const V3_POSTGRES = `
+CREATE TABLE tokens (
+  id TEXT COLLATE "C" PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('token', 'share')),
+  hash TEXT COLLATE "C" NOT NULL,
+  scopes TEXT NOT NULL,
+  label TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL,
+  created_by TEXT NOT NULL,
+  expires_at TEXT,
+  revoked_at TEXT,
+  revoked_by TEXT
+);
+CREATE TABLE share_studies (
+  token_id TEXT COLLATE "C" NOT NULL REFERENCES tokens(id),
+  study_instance_uid TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (token_id, study_instance_uid)
+);
+CREATE TABLE audit (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  cert_subject TEXT,
+  action TEXT NOT NULL,
+  method TEXT,
+  route TEXT,
+  study_instance_uid TEXT COLLATE "C",
+  series_instance_uid TEXT,
+  sop_instance_uid TEXT,
+  remote_addr TEXT,
+  outcome TEXT NOT NULL CHECK (outcome IN ('success', 'failure')),
+  status INTEGER,
+  detail TEXT,
+  hash TEXT NOT NULL
+);
+CREATE INDEX audit_study_at ON audit(study_instance_uid, at);
+CREATE INDEX audit_at ON audit(at);
+CREATE INDEX audit_actor_at ON audit(actor, at);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only: rows cannot be changed or deleted'; END $$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit FOR EACH ROW EXECUTE PROCEDURE audit_append_only();
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "patients, studies, series, instances", sql: { sqlite: V1_SQLITE, postgres: V1_POSTGRES } },
+  {
+    version: 2,
+    name: "transfers, upload results, relay keys (shared by every node)",
+    sql: { sqlite: "-- embedded index: transfers live in transfers.sqlite and the receipt key in dataDir/keys\n", postgres: V2_POSTGRES },
+  },
+  {
+    version: 3,
+    name: "tokens, share links, audit log (shared by every node)",
+    sql: { sqlite: "-- embedded index: tokens, share links and the audit log live in access.sqlite\n", postgres: V3_POSTGRES },
+  },
 ];
 
 /**

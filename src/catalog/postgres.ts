@@ -48,6 +48,8 @@ export const ADVISORY_LOCK = {
   MIGRATIONS: 0x44520001,
   /** (STUDY, hash of StudyInstanceUID): held by every write transaction touching the study */
   STUDY: 0x44520002,
+  /** (BLOB, hash of the blob key): held by a node while it puts a blob and indexes it, or deletes it if unreferenced */
+  BLOB: 0x44520003,
 } as const;
 
 /** Rows per page of iterateInstances. */
@@ -82,7 +84,12 @@ function updateStatement(table: string, row: Record<string, unknown>, pk: number
 
 /** The advisory lock object of a study: 32 bits of SHA-256 (a collision only serialises two studies). */
 function studyLockKey(studyInstanceUID: string): number {
-  return crypto.createHash("sha256").update(studyInstanceUID).digest().readInt32BE(0);
+  return lockKey(studyInstanceUID);
+}
+
+/** 32 bits of SHA-256 of a name, as an advisory lock object (a collision only serialises two names). */
+function lockKey(name: string): number {
+  return crypto.createHash("sha256").update(name).digest().readInt32BE(0);
 }
 
 /** int8 (BIGINT, COUNT(*)) as a JS number: keys, sizes and counts stay far below 2^53. */
@@ -97,6 +104,11 @@ type Client = pg.PoolClient;
 export class PostgresIndex implements Index {
   readonly kind = "postgres";
   private pool: pg.Pool | null = null;
+  /**
+   * Connections that hold session advisory locks on blob keys while a blob is put and indexed. Apart from
+   * the query pool, so a holder never waits for a query connection that other holders took.
+   */
+  private lockPool: pg.Pool | null = null;
   private readonly migrations: readonly Migration[];
 
   constructor(private readonly options: PostgresIndexOptions) {
@@ -121,7 +133,19 @@ export class PostgresIndex implements Index {
       // an idle connection dropped by the server (restart, failover) is not a crash: the pool
       // discards it and the next call opens a new one or fails with its own error
       pool.on("error", () => {});
+      // nor is one dropped while checked out (a transaction, a held blob lock): the awaiting call gets the error
+      pool.on("connect", (client) => client.on("error", () => {}));
       this.pool = pool;
+      const lockPool = new pg.Pool({
+        connectionString: this.options.url,
+        max: Math.max(1, Math.floor(this.options.poolSize ?? 10)),
+        connectionTimeoutMillis: this.options.connectTimeoutMs ?? 10_000,
+        application_name: "dicom-relay-locks",
+        types,
+      });
+      lockPool.on("error", () => {});
+      lockPool.on("connect", (client) => client.on("error", () => {}));
+      this.lockPool = lockPool;
     }
     const client = await this.db.connect();
     try {
@@ -139,6 +163,42 @@ export class PostgresIndex implements Index {
     } catch (err) {
       await this.rollbackAndRelease(client, err);
       throw err;
+    }
+  }
+
+  /**
+   * The connection pool, for other state kept in the same database (transfers, the receipt key): their
+   * tables come with the index's migrations (migrations.ts), so they exist once init() returned.
+   */
+  get sharedPool(): pg.Pool {
+    return this.db;
+  }
+
+  /**
+   * fn runs while this session holds the advisory lock (BLOB, hash of blobKey): every node sharing this
+   * database waits for it. A session lock on a dedicated connection, because fn (a blob upload) outlives
+   * any one query; released when fn ends, or by the server when the connection or the node dies.
+   */
+  async withBlobLock<T>(blobKey: string, fn: () => Promise<T>): Promise<T> {
+    if (!this.lockPool) throw new Error("the PostgreSQL index is not open: call init() first");
+    const client = await this.lockPool.connect();
+    const key = lockKey(blobKey);
+    try {
+      await client.query("SELECT pg_advisory_lock($1, $2)", [ADVISORY_LOCK.BLOB, key]);
+    } catch (err) {
+      client.release(err as Error);
+      throw err;
+    }
+    try {
+      return await fn();
+    } finally {
+      try {
+        await client.query("SELECT pg_advisory_unlock($1, $2)", [ADVISORY_LOCK.BLOB, key]);
+        client.release();
+      } catch (err) {
+        // the connection broke: dropping it ends the session, and the server releases its locks
+        client.release(err as Error);
+      }
     }
   }
 
@@ -552,8 +612,11 @@ export class PostgresIndex implements Index {
 
   async close(): Promise<void> {
     const pool = this.pool;
+    const lockPool = this.lockPool;
     this.pool = null;
+    this.lockPool = null;
     await pool?.end();
+    await lockPool?.end();
   }
 }
 

@@ -1,8 +1,8 @@
 /** `dicom-relay audit`: read the audit log by study, actor, action and time; --verify checks its hash chain. */
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
-import { accessDbPath, openAccessDb } from "../access/db.ts";
-import { AuditLog, auditTime, type AuditQuery, type AuditRecord } from "../access/audit.ts";
+import { openAccessStores } from "../access/index.ts";
+import { auditTime, type AuditQuery, type AuditRecord } from "../access/audit.ts";
 
 const USAGE = `dicom-relay audit [--study UID] [--since 24h|7d|2025-01-31] [--until DATE] [--actor ID]
                   [--action NAME] [--outcome success|failure] [--limit N] [--json] [--verify]
@@ -51,11 +51,10 @@ export async function auditCommand(args: string[]): Promise<number> {
     return 0;
   }
   const config = loadConfig({ file: values.config });
-  const db = openAccessDb(accessDbPath(config.dataDir));
+  const { audit, close } = await openAccessStores(config);
   try {
-    const audit = new AuditLog(db);
     if (values.verify) {
-      const r = audit.verifyChain();
+      const r = await audit.verifyChain();
       process.stdout.write(
         r.ok ? `audit log intact: ${r.checked} entries, hash chain verified; newest hash ${r.newestHash ?? "(none)"}\n` : `audit log ALTERED: entry ${r.firstBadSeq} does not match the hash chain (${r.checked} entries checked)\n`,
       );
@@ -77,11 +76,11 @@ export async function auditCommand(args: string[]): Promise<number> {
       process.stderr.write(`dicom-relay audit: ${(err as Error).message}\n`);
       return 1;
     }
-    const rows = audit.query(q);
+    const rows = await audit.query(q);
     if (values.json) process.stdout.write(JSON.stringify(rows, null, 2) + "\n");
     else process.stdout.write(rows.length ? rows.map(line).join("\n") + "\n" : "no audit entries match\n");
     return 0;
   } finally {
-    db.close();
+    await close();
   }
 }

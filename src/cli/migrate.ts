@@ -12,6 +12,9 @@
  * order-independent digest, with a row-by-row listing when it differs), and the visible instances
  * per study.
  *
+ * Then the rest of the relay's local state moves too (migrateLocalState.ts): transfers, the receipt key,
+ * tokens, share links and the audit log, so that several nodes can continue from it.
+ *
  * Stop the relay first: instances stored into SQLite during the copy would be missed (a second run
  * picks them up).
  */
@@ -23,6 +26,9 @@ import { ConfigError, loadConfig } from "../config.ts";
 import type { Index, InstanceLocation, InstanceRecord } from "../catalog/index.ts";
 import { SqliteIndex } from "../catalog/sqlite.ts";
 import { PostgresIndex } from "../catalog/postgres.ts";
+import path from "node:path";
+import { accessDbPath } from "../access/db.ts";
+import { migrateLocalState } from "./migrateLocalState.ts";
 
 export interface MigrateReport {
   /** instance rows in the source */
@@ -197,6 +203,15 @@ export async function migrateCommand(args: string[]): Promise<number> {
     for (const c of r.conflicts.slice(0, MAX_LISTED)) {
       out(`conflict: ${c.sopInstanceUID} has SHA-256 ${c.sourceSha256} in SQLite but ${c.targetSha256} in PostgreSQL (left as it is in PostgreSQL)`);
     }
+    const local = await migrateLocalState({
+      transfersPath: path.join(config.dataDir, "transfers.sqlite"),
+      accessPath: accessDbPath(config.dataDir),
+      receiptKeyPath: config.transfers.receiptKeyPath,
+      pool: target.sharedPool,
+    });
+    out(`copied ${local.transfers} transfer(s) with ${local.transferItems} instance(s) and ${local.uploadResults} upload result(s); ` +
+      `${local.tokens} token(s) and share link(s); audit log: ${typeof local.audit === "number" ? `${local.audit} entries` : local.audit}; ` +
+      `receipt key: ${local.receiptKey === "different" ? "the database already holds ANOTHER key, kept (receipts signed with the file's key no longer verify against the published key)" : local.receiptKey}`);
     if (r.verification.ok) {
       out(`verified: ${r.verification.targetInstances} instance(s) with the same UIDs, SHA-256, blob keys and sizes, and the same visible instances per study`);
     } else {

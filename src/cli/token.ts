@@ -5,11 +5,11 @@
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { loadConfig, type RelayConfig } from "../config.ts";
-import { accessDbPath, openAccessDb } from "../access/db.ts";
-import { AuditLog } from "../access/audit.ts";
-import { expiryFrom, TokenError, TokenStore, type TokenInfo } from "../access/tokens.ts";
+import { openAccessStores } from "../access/index.ts";
+import { expiryFrom, TokenError, type TokenInfo } from "../access/tokens.ts";
 import { shareUrl } from "../access/adminRoutes.ts";
 import { PeerGrants } from "../access/peerGrants.ts";
+import { accessDbPath, openAccessDb, type AccessDb } from "../access/db.ts";
 
 const USAGE = `dicom-relay token <subcommand> [options]
 
@@ -77,16 +77,17 @@ export async function tokenCommand(args: string[]): Promise<number> {
     },
   });
   const config = loadConfig({ file: values.config });
-  const db = openAccessDb(accessDbPath(config.dataDir));
-  const tokens = new TokenStore(db);
-  const audit = new AuditLog(db, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`));
+  const { tokens, audit, close } = await openAccessStores(config, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`));
   const actor = cliActor();
+  // peer grants stay in this node's dataDir/access.sqlite, wherever tokens are (docs/dimse.md)
+  let localDb: AccessDb | null = null;
+  const peerDb = () => (localDb ??= openAccessDb(accessDbPath(config.dataDir)));
   const out = (text: string, json: unknown) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + "\n" : text);
   try {
     switch (sub) {
       case "create": {
         if (!values.scope) throw new TokenError("give --scope, e.g. --scope read or --scope read,upload");
-        const { token, info } = tokens.create({ scopes: values.scope, label: values.label, expiresAt: expiryFrom(values.expires), createdBy: actor });
+        const { token, info } = await tokens.create({ scopes: values.scope, label: values.label, expiresAt: expiryFrom(values.expires), createdBy: actor });
         audit.record({ actor, action: "token.create", outcome: "success", detail: `created token ${info.id} scopes ${info.scopes.join(",")} expires ${info.expiresAt ?? "never"}` });
         out(
           `Created token ${info.id} (scopes ${info.scopes.join(",")}, expires ${info.expiresAt ?? "never"}).\n` +
@@ -99,7 +100,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
         const studies = (values.study ?? []).flatMap((s) => s.split(","));
         if (!studies.length) throw new TokenError("give --study UID (repeat it, or separate UIDs with commas, to share several studies)");
         if (values.peer !== undefined) {
-          const granted = new PeerGrants(db).grant({ aeTitle: values.peer, studies, expiresAt: expiryFrom(values.expires ?? "never"), grantedBy: actor });
+          const granted = new PeerGrants(peerDb()).grant({ aeTitle: values.peer, studies, expiresAt: expiryFrom(values.expires ?? "never"), grantedBy: actor });
           audit.record({
             actor,
             action: "peer.grant",
@@ -110,7 +111,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
           out(`Granted ${granted.length} study(ies) to DICOM peer ${values.peer} (expires ${granted[0]!.expiresAt ?? "never"}).\n`, granted);
           return 0;
         }
-        const { token, info } = tokens.createShare({
+        const { token, info } = await tokens.createShare({
           studies,
           label: values.label,
           expiresAt: expiryFrom(values.expires ?? config.auth.shareDefaultExpiry),
@@ -133,27 +134,27 @@ export async function tokenCommand(args: string[]): Promise<number> {
         return 0;
       }
       case "peers": {
-        const list = new PeerGrants(db).list(values.peer);
+        const list = new PeerGrants(peerDb()).list(values.peer);
         out(list.length ? list.map((g) => `${g.aeTitle.padEnd(16)}  ${g.studyInstanceUID}  expires ${g.expiresAt ?? "never"}  by ${g.grantedBy}`).join("\n") + "\n" : "no studies granted to DICOM peers\n", list);
         return 0;
       }
       case "unshare": {
         if (!values.peer) throw new TokenError("give --peer AE (and --study UID to withdraw one study only)");
         const study = values.study?.[0];
-        const n = new PeerGrants(db).revoke(values.peer, study);
+        const n = new PeerGrants(peerDb()).revoke(values.peer, study);
         audit.record({ actor, action: "peer.revoke", outcome: "success", studyInstanceUID: study ?? null, detail: `withdrew ${n} study(ies) from peer ${values.peer}` });
         out(`Withdrew ${n} study(ies) from DICOM peer ${values.peer}.\n`, { removed: n });
         return 0;
       }
       case "list": {
-        const list = tokens.list({ includeRevoked: values.all });
+        const list = await tokens.list({ includeRevoked: values.all });
         out(list.length ? list.map(describe).join("\n") + "\n" : "no tokens\n", list);
         return 0;
       }
       case "revoke": {
         const id = positionals[0];
         if (!id || positionals.length > 1) throw new TokenError("give the id of one token or share link (see token list)");
-        const info = tokens.revoke(id, actor);
+        const info = await tokens.revoke(id, actor);
         if (!info) throw new TokenError(`no token or share link with id ${id}`);
         audit.record({ actor, action: `${info.kind}.revoke`, outcome: "success", detail: `revoke ${id}` });
         out(`Revoked ${info.kind === "share" ? "share link" : "token"} ${id} (${info.revokedAt}).\n`, info);
@@ -170,6 +171,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
     }
     throw err;
   } finally {
-    db.close();
+    (localDb as AccessDb | null)?.close();
+    await close();
   }
 }

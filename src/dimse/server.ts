@@ -12,7 +12,7 @@ import type { RelayConfig, DimsePeerConfig } from "../config.ts";
 import type { Index, InstanceLocation } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { Ingestor } from "../ingest/types.ts";
-import { auditContext, type AuditEntry, type AuditLog } from "../access/audit.ts";
+import { auditContext, type AuditEntry, type AuditTrail } from "../access/audit.ts";
 import type { PeerGrants } from "../access/peerGrants.ts";
 import { readBareDataset } from "../dicom/part10.ts";
 import { InstanceRejectedError } from "../dicom/failureReasons.ts";
@@ -34,7 +34,7 @@ export interface DimseDeps {
   index: Index;
   store: BlobStore;
   ingest: Ingestor;
-  audit?: AuditLog;
+  audit?: AuditTrail;
   peerGrants?: PeerGrants;
 }
 

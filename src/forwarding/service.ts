@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import type { Index, InstanceLocation } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
-import type { AuditLog } from "../access/audit.ts";
+import type { AuditTrail } from "../access/audit.ts";
 import { ForwardingStore, type ForwardJob } from "./store.ts";
 import { createSender, type SendSession } from "./senders.ts";
 
@@ -17,7 +17,7 @@ export interface ForwardingDeps {
   log: Logger;
   index: Index;
   store: BlobStore;
-  audit?: AuditLog;
+  audit?: AuditTrail;
 }
 
 /** Wait before attempt n+1 after n failed attempts: retrySeconds doubling, capped, with up to 10 % jitter. */

@@ -1,6 +1,7 @@
 import type { NextFunction, Request, Response } from "express";
 import type { Logger } from "pino";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
+import { isIndexUnavailable } from "../catalog/index.ts";
 
 /** An error with an HTTP status and a sentence for the person on the other end. */
 export class HttpError extends Error {
@@ -26,6 +27,10 @@ export function errorHandler(log: Logger) {
     } else if (err instanceof StorageUnavailableError) {
       status = 503;
       message = "the relay's storage is unavailable right now; please retry later";
+      headers = { "Retry-After": RETRY_AFTER_SECONDS };
+    } else if (isIndexUnavailable(err)) {
+      status = 503;
+      message = "the relay's index database is unavailable right now; please retry later";
       headers = { "Retry-After": RETRY_AFTER_SECONDS };
     } else if (typeof (e.status ?? e.statusCode) === "number" && (e.status ?? e.statusCode)! >= 400 && (e.status ?? e.statusCode)! < 500) {
       status = (e.status ?? e.statusCode)!;

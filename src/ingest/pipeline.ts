@@ -13,13 +13,15 @@ import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
-import type { Index, InstanceRecord } from "../catalog/index.ts";
+import { isIndexUnavailable, type Index, type InstanceRecord } from "../catalog/index.ts";
 import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../storage/blobStore.ts";
 import { deleteBlobIfUnreferenced, withBlobLock } from "../storage/blobLocks.ts";
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
 import { fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
 import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "./types.ts";
+
+const INDEX_UNAVAILABLE = "the relay's index database is unavailable right now; nothing was stored, please retry later";
 
 export interface IngestDeps {
   index: Index;
@@ -136,7 +138,14 @@ export class IngestPipeline implements Ingestor {
     }
 
     // de-duplicate before writing anything: identical bytes are stored once
-    const existing = await index.getInstance(parsed.sopInstanceUID, { includePending: true });
+    let existing;
+    try {
+      existing = await index.getInstance(parsed.sopInstanceUID, { includePending: true });
+    } catch (err) {
+      if (!isIndexUnavailable(err)) throw err;
+      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "the index is unavailable");
+      return this.fail(opts, FailureReason.OutOfResources, INDEX_UNAVAILABLE, { ...ids, sha256, size, retryable: true });
+    }
     if (existing && existing.sha256 === sha256) {
       return { status: "already-stored", ...ids, sha256, size };
     }
@@ -147,7 +156,7 @@ export class IngestPipeline implements Ingestor {
     const blobKey = instanceBlobKey(sha256);
     // the blob and its row are written under the blob's lock, so a concurrent "delete if unreferenced"
     // of the same content-addressed key cannot remove the blob between the put and the insert
-    return withBlobLock(blobKey, async (): Promise<IngestResult> => {
+    const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
         if (ownsFile) await store.putFile(blobKey, spoolPath);
         else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
@@ -191,10 +200,17 @@ export class IngestPipeline implements Ingestor {
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "indexing an instance failed");
         await this.removeUnreferenced(blobKey);
-        return this.fail(opts, FailureReason.ProcessingFailure,
-          "the relay could not index the instance; nothing was stored, please retry",
+        const unavailable = isIndexUnavailable(err);
+        return this.fail(opts, unavailable ? FailureReason.OutOfResources : FailureReason.ProcessingFailure,
+          unavailable ? INDEX_UNAVAILABLE : "the relay could not index the instance; nothing was stored, please retry",
           { ...ids, sha256, size, retryable: true });
       }
+    }, index);
+    // the shared (cross-node) lock lives in the index database: when that is down, nothing was written
+    return locked.catch((err: unknown) => {
+      if (!isIndexUnavailable(err)) throw err;
+      log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "the index is unavailable");
+      return this.fail(opts, FailureReason.OutOfResources, INDEX_UNAVAILABLE, { ...ids, sha256, size, retryable: true });
     });
   }
 

@@ -9,6 +9,7 @@
  * against an ingest running at the same time (it writes the blob first, then the row): repair with
  * the relay stopped, or at a quiet time.
  */
+import { deleteBlobIfUnreferenced } from "../storage/blobLocks.ts";
 import crypto from "node:crypto";
 import { BlobNotFoundError, type BlobStore } from "../storage/blobStore.ts";
 import type { Index, InstanceLocation } from "../catalog/index.ts";
@@ -161,8 +162,9 @@ export async function fsck(index: Index, store: BlobStore, opts: FsckOptions): P
     if (await index.isBlobReferenced(blob.key)) continue;
     report.orphanBlobs.push(blob.key);
     log(`orphan blob ${blob.key} (${blob.size} bytes): no instance references it`);
-    if (opts.repair && !(await index.isBlobReferenced(blob.key))) {
-      if (await store.delete(blob.key)) {
+    // under the blob's lock (shared by every node with PostgreSQL): an ingest between its put and its insert keeps its blob
+    if (opts.repair) {
+      if (await deleteBlobIfUnreferenced(index, store, blob.key)) {
         report.repaired.deletedBlobs.push(blob.key);
         log(`repair: deleted orphan blob ${blob.key}`);
       }

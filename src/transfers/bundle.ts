@@ -637,9 +637,11 @@ async function* zipEntries(path: string, limits: Limits): AsyncGenerator<BundleE
  * A tar.gz of the entries, streamed: each body is read once, in order, with backpressure. An entry's size must be
  * known (tar puts it before the data); a body longer or shorter than its size fails the bundle stream.
  */
-export function createTarGzBundle(entries: AsyncIterable<{ name: string; size: number; body: Readable }>): Readable {
+export function createTarGzBundle(entries: AsyncIterable<{ name: string; size: number; body: Readable }>, opts: { mtime?: Date; level?: number } = {}): Readable {
   const pack = tar.pack();
-  const gz = createGzip();
+  // a fixed mtime (and gzip's header, which has none) makes the same entries give the same bytes: the uploader
+  // rebuilds a bundle after a crash and resumes its tus upload at the old offset
+  const gz = createGzip(opts.level !== undefined ? { level: opts.level } : {});
   const fail = (err: unknown) => {
     pack.destroy(err as Error);
     if (!gz.destroyed) gz.destroy(err as Error);
@@ -649,7 +651,7 @@ export function createTarGzBundle(entries: AsyncIterable<{ name: string; size: n
   void (async () => {
     for await (const e of entries) {
       await new Promise<void>((resolve, reject) => {
-        const w = pack.entry({ name: e.name, size: e.size, type: "file", mode: 0o644, mtime: new Date() }, (err) => (err ? reject(err) : resolve()));
+        const w = pack.entry({ name: e.name, size: e.size, type: "file", mode: 0o644, mtime: opts.mtime ?? new Date() }, (err) => (err ? reject(err) : resolve()));
         w.on("error", reject);
         void (async () => {
           try {

@@ -83,11 +83,21 @@ export class ReceiptSigner {
         pem = await fsp.readFile(keyPath, "utf8");
       }
     }
+    return ReceiptSigner.fromPem(pem, keyPath);
+  }
+
+  /** A signer from a PKCS#8 PEM private key (where: named in the error when it is not Ed25519). */
+  static fromPem(pem: string, where = "in use"): ReceiptSigner {
     const privateKey = crypto.createPrivateKey(pem);
     if (privateKey.asymmetricKeyType !== "ed25519") {
-      throw new Error(`the receipt key ${keyPath} is not an Ed25519 key`);
+      throw new Error(`the receipt key ${where} is not an Ed25519 key`);
     }
     return new ReceiptSigner(privateKey, crypto.createPublicKey(privateKey));
+  }
+
+  /** A new Ed25519 private key as PKCS#8 PEM. */
+  static generatePem(): string {
+    return crypto.generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }) as string;
   }
 
   publishedKey(): PublishedKey {

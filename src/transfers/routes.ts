@@ -6,7 +6,7 @@
 import express, { Router, type RequestHandler } from "express";
 import type { Server } from "@tus/server";
 import type { RelayConfig } from "../config.ts";
-import { HttpError } from "../http/errors.ts";
+import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { ManifestError } from "./manifest.ts";
 import { TransferNotFoundError, type TransferService } from "./transferService.ts";
 import type { ItemState } from "./transferStore.ts";
@@ -93,6 +93,12 @@ export function transfersRouter(
     res.json(result);
   });
   api.all([tusPath, `${tusPath}/:id`], (req, res, next) => {
+    // @tus/server answers storage outages 503 (s3UploadStore.ts) but sets no Retry-After: tell clients when to retry
+    const writeHead = res.writeHead;
+    res.writeHead = function (this: typeof res, status: number, ...rest: unknown[]) {
+      if (status === 503 && !this.hasHeader("retry-after")) this.setHeader("Retry-After", RETRY_AFTER_SECONDS);
+      return (writeHead as (...a: unknown[]) => typeof res).call(this, status, ...rest);
+    } as typeof res.writeHead;
     tus.handle(req, res).catch(next);
   });
 

@@ -26,8 +26,9 @@ import { fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
 import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
-import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult } from "./transferStore.ts";
-import { tusError, type TusHooks } from "./tusServer.ts";
+import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
+import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
+import { StorageUnavailableError } from "../storage/blobStore.ts";
 
 export interface TransferServiceDeps {
   config: RelayConfig;
@@ -69,17 +70,38 @@ export class TransferNotFoundError extends Error {
   }
 }
 
+/** Storage went away, possibly seen through a bundle reader that wrapped the read error (e.g. "gzip data cut short"). */
+function isStorageOutage(err: unknown): boolean {
+  let e: unknown = err;
+  for (let depth = 0; e && depth < 5; depth++, e = (e as { cause?: unknown }).cause) {
+    if (e instanceof StorageUnavailableError) return true;
+  }
+  return false;
+}
+
+/** A running ingest re-saves its result this often ... */
+const RESULT_HEARTBEAT_MS = 20_000;
+/** ... so a "processing" result older than this has no one working on it (its node stopped). */
+const RESULT_STALE_MS = 120_000;
+/** After a storage failure midway, this node tries the same upload again this many times, this far apart. */
+const INGEST_RETRIES = 20;
+const INGEST_RETRY_MS = 5_000;
+
 const hex = (code: number) => `0x${code.toString(16).toUpperCase().padStart(4, "0")}`;
 
 export class TransferService {
   /** uploads being ingested now: a repeated finish waits for the same work instead of doing it twice */
   private readonly inFlight = new Map<string, Promise<UploadResult>>();
   private cleanupTimer: NodeJS.Timeout | null = null;
+  private uploads: RelayUploadStore | null = null;
+  /** where upload results are kept: the transfer store, or the S3 upload store (shared by nodes) */
+  private results: UploadResultStore;
   private closed = false;
   readonly spoolDir: string;
 
   constructor(private readonly deps: TransferServiceDeps) {
     this.spoolDir = path.join(deps.config.dataDir, "tmp");
+    this.results = deps.transfers;
   }
 
   get signer(): ReceiptSigner {
@@ -87,28 +109,49 @@ export class TransferService {
   }
 
   /** Finishes what a stop interrupted: receipts of completed transfers, ingest of complete uploads. */
-  async start(tus: { listComplete(): Promise<Upload[]>; deleteExpired(): Promise<number> }): Promise<void> {
+  async start(tus: RelayUploadStore, results: UploadResultStore = this.deps.transfers): Promise<void> {
+    this.uploads = tus;
+    this.results = results;
     await fsp.mkdir(this.spoolDir, { recursive: true });
     for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
-    for (const upload of await tus.listComplete()) {
-      const done = await this.deps.transfers.getUploadResult(upload.id);
-      if (done?.state === "done") continue;
-      this.deps.log.info({ uploadId: upload.id }, "ingesting an upload that completed before the relay stopped");
-      void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
-    }
+    await this.recoverUploads("at start");
     const every = this.deps.config.transfers.cleanupIntervalSeconds * 1000;
     const sweep = async () => {
       try {
         const removed = await tus.deleteExpired();
         const before = new Date(Date.now() - this.deps.config.transfers.expirationSeconds * 1000).toISOString();
-        const forgotten = await this.deps.transfers.deleteUploadResultsBefore(before);
+        const forgotten = await this.results.deleteUploadResultsBefore(before);
         if (removed || forgotten) this.deps.log.info({ removed, forgotten }, "expired uploads cleaned up");
+        // complete uploads nobody ingests (a node died mid-ingest, an ingest gave up while storage was down)
+        await this.recoverUploads("in the periodic sweep");
       } catch (err) {
         this.deps.log.warn({ err }, "cleaning up expired uploads failed; will retry");
       }
     };
     this.cleanupTimer = setInterval(() => void sweep(), every);
     this.cleanupTimer.unref();
+  }
+
+  /** Ingests complete uploads without a final result that no one (here or, on S3, on another node) is working on. */
+  private async recoverUploads(when: string): Promise<void> {
+    for (const upload of await this.uploads!.listComplete()) {
+      if (this.closed) return;
+      if (this.inFlight.has(upload.id)) continue;
+      const done = await this.results.getUploadResult(upload.id);
+      if (done?.state === "done" || (done && (await this.ingestedElsewhere(upload.id)))) continue;
+      this.deps.log.info({ uploadId: upload.id }, `ingesting a complete upload nobody is ingesting (${when})`);
+      void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
+    }
+  }
+
+  /**
+   * Is another node ingesting this upload now? Only results kept in S3 can say (their heartbeat keeps them fresh);
+   * with results in the local transfer store there is one node, and inFlight already knows.
+   */
+  private async ingestedElsewhere(id: string): Promise<boolean> {
+    if (this.inFlight.has(id) || !this.results.resultAgeMs) return false;
+    const age = await this.results.resultAgeMs(id);
+    return age !== null && age < RESULT_STALE_MS;
   }
 
   /** Stops the cleanup timer and waits (bounded) for running ingests so their results are recorded. */
@@ -241,34 +284,51 @@ export class TransferService {
         ]).finally(() => clearTimeout(timer));
         return { body: result ? JSON.stringify(result) : null, resultUrl };
       },
-      isProcessed: async (id) => (await this.deps.transfers.getUploadResult(id))?.state === "done",
+      isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
+      completedLate: (upload) => {
+        void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "ingest of a late-completed upload failed"));
+      },
     };
   }
 
   async uploadResult(id: string): Promise<UploadResult | null> {
-    return this.deps.transfers.getUploadResult(id);
+    return this.results.getUploadResult(id);
   }
 
   // ---------------------------------------------------------------- uploads
 
-  /** Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result. */
-  processUpload(upload: Upload): Promise<UploadResult> {
+  /**
+   * Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result,
+   * and so does one another node is ingesting now (its result is "processing"). When storage fails midway, the
+   * caller gets the error and this node tries again by itself a few times; then the periodic sweep takes over.
+   */
+  processUpload(upload: Upload, attempt = 1): Promise<UploadResult> {
     const running = this.inFlight.get(upload.id);
     if (running) return running;
     const work = (async () => {
-      const done = await this.deps.transfers.getUploadResult(upload.id);
+      const done = await this.results.getUploadResult(upload.id);
       if (done?.state === "done") return done;
+      if (done && attempt === 1 && (await this.ingestedElsewhere(upload.id))) return done;
       return this.ingestUpload(upload);
-    })().finally(() => this.inFlight.delete(upload.id));
-    this.inFlight.set(upload.id, work);
-    return work;
+    })();
+    work.catch((err: unknown) => {
+      if (!(err instanceof StorageUnavailableError) || this.closed || attempt >= INGEST_RETRIES) return;
+      setTimeout(() => {
+        if (this.closed) return;
+        this.processUpload(upload, attempt + 1).catch(() => undefined);
+      }, INGEST_RETRY_MS).unref();
+    });
+    const tracked = work.finally(() => this.inFlight.delete(upload.id));
+    tracked.catch(() => undefined);
+    this.inFlight.set(upload.id, tracked);
+    return tracked;
   }
 
   private async ingestUpload(upload: Upload): Promise<UploadResult> {
-    const { log, transfers } = this.deps;
+    const results = this.results;
+    if (!this.uploads) throw new Error("the transfer service is not started");
     const meta = upload.metadata ?? {};
-    const filePath = upload.storage?.path ?? path.join(this.deps.config.transfers.uploadDir, upload.id);
     const transferId = meta.transferId || null;
     const result: UploadResult = {
       uploadId: upload.id,
@@ -282,7 +342,25 @@ export class TransferService {
       entries: [],
       error: null,
     };
-    await transfers.saveUploadResult(result);
+    await results.saveUploadResult(result);
+    // heartbeat: other nodes tell a running ingest from an abandoned one by the age of its result
+    let beat: Promise<void> = Promise.resolve();
+    const heartbeat = setInterval(() => {
+      beat = results.saveUploadResult(result).catch(() => undefined);
+    }, RESULT_HEARTBEAT_MS);
+    heartbeat.unref();
+    try {
+      return await this.ingestUploadEntries(upload, result, heartbeat, () => beat);
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  private async ingestUploadEntries(upload: Upload, result: UploadResult, heartbeat: NodeJS.Timeout, lastBeat: () => Promise<void>): Promise<UploadResult> {
+    const { log, transfers } = this.deps;
+    const results = this.results;
+    const uploads = this.uploads!;
+    const transferId = result.transferId;
 
     const transfer = transferId ? await transfers.getTransfer(transferId) : null;
     if (transferId && !transfer) {
@@ -290,7 +368,8 @@ export class TransferService {
     } else {
       // without a transfer, the upload is its own unit of visibility
       const pendingId = transfer ? (transfer.state === "open" ? transfer.id : undefined) : `upload:${upload.id}`;
-      const entries = readBundleEntries(filePath, {
+      // a local file (fs) or a stream from S3; zip bundles need random access and are spooled by the reader
+      const entries = readBundleEntries(await uploads.openUpload(upload), {
         maxEntries: this.deps.config.transfers.bundle.maxEntries,
         maxTotalBytes: this.deps.config.transfers.bundle.maxTotalBytes,
         maxCompressionRatio: this.deps.config.transfers.bundle.maxCompressionRatio,
@@ -305,14 +384,25 @@ export class TransferService {
           const r = transfer
             ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
             : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
+          if (r.status === "failed" && r.retryable && r.reason === FailureReason.OutOfResources) {
+            // the blob store is down: the entry is fine, the moment is not
+            throw new StorageUnavailableError(r.message);
+          }
           this.addEntry(result, name, r);
           // a big bundle takes minutes: let GET {tusPath}/{id} show progress
           if (Date.now() - savedAt > 2000) {
-            await transfers.saveUploadResult(result);
+            await results.saveUploadResult(result);
             savedAt = Date.now();
           }
         }
       } catch (err) {
+        if (isStorageOutage(err)) {
+          // S3 (upload bytes or blob store) went away midway: not a verdict on the upload. What was stored stays
+          // pending; the same upload is ingested again when it is finished again (a retried final PATCH) or at start.
+          await entries.return?.(undefined).catch(() => undefined);
+          log.warn({ err: (err as Error).message, uploadId: upload.id }, "ingest of a tus upload interrupted: storage unavailable");
+          throw err instanceof StorageUnavailableError ? err : new StorageUnavailableError((err as Error).message, { cause: err });
+        }
         if (err instanceof BundleError) {
           result.error = `the upload was refused as a whole: ${err.message}`;
         } else {
@@ -333,9 +423,12 @@ export class TransferService {
     }
     result.state = "done";
     result.finishedAt = new Date().toISOString();
-    await transfers.saveUploadResult(result);
-    // the bytes are ingested (or refused): give the disk space back now, keep the small info file for HEAD
-    await fsp.rm(filePath, { force: true });
+    // no heartbeat copy ("processing") may land after the final one
+    clearInterval(heartbeat);
+    await lastBeat();
+    await results.saveUploadResult(result);
+    // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
+    await uploads.removeData(upload.id);
     log.info({ uploadId: upload.id, transferId, ...result.counts, error: result.error }, "tus upload ingested");
     return result;
   }
@@ -407,6 +500,9 @@ export class TransferService {
       let result: IngestResult;
       if (bySha.length > 0) {
         result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source });
+        // bytes declared in the manifest but refused before their header was read (e.g. truncated on the sender's
+        // disk): the item they were declared as is failed, with the reason, rather than left missing
+        if (result.status === "failed" && !result.sopInstanceUID && bySha.length === 1) result = { ...result, sopInstanceUID: bySha[0]!.sopInstanceUID };
       } else {
         const header = await this.readSopInstanceUID(spool, size);
         if ("failed" in header) return { status: "failed", reason: header.reason, message: header.message, sha256, size };

@@ -72,7 +72,17 @@ export interface UploadResult {
   error: string | null;
 }
 
-export interface TransferStore {
+/** Where finished uploads' results are kept: the transfer store (fs), or beside the upload in S3 (every node reads it). */
+export interface UploadResultStore {
+  getUploadResult(uploadId: string): Promise<UploadResult | null>;
+  saveUploadResult(result: UploadResult): Promise<void>;
+  /** Forget results of uploads finished before this ISO time; returns how many. */
+  deleteUploadResultsBefore(iso: string): Promise<number>;
+  /** How long ago the result was last saved (ms), null when there is none; stores shared by nodes implement it. */
+  resultAgeMs?(uploadId: string): Promise<number | null>;
+}
+
+export interface TransferStore extends UploadResultStore {
   init(): Promise<void>;
   close(): Promise<void>;
 
@@ -92,9 +102,4 @@ export interface TransferStore {
   setReceipt(transferId: string, receipt: SignedReceipt): Promise<void>;
   /** Complete transfers whose receipt was not written (a crash between the two): finished at start. */
   listCompleteWithoutReceipt(): Promise<string[]>;
-
-  getUploadResult(uploadId: string): Promise<UploadResult | null>;
-  saveUploadResult(result: UploadResult): Promise<void>;
-  /** Forget results of uploads finished before this ISO time; returns how many. */
-  deleteUploadResultsBefore(iso: string): Promise<number>;
 }

@@ -6,6 +6,9 @@
  * A finished upload's bytes are ingested, then its data file is deleted (disk space back at once) while its small
  * .json info file stays until expiration, so a client whose final PATCH response was lost still learns, by HEAD,
  * that the upload is complete, and reads the result at GET {tusPath}/{id}.
+ *
+ * Two stores behind one interface (RelayUploadStore): local files (storage.kind=fs, RelayFileStore here) and S3
+ * (storage.kind=s3, RelayS3Store in s3UploadStore.ts), where every node over the bucket can continue an upload.
  */
 import fs from "node:fs";
 import fsp from "node:fs/promises";
@@ -13,9 +16,10 @@ import path from "node:path";
 import type http from "node:http";
 import type stream from "node:stream";
 import { FileStore } from "@tus/file-store";
-import { ERRORS, Server, Upload } from "@tus/server";
+import { DataStore, ERRORS, Server, Upload, type Locker } from "@tus/server";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
+import { RelayS3Store } from "./s3UploadStore.ts";
 
 type TusError = { status_code: number; body: string };
 export const tusError = (status_code: number, sentence: string): TusError => ({ status_code, body: sentence.endsWith("\n") ? sentence : sentence + "\n" });
@@ -29,10 +33,23 @@ export interface TusHooks {
   isProcessed(id: string): Promise<boolean>;
   /** Is this upload's ingest running now (do not expire it under its feet)? */
   isProcessing(id: string): boolean;
+  /** The store found an upload complete outside a PATCH (S3: its completion had failed): ingest it in the background. */
+  completedLate?(upload: Upload): void;
+}
+
+/** What the transfer service needs of the upload store beyond tus: recovery, expiry, reading and dropping bytes. */
+export interface RelayUploadStore extends DataStore {
+  /** Uploads whose bytes are complete (offset == size) and still there: not ingested yet. */
+  listComplete(): Promise<Upload[]>;
+  deleteExpired(): Promise<number>;
+  /** A finished upload's bytes: a local file path (fs) or a stream (S3). */
+  openUpload(upload: Upload): Promise<string | stream.Readable>;
+  /** After ingest: remove the bytes, keep what HEAD needs to answer "complete". */
+  removeData(id: string): Promise<void>;
 }
 
 /** FileStore that keeps answering for uploads whose data file went away after ingest, and expires them itself. */
-export class RelayFileStore extends FileStore {
+export class RelayFileStore extends FileStore implements RelayUploadStore {
   constructor(
     directory: string,
     expirationMs: number,
@@ -86,6 +103,14 @@ export class RelayFileStore extends FileStore {
     return removed;
   }
 
+  async openUpload(upload: Upload): Promise<string> {
+    return upload.storage?.path ?? path.join(this.directory, upload.id);
+  }
+
+  async removeData(id: string): Promise<void> {
+    await fsp.rm(path.join(this.directory, id), { force: true });
+  }
+
   /** Uploads whose bytes are complete (offset == size) and whose data file is still there. */
   async listComplete(): Promise<Upload[]> {
     const out: Upload[] = [];
@@ -107,15 +132,27 @@ export interface TusServerOptions {
   config: RelayConfig;
   log: Logger;
   hooks: TusHooks;
+  /** who may write an upload at a time (default: @tus/server's MemoryLocker, one process) */
+  locker?: Locker;
 }
 
-export function createTusServer({ config, log, hooks }: TusServerOptions): { server: Server; store: RelayFileStore } {
+/** The upload store storage.kind asks for: local files (fs) or the storage bucket (s3). */
+export function createUploadStore(config: RelayConfig, hooks: Pick<TusHooks, "isProcessed" | "isProcessing" | "completedLate">, log: Logger): RelayUploadStore {
   const t = config.transfers;
-  const store = new RelayFileStore(t.uploadDir, t.expirationSeconds * 1000, hooks, log);
+  if (config.storage.kind === "s3") {
+    return new RelayS3Store({ s3: config.storage.s3, prefix: t.s3.prefix, partSize: t.s3.partSize, expirationMs: t.expirationSeconds * 1000, hooks, log });
+  }
+  return new RelayFileStore(t.uploadDir, t.expirationSeconds * 1000, hooks, log);
+}
+
+export function createTusServer({ config, log, hooks, locker }: TusServerOptions): { server: Server; store: RelayUploadStore } {
+  const t = config.transfers;
+  const store = createUploadStore(config, hooks, log);
   const publicUrl = config.server.publicUrl.replace(/\/$/, "");
   const server = new Server({
     path: t.tusPath,
     datastore: store,
+    ...(locker ? { locker } : {}),
     maxSize: t.maxUploadBytes,
     ...(publicUrl ? { generateUrl: (_req, { path: p, id }) => `${publicUrl}${p}/${id}` } : {}),
     exposedHeaders: ["Upload-Result"],
@@ -136,7 +173,19 @@ export function createTusServer({ config, log, hooks }: TusServerOptions): { ser
       if (e.status_code === 413) {
         return tusError(413, `the upload is larger than the relay accepts (${t.maxUploadBytes} bytes, transfers.maxUploadBytes); split the study into several bundles or ask the administrator to raise the limit`);
       }
-      if (!e.status_code || e.status_code >= 500) log.error({ err }, "tus request failed");
+      if ((err as unknown) === ERRORS.ERR_LOCK_TIMEOUT) {
+        // tus clients retry 423; the holder was asked to let go and will have done so by then
+        return tusError(423, `another request is still writing this upload and did not let go within ${t.locker.acquireTimeoutSeconds} s; retry in a moment`);
+      }
+      if (e.status_code === 503) {
+        log.warn({ reason: e.message }, "tus request refused: storage unavailable");
+        return undefined;
+      }
+      if (!e.status_code || e.status_code >= 500) {
+        log.error({ err }, "tus request failed");
+        // never a stack or an internal message to the sender
+        return tusError(500, "the relay hit an unexpected error with this upload; it was logged. Retry later (HEAD gives the offset to resume from)");
+      }
       return undefined;
     },
   });

@@ -9,7 +9,7 @@ import crypto from "node:crypto";
 import http from "node:http";
 import path from "node:path";
 import request from "supertest";
-import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { startTestRelay, type TestRelay, sqliteAccess } from "../support/relay.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
 import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
 import { RECEIPT_KEY_PATH } from "../../src/transfers/routes.ts";
@@ -148,7 +148,7 @@ describe("access control", () => {
   it("tampered, malformed, expired and revoked tokens are refused with error=\"invalid_token\"", async () => {
     const r = request(relay.url);
     const tampered = readToken.slice(0, -2) + (readToken.endsWith("AA") ? "BB" : "AA");
-    const expired = relay.services.access!.tokens.create({ scopes: ["read"], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
+    const expired = sqliteAccess(relay).tokens.create({ scopes: ["read"], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
     const created = await r.post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["read"], expires: "1h" });
     expect(created.status).toBe(201);
     expect(created.body.expiresAt).toBeTruthy();
@@ -238,7 +238,7 @@ describe("access control", () => {
       const notFound = await r.get(`/share/${share.token}/elsewhere`);
       expect(notFound.status).toBe(404);
       expect(JSON.stringify(notFound.body)).not.toContain(share.token.slice(21));
-      const expired = relay.services.access!.tokens.createShare({ studies: [studyA], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
+      const expired = sqliteAccess(relay).tokens.createShare({ studies: [studyA], expiresAt: new Date(Date.now() - 1000).toISOString(), createdBy: "test" });
       const res = await r.get(`/share/${expired.token}/dicom-web/studies`);
       expect(res.status).toBe(401);
       expect(res.body.error).toMatch(/share link.*expired/);

@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
 import request from "supertest";
-import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { startTestRelay, type TestRelay, sqliteAccess } from "../support/relay.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
 import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
 import { AuditLog, auditTime, type AuditRecord } from "../../src/access/audit.ts";
@@ -67,7 +67,7 @@ describe("audit log", () => {
     await relay?.dispose();
   });
 
-  const entries = (q: Parameters<AuditLog["query"]>[0] = {}): AuditRecord[] => relay.services.access!.audit.query(q);
+  const entries = (q: Parameters<AuditLog["query"]>[0] = {}): AuditRecord[] => sqliteAccess(relay).audit.query(q);
 
   it("records each stored instance with its UIDs, under the uploading token, from its address", () => {
     const stored = entries({ action: "instance.store" });
@@ -137,10 +137,10 @@ describe("audit log", () => {
   });
 
   it("is append-only: UPDATE and DELETE are refused by the database itself", () => {
-    const db = relay.services.access!.db;
+    const db = sqliteAccess(relay).db;
     expect(() => db.prepare("UPDATE audit SET actor = 'someone else'").run()).toThrow(/append-only/);
     expect(() => db.prepare("DELETE FROM audit").run()).toThrow(/append-only/);
-    expect(relay.services.access!.audit.verifyChain()).toMatchObject({ ok: true, firstBadSeq: null });
+    expect(sqliteAccess(relay).audit.verifyChain()).toMatchObject({ ok: true, firstBadSeq: null });
   });
 
   it("the CLI queries by study and time, and --verify finds rows altered behind the relay's back", async () => {
@@ -157,7 +157,7 @@ describe("audit log", () => {
 
     // someone with the file drops the triggers and edits a row: the chain shows it
     const copy = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "audit-copy-")), "access.sqlite");
-    await relay.services.access!.db.backup(copy);
+    await sqliteAccess(relay).db.backup(copy);
     const raw = new Database(copy);
     raw.exec("DROP TRIGGER audit_no_update");
     raw.prepare("UPDATE audit SET actor = 'nobody' WHERE seq = 3").run();

@@ -115,7 +115,7 @@ describe("DIMSE node with dcmtk peers", () => {
     const wrongCalled = await dcmtk("echoscu", ["-v", "-aet", "HOSPITAL", "-aec", "SOMEONE_ELSE", "127.0.0.1", String(relay.dimsePort)]);
     expect(wrongCalled.code).not.toBe(0);
     expect(wrongCalled.stdout + wrongCalled.stderr).toMatch(/Called AE Title Not Recognized/i);
-    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
+    const audit = await relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
     expect(audit.map((a) => a.actor)).toEqual(expect.arrayContaining(["ae:STRANGER", "ae:FARAWAY", "ae:HOSPITAL"]));
     expect(audit.find((a) => a.actor === "ae:FARAWAY")!.detail).toMatch(/configured for host 10\.9\.8\.7/);
   });
@@ -133,7 +133,7 @@ describe("DIMSE node with dcmtk peers", () => {
       for await (const c of stream) chunks.push(c as Buffer);
       expect(sha(datasetOf(Buffer.concat(chunks)))).toBe(sha(datasetOf(original)));
     }
-    const audit = relay.services.access!.audit.query({ action: "instance.store", actor: "ae:HOSPITAL" });
+    const audit = await relay.services.access!.audit.query({ action: "instance.store", actor: "ae:HOSPITAL" });
     expect(audit.length).toBe(8);
     expect(audit.every((a) => a.outcome === "success" && a.method === "C-STORE")).toBe(true);
   }, 120_000);
@@ -172,7 +172,7 @@ describe("DIMSE node with dcmtk peers", () => {
     const refused = await dcmtk("storescu", ["-v", ...args("HOSPITAL", [], [badFile])]);
     expect(refused.stdout + refused.stderr).toMatch(/Received Store Response \(Error: DataSetDoesNotMatchSOPClass\)/);
     expect(await relay.services.index.getInstance("1.2.3.4.5.6")).toBeNull();
-    const failures = relay.services.access!.audit.query({ action: "instance.store", outcome: "failure" });
+    const failures = await relay.services.access!.audit.query({ action: "instance.store", outcome: "failure" });
     expect(failures.length).toBeGreaterThanOrEqual(2);
   }, 60_000);
 
@@ -279,7 +279,7 @@ describe("DIMSE node with dcmtk peers", () => {
       expect(secretMove.stdout + secretMove.stderr).toMatch(/0xc000|Unable to process|Failed/i);
       expect((await filesUnder(out)).length).toBe(6);
 
-      const audit = relay.services.access!.audit.query({ action: "dimse.move", actor: "ae:HOMEPACS" });
+      const audit = await relay.services.access!.audit.query({ action: "dimse.move", actor: "ae:HOMEPACS" });
       expect(audit.map((a) => a.outcome)).toEqual(["failure", "success", "failure"]);
       expect(audit[1]!.detail).toMatch(/to HOMEPACS; 6 completed, 0 warning, 0 failed of 6/);
     } finally {
@@ -302,7 +302,7 @@ describe("DIMSE node with dcmtk peers", () => {
     expect(got.size).toBe(3);
     const stored = await datasetHashes(study.files);
     for (const [sop, h] of got) expect(h).toBe(stored.get(sop));
-    const audit = relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:ADMINWS" });
+    const audit = await relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:ADMINWS" });
     expect(audit.at(-1)!.detail).toMatch(/3 completed, 0 warning, 0 failed of 3/);
   }, 120_000);
   it("grants and withdraws a study for a peer through the admin API; bad grants get a sentence", async () => {

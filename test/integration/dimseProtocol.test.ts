@@ -166,7 +166,7 @@ describe("DIMSE protocol guards", () => {
     } finally {
       await a.release();
     }
-    const audit = relay.services.access!.audit.query({ action: "dimse.get" });
+    const audit = await relay.services.access!.audit.query({ action: "dimse.get" });
     expect(audit.at(-1)!.detail).toMatch(/1 completed, 0 warning, 0 failed of 4; cancelled/);
   });
   it("C-GET with a stored object gone missing: that sub-operation fails, the others complete, final 0xB000", async () => {

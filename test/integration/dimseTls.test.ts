@@ -69,7 +69,7 @@ describe("DICOM TLS", () => {
   it("accepts a peer with a certificate issued by the relay CA, and records its subject", async () => {
     const r = await echo(true);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "success" });
+    const audit = await relay.services.access!.audit.query({ action: "dimse.associate", outcome: "success" });
     expect(audit.at(-1)!.certSubject).toMatch(/CN=HOSPITAL gateway/);
     expect(audit.at(-1)!.route).toBe("dimses://DICOM_RELAY");
   });
@@ -93,7 +93,7 @@ describe("DICOM TLS", () => {
     await a.release();
     expect(rsp).toMatchObject({ status: 0, completed: 3, failed: 0 });
     for (const i of study) expect(await relayB.services.index.getInstance(i.sopInstanceUID)).not.toBeNull();
-    const atB = relayB.services.access!.audit.query({ action: "dimse.associate", actor: "ae:DICOM_RELAY" });
+    const atB = await relayB.services.access!.audit.query({ action: "dimse.associate", actor: "ae:DICOM_RELAY" });
     expect(atB.at(-1)).toMatchObject({ outcome: "success", route: "dimses://RELAY_B" });
     expect(atB.at(-1)!.certSubject).toMatch(/O=dicom-relay/);
   });
@@ -103,7 +103,7 @@ describe("DICOM TLS", () => {
     const r = await echo(true);
     expect(r.code).not.toBe(0);
     expect(r.stdout + r.stderr).toMatch(/Association Rejected/i);
-    const audit = relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
+    const audit = await relay.services.access!.audit.query({ action: "dimse.associate", outcome: "failure" });
     expect(audit.at(-1)!.detail).toMatch(/has been revoked/);
   });
 });

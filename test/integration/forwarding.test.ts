@@ -115,7 +115,7 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
 
     const detail = await (await fetch(`${relay.url}/api/forwarding/jobs/${job!.id}`)).json() as ForwardJob & { instances: ForwardItem[] };
     expect(detail.instances.map((i) => [i.state, i.sends, i.status])).toEqual(study.map(() => ["sent", 1, 0]));
-    const audit = relay.services.access!.audit.query({ action: "forward.study" });
+    const audit = await relay.services.access!.audit.query({ action: "forward.study" });
     expect(audit.at(-1)).toMatchObject({ outcome: "success", studyInstanceUID: uid });
   }, 120_000);
 

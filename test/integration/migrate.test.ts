@@ -15,6 +15,10 @@ import { parseQidoQuery } from "../../src/dicom/qido.ts";
 import type { QidoLevel } from "../../src/dicom/qidoQuery.ts";
 import { makeRecord, newUid, type RecordSpec } from "../contracts/index.ts";
 import { startPostgres, type RunningPostgres } from "../support/postgres.ts";
+import { startTestRelay, sqliteAccess } from "../support/relay.ts";
+import { generateStudy } from "../../scripts/lib/synthetic.ts";
+import crypto from "node:crypto";
+import request from "supertest";
 
 let server: RunningPostgres;
 let dir: string;
@@ -154,4 +158,72 @@ describe("migrate SQLite -> PostgreSQL", () => {
     await expect(noUrl).rejects.toBeInstanceOf(ConfigError);
     await expect(noUrl).rejects.toThrow(/--postgres-url or set index.postgres.url/);
   });
+});
+
+describe("migrate moves a single relay's local state too (transfers, receipt key, tokens, audit)", () => {
+  it("a relay on PostgreSQL after the move accepts the old tokens and share links, serves the old receipts, continues open transfers; a second run copies nothing twice", async () => {
+    const dataDir = fs.mkdtempSync(path.join(dir, "single-"));
+    const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 3, seriesCount: 1, rows: 8, columns: 8, studyInstanceUID: study })];
+    const manifest = (list: typeof insts) => ({ instances: list.map((i) => ({ sopInstanceUID: i.sopInstanceUID, sha256: crypto.createHash("sha256").update(i.bytes).digest("hex"), size: i.bytes.length })) });
+    const upload = async (base: string, token: string, body: Buffer, transferId: string) => {
+      const create = await fetch(`${base}/api/uploads`, { method: "POST", headers: { ...bearer(token), "Tus-Resumable": "1.0.0", "Upload-Length": String(body.length), "Upload-Metadata": `transferId ${Buffer.from(transferId).toString("base64")}` } });
+      expect(create.status).toBe(201);
+      const patch = await fetch(new URL(create.headers.get("location")!, base), { method: "PATCH", headers: { ...bearer(token), "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(body) });
+      // the last PATCH answers with the upload's result
+      expect(patch.status).toBe(200);
+      expect(((await patch.json()) as { counts: { stored: number } }).counts.stored).toBe(1);
+    };
+
+    // the single relay: SQLite index, auth on
+    const single = await startTestRelay({ auth: { enabled: true } }, { dataDir });
+    const admin = single.initialAdminToken!;
+    const done = (await request(single.url).post("/api/transfers").set(bearer(admin)).send(manifest(insts.slice(0, 1)))).body as { id: string };
+    await upload(single.url, admin, insts[0]!.bytes, done.id);
+    const receipt = (await request(single.url).get(`/api/transfers/${done.id}/receipt`).set(bearer(admin))).body as { jws: string };
+    expect(receipt.jws).toMatch(/\./);
+    const open = (await request(single.url).post("/api/transfers").set(bearer(admin)).send(manifest(insts.slice(1)))).body as { id: string };
+    await upload(single.url, admin, insts[1]!.bytes, open.id);
+    const share = (await request(single.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [study] })).body as { token: string };
+    const keyBefore = (await (await fetch(`${single.url}/.well-known/dicom-relay/receipt-key`)).json()) as { kid: string };
+    const auditBefore = sqliteAccess(single).audit.query({ limit: 10_000 }).length;
+    await single.close();
+
+    const url = await server.createDatabase();
+    const configFile = path.join(dataDir, "relay.json");
+    fs.writeFileSync(configFile, JSON.stringify({ dataDir, index: { postgres: { url } } }));
+    const out: string[] = [];
+    const spy = vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
+      out.push(String(chunk));
+      return true;
+    });
+    try {
+      expect(await migrateCommand(["--from", "sqlite", "--to", "postgres", "--config", configFile])).toBe(0);
+      expect(out.join("")).toMatch(new RegExp(`copied 2 transfer\\(s\\) with 3 instance\\(s\\) and 2 upload result\\(s\\); 2 token\\(s\\) and share link\\(s\\); audit log: ${auditBefore} entries; receipt key: copied`));
+      out.length = 0;
+      expect(await migrateCommand(["--from", "sqlite", "--to", "postgres", "--config", configFile])).toBe(0);
+      expect(out.join("")).toMatch(/copied 0 transfer\(s\) with 0 instance\(s\) and 0 upload result\(s\); 0 token\(s\) and share link\(s\); audit log: not copied: the database already has an audit log .*; receipt key: same/);
+    } finally {
+      spy.mockRestore();
+    }
+
+    const moved = await startTestRelay({ auth: { enabled: true }, index: { kind: "postgres", postgres: { url, poolSize: 3 } } }, { dataDir });
+    try {
+      expect(moved.initialAdminToken).toBeNull();
+      expect(moved.services.access!.db).toBeNull();
+      expect(((await (await fetch(`${moved.url}/.well-known/dicom-relay/receipt-key`)).json()) as { kid: string }).kid).toBe(keyBefore.kid);
+      expect(((await request(moved.url).get(`/api/transfers/${done.id}/receipt`).set(bearer(admin))).body as { jws: string }).jws).toBe(receipt.jws);
+      expect((await request(moved.url).get(`/share/${share.token}/dicom-web/studies`)).body).toHaveLength(1);
+      expect((await request(moved.url).get(`/api/transfers/${open.id}`).set(bearer(admin))).body).toMatchObject({ state: "open", received: 1, missing: 1 });
+      await upload(moved.url, admin, insts[2]!.bytes, open.id);
+      expect((await request(moved.url).get(`/api/transfers/${open.id}`).set(bearer(admin))).body).toMatchObject({ state: "complete", received: 2 });
+      expect((await request(moved.url).get(`/dicom-web/studies/${study}/instances`).set(bearer(admin))).body).toHaveLength(3);
+      await moved.services.access!.audit.flush();
+      expect(await moved.services.access!.audit.verifyChain()).toMatchObject({ ok: true });
+      expect((await moved.services.access!.audit.query({ limit: 10_000 })).length).toBeGreaterThan(auditBefore);
+    } finally {
+      await moved.dispose();
+    }
+  }, 120_000);
 });

@@ -10,7 +10,7 @@ import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import http from "node:http";
-import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { startTestRelay, type TestRelay, sqliteAccess } from "../support/relay.ts";
 import { makeInstance } from "../../scripts/lib/synthetic.ts";
 import { initPki, issueClientCert, pkiPaths } from "../../src/access/pki.ts";
 
@@ -178,11 +178,11 @@ describe("HTTPS and client certificates (mTLS) for uploads", () => {
     const list = await runCli(["pki", "list"], env());
     expect(list.stdout).toMatch(new RegExp(`${hospitalA.serial}  revoked`));
     // the refusal and the certificate actions are in the audit log, with the certificate subject
-    const audit = relay.services.access!.audit.query({ outcome: "failure" });
+    const audit = sqliteAccess(relay).audit.query({ outcome: "failure" });
     expect(audit.some((r) => r.certSubject === "CN=Hospital A gateway,O=Hospital A" && /revoked/.test(r.detail ?? "") && r.status === 403)).toBe(true);
-    const actions = relay.services.access!.audit.query({}).map((r) => r.action);
+    const actions = sqliteAccess(relay).audit.query({}).map((r) => r.action);
     expect(actions).toEqual(expect.arrayContaining(["cert.ca.init", "cert.client.issue", "cert.client.revoke"]));
-    const stored = relay.services.access!.audit.query({ action: "instance.store", outcome: "success" });
+    const stored = sqliteAccess(relay).audit.query({ action: "instance.store", outcome: "success" });
     expect(stored.some((r) => r.certSubject?.includes("CN=Hospital B"))).toBe(true);
   });
 

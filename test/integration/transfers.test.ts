@@ -155,6 +155,23 @@ describe("transfers with a manifest", () => {
     expect(await qidoCount(study)).toBe(2);
   });
 
+  it("a file declared in the manifest but truncated on the sender's side is failed with the reason, not left missing", async () => {
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 1, rows: 8, columns: 8, studyInstanceUID: study })] as Inst[];
+    // the sender hashed the damaged copy itself: the hash matches the manifest, the bytes are not a whole instance
+    const cut = insts[0]!.bytes.subarray(0, Math.floor(insts[0]!.bytes.length * 0.6));
+    const manifest = { instances: [{ sopInstanceUID: insts[0]!.sopInstanceUID, sha256: crypto.createHash("sha256").update(cut).digest("hex"), size: cut.length }] };
+    const t = (await api("POST", "/api/transfers", manifest)).json as unknown as TransferView;
+    const r = await tusUpload(uploads, cut, { transferId: t.id });
+    expect(r.counts).toMatchObject({ failed: 1 });
+    const view = (await api("GET", `/api/transfers/${t.id}?instances=all`)).json as unknown as TransferView;
+    expect(view).toMatchObject({ complete: false, failed: 1, missing: 0 });
+    expect(view.instances![0]).toMatchObject({ sopInstanceUID: insts[0]!.sopInstanceUID, state: "failed" });
+    expect(view.instances![0]!.reason).toBeTruthy();
+    await tusUpload(uploads, insts[0]!.bytes, { transferId: t.id });
+    expect((await api("GET", `/api/transfers/${t.id}?instances=none`)).json).toMatchObject({ failed: 1, complete: false });
+  });
+
   it("refuses an instance that is not in the manifest", async () => {
     const insts = [...generateStudy({ instances: 1, rows: 8, columns: 8 })] as Inst[];
     const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;

@@ -321,6 +321,8 @@ describe("tus recovery at start", () => {
         }
         expect(result).toMatchObject({ state: "done", filename: "left.dcm", counts: { stored: 1 } });
         expect(await relay.services.index.getInstance(result!.entries[0]!.sopInstanceUID!)).not.toBeNull();
+        // the result is saved as done first, then the data file is removed: wait (bounded) for the removal
+        for (let i = 0; i < 50 && fs.existsSync(path.join(uploadDir, id)); i++) await new Promise((res) => setTimeout(res, 20));
         expect(fs.existsSync(path.join(uploadDir, id))).toBe(false);
       } finally {
         await relay.close();

@@ -17,6 +17,17 @@ export interface FaultSettings {
   resetAfterBytes?: number | (() => number);
   /** reset whichever connection is passing data each time this many bytes have passed, counted across connections */
   resetEveryBytes?: number;
+  /**
+   * one bottleneck per direction for all connections together (a real link), instead of a cap per connection;
+   * parallel uploads then share bandwidthBytesPerSec
+   */
+  sharedBandwidth?: boolean;
+  /**
+   * a connection opened while this is set goes silent after this many bytes (both directions): nothing more passes
+   * or is read, and nothing is closed or reset (a dead NAT mapping: the client's writes block once its buffers are
+   * full). The sockets stay open until close().
+   */
+  stallAfterBytes?: number;
 }
 
 export interface FaultProxyOptions extends Partial<FaultSettings> {
@@ -32,6 +43,8 @@ export interface FaultProxyStats {
   connections: number;
   /** connections reset by a fault */
   resets: number;
+  /** connections that went silent (stallAfterBytes) */
+  stalls: number;
 }
 
 export interface FaultProxy {
@@ -57,10 +70,12 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     bandwidthBytesPerSec: opts.bandwidthBytesPerSec ?? 0,
     resetAfterBytes: opts.resetAfterBytes,
     resetEveryBytes: opts.resetEveryBytes,
+    sharedBandwidth: opts.sharedBandwidth,
+    stallAfterBytes: opts.stallAfterBytes,
   };
-  const stats: FaultProxyStats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0 };
+  const stats: FaultProxyStats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0, stalls: 0 };
   const conns = new Set<Connection>();
-  const shared = { settings, stats, sinceReset: 0 };
+  const shared: Shared = { settings, stats, sinceReset: 0, nextFree: { bytesUp: 0, bytesDown: 0 } };
 
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     stats.connections++;
@@ -98,11 +113,15 @@ interface Shared {
   stats: FaultProxyStats;
   /** bytes passed across connections since the last resetEveryBytes fault */
   sinceReset: number;
+  /** when the shared bottleneck of each direction is next free (sharedBandwidth) */
+  nextFree: { bytesUp: number; bytesDown: number };
 }
 
 class Connection {
   private bytes = 0;
   private readonly resetAt: number;
+  private readonly stallAt: number;
+  private stalled = false;
   private readonly up: Direction;
   private readonly down: Direction;
   private done = false;
@@ -115,6 +134,7 @@ class Connection {
   ) {
     const r = shared.settings.resetAfterBytes;
     this.resetAt = typeof r === "function" ? r() : r ?? Infinity;
+    this.stallAt = shared.settings.stallAfterBytes ?? Infinity;
     this.up = new Direction(client, upstream, this, "bytesUp");
     this.down = new Direction(upstream, client, this, "bytesDown");
     for (const [s, other] of [
@@ -134,7 +154,7 @@ class Connection {
   /** Bytes about to pass; returns how many may pass before a reset fault (the rest is dropped). */
   allow(n: number): number {
     const every = this.shared.settings.resetEveryBytes;
-    let ok = Math.min(n, this.resetAt - this.bytes);
+    let ok = Math.min(n, this.resetAt - this.bytes, this.stallAt - this.bytes);
     if (every && every > 0) ok = Math.min(ok, every - this.shared.sinceReset);
     return Math.max(0, ok);
   }
@@ -148,6 +168,19 @@ class Connection {
   due(): boolean {
     const every = this.shared.settings.resetEveryBytes;
     return this.bytes >= this.resetAt || (!!every && every > 0 && this.shared.sinceReset >= every);
+  }
+
+  /** Whether the connection just went silent (checked after each delivery); stops both directions once. */
+  stall(): boolean {
+    if (this.stalled) return true;
+    if (this.bytes < this.stallAt) return false;
+    this.stalled = true;
+    this.shared.stats.stalls++;
+    this.up.stop();
+    this.down.stop();
+    this.client.pause();
+    this.upstream.pause();
+    return true;
   }
 
   reset(): void {
@@ -225,8 +258,10 @@ class Direction {
       const data = chunk.subarray(off, off + slice);
       let sent = now;
       if (paced) {
-        sent = Math.max(now, this.nextFree) + (data.length / rate) * 1000;
-        this.nextFree = sent;
+        const link = this.conn.shared.settings.sharedBandwidth ? this.conn.shared.nextFree : null;
+        sent = Math.max(now, link ? link[this.counter] : this.nextFree) + (data.length / rate) * 1000;
+        if (link) link[this.counter] = sent;
+        else this.nextFree = sent;
       }
       this.queue.push({ data, dueAt: sent + latencyMs });
       this.queued += data.length;
@@ -257,6 +292,7 @@ class Direction {
         this.conn.shared.stats[this.counter] += n;
         this.conn.passed(n);
       }
+      if (this.conn.stall()) return;
       if (this.conn.due()) {
         // let the bytes just written leave before the reset, so the peer sees exactly what passed
         setImmediate(() => this.conn.reset());

@@ -29,6 +29,10 @@ export interface RunningPostgres {
   createDatabase(name?: string): Promise<string>;
   /** fast shutdown (open sessions are ended) and removal of the cluster directory */
   stop(): Promise<void>;
+  /** fast shutdown, keeping the cluster: the database is down until start() (an outage, a restart) */
+  halt(): Promise<void>;
+  /** start again after halt(), on the same port with the same data */
+  start(): Promise<void>;
 }
 
 export interface PostgresOptions {
@@ -229,6 +233,8 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Running
     adminUrl: urlOf("postgres"),
     port,
     createDatabase,
+    halt,
+    start: launch,
     stop: async () => {
       await halt();
       fs.rmSync(root, { recursive: true, force: true });

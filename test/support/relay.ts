@@ -5,6 +5,16 @@ import path from "node:path";
 import { loadConfig, type DeepPartial, type RelayConfig } from "../../src/config.ts";
 import { startRelay, type RunningRelay } from "../../src/relay.ts";
 import { createLogger } from "../../src/logger.ts";
+import type { AccessControl } from "../../src/access/index.ts";
+import type { TokenStore } from "../../src/access/tokens.ts";
+import type { AuditLog } from "../../src/access/audit.ts";
+
+/** The access control of a relay on the embedded stores (access.sqlite: synchronous tokens and audit log). */
+export function sqliteAccess(relay: { services: { access?: AccessControl } }): AccessControl<TokenStore, AuditLog> & { db: NonNullable<AccessControl["db"]> } {
+  const access = relay.services.access;
+  if (!access?.db) throw new Error("this relay keeps tokens and audit in PostgreSQL, not in access.sqlite");
+  return access as AccessControl<TokenStore, AuditLog> & { db: NonNullable<AccessControl["db"]> };
+}
 
 export interface TestRelay extends RunningRelay {
   dataDir: string;

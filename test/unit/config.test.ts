@@ -56,3 +56,18 @@ describe("the shipped example configuration", () => {
     expect(c.storage.fs.root).toBe("/var/lib/dicom-relay/blobs");
   });
 });
+
+describe("transfers: uploads on S3 and the tus locker", () => {
+  it("reads transfers.s3.* and transfers.locker.* from the environment", () => {
+    const c = loadConfig({ env: { DICOM_RELAY_TRANSFERS_S3_PREFIX: "tus/", DICOM_RELAY_TRANSFERS_S3_PART_SIZE: String(16 * 1024 * 1024), DICOM_RELAY_TRANSFERS_LOCKER_ACQUIRE_TIMEOUT_SECONDS: "5" } });
+    expect(c.transfers.s3).toEqual({ prefix: "tus/", partSize: 16 * 1024 * 1024 });
+    expect(c.transfers.locker).toEqual({ kind: "auto", acquireTimeoutSeconds: 5 });
+  });
+
+  it("refuses a part size below S3's 5 MiB minimum, an unsafe prefix, and the postgres locker without the postgres index", () => {
+    expect(() => loadConfig({ env: { DICOM_RELAY_TRANSFERS_S3_PART_SIZE: "1048576" } })).toThrow(/transfers\.s3\.partSize/);
+    expect(() => loadConfig({ env: { DICOM_RELAY_TRANSFERS_S3_PREFIX: "../up" } })).toThrow(/transfers\.s3\.prefix/);
+    expect(() => loadConfig({ env: { DICOM_RELAY_TRANSFERS_LOCKER_KIND: "postgres" } })).toThrow(/needs|index\.kind=postgres/);
+    expect(loadConfig({ env: { DICOM_RELAY_TRANSFERS_LOCKER_KIND: "postgres", DICOM_RELAY_INDEX_KIND: "postgres", DICOM_RELAY_INDEX_POSTGRES_URL: "postgres://x@127.0.0.1/db" } }).transfers.locker.kind).toBe("postgres");
+  });
+});

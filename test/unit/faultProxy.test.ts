@@ -69,7 +69,7 @@ describe("startFaultProxy", () => {
     const r = await exchange(proxy, data);
     expect(r.error).toBeUndefined();
     expect(createHash("sha256").update(r.reply).digest("hex")).toBe(createHash("sha256").update(data).digest("hex"));
-    expect(proxy.stats()).toEqual({ bytesUp: data.length, bytesDown: data.length, connections: 1, resets: 0 });
+    expect(proxy.stats()).toEqual({ bytesUp: data.length, bytesDown: data.length, connections: 1, resets: 0, stalls: 0 });
   });
 
   it("adds latency in both directions", async () => {
@@ -86,6 +86,31 @@ describe("startFaultProxy", () => {
     expect(r.reply.toString()).toBe(String(1024 * 1024));
     expect(server.received).toEqual([1024 * 1024]);
     expect(r.ms).toBeGreaterThanOrEqual(400);
+  });
+
+  it("sharedBandwidth: two connections share one cap (a real link), without it each gets the cap", async () => {
+    const { proxy } = await setup("sink", { bandwidthBytesPerSec: 2 * 1024 * 1024, sharedBandwidth: true });
+    const both = await Promise.all([exchange(proxy, randomBytes(512 * 1024)), exchange(proxy, randomBytes(512 * 1024))]);
+    // 1 MB in all at 2 MB/s: the later one finishes after at least 0.4 s
+    expect(Math.max(...both.map((r) => r.ms))).toBeGreaterThanOrEqual(400);
+    expect(proxy.stats().bytesUp).toBe(1024 * 1024);
+  });
+
+  it("stallAfterBytes: the connection goes silent, no reset and no close; close() ends it", async () => {
+    const { proxy, server } = await setup("sink", { stallAfterBytes: 50_000 });
+    const s = net.connect({ host: "127.0.0.1", port: proxy.port });
+    let error: Error | undefined;
+    s.on("error", (e) => (error = e));
+    s.write(randomBytes(200_000));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(proxy.stats()).toMatchObject({ bytesUp: 50_000, stalls: 1, resets: 0 });
+    expect(error).toBeUndefined();
+    expect(s.destroyed).toBe(false);
+    await proxy.close();
+    for (let i = 0; i < 50 && !server.received.length; i++) await new Promise((r) => setTimeout(r, 20));
+    // the server never got more than what passed before the stall
+    expect(server.received).toEqual([50_000]);
+    s.destroy();
   });
 
   it("resets a connection after N bytes; the client sees ECONNRESET", async () => {

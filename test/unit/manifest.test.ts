@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { initialItems, ManifestError, parseManifest, progressOf } from "../../src/transfers/manifest.ts";
+import { SqliteTransferStore } from "../../src/transfers/sqliteTransferStore.ts";
+import { transferStoreContract } from "../contracts/transferStore.ts";
 
 const sha = (c: string) => c.repeat(64);
 const item = (uid: string, c = "a", size = 10) => ({ sopInstanceUID: uid, sha256: sha(c), size });
@@ -56,55 +58,9 @@ describe("progressOf", () => {
   });
 });
 
-describe("SqliteTransferStore (transfer state rules)", async () => {
-  const { SqliteTransferStore } = await import("../../src/transfers/sqliteTransferStore.ts");
-  const setup = async () => {
-    const store = new SqliteTransferStore(":memory:");
-    await store.init();
-    const m = parseManifest({ instances: [item("1.1", "a"), item("1.2", "b")] }, 10);
-    await store.createTransfer({ id: "t", label: null, createdAt: "2024-01-01T00:00:00.000Z" }, initialItems(m, new Map(), "2024-01-01T00:00:00.000Z"));
-    return store;
-  };
-
-  it("never turns a received instance back into failed (a later bad copy does not undo good bytes)", async () => {
-    const store = await setup();
-    await store.updateItem("t", "1.1", { state: "received" });
-    await store.updateItem("t", "1.1", { state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
-    expect(await store.getItem("t", "1.1")).toMatchObject({ state: "received", reason: null });
-    await store.updateItem("t", "1.2", { state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
-    expect(await store.getItem("t", "1.2")).toMatchObject({ state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
-    await store.updateItem("t", "1.2", { state: "received" });
-    expect(await store.getItem("t", "1.2")).toMatchObject({ state: "received", reason: null, failureCode: null });
-    expect(await store.countItems("t")).toEqual({ present: 0, received: 2, missing: 0, failed: 0 });
-    await store.close();
-  });
-
-  it("lets exactly one caller complete a transfer, and a complete one is never released", async () => {
-    const store = await setup();
-    const wins = await Promise.all([store.markComplete("t", "x"), store.markComplete("t", "y")]);
-    expect(wins.filter(Boolean)).toHaveLength(1);
-    expect(await store.markReleased("t", "z")).toBe(false);
-    expect(await store.listCompleteWithoutReceipt()).toEqual(["t"]);
-    await store.close();
-  });
-
-  it("finds manifest items by hash within one transfer only", async () => {
-    const store = await setup();
-    expect((await store.findItemsBySha256("t", sha("B"))).map((i) => i.sopInstanceUID)).toEqual(["1.2"]);
-    expect(await store.findItemsBySha256("other", sha("b"))).toEqual([]);
-    await store.close();
-  });
-
-  it("forgets only finished upload results older than the cut-off", async () => {
-    const store = await setup();
-    const base = { transferId: null, kind: null, filename: null, size: 1, counts: { entries: 0, stored: 0, alreadyStored: 0, failed: 0 }, entries: [], error: null };
-    await store.saveUploadResult({ ...base, uploadId: "old", state: "done", finishedAt: "2024-01-01T00:00:00.000Z" });
-    await store.saveUploadResult({ ...base, uploadId: "new", state: "done", finishedAt: "2024-03-01T00:00:00.000Z" });
-    await store.saveUploadResult({ ...base, uploadId: "busy", state: "processing", finishedAt: null });
-    expect(await store.deleteUploadResultsBefore("2024-02-01T00:00:00.000Z")).toBe(1);
-    expect(await store.getUploadResult("old")).toBeNull();
-    expect(await store.getUploadResult("new")).not.toBeNull();
-    expect(await store.getUploadResult("busy")).not.toBeNull();
-    await store.close();
-  });
+// the transfer state rules are in the TransferStore contract (test/contracts/transferStore.ts), run for SQLite and PostgreSQL
+transferStoreContract("sqlite (in memory)", async () => {
+  const store = new SqliteTransferStore(":memory:");
+  await store.init();
+  return store;
 });

@@ -1,0 +1,360 @@
+/**
+ * dicom-relay push: from a CD/DVD/USB export to the relay over a slow, unreliable link.
+ *
+ *   check the relay and token -> read the folder (by content) -> summary -> per study: manifest, ask what is
+ *   needed -> bundles (tar.gz) through tus, several at once, resumable -> result per instance -> signed receipt
+ *   -> documents -> final summary. Exit 0 everything arrived, 2 something did not, 1 could not run.
+ *
+ * Everything that must survive a crash is in the state file (state.ts) before the next step starts.
+ */
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { PUSH_USAGE, UsageError, parsePushArgs, type DocumentSpec, type PushOptions } from "./args.ts";
+import { CouldNotRun, RelayApi, RelayError, errorText } from "./http.ts";
+import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInstance, type ScanResult, type StudySummary } from "./scan.ts";
+import { buildManifest, entryName, manifestKey, planBundles, type ManifestBody } from "./manifest.ts";
+import { writeBundle } from "./bundle.ts";
+import { acquireLock, loadState, saveState, stateDirFor, LockedError, type BundleState, type PushState, type StudyState } from "./state.ts";
+import { Progress } from "./progress.ts";
+import { uploadBundle } from "./upload.ts";
+import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
+import { attachDocuments, documentsToAttach, type DocumentOutcome } from "./documents.ts";
+import { printFound, rel } from "./summary.ts";
+
+interface TransferView {
+  id: string;
+  state: string;
+  complete: boolean;
+  needed?: string[];
+  alreadyHeld?: string[];
+  instances?: Array<{ sopInstanceUID: string; state: string; reason: string | null; failureCode: number | null }>;
+}
+
+interface StudyRun {
+  summary: StudySummary;
+  manifest: ManifestBody;
+  st: StudyState;
+  view: TransferView;
+  bySop: Map<string, FoundInstance>;
+  /** bundle-level failures of this run (the link gave up, the relay refused the upload) */
+  bundleErrors: string[];
+}
+
+const out = (line = "") => process.stdout.write(line + "\n");
+
+export async function pushCommand(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h") || argv[0] === "help") {
+    process.stdout.write(PUSH_USAGE);
+    return 0;
+  }
+  let opts: PushOptions;
+  try {
+    opts = parsePushArgs(argv);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`dicom-relay push: ${err.message}\n(see "dicom-relay push --help")\n`);
+      return 1;
+    }
+    throw err;
+  }
+  // if the event loop ever empties while the push is unfinished (a request left hanging with nothing to wake it),
+  // node would exit with code 0: say so and exit 1 instead
+  let finished = false;
+  const early = () => {
+    if (finished) return;
+    process.stderr.write("\ndicom-relay push stopped unexpectedly before it finished; run the same command again to continue\n");
+    process.exitCode = 1;
+  };
+  process.once("beforeExit", early);
+  try {
+    return await push(opts);
+  } catch (err) {
+    if (err instanceof CouldNotRun || err instanceof LockedError || err instanceof UsageError) {
+      process.stderr.write(`\ndicom-relay push could not run: ${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof RelayError) {
+      // the relay refused a step every later step depends on (the manifest, the transfer view)
+      process.stderr.write(`\ndicom-relay push could not run: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  } finally {
+    finished = true;
+    process.off("beforeExit", early);
+  }
+}
+
+async function push(opts: PushOptions): Promise<number> {
+  const stateDir = stateDirFor(opts.cacheDir, opts.source, opts.relay);
+  const release = acquireLock(stateDir);
+  const onSignal = () => {
+    process.stderr.write("\nStopped. Run the same command again to continue where it stopped; nothing already sent is sent again.\n");
+    release();
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    const state = loadState(stateDir, opts.source, opts.relay);
+    const api = new RelayApi(opts.relay, opts.token, (line) => process.stderr.write(line + "\n"));
+    if (!opts.dryRun) await preflight(api, opts);
+    const root = await resolveRoot(opts, stateDir, state);
+    const tty = !!process.stderr.isTTY;
+    if (tty) process.stderr.write(`Reading ${root} ...`);
+    const { result, cache } = await scanFolder(root, {
+      documents: opts.documents,
+      cache: state.files,
+      onFile: tty ? (done, total) => { if (done % 50 === 0 || done === total) process.stderr.write(`\rReading ${root} ... ${done}/${total} files`); } : undefined,
+    });
+    if (tty) process.stderr.write("\n");
+    state.files = cache;
+    saveState(stateDir, state, { files: true });
+    const studies = groupStudies(result.instances);
+    printFound(result, studies, opts);
+    if (!studies.length) {
+      out(`No DICOM images were found in ${root}. Give the folder of the CD/USB export (the one holding DICOMDIR), or the DICOMDIR itself.`);
+      return result.broken.length ? 2 : 1;
+    }
+    const documents = documentsToAttach(result, studies, opts);
+    if (opts.dryRun) {
+      out("Dry run: nothing was sent.");
+      return 0;
+    }
+    return await send(api, opts, state, stateDir, result, studies, documents);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    release();
+  }
+}
+
+// ---------------------------------------------------------------- before sending
+
+/** Is this a dicom-relay, and may this token upload? Fails in seconds with a sentence (exit 1). */
+async function preflight(api: RelayApi, opts: PushOptions): Promise<void> {
+  const key = await api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 });
+  if (key.status !== 200 || !/"kty"/.test(key.text)) {
+    throw new CouldNotRun(`${opts.relay} does not look like a dicom-relay (${RECEIPT_KEY_PATH} answered ${key.status}); check the address given with --to`);
+  }
+  // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
+  const probe = await api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 });
+  if (probe.status === 401) {
+    throw new CouldNotRun(opts.token ? `the relay refused the token (401: ${errorText(probe.text)}); check it with whoever gave it to you` : "the relay needs an access token: add --token <token> (or set DICOM_RELAY_TOKEN)");
+  }
+  if (probe.status === 403) throw new CouldNotRun(`this token may not send studies (403: ${errorText(probe.text)}); ask for a token with upload scope`);
+  if (probe.status !== 400) throw new CouldNotRun(`the relay answered ${probe.status} to a test request (${errorText(probe.text)}); it may be a different version`);
+}
+
+/** The folder to read: the folder itself, the folder of a DICOMDIR, or a .zip unpacked into the cache. */
+async function resolveRoot(opts: PushOptions, stateDir: string, state: PushState): Promise<string> {
+  const st = await fsp.stat(opts.source);
+  if (st.isDirectory()) return opts.source;
+  const fd = await fsp.open(opts.source, "r");
+  const head = Buffer.alloc(Math.min(st.size, 4096));
+  await fd.read(head, 0, head.length, 0);
+  await fd.close();
+  if (classifyHead(head, st.size).kind === "dicomdir") return path.dirname(opts.source);
+  if (head.length >= 4 && head.readUInt32LE(0) === 0x04034b50) return unzip(opts.source, path.join(stateDir, "zip"), state, stateDir);
+  throw new UsageError(`${opts.source} is neither a folder, a DICOMDIR nor a .zip; give the folder that holds the images`);
+}
+
+async function unzip(zip: string, dir: string, state: PushState, stateDir: string): Promise<string> {
+  if (state.zipExtracted && fs.existsSync(dir)) return dir;
+  const { readBundleEntries } = await import("../../transfers/bundle.ts");
+  await fsp.rm(dir, { recursive: true, force: true });
+  await fsp.mkdir(dir, { recursive: true });
+  out(`Unpacking ${path.basename(zip)} ...`);
+  let n = 0;
+  // names inside the zip are labels only: files are written under numbered names, never at the zip's paths
+  for await (const e of readBundleEntries(zip, { kind: "zip", maxEntryBytes: 8 * 1024 ** 3, maxTotalBytes: 1024 ** 4, maxEntries: 1_000_000, maxCompressionRatio: 1000 })) {
+    const label = e.name.replace(/[^A-Za-z0-9._-]+/g, "_").slice(-80);
+    await pipeline(e.body, fs.createWriteStream(path.join(dir, `${String(++n).padStart(6, "0")}_${label}`)));
+  }
+  state.zipExtracted = true;
+  saveState(stateDir, state);
+  return dir;
+}
+
+// ---------------------------------------------------------------- sending
+
+async function openTransfer(api: RelayApi, run: { manifest: ManifestBody; key: string; st?: StudyState }): Promise<{ view: TransferView; st: StudyState }> {
+  if (run.st && run.st.manifestKey === run.key) {
+    const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
+    if (r.status === 200) return { view: r.json<TransferView>(), st: run.st };
+    if (r.status !== 404) throw new RelayError(r.status, `the relay could not show transfer ${run.st.transferId} (${r.status}): ${errorText(r.text)}`);
+    // the relay forgot it (a different relay at the same address, or its data were reset): start a new transfer
+  }
+  const r = await api.request("POST", "/api/transfers", { json: run.manifest });
+  if (r.status !== 201) throw new RelayError(r.status, `the relay refused the list of instances (${r.status}): ${errorText(r.text)}`);
+  const view = r.json<TransferView>();
+  return { view, st: { manifestKey: run.key, transferId: view.id, bundles: [], documents: {} } };
+}
+
+async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir: string, scan: ScanResult, studies: StudySummary[], documents: Map<string, DocumentSpec[]>): Promise<number> {
+  const bundlesDir = path.join(stateDir, "bundles");
+  await fsp.mkdir(bundlesDir, { recursive: true });
+  const runs: StudyRun[] = [];
+  for (const s of studies) {
+    const manifest = buildManifest(s.instances, [s.patientName, formatDicomDate(s.studyDate), s.studyDescription].filter(Boolean).join(" "));
+    const key = manifestKey(manifest);
+    const { view, st } = await openTransfer(api, { manifest, key, st: state.studies[s.studyInstanceUID] });
+    const fresh = state.studies[s.studyInstanceUID]?.transferId !== st.transferId;
+    if (fresh) st.bundles = [];
+    state.studies[s.studyInstanceUID] = st;
+    const bySop = new Map(s.instances.map((i) => [i.sopInstanceUID, i]));
+    const needed = new Set(view.needed ?? []);
+    // bundles of an earlier run: keep the unfinished ones that still carry something needed (same bytes, same upload)
+    st.bundles = st.bundles.filter((b) => !b.done && b.members.some((m) => needed.has(m)));
+    const covered = new Set(st.bundles.flatMap((b) => b.members));
+    const rest = [...needed].filter((u) => !covered.has(u)).map((u) => bySop.get(u)!).filter(Boolean);
+    const tag = st.transferId.slice(0, 8);
+    let n = st.bundles.reduce((m, b) => Math.max(m, Number(/-(\d+)\.tgz$/.exec(b.name)?.[1] ?? 0)), 0);
+    for (const p of planBundles(rest, opts.bundleBytes)) st.bundles.push({ name: `${tag}-${String(++n).padStart(4, "0")}.tgz`, members: p.members, rawBytes: p.rawBytes });
+    saveState(stateDir, state);
+    // leftover bundle files of this study that are no longer planned
+    for (const f of await fsp.readdir(bundlesDir)) {
+      if (f.startsWith(tag) && !st.bundles.some((b) => f.startsWith(b.name))) await fsp.rm(path.join(bundlesDir, f), { force: true });
+    }
+    const held = (view.instances ?? []).filter((i) => i.state === "present" || i.state === "received").length;
+    out(`${s.patientName || s.studyInstanceUID} ${formatDicomDate(s.studyDate)}: ${s.instances.length} instances; ${held} already on the relay, ${needed.size} to send${st.bundles.length ? ` in ${st.bundles.length} bundle(s)` : ""}${fresh ? "" : " (continuing the earlier transfer)"}.`);
+    runs.push({ summary: s, manifest, st, view, bySop, bundleErrors: [] });
+  }
+
+  const jobs = runs.flatMap((r) => r.st.bundles.map((b) => ({ run: r, bundle: b })));
+  const totalBytes = runs.reduce((n, r) => n + r.summary.bytes, 0);
+  const totalInstances = runs.reduce((n, r) => n + r.summary.instances.length, 0);
+  const pendingRaw = jobs.reduce((n, j) => n + j.bundle.members.reduce((m, u) => m + (j.run.bySop.get(u)?.size ?? 0), 0), 0);
+  const pendingInstances = jobs.reduce((n, j) => n + j.bundle.members.length, 0);
+  const tty = !!process.stderr.isTTY;
+  const progress = new Progress(process.stderr, tty);
+  const say = (line: string) => progress.say(line);
+  const log = (line: string) => (tty ? progress.say(line) : process.stderr.write(line + "\n"));
+  const uploadApi = new RelayApi(opts.relay, opts.token, log);
+  let fatal: Error | null = null;
+  if (jobs.length) {
+    progress.start(totalBytes, totalInstances, totalBytes - pendingRaw, totalInstances - pendingInstances);
+    let next = 0;
+    const worker = async () => {
+      // each turn takes one bundle; the job list bounds the loop
+      while (next < jobs.length && !fatal) {
+        const { run, bundle } = jobs[next++]!;
+        try {
+          await sendBundle(uploadApi, opts, run, bundle, bundlesDir, progress, () => saveState(stateDir, state), log);
+          const r = bundle.result!;
+          say(`${bundle.name}: ${bundle.members.length} instance(s) sent: ${r.stored} stored, ${r.alreadyStored} already there${r.failed ? `, ${r.failed} refused` : ""}${r.error ? ` (${r.error})` : ""}`);
+        } catch (err) {
+          if (err instanceof CouldNotRun || (err instanceof RelayError && (err.status === 401 || err.status === 403))) {
+            fatal = err;
+            return;
+          }
+          run.bundleErrors.push((err as Error).message);
+          say(`${bundle.name}: ${(err as Error).message}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(opts.parallel, jobs.length) }, worker));
+    progress.stop();
+    if (fatal) throw fatal;
+  }
+
+  // ---- the relay's view, receipts, documents, summary
+  let problems = scan.broken.length;
+  out("");
+  for (const run of runs) {
+    const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
+    if (r.status !== 200) throw new RelayError(r.status, `the relay could not show transfer ${run.st.transferId} (${r.status}): ${errorText(r.text)}`);
+    const view = r.json<TransferView>();
+    const items = view.instances ?? [];
+    const count = (st: string) => items.filter((i) => i.state === st).length;
+    const s = run.summary;
+    out(`Result for ${s.patientName || "(no name)"}, ${formatDicomDate(s.studyDate)} ${s.studyDescription}:`);
+    out(`  stored now: ${count("received")}   already on the relay: ${count("present")}   failed: ${count("failed")}   not sent yet: ${count("missing")}`);
+    for (const i of items.filter((x) => x.state === "failed")) {
+      const f = run.bySop.get(i.sopInstanceUID);
+      out(`  FAILED ${f ? rel(scan.root, f.path) : i.sopInstanceUID}: ${i.failureCode !== null ? `0x${i.failureCode.toString(16).toUpperCase().padStart(4, "0")} ` : ""}${i.reason ?? "refused"}`);
+    }
+    for (const e of run.bundleErrors) out(`  NOT SENT: ${e}`);
+    if (view.complete) {
+      try {
+        const saved = await fetchAndSaveReceipt(api, view.id, run.manifest, opts.receiptDir, receiptFileName(s.studyDate, s.patientID, view.id), path.join(stateDir, "receipts"));
+        run.st.receiptFile = saved.file;
+        saveState(stateDir, state);
+        out(`  Receipt saved: ${saved.file} (signature verified with the relay's key; ${saved.payload.instances.length} instances)`);
+      } catch (err) {
+        problems++;
+        out(`  The receipt could not be saved or verified: ${(err as Error).message}`);
+      }
+      const docs = documents.get(s.studyInstanceUID);
+      if (docs?.length) {
+        const results: DocumentOutcome[] = await attachDocuments(api, s.studyInstanceUID, docs);
+        for (const d of results) {
+          if (d.ok) run.st.documents[d.file] = d.sopInstanceUID ?? "";
+          else problems++;
+          out(`  Document ${rel(scan.root, d.file)} (${d.kind}, ${d.language}): ${d.detail}`);
+        }
+        saveState(stateDir, state);
+      }
+    } else {
+      problems++;
+      out("  Not complete: the relay keeps these images hidden until every instance is there (or its administrator releases them).");
+      if (count("missing")) out("  Run the same command again to send what is missing.");
+      if (documents.get(s.studyInstanceUID)?.length) out("  Documents were not attached: the images must be complete first.");
+    }
+    out("");
+  }
+  if (scan.broken.length) out(`${scan.broken.length} file(s) from the folder could not be read and were not sent (listed above).`);
+  out(problems ? "Finished with problems (see above)." : "Finished: everything arrived.");
+  return problems ? 2 : 0;
+}
+
+async function sendBundle(api: RelayApi, opts: PushOptions, run: StudyRun, bundle: BundleState, dir: string, progress: Progress, save: () => void, log: (l: string) => void): Promise<void> {
+  const file = path.join(dir, bundle.name);
+  const have = await fsp.stat(file).catch(() => null);
+  if (!have || have.size !== bundle.size) {
+    const members = bundle.members.map((u) => {
+      const i = run.bySop.get(u)!;
+      return { name: entryName(u), path: i.path, size: i.size };
+    });
+    const built = await writeBundle(file, members);
+    if (bundle.sha256 && built.sha256 !== bundle.sha256) {
+      // not the bytes the saved upload was started with: start a new upload (the old one expires on the relay)
+      delete bundle.uploadUrl;
+    }
+    bundle.size = built.size;
+    bundle.sha256 = built.sha256;
+    save();
+  }
+  let lastSent = 0;
+  const outcome = await uploadBundle({
+    api,
+    endpoint: `${opts.relay}/api/uploads`,
+    file,
+    filename: bundle.name,
+    transferId: run.st.transferId,
+    uploadUrl: bundle.uploadUrl,
+    stallMs: opts.stallSeconds * 1000,
+    onUploadUrl(url) {
+      bundle.uploadUrl = url;
+      save();
+    },
+    onProgress(sent, total) {
+      if (sent > lastSent) progress.addWire(sent - lastSent);
+      lastSent = sent;
+      progress.bundleProgress(bundle.name, bundle.rawBytes, sent, total);
+    },
+    onRestart() {
+      lastSent = 0;
+      progress.bundleReset(bundle.name);
+    },
+    log,
+  });
+  const failures = outcome.entries.filter((e) => e.status === "failed").map((e) => ({ name: e.name, sopInstanceUID: e.sopInstanceUID, reason: e.reason, message: e.message }));
+  bundle.done = true;
+  bundle.result = { stored: outcome.counts.stored, alreadyStored: outcome.counts.alreadyStored, failed: outcome.counts.failed, failures, error: outcome.error };
+  save();
+  progress.bundleDone(bundle.name, bundle.rawBytes, bundle.members.length);
+  await fsp.rm(file, { force: true });
+}

@@ -1,0 +1,150 @@
+/**
+ * One bundle through tus (tus-js-client, the real client): resumed from its saved upload URL when there is one,
+ * retried with growing delays on resets, timeouts and 5xx, restarted when the connection stalls without an error,
+ * then the relay's per-entry result read (from the final response or GET on the upload URL).
+ */
+import fs from "node:fs";
+import * as tus from "tus-js-client";
+import { CouldNotRun, RelayError, errorText, retryAfterMs, type RelayApi } from "./http.ts";
+
+export interface UploadEntry {
+  name: string;
+  status: "stored" | "already-stored" | "replaced" | "failed";
+  sopInstanceUID?: string;
+  reason?: string;
+  message?: string;
+}
+
+export interface UploadOutcome {
+  state: string;
+  counts: { entries: number; stored: number; alreadyStored: number; failed: number };
+  entries: UploadEntry[];
+  error: string | null;
+}
+
+export interface BundleUploadOptions {
+  api: RelayApi;
+  endpoint: string;
+  file: string;
+  filename: string;
+  transferId: string;
+  /** resume this upload (from the state file) */
+  uploadUrl?: string;
+  onUploadUrl(url: string): void;
+  onProgress(sent: number, total: number): void;
+  /** a new upload was created (the old URL was gone): progress so far is void */
+  onRestart(): void;
+  log(line: string): void;
+  stallMs: number;
+  /** delays between tus retries; the counter starts over whenever bytes got through */
+  retryDelays?: number[];
+}
+
+/** 0 s, 1 s, 3 s, 5 s, 10 s, then every 20 s: about 15 minutes of a dead link before this bundle gives up. */
+export const DEFAULT_RETRY_DELAYS = [0, 1000, 3000, 5000, 10_000, ...Array.from({ length: 45 }, () => 20_000)];
+
+export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
+  return new Promise<{ url: string; body: string | null }>((resolve, reject) => {
+    let lastProgressAt = Date.now();
+    let lastSent = -1;
+    let lastTotal = 0;
+    let url = o.uploadUrl;
+    const upload = new tus.Upload(fs.createReadStream(o.file), {
+      endpoint: o.endpoint,
+      uploadUrl: o.uploadUrl ?? null,
+      metadata: { transferId: o.transferId, filename: o.filename },
+      headers: o.api.authHeaders(),
+      // one PATCH streams the rest of the file; a reset costs only the bytes in flight
+      chunkSize: Number.POSITIVE_INFINITY,
+      // a copy: a Retry-After answer lengthens one of its delays
+      retryDelays: [...(o.retryDelays ?? DEFAULT_RETRY_DELAYS)],
+      storeFingerprintForResuming: false,
+      removeFingerprintOnSuccess: false,
+      onShouldRetry(err, attempt, options) {
+        const status = err.originalResponse?.getStatus() ?? 0;
+        // 401/403/404/413 will not change by waiting
+        if (status >= 400 && status < 500 && status !== 408 && status !== 409 && status !== 423 && status !== 429) return false;
+        // a busy relay says how long to wait: tus-js-client reads the delay from retryDelays[attempt] right after this
+        const wait = retryAfterMs(err.originalResponse?.getHeader("Retry-After") ?? null);
+        if (wait !== null && options.retryDelays && attempt < options.retryDelays.length) {
+          options.retryDelays[attempt] = Math.max(options.retryDelays[attempt] ?? 0, wait);
+        }
+        o.log(`${o.filename}: the connection dropped (${status ? `HTTP ${status}` : shortError(err)}); resuming${attempt ? ` (attempt ${attempt + 1})` : ""}`);
+        return true;
+      },
+      onUploadUrlAvailable() {
+        if (upload.url && upload.url !== url) {
+          if (url) o.onRestart();
+          url = upload.url;
+          o.onUploadUrl(upload.url);
+        }
+      },
+      onProgress(sent, total) {
+        if (sent !== lastSent) {
+          lastSent = sent;
+          lastProgressAt = Date.now();
+        }
+        lastTotal = total ?? 0;
+        o.onProgress(sent, total ?? 0);
+      },
+      onSuccess({ lastResponse }) {
+        clearInterval(watchdog);
+        const status = lastResponse.getStatus();
+        const body = status === 200 || status === 201 ? lastResponse.getBody() : null;
+        resolve({ url: upload.url!, body: body && body.trim().startsWith("{") ? body : null });
+      },
+      onError(err) {
+        clearInterval(watchdog);
+        const status = (err as tus.DetailedError).originalResponse?.getStatus() ?? 0;
+        const text = (err as tus.DetailedError).originalResponse?.getBody() ?? "";
+        if (status === 401 || status === 403) reject(new CouldNotRun(`the relay refused the token (${status}): ${errorText(text)}`));
+        else if (status) reject(new RelayError(status, `the relay refused ${o.filename} (${status}): ${errorText(text)}`));
+        else reject(new Error(`${o.filename} could not be sent: the link kept failing (${shortError(err)}); run the same command again to resume`));
+      },
+    });
+    // A connection that hangs without an error (a response cut mid-body leaves tus-js-client waiting forever):
+    // drop it and resume from the relay's offset. Once every byte is sent, waiting for the answer is cut shorter:
+    // starting again only asks HEAD (complete) and then reads the result at the upload URL, which is harmless.
+    // Kept referenced on purpose: it is what keeps the process alive while a request hangs.
+    const watchdog = setInterval(() => {
+      const limit = lastTotal > 0 && lastSent >= lastTotal ? Math.min(o.stallMs, 15_000) : o.stallMs;
+      if (Date.now() - lastProgressAt < limit) return;
+      lastProgressAt = Date.now();
+      o.log(`${o.filename}: no progress for ${Math.round(limit / 1000)} s; reconnecting`);
+      // start again a moment later: the aborted request's own error must arrive while the upload is still marked
+      // aborted (tus-js-client ignores it then), or it would start a second flow beside the new one
+      void upload.abort(false).then(() => setTimeout(() => upload.start(), 1000));
+    }, Math.min(2000, o.stallMs));
+    upload.start();
+  }).then(async ({ url, body }) => {
+    if (body) {
+      const parsed = JSON.parse(body) as UploadOutcome;
+      if (parsed.state === "done") return parsed;
+    }
+    return waitForResult(o.api, url, o.filename);
+  });
+}
+
+function shortError(err: Error): string {
+  const m = /caused by: ([^\n]+)/.exec(err.message)?.[1] ?? err.message;
+  return m.replace(/^Error: /, "").slice(0, 120);
+}
+
+/** The relay reads a bundle after its last byte: ask for the result until it is done (bounded). */
+export async function waitForResult(api: RelayApi, uploadUrl: string, filename: string, maxMs = 60 * 60_000): Promise<UploadOutcome> {
+  const until = Date.now() + maxMs;
+  let wait = 250;
+  // each turn asks once; the time bound ends the loop
+  while (Date.now() < until) {
+    const r = await api.request("GET", uploadUrl);
+    if (r.status === 200) {
+      const j = r.json<UploadOutcome>();
+      if (j.state === "done") return j;
+    } else if (r.status !== 404) {
+      throw new RelayError(r.status, `the relay could not give the result of ${filename} (${r.status}): ${errorText(r.text)}`);
+    }
+    await new Promise((res) => setTimeout(res, wait));
+    wait = Math.min(5000, wait * 2);
+  }
+  throw new Error(`the relay did not finish reading ${filename} within ${Math.round(maxMs / 60000)} minutes; run the same command again later`);
+}

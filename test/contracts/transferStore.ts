@@ -1,0 +1,127 @@
+/**
+ * The TransferStore contract: the embedded store (SQLite) and the shared one (PostgreSQL) must behave alike.
+ * Usage: transferStoreContract("sqlite", async () => store) — `make` returns a store already init()ed;
+ * transfer ids are random, so a shared database needs no cleaning between tests.
+ */
+import crypto from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { initialItems, parseManifest } from "../../src/transfers/manifest.ts";
+import type { TransferStore, UploadResult } from "../../src/transfers/transferStore.ts";
+import type { SignedReceipt } from "../../src/transfers/receipts.ts";
+
+const sha = (c: string) => c.repeat(64);
+const item = (uid: string, c = "a", size = 10) => ({ sopInstanceUID: uid, sha256: sha(c), size });
+const T0 = "2024-01-01T00:00:00.000Z";
+
+export function transferStoreContract(name: string, make: () => Promise<TransferStore>): void {
+  describe(`TransferStore contract: ${name}`, () => {
+    /** the relay holds 1.2 with bytes "b" when the default manifest arrives */
+    const setup = async (
+      instances = [item("1.1", "a"), { ...item("1.2", "b", 20), studyInstanceUID: "1", seriesInstanceUID: "1.5" }],
+      held = new Map([["1.2", { sha256: sha("b") }]]),
+    ) => {
+      const store = await make();
+      const id = crypto.randomUUID();
+      const m = parseManifest({ label: "CT 王", instances }, 5000);
+      await store.createTransfer({ id, label: m.label ?? null, createdAt: T0 }, initialItems(m, held, T0));
+      return { store, id };
+    };
+
+    it("keeps a transfer and its items as created, in manifest order", async () => {
+      const { store, id } = await setup();
+      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, receipt: null });
+      expect(await store.getTransfer(crypto.randomUUID())).toBeNull();
+      const items = await store.listItems(id);
+      expect(items.map((i) => [i.sopInstanceUID, i.state, i.size])).toEqual([["1.1", "missing", 10], ["1.2", "present", 20]]);
+      expect(items[1]).toMatchObject({ studyInstanceUID: "1", seriesInstanceUID: "1.5", sha256: sha("b"), reason: null, failureCode: null, updatedAt: T0 });
+      expect(await store.getItem(id, "1.2")).toEqual(items[1]);
+      expect(await store.getItem(id, "9.9")).toBeNull();
+      expect(await store.countItems(id)).toEqual({ present: 1, received: 0, missing: 1, failed: 0 });
+      await store.close();
+    });
+
+    it("holds a big manifest whole and in order", async () => {
+      const uids = Array.from({ length: 2500 }, (_, i) => `1.3.${2500 - i}`);
+      const { store, id } = await setup(uids.map((u) => item(u, "c", 1)), new Map());
+      expect((await store.listItems(id)).map((i) => i.sopInstanceUID)).toEqual(uids);
+      expect(await store.countItems(id)).toEqual({ present: 0, received: 0, missing: 2500, failed: 0 });
+      await store.close();
+    });
+
+    it("refuses a second transfer with the same id, leaving the first as it was", async () => {
+      const { store, id } = await setup();
+      await expect(store.createTransfer({ id, label: "again", createdAt: T0 }, [])).rejects.toThrow();
+      expect((await store.getTransfer(id))?.label).toBe("CT 王");
+      expect(await store.listItems(id)).toHaveLength(2);
+      await store.close();
+    });
+
+    it("never turns a received instance back into failed (a later bad copy does not undo good bytes)", async () => {
+      const { store, id } = await setup([item("1.1", "a"), item("1.2", "b")], new Map());
+      await store.updateItem(id, "1.1", { state: "received" });
+      await store.updateItem(id, "1.1", { state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
+      expect(await store.getItem(id, "1.1")).toMatchObject({ state: "received", reason: null });
+      await store.updateItem(id, "1.2", { state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
+      expect(await store.getItem(id, "1.2")).toMatchObject({ state: "failed", reason: "hash mismatch", failureCode: 0x0110 });
+      await store.updateItem(id, "1.2", { state: "received" });
+      expect(await store.getItem(id, "1.2")).toMatchObject({ state: "received", reason: null, failureCode: null });
+      expect(await store.countItems(id)).toEqual({ present: 0, received: 2, missing: 0, failed: 0 });
+      await store.close();
+    });
+
+    it("lets exactly one of many concurrent callers complete a transfer, and a complete one is never released", async () => {
+      const { store, id } = await setup();
+      const wins = await Promise.all(Array.from({ length: 6 }, (_, i) => store.markComplete(id, `2024-01-0${i + 1}T00:00:00.000Z`)));
+      expect(wins.filter(Boolean)).toHaveLength(1);
+      expect(await store.markReleased(id, "z")).toBe(false);
+      expect((await store.getTransfer(id))?.state).toBe("complete");
+      expect(await store.listCompleteWithoutReceipt()).toContain(id);
+      const receipt: SignedReceipt = {
+        jws: "h.p.s",
+        payload: { format: "dicom-relay-receipt/1", transferId: id, issuedAt: T0, issuer: null, keyId: "k", instances: [] },
+      };
+      await store.setReceipt(id, receipt);
+      expect((await store.getTransfer(id))?.receipt).toEqual(receipt);
+      expect(await store.listCompleteWithoutReceipt()).not.toContain(id);
+      await store.close();
+    });
+
+    it("releases an open transfer once; a released one can still complete", async () => {
+      const { store, id } = await setup();
+      expect(await store.markReleased(id, "2024-02-01T00:00:00.000Z")).toBe(true);
+      expect(await store.markReleased(id, "2024-02-02T00:00:00.000Z")).toBe(false);
+      expect(await store.getTransfer(id)).toMatchObject({ state: "released", releasedAt: "2024-02-01T00:00:00.000Z" });
+      expect(await store.markComplete(id, "2024-03-01T00:00:00.000Z")).toBe(true);
+      expect(await store.getTransfer(id)).toMatchObject({ state: "complete", completedAt: "2024-03-01T00:00:00.000Z" });
+      await store.close();
+    });
+
+    it("finds manifest items by hash within one transfer only, whatever the case of the hash", async () => {
+      const { store, id } = await setup([item("1.1", "a"), item("1.2", "b"), item("1.3", "b")]);
+      expect((await store.findItemsBySha256(id, sha("B"))).map((i) => i.sopInstanceUID)).toEqual(["1.2", "1.3"]);
+      expect(await store.findItemsBySha256(crypto.randomUUID(), sha("b"))).toEqual([]);
+      await store.close();
+    });
+
+    it("saves, replaces and forgets upload results (only finished ones older than the cut-off)", async () => {
+      const store = await make();
+      const tag = crypto.randomUUID();
+      const base: Omit<UploadResult, "uploadId" | "state" | "finishedAt"> = {
+        transferId: null, kind: null, filename: "ct.zip", size: 1, counts: { entries: 0, stored: 0, alreadyStored: 0, failed: 0 }, entries: [], error: null,
+      };
+      await store.saveUploadResult({ ...base, uploadId: `${tag}-old`, state: "done", finishedAt: "2000-01-01T00:00:00.000Z" });
+      await store.saveUploadResult({ ...base, uploadId: `${tag}-new`, state: "done", finishedAt: "2099-03-01T00:00:00.000Z" });
+      await store.saveUploadResult({ ...base, uploadId: `${tag}-busy`, state: "processing", finishedAt: null });
+      const done = { ...base, uploadId: `${tag}-busy`, state: "done" as const, finishedAt: "2099-01-01T00:00:00.000Z", kind: "zip",
+        counts: { entries: 1, stored: 1, alreadyStored: 0, failed: 0 }, entries: [{ name: "a.dcm", status: "stored" as const, sopInstanceUID: "1.2" }] };
+      await store.saveUploadResult(done);
+      expect(await store.getUploadResult(`${tag}-busy`)).toEqual(done);
+      expect(await store.deleteUploadResultsBefore("2000-02-01T00:00:00.000Z")).toBeGreaterThanOrEqual(1);
+      expect(await store.getUploadResult(`${tag}-old`)).toBeNull();
+      expect(await store.getUploadResult(`${tag}-new`)).not.toBeNull();
+      expect(await store.getUploadResult(`${tag}-busy`)).not.toBeNull();
+      expect(await store.getUploadResult(crypto.randomUUID())).toBeNull();
+      await store.close();
+    });
+  });
+}

@@ -1,0 +1,336 @@
+/**
+ * The web console and the OHIF viewer in a real headless Chromium against a real relay (auth on):
+ * sign in, send a study through the page over a link that is cut once and a page reload mid-way, the study list
+ * (non-Latin names), documents, a share link opened in a fresh browser context where OHIF draws the study through
+ * the study-scoped root and cannot list other studies, the console's own "open in viewer", revoking the link.
+ * Screenshots of every page go to test-artifacts/.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Readable } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
+import { artifactPath, chromiumMissing, launchChromium, ohifDir, type TestBrowser } from "../support/browser.ts";
+import { makeInstance, writeStudy } from "../../scripts/lib/synthetic.ts";
+
+const missing = chromiumMissing();
+if (missing) console.warn(`skipping the browser tests: ${missing}`);
+
+/** Counts pixels of a viewport canvas that are not (near) black, by copying it onto a 2D canvas in the page. */
+async function litPixels(page: Page): Promise<number> {
+  return page.evaluate(async () => {
+    let best = 0;
+    for (const c of Array.from(document.querySelectorAll("canvas"))) {
+      if (c.width < 64 || c.height < 64) continue;
+      const img = new Image();
+      img.src = c.toDataURL("image/png");
+      await img.decode();
+      const copy = document.createElement("canvas");
+      copy.width = c.width;
+      copy.height = c.height;
+      const ctx = copy.getContext("2d")!;
+      ctx.drawImage(img, 0, 0);
+      const data = ctx.getImageData(0, 0, c.width, c.height).data;
+      let lit = 0;
+      for (let i = 0; i < data.length; i += 4) if (data[i]! + data[i + 1]! + data[i + 2]! > 30) lit++;
+      best = Math.max(best, lit);
+    }
+    return best;
+  });
+}
+
+describe.skipIf(missing)("web console and viewer in Chromium", () => {
+  let relay: TestRelay;
+  let proxy: FaultProxy;
+  let tb: TestBrowser;
+  let admin: string;
+  let workDir: string;
+  let files: string[];
+  let studyUID: string;
+  let otherStudyUID: string;
+  let shareViewerUrl: string;
+
+  beforeAll(async () => {
+    const ohif = ohifDir();
+    relay = await startTestRelay({ auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" }, viewer: { ohifDir: ohif } });
+    admin = relay.initialAdminToken!;
+    proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: relay.port } });
+    tb = await launchChromium({ webgl: true });
+    workDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-console-"));
+    const written = await writeStudy(path.join(workDir, "DICOM"), {
+      instances: 6,
+      seriesCount: 2,
+      modality: "CT",
+      patientName: "Wang^XiaoDong=王^小东",
+      patientID: "CN-0002",
+      charset: "GB18030",
+      studyDescription: "CT CHEST",
+      studyDate: "20240315",
+      seed: 7,
+    });
+    studyUID = written.studyInstanceUID;
+    // a CD export also carries things that are not DICOM
+    fs.writeFileSync(path.join(workDir, "README.TXT"), "Viewer for Windows: run VIEWER.EXE\r\n");
+    files = [...written.files, path.join(workDir, "README.TXT")];
+    // another patient's study on the relay: the share link must never show it
+    const other = makeInstance({ patientName: "Garcia^Lucia", patientID: "ES-1234", modality: "MR", seed: 3 });
+    const stored = await relay.services.ingest.ingestStream(Readable.from([other]), { source: "test" });
+    expect(stored.status).toBe("stored");
+    otherStudyUID = stored.studyInstanceUID!;
+  }, 300_000);
+
+  afterAll(async () => {
+    await tb?.close();
+    await proxy?.close();
+    await relay?.dispose();
+    if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
+  });
+
+  async function signIn(page: Page, token: string): Promise<void> {
+    // BROWSER_LOG=1 shows what the page logs and which requests failed (for debugging the pages)
+    if (process.env.BROWSER_LOG) {
+      page.on("console", (m) => console.log(`[page ${m.type()}] ${m.text().slice(0, 300)}`));
+      page.on("response", (r) => r.status() >= 400 && console.log(`[page response ${r.status()}] ${r.request().method()} ${r.url().replace(/drs_[^/]+/, "drs_X")}`));
+      page.on("requestfailed", (r) => console.log(`[page request failed] ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+    }
+    await page.goto(`${proxy.url}/console/`);
+    await page.getByLabel("Access token").fill(token);
+    await page.getByRole("button", { name: "Sign in" }).click();
+  }
+
+  it("refuses a wrong token with a sentence and keeps the sign-in page", async () => {
+    const page = await tb.browser.newPage();
+    await signIn(page, "drt_0000000000000000_" + "x".repeat(43));
+    await expect.poll(() => page.locator("#message").textContent()).toContain("did not accept the access token");
+    expect(await page.locator("#signin").isVisible()).toBe(true);
+    expect(await page.locator("#nav").isVisible()).toBe(false);
+    await page.screenshot({ path: artifactPath("console-signin-refused.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("a drop of files that are not DICOM gets a sentence, nothing is sent", async () => {
+    const page = await tb.browser.newPage();
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    await page.locator("#drop").evaluate((drop) => {
+      const data = new DataTransfer();
+      data.items.add(new File(["MZ this is VIEWER.EXE"], "VIEWER.EXE"));
+      data.items.add(new File(["autorun"], "AUTORUN.INF"));
+      drop.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    });
+    await expect.poll(() => page.locator("#message").textContent()).toContain("None of these files is a DICOM image");
+    expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
+    expect(await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))).toBeNull();
+    await page.close();
+  });
+
+  it("sends a study through the page: cut once, paused and resumed, reloaded mid-way, then complete with a receipt", async () => {
+    const context = await tb.browser.newContext({ viewport: { width: 1366, height: 768 } });
+    const page = await context.newPage();
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    await expect.poll(() => page.locator("#send").isVisible()).toBe(true);
+
+    // a slow link, and one cut after 1.2 MB
+    proxy.setFaults({ bandwidthBytesPerSec: 300_000, resetEveryBytes: 1_200_000 });
+    // the first time the whole folder (as "Choose a folder" gives it), after the reload the files one by one
+    await page.locator("#pick-folder").setInputFiles(workDir);
+    await expect.poll(() => proxy.stats().resets, { timeout: 60_000 }).toBeGreaterThanOrEqual(1);
+    proxy.setFaults({ resetEveryBytes: 0 });
+    expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
+    expect(await page.locator("#file-rows").textContent()).toContain("S001/I00001.dcm");
+
+    // pause: nothing moves until resumed
+    const progress = () => page.locator("#total-progress").evaluate((e) => (e as HTMLProgressElement).value);
+    await page.getByRole("button", { name: "Pause" }).click();
+    await expect.poll(() => page.locator("#upload-status").textContent()).toContain("Paused");
+    expect(await page.getByRole("button", { name: "Pause" }).isVisible()).toBe(false);
+    const paused = await progress();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await progress()).toBe(paused);
+    await page.getByRole("button", { name: "Resume" }).click();
+    await expect.poll(progress, { timeout: 60_000 }).toBeGreaterThan(paused);
+    await expect.poll(() => page.locator("#total-progress").evaluate((e) => (e as HTMLProgressElement).value), { timeout: 60_000 })
+      .toBeGreaterThan(0.5);
+    const saved = JSON.parse((await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))) ?? "null") as { id: string } | null;
+    expect(saved?.id).toMatch(/\w+/);
+    const before = await (await fetch(`${relay.url}/api/transfers/${saved!.id}?instances=none`, { headers: { Authorization: `Bearer ${admin}` } })).json() as { complete: boolean };
+    expect(before.complete).toBe(false);
+
+    // the page is reloaded mid-way: it still knows the transfer and asks for the same folder again
+    await page.reload();
+    await expect.poll(() => page.locator("#resume-banner").textContent()).toContain("A transfer was interrupted");
+    await page.screenshot({ path: artifactPath("console-send-interrupted.png"), fullPage: true });
+    proxy.setFaults({ bandwidthBytesPerSec: 2_000_000 });
+    await page.locator("#pick-files").setInputFiles(files);
+    await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).not.toBeNull();
+    const summary = await page.locator("#transfer-summary").textContent();
+    expect({ summary, problems: await page.locator("#transfer-problems").textContent(), files: await page.locator("#file-rows").textContent() })
+      .toMatchObject({ summary: expect.stringContaining("Complete"), problems: "" });
+    expect(summary).toContain(`Transfer ${saved!.id}`);
+    expect(summary).toContain("0 missing, 0 failed");
+    await expect.poll(() => page.locator("#receipt").isVisible()).toBe(true);
+    expect(await page.getByRole("button", { name: /Pause|Resume/ }).count()).toBe(0);
+    expect(await page.locator("#receipt-text").textContent()).toContain("signed a receipt");
+    await page.screenshot({ path: artifactPath("console-send-complete.png"), fullPage: true });
+
+    // the relay agrees: one transfer, complete, every instance of the study visible
+    const t = await (await fetch(`${relay.url}/api/transfers/${saved!.id}?instances=none`, { headers: { Authorization: `Bearer ${admin}` } })).json() as { complete: boolean; total: number; received: number };
+    expect(t).toMatchObject({ complete: true, total: 6 });
+    const q = await (await fetch(`${relay.url}/dicom-web/studies/${studyUID}/instances`, { headers: { Authorization: `Bearer ${admin}` } })).json() as unknown[];
+    expect(q).toHaveLength(6);
+    expect(await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))).toBeNull();
+    await context.close();
+  }, 300_000);
+
+  it("lists studies with non-Latin names, filters them, shows documents and attaches one", async () => {
+    proxy.setFaults({ bandwidthBytesPerSec: 0 });
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 } });
+    await signIn(page, admin);
+    const row = page.locator(`#study-rows tr[data-study="${studyUID}"]`);
+    await expect.poll(() => row.count()).toBe(1);
+    const text = (await row.textContent()) ?? "";
+    expect(text).toContain("王小东");
+    expect(text).toContain("Wang, XiaoDong");
+    expect(text).toContain("2024-03-15");
+    expect(text).toContain("CT");
+    await page.screenshot({ path: artifactPath("console-studies.png"), fullPage: true });
+
+    await page.getByLabel("Patient name").fill("Wang");
+    await page.getByRole("button", { name: "Search" }).click();
+    await expect.poll(() => page.locator("#studies-status").textContent()).toBe("1 study found.");
+    await page.getByLabel("Modality").selectOption("MR");
+    await page.getByRole("button", { name: "Search" }).click();
+    await expect.poll(() => page.locator("#studies-status").textContent()).toBe("No study matches these filters.");
+    await page.getByLabel("Patient name").fill("");
+    await page.getByLabel("Modality").selectOption("");
+    await page.getByRole("button", { name: "Search" }).click();
+    await expect.poll(() => page.locator("#study-rows tr").count()).toBe(2);
+
+    await row.getByRole("button", { name: "Details" }).click();
+    await expect.poll(() => page.locator("#completeness").textContent()).toContain("Pathology report: missing");
+    await page.getByLabel("Kind").selectOption("pathology-report");
+    await page.getByLabel("Title").fill("病理报告");
+    await page.getByLabel("Language (e.g. zh, en, de)").fill("zh");
+    await page.getByLabel("Document file").setInputFiles({ name: "report.pdf", mimeType: "application/pdf", buffer: Buffer.from("%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n") });
+    await page.getByRole("button", { name: "Attach" }).click();
+    await expect.poll(() => page.locator("#attach-status").textContent()).toBe("Attached.");
+    await expect.poll(() => page.locator("#completeness").textContent()).toContain("Pathology report: present (1, zh)");
+    expect(await page.locator("#document-rows").textContent()).toContain("病理报告");
+
+    // a file that is not a document: the relay's refusal in a sentence
+    await page.getByLabel("Title").fill("scan");
+    await page.getByLabel("Language (e.g. zh, en, de)").fill("en");
+    await page.getByLabel("Document file").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("just text") });
+    await page.getByRole("button", { name: "Attach" }).click();
+    await expect.poll(() => page.locator("#attach-status").textContent()).toMatch(/not a PDF, JPEG or PNG/i);
+    await page.screenshot({ path: artifactPath("console-study-detail.png"), fullPage: true });
+    await page.close();
+  }, 120_000);
+
+  it("creates a share link; a fresh browser opens it in OHIF, which draws the study through the scoped root only", async () => {
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 } });
+    await signIn(page, admin);
+    await page.locator(`#study-rows tr[data-study="${studyUID}"]`).getByRole("button", { name: "Details" }).click();
+    await page.getByLabel("Valid for").selectOption("1d");
+    await page.getByLabel("For whom (optional)").fill("second opinion Dr Li");
+    await page.getByRole("button", { name: "Create share link" }).click();
+    await expect.poll(() => page.locator("#share-url").count()).toBe(1);
+    shareViewerUrl = (await page.locator("#share-url").getAttribute("href"))!;
+    expect(shareViewerUrl).toMatch(/\/share\/drs_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\/viewer$/);
+    await expect.poll(() => page.locator("#share-rows").textContent()).toContain("second opinion Dr Li");
+    await expect.poll(() => page.locator("#audit-rows").textContent()).toContain("share.create");
+    await page.screenshot({ path: artifactPath("console-share-created.png"), fullPage: true });
+    await page.close();
+
+    // the radiologist: a fresh context (no token, no storage), only the link
+    const token = /\/share\/([^/]+)\/viewer/.exec(shareViewerUrl)![1]!;
+    const context = await tb.browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const viewer = await context.newPage();
+    const requests: string[] = [];
+    viewer.on("request", (r) => requests.push(new URL(r.url()).pathname));
+    await viewer.goto(shareViewerUrl);
+    expect(new URL(viewer.url()).searchParams.get("StudyInstanceUIDs")).toBe(studyUID);
+    await expect.poll(() => litPixels(viewer), { timeout: 120_000, interval: 2000 }).toBeGreaterThan(1000);
+    await viewer.screenshot({ path: artifactPath("viewer-share.png") });
+
+    const scoped = `/share/${token}/dicom-web/`;
+    const dataRequests = requests.filter((p) => p.includes("/dicom-web/"));
+    expect(dataRequests.length).toBeGreaterThan(0);
+    expect(dataRequests.every((p) => p.startsWith(scoped))).toBe(true);
+    expect(dataRequests.some((p) => p.startsWith(`${scoped}studies/${studyUID}/series`))).toBe(true);
+    expect(dataRequests.some((p) => /\/frames\/|\/metadata$/.test(p))).toBe(true);
+
+    // from the shared page: the scoped root lists the shared study only; the other study and the plain root are closed
+    const probe = await viewer.evaluate(async ({ scoped, other }) => {
+      const list = await fetch(`${scoped}studies`, { headers: { Accept: "application/dicom+json" } });
+      const studies = (await list.json()) as Array<Record<string, { Value?: string[] }>>;
+      const otherMeta = await fetch(`${scoped}studies/${other}/metadata`);
+      const plain = await fetch("/dicom-web/studies");
+      return { uids: studies.map((s) => s["0020000D"]?.Value?.[0]), other: otherMeta.status, plain: plain.status };
+    }, { scoped, other: otherStudyUID });
+    expect(probe).toEqual({ uids: [studyUID], other: 404, plain: 401 });
+    await context.close();
+  }, 240_000);
+
+  it("opens a study from the console with a short-lived viewer link, and a revoked share link shows a sentence", async () => {
+    const context = await tb.browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    await signIn(page, admin);
+    await page.locator(`#study-rows tr[data-study="${studyUID}"]`).getByRole("button", { name: "Details" }).click();
+    const [tab] = await Promise.all([context.waitForEvent("page"), page.getByRole("button", { name: "Open in viewer" }).click()]);
+    await expect.poll(() => tab.url(), { timeout: 30_000 }).toMatch(new RegExp(`/share/drs_[^/]+/viewer\\?StudyInstanceUIDs=${studyUID.replace(/\./g, "\\.")}`));
+    await expect.poll(() => litPixels(tab), { timeout: 120_000, interval: 2000 }).toBeGreaterThan(1000);
+    await tab.screenshot({ path: artifactPath("viewer-console.png") });
+    await tab.close();
+
+    // revoke the share link made for the radiologist: the link now explains itself
+    await expect.poll(() => page.locator("#share-rows").textContent()).toContain("second opinion Dr Li");
+    await page.getByRole("button", { name: "Revoke the share link for second opinion Dr Li" }).click();
+    await expect.poll(() => page.locator("#share-rows").textContent()).toContain("revoked");
+    const gone = await context.newPage();
+    const res = await gone.goto(shareViewerUrl);
+    expect(res?.status()).toBe(401);
+    expect(await gone.locator("main").textContent()).toContain("withdrawn");
+    await gone.screenshot({ path: artifactPath("viewer-share-revoked.png") });
+    await context.close();
+  }, 240_000);
+  it("a damaged file is reported failed with the relay's reason; the transfer stays open", async () => {
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 } });
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    const good = makeInstance({ modality: "MR", seed: 11 });
+    const broken = makeInstance({ modality: "MR", seed: 12 });
+    await page.locator("#pick-files").setInputFiles([
+      { name: "GOOD.dcm", mimeType: "application/dicom", buffer: good },
+      // the file meta is intact (the browser can declare it), the data set is cut short
+      { name: "BROKEN.dcm", mimeType: "application/dicom", buffer: broken.subarray(0, Math.floor(broken.length * 0.6)) },
+    ]);
+    await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).toBe("false");
+    expect(await page.locator("#transfer-summary").textContent()).toContain("1 received, 0 already on the relay, 0 missing, 1 failed");
+    expect(await page.locator("#transfer-problems").textContent()).toMatch(/^BROKEN\.dcm: failed \(the file is truncated.*\)$/);
+    expect(await page.locator("#file-rows").textContent()).toContain("refused by the relay: the file is truncated");
+    expect(await page.locator("#upload-status").textContent()).toContain("did not arrive intact");
+    expect(await page.locator("#receipt").isVisible()).toBe(false);
+    await page.screenshot({ path: artifactPath("console-send-failed.png"), fullPage: true });
+    await page.close();
+  }, 180_000);
+
+  it("on a relay without authentication the console opens without a token and says so", async () => {
+    const open = await startTestRelay({ viewer: { ohifDir: path.join(workDir, "no-ohif") } });
+    try {
+      const page = await tb.browser.newPage();
+      await page.goto(`${open.url}/console/`);
+      await expect.poll(() => page.locator("#who").textContent()).toContain("without authentication");
+      await expect.poll(() => page.locator("#studies-status").textContent()).toBe("No study matches these filters.");
+      expect(await page.locator("#signin").isVisible()).toBe(false);
+      expect(await open.services.access!.audit.query({ outcome: "failure" })).toEqual([]);
+      await page.close();
+    } finally {
+      await open.dispose();
+    }
+  });
+});

@@ -1,0 +1,361 @@
+/** Pure parts of dicom-relay push: arguments, classification by content, grouping, bundle plans, progress, retries. */
+import { describe, expect, it } from "vitest";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { UsageError, normaliseRelayUrl, parseDocumentSpec, parsePushArgs, parseSize } from "../../src/cli/push/args.ts";
+import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies, mediaStorageSopClass, referencedFiles, scanFolder, type FoundInstance } from "../../src/cli/push/scan.ts";
+import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
+import { writeBundle } from "../../src/cli/push/bundle.ts";
+import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
+import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
+import http from "node:http";
+import { freePort } from "../../scripts/lib/net.ts";
+import { compareReceipt, receiptFileName } from "../../src/cli/push/receipt.ts";
+import { acquireLock, loadState, saveState, stateDirFor } from "../../src/cli/push/state.ts";
+import { orderDocuments } from "../../src/cli/push/documents.ts";
+import { RECEIPT_FORMAT, type ReceiptPayload } from "../../src/transfers/receipts.ts";
+import { readBundleEntries } from "../../src/transfers/bundle.ts";
+import { encodeDataset, encodeFileMeta, makeInstance, newUid, tagOf } from "../../scripts/lib/synthetic.ts";
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "push-unit-"));
+
+function inst(over: Partial<FoundInstance> = {}): FoundInstance {
+  return {
+    path: "/cd/a", size: 100, mtimeMs: 1, sha256: "a".repeat(64), sopInstanceUID: newUid(), sopClassUID: "1.2.840.10008.5.1.4.1.1.2",
+    studyInstanceUID: "1.2.3", seriesInstanceUID: "1.2.3.1", patientName: "Wang^XiaoDong=王^小东", patientID: "CN-2", studyDate: "20240102",
+    studyDescription: "CT CHEST", modality: "CT", ...over,
+  };
+}
+
+describe("push arguments", () => {
+  it("sizes take k, M, G", () => {
+    expect(parseSize("32M")).toBe(32 * 1024 * 1024);
+    expect(parseSize("512k")).toBe(512 * 1024);
+    expect(parseSize("1.5G")).toBe(1.5 * 1024 ** 3);
+    expect(parseSize("1000")).toBe(1000);
+    expect(() => parseSize("lots")).toThrow(/not a size/);
+  });
+
+  it("the relay URL: http(s) only, trailing slash and /dicom-web dropped, no credentials", () => {
+    expect(normaliseRelayUrl("https://relay.example.org/")).toBe("https://relay.example.org");
+    expect(normaliseRelayUrl("https://relay.example.org/dicom-web")).toBe("https://relay.example.org");
+    expect(normaliseRelayUrl("http://127.0.0.1:8042/sub/")).toBe("http://127.0.0.1:8042/sub");
+    expect(() => normaliseRelayUrl("relay.example.org")).toThrow(/not a web address/);
+    expect(() => normaliseRelayUrl("ftp://relay")).toThrow(/https/);
+    expect(() => normaliseRelayUrl("https://u:p@relay")).toThrow(/--token/);
+  });
+
+  it("--document FILE:KIND:LANGUAGE with title and translation-of; a path may hold colons", () => {
+    expect(parseDocumentSpec("report.pdf:radiology-report:zh", { language: "und" })).toEqual({ file: "report.pdf", kind: "radiology-report", language: "zh", title: "report.pdf" });
+    expect(parseDocumentSpec("C:\\r\\x.pdf:pathology-report:en:title=Biopsy: left", { language: "und" })).toEqual({ file: "C:\\r\\x.pdf", kind: "pathology-report", language: "en", title: "Biopsy: left" });
+    expect(parseDocumentSpec("en.pdf:radiology-report:en:translation-of=zh.pdf", { language: "und" })).toMatchObject({ translationOf: "zh.pdf", language: "en" });
+    expect(parseDocumentSpec("photo.jpg", { language: "zh" })).toEqual({ file: "photo.jpg", kind: "other", language: "zh", title: "photo.jpg" });
+    expect(parseDocumentSpec("scan.pdf:discharge-summary", { language: "en" })).toMatchObject({ kind: "discharge-summary", language: "en" });
+    expect(() => parseDocumentSpec("r.pdf:radiology-report:chinese!", { language: "und" })).toThrow(/not a language tag/);
+    expect(() => parseDocumentSpec("r.pdf:radiology-report:zh:colour=red", { language: "und" })).toThrow(/not understood/);
+  });
+
+  it("an unknown kind after an existing file is named as such", () => {
+    const d = tmp();
+    const f = path.join(d, "r.pdf");
+    fs.writeFileSync(f, "%PDF-");
+    expect(() => parseDocumentSpec(`${f}:radiology`, { language: "und" })).toThrow(/"radiology" is not a document kind/);
+  });
+
+  it("parsePushArgs: defaults, token from the environment, clear refusals", () => {
+    const d = tmp();
+    const o = parsePushArgs([d, "--to", "https://relay.example.org"], { DICOM_RELAY_TOKEN: "drt_x", XDG_CACHE_HOME: "/c" });
+    expect(o).toMatchObject({ source: d, relay: "https://relay.example.org", token: "drt_x", parallel: 3, bundleBytes: 32 * 1024 * 1024, cacheDir: "/c/dicom-relay/push", dryRun: false, documentsLanguage: "und" });
+    expect(() => parsePushArgs([d], {})).toThrow(/--to/);
+    expect(() => parsePushArgs(["--to", "https://r"], {})).toThrow(/say what to send/);
+    expect(() => parsePushArgs([path.join(d, "nope"), "--to", "https://r"], {})).toThrow(/does not exist/);
+    expect(() => parsePushArgs([d, "--to", "https://r", "--parallel", "0"], {})).toThrow(/--parallel must be a whole number/);
+    expect(() => parsePushArgs([d, "--to", "https://r", "--frobnicate"], {})).toThrow(UsageError);
+    expect(() => parsePushArgs([d, "--to", "https://r", "--document", `${path.join(d, "x.pdf")}:other:en`], {})).toThrow(/does not exist/);
+    const f = path.join(d, "en.pdf");
+    fs.writeFileSync(f, "%PDF-");
+    expect(() => parsePushArgs([d, "--to", "https://r", "--document", `${f}:other:en:translation-of=${path.join(d, "zh.pdf")}`], {})).toThrow(/must also be given with --document/);
+  });
+});
+
+describe("finding DICOM by content", () => {
+  const dicomdir = (refs: string[][]) =>
+    Buffer.concat([
+      encodeFileMeta({ sopClassUID: MEDIA_DIRECTORY_SOP_CLASS, sopInstanceUID: newUid(), transferSyntaxUID: "1.2.840.10008.1.2.1" }),
+      encodeDataset([{ tag: tagOf(0x0004, 0x1220), vr: "SQ", value: refs.map((r) => [{ tag: tagOf(0x0004, 0x1430), vr: "CS", value: "IMAGE" }, { tag: tagOf(0x0004, 0x1500), vr: "CS", value: r }]) }], { explicitVR: true, littleEndian: true }),
+    ]);
+
+  it("classifies by the first bytes, not the name", () => {
+    const dcm = makeInstance({ rows: 8, columns: 8 });
+    expect(classifyHead(dcm.subarray(0, 4096), dcm.length)).toEqual({ kind: "part10" });
+    const dd = dicomdir([["DICOM", "IM1"]]);
+    expect(mediaStorageSopClass(dd)).toBe(MEDIA_DIRECTORY_SOP_CLASS);
+    expect(classifyHead(dd, dd.length)).toEqual({ kind: "dicomdir" });
+    expect(classifyHead(Buffer.from("%PDF-1.4\n"), 9)).toEqual({ kind: "pdf" });
+    expect(classifyHead(Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0]), 6)).toEqual({ kind: "jpeg" });
+    expect(classifyHead(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0]), 9)).toEqual({ kind: "png" });
+    expect(classifyHead(Buffer.from("Please insert the disc\r\n"), 24)).toEqual({ kind: "text" });
+    expect(classifyHead(Buffer.alloc(0), 0)).toEqual({ kind: "empty" });
+    expect(classifyHead(makeInstance({ rows: 8, columns: 8, noFileMeta: true }), 200)).toEqual({ kind: "bare-dataset" });
+    expect(classifyHead(Buffer.from([0x4d, 0x5a, 0x90, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04]), 9)).toEqual({ kind: "other" });
+  });
+
+  it("a DICOMDIR's referenced files, components joined", () => {
+    expect(referencedFiles(dicomdir([["DICOM", "S1", "IM00001"], ["DICOM", "S1", "IM00002"]]))).toEqual(["DICOM/S1/IM00001", "DICOM/S1/IM00002"]);
+  });
+
+  it("scanFolder: instances with their SHA-256, others with sentences, broken with reasons, duplicates once; the cache is reused", async () => {
+    const d = tmp();
+    const study = newUid();
+    const a = makeInstance({ rows: 16, columns: 16, studyInstanceUID: study, modality: "MR" });
+    fs.mkdirSync(path.join(d, "DICOM", "X"), { recursive: true });
+    fs.writeFileSync(path.join(d, "DICOM", "X", "IM00001"), a);
+    fs.writeFileSync(path.join(d, "DICOM", "copy"), a);
+    fs.writeFileSync(path.join(d, "cut"), a.subarray(0, a.length - 100));
+    fs.writeFileSync(path.join(d, "photo.JPG"), Buffer.from([0xff, 0xd8, 0xff, 0xe0]));
+    fs.writeFileSync(path.join(d, ".DS_Store"), "x");
+    fs.writeFileSync(path.join(d, "DICOMDIR"), dicomdir([["DICOM", "X", "IM00001"], ["DICOM", "X", "IM00002"]]));
+    const { result, cache } = await scanFolder(d, { documents: false });
+    expect(result.instances).toHaveLength(1);
+    expect(result.instances[0]).toMatchObject({ studyInstanceUID: study, modality: "MR", sha256: crypto.createHash("sha256").update(a).digest("hex"), size: a.length });
+    expect(result.duplicates).toHaveLength(1);
+    expect(result.broken).toHaveLength(1);
+    expect(result.broken[0]!.reason).toMatch(/truncated/);
+    expect(result.others.map((o) => [path.basename(o.path), o.kind])).toEqual([["photo.JPG", "jpeg"]]);
+    expect(result.others[0]!.sentence).toMatch(/a radiologist cannot use it as images \(add --documents/);
+    expect(result.dicomdirs).toEqual([path.join(d, "DICOMDIR")]);
+    expect(result.missingFromDicomdir).toEqual([path.join("DICOM", "X", "IM00002")]);
+    expect(result.hiddenSkipped).toBe(1);
+    // second scan: nothing re-read when path, size and mtime are unchanged (a changed cached hash shows it was used)
+    const k = result.instances[0]!.path;
+    cache[k]!.instance!.sha256 = "f".repeat(64);
+    const again = await scanFolder(d, { documents: true, cache });
+    expect(again.result.instances[0]!.sha256).toBe("f".repeat(64));
+    expect(again.result.others[0]!.sentence).toMatch(/it will be attached/);
+  });
+
+  it("groups by study with series, modalities, counts and bytes", () => {
+    const s = groupStudies([
+      inst({ seriesInstanceUID: "1.1", modality: "CT", size: 10 }),
+      inst({ seriesInstanceUID: "1.2", modality: "SR", size: 5 }),
+      inst({ seriesInstanceUID: "1.1", modality: "CT", size: 10 }),
+      inst({ studyInstanceUID: "9.9", patientName: "Other", size: 1 }),
+    ]);
+    expect(s).toHaveLength(2);
+    const ct = s.find((x) => x.studyInstanceUID === "1.2.3")!;
+    expect(ct).toMatchObject({ series: 2, modalities: ["CT", "SR"], bytes: 25, patientName: "Wang^XiaoDong=王^小东" });
+    expect(ct.instances).toHaveLength(3);
+    expect(formatDicomDate("20240102")).toBe("2024-01-02");
+    expect(formatDicomDate("")).toBe("unknown date");
+  });
+});
+
+describe("manifest and bundles", () => {
+  it("the manifest is sorted and keyed by content, not label", () => {
+    const a = inst({ sopInstanceUID: "1.2.5" });
+    const b = inst({ sopInstanceUID: "1.2.4" });
+    const m = buildManifest([a, b], "label");
+    expect(m.instances.map((i) => i.sopInstanceUID)).toEqual(["1.2.4", "1.2.5"]);
+    expect(manifestKey(m)).toBe(manifestKey(buildManifest([b, a], "other label")));
+    expect(manifestKey(m)).not.toBe(manifestKey(buildManifest([a], "label")));
+  });
+
+  it("planBundles packs in path order up to the size; a large instance goes alone", () => {
+    const p = planBundles([
+      inst({ path: "/c/3", size: 40, sopInstanceUID: "3" }),
+      inst({ path: "/c/1", size: 40, sopInstanceUID: "1" }),
+      inst({ path: "/c/2", size: 40, sopInstanceUID: "2" }),
+      inst({ path: "/c/4", size: 500, sopInstanceUID: "4" }),
+      inst({ path: "/c/5", size: 10, sopInstanceUID: "5" }),
+    ], 100);
+    expect(p.map((b) => b.members)).toEqual([["1", "2"], ["3"], ["4"], ["5"]]);
+    expect(p.map((b) => b.rawBytes)).toEqual([80, 40, 500, 10]);
+    expect(planBundles([], 100)).toEqual([]);
+  });
+
+  it("writeBundle is deterministic (a rebuild after a crash resumes the same upload) and the relay's reader reads it", async () => {
+    const d = tmp();
+    const files = [0, 1, 2].map((i) => {
+      const f = path.join(d, `i${i}`);
+      fs.writeFileSync(f, makeInstance({ rows: 16, columns: 16, seed: i }));
+      return { name: `${i}.dcm`, path: f, size: fs.statSync(f).size };
+    });
+    const one = await writeBundle(path.join(d, "a.tgz"), files);
+    await new Promise((r) => setTimeout(r, 1100));
+    const two = await writeBundle(path.join(d, "b.tgz"), files);
+    expect(two.sha256).toBe(one.sha256);
+    expect(two.size).toBe(fs.statSync(path.join(d, "b.tgz")).size);
+    expect(fs.existsSync(path.join(d, "a.tgz.part"))).toBe(false);
+    const names: string[] = [];
+    for await (const e of readBundleEntries(path.join(d, "a.tgz"), { maxEntryBytes: 1e9, maxTotalBytes: 1e9, maxEntries: 10, maxCompressionRatio: 1000 })) {
+      names.push(e.name);
+      e.body.resume();
+    }
+    expect(names).toEqual(["0.dcm", "1.dcm", "2.dcm"]);
+    // a file changed since it was read is refused, not sent with a wrong size
+    fs.appendFileSync(files[1]!.path, "x");
+    await expect(writeBundle(path.join(d, "c.tgz"), files)).rejects.toThrow(/changed since it was read/);
+  });
+});
+
+describe("progress", () => {
+  it("formats bytes, durations and the bar", () => {
+    expect(formatBytes(512)).toBe("512 B");
+    expect(formatBytes(1536)).toBe("1.5 kB");
+    expect(formatBytes(150 * 1024 * 1024)).toBe("150 MB");
+    expect(formatDuration(75)).toBe("1:15");
+    expect(formatDuration(3725)).toBe("1:02:05");
+    expect(formatDuration(NaN)).toBe("--:--");
+    expect(bar(0.5, 10)).toBe("#####-----");
+    expect(bar(2, 4)).toBe("####");
+  });
+
+  it("rate over a window; line and log text carry bytes, rate, time left and instances", () => {
+    const m = new RateMeter(10_000);
+    expect(m.rate()).toBe(0);
+    m.add(0, 0);
+    m.add(2000, 2_000_000);
+    expect(m.rate()).toBe(1_000_000);
+    m.add(30_000, 2_000_000);
+    expect(m.rate()).toBe(0);
+    const snap = { doneBytes: 50 * 1024 * 1024, totalBytes: 100 * 1024 * 1024, doneInstances: 10, totalInstances: 20, wireBytes: 20 * 1024 * 1024, rate: 1024 * 1024 };
+    expect(progressLine(snap, 120)).toMatch(/^\[#+-+\] 50% 50\.0 MB\/100 MB 1\.0 MB\/s left 0:50 instances 10\/20$/);
+    expect(logLine(snap)).toBe("progress: 50% (50.0 MB of 100 MB), 1.0 MB/s, about 0:50 left, 10 of 20 instances, 20.0 MB sent on the wire");
+  });
+
+  it("Progress: redraws one line on a terminal, messages above it; plain lines otherwise", () => {
+    const sink = (tty: boolean) => {
+      const chunks: string[] = [];
+      return { chunks, out: { write: (s: string) => (chunks.push(s), true), columns: 100, isTTY: tty } as unknown as NodeJS.WriteStream };
+    };
+    const t = sink(true);
+    const p = new Progress(t.out, true);
+    p.start(1000, 10, 0, 0);
+    p.bundleProgress("b1", 500, 50, 100);
+    expect(p.snapshot()).toMatchObject({ doneBytes: 250, totalInstances: 10, doneInstances: 0 });
+    p.say("b1: the connection dropped; resuming");
+    p.bundleDone("b1", 500, 5);
+    expect(p.snapshot()).toMatchObject({ doneBytes: 500, doneInstances: 5 });
+    p.stop();
+    const text = t.chunks.join("");
+    expect(text).toMatch(/b1: the connection dropped; resuming\n/);
+    expect(text).toMatch(/\r\x1b\[2K\[#+-+\] 50% 500 B\/1000 B .* instances 5\/10\n$/);
+    const l = sink(false);
+    const q = new Progress(l.out, false);
+    q.start(1000, 10, 1000, 10);
+    q.stop();
+    expect(l.chunks.join("")).toBe("progress: 100% (1000 B of 1000 B), 0 B/s, about --:-- left, 10 of 10 instances, 0 B sent on the wire\n");
+  });
+});
+
+describe("retries and sentences", () => {
+  it("Retry-After in seconds or as a date, capped", () => {
+    expect(retryAfterMs("10")).toBe(10_000);
+    expect(retryAfterMs("100000")).toBe(120_000);
+    expect(retryAfterMs(new Date(5_000).toUTCString(), 0)).toBe(5_000);
+    expect(retryAfterMs(null)).toBeNull();
+    expect(retryAfterMs("soon")).toBeNull();
+  });
+
+  it("backoff grows and is capped", () => {
+    expect(backoffMs(0, () => 0.5)).toBe(1000);
+    expect(backoffMs(3, () => 0.5)).toBe(8000);
+    expect(backoffMs(20, () => 0.5)).toBe(30_000);
+  });
+
+  it("RelayApi retries 503 and 429 after their Retry-After, returns 4xx at once, sends the token", async () => {
+    const answers = [
+      { status: 503, headers: { "Retry-After": "1" } },
+      { status: 429, headers: { "Retry-After": "0" } },
+      { status: 200, headers: {} },
+      { status: 400, headers: {} },
+    ];
+    const seen: Array<{ at: number; auth?: string }> = [];
+    const server = http.createServer((req, res) => {
+      seen.push({ at: Date.now(), auth: req.headers.authorization });
+      const a = answers.shift()!;
+      res.writeHead(a.status, { "Content-Type": "application/json", ...a.headers }).end(JSON.stringify({ error: `answer ${a.status}` }));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    try {
+      const logged: string[] = [];
+      const api = new RelayApi(`http://127.0.0.1:${(server.address() as { port: number }).port}`, "drt_t", (l) => logged.push(l));
+      const ok = await api.request("GET", "/x");
+      expect(ok.status).toBe(200);
+      expect(seen).toHaveLength(3);
+      expect(seen[1]!.at - seen[0]!.at).toBeGreaterThanOrEqual(950);
+      expect(seen.every((s) => s.auth === "Bearer drt_t")).toBe(true);
+      expect(logged[0]).toMatch(/answered 503 \(answer 503\); trying again in 1 s/);
+      const bad = await api.request("GET", "/x");
+      expect(bad.status).toBe(400);
+      expect(seen).toHaveLength(4);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("RelayApi: nothing listening is CouldNotRun with a sentence after its attempts", async () => {
+    const port = await freePort();
+    const api = new RelayApi(`http://127.0.0.1:${port}`, null);
+    const err = await api.request("GET", "/x", { attempts: 2 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CouldNotRun);
+    expect((err as Error).message).toMatch(/nothing answers at 127\.0\.0\.1:\d+/);
+  });
+
+  it("network codes from fetch's cause chain, and a sentence for each", () => {
+    expect(networkCode(Object.assign(new TypeError("fetch failed"), { cause: Object.assign(new Error("x"), { code: "ECONNREFUSED" }) }))).toBe("ECONNREFUSED");
+    expect(networkCode(Object.assign(new Error("t"), { name: "TimeoutError" }))).toBe("ETIMEDOUT");
+    expect(unreachableSentence("https://relay.example.org", "ENOTFOUND")).toMatch(/there is no server called relay\.example\.org/);
+    expect(unreachableSentence("http://127.0.0.1:9", "ECONNREFUSED")).toMatch(/nothing answers at 127\.0\.0\.1:9/);
+  });
+});
+
+describe("receipts, state, documents order", () => {
+  const payload = (over: Partial<ReceiptPayload> = {}): ReceiptPayload => ({
+    format: RECEIPT_FORMAT, transferId: "t1", issuedAt: "", issuer: null, keyId: "k",
+    instances: [{ sopInstanceUID: "1.1", studyInstanceUID: null, seriesInstanceUID: null, sha256: "a".repeat(64), size: 1, state: "received" }], ...over,
+  });
+  const manifest = { label: "", instances: [{ sopInstanceUID: "1.1", sha256: "a".repeat(64), size: 1, studyInstanceUID: "1", seriesInstanceUID: "1.1" }] };
+
+  it("a receipt must cover every declared instance with the same SHA-256", () => {
+    expect(compareReceipt(payload(), manifest, "t1")).toEqual([]);
+    expect(compareReceipt(payload(), manifest, "t2")[0]).toMatch(/not t2/);
+    expect(compareReceipt(payload({ instances: [] }), manifest, "t1")[0]).toMatch(/not in the receipt/);
+    expect(compareReceipt(payload({ instances: [{ ...payload().instances[0]!, sha256: "b".repeat(64) }] }), manifest, "t1")[0]).toMatch(/SHA-256/);
+    expect(receiptFileName("20240102", "CN/0002 x", "abcdef123456")).toBe("dicom-relay-receipt-20240102-CN_0002_x-abcdef12.json");
+  });
+
+  it("state: keyed by source and relay, saved atomically, a damaged file starts over; the lock of a dead process is taken over", () => {
+    const cache = tmp();
+    const dir = stateDirFor(cache, "/media/cd", "https://r");
+    expect(dir).not.toBe(stateDirFor(cache, "/media/cd", "https://other"));
+    const s = loadState(dir, "/media/cd", "https://r");
+    s.studies["1.2"] = { manifestKey: "k", transferId: "t", bundles: [], documents: {} };
+    s.files["/media/cd/IM1"] = { size: 1, mtimeMs: 2, dicomdir: true };
+    saveState(dir, s);
+    expect(loadState(dir, "/media/cd", "https://r").studies["1.2"]!.transferId).toBe("t");
+    // the scan results are written only when asked (they can be large), to their own file
+    expect(loadState(dir, "/media/cd", "https://r").files).toEqual({});
+    saveState(dir, s, { files: true });
+    expect(loadState(dir, "/media/cd", "https://r").files["/media/cd/IM1"]).toEqual({ size: 1, mtimeMs: 2, dicomdir: true });
+    fs.writeFileSync(path.join(dir, "state.json"), "{broken");
+    expect(loadState(dir, "/media/cd", "https://r").studies).toEqual({});
+    const release = acquireLock(dir);
+    expect(() => acquireLock(dir)).not.toThrow(); // same process: its own lock
+    release();
+    fs.writeFileSync(path.join(dir, "lock"), "999999999");
+    const r2 = acquireLock(dir);
+    expect(fs.readFileSync(path.join(dir, "lock"), "utf8")).toBe(String(process.pid));
+    r2();
+  });
+
+  it("originals are attached before their translations", () => {
+    const o = orderDocuments([
+      { file: "en.pdf", kind: "radiology-report", language: "en", title: "en", translationOf: "zh.pdf" },
+      { file: "zh.pdf", kind: "radiology-report", language: "zh", title: "zh" },
+    ]);
+    expect(o.map((d) => d.file)).toEqual(["zh.pdf", "en.pdf"]);
+  });
+});
