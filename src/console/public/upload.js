@@ -169,7 +169,7 @@ async function start(picked, showMessage) {
         continue;
       }
       if (item.file.size > MAX_HASH_BYTES) {
-        setFileState(item, "left out: too large for the browser to check (over 2 GB); send it with the relay's command-line uploader");
+        setFileState(item, "left out: too large for the browser to check (over 2 GB); send it with the command-line uploader (dicom-relay push, docs/push.md)");
         continue;
       }
       item.sopInstanceUID = meta.sopInstanceUID;
