@@ -203,7 +203,7 @@ function rangeCondition(expr: string, filter: QidoFilter, p: Params, bound: (s: 
   return parts.join(" AND ");
 }
 
-function pnCondition(alias: Alias, prefix: string, filter: QidoFilter, fuzzy: boolean, p: Params, d: SqlDialect): string | null {
+function pnCondition(alias: string, prefix: string, filter: QidoFilter, fuzzy: boolean, p: Params, d: SqlDialect): string | null {
   const m = filter.match;
   const c = pnColumns(`${alias}.${prefix}`);
   if (m.kind === "universal") return null;
@@ -244,7 +244,16 @@ function filterCondition(filter: QidoFilter, query: QidoQuery, p: Params, d: Sql
     case "date": return { alias: spec.alias, sql: rangeCondition(expr, filter, p, (s) => s) };
     case "time": return { alias: spec.alias, sql: rangeCondition(expr, filter, p, timeBound) };
     case "datetime": return { alias: spec.alias, sql: rangeCondition(expr, filter, p, dateTimeBound) };
-    case "pn": return { alias: spec.alias, sql: pnCondition(spec.alias, spec.column, filter, query.fuzzyMatching, p, d) };
+    case "pn": {
+      const m = filter.match;
+      if (spec.alias === "p" && query.fuzzyMatching && m.kind === "single") {
+        // fuzzy PatientName: pick the patients first, then their studies. Written as a join condition, SQLite walks
+        // every study in date order and tests each one's patient (30 ms at 10,000 studies instead of 3 ms).
+        const inner = pnCondition("pq", spec.column, filter, true, p, d);
+        return { alias: "st", sql: inner && `st.patient_pk IN (SELECT pq.pk FROM patients pq WHERE ${inner})` };
+      }
+      return { alias: spec.alias, sql: pnCondition(spec.alias, spec.column, filter, query.fuzzyMatching, p, d) };
+    }
     case "modalities": {
       // a study "has" a modality when one of its visible series has it
       const inner = textCondition("m.modality", filter, p, d);
