@@ -10,36 +10,14 @@
 import fsp from "node:fs/promises";
 import type pg from "pg";
 import { ReceiptSigner, type SignedReceipt } from "./receipts.ts";
-import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 /** Manifest items inserted per statement (unnest of arrays: one round trip per batch). */
 const BATCH = 1000;
 
-interface ItemRow {
-  sop_instance_uid: string;
-  sha256: string;
-  size: number | string;
-  study_instance_uid: string | null;
-  series_instance_uid: string | null;
-  state: ItemState;
-  reason: string | null;
-  failure_code: number | null;
-  updated_at: string;
-}
 
 const ITEM_COLUMNS = "sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at";
 
-const toItem = (r: ItemRow): TransferItem => ({
-  sopInstanceUID: r.sop_instance_uid,
-  sha256: r.sha256,
-  size: Number(r.size),
-  studyInstanceUID: r.study_instance_uid,
-  seriesInstanceUID: r.series_instance_uid,
-  state: r.state,
-  reason: r.reason,
-  failureCode: r.failure_code,
-  updatedAt: r.updated_at,
-});
 
 export class PostgresTransferStore implements TransferStore {
   /** pool: the PostgreSQL index's (PostgresIndex.sharedPool), already migrated; not closed here. */
@@ -94,36 +72,25 @@ export class PostgresTransferStore implements TransferStore {
   }
 
   async getTransfer(id: string): Promise<TransferRecord | null> {
-    const r = (await this.pool.query<{
-      id: string; label: string | null; created_at: string; state: TransferRecord["state"]; completed_at: string | null; released_at: string | null; receipt: string | null;
-    }>("SELECT * FROM transfers WHERE id = $1", [id])).rows[0];
-    if (!r) return null;
-    return {
-      id: r.id,
-      label: r.label,
-      createdAt: r.created_at,
-      state: r.state,
-      completedAt: r.completed_at,
-      releasedAt: r.released_at,
-      receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
-    };
+    const r = (await this.pool.query<TransferRow>("SELECT * FROM transfers WHERE id = $1", [id])).rows[0];
+    return r ? transferFromRow(r) : null;
   }
 
   async listItems(transferId: string): Promise<TransferItem[]> {
-    const rows = (await this.pool.query<ItemRow>(`SELECT ${ITEM_COLUMNS} FROM transfer_items WHERE transfer_id = $1 ORDER BY seq`, [transferId])).rows;
-    return rows.map(toItem);
+    const rows = (await this.pool.query<TransferItemRow>(`SELECT ${ITEM_COLUMNS} FROM transfer_items WHERE transfer_id = $1 ORDER BY seq`, [transferId])).rows;
+    return rows.map(itemFromRow);
   }
 
   async getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null> {
-    const r = (await this.pool.query<ItemRow>(`SELECT ${ITEM_COLUMNS} FROM transfer_items WHERE transfer_id = $1 AND sop_instance_uid = $2`, [transferId, sopInstanceUID])).rows[0];
-    return r ? toItem(r) : null;
+    const r = (await this.pool.query<TransferItemRow>(`SELECT ${ITEM_COLUMNS} FROM transfer_items WHERE transfer_id = $1 AND sop_instance_uid = $2`, [transferId, sopInstanceUID])).rows[0];
+    return r ? itemFromRow(r) : null;
   }
 
   async findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]> {
-    const rows = (await this.pool.query<ItemRow>(
+    const rows = (await this.pool.query<TransferItemRow>(
       `SELECT ${ITEM_COLUMNS} FROM transfer_items WHERE transfer_id = $1 AND sha256 = $2 ORDER BY seq`, [transferId, sha256.toLowerCase()],
     )).rows;
-    return rows.map(toItem);
+    return rows.map(itemFromRow);
   }
 
   async updateItem(transferId: string, sopInstanceUID: string, u: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void> {

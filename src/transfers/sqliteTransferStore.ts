@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { SignedReceipt } from "./receipts.ts";
-import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 const MIGRATIONS = [
   `CREATE TABLE transfers (
@@ -38,29 +38,7 @@ const MIGRATIONS = [
    );`,
 ];
 
-interface ItemRow {
-  sop_instance_uid: string;
-  sha256: string;
-  size: number;
-  study_instance_uid: string | null;
-  series_instance_uid: string | null;
-  state: ItemState;
-  reason: string | null;
-  failure_code: number | null;
-  updated_at: string;
-}
 
-const toItem = (r: ItemRow): TransferItem => ({
-  sopInstanceUID: r.sop_instance_uid,
-  sha256: r.sha256,
-  size: r.size,
-  studyInstanceUID: r.study_instance_uid,
-  seriesInstanceUID: r.series_instance_uid,
-  state: r.state,
-  reason: r.reason,
-  failureCode: r.failure_code,
-  updatedAt: r.updated_at,
-});
 
 export class SqliteTransferStore implements TransferStore {
   private db!: Database.Database;
@@ -101,34 +79,23 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async getTransfer(id: string): Promise<TransferRecord | null> {
-    const r = this.db.prepare("SELECT * FROM transfers WHERE id = ?").get(id) as
-      | { id: string; label: string | null; created_at: string; state: TransferRecord["state"]; completed_at: string | null; released_at: string | null; receipt: string | null }
-      | undefined;
-    if (!r) return null;
-    return {
-      id: r.id,
-      label: r.label,
-      createdAt: r.created_at,
-      state: r.state,
-      completedAt: r.completed_at,
-      releasedAt: r.released_at,
-      receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
-    };
+    const r = this.db.prepare("SELECT * FROM transfers WHERE id = ?").get(id) as TransferRow | undefined;
+    return r ? transferFromRow(r) : null;
   }
 
   async listItems(transferId: string): Promise<TransferItem[]> {
-    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? ORDER BY rowid").all(transferId) as ItemRow[];
-    return rows.map(toItem);
+    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? ORDER BY rowid").all(transferId) as TransferItemRow[];
+    return rows.map(itemFromRow);
   }
 
   async getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null> {
-    const r = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sop_instance_uid = ?").get(transferId, sopInstanceUID) as ItemRow | undefined;
-    return r ? toItem(r) : null;
+    const r = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sop_instance_uid = ?").get(transferId, sopInstanceUID) as TransferItemRow | undefined;
+    return r ? itemFromRow(r) : null;
   }
 
   async findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]> {
-    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sha256 = ?").all(transferId, sha256.toLowerCase()) as ItemRow[];
-    return rows.map(toItem);
+    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sha256 = ?").all(transferId, sha256.toLowerCase()) as TransferItemRow[];
+    return rows.map(itemFromRow);
   }
 
   async updateItem(transferId: string, sopInstanceUID: string, u: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void> {

@@ -103,3 +103,49 @@ export interface TransferStore extends UploadResultStore {
   /** Complete transfers whose receipt was not written (a crash between the two): finished at start. */
   listCompleteWithoutReceipt(): Promise<string[]>;
 }
+
+/** An item row as both stores keep it (PostgreSQL returns BIGINT sizes as strings). */
+export interface TransferItemRow {
+  sop_instance_uid: string;
+  sha256: string;
+  size: number | string;
+  study_instance_uid: string | null;
+  series_instance_uid: string | null;
+  state: ItemState;
+  reason: string | null;
+  failure_code: number | null;
+  updated_at: string;
+}
+
+export const itemFromRow = (r: TransferItemRow): TransferItem => ({
+  sopInstanceUID: r.sop_instance_uid,
+  sha256: r.sha256,
+  size: Number(r.size),
+  studyInstanceUID: r.study_instance_uid,
+  seriesInstanceUID: r.series_instance_uid,
+  state: r.state,
+  reason: r.reason,
+  failureCode: r.failure_code,
+  updatedAt: r.updated_at,
+});
+
+/** A transfer row as both stores keep it. */
+export interface TransferRow {
+  id: string;
+  label: string | null;
+  created_at: string;
+  state: TransferRecord["state"];
+  completed_at: string | null;
+  released_at: string | null;
+  receipt: string | null;
+}
+
+export const transferFromRow = (r: TransferRow): TransferRecord => ({
+  id: r.id,
+  label: r.label,
+  createdAt: r.created_at,
+  state: r.state,
+  completedAt: r.completed_at,
+  releasedAt: r.released_at,
+  receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
+});
