@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { accessDbPath, openAccessDb, type AccessDb } from "./db.ts";
 import { AuditLog, type AuditTrail } from "./audit.ts";
-import { TokenStore, SCOPES, type TokenRegistry } from "./tokens.ts";
+import { TokenStore, SCOPES, type TokenInfo, type TokenRegistry } from "./tokens.ts";
 import type { Index } from "../catalog/index.ts";
 import { PostgresIndex } from "../catalog/postgres.ts";
 import { PostgresAuditLog, PostgresTokenStore } from "./postgresAccess.ts";
@@ -44,57 +44,44 @@ export async function openAccess(deps: { config: RelayConfig; log: Logger; index
   const { config, log } = deps;
   const pool = deps.index.sharedPool;
   const tokens = new PostgresTokenStore(pool);
-  const audit = new PostgresAuditLog(pool, (err, entry) => {
-    log.error({ err, action: entry.action, actor: entry.actor }, "could not write an audit entry");
-  });
-  if (!config.auth.enabled) {
-    log.warn("authentication is DISABLED (auth.enabled=false): anyone who can reach this relay can read, store and delete studies");
-  }
-  let initialAdminToken: string | null = null;
-  if (config.auth.enabled) {
-    // nodes starting together on an empty database: exactly one makes (and prints) the initial token
-    const created = await tokens.createInitial({ scopes: [...SCOPES], label: "initial admin token (first start)", createdBy: "system" });
-    if (created) {
-      initialAdminToken = created.token;
-      audit.record({ actor: "system", action: "token.create", outcome: "success", detail: `created initial admin token ${created.info.id} scopes ${created.info.scopes.join(",")}` });
-      log.info({ tokenId: created.info.id }, "first start: created the initial admin token (printed once on standard output)");
-    }
-  }
-  const revoked = config.tls.requireClientCertForUpload ? new RevocationList(config.tls.revokedFile) : null;
-  const guards = accessGuards({ config, log, tokens, audit, revoked });
+  const audit = new PostgresAuditLog(pool, auditErrorLogger(log));
+  // nodes starting together on an empty database: exactly one makes (and prints) the initial token
+  const created = config.auth.enabled ? await tokens.createInitial(INITIAL_TOKEN) : null;
   const localDb = openAccessDb(accessDbPath(config.dataDir));
-  const peerGrants = new PeerGrants(localDb);
-  return {
-    db: null,
-    tokens,
-    peerGrants,
-    audit,
-    guards,
-    adminRouter: () => adminRouter({ config, tokens, audit, peerGrants }),
-    initialAdminToken,
+  return assemble({ config, log, db: null, tokens, audit, peerGrants: new PeerGrants(localDb), created }, async () => {
     // the pool belongs to the index; pending audit rows are written first
-    close: async () => {
-      await audit.flush();
-      localDb.close();
-    },
-  };
+    await audit.flush();
+    localDb.close();
+  });
 }
 
 export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessControl<TokenStore, AuditLog> {
   const { config, log } = deps;
   const db = openAccessDb(accessDbPath(config.dataDir));
   const tokens = new TokenStore(db);
-  const peerGrants = new PeerGrants(db);
-  const audit = new AuditLog(db, (err, entry) => {
-    log.error({ err, action: entry.action, actor: entry.actor }, "could not write an audit entry");
+  const audit = new AuditLog(db, auditErrorLogger(log));
+  const created = config.auth.enabled && tokens.count() === 0 ? tokens.create(INITIAL_TOKEN) : null;
+  return assemble({ config, log, db, tokens, audit, peerGrants: new PeerGrants(db), created }, () => {
+    db.close();
   });
+}
+
+const INITIAL_TOKEN = { scopes: [...SCOPES], label: "initial admin token (first start)", createdBy: "system" };
+
+const auditErrorLogger = (log: Logger) => (err: unknown, entry: { action: string; actor: string }) => {
+  log.error({ err, action: entry.action, actor: entry.actor }, "could not write an audit entry");
+};
+
+/** The parts both kinds of store share: the warning, the initial token's audit row, guards, admin routes. */
+function assemble<T extends TokenRegistry, A extends AuditTrail>(
+  parts: { config: RelayConfig; log: Logger; db: AccessDb | null; tokens: T; audit: A; peerGrants: PeerGrants; created: { token: string; info: TokenInfo } | null },
+  close: () => void | Promise<void>,
+): AccessControl<T, A> {
+  const { config, log, db, tokens, audit, peerGrants, created } = parts;
   if (!config.auth.enabled) {
     log.warn("authentication is DISABLED (auth.enabled=false): anyone who can reach this relay can read, store and delete studies");
   }
-  let initialAdminToken: string | null = null;
-  if (config.auth.enabled && tokens.count() === 0) {
-    const created = tokens.create({ scopes: [...SCOPES], label: "initial admin token (first start)", createdBy: "system" });
-    initialAdminToken = created.token;
+  if (created) {
     audit.record({ actor: "system", action: "token.create", outcome: "success", detail: `created initial admin token ${created.info.id} scopes ${created.info.scopes.join(",")}` });
     log.info({ tokenId: created.info.id }, "first start: created the initial admin token (printed once on standard output)");
   }
@@ -107,10 +94,8 @@ export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessC
     audit,
     guards,
     adminRouter: () => adminRouter({ config, tokens, audit, peerGrants }),
-    initialAdminToken,
-    close: () => {
-      db.close();
-    },
+    initialAdminToken: created?.token ?? null,
+    close,
   };
 }
 
