@@ -2,7 +2,7 @@
 import { Readable } from "node:stream";
 import express, { type Request, type RequestHandler, type Router } from "express";
 import type { Index } from "../catalog/index.ts";
-import type { Ingestor } from "../ingest/types.ts";
+import type { IngestResult, Ingestor } from "../ingest/types.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import { SOPClass, isValidUid } from "../dicom/uids.ts";
 import { HttpError } from "../http/errors.ts";
@@ -102,7 +102,12 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
       if (err instanceof DocumentRefused) throw new HttpError(422, err.message);
       throw err;
     }
-    const result = await deps.ingest.ingestStream(Readable.from([wrapped.part10]), { expectedStudyInstanceUID: study, source: `document:${kind}` });
+    // the same file attached again as the same kind is the same instance (deterministic UID); its wrapper carries
+    // the time it was made, so re-wrapping would differ in bytes and read as a conflict: answer with the stored one
+    const held = await deps.index.getInstance(wrapped.sopInstanceUID, { includePending: true });
+    const result: IngestResult = held && held.studyInstanceUID === study
+      ? { status: "already-stored", studyInstanceUID: held.studyInstanceUID, seriesInstanceUID: held.seriesInstanceUID, sopInstanceUID: held.sopInstanceUID, sopClassUID: held.sopClassUID, sha256: held.sha256, size: held.size }
+      : await deps.ingest.ingestStream(Readable.from([wrapped.part10]), { expectedStudyInstanceUID: study, source: `document:${kind}` });
     if (result.status === "failed") {
       if (result.retryable) res.set("Retry-After", "10");
       throw new HttpError(result.retryable ? 503 : 422, result.message);
