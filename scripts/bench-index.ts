@@ -264,7 +264,7 @@ export async function benchIndex100k(workDir: string) {
     const loadOf = (l: { instances: number; seconds: number; instancesPerSecond: number }) =>
       ({ instances: l.instances, seconds: round(l.seconds), instancesPerSecond: Math.round(l.instancesPerSecond) });
     return {
-      note: "machine shared with other engineers running test suites at the same time: figures are upper bounds, compare the two columns rather than runs",
+      note: "p95 on a small machine measures whatever else runs on it too (loadAverage1m): compare the two columns of one run rather than runs",
       loadAverage1m: { atStart: loadAverageAtStart, atEnd: round(os.loadavg()[0]!, 1), cpus: os.cpus().length },
       catalogue: { ...shape, studyDatesOver: "5 years", largestStudyInstances: maxStudyInstances, metadataBytesAvg: sqliteLoad.metadataBytesAvg, chineseNames: "half of the patients (Ideographic group; GB18030 or ISO_IR 192)" },
       durability: {
