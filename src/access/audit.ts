@@ -145,24 +145,8 @@ export class AuditLog implements AuditTrail {
   }
 
   query(q: AuditQuery = {}): AuditRecord[] {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    const add = (sql: string, v: unknown) => {
-      where.push(sql);
-      args.push(v);
-    };
-    if (q.study) add("study_instance_uid = ?", q.study);
-    if (q.actor) add("actor = ?", q.actor);
-    if (q.action) add("action = ?", q.action);
-    if (q.outcome) add("outcome = ?", q.outcome);
-    if (q.since) add("at >= ?", q.since);
-    if (q.until) add("at < ?", q.until);
-    if (q.afterSeq !== undefined) add("seq > ?", q.afterSeq);
-    const limit = Math.min(Math.max(1, Math.floor(q.limit ?? 1000)), MAX_QUERY_ROWS);
-    const rows = this.db
-      .prepare(`SELECT * FROM audit ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY seq LIMIT ${limit}`)
-      .all(...args) as AuditRow[];
-    return rows.map(toRecord);
+    const { sql, args } = auditSelect(q, () => "?");
+    return (this.db.prepare(sql).all(...args) as AuditRow[]).map(toRecord);
   }
 
   /** Recompute the hash chain; the first row that does not match shows where the file was edited. */
@@ -268,4 +252,23 @@ export function auditTime(spec: string, now = new Date()): string {
     if (!Number.isNaN(t.getTime())) return t.toISOString();
   }
   throw new Error(`"${spec}" is not a time: use e.g. 24h, 7d (that long ago) or an ISO date (2025-01-31 or 2025-01-31T08:00:00Z)`);
+}
+
+/** The SELECT of an audit query; placeholder(n) writes the n-th parameter (1-based) in the database's syntax. */
+export function auditSelect(q: AuditQuery, placeholder: (n: number) => string): { sql: string; args: unknown[] } {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  const add = (column: string, op: string, v: unknown) => {
+    args.push(v);
+    where.push(`${column} ${op} ${placeholder(args.length)}`);
+  };
+  if (q.study) add("study_instance_uid", "=", q.study);
+  if (q.actor) add("actor", "=", q.actor);
+  if (q.action) add("action", "=", q.action);
+  if (q.outcome) add("outcome", "=", q.outcome);
+  if (q.since) add("at", ">=", q.since);
+  if (q.until) add("at", "<", q.until);
+  if (q.afterSeq !== undefined) add("seq", ">", q.afterSeq);
+  const limit = Math.min(Math.max(1, Math.floor(q.limit ?? 1000)), MAX_QUERY_ROWS);
+  return { sql: `SELECT * FROM audit ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY seq LIMIT ${limit}`, args };
 }

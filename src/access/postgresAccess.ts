@@ -14,7 +14,7 @@ import {
   type Scope, type TokenCheck, type TokenInfo, type TokenKind, type TokenRegistry, type TokenRow,
 } from "./tokens.ts";
 import {
-  auditRowOf, FIELDS, GENESIS, MAX_QUERY_ROWS, rowHash, toRecord,
+  auditRowOf, auditSelect, FIELDS, GENESIS, rowHash, toRecord,
   type AuditEntry, type AuditQuery, type AuditRecord, type AuditRow, type AuditTrail, type ChainCheck,
 } from "./audit.ts";
 
@@ -161,21 +161,8 @@ export class PostgresAuditLog implements AuditTrail {
   }
 
   async query(q: AuditQuery = {}): Promise<AuditRecord[]> {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    const add = (sql: string, v: unknown) => {
-      args.push(v);
-      where.push(sql.replace("?", `$${args.length}`));
-    };
-    if (q.study) add("study_instance_uid = ?", q.study);
-    if (q.actor) add("actor = ?", q.actor);
-    if (q.action) add("action = ?", q.action);
-    if (q.outcome) add("outcome = ?", q.outcome);
-    if (q.since) add("at >= ?", q.since);
-    if (q.until) add("at < ?", q.until);
-    if (q.afterSeq !== undefined) add("seq > ?", q.afterSeq);
-    const limit = Math.min(Math.max(1, Math.floor(q.limit ?? 1000)), MAX_QUERY_ROWS);
-    const rows = (await this.pool.query<AuditRow>(`SELECT * FROM audit ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY seq LIMIT ${limit}`, args)).rows;
+    const { sql, args } = auditSelect(q, (n) => `$${n}`);
+    const rows = (await this.pool.query<AuditRow>(sql, args)).rows;
     return rows.map((r) => toRecord({ ...r, seq: Number(r.seq) }));
   }
 

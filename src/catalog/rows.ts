@@ -25,7 +25,8 @@ export interface LocationRow {
   study_instance_uid: string;
 }
 
-export function toLocation(r: LocationRow): InstanceLocation {
+/** Reads the location columns (the pk columns are not needed). */
+export function toLocation(r: Omit<LocationRow, "pk" | "series_pk" | "study_pk">): InstanceLocation {
   return {
     studyInstanceUID: r.study_instance_uid,
     seriesInstanceUID: r.series_instance_uid,

@@ -26,6 +26,7 @@ import { ConfigError, loadConfig } from "../config.ts";
 import type { Index, InstanceLocation, InstanceRecord } from "../catalog/index.ts";
 import { SqliteIndex } from "../catalog/sqlite.ts";
 import { PostgresIndex } from "../catalog/postgres.ts";
+import { toLocation, type LocationRow } from "../catalog/rows.ts";
 import path from "node:path";
 import { accessDbPath } from "../access/db.ts";
 import { migrateLocalState } from "./migrateLocalState.ts";
@@ -46,37 +47,11 @@ const PAGE = 500;
 /** Differences listed at most (the counts say how many there are). */
 const MAX_LISTED = 20;
 
-interface SourceRow {
-  pk: number;
-  study_instance_uid: string;
-  series_instance_uid: string;
-  sop_instance_uid: string;
-  sop_class_uid: string;
-  transfer_syntax_uid: string;
-  size: number;
-  sha256: string;
-  blob_key: string;
-  metadata: string;
-  pixel_data: string | null;
-  bulk_data: string;
-  pending_transfer_id: string | null;
-}
+/** An instance row of the SQLite index, as the copy reads it. */
+type SourceRow = Omit<LocationRow, "series_pk" | "study_pk"> & { metadata: string; pending_transfer_id: string | null };
 
 function toRecord(r: SourceRow): InstanceRecord {
-  return {
-    studyInstanceUID: r.study_instance_uid,
-    seriesInstanceUID: r.series_instance_uid,
-    sopInstanceUID: r.sop_instance_uid,
-    sopClassUID: r.sop_class_uid,
-    transferSyntaxUID: r.transfer_syntax_uid,
-    size: r.size,
-    sha256: r.sha256,
-    blobKey: r.blob_key,
-    metadata: JSON.parse(r.metadata),
-    pixelData: r.pixel_data === null ? null : JSON.parse(r.pixel_data),
-    bulkData: JSON.parse(r.bulk_data),
-    pendingTransferId: r.pending_transfer_id,
-  };
+  return { ...toLocation(r), metadata: JSON.parse(r.metadata), pendingTransferId: r.pending_transfer_id };
 }
 
 /** What must agree between the two indexes for one instance. */
