@@ -44,6 +44,7 @@ async function litPixels(page: Page): Promise<number> {
 
 describe.skipIf(missing)("web console and viewer in Chromium", () => {
   let relay: TestRelay;
+  let home: TestRelay;
   let proxy: FaultProxy;
   let tb: TestBrowser;
   let admin: string;
@@ -55,7 +56,13 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
 
   beforeAll(async () => {
     const ohif = ohifDir();
-    relay = await startTestRelay({ auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" }, viewer: { ohifDir: ohif } });
+    // the patient's home PACS: another relay, which gets the completed transfer by STOW-RS on its own
+    home = await startTestRelay();
+    relay = await startTestRelay({
+      auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" },
+      viewer: { ohifDir: ohif },
+      forwarding: { enabled: true, rules: [{ name: "home-pacs", kind: "stow", url: home.dicomwebUrl }], retrySeconds: 1, pollSeconds: 1 },
+    });
     admin = relay.initialAdminToken!;
     proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: relay.port } });
     tb = await launchChromium({ webgl: true });
@@ -86,6 +93,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await tb?.close();
     await proxy?.close();
     await relay?.dispose();
+    await home?.dispose();
     if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
   });
 
@@ -212,6 +220,19 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
 
     await row.getByRole("button", { name: "Details" }).click();
     await expect.poll(() => page.locator("#completeness").textContent()).toContain("Pathology report: missing");
+    // the completed transfer went to the home PACS by itself; the study's page says so
+    await expect
+      .poll(async () => ((await (await fetch(`${home.dicomwebUrl}/studies/${studyUID}/instances`)).json().catch(() => [])) as unknown[]).length, { timeout: 30_000 })
+      .toBe(6);
+    const forwarded = page.locator('#forward-rows tr[data-rule="home-pacs"]');
+    await expect
+      .poll(async () => {
+        // the page reads the forwarding state when a study is opened: open it again until the job is done
+        await row.getByRole("button", { name: "Details" }).click();
+        await page.waitForTimeout(300);
+        return (await forwarded.count()) ? await forwarded.textContent() : "";
+      }, { timeout: 30_000 })
+      .toMatch(/home-pacs.*delivered.*6.*0.*0/);
     await page.getByLabel("Kind").selectOption("pathology-report");
     await page.getByLabel("Title").fill("病理报告");
     await page.getByLabel("Language (e.g. zh, en, de)").fill("zh");

@@ -103,7 +103,7 @@ async function showStudy(uid, ds) {
   $("admin-parts").hidden = !isAdmin();
   $("admin-note").hidden = isAdmin();
   detail.focus();
-  await Promise.all([loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null]);
+  await Promise.all([loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
 }
 
 async function openViewer() {
@@ -256,6 +256,28 @@ async function loadAudit() {
     for (const a of entries.slice(-100).reverse()) {
       const tr = document.createElement("tr");
       tr.append(cell(a.at.replace("T", " ").replace(/\..*$/, "")), cell(a.actor), cell(a.detail ? `${a.action}: ${a.detail}` : a.action), cell(a.outcome));
+      rows.append(tr);
+    }
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+const FORWARD_STATES = { pending: "in progress (retried until the destination confirms)", done: "delivered", failed: "refused by the destination" };
+
+/** Auto-forwarding of the study: one row per destination rule, from the relay's forwarding queue. */
+async function loadForwarding() {
+  const rows = $("forward-rows");
+  rows.replaceChildren();
+  try {
+    const { jobs } = await api(`/api/forwarding?study=${encodeURIComponent(current.uid)}&limit=100`);
+    $("forward-none").hidden = jobs.length > 0;
+    $("forward-table").hidden = jobs.length === 0;
+    for (const j of jobs) {
+      const tr = document.createElement("tr");
+      tr.dataset.rule = j.rule;
+      const problem = j.lastError ? (j.state === "pending" ? `${j.lastError} (next try ${j.nextAttemptAt.replace("T", " ").replace(/\..*$/, "")} UTC)` : j.lastError) : "";
+      tr.append(cell(j.rule), cell(FORWARD_STATES[j.state] ?? j.state), cell(String(j.counts.sent)), cell(String(j.counts.pending)), cell(String(j.counts.failed)), cell(problem));
       rows.append(tr);
     }
   } catch (err) {
