@@ -9,6 +9,7 @@
  * the request wait: entries are written in order by one queue per process; flush() waits for the queue.
  */
 import type pg from "pg";
+import { inTransaction } from "../catalog/pgTransaction.ts";
 import {
   hashToken, judgeToken, newToken, parseScopes, shareStudies, tokenIdOf, tokenInfoOf,
   type Scope, type TokenCheck, type TokenInfo, type TokenKind, type TokenRegistry, type TokenRow,
@@ -43,35 +44,23 @@ export class PostgresTokenStore implements TokenRegistry {
    * under an advisory lock, only when no token exists yet. null when one existed (or another node made it).
    */
   async createInitial(opts: { scopes: readonly Scope[]; label: string; createdBy: string }): Promise<{ token: string; info: TokenInfo } | null> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
+    const made = await inTransaction(this.pool, async (client) => {
       await client.query("SELECT pg_advisory_xact_lock($1, $2)", [...INITIAL_TOKEN_LOCK]);
       const n = Number((await client.query<{ n: string }>("SELECT COUNT(*) AS n FROM tokens")).rows[0]!.n);
-      let made: { token: string; id: string } | null = null;
-      if (n === 0) {
-        const { id, token } = newToken("token");
-        await client.query(
-          "INSERT INTO tokens (id, kind, hash, scopes, label, created_at, created_by) VALUES ($1, 'token', $2, $3, $4, $5, $6)",
-          [id, hashToken(token), opts.scopes.join(","), opts.label.slice(0, 200), new Date().toISOString(), opts.createdBy],
-        );
-        made = { token, id };
-      }
-      await client.query("COMMIT");
-      client.release();
-      return made ? { token: made.token, info: (await this.get(made.id))! } : null;
-    } catch (err) {
-      await client.query("ROLLBACK").catch(() => undefined);
-      client.release(err as Error);
-      throw err;
-    }
+      if (n !== 0) return null;
+      const { id, token } = newToken("token");
+      await client.query(
+        "INSERT INTO tokens (id, kind, hash, scopes, label, created_at, created_by) VALUES ($1, 'token', $2, $3, $4, $5, $6)",
+        [id, hashToken(token), opts.scopes.join(","), opts.label.slice(0, 200), new Date().toISOString(), opts.createdBy],
+      );
+      return { token, id };
+    });
+    return made ? { token: made.token, info: (await this.get(made.id))! } : null;
   }
 
   private async insert(kind: TokenKind, scopes: Scope[], studies: string[], opts: { label?: string; expiresAt?: string | null; createdBy: string }): Promise<{ token: string; info: TokenInfo }> {
     const { id, token } = newToken(kind);
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
+    await inTransaction(this.pool, async (client) => {
       await client.query(
         "INSERT INTO tokens (id, kind, hash, scopes, label, created_at, created_by, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         [id, kind, hashToken(token), scopes.join(","), (opts.label ?? "").slice(0, 200), new Date().toISOString(), opts.createdBy, opts.expiresAt ?? null],
@@ -79,13 +68,7 @@ export class PostgresTokenStore implements TokenRegistry {
       if (studies.length) {
         await client.query("INSERT INTO share_studies (token_id, study_instance_uid) SELECT $1, unnest($2::text[])", [id, studies]);
       }
-      await client.query("COMMIT");
-      client.release();
-    } catch (err) {
-      await client.query("ROLLBACK").catch(() => undefined);
-      client.release(err as Error);
-      throw err;
-    }
+    });
     return { token, info: (await this.get(id))! };
   }
 
@@ -141,9 +124,7 @@ export class PostgresAuditLog implements AuditTrail {
   }
 
   private async append(row: Record<(typeof FIELDS)[number], string | number | null>): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
+    await inTransaction(this.pool, async (client) => {
       // one chain for every node: appends are serialised cluster-wide (short: one read, one insert)
       await client.query("SELECT pg_advisory_xact_lock($1, $2)", [...AUDIT_LOCK]);
       const prev = (await client.query<{ hash: string }>("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")).rows[0]?.hash ?? GENESIS;
@@ -151,13 +132,7 @@ export class PostgresAuditLog implements AuditTrail {
         `INSERT INTO audit (${FIELDS.join(", ")}, hash) VALUES (${FIELDS.map((_, i) => `$${i + 1}`).join(", ")}, $${FIELDS.length + 1})`,
         [...FIELDS.map((f) => row[f] ?? null), rowHash(prev, row)],
       );
-      await client.query("COMMIT");
-      client.release();
-    } catch (err) {
-      await client.query("ROLLBACK").catch(() => undefined);
-      client.release(err as Error);
-      throw err;
-    }
+    });
   }
 
   async query(q: AuditQuery = {}): Promise<AuditRecord[]> {

@@ -14,6 +14,7 @@ import { ReceiptSigner } from "../transfers/receipts.ts";
 import { RECEIPT_KEY_NAME } from "../transfers/postgresTransferStore.ts";
 import { AUDIT_LOCK } from "../access/postgresAccess.ts";
 import { FIELDS } from "../access/audit.ts";
+import { inTransaction } from "../catalog/pgTransaction.ts";
 
 export interface LocalStateReport {
   transfers: number;
@@ -29,20 +30,6 @@ export interface LocalStateReport {
 
 const BATCH = 500;
 
-async function inTransaction<T>(pool: pg.Pool, work: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  const c = await pool.connect();
-  try {
-    await c.query("BEGIN");
-    const out = await work(c);
-    await c.query("COMMIT");
-    c.release();
-    return out;
-  } catch (err) {
-    await c.query("ROLLBACK").catch(() => undefined);
-    c.release(err as Error);
-    throw err;
-  }
-}
 
 /** Insert rows (objects with the named columns) in batches; returns how many were new. */
 async function copyRows(c: pg.PoolClient, table: string, columns: readonly string[], rows: Record<string, unknown>[], conflict: string): Promise<number> {

@@ -9,6 +9,7 @@
  */
 import fsp from "node:fs/promises";
 import type pg from "pg";
+import { inTransaction } from "../catalog/pgTransaction.ts";
 import { ReceiptSigner, type SignedReceipt } from "./receipts.ts";
 import { itemFromRow, transferFromRow, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
@@ -34,9 +35,7 @@ export class PostgresTransferStore implements TransferStore {
   }
 
   async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
+    await inTransaction(this.pool, async (client) => {
       await client.query("INSERT INTO transfers (id, label, created_at, state) VALUES ($1, $2, $3, 'open')", [t.id, t.label, t.createdAt]);
       for (let start = 0; start < items.length; start += BATCH) {
         const batch = items.slice(start, start + BATCH);
@@ -58,17 +57,7 @@ export class PostgresTransferStore implements TransferStore {
           ],
         );
       }
-      await client.query("COMMIT");
-      client.release();
-    } catch (err) {
-      try {
-        await client.query("ROLLBACK");
-        client.release();
-      } catch {
-        client.release(err as Error);
-      }
-      throw err;
-    }
+    });
   }
 
   async getTransfer(id: string): Promise<TransferRecord | null> {

@@ -9,6 +9,7 @@ import zlib from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as tus from "tus-js-client";
 import tar from "tar-stream";
+import { tarOf } from "../support/streams.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
 import { Readable } from "node:stream";
@@ -44,14 +45,6 @@ function tusUpload(endpoint: string, input: Buffer, opts: { metadata?: Record<st
   });
 }
 
-async function tarOf(entries: { name: string; body: Buffer }[]): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const e of entries) pack.entry({ name: e.name, size: e.body.length }, e.body);
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 /** A minimal zip writer (stored or deflated entries, no data descriptors), enough for browser-like folder zips. */
 function zipOf(entries: { name: string; body: Buffer; deflate?: boolean }[]): Buffer {

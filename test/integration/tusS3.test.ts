@@ -13,8 +13,8 @@ import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as Minio from "minio";
 import * as tus from "tus-js-client";
-import tar from "tar-stream";
 import { startMinio, type RunningMinio } from "../support/minio.ts";
+import { tarOf } from "../support/streams.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { startFaultProxy } from "../support/faultProxy.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
@@ -30,14 +30,6 @@ const TUS = { "Tus-Resumable": "1.0.0" };
 const OCTETS = "application/offset+octet-stream";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function tarOf(entries: { name: string; body: Buffer }[]): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const e of entries) pack.entry({ name: e.name, size: e.body.length }, e.body);
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 interface Sent {
   url: string;
