@@ -1,7 +1,7 @@
 /** Builds the express app from already-constructed services (plain constructor wiring). */
 import express, { type Express } from "express";
 import type { Logger } from "pino";
-import type { RelayConfig } from "./config.ts";
+import { spoolDir, type RelayConfig } from "./config.ts";
 import type { Index } from "./catalog/index.ts";
 import type { BlobStore } from "./storage/blobStore.ts";
 import type { Ingestor } from "./ingest/types.ts";
@@ -87,7 +87,7 @@ export function createApp(svc: RelayServices): Express {
   }
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
-  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest }, access?.guards.transfers));
+  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));
   if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));

@@ -97,6 +97,8 @@ export const configSchema = z
         maxHeaderBytes: z.number().int().min(4096),
         /** binary values at least this long are bulk data (BulkDataURI), not inline */
         bulkDataThreshold: z.number().int().min(0),
+        /** largest report (PDF, JPEG, PNG) attached through /api/studies/{study}/documents, bytes */
+        maxDocumentBytes: z.number().int().min(1024),
       })
       .strict(),
     dicomweb: z
@@ -323,6 +325,9 @@ export const configSchema = z
 
 export type RelayConfig = z.infer<typeof configSchema>;
 
+/** The local directory for spooled uploads, documents and other files on their way into storage (swept at start). */
+export const spoolDir = (config: Pick<RelayConfig, "dataDir">): string => path.join(config.dataDir, "tmp");
+
 export function defaultConfig(): RelayConfig {
   return {
     server: { host: "127.0.0.1", port: 8042, publicUrl: "", maxHeaderBytes: 16 * 1024 },
@@ -349,6 +354,7 @@ export function defaultConfig(): RelayConfig {
       maxInstanceBytes: 4 * 1024 * 1024 * 1024,
       maxHeaderBytes: 64 * 1024 * 1024,
       bulkDataThreshold: 1024,
+      maxDocumentBytes: 100 * 1024 * 1024,
     },
     dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000 },
     admin: { enableDelete: true },

@@ -4,7 +4,7 @@ import https from "node:https";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
-import type { RelayConfig } from "./config.ts";
+import { spoolDir, type RelayConfig } from "./config.ts";
 import { createLogger } from "./logger.ts";
 import { createIndex } from "./catalog/factory.ts";
 import { createBlobStore } from "./storage/index.ts";
@@ -45,7 +45,7 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     index,
     store,
     config: config.ingest,
-    tmpDir: path.join(config.dataDir, "tmp"),
+    tmpDir: spoolDir(config),
     log: logger,
   });
   await ingest.init();

@@ -1,33 +1,27 @@
 /** /api/studies/{study}/documents and /completeness: attach reports to a study, list them, show what is missing. */
+import fsp from "node:fs/promises";
 import { Readable } from "node:stream";
 import express, { type Request, type RequestHandler, type Router } from "express";
 import type { Index } from "../catalog/index.ts";
 import type { IngestResult, Ingestor } from "../ingest/types.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
-import { SOPClass, isValidUid } from "../dicom/uids.ts";
+import { isValidUid } from "../dicom/uids.ts";
 import { HttpError } from "../http/errors.ts";
-import { DOCUMENT_KINDS, DocumentRefused, isDocumentKind, wrapDocument, documentUids } from "./wrap.ts";
+import { DOCUMENT_KINDS, DocumentRefused, buildWrapper, detectContent, documentSeries, documentUids, isDocumentKind, readDocumentContent, wrappedInstance, type DocumentKind } from "./wrap.ts";
+import { DocumentTooLarge, spoolDocument } from "./spool.ts";
 
-export interface DocumentDeps { index: Index; ingest: Ingestor; maxDocumentBytes?: number }
-
-const DEFAULT_MAX = 100 * 1024 * 1024;
-
-/** Reads the raw body, refusing (413) once it passes the limit instead of buffering without bound. */
-async function readLimited(req: Request, max: number): Promise<Buffer> {
-  const declared = Number(req.headers["content-length"] ?? "0");
-  if (declared > max) throw new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > max) {
-      req.destroy();
-      throw new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, total);
+export interface DocumentDeps {
+  index: Index;
+  ingest: Ingestor;
+  /** local directory for the spooled document and decoded pixels (the ingest pipeline's spool directory) */
+  tmpDir: string;
+  /** ingest.maxDocumentBytes */
+  maxDocumentBytes: number;
 }
+
+const tooLarge = (max: number) =>
+  // Connection: close: the rest of an over-long body is not read, so the connection cannot carry another request
+  new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`, { Connection: "close" });
 
 function field(req: Request, name: string): string | undefined {
   const q = req.query[name];
@@ -43,33 +37,34 @@ const str = (ds: DicomJsonDataset, tag: string): string | undefined => {
 
 interface DocumentEntry { sopInstanceUID: string; seriesInstanceUID: string; kind: string; title?: string; language?: string; original: boolean; translationOf?: string; sopClassUID?: string; modality?: string }
 
+function documentEntry(ds: DicomJsonDataset, kind: DocumentKind): DocumentEntry {
+  const lang = ds["00080006"]?.Value?.[0] as DicomJsonDataset | undefined;
+  const ref = (ds["00081140"]?.Value?.[0] as DicomJsonDataset | undefined) ?? (ds["0008114A"]?.Value?.[0] as DicomJsonDataset | undefined);
+  const translationOf = ref ? str(ref, "00081155") : undefined;
+  return {
+    sopInstanceUID: str(ds, "00080018")!, seriesInstanceUID: str(ds, "0020000E")!, kind, title: str(ds, "00420010"),
+    language: lang ? str(lang, "00080100") : undefined, original: !translationOf, ...(translationOf ? { translationOf } : {}),
+    sopClassUID: str(ds, "00080016"), modality: str(ds, "00080060"),
+  };
+}
+
+/** The documents of a study (null: no such study). Only the series the relay gives documents are read. */
 async function listDocuments(index: Index, study: string): Promise<DocumentEntry[] | null> {
-  const rows = await index.listMetadata({ studyInstanceUID: study });
-  if (!rows.length) return null;
+  const instances = await index.listInstances({ studyInstanceUID: study });
+  if (!instances.length) return null;
+  const kinds = documentSeries(study);
   const out: DocumentEntry[] = [];
-  for (const row of rows) {
-    const ds = JSON.parse(row) as DicomJsonDataset;
-    const cls = str(ds, "00080016");
-    if (cls !== SOPClass.EncapsulatedPDFStorage && cls !== SOPClass.SecondaryCaptureImageStorage) continue;
-    const kind = str(ds, "0008103E");
-    const series = str(ds, "0020000E");
-    // only documents this relay wrapped: their series UID is the one derived from study + kind
-    if (!kind || !isDocumentKind(kind) || documentUids(study, kind, "").seriesInstanceUID !== series) continue;
-    const lang = (ds["00080006"]?.Value?.[0] as DicomJsonDataset | undefined);
-    const ref = (ds["00081140"]?.Value?.[0] as DicomJsonDataset | undefined) ?? (ds["0008114A"]?.Value?.[0] as DicomJsonDataset | undefined);
-    const translationOf = ref ? str(ref, "00081155") : undefined;
-    out.push({
-      sopInstanceUID: str(ds, "00080018")!, seriesInstanceUID: series!, kind, title: str(ds, "00420010"),
-      language: lang ? str(lang, "00080100") : undefined, original: !translationOf, ...(translationOf ? { translationOf } : {}),
-      sopClassUID: cls, modality: str(ds, "00080060"),
-    });
+  for (const series of new Set(instances.map((i) => i.seriesInstanceUID).filter((s) => kinds.has(s)))) {
+    for (const row of await index.listMetadata({ studyInstanceUID: study, seriesInstanceUID: series })) {
+      out.push(documentEntry(JSON.parse(row) as DicomJsonDataset, kinds.get(series)!));
+    }
   }
   return out;
 }
 
 export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Router {
   const router = express.Router();
-  const max = deps.maxDocumentBytes ?? DEFAULT_MAX;
+  const max = deps.maxDocumentBytes;
   const guards = guard ? [guard] : [];
 
   router.post("/api/studies/:study/documents", ...guards, async (req, res) => {
@@ -85,34 +80,61 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
     if (translationOf !== undefined && !isValidUid(translationOf)) throw new HttpError(400, "translationOf must be the SOPInstanceUID of the original document");
     const ct = String(req.headers["content-type"] ?? "");
     if (ct.startsWith("multipart/")) throw new HttpError(415, "send the document as the raw request body with kind, title and language as query parameters");
-    const metadata = await deps.index.listMetadata({ studyInstanceUID: study });
-    if (!metadata.length) throw new HttpError(404, `study ${study} is not on this relay: send its images first, then attach documents`);
+    const first = (await deps.index.listInstances({ studyInstanceUID: study }))[0];
+    if (!first) throw new HttpError(404, `study ${study} is not on this relay: send its images first, then attach documents`);
     let translationOfClassUID: string | undefined;
     if (translationOf) {
       const original = await deps.index.getInstance(translationOf);
-      if (!original || original.studyInstanceUID !== study) throw new HttpError(404, `translationOf ${translationOf} is not a document of study ${study}`);
+      if (!original || original.studyInstanceUID !== study || !documentSeries(study).has(original.seriesInstanceUID)) {
+        throw new HttpError(404, `translationOf ${translationOf} is not a document of study ${study}`);
+      }
       translationOfClassUID = original.sopClassUID;
     }
-    const bytes = await readLimited(req, max);
-    if (!bytes.length) throw new HttpError(400, "the request body is empty: send the PDF, JPEG or PNG file as the body");
-    let wrapped;
+    if (Number(req.headers["content-length"] ?? "0") > max) throw tooLarge(max);
+    let doc;
     try {
-      wrapped = wrapDocument(bytes, { studyInstanceUID: study, kind, title, language, translationOf, translationOfClassUID }, JSON.parse(metadata[0]!) as DicomJsonDataset);
+      doc = await spoolDocument(req, deps.tmpDir, max);
     } catch (err) {
-      if (err instanceof DocumentRefused) throw new HttpError(422, err.message);
+      if (err instanceof DocumentTooLarge) throw tooLarge(max);
       throw err;
     }
-    // the same file attached again as the same kind is the same instance (deterministic UID); its wrapper carries
-    // the time it was made, so re-wrapping would differ in bytes and read as a conflict: answer with the stored one
-    const held = await deps.index.getInstance(wrapped.sopInstanceUID, { includePending: true });
-    const result: IngestResult = held && held.studyInstanceUID === study
-      ? { status: "already-stored", studyInstanceUID: held.studyInstanceUID, seriesInstanceUID: held.seriesInstanceUID, sopInstanceUID: held.sopInstanceUID, sopClassUID: held.sopClassUID, sha256: held.sha256, size: held.size }
-      : await deps.ingest.ingestStream(Readable.from([wrapped.part10]), { expectedStudyInstanceUID: study, source: `document:${kind}` });
-    if (result.status === "failed") {
-      if (result.retryable) res.set("Retry-After", "10");
-      throw new HttpError(result.retryable ? 503 : 422, result.message);
+    const pixelPath = doc.path.replace(/\.document\.spool$/, ".pixels.spool");
+    try {
+      if (!doc.size) throw new HttpError(400, "the request body is empty: send the PDF, JPEG or PNG file as the body");
+      // the same file attached again as the same kind is the same instance (its UID is derived from study, kind and
+      // SHA-256); its wrapper carries the time it was made, so re-wrapping would differ in bytes and read as a
+      // conflict: answer with the stored one, as it was stored
+      const held = await deps.index.getInstance(documentUids(study, kind, doc.sha256).sopInstanceUID, { includePending: true });
+      if (held && held.studyInstanceUID === study) {
+        const [row] = await deps.index.listMetadata({ studyInstanceUID: study, seriesInstanceUID: held.seriesInstanceUID, sopInstanceUID: held.sopInstanceUID, includePending: true });
+        const stored = row ? documentEntry(JSON.parse(row) as DicomJsonDataset, kind) : undefined;
+        res.status(200).json({
+          status: "already-stored", studyInstanceUID: study, seriesInstanceUID: held.seriesInstanceUID, sopInstanceUID: held.sopInstanceUID,
+          sopClassUID: held.sopClassUID, sha256: held.sha256, size: held.size, contentType: detectContent(doc.head),
+          kind, title: stored?.title ?? title, language: stored?.language ?? language, original: stored?.original ?? !translationOf,
+          ...(stored?.translationOf ? { translationOf: stored.translationOf } : {}),
+        });
+        return;
+      }
+      let content, wrapper;
+      try {
+        content = await readDocumentContent(doc, pixelPath);
+        const [studyRow] = await deps.index.listMetadata({ studyInstanceUID: study, seriesInstanceUID: first.seriesInstanceUID, sopInstanceUID: first.sopInstanceUID });
+        wrapper = buildWrapper(content, doc.sha256, { studyInstanceUID: study, kind, title, language, translationOf, translationOfClassUID }, JSON.parse(studyRow ?? "{}") as DicomJsonDataset);
+      } catch (err) {
+        if (err instanceof DocumentRefused) throw new HttpError(422, err.message);
+        throw err;
+      }
+      const result: IngestResult = await deps.ingest.ingestStream(Readable.from(wrappedInstance(wrapper, content.bulkPath)), { expectedStudyInstanceUID: study, source: `document:${kind}` });
+      if (result.status === "failed") {
+        if (result.retryable) res.set("Retry-After", "10");
+        throw new HttpError(result.retryable ? 503 : 422, result.message);
+      }
+      res.status(result.status === "stored" ? 201 : 200).json({ ...result, kind, title, language, contentType: wrapper.contentType, original: !translationOf, ...(translationOf ? { translationOf } : {}) });
+    } finally {
+      await fsp.rm(doc.path, { force: true });
+      await fsp.rm(pixelPath, { force: true });
     }
-    res.status(result.status === "stored" ? 201 : 200).json({ ...result, kind, title, language, contentType: wrapped.contentType, original: !translationOf, ...(translationOf ? { translationOf } : {}) });
   });
 
   router.get("/api/studies/:study/documents", ...guards, async (req, res) => {

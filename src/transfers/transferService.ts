@@ -17,7 +17,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { Upload } from "@tus/server";
-import type { RelayConfig } from "../config.ts";
+import { spoolDir, type RelayConfig } from "../config.ts";
 import type { Index } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { IngestResult, Ingestor } from "../ingest/types.ts";
@@ -100,7 +100,7 @@ export class TransferService {
   readonly spoolDir: string;
 
   constructor(private readonly deps: TransferServiceDeps) {
-    this.spoolDir = path.join(deps.config.dataDir, "tmp");
+    this.spoolDir = spoolDir(deps.config);
     this.results = deps.transfers;
   }
 

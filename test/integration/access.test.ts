@@ -124,6 +124,8 @@ describe("access control", () => {
       r.post("/api/transfers").send({}),
       r.get("/api/admin/tokens"),
       r.post("/api/admin/shares").send({ studies: [studyA] }),
+      // attaching a report is an upload
+      r.post(`/api/studies/${studyA}/documents?kind=other&title=x&language=en`).set("Content-Type", "application/octet-stream").send(Buffer.from("%PDF-1.4\n%%EOF\n")),
     ];
     for (const [i, req] of forbidden.entries()) {
       const res = await req.set(bearer(readToken));
@@ -142,6 +144,9 @@ describe("access control", () => {
     }
     const tus = await r.post("/api/uploads").set(bearer(uploadToken)).set("Tus-Resumable", "1.0.0").set("Upload-Length", "10");
     expect(tus.status).toBe(201);
+    const doc = await r.post(`/api/studies/${studyB}/documents?kind=other&title=x&language=en`).set(bearer(uploadToken))
+      .set("Content-Type", "application/octet-stream").send(Buffer.from("%PDF-1.4\n%%EOF\n"));
+    expect(doc.status, JSON.stringify(doc.body)).toBe(201);
     expect((await r.get("/api/admin/audit").set(bearer(uploadToken))).status).toBe(403);
   });
 

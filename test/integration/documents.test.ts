@@ -3,6 +3,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { execFileSync, spawnSync } from "node:child_process";
+import http from "node:http";
+import { Readable } from "node:stream";
+import zlib from "node:zlib";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
 
@@ -105,6 +108,65 @@ describe("documents attached to a study", () => {
       expect(JSON.stringify(await r.json())).toMatch(msg);
     }
     expect(await count()).toBe(before);
+  });
+
+  it("a body sent without Content-Length that passes the limit is answered 413 with a sentence, and leaves no spool file", async () => {
+    const spoolDir = path.join(relay.dataDir, "tmp");
+    const limit = relay.config.ingest.maxDocumentBytes;
+    // chunked: the relay learns the size only while reading; 1 MiB pieces up to past the limit
+    const piece = Buffer.alloc(1 << 20, 0x20);
+    piece.write("%PDF-1.4\n");
+    const body = Readable.from((function* () { for (let sent = 0; sent <= limit + (1 << 20); sent += piece.length) yield piece; })());
+    const answer = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const u = new URL(`${relay.url}/api/studies/${study}/documents?kind=other&title=big&language=en`);
+      const rq = http.request(u, { method: "POST", headers: { "content-type": "application/pdf" } }, (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => resolve({ status: res.statusCode!, text }));
+      });
+      rq.on("error", reject);
+      body.pipe(rq);
+    });
+    expect(answer.status).toBe(413);
+    expect(answer.text).toMatch(/larger than the relay accepts for documents/);
+    expect(fs.readdirSync(spoolDir).filter((f) => f.includes("document") || f.includes("pixels"))).toEqual([]);
+  });
+
+  it("a PNG photo becomes a Secondary Capture in its own series that dcmdump reads; a translation must name a document", async () => {
+    // 3 x 2 RGB, rows unfiltered
+    const rows = [Buffer.from([0, 255, 0, 0, 0, 255, 0, 0, 0, 255]), Buffer.from([0, 9, 9, 9, 8, 8, 8, 7, 7, 7])];
+    const chunk = (type: string, data: Buffer) => {
+      const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+      return Buffer.concat([len, Buffer.from(type, "latin1"), data, Buffer.alloc(4)]);
+    };
+    const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(3); ihdr.writeUInt32BE(2, 4); ihdr[8] = 8; ihdr[9] = 2;
+    const png = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr), chunk("IDAT", zlib.deflateSync(Buffer.concat(rows))), chunk("IEND", Buffer.alloc(0))]);
+    const r = await post(png, { kind: "lab-results", title: "化验单", language: "zh" });
+    expect(r.status).toBe(201);
+    const b = (await r.json()) as { sopInstanceUID: string; seriesInstanceUID: string; contentType: string };
+    expect(b.contentType).toBe("image/png");
+    const pdfOfKind = (await (await post(pdf, { kind: "lab-results", title: "Lab results", language: "en" })).json()) as { seriesInstanceUID: string };
+    // one modality per series: the photo (OT) and the PDF (DOC) of one kind are two series
+    expect(pdfOfKind.seriesInstanceUID).not.toBe(b.seriesInstanceUID);
+    const file = path.join(tmp, "photo.dcm");
+    const inst = await fetch(`${relay.dicomwebUrl}/studies/${study}/series/${b.seriesInstanceUID}/instances/${b.sopInstanceUID}`, { headers: { accept: 'multipart/related; type="application/dicom"' } });
+    const raw = Buffer.from(await inst.arrayBuffer());
+    const start = raw.indexOf("\r\n\r\n") + 4;
+    fs.writeFileSync(file, raw.subarray(start, raw.lastIndexOf(Buffer.from("\r\n--"))));
+    const dump = spawnSync("dcmdump", ["+L", file], { encoding: "utf8" });
+    expect(dump.status, dump.stderr).toBe(0);
+    expect(dump.stderr).not.toMatch(/error|warn/i);
+    expect(dump.stdout).toMatch(/\(0008,0016\) UI =SecondaryCaptureImageStorage/);
+    expect(dump.stdout).toMatch(/\(0028,0004\) CS \[RGB\]/);
+    expect(dump.stdout).toMatch(/\(0008,0005\) CS \[ISO_IR 192\]/);
+    expect(dump.stdout).toMatch(/\(0008,0100\) SH \[11502-2\]/);
+    expect(dump.stdout.split("\n").find((l) => l.startsWith("(7fe0,0010)"))).toMatch(/\(7fe0,0010\) OB ff\\00\\00\\00\\ff\\00\\00\\00\\ff\\09\\09\\09\\08\\08\\08\\07\\07\\07/);
+    // the images of the study are not documents: a translation cannot name one
+    const series = (await (await fetch(`${relay.dicomwebUrl}/studies/${study}/series`)).json()) as Record<string, { Value: (string | number)[] }>[];
+    const imageSeries = series.find((x) => Number(x["00200011"]?.Value[0]) < 9000)!;
+    const image = ((await (await fetch(`${relay.dicomwebUrl}/studies/${study}/series/${imageSeries["0020000E"]!.Value[0]}/instances`)).json()) as Record<string, { Value: string[] }>[])[0]!;
+    const wrong = await post(pdf, { kind: "other", title: "x", language: "en", translationOf: image["00080018"]!.Value[0]! });
+    expect(wrong.status).toBe(404);
+    expect(((await wrong.json()) as { error: string }).error).toMatch(/is not a document of study/);
   });
 
   it("returns an odd-length PDF without DICOM's pad byte (trimmed to EncapsulatedDocumentLength)", async () => {

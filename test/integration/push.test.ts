@@ -103,7 +103,8 @@ describe("dicom-relay push through an unreliable link", () => {
   const work = tmp("push-it-");
 
   beforeAll(async () => {
-    relay = await startTestRelay();
+    // a low document limit, so the test of a document over it stays small
+    relay = await startTestRelay({ ingest: { maxDocumentBytes: 64 * 1024 } });
     proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: Number(new URL(relay.url).port) }, latencyMs: 10 });
   });
   afterAll(async () => {
@@ -341,12 +342,13 @@ describe("dicom-relay push through an unreliable link", () => {
     fs.mkdirSync(docs);
     fs.writeFileSync(path.join(docs, "report-zh.pdf"), PDF);
     fs.writeFileSync(path.join(docs, "report-en.pdf"), Buffer.concat([PDF, Buffer.from("% en\n")]));
-    const r = await runPush([
+    const args = [
       src, "--to", proxy.url, "--cache-dir", path.join(work, "cache4"), "--receipt-dir", path.join(work, "receipts4"),
       "--documents", "--documents-language", "en",
       "--document", `${path.join(docs, "report-zh.pdf")}:radiology-report:zh:title=CT 报告`,
       "--document", `${path.join(docs, "report-en.pdf")}:radiology-report:en:translation-of=${path.join(docs, "report-zh.pdf")}`,
-    ]);
+    ];
+    const r = await runPush(args);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/photo\.jpg: a JPEG picture, not DICOM imaging: a radiologist cannot use it as images \(it will be attached/);
     expect(r.stdout).toMatch(/Document .*report-zh\.pdf \(radiology-report, zh\): attached/);
@@ -359,6 +361,18 @@ describe("dicom-relay push through an unreliable link", () => {
     expect(zh).toMatchObject({ kind: "radiology-report", title: "CT 报告", original: true });
     expect(got.find((d) => d.language === "en" && d.kind === "radiology-report")).toMatchObject({ original: false, translationOf: zh.sopInstanceUID });
     expect(got.find((d) => d.kind === "other")).toMatchObject({ title: "photo.jpg", language: "en" });
+
+    // the same command again, with one more document that is over the relay's limit: the three attached ones are
+    // not sent again (the relay already lists them), the large one is refused with the relay's sentence: exit 2
+    const big = path.join(docs, "lab-scan.pdf");
+    fs.writeFileSync(big, Buffer.concat([PDF, Buffer.alloc(200 * 1024, 0x20)]));
+    const again = await runPush([...args, "--document", `${big}:lab-results:en`]);
+    expect(again.code, again.stdout + again.stderr).toBe(2);
+    expect(again.stdout).toMatch(/Document .*report-zh\.pdf \(radiology-report, zh\): was already attached \(not sent again\)/);
+    expect(again.stdout).toMatch(/Document .*report-en\.pdf \(radiology-report, en\): was already attached \(not sent again\)/);
+    expect(again.stdout).toMatch(/Document photo\.jpg \(other, en\): was already attached \(not sent again\)/);
+    expect(again.stdout).toMatch(/Document .*lab-scan\.pdf \(lab-results, en\): refused by the relay \(413\): the document is larger than the relay accepts/);
+    expect((await request(relay.url).get(`/api/studies/${study.studyInstanceUID}/documents`)).body.documents).toHaveLength(3);
   }, 120_000);
 
   it("a folder with two patients' studies: one transfer and one receipt per study; documents need --study", async () => {

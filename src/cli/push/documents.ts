@@ -3,9 +3,11 @@
  * with --document are attached to the study through POST /api/studies/{study}/documents once the study's images are
  * all on the relay (the route needs the study to be visible).
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { errorText, type RelayApi } from "./http.ts";
+import { CouldNotRun, errorText, type RelayApi } from "./http.ts";
+import { documentUids } from "../../documents/wrap.ts";
 import { UsageError, type DocumentSpec, type PushOptions } from "./args.ts";
 import { formatDicomDate, type ScanResult, type StudySummary } from "./scan.ts";
 
@@ -24,9 +26,22 @@ export function orderDocuments(specs: DocumentSpec[]): DocumentSpec[] {
   return [...specs.filter((s) => !s.translationOf), ...specs.filter((s) => s.translationOf)];
 }
 
+/** SHA-256 of a file, read as a stream. */
+async function fileSha256(file: string): Promise<string> {
+  const hash = crypto.createHash("sha256");
+  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+/**
+ * Attaches each document unless the relay already has it: the relay names a document by study, kind and the file's
+ * SHA-256, so the CLI can tell without sending it (a second run, or another laptop, sends no document twice).
+ */
 export async function attachDocuments(api: RelayApi, studyInstanceUID: string, specs: DocumentSpec[]): Promise<DocumentOutcome[]> {
   const out: DocumentOutcome[] = [];
   const uidOf = new Map<string, string>();
+  const listed = await api.request("GET", `/api/studies/${studyInstanceUID}/documents`);
+  const held = new Set(listed.status === 200 ? listed.json<{ documents: { sopInstanceUID: string }[] }>().documents.map((d) => d.sopInstanceUID) : []);
   for (const d of orderDocuments(specs)) {
     const base = { file: d.file, kind: d.kind, language: d.language };
     const q = new URLSearchParams({ kind: d.kind, title: d.title, language: d.language });
@@ -38,11 +53,26 @@ export async function attachDocuments(api: RelayApi, studyInstanceUID: string, s
       }
       q.set("translationOf", original);
     }
-    const r = await api.request("POST", `/api/studies/${studyInstanceUID}/documents?${q}`, {
-      body: () => fs.createReadStream(d.file),
-      headers: { "Content-Type": "application/octet-stream" },
-      attempts: 6,
-    });
+    const expected = documentUids(studyInstanceUID, d.kind, await fileSha256(d.file)).sopInstanceUID;
+    if (held.has(expected)) {
+      uidOf.set(path.resolve(d.file), expected);
+      out.push({ ...base, ok: true, detail: "was already attached (not sent again)", sopInstanceUID: expected });
+      continue;
+    }
+    let r;
+    try {
+      r = await api.request("POST", `/api/studies/${studyInstanceUID}/documents?${q}`, {
+        body: () => fs.createReadStream(d.file),
+        // the length up front: a relay whose limit the file passes says so (413) before anything is sent
+        headers: { "Content-Type": "application/octet-stream", "Content-Length": String(fs.statSync(d.file).size) },
+        attempts: 6,
+      });
+    } catch (err) {
+      // the images are on the relay by now: a document that cannot be sent is a failed item (exit 2), not "could not run"
+      if (!(err instanceof CouldNotRun)) throw err;
+      out.push({ ...base, ok: false, detail: `could not be sent: ${err.message}; run the same command again to retry it` });
+      continue;
+    }
     if (r.status === 200 || r.status === 201) {
       const j = r.json<{ status: string; sopInstanceUID?: string }>();
       if (j.sopInstanceUID) uidOf.set(path.resolve(d.file), j.sopInstanceUID);
