@@ -8,6 +8,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
+import { once } from "node:events";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import http from "node:http";
@@ -15,7 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { generateStudy, newUid, writeLargeInstance } from "./lib/synthetic.ts";
+import { generateStudy, makeInstance, newUid, writeLargeInstance } from "./lib/synthetic.ts";
 import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts";
 import { benchTransfers } from "./bench-transfers.ts";
 import { benchDimse } from "./bench-dimse.ts";
@@ -32,6 +33,9 @@ const SIZES = {
   largeInstanceBytes: QUICK ? 50 * 1024 * 1024 : 500 * 1024 * 1024,
   qidoRepeats: QUICK ? 30 : 200,
   metadataRepeats: QUICK ? 10 : 50,
+  documentPdfBytes: QUICK ? 20 * 1024 * 1024 : 95 * 1024 * 1024,
+  documentPngWidth: QUICK ? 1000 : 4000,
+  documentPngHeight: QUICK ? 750 : 3000,
 };
 const DEADLINE = Date.now() + 30 * 60_000;
 
@@ -312,6 +316,68 @@ export async function benchLargeInstance(workDir: string, env: Record<string, st
   }
 }
 
+/** A PDF of DOCUMENT_PDF_BYTES: a header, incompressible filler, an end marker (valid enough for the relay's checks). */
+async function writeBenchPdf(file: string, bytes: number): Promise<void> {
+  const out = fs.createWriteStream(file);
+  out.write("%PDF-1.4\n");
+  for (let left = bytes - 16; left > 0; left -= 1 << 20) {
+    if (!out.write(crypto.randomBytes(Math.min(left, 1 << 20)).map((b) => (b === 0x25 ? 0x20 : b)))) await once(out, "drain");
+  }
+  out.end("\n%%EOF\n");
+  await once(out, "close");
+}
+
+/** A width x height 8-bit RGB PNG (a phone photo of a page is about 12 megapixels). */
+async function writeBenchPng(file: string, width: number, height: number): Promise<void> {
+  const { deflateSync } = await import("node:zlib");
+  const raw = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width * 3; x++) raw[y * (width * 3 + 1) + 1 + x] = (x * 7 + y * 3) & 0xff;
+  const chunk = (type: string, data: Buffer) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    return Buffer.concat([len, Buffer.from(type, "latin1"), data, Buffer.alloc(4)]);
+  };
+  const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(width); ihdr.writeUInt32BE(height, 4); ihdr[8] = 8; ihdr[9] = 2;
+  await fsp.writeFile(file, Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]));
+}
+
+/** Reports attached to a study (docs/documents.md): a large PDF and a 12-megapixel PNG, each with the server's peak RSS. */
+export async function benchDocuments(workDir: string) {
+  const dir = path.join(workDir, "documents");
+  await fsp.mkdir(dir, { recursive: true });
+  const pdf = path.join(dir, "report.pdf"), png = path.join(dir, "photo.png");
+  await writeBenchPdf(pdf, SIZES.documentPdfBytes);
+  await writeBenchPng(png, SIZES.documentPngWidth, SIZES.documentPngHeight);
+  const server = await startServer(path.join(dir, "data"));
+  const base = server.url.replace(/\/dicom-web$/, "");
+  try {
+    const study = newUid();
+    await stow(server.url, [makeInstance({ studyInstanceUID: study, rows: 16, columns: 16 })]);
+    const attach = async (file: string, kind: string) => {
+      const size = (await fsp.stat(file)).size;
+      server.resetPeak();
+      const t = performance.now();
+      const res = await httpRequest(`${base}/api/studies/${study}/documents?kind=${kind}&title=bench&language=en`, {
+        method: "POST", headers: { "Content-Type": "application/octet-stream", "Content-Length": String(size) },
+      }, fs.createReadStream(file, { highWaterMark: 1 << 20 }));
+      const seconds = (performance.now() - t) / 1000;
+      if (res.status !== 201) throw new Error(`attaching ${path.basename(file)} answered ${res.status}: ${res.body.toString().slice(0, 300)}`);
+      return { fileBytes: size, seconds: round(seconds, 2), mbPerSecond: round(size / MB / seconds), serverPeakRssMB: round(server.peakRss() / MB) };
+    };
+    server.resetPeak();
+    const idle = server.peakRss();
+    const pdfResult = await attach(pdf, "pathology-report");
+    const pngResult = await attach(png, "lab-results");
+    return {
+      pdf: pdfResult,
+      png: { ...pngResult, pixels: `${SIZES.documentPngWidth}x${SIZES.documentPngHeight} RGB`, decodedBytes: SIZES.documentPngWidth * SIZES.documentPngHeight * 3 },
+      serverIdleRssMB: round(idle / MB),
+    };
+  } finally {
+    await server.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** The core workload and the large instance with blobs on S3 (a real MinIO on loopback). */
 async function benchS3(workDir: string) {
   if (process.env.BENCH_SKIP_S3 === "1") return { skipped: "BENCH_SKIP_S3=1" };
@@ -350,7 +416,7 @@ async function benchPeer(workDir: string) {
   }
 }
 
-/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, s3, transfers, peer, index100k). */
+/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, transfers, push, peer, index100k, dimse). */
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
 const wanted = (section: string) => !ONLY || ONLY.has(section);
 const notSelected = { skipped: `not in BENCH_ONLY=${process.env.BENCH_ONLY ?? ""}` };
@@ -361,6 +427,7 @@ async function main() {
   try {
     const core = wanted("core") ? await benchCore(workDir) : null;
     const large = wanted("largeInstance") ? await benchLargeInstance(workDir) : null;
+    const documents = wanted("documents") ? await benchDocuments(workDir) : null;
     const s3 = wanted("s3") ? await benchS3(workDir) : notSelected;
     const transfers = wanted("transfers") ? await benchTransfers(workDir) : notSelected;
     const push = wanted("push") ? await benchPush(workDir) : notSelected;
@@ -374,6 +441,7 @@ async function main() {
       storage: "fs", index: "sqlite",
       core: core ?? notSelected,
       largeInstance: large ?? notSelected,
+      documents: documents ?? notSelected,
       s3,
       transfers,
       push,
@@ -388,6 +456,10 @@ async function main() {
         ...(large && {
           "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,
         }),
+        ...(documents && {
+          "peak RSS < 300 MB while a 95 MB PDF and a 12-megapixel PNG are attached": Math.max(documents.pdf.serverPeakRssMB, documents.png.serverPeakRssMB) < 300,
+        }),
+        ...("targets" in push ? (push.targets as Record<string, boolean>) : {}),
         ...("allPass" in index100k && {
           [`qido p95 < 20 ms and study metadata p95 < 50 ms at ${index100k.catalogue.instances.toLocaleString("en")} instances, SQLite and PostgreSQL (in process)`]: index100k.allPass.inProcess,
           "the same over HTTP": index100k.allPass.http,

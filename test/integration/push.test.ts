@@ -16,6 +16,7 @@ import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
 import { encodeDataset, encodeFileMeta, newUid, tagOf, writeStudy } from "../../scripts/lib/synthetic.ts";
 import { verifyReceipt } from "../../src/transfers/receipts.ts";
+import { formatBytes } from "../../src/cli/push/progress.ts";
 import { freePort } from "../../scripts/lib/net.ts";
 
 const BIN = path.resolve("bin/dicom-relay.js");
@@ -115,7 +116,10 @@ describe("dicom-relay push through an unreliable link", () => {
 
   it("a study arrives complete and byte-identical after 5+ connection resets; the receipt is saved and verifies", async () => {
     const src = path.join(work, "cd1");
-    const study = await writeStudy(path.join(src, "DICOM"), { instances: 32, seriesCount: 2, rows: 256, columns: 256, modality: "CT", seed: 11 });
+    const study = await writeStudy(path.join(src, "DICOM"), {
+      instances: 32, seriesCount: 2, rows: 256, columns: 256, modality: "CT", seed: 11,
+      patientName: "Wang^XiaoDong=王^小东", patientID: "CN-0042", studyDescription: "CT CHEST", studyDate: "20240315",
+    });
     proxy.setFaults({ bandwidthBytesPerSec: 2_000_000, resetEveryBytes: 120_000 });
     const before = proxy.stats();
     const cache = path.join(work, "cache1");
@@ -124,7 +128,10 @@ describe("dicom-relay push through an unreliable link", () => {
     proxy.setFaults({ bandwidthBytesPerSec: 0, resetEveryBytes: 0 });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(proxy.stats().resets - before.resets).toBeGreaterThanOrEqual(5);
-    expect(r.stdout).toMatch(/2 series, 32 instances/);
+    // the summary before sending: patient, study date, description, modalities, series, instances, size
+    expect(r.stdout).toMatch(/Patient +Wang\^XiaoDong=王\^小东 +\(ID CN-0042\)/);
+    expect(r.stdout).toMatch(/Study +2024-03-15 +CT CHEST +\[CT\]/);
+    expect(r.stdout).toContain(`2 series, 32 instances, ${formatBytes(study.totalBytes)}`);
     expect(r.stdout, r.stderr).toMatch(/stored now: 32 +already on the relay: 0 +failed: 0/);
     expect(r.stdout).toMatch(/Finished: everything arrived/);
     // plain log lines when not on a terminal
