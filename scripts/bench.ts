@@ -265,6 +265,8 @@ export async function measureDicomweb(server: Target) {
 
     // --- WADO-RS retrieve of the CT study ---
     server.resetPeak();
+    // right after a reset the peak is the current RSS: what the earlier phases left on the heap
+    const rssBeforeWado = server.peakRss();
     const wado = await streamGet(`${server.url}/studies/${ctStudy}`, 'multipart/related; type="application/dicom"; transfer-syntax=*');
     const wadoPeak = server.peakRss();
 
@@ -280,7 +282,7 @@ export async function measureDicomweb(server: Target) {
       },
       qidoMs: { ...percentiles(qidoMs), queries: queries.length, indexedInstances: SIZES.ctInstances + SIZES.smallInstances },
       studyMetadataMs: { ...percentiles(metaMs), instances: SIZES.ctInstances, responseBytes: metaBytes },
-      wadoRetrieveStudy: { bytes: wado.bytes, seconds: round(wado.seconds, 2), mbPerSecond: round(wado.bytes / MB / wado.seconds), serverPeakRssMB: round(wadoPeak / MB) },
+      wadoRetrieveStudy: { bytes: wado.bytes, seconds: round(wado.seconds, 2), mbPerSecond: round(wado.bytes / MB / wado.seconds), serverPeakRssMB: round(wadoPeak / MB), serverRssAtStartMB: round(rssBeforeWado / MB) },
       serverPeakRssMB: round(server.peakRss() / MB),
     };
   }
