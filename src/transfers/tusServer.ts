@@ -20,6 +20,7 @@ import { DataStore, ERRORS, Server, Upload, type Locker } from "@tus/server";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
+import { isIndexUnavailable } from "../catalog/index.ts";
 
 type TusError = { status_code: number; body: string };
 export const tusError = (status_code: number, sentence: string): TusError => ({ status_code, body: sentence.endsWith("\n") ? sentence : sentence + "\n" });
@@ -180,6 +181,11 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
       if (e.status_code === 503) {
         log.warn({ reason: e.message }, "tus request refused: storage unavailable");
         return undefined;
+      }
+      if (!e.status_code && isIndexUnavailable(err)) {
+        // PostgreSQL down while a hook reads it (validateCreate's transfer, the ingest): 503, the route adds Retry-After
+        log.warn({ reason: e.message }, "tus request refused: index database unavailable");
+        return tusError(503, "the relay's index database is unavailable right now; please retry later");
       }
       if (!e.status_code || e.status_code >= 500) {
         log.error({ err }, "tus request failed");

@@ -344,4 +344,70 @@ describe("two relay nodes over one PostgreSQL and one MinIO", () => {
     expect(found.status).toBe(200);
     expect((await found.json()) as unknown[]).toHaveLength(1);
   }, 120_000);
+
+  it("PostgreSQL down: WADO-RS (instance, study metadata) and tus POST answer 503 with Retry-After and a sentence; back up: both work without a restart", async () => {
+    const [stored] = [...generateStudy({ instances: 1, seriesCount: 1, rows: 16, columns: 16, studyInstanceUID: newUid() })] as Inst[];
+    const { studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop } = stored!;
+    expect((await stow(a, [stored!.bytes])).status).toBe(200);
+    const [sent] = [...generateStudy({ instances: 1, seriesCount: 1, rows: 16, columns: 16, studyInstanceUID: newUid() })] as Inst[];
+    const created = await api(a, "POST", "/api/transfers", {
+      label: "pg-down",
+      instances: [{ sopInstanceUID: sent!.sopInstanceUID, sha256: sha(sent!.bytes), size: sent!.bytes.length, studyInstanceUID: sent!.studyInstanceUID, seriesInstanceUID: sent!.seriesInstanceUID }],
+    });
+    expect(created.status).toBe(201);
+    const transferId = (created.json as unknown as TransferView).id;
+
+    const instanceUrl = (n: RelayProcess) => `${n.dicomwebUrl}/studies/${study}/series/${series}/instances/${sop}`;
+    const retrieve = (n: RelayProcess) => fetch(instanceUrl(n), { headers: { Accept: 'multipart/related; type="application/dicom"' } });
+    const metadata = (n: RelayProcess) => fetch(`${n.dicomwebUrl}/studies/${study}/metadata`, { headers: { Accept: "application/dicom+json" } });
+    const b64 = (s: string) => Buffer.from(s).toString("base64");
+    // a tus creation (no bytes yet), with and without a transfer to check against
+    const tusCreate = (n: RelayProcess, meta: Record<string, string>) =>
+      fetch(`${n.url}/api/uploads`, {
+        method: "POST",
+        headers: {
+          "Tus-Resumable": "1.0.0",
+          "Upload-Length": String(sent!.bytes.length),
+          "Upload-Metadata": Object.entries(meta).map(([k, v]) => `${k} ${b64(v)}`).join(","),
+        },
+      });
+
+    await postgres.halt();
+    try {
+      for (const n of [a, b]) {
+        for (const [what, res] of [["retrieve", await retrieve(n)], ["metadata", await metadata(n)]] as const) {
+          expect(res.status, what).toBe(503);
+          expect(Number(res.headers.get("retry-after")), what).toBeGreaterThan(0);
+          expect(((await res.json()) as { error: string }).error, what).toMatch(/index database is unavailable.*retry/);
+        }
+        for (const meta of [{ filename: "plain.dcm" }, { filename: "in-transfer.dcm", transferId }] as Record<string, string>[]) {
+          const res = await tusCreate(n, meta);
+          const body = await res.text();
+          expect(res.status, `tus POST ${JSON.stringify(meta)}: ${body}`).toBe(503);
+          expect(Number(res.headers.get("retry-after")), body).toBeGreaterThan(0);
+          expect(body).toMatch(/database is unavailable.*retry/);
+          expect(res.headers.get("location")).toBeNull();
+        }
+      }
+    } finally {
+      await postgres.start();
+    }
+    // back up: the same relays, no restart
+    for (const n of [a, b]) {
+      const r = await retrieve(n);
+      expect(r.status).toBe(200);
+      expect(r.headers.get("content-type")).toMatch(/^multipart\/related/);
+      const got = await dicomwebClient(n.dicomwebUrl).retrieveInstance({ studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop });
+      expect(sha(got)).toBe(sha(stored!.bytes));
+      const m = await metadata(n);
+      expect(m.status).toBe(200);
+      expect(((await m.json()) as Json[]).map((d) => d["00080018"]!.Value![0])).toEqual([sop]);
+      const created = await tusCreate(n, { filename: "after.dcm" });
+      expect(created.status).toBe(201);
+      expect(created.headers.get("location")).toMatch(/\/api\/uploads\/[^/]+$/);
+    }
+    const result = await tusUpload(`${b.url}/api/uploads`, sent!.bytes, { transferId, filename: "in-transfer.dcm" });
+    expect(result.entries[0]).toMatchObject({ status: "stored", sopInstanceUID: sent!.sopInstanceUID });
+    expect((await api(a, "GET", `/api/transfers/${transferId}`)).json).toMatchObject({ state: "complete", received: 1, missing: 0 });
+  }, 120_000);
 });

@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { SqliteIndex } from "../../src/catalog/sqlite.ts";
-import { MIGRATIONS, pendingMigrations } from "../../src/catalog/migrations.ts";
+import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations, type Migration } from "../../src/catalog/migrations.ts";
 import {
   MATCH_COLUMNS, compileInstanceScope, compileQidoSearch, matchColumnNames, matchColumnValues, postgresDialect, sqliteDialect, toGlob, toLike,
 } from "../../src/catalog/queryCompiler.ts";
@@ -106,6 +106,150 @@ describe("SqliteIndex on disk", () => {
     expect(count("SELECT COUNT(*) FROM series")).toBe(1);
     expect(count("SELECT patient_id FROM patients")).toBe("STAYS");
     await idx.close();
+  });
+});
+
+/**
+ * A file written by an older build: the schema_migrations table and only the first `upTo` migrations of the one
+ * MIGRATIONS list, applied the way init() applies them, and (from version 1 on) rows written as that build wrote
+ * them, in plain SQL against the v1 columns. Only version 1 carries SQLite SQL today (2 and 3 are comments: their
+ * tables live in transfers.sqlite / access.sqlite), so upgrading adds no SQLite table; the checks are that the
+ * pending versions get recorded, the result is the schema of a fresh file, and the old rows read and take writes.
+ */
+function writeOldFile(file: string, migrations: readonly Migration[]) {
+  const raw = new Database(file);
+  raw.pragma("journal_mode = WAL");
+  raw.exec(SCHEMA_MIGRATIONS_TABLE.sqlite);
+  for (const m of migrations) {
+    raw.exec(m.sql.sqlite);
+    raw.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)").run(m.version, m.name, "2024-01-01T00:00:00.000Z");
+  }
+  const old = { study: newUid(), series: newUid(), sop: newUid(), sha256: "a".repeat(64) };
+  if (migrations.some((m) => m.version === 1)) {
+    const patientAttrs = { "00100010": { vr: "PN", Value: [{ Alphabetic: "Old^Patient" }] }, "00100020": { vr: "LO", Value: ["OLD-1"] } };
+    const studyAttrs = {
+      "0020000D": { vr: "UI", Value: [old.study] }, "00080020": { vr: "DA", Value: ["20190102"] }, "00081030": { vr: "LO", Value: ["from the old build"] },
+    };
+    const seriesAttrs = { "0020000E": { vr: "UI", Value: [old.series] }, "00080060": { vr: "CS", Value: ["MR"] }, "00200011": { vr: "IS", Value: [1] } };
+    const metadata = {
+      "00080016": { vr: "UI", Value: ["1.2.840.10008.5.1.4.1.1.4"] }, "00080018": { vr: "UI", Value: [old.sop] },
+      ...patientAttrs, ...studyAttrs, ...seriesAttrs, "00200013": { vr: "IS", Value: [1] },
+    };
+    raw.prepare(
+      "INSERT INTO patients (pk, patient_key_id, patient_key_issuer, patient_key_name, patient_name_alpha, patient_name_alpha_uc, patient_name_words, patient_id, attrs)" +
+        " VALUES (1, 'OLD-1', '', 'Old^Patient', 'Old^Patient', 'OLD^PATIENT', ' OLD PATIENT', 'OLD-1', ?)",
+    ).run(JSON.stringify(patientAttrs));
+    raw.prepare(
+      "INSERT INTO studies (pk, study_instance_uid, patient_pk, study_date, study_description, instance_count, visible_count, attrs, created_at)" +
+        " VALUES (1, ?, 1, '20190102', 'from the old build', 1, 1, ?, '2024-01-01T00:00:00.000Z')",
+    ).run(old.study, JSON.stringify(studyAttrs));
+    raw.prepare(
+      "INSERT INTO series (pk, series_instance_uid, study_pk, modality, series_number, instance_count, visible_count, attrs, created_at)" +
+        " VALUES (1, ?, 1, 'MR', 1, 1, 1, ?, '2024-01-01T00:00:00.000Z')",
+    ).run(old.series, JSON.stringify(seriesAttrs));
+    raw.prepare(
+      "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, instance_number, transfer_syntax_uid, size, sha256, blob_key," +
+        " metadata, qido_attrs, pixel_data, bulk_data, stored_at) VALUES (?, 1, 1, '1.2.840.10008.5.1.4.1.1.4', 1, '1.2.840.10008.1.2.1', 1234, ?, ?, ?, ?, ?, '[]', ?)",
+    ).run(old.sop, old.sha256, `instances/${old.sha256}`, JSON.stringify(metadata), JSON.stringify({ "00200013": { vr: "IS", Value: [1] } }),
+      JSON.stringify({ offset: 500, length: 734, encapsulated: false, frames: [[{ offset: 500, length: 734 }]] }), "2024-01-01T00:00:00.000Z");
+  }
+  raw.close();
+  return old;
+}
+
+/** Tables, indexes and their SQL, to compare an upgraded file with a fresh one. */
+function schemaOf(file: string): { type: string; name: string; sql: string | null }[] {
+  const raw = new Database(file, { readonly: true });
+  try {
+    return raw.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").all() as { type: string; name: string; sql: string | null }[];
+  } finally {
+    raw.close();
+  }
+}
+
+describe("SqliteIndex: a file at an older schema", () => {
+  const all = MIGRATIONS.map((m) => m.version);
+  let freshSchema: ReturnType<typeof schemaOf>;
+  beforeAll(async () => {
+    const file = path.join(tmpDir(), "fresh.sqlite");
+    const fresh = new SqliteIndex({ path: file });
+    await fresh.init();
+    await fresh.close();
+    freshSchema = schemaOf(file);
+    expect(freshSchema.some((o) => o.name === "instances")).toBe(true);
+  });
+
+  it(`a file at version ${MIGRATIONS.length - 1} (all but the newest migration) migrates to ${SqliteIndex.latestSchemaVersion} on init and keeps its data`, async () => {
+    expect(MIGRATIONS.length).toBeGreaterThan(1);
+    const file = path.join(tmpDir(), "old.sqlite");
+    const earlier = MIGRATIONS.slice(0, -1);
+    const old = writeOldFile(file, earlier);
+    expect(schemaOf(file).filter((o) => o.name !== "schema_migrations").length).toBeGreaterThan(0);
+
+    const idx = new SqliteIndex({ path: file });
+    await idx.init();
+    try {
+      expect(idx.schemaVersions()).toEqual(all);
+      expect(Math.max(...idx.schemaVersions())).toBe(SqliteIndex.latestSchemaVersion);
+      expect(schemaOf(file)).toEqual(freshSchema);
+
+      // what the old build wrote reads as before
+      expect(await idx.getInstance(old.sop)).toMatchObject({
+        studyInstanceUID: old.study, seriesInstanceUID: old.series, sha256: old.sha256, blobKey: `instances/${old.sha256}`, size: 1234,
+        pixelData: { offset: 500, length: 734, encapsulated: false }, bulkData: [],
+      });
+      const meta = await idx.listMetadata({ studyInstanceUID: old.study });
+      expect(meta).toHaveLength(1);
+      expect((JSON.parse(meta[0]!) as Record<string, { Value: unknown[] }>)["00080018"]!.Value).toEqual([old.sop]);
+      for (const query of [{ PatientID: "OLD-1" }, { PatientName: "old*" }, { StudyDate: "20190101-20191231" }, { ModalitiesInStudy: "MR" }] as Record<string, string>[]) {
+        const found = (await idx.search(q("study", query))).matches;
+        expect(found.map((m) => m["0020000D"]!.Value![0]), JSON.stringify(query)).toEqual([old.study]);
+        expect(found[0]!["00201208"]!.Value).toEqual([1]);
+        expect(found[0]!["00081030"]!.Value).toEqual(["from the old build"]);
+      }
+
+      // and the upgraded file takes writes: a new instance joins the old study and series, the old one stays unique
+      const added = makeRecord({ study: old.study, series: old.series, patientID: "OLD-1", patientName: "Old^Patient", modality: "MR", instanceNumber: 2 });
+      expect((await idx.insertInstance(added)).outcome).toBe("inserted");
+      const series = (await idx.search(q("series", {}, { studyInstanceUID: old.study }))).matches;
+      expect(series.map((m) => m["00201209"]!.Value)).toEqual([[2]]);
+      expect((await idx.search(q("study", { PatientID: "OLD-1" }))).matches[0]!["00201208"]!.Value).toEqual([2]);
+      expect((await idx.listInstances({ studyInstanceUID: old.study })).map((l) => l.sopInstanceUID)).toEqual([old.sop, added.sopInstanceUID]);
+      const resend = makeRecord({ study: old.study, series: old.series, sop: old.sop, patientID: "OLD-1" });
+      expect((await idx.insertInstance({ ...resend, sha256: old.sha256 })).outcome).toBe("duplicate");
+      expect((await idx.insertInstance(resend)).outcome).toBe("conflict");
+      expect((await idx.deleteInstances({ studyInstanceUID: old.study })).map((l) => l.sopInstanceUID).sort()).toEqual([old.sop, added.sopInstanceUID].sort());
+      expect((await idx.search(q("study", { PatientID: "OLD-1" }))).matches).toEqual([]);
+    } finally {
+      await idx.close();
+    }
+    // reopened: nothing left to apply
+    const again = new SqliteIndex({ path: file });
+    await again.init();
+    expect(again.schemaVersions()).toEqual(all);
+    await again.close();
+  });
+
+  it("every older version, from an empty file (version 0) on, opens at the newest with the schema of a fresh file", async () => {
+    for (let upTo = 0; upTo < MIGRATIONS.length; upTo++) {
+      const dir = tmpDir();
+      const file = path.join(dir, `v${upTo}.sqlite`);
+      let old: ReturnType<typeof writeOldFile> | null = null;
+      if (upTo === 0) fs.writeFileSync(file, ""); // a zero-byte file, as a crash right after creating it leaves
+      else old = writeOldFile(file, MIGRATIONS.slice(0, upTo));
+      const idx = new SqliteIndex({ path: file });
+      await idx.init();
+      try {
+        expect(idx.schemaVersions(), `from version ${upTo}`).toEqual(all);
+        expect(schemaOf(file), `from version ${upTo}`).toEqual(freshSchema);
+        if (old) expect((await idx.getInstance(old.sop))?.sha256, `from version ${upTo}`).toBe(old.sha256);
+        const rec = makeRecord({ study: newUid(), series: newUid(), patientID: `NEW-${upTo}` });
+        expect((await idx.insertInstance(rec)).outcome).toBe("inserted");
+        expect((await idx.search(q("study", { PatientID: `NEW-${upTo}` }))).matches).toHaveLength(1);
+      } finally {
+        await idx.close();
+      }
+    }
   });
 });
 
