@@ -1,6 +1,7 @@
 /**
  * The web console and the OHIF viewer in a real headless Chromium against a real relay (auth on):
- * sign in, send a study through the page over a link that is cut once and a page reload mid-way, the study list
+ * sign in, send a study through the page (folder chooser, then the folder dragged onto the page) over a link that is
+ * cut once and a page reload mid-way, the study list
  * (non-Latin names), documents, a share link opened in a fresh browser context where OHIF draws the study through
  * the study-scoped root and cannot list other studies, the console's own "open in viewer", revoking the link.
  * Screenshots of every page go to test-artifacts/.
@@ -42,6 +43,19 @@ async function litPixels(page: Page): Promise<number> {
     }
     return best;
   });
+}
+
+/** Drags a folder from the disk onto an element, as a person does from a file manager (Chromium DevTools protocol). */
+async function dropFolder(page: Page, selector: string, dir: string): Promise<void> {
+  const target = page.locator(selector);
+  await target.scrollIntoViewIfNeeded();
+  const box = (await target.boundingBox())!;
+  const cdp = await page.context().newCDPSession(page);
+  const data = { items: [], files: [dir], dragOperationsMask: 1 };
+  for (const type of ["dragEnter", "dragOver", "drop"] as const) {
+    await cdp.send("Input.dispatchDragEvent", { type, x: box.x + box.width / 2, y: box.y + box.height / 2, data });
+  }
+  await cdp.detach();
 }
 
 describe.skipIf(missing)("web console and viewer in Chromium", () => {
@@ -147,7 +161,7 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     // a slow link, and one cut after 1.2 MB
     proxy.setFaults({ bandwidthBytesPerSec: 300_000, resetEveryBytes: 1_200_000 });
     const upAtStart = proxy.stats().bytesUp;
-    // the first time the whole folder (as "Choose a folder" gives it), after the reload the files one by one
+    // the first time the whole folder through "Choose a folder", after the reload the same folder dropped on the page
     await page.locator("#pick-folder").setInputFiles(workDir);
     await expect.poll(() => proxy.stats().resets, { timeout: 60_000 }).toBeGreaterThanOrEqual(1);
     proxy.setFaults({ resetEveryBytes: 0 });
@@ -179,7 +193,10 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await page.screenshot({ path: artifactPath("console-send-interrupted.png"), fullPage: true });
     proxy.setFaults({ bandwidthBytesPerSec: 2_000_000 });
     const upBeforeResume = proxy.stats().bytesUp;
-    await page.locator("#pick-files").setInputFiles(files);
+    // this time the folder is dragged onto the page, as from a file manager (a real drag through DevTools: the drop
+    // carries directory entries that the page walks)
+    await dropFolder(page, "#drop", workDir);
+    await expect.poll(() => page.locator("#file-rows").textContent()).toContain("S001/I00001.dcm");
     await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).not.toBeNull();
     // what had arrived before the reload is not sent again: after it, at most the rest plus one instance in flight
     const studyBytes = files.filter((f) => f.endsWith(".dcm")).reduce((n, f) => n + fs.statSync(f).size, 0);
