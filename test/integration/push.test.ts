@@ -382,6 +382,36 @@ describe("dicom-relay push through an unreliable link", () => {
     expect((await request(relay.url).get(`/api/studies/${study.studyInstanceUID}/documents`)).body.documents).toHaveLength(3);
   }, 120_000);
 
+  it("the receipt key: --relay-key must match; without it the key first seen is kept and a changed key is refused", async () => {
+    const src = path.join(work, "cd-key");
+    await writeStudy(path.join(src, "DICOM"), { instances: 2, rows: 16, columns: 16, modality: "CT", seed: 31 });
+    const cache = path.join(work, "cache-key");
+    const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", path.join(work, "receipts-key")];
+    const wrongKey = path.join(work, "wrong-key.pem");
+    fs.writeFileSync(wrongKey, crypto.generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }));
+    const wrong = await runPush([...args, "--relay-key", wrongKey]);
+    expect(wrong.code, wrong.stdout + wrong.stderr).toBe(2);
+    expect(wrong.stdout).toMatch(/receipt could not be saved or verified: the relay signs receipts with a key that is not the one given with --relay-key/);
+    expect(fs.existsSync(path.join(work, "receipts-key"))).toBe(false);
+    // the key as its administrator gives it out
+    const realKey = path.join(work, "relay-key.pem");
+    fs.writeFileSync(realKey, (await request(relay.url).get("/.well-known/dicom-relay/receipt-key")).body.pem);
+    const right = await runPush([...args, "--relay-key", realKey]);
+    expect(right.code, right.stdout + right.stderr).toBe(0);
+    expect(right.stdout).toMatch(/Receipt saved: .*signature verified/);
+    // no --relay-key: the first key seen is remembered; a different one on record makes the receipt untrusted
+    const first = await runPush(args);
+    expect(first.code, first.stdout + first.stderr).toBe(0);
+    const knownFile = path.join(cache, "known-relays.json");
+    const known = JSON.parse(fs.readFileSync(knownFile, "utf8")) as Record<string, { sha256: string }>;
+    expect(Object.keys(known)).toEqual([new URL(proxy.url).origin]);
+    known[new URL(proxy.url).origin]!.sha256 = "0".repeat(64);
+    fs.writeFileSync(knownFile, JSON.stringify(known));
+    const changed = await runPush(args);
+    expect(changed.code, changed.stdout + changed.stderr).toBe(2);
+    expect(changed.stdout).toMatch(/the relay's receipt key changed since .*ask the relay's administrator/);
+  }, 120_000);
+
   it("a folder with two patients' studies: one transfer and one receipt per study; documents need --study", async () => {
     const src = path.join(work, "cd-two");
     const a = await writeStudy(path.join(src, "A"), { instances: 3, rows: 32, columns: 32, modality: "CT", patientName: "Zhang^San=张^三", patientID: "CN-A", seed: 23 });

@@ -12,7 +12,7 @@ import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progres
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
 import { freePort } from "../../scripts/lib/net.ts";
-import { compareReceipt, receiptFileName } from "../../src/cli/push/receipt.ts";
+import { checkReceiptKey, compareReceipt, receiptFileName } from "../../src/cli/push/receipt.ts";
 import { acquireLock, loadState, saveState, stateDirFor } from "../../src/cli/push/state.ts";
 import { orderDocuments } from "../../src/cli/push/documents.ts";
 import { RECEIPT_FORMAT, type ReceiptPayload } from "../../src/transfers/receipts.ts";
@@ -357,5 +357,40 @@ describe("receipts, state, documents order", () => {
       { file: "zh.pdf", kind: "radiology-report", language: "zh", title: "zh" },
     ]);
     expect(o.map((d) => d.file)).toEqual(["zh.pdf", "en.pdf"]);
+  });
+});
+
+describe("receipt key trust", () => {
+  const pem = () => crypto.generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }).toString();
+  it("remembers the key a relay presented first and refuses a different one later", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "known-"));
+    const trust = { pinnedPem: null, knownRelaysFile: path.join(dir, "known-relays.json") };
+    const a = pem(), b = pem();
+    checkReceiptKey("https://relay.example.org", a, trust, new Date("2026-01-02T03:04:05Z"));
+    const known = JSON.parse(fs.readFileSync(trust.knownRelaysFile, "utf8"));
+    expect(known["https://relay.example.org"].firstSeen).toBe("2026-01-02T03:04:05.000Z");
+    expect(() => checkReceiptKey("https://relay.example.org", a, trust)).not.toThrow();
+    expect(() => checkReceiptKey("https://relay.example.org", b, trust)).toThrow(/receipt key changed since 2026-01-02T03:04:05.000Z.*--relay-key/);
+    // another relay has its own key
+    expect(() => checkReceiptKey("https://other.example.org", b, trust)).not.toThrow();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  it("with --relay-key accepts only that key, whatever was seen before", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "known-"));
+    const a = pem(), b = pem();
+    const pinned = { pinnedPem: a, knownRelaysFile: path.join(dir, "known-relays.json") };
+    expect(() => checkReceiptKey("https://relay.example.org", a, pinned)).not.toThrow();
+    expect(() => checkReceiptKey("https://relay.example.org", b, pinned)).toThrow(/not the one given with --relay-key/);
+    expect(fs.existsSync(pinned.knownRelaysFile)).toBe(false);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  it("--relay-key must name a readable PEM public key", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "key-"));
+    const bad = path.join(dir, "key.txt");
+    fs.writeFileSync(bad, "not a key");
+    fs.mkdirSync(path.join(dir, "src"));
+    expect(() => parsePushArgs([path.join(dir, "src"), "--to", "http://127.0.0.1:1", "--relay-key", bad], {})).toThrow(/is not a PEM public key/);
+    expect(() => parsePushArgs([path.join(dir, "src"), "--to", "http://127.0.0.1:1", "--relay-key", path.join(dir, "none.pem")], {})).toThrow(/cannot be read/);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });

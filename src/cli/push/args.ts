@@ -44,6 +44,8 @@ export interface PushOptions {
   documentStudy: string | null;
   /** no progress for this long on an upload: the connection is dropped and resumed */
   stallSeconds: number;
+  /** the relay's receipt public key (PEM) as its administrator gave it out; null: trust the key first seen */
+  relayKeyPem: string | null;
 }
 
 export const PUSH_USAGE = `dicom-relay push <folder | DICOMDIR | file.zip> --to <relay URL> [--token <token>] [options]
@@ -67,6 +69,8 @@ Options:
   --receipt-dir DIR       where receipts are saved (default: the current folder)
   --cache-dir DIR         where resume state and bundles are kept (default ~/.cache/dicom-relay/push)
   --stall-seconds N       restart an upload that made no progress for N seconds (default 120)
+  --relay-key FILE        the relay's receipt public key (PEM) from its administrator: receipts must be signed by it
+                          (default: the key the relay presented the first time is kept and must not change)
 
 Exit codes: 0 everything arrived; 2 something did not (listed with the reason); 1 could not run.
 `;
@@ -170,6 +174,7 @@ export function parsePushArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
         "documents-language": { type: "string" },
         study: { type: "string" },
         "stall-seconds": { type: "string" },
+        "relay-key": { type: "string" },
         config: { type: "string" },
       },
     });
@@ -212,5 +217,17 @@ export function parsePushArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
     documentsLanguage,
     documentStudy: values.study ?? null,
     stallSeconds: int("stall-seconds", values["stall-seconds"], 120, 5, 3600),
+    relayKeyPem: values["relay-key"] ? readRelayKey(values["relay-key"]) : null,
   };
+}
+
+function readRelayKey(file: string): string {
+  let pem: string;
+  try {
+    pem = fs.readFileSync(file, "utf8");
+  } catch {
+    throw new UsageError(`--relay-key: ${file} cannot be read`);
+  }
+  if (!/-----BEGIN PUBLIC KEY-----/.test(pem)) throw new UsageError(`--relay-key: ${file} is not a PEM public key (it should begin with -----BEGIN PUBLIC KEY-----)`);
+  return pem;
 }

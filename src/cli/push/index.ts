@@ -279,7 +279,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     for (const e of run.bundleErrors) out(`  NOT SENT: ${e}`);
     if (view.complete) {
       try {
-        const saved = await fetchAndSaveReceipt(api, view.id, run.manifest, opts.receiptDir, receiptFileName(s.studyDate, s.patientID, view.id), path.join(stateDir, "receipts"));
+        const saved = await fetchAndSaveReceipt(api, view.id, run.manifest, { pinnedPem: opts.relayKeyPem, knownRelaysFile: path.join(opts.cacheDir, "known-relays.json") }, opts.receiptDir, receiptFileName(s.studyDate, s.patientID, view.id), path.join(stateDir, "receipts"));
         run.st.receiptFile = saved.file;
         saveState(stateDir, state);
         out(`  Receipt saved: ${saved.file} (signature verified with the relay's key; ${saved.payload.instances.length} instances)`);

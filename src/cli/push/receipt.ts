@@ -3,6 +3,7 @@
  * (node:crypto), checked against what was declared (every instance, same SHA-256), and saved to a file the
  * coordinator keeps as proof of delivery.
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { verifyReceipt, type ReceiptPayload } from "../../transfers/receipts.ts";
@@ -52,13 +53,56 @@ function writeReceipt(dirs: string[], name: string, text: string): string {
   throw last;
 }
 
-export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, dir: string, name: string, fallbackDir?: string): Promise<SavedReceipt> {
+/** Which receipt key the push accepts: the one named with --relay-key, else the one a relay presented first. */
+export interface KeyTrust {
+  /** --relay-key: the PEM the relay's administrator gave out */
+  pinnedPem: string | null;
+  /** relay origin -> fingerprint of the key first seen (trust on first use, as ssh's known_hosts) */
+  knownRelaysFile: string;
+}
+
+const fingerprint = (pem: string) => crypto.createHash("sha256").update(crypto.createPublicKey(pem).export({ type: "spki", format: "der" })).digest("hex");
+
+/**
+ * Accepts the key the relay serves, or throws a sentence: a receipt is proof only if its key is not whatever the
+ * relay says today. With --relay-key the key must be that one; without, the first key a relay presented is
+ * remembered and a different one later is refused until its administrator confirms the change.
+ */
+export function checkReceiptKey(origin: string, pem: string, trust: KeyTrust, now = new Date()): void {
+  const got = fingerprint(pem);
+  if (trust.pinnedPem) {
+    if (fingerprint(trust.pinnedPem) !== got) {
+      throw new Error(`the relay signs receipts with a key that is not the one given with --relay-key (SHA-256 ${got.slice(0, 16)}...): the receipt is not proof of delivery; ask the relay's administrator`);
+    }
+    return;
+  }
+  let known: Record<string, { sha256: string; firstSeen: string }> = {};
+  try {
+    known = JSON.parse(fs.readFileSync(trust.knownRelaysFile, "utf8")) as typeof known;
+  } catch {
+    // none yet
+  }
+  const seen = known[origin];
+  if (seen && seen.sha256 !== got) {
+    throw new Error(`the relay's receipt key changed since ${seen.firstSeen} (was SHA-256 ${seen.sha256.slice(0, 16)}..., now ${got.slice(0, 16)}...): the receipt is not trusted; ask the relay's administrator, then run again with --relay-key <the new key's file>`);
+  }
+  if (!seen) {
+    known[origin] = { sha256: got, firstSeen: now.toISOString() };
+    fs.mkdirSync(path.dirname(trust.knownRelaysFile), { recursive: true });
+    const tmp = `${trust.knownRelaysFile}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify(known, null, 2) + "\n");
+    fs.renameSync(tmp, trust.knownRelaysFile);
+  }
+}
+
+export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, trust: KeyTrust, dir: string, name: string, fallbackDir?: string): Promise<SavedReceipt> {
   const r = await api.request("GET", `/api/transfers/${transferId}/receipt`);
   if (r.status !== 200) throw new RelayError(r.status, `the relay gave no receipt for transfer ${transferId} (${r.status}): ${errorText(r.text)}`);
   const { jws } = r.json<{ jws: string }>();
   const k = await api.request("GET", RECEIPT_KEY_PATH);
   if (k.status !== 200) throw new RelayError(k.status, `the relay's receipt key could not be read (${k.status})`);
   const key = k.json<{ pem: string; kid: string }>();
+  checkReceiptKey(new URL(api.base).origin, key.pem, trust);
   // throws ReceiptVerificationError with a sentence when the signature does not hold
   const payload = verifyReceipt(jws, key.pem);
   const problems = compareReceipt(payload, manifest, transferId);
