@@ -17,6 +17,7 @@ import { encodeDataset as writeDataset, encodeFileMeta as writeMeta, makeInstanc
 import { datasetOffset } from "../../src/dimse/dataset.ts";
 import { readBareDataset } from "../../src/dicom/part10.ts";
 import type { DicomJsonDataset } from "../../src/dicom/types.ts";
+import type { AuditRecord } from "../../src/access/audit.ts";
 
 const RELAY_AE = "DICOM_RELAY";
 const OPTS = { maxHeaderBytes: 1 << 20, bulkDataThreshold: 1 << 20 };
@@ -67,6 +68,22 @@ async function datasetHashes(files: string[]): Promise<Map<string, string>> {
 
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
 
+/** The audit rows of one action after sequence number `afterSeq`, waited for (bounded) until `until` holds. */
+async function auditRows(relay: TestRelay, q: { action: string; actor?: string; afterSeq: number }, until: (rows: AuditRecord[]) => boolean, timeoutMs = 5_000): Promise<AuditRecord[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const rows = await relay.services.access!.audit.query(q);
+    if (until(rows) || Date.now() > deadline) return rows;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The newest audit sequence number, to look only at the rows a step writes. */
+async function lastAuditSeq(relay: TestRelay): Promise<number> {
+  const rows = await relay.services.access!.audit.query({ limit: 10_000 });
+  return rows.at(-1)?.seq ?? 0;
+}
+
 describe("DIMSE node with dcmtk peers", () => {
   let relay: TestRelay;
   let work: string;
@@ -100,9 +117,24 @@ describe("DIMSE node with dcmtk peers", () => {
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
-  it("answers C-ECHO from a configured peer", async () => {
+  it("answers C-ECHO from a configured peer; audited as dimse.associate, dimse.echo and dimse.release of that AE", async () => {
+    const seq = await lastAuditSeq(relay);
     const r = await dcmtk("echoscu", args("HOSPITAL"));
     expect(r.code, r.stderr).toBe(0);
+    const actor = "ae:HOSPITAL";
+    const associate = await relay.services.access!.audit.query({ action: "dimse.associate", actor, afterSeq: seq });
+    expect(associate.map((a) => a.outcome)).toEqual(["success"]);
+    const echo = await relay.services.access!.audit.query({ action: "dimse.echo", actor, afterSeq: seq });
+    expect(echo).toHaveLength(1);
+    expect(echo[0]).toMatchObject({ action: "dimse.echo", actor, outcome: "success", route: `dimse://${RELAY_AE}` });
+    // the release row is written when the association closes, which may be a moment after echoscu exits
+    const release = await auditRows(relay, { action: "dimse.release", actor, afterSeq: seq }, (rows) => rows.length > 0);
+    expect(release).toHaveLength(1);
+    expect(release[0]).toMatchObject({ action: "dimse.release", actor, outcome: "success", detail: "released by the peer" });
+    expect(release[0]!.seq).toBeGreaterThan(echo[0]!.seq);
+    // nothing was written for another AE by this association
+    const others = (await relay.services.access!.audit.query({ afterSeq: seq })).filter((a) => a.action.startsWith("dimse.") && a.actor !== actor);
+    expect(others).toEqual([]);
   });
 
   it("refuses an unknown calling AE, a peer from the wrong host and a wrong called AE (A-ASSOCIATE-RJ)", async () => {
@@ -183,6 +215,7 @@ describe("DIMSE node with dcmtk peers", () => {
   });
 
   it("C-FIND at study, series and image level from the same index as QIDO-RS", async () => {
+    const seq = await lastAuditSeq(relay);
     const out = path.join(work, "find-study");
     await fsp.mkdir(out);
     const r = await dcmtk("findscu", ["-S", "-X", "-od", out, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=CN-0002", "-k", "StudyInstanceUID", "-k", "PatientName", "-k", "NumberOfStudyRelatedInstances", "-k", "ModalitiesInStudy"])]);
@@ -208,6 +241,21 @@ describe("DIMSE node with dcmtk peers", () => {
     const i = await dcmtk("findscu", ["-S", "-X", "-od", imageOut, ...args("ADMINWS", ["-k", "QueryRetrieveLevel=IMAGE", "-k", `StudyInstanceUID=${study.studyInstanceUID}`, "-k", `SeriesInstanceUID=${series[0]!["0020000E"]!.Value![0]}`, "-k", "SOPInstanceUID", "-k", "InstanceNumber"])]);
     expect(i.code, i.stderr).toBe(0);
     expect(await fsp.readdir(imageOut)).toHaveLength(3);
+
+    // one dimse.find row per query, by the calling AE, with level and match count; one release per association
+    const actor = "ae:ADMINWS";
+    const finds = await relay.services.access!.audit.query({ action: "dimse.find", actor, afterSeq: seq });
+    expect(finds.map((f) => [f.outcome, f.studyInstanceUID])).toEqual([
+      ["success", null],
+      ["success", study.studyInstanceUID],
+      ["success", study.studyInstanceUID],
+    ]);
+    expect(finds[0]!.detail).toMatch(/^level study; keys .*PatientID.*; 1 match\(es\)$/);
+    expect(finds[1]!.detail).toMatch(/^level series; keys .*StudyInstanceUID.*; 2 match\(es\)$/);
+    expect(finds[2]!.detail).toMatch(/^level instance; keys .*SeriesInstanceUID.*; 3 match\(es\)$/);
+    const releases = await auditRows(relay, { action: "dimse.release", actor, afterSeq: seq }, (rows) => rows.length >= 3);
+    expect(releases).toHaveLength(3);
+    expect(releases.every((a) => a.outcome === "success" && a.detail === "released by the peer")).toBe(true);
   });
 
   it("C-FIND finds a Chinese name by either group, in UTF-8 and in GB18030", async () => {
@@ -285,6 +333,33 @@ describe("DIMSE node with dcmtk peers", () => {
     } finally {
       await scp.stop();
     }
+  }, 120_000);
+
+  it("C-GET of a study not shared with the peer (studies \"granted\"): refused, no sub-operation, nothing arrives; its granted study still comes", async () => {
+    // by now the C-MOVE test granted `study` to HOMEPACS, never `secret`
+    const seq = await lastAuditSeq(relay);
+    const out = path.join(work, "home-get-secret");
+    await fsp.mkdir(out);
+    const refused = await dcmtk("getscu", ["-v", "-S", "+B", "-od", out, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${secret.studyInstanceUID}`])], { timeoutMs: 60_000 });
+    const said = refused.stdout + refused.stderr;
+    // getscu exits 0 even on a failed C-GET: the status and the sub-operation counts are what tell
+    expect(said).toMatch(/Received C-GET Response \(Failed: UnableToProcess\)/);
+    expect(said).toMatch(/Number of Completed Suboperations\s*:\s*0\b/);
+    expect(said).not.toMatch(/Received C-STORE Request/i);
+    expect(await filesUnder(out)).toEqual([]);
+    const audit = await relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:HOMEPACS", afterSeq: seq });
+    expect(audit).toHaveLength(1);
+    expect(audit[0]).toMatchObject({ outcome: "failure", studyInstanceUID: secret.studyInstanceUID });
+    expect(audit[0]!.detail).toMatch(/not shared with this peer/);
+
+    // the same peer, the same service, a study granted to it: the refusal above was the grant, nothing else
+    const grantedOut = path.join(work, "home-get-granted");
+    await fsp.mkdir(grantedOut);
+    const got = await dcmtk("getscu", ["-S", "+B", "-od", grantedOut, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${study.studyInstanceUID}`])], { timeoutMs: 120_000 });
+    expect(got.code, got.stderr).toBe(0);
+    expect(await datasetHashes(await filesUnder(grantedOut))).toEqual(await datasetHashes(study.files));
+    const after = await relay.services.access!.audit.query({ action: "dimse.get", actor: "ae:HOMEPACS", afterSeq: seq });
+    expect(after.map((a) => a.outcome)).toEqual(["failure", "success"]);
   }, 120_000);
 
   it("C-MOVE to an unknown destination: 0xA801", async () => {

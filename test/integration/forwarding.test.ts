@@ -1,7 +1,8 @@
 /**
  * Auto-forwarding of completed transfers to a real Orthanc home PACS: by DIMSE C-STORE and by STOW-RS, nothing
  * before the transfer is complete, retried while Orthanc is down, resumed after cut links without sending again
- * what Orthanc confirmed; status per study in GET /api/forwarding.
+ * what Orthanc confirmed; status per study in GET /api/forwarding. STOW-RS with a bearer token to a second relay
+ * with access control on: the right upload token delivers, a wrong one is refused and nothing arrives.
  */
 import crypto from "node:crypto";
 import { Readable } from "node:stream";
@@ -186,4 +187,114 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
     const retry = await fetch(`${relay.url}/api/forwarding/jobs/${done.id}/retry`, { method: "POST" });
     expect(retry.status).toBe(409);
   });
+});
+
+describe("auto-forwarding by STOW-RS to a second relay that checks bearer tokens", () => {
+  let home: TestRelay;
+  let uploadToken: string;
+  let uploadTokenId: string;
+  let readToken: string;
+  let readOnlyForUpload: string;
+  const relays: TestRelay[] = [];
+  const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+
+  const mkToken = async (scopes: string[]) => {
+    const res = await fetch(`${home.url}/api/admin/tokens`, {
+      method: "POST",
+      headers: { ...bearer(home.initialAdminToken!), "Content-Type": "application/json" },
+      body: JSON.stringify({ scopes, label: `forwarding-${scopes.join("+")}` }),
+    });
+    expect(res.status).toBe(201);
+    return (await res.json()) as { id: string; token: string };
+  };
+
+  /** the SOPInstanceUIDs the home relay holds for a study, asked by QIDO-RS with a read token */
+  const atHome = async (uid: string): Promise<string[]> => {
+    const res = await fetch(`${home.dicomwebUrl}/studies/${uid}/instances`, { headers: { ...bearer(readToken), Accept: "application/dicom+json" } });
+    if (res.status === 204 || res.status === 404) return [];
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as Array<Record<string, { Value?: unknown[] }>>;
+    return body.map((d) => d["00080018"]!.Value![0] as string).sort();
+  };
+
+  const forwarder = async (rules: Array<Record<string, unknown>>) => {
+    const relay = await startTestRelay({
+      dimse: { aeTitle: RELAY_AE },
+      forwarding: { enabled: true, rules, retrySeconds: 0.2, maxRetrySeconds: 1, pollSeconds: 0.2, requestTimeoutSeconds: 10 },
+    } as never);
+    relays.push(relay);
+    return relay;
+  };
+
+  beforeAll(async () => {
+    home = await startTestRelay({ auth: { enabled: true } });
+    expect(home.initialAdminToken).toMatch(/^drt_/);
+    const up = await mkToken(["upload"]);
+    uploadToken = up.token;
+    uploadTokenId = up.id;
+    readToken = (await mkToken(["read"])).token;
+    readOnlyForUpload = (await mkToken(["read"])).token;
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const r of relays) await r.dispose();
+    await home?.dispose();
+  });
+
+  it("with the right upload token the study arrives at the home relay (the token reached it: its audit names the token)", async () => {
+    const relay = await forwarder([{ name: "home-relay", kind: "stow", url: home.dicomwebUrl, token: uploadToken }]);
+    const study = [...generateStudy({ instances: 4, seriesCount: 2, modality: "CT", seed: 71, rows: 32, columns: 32 })];
+    const uid = study[0]!.studyInstanceUID;
+    expect(await atHome(uid)).toEqual([]);
+    const transferId = await createTransfer(relay, study);
+    await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
+    const [job] = await waitFor("the forwarding job to finish", async () => {
+      const j = await jobs(relay, `study=${uid}`);
+      return j.length && j[0]!.state !== "pending" ? j : null;
+    }, 60_000);
+    expect(job, JSON.stringify(job)).toMatchObject({ rule: "home-relay", state: "done", lastError: null, counts: { pending: 0, sent: 4, failed: 0 } });
+    expect(await atHome(uid)).toEqual(study.map((i) => i.sopInstanceUID).sort());
+    // the stored bytes at home are the bytes sent
+    for (const i of study) {
+      const loc = await home.services.index.getInstance(i.sopInstanceUID);
+      expect(loc?.sha256).toBe(sha(i.bytes));
+    }
+    const stows = (await home.services.access!.audit.query({ action: "dicomweb.stow" })).filter((a) => a.method === "POST");
+    expect(stows.length).toBe(4);
+    expect(stows.every((a) => a.actor === uploadTokenId && a.outcome === "success" && a.status === 200)).toBe(true);
+  }, 90_000);
+
+  it("with a wrong token (bad secret, or a token without the upload scope) the status shows the refusal in a sentence and nothing arrives", async () => {
+    const tampered = uploadToken.slice(0, -1) + (uploadToken.endsWith("a") ? "b" : "a");
+    const relay = await forwarder([
+      { name: "home-bad-secret", kind: "stow", url: home.dicomwebUrl, token: tampered },
+      { name: "home-read-only", kind: "stow", url: home.dicomwebUrl, token: readOnlyForUpload },
+    ]);
+    const study = [...generateStudy({ instances: 3, seriesCount: 1, modality: "MR", seed: 72, rows: 32, columns: 32 })];
+    const uid = study[0]!.studyInstanceUID;
+    const transferId = await createTransfer(relay, study);
+    await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
+    const failing = await waitFor("both jobs to have failed at least twice", async () => {
+      const j = await jobs(relay, `study=${uid}`);
+      return j.length === 2 && j.every((x) => x.attempts >= 2 && x.lastError) ? j : null;
+    }, 60_000);
+    const byRule = new Map(failing.map((j) => [j.rule, j]));
+    const badSecret = byRule.get("home-bad-secret")!;
+    const readOnly = byRule.get("home-read-only")!;
+    for (const j of [badSecret, readOnly]) {
+      // not done: refused by authentication, the job keeps its instances (an administrator can fix the token)
+      expect(j.state, j.rule).toBe("pending");
+      expect(j.counts.pending, j.rule).toBe(3);
+      expect(j.counts.sent, j.rule).toBe(0);
+    }
+    expect(badSecret.lastError).toMatch(/^STOW-RS answered 401: .*the token was refused/);
+    expect(readOnly.lastError).toMatch(/^STOW-RS answered 403: .*this token lacks the upload scope/);
+    // the secret never leaks into the status
+    expect(badSecret.lastError).not.toContain(tampered);
+    expect(await atHome(uid)).toEqual([]);
+    for (const i of study) expect(await home.services.index.getInstance(i.sopInstanceUID)).toBeNull();
+    const refusals = await home.services.access!.audit.query({ outcome: "failure" });
+    expect(refusals.some((a) => a.action === "auth" && a.status === 401 && a.method === "POST")).toBe(true);
+    expect(refusals.some((a) => a.action === "dicomweb.stow" && a.status === 403)).toBe(true);
+  }, 90_000);
 });
