@@ -8,6 +8,8 @@ bash scripts/install-postgres.sh >/dev/null
 bash scripts/apt-ensure.sh zip zip
 bash scripts/apt-ensure.sh openssl openssl
 bash scripts/install-dcmtk.sh
+# dicom3tools' dciodvfy: the IOD checker the document tests run on wrapped PDFs and photos
+bash scripts/apt-ensure.sh dciodvfy dicom3tools
 bash scripts/install-orthanc.sh
 # the browser tests of the console and the viewer: Debian's Chromium (driven by playwright-core), a CJK font so
 # screenshots show Chinese names, and OHIF's static build (cached under ~/.cache/dicom-relay)

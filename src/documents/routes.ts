@@ -39,7 +39,8 @@ interface DocumentEntry { sopInstanceUID: string; seriesInstanceUID: string; kin
 
 function documentEntry(ds: DicomJsonDataset, kind: DocumentKind): DocumentEntry {
   const lang = ds["00080006"]?.Value?.[0] as DicomJsonDataset | undefined;
-  const ref = (ds["00081140"]?.Value?.[0] as DicomJsonDataset | undefined) ?? (ds["0008114A"]?.Value?.[0] as DicomJsonDataset | undefined);
+  // Source Instance Sequence; documents wrapped before 2026-12 named the original in Referenced Instance Sequence
+  const ref = (ds["00420013"]?.Value?.[0] as DicomJsonDataset | undefined) ?? (ds["0008114A"]?.Value?.[0] as DicomJsonDataset | undefined);
   const translationOf = ref ? str(ref, "00081155") : undefined;
   return {
     sopInstanceUID: str(ds, "00080018")!, seriesInstanceUID: str(ds, "0020000E")!, kind, title: str(ds, "00420010"),

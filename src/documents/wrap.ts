@@ -128,6 +128,14 @@ export interface DocumentRequest {
 
 /** Patient and study attributes copied from an instance of the study the document joins. */
 const COPIED = ["00100010", "00100020", "00100030", "00100040", "00080020", "00080030", "00080050", "00080090", "00200010", "00100021"];
+/**
+ * The Type 2 ones among them (Patient and General Study modules): present even when the study has no value, empty
+ * then, as the IODs require (dciodvfy checks this).
+ */
+const TYPE2_COPIED: Record<string, string> = {
+  "00100010": "PatientName", "00100020": "PatientID", "00100030": "PatientBirthDate", "00100040": "PatientSex",
+  "00080020": "StudyDate", "00080030": "StudyTime", "00080050": "AccessionNumber", "00080090": "ReferringPhysicianName", "00200010": "StudyID",
+};
 
 /**
  * Deterministic UIDs: the same file attached twice to the same study as the same kind is the same instance. PDFs
@@ -233,6 +241,7 @@ export function buildWrapper(content: Omit<DocumentContent, "bulkPath">, sha256:
   for (const t of COPIED) if (studyMetadata[t]) copied[t] = studyMetadata[t]!;
   const naturalized = dcmjs().data.DicomMetaDictionary.naturalizeDataset(structuredClone(copied)) as Record<string, unknown>;
   delete naturalized._vrMap;
+  for (const [tag, keyword] of Object.entries(TYPE2_COPIED)) if (!studyMetadata[tag]?.Value?.length) naturalized[keyword] = "";
   const iso = now.toISOString();
   const date = iso.slice(0, 10).replace(/-/g, ""), time = iso.slice(11, 19).replace(/:/g, "");
   const sopClassUID = isPdf ? SOPClass.EncapsulatedPDFStorage : SOPClass.SecondaryCaptureImageStorage;
@@ -259,12 +268,16 @@ export function buildWrapper(content: Omit<DocumentContent, "bulkPath">, sha256:
     ConceptNameCodeSequence: [{ CodeValue: kind.code, CodingSchemeDesignator: "LN", CodeMeaning: kind.meaning }],
     // language of the document (PS3.3 C.12.1.1.2 SOP Common: Language Code Sequence, BCP 47 "RFC5646" scheme)
     LanguageCodeSequence: [{ CodeValue: req.language, CodingSchemeDesignator: "RFC5646", CodeMeaning: req.language }],
+    // Type 2 (empty: not known): when the document was made; a photo of a page has no patient orientation.
+    // Laterality (Type 2C) stays absent: a report is no paired body part
+    ...(isPdf ? { AcquisitionDateTime: "" } : { PatientOrientation: "" }),
     ...content.attributes,
   };
   if (req.translationOf) {
-    // the translation names its original in the standard Referenced Instance Sequence (0008,114A); no purpose
-    // code: DICOM has none for "translation of", and a wrong one would mislead a PACS
-    ds.ReferencedInstanceSequence = [{
+    // the translation names its original in Source Instance Sequence (0042,0013, General Reference and Encapsulated
+    // Document modules): "the instances this one was derived from", which a translation is. Referenced Instance
+    // Sequence would need a purpose-of-reference code, and DICOM has none meaning "translation of"
+    ds.SourceInstanceSequence = [{
       ReferencedSOPClassUID: req.translationOfClassUID ?? sopClassUID,
       ReferencedSOPInstanceUID: req.translationOf,
     }];

@@ -19,6 +19,22 @@ describe("documents attached to a study", () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "docs-test-"));
   const post = (body: Buffer, q: Record<string, string>, s = study) =>
     fetch(`${relay.url}/api/studies/${s}/documents?${new URLSearchParams(q)}`, { method: "POST", body: new Uint8Array(body), headers: { "content-type": "application/octet-stream" } });
+  /** The stored instance as a Part-10 file, read back by WADO-RS. */
+  const part10File = async (series: string, sop: string, name: string) => {
+    const res = await fetch(`${relay.dicomwebUrl}/studies/${study}/series/${series}/instances/${sop}`, { headers: { accept: 'multipart/related; type="application/dicom"' } });
+    const raw = Buffer.from(await res.arrayBuffer());
+    const file = path.join(tmp, name);
+    fs.writeFileSync(file, raw.subarray(raw.indexOf("DICM") - 128, raw.lastIndexOf(Buffer.from("\r\n--"))));
+    return file;
+  };
+  /**
+   * dicom3tools' IOD checker: the lines it calls errors. For Secondary Capture it asks for Laterality (Type 2C, "if
+   * the body part is paired"), a condition it cannot evaluate: a report is no body part, so the relay leaves it out.
+   */
+  const iodErrors = (file: string) => {
+    const out = spawnSync("dciodvfy", [file], { encoding: "utf8" });
+    return (out.stdout + out.stderr).split("\n").filter((l) => /^Error/.test(l) && !/Type 2C Conditional Element=<Laterality>/.test(l));
+  };
   const count = async () => ((await (await fetch(`${relay.dicomwebUrl}/studies/${study}/instances`)).json()) as unknown[]).length;
 
   beforeAll(async () => {
@@ -57,18 +73,15 @@ describe("documents attached to a study", () => {
     expect(md[0]!["00420010"]!.Value).toEqual(["病理报告"]);
     expect((md[0]!["00100010"]!.Value![0] as { Ideographic: string }).Ideographic).toBe("张^三");
 
-    const part = await fetch(base, { headers: { accept: 'multipart/related; type="application/dicom"' } });
-    const raw = Buffer.from(await part.arrayBuffer());
-    const start = raw.indexOf("DICM") - 128;
-    const end = raw.lastIndexOf(Buffer.from("\r\n--"));
-    const file = path.join(tmp, "doc.dcm");
-    fs.writeFileSync(file, raw.subarray(start, end));
+    const file = await part10File(b1.seriesInstanceUID, b1.sopInstanceUID, "doc.dcm");
     execFileSync("dcm2pdf", [file, path.join(tmp, "out.pdf")]);
     expect(fs.readFileSync(path.join(tmp, "out.pdf")).equals(pdf)).toBe(true);
     const dump = spawnSync("dcmdump", [file], { encoding: "utf8" });
     expect(dump.status).toBe(0);
     expect(dump.stderr + dump.stdout).not.toMatch(/error|warning/i);
     expect(dump.stdout).toContain("病理报告");
+    // the Encapsulated PDF IOD: every Type 1 and Type 2 attribute there (empty where the study has no value)
+    expect(iodErrors(file)).toEqual([]);
   });
 
   it("links a translation to its original and reports completeness", async () => {
@@ -79,6 +92,11 @@ describe("documents attached to a study", () => {
     const list = (await (await fetch(`${relay.url}/api/studies/${study}/documents`)).json()) as { documents: { kind: string; language: string; original: boolean; translationOf?: string }[] };
     const t = list.documents.find((d) => d.language === "en")!;
     expect(t).toMatchObject({ kind: "radiology-report", original: false, translationOf: orig.sopInstanceUID });
+    // the link is Source Instance Sequence (0042,0013): the translation is derived from the original
+    const trBody = (await tr.json()) as { sopInstanceUID: string; seriesInstanceUID: string };
+    const trFile = await part10File(trBody.seriesInstanceUID, trBody.sopInstanceUID, "translation.dcm");
+    expect(spawnSync("dcmdump", [trFile], { encoding: "utf8" }).stdout).toMatch(new RegExp(`\\(0042,0013\\) SQ[\\s\\S]*\\(0008,1155\\) UI \\[${orig.sopInstanceUID.replace(/\./g, "\\.")}\\]`));
+    expect(iodErrors(trFile)).toEqual([]);
     expect(list.documents.filter((d) => d.kind === "radiology-report" && d.original)).toHaveLength(1);
     const c = (await (await fetch(`${relay.url}/api/studies/${study}/completeness`)).json()) as { present: string[]; missing: string[] };
     expect(c.present.sort()).toEqual(["pathology-report", "radiology-report"]);
@@ -90,6 +108,8 @@ describe("documents attached to a study", () => {
     expect(r.status).toBe(201);
     const q = (await (await fetch(`${relay.dicomwebUrl}/instances?Modality=OT&SOPClassUID=1.2.840.10008.5.1.4.1.1.7`)).json()) as unknown[];
     expect(q).toHaveLength(1);
+    const b = (await r.json()) as { sopInstanceUID: string; seriesInstanceUID: string };
+    expect(iodErrors(await part10File(b.seriesInstanceUID, b.sopInstanceUID, "jpeg.dcm"))).toEqual([]);
   });
 
   it("refuses bad input with a sentence and stores nothing", async () => {
@@ -147,11 +167,8 @@ describe("documents attached to a study", () => {
     const pdfOfKind = (await (await post(pdf, { kind: "lab-results", title: "Lab results", language: "en" })).json()) as { seriesInstanceUID: string };
     // one modality per series: the photo (OT) and the PDF (DOC) of one kind are two series
     expect(pdfOfKind.seriesInstanceUID).not.toBe(b.seriesInstanceUID);
-    const file = path.join(tmp, "photo.dcm");
-    const inst = await fetch(`${relay.dicomwebUrl}/studies/${study}/series/${b.seriesInstanceUID}/instances/${b.sopInstanceUID}`, { headers: { accept: 'multipart/related; type="application/dicom"' } });
-    const raw = Buffer.from(await inst.arrayBuffer());
-    const start = raw.indexOf("\r\n\r\n") + 4;
-    fs.writeFileSync(file, raw.subarray(start, raw.lastIndexOf(Buffer.from("\r\n--"))));
+    const file = await part10File(b.seriesInstanceUID, b.sopInstanceUID, "photo.dcm");
+    expect(iodErrors(file)).toEqual([]);
     const dump = spawnSync("dcmdump", ["+L", file], { encoding: "utf8" });
     expect(dump.status, dump.stderr).toBe(0);
     expect(dump.stderr).not.toMatch(/error|warn/i);

@@ -27,7 +27,7 @@ const req: DocumentRequest = { studyInstanceUID: "1.2.3", kind: "pathology-repor
 const studyMetadata = { "00100010": { vr: "PN", Value: [{ Alphabetic: "Zhang^San", Ideographic: "张^三" }] }, "00100020": { vr: "LO", Value: ["CN-1"] } };
 
 /** The whole wrapped instance as one buffer, read back with dcmjs (fine for these few bytes). */
-async function wrapAndRead(b: Buffer): Promise<{ bytes: Buffer; ds: Record<string, any>; meta: Record<string, any> }> {
+async function wrapAndRead(b: Buffer): Promise<{ bytes: Buffer; ds: Record<string, any>; meta: Record<string, any>; tags: string[] }> {
   const doc = await spool(b);
   const content = await readDocumentContent(doc, doc.path + ".pixels");
   const wrapper = buildWrapper(content, doc.sha256, req, studyMetadata);
@@ -35,7 +35,7 @@ async function wrapAndRead(b: Buffer): Promise<{ bytes: Buffer; ds: Record<strin
   for await (const c of wrappedInstance(wrapper, content.bulkPath)) chunks.push(c);
   const bytes = Buffer.concat(chunks);
   const read = dcmjs.data.DicomMessage.readFile(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer);
-  return { bytes, ds: dcmjs.data.DicomMetaDictionary.naturalizeDataset(read.dict), meta: dcmjs.data.DicomMetaDictionary.naturalizeDataset(read.meta) };
+  return { bytes, ds: dcmjs.data.DicomMetaDictionary.naturalizeDataset(read.dict), meta: dcmjs.data.DicomMetaDictionary.naturalizeDataset(read.meta), tags: Object.keys(read.dict as object) };
 }
 
 describe("document content", () => {
@@ -124,6 +124,21 @@ describe("the wrapped instance", () => {
     expect(stored.length).toBe(odd.length + 1);
     expect(stored.subarray(0, odd.length).equals(odd)).toBe(true);
   });
+  it("Type 2 attributes the study lacks are present and empty (Patient, General Study; the IOD's own)", async () => {
+    // studyMetadata has only PatientName and PatientID
+    const type2 = ["00100030", "00100040", "00080020", "00080030", "00080050", "00080090", "00200010"];
+    const pdfDoc = await wrapAndRead(pdf);
+    expect(type2.filter((t) => !pdfDoc.tags.includes(t))).toEqual([]);
+    for (const keyword of ["PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID"]) {
+      expect([pdfDoc.ds[keyword] ?? ""].flat().join(""), keyword).toBe("");
+    }
+    expect(pdfDoc.tags).toContain("0008002A"); // AcquisitionDateTime
+    const photo = await wrapAndRead(jpeg);
+    expect(photo.tags).toContain("00200020"); // PatientOrientation
+    expect(photo.tags).not.toContain("00200060"); // Laterality: a report is no paired body part
+    expect(photo.ds.PatientID).toBe("CN-1");
+  });
+
   it("a JPEG: Secondary Capture with the JPEG as its one fragment", async () => {
     const { ds, meta } = await wrapAndRead(jpeg);
     expect(meta.TransferSyntaxUID).toBe("1.2.840.10008.1.2.4.50");
