@@ -174,6 +174,14 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     await expect.poll(() => page.locator("#upload-status").textContent()).toContain("Paused");
     expect(await page.getByRole("button", { name: "Pause" }).isVisible()).toBe(false);
     const paused = await progress();
+    // per file: some sent or under way, some not begun; the total is their size-weighted sum
+    const perFile = await page.locator("#file-rows tr").evaluateAll((rows) => rows
+      .filter((r) => r.querySelector("td")?.textContent?.endsWith(".dcm"))
+      .map((r) => r.querySelector("progress")?.value ?? -1));
+    expect(perFile).toHaveLength(6);
+    expect(perFile.some((v) => v > 0)).toBe(true);
+    expect(perFile.some((v) => v < 1)).toBe(true);
+    expect(await page.locator("#total-text").textContent()).toMatch(/ of .* sent$/);
     await new Promise((r) => setTimeout(r, 1500));
     expect(await progress()).toBe(paused);
     await page.getByRole("button", { name: "Resume" }).click();
