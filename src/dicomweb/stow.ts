@@ -113,7 +113,8 @@ export function stowResponse(results: IngestResult[], root: string, expectedStud
         };
         if (x.status === "already-stored") {
           // Warning Reason 0xB000 would mean coercion; an identical duplicate is plain success, noted in a comment
-          item["00000902"] = { vr: "LO", Value: ["already stored: identical bytes, nothing written"] };
+          // keep-first with other bytes: still success (the policy), but the sender learns its bytes were not kept
+          item["00000902"] = { vr: "LO", Value: [x.keptOther ? "different bytes were stored before; kept those (keep-first)" : "already stored: identical bytes, nothing written"] };
         }
         return item;
       }),

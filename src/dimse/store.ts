@@ -19,13 +19,11 @@ export interface StoreOutcome {
 }
 
 /** DIMSE C-STORE status for an ingest result (PS3.4 B.2.3). */
-export function storeStatus(result: IngestResult, offeredSha256: string | null): StoreOutcome {
+export function storeStatus(result: IngestResult): StoreOutcome {
   if (result.status === "stored" || result.status === "replaced") return { status: Status.Success, result };
   if (result.status === "already-stored") {
-    // keep-first: other bytes under a stored SOPInstanceUID were ignored; the sender should know
-    if (offeredSha256 && result.sha256 !== offeredSha256) {
-      return { status: Status.StoreWarning, errorComment: "different bytes already stored for this SOP instance; kept the first", result };
-    }
+    // keep-first: other bytes under a stored SOPInstanceUID were ignored; the sender should know (LO: 64 characters)
+    if (result.keptOther) return { status: Status.StoreWarning, errorComment: "different bytes were stored before; kept those (keep-first)", result };
     return { status: Status.Success, result };
   }
   if (result.status !== "failed") return { status: Status.Success, result };
@@ -58,13 +56,13 @@ export function storeSink(opts: {
   const spooled = opts.ingest.spool(body, { source: opts.source });
   const done = (async (): Promise<StoreOutcome> => {
     const s = await spooled;
-    if ("status" in s) return storeStatus(s, null);
+    if ("status" in s) return storeStatus(s);
     if (aborted) {
       // never reached in practice (an aborted body makes spool reject), kept as a guard
       return { status: Status.ProcessingFailure, errorComment: "the association ended before the data set was complete" };
     }
     const result = await opts.ingest.ingestSpool(s, { source: opts.source });
-    return storeStatus(result, s.sha256);
+    return storeStatus(result);
   })().catch((err: Error): StoreOutcome => ({ status: Status.ProcessingFailure, errorComment: `not stored: ${err.message}` }));
   const sink: DatasetSink = {
     async write(chunk) {

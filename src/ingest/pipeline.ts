@@ -232,7 +232,7 @@ export class IngestPipeline implements Ingestor {
   ): IngestResult {
     if (this.deps.config.conflictPolicy === "keep-first") {
       this.deps.log.warn({ ...ids, existing: existingSha, offered: sha256, source: opts.source }, "different bytes for a stored SOPInstanceUID ignored (conflict policy keep-first)");
-      return { status: "already-stored", ...ids, sha256: existingSha, size };
+      return { status: "already-stored", ...ids, sha256: existingSha, size, keptOther: true };
     }
     return this.fail(opts, FailureReason.DuplicateSOPInstance,
       `an instance with SOPInstanceUID ${ids.sopInstanceUID} is already stored with different content; it was not overwritten (conflict policy "reject")`,

@@ -9,8 +9,11 @@ export type IngestResult =
       seriesInstanceUID: string;
       sopInstanceUID: string;
       sopClassUID: string;
+      /** of the bytes stored (with keptOther: those kept, not those sent) */
       sha256: string;
       size: number;
+      /** already-stored under conflict policy keep-first: the sender's bytes differed and were not kept */
+      keptOther?: true;
     }
   | {
       status: "failed";

@@ -171,14 +171,14 @@ describe("C-FIND identifiers", () => {
 describe("C-STORE status of an ingest result", () => {
   const ids = { studyInstanceUID: "1", seriesInstanceUID: "2", sopInstanceUID: "3", sopClassUID: CT, size: 1 };
   it("maps each outcome to a DIMSE status", () => {
-    expect(storeStatus({ status: "stored", ...ids, sha256: "a" }, "a").status).toBe(0);
-    expect(storeStatus({ status: "already-stored", ...ids, sha256: "a" }, "a").status).toBe(0);
-    expect(storeStatus({ status: "already-stored", ...ids, sha256: "a" }, "b").status).toBe(0xb000);
-    expect(storeStatus({ status: "failed", reason: FailureReason.OutOfResources, message: "big" }, null).status).toBe(0xa700);
-    expect(storeStatus({ status: "failed", reason: FailureReason.ProcessingFailure, message: "down", retryable: true }, null).status).toBe(0xa700);
-    expect(storeStatus({ status: "failed", reason: FailureReason.DataSetDoesNotMatchSOPClass, message: "x" }, null).status).toBe(0xa900);
-    expect(storeStatus({ status: "failed", reason: FailureReason.CannotUnderstand, message: "x" }, null).status).toBe(0xc000);
-    expect(storeStatus({ status: "failed", reason: FailureReason.DuplicateSOPInstance, message: "x" }, null).status).toBe(0x0111);
+    expect(storeStatus({ status: "stored", ...ids, sha256: "a" }).status).toBe(0);
+    expect(storeStatus({ status: "already-stored", ...ids, sha256: "a" }).status).toBe(0);
+    expect(storeStatus({ status: "already-stored", ...ids, sha256: "a", keptOther: true }).status).toBe(0xb000);
+    expect(storeStatus({ status: "failed", reason: FailureReason.OutOfResources, message: "big" }).status).toBe(0xa700);
+    expect(storeStatus({ status: "failed", reason: FailureReason.ProcessingFailure, message: "down", retryable: true }).status).toBe(0xa700);
+    expect(storeStatus({ status: "failed", reason: FailureReason.DataSetDoesNotMatchSOPClass, message: "x" }).status).toBe(0xa900);
+    expect(storeStatus({ status: "failed", reason: FailureReason.CannotUnderstand, message: "x" }).status).toBe(0xc000);
+    expect(storeStatus({ status: "failed", reason: FailureReason.DuplicateSOPInstance, message: "x" }).status).toBe(0x0111);
   });
 });
 
