@@ -150,7 +150,7 @@ export class IngestPipeline implements Ingestor {
       return { status: "already-stored", ...ids, sha256, size };
     }
     if (existing && this.deps.config.conflictPolicy !== "replace") {
-      return this.conflict(opts, ids, sha256, size, existing.sha256);
+      return this.conflict(opts, ids, sha256, size, existing);
     }
 
     const blobKey = instanceBlobKey(sha256);
@@ -196,7 +196,7 @@ export class IngestPipeline implements Ingestor {
         // lost a race with a concurrent ingest of the same SOPInstanceUID: the unique constraint decided
         if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size };
         await this.removeUnreferenced(blobKey);
-        return this.conflict(opts, ids, sha256, size, outcome.existing.sha256);
+        return this.conflict(opts, ids, sha256, size, outcome.existing);
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "indexing an instance failed");
         await this.removeUnreferenced(blobKey);
@@ -228,11 +228,12 @@ export class IngestPipeline implements Ingestor {
     ids: { studyInstanceUID: string; seriesInstanceUID: string; sopInstanceUID: string; sopClassUID: string },
     sha256: string,
     size: number,
-    existingSha: string,
+    existing: { sha256: string; size: number },
   ): IngestResult {
     if (this.deps.config.conflictPolicy === "keep-first") {
-      this.deps.log.warn({ ...ids, existing: existingSha, offered: sha256, source: opts.source }, "different bytes for a stored SOPInstanceUID ignored (conflict policy keep-first)");
-      return { status: "already-stored", ...ids, sha256: existingSha, size, keptOther: true };
+      this.deps.log.warn({ ...ids, existing: existing.sha256, offered: sha256, source: opts.source }, "different bytes for a stored SOPInstanceUID ignored (conflict policy keep-first)");
+      // what is stored: the kept bytes' hash and size
+      return { status: "already-stored", ...ids, sha256: existing.sha256, size: existing.size, keptOther: true };
     }
     return this.fail(opts, FailureReason.DuplicateSOPInstance,
       `an instance with SOPInstanceUID ${ids.sopInstanceUID} is already stored with different content; it was not overwritten (conflict policy "reject")`,
