@@ -14,6 +14,8 @@ import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
 import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
 import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
+import type { RelayMetrics } from "./metrics/metrics.ts";
+import { httpMetrics, metricsHandler } from "./metrics/http.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -27,6 +29,8 @@ export interface RelayServices {
   access?: AccessControl;
   /** auto-forwarding of completed transfers */
   forwarding?: ForwardingService;
+  /** Prometheus counters (GET /metrics) */
+  metrics?: RelayMetrics;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -43,6 +47,10 @@ export function createApp(svc: RelayServices): Express {
     });
     next();
   });
+  if (svc.metrics) {
+    const c = svc.config;
+    app.use(httpMetrics(svc.metrics, { dicomwebRoot: c.dicomweb.root, tusPath: c.transfers.tusPath, consolePath: c.console.path, viewerAssetsPath: c.viewer.assetsPath }));
+  }
 
   app.get("/healthz", (_req, res) => {
     res.json({ status: "ok" });
@@ -76,6 +84,8 @@ export function createApp(svc: RelayServices): Express {
   const access = svc.access;
   if (!access && svc.config.auth.enabled) throw new Error("createApp: access control services are missing while auth.enabled is true");
   if (access) app.use(access.guards.authenticate);
+  // operational counters only, no patient data: the metrics (or admin) scope; metrics.port serves them without a token
+  if (svc.metrics && svc.config.metrics.enabled) app.get("/metrics", ...(access ? [access.guards.metrics] : []), metricsHandler(svc.metrics));
   const dicomweb = dicomwebRouter(svc);
   app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), dicomweb);
   if (access) {
@@ -91,6 +101,6 @@ export function createApp(svc: RelayServices): Express {
   if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
-  app.use(errorHandler(svc.log));
+  app.use(errorHandler(svc.log, svc.metrics));
   return app;
 }

@@ -283,6 +283,15 @@ export const configSchema = z
         linkExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
       })
       .strict(),
+    metrics: z
+      .object({
+        /** GET /metrics (Prometheus text format) on the main listener, for tokens with the metrics or admin scope */
+        enabled: z.boolean(),
+        /** a separate listener that serves only GET /metrics without a token; 0 = none. Bind it to a private address */
+        port: z.number().int().min(0).max(65535),
+        host: z.string().min(1),
+      })
+      .strict(),
     encryption: z
       .object({
         /** encrypt blobs at rest (AES-256-GCM in 64 KiB chunks) */
@@ -399,6 +408,7 @@ export function defaultConfig(): RelayConfig {
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
     console: { enabled: true, path: "/console" },
     viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },
+    metrics: { enabled: true, port: 0, host: "127.0.0.1" },
   };
 }
 

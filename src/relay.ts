@@ -16,6 +16,8 @@ import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
 import { DimseServer } from "./dimse/server.ts";
 import { ForwardingService } from "./forwarding/service.ts";
+import { RelayMetrics, meteredIngestor } from "./metrics/metrics.ts";
+import { startMetricsListener } from "./metrics/http.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -29,6 +31,8 @@ export interface RunningRelay {
   dimse: DimseServer | null;
   /** its port (0 when not enabled) */
   dimsePort: number;
+  /** the metrics-only listener's port (metrics.port; 0 when not enabled) */
+  metricsPort: number;
   /** the admin token created on the first start (null on later starts or with auth disabled); print it once */
   initialAdminToken: string | null;
   /** Stop listening; running requests get graceMs to finish before their connections are cut. */
@@ -50,8 +54,9 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
   });
   await ingest.init();
   const access = await openAccess({ config, log: logger, index });
+  const metrics = new RelayMetrics();
   // one audit row per instance stored, whichever way it came in, under the actor of the request behind it
-  const audited = auditingIngestor(ingest, access.audit);
+  const audited = auditingIngestor(meteredIngestor(ingest, metrics), access.audit);
   const forwarding = new ForwardingService({ config, log: logger, index, store, audit: access.audit });
   const transfers = await startTransfers({
     config,
@@ -62,7 +67,12 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
   });
   forwarding.start();
-  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding };
+  metrics.setSources({
+    transfersByState: () => transfers.service.countByState(),
+    forwardingByState: () => forwarding.queue.stateCounts(),
+    storageDir: config.storage.kind === "fs" ? config.storage.fs.root : null,
+  });
+  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -92,6 +102,16 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       throw err;
     }
   }
+  let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | null = null;
+  if (config.metrics.port > 0 && services.metrics) {
+    try {
+      metricsListener = await startMetricsListener(services.metrics, config.metrics.host, config.metrics.port, services.log);
+    } catch (err) {
+      await dimse?.close();
+      server.close();
+      throw err;
+    }
+  }
   const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
   const scheme = config.tls.enabled ? "https" : "http";
   const url = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `${scheme}://${host}:${port}`;
@@ -101,11 +121,16 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     port,
     dimse,
     dimsePort: dimse?.port ?? 0,
+    metricsPort: metricsListener?.port ?? 0,
     services,
     server,
     initialAdminToken: services.access?.initialAdminToken ?? null,
     async close(graceMs = 0) {
       await dimse?.close();
+      if (metricsListener) {
+        metricsListener.server.closeAllConnections();
+        await new Promise<void>((resolve) => metricsListener!.server.close(() => resolve()));
+      }
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeIdleConnections();

@@ -8,9 +8,9 @@
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import crypto from "node:crypto";
-import type { Readable } from "node:stream";
 import type { AccessDb } from "./db.ts";
-import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "../ingest/types.ts";
+import type { IngestOptions, IngestResult, Ingestor } from "../ingest/types.ts";
+import { observingIngestor } from "../ingest/observe.ts";
 
 export type AuditOutcome = "success" | "failure";
 
@@ -203,7 +203,7 @@ export const auditContext = new AsyncLocalStorage<AuditContext>();
  * request that started the work; work started by the relay itself (recovery at start) is "system".
  */
 export function auditingIngestor(inner: Ingestor, audit: Pick<AuditTrail, "record">): Ingestor {
-  const note = (result: IngestResult, opts?: IngestOptions): IngestResult => {
+  return observingIngestor(inner, (result: IngestResult, opts?: IngestOptions) => {
     const ctx = auditContext.getStore();
     audit.record({
       actor: ctx?.actor ?? "system",
@@ -220,23 +220,7 @@ export function auditingIngestor(inner: Ingestor, audit: Pick<AuditTrail, "recor
         .filter(Boolean)
         .join("; "),
     });
-    return result;
-  };
-  return {
-    async ingestStream(body: Readable, opts?: IngestOptions) {
-      return note(await inner.ingestStream(body, opts), opts);
-    },
-    async ingestFile(p: string, opts?: IngestOptions) {
-      return note(await inner.ingestFile(p, opts), opts);
-    },
-    async spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult> {
-      const s = await inner.spool(body, opts);
-      return "status" in s ? note(s, opts) : s;
-    },
-    async ingestSpool(spooled: SpooledInstance, opts?: IngestOptions) {
-      return note(await inner.ingestSpool(spooled, opts), opts);
-    },
-  };
+  });
 }
 
 /** A point in time for audit queries: "24h", "7d", "90m" ago, or an ISO date / date-time. */

@@ -48,6 +48,8 @@ export interface AccessGuards {
   /** tus and /api/transfers: upload (or admin) scope, plus the client certificate when required */
   transfers: RequestHandler;
   admin: RequestHandler;
+  /** GET /metrics: metrics or admin scope */
+  metrics: RequestHandler;
 }
 
 export interface GuardDeps {
@@ -59,7 +61,7 @@ export interface GuardDeps {
 }
 
 const SHARE_PATH = /^\/share\/([^/]*)(?:\/|$)/i;
-const ANONYMOUS: Principal = { kind: "anonymous", tokenId: null, scopes: new Set(["read", "upload", "admin"]), studies: null, viaSharePath: false };
+const ANONYMOUS: Principal = { kind: "anonymous", tokenId: null, scopes: new Set(["read", "upload", "admin", "metrics"]), studies: null, viaSharePath: false };
 
 const principalOf = (res: Response): Principal | undefined => res.locals.principal as Principal | undefined;
 const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
@@ -241,6 +243,7 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       // transfers' admin routes (release) keep their transfer action
       authorize(req, res, next, ["admin"], current === "transfer" ? "transfer.admin" : "admin");
     },
+    metrics: (req, res, next) => authorize(req, res, next, ["metrics", "admin"], "metrics"),
   };
 }
 

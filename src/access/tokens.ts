@@ -11,7 +11,8 @@ import crypto from "node:crypto";
 import type { AccessDb } from "./db.ts";
 import { isValidUid } from "../dicom/uids.ts";
 
-export const SCOPES = ["read", "upload", "admin"] as const;
+/** metrics: GET /metrics only (operational counters, no patient data), for a Prometheus scraper */
+export const SCOPES = ["read", "upload", "admin", "metrics"] as const;
 export type Scope = (typeof SCOPES)[number];
 export type TokenKind = "token" | "share";
 

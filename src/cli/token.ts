@@ -13,7 +13,7 @@ import { accessDbPath, openAccessDb, type AccessDb } from "../access/db.ts";
 
 const USAGE = `dicom-relay token <subcommand> [options]
 
-  create --scope read,upload,admin [--expires 30d|12h|2030-01-31|never] [--label TEXT]
+  create --scope read,upload,admin,metrics [--expires 30d|12h|2030-01-31|never] [--label TEXT]
                   a bearer token; printed once (only its hash is kept)
   share --study UID[,UID...] [--expires 7d] [--label TEXT] [--url BASE]
                   a read-only share link for those studies: a DICOMweb root URL to give a viewer or PACS

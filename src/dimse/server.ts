@@ -27,6 +27,7 @@ import { storeSink } from "./store.ts";
 import { retrieveScopes, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
 import { Reject } from "./pdu.ts";
 import { RevocationList } from "../access/tls.ts";
+import type { RelayMetrics } from "../metrics/metrics.ts";
 
 export interface DimseDeps {
   config: RelayConfig;
@@ -36,6 +37,7 @@ export interface DimseDeps {
   ingest: Ingestor;
   audit?: AuditTrail;
   peerGrants?: PeerGrants;
+  metrics?: Pick<RelayMetrics, "noteDimse">;
 }
 
 interface Session {
@@ -133,10 +135,19 @@ export class DimseServer {
       idleTimeoutMs: this.cfg.idleTimeoutSeconds * 1000,
       log,
     }, {
-      onRequest: (a, msg) => void this.onRequest(a, msg).catch((err) => {
-        log.error({ err }, "DIMSE request failed");
-        a.abort(`internal error: ${(err as Error).message}`);
-      }),
+      onRequest: (a, msg) => {
+        const started = process.hrtime.bigint();
+        const command = commandName(msg.command.commandField);
+        const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+        void this.onRequest(a, msg).then(
+          () => this.deps.metrics?.noteDimse(command, "completed", seconds()),
+          (err) => {
+            this.deps.metrics?.noteDimse(command, "error", seconds());
+            log.error({ err }, "DIMSE request failed");
+            a.abort(`internal error: ${(err as Error).message}`);
+          },
+        );
+      },
       datasetSink: (a, contextId, command) => this.storeSinkFor(a, contextId, command),
       onCancel: (a, messageId) => this.sessions.get(a)?.cancelled.add(messageId),
       onClose: (a, reason) => {
@@ -191,6 +202,7 @@ export class DimseServer {
       }).catch(() => {});
     // refused before anything is spooled: the data set is read and dropped, then answered
     const drop = (status: number, comment: string, why = comment) => {
+      this.deps.metrics?.noteDimse("C-STORE", "failure", 0);
       this.audit({ action: "dimse.store", outcome: "failure", sopInstanceUID: isUid(sop) ? sop : null, detail: why }, a);
       this.deps.log.warn({ callingAE: a.callingAE, sopInstanceUID: sop.slice(0, 64), status: status.toString(16), why }, "C-STORE refused");
       return { write() {}, end: () => void respond(status, comment.slice(0, 64)), abort() {} };
@@ -207,7 +219,9 @@ export class DimseServer {
     const { sink, done } = auditContext.run(auditCtx, () =>
       storeSink({ ingest: this.deps.ingest, sopClassUID: sopClass, sopInstanceUID: sop, transferSyntaxUID: ctx.transferSyntax, callingAE: a.callingAE, source: `dimse:${a.callingAE}` }),
     );
+    const started = process.hrtime.bigint();
     void done.then((o) => {
+      this.deps.metrics?.noteDimse("C-STORE", dimseOutcome(o.status), Number(process.hrtime.bigint() - started) / 1e9);
       if (a.closed) return;
       if (o.status !== Status.Success) this.deps.log.warn({ callingAE: a.callingAE, sopInstanceUID: sop, status: o.status.toString(16), comment: o.errorComment }, "C-STORE not successful");
       return respond(o.status, o.errorComment?.slice(0, 64));
@@ -407,4 +421,29 @@ export class DimseServer {
     }, a);
     if (!a.closed) await respond(status, ops, ops.failed ? `${ops.failed} sub-operation(s) failed` : undefined);
   }
+}
+
+/** C-ECHO, C-FIND ... for the metrics' command label (a fixed set: unknown fields are "other"). */
+function commandName(field: number): string {
+  switch (field) {
+    case CommandField.CEchoRQ:
+      return "C-ECHO";
+    case CommandField.CFindRQ:
+      return "C-FIND";
+    case CommandField.CMoveRQ:
+      return "C-MOVE";
+    case CommandField.CGetRQ:
+      return "C-GET";
+    case CommandField.CStoreRQ:
+      return "C-STORE";
+    default:
+      return "other";
+  }
+}
+
+/** PS3.7 C.1: 0x0000 success, 0x0001 and 0xBxxx warnings, anything else a failure. */
+export function dimseOutcome(status: number): "success" | "warning" | "failure" {
+  if (status === 0) return "success";
+  if (status === 0x0001 || (status & 0xf000) === 0xb000) return "warning";
+  return "failure";
 }

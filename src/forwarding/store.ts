@@ -142,6 +142,13 @@ export class ForwardingStore {
     return row ? this.toJob(row) : null;
   }
 
+  /** Jobs and instances by state (metrics: pending instances are the queue depth). */
+  stateCounts(): { jobs: Record<string, number>; items: Record<string, number> } {
+    const count = (table: "jobs" | "items") =>
+      Object.fromEntries((this.db.prepare(`SELECT state, COUNT(*) AS n FROM ${table} GROUP BY state`).all() as { state: string; n: number }[]).map((r) => [r.state, r.n]));
+    return { jobs: count("jobs"), items: count("items") };
+  }
+
   listJobs(filter: { study?: string; transfer?: string; state?: JobState; rule?: string; limit?: number } = {}): ForwardJob[] {
     const where: string[] = [];
     const args: unknown[] = [];

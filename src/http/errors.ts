@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from "express";
 import type { Logger } from "pino";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
 import { isIndexUnavailable } from "../catalog/index.ts";
+import type { RelayMetrics } from "../metrics/metrics.ts";
 
 /** An error with an HTTP status and a sentence for the person on the other end. */
 export class HttpError extends Error {
@@ -14,7 +15,7 @@ export class HttpError extends Error {
 export const RETRY_AFTER_SECONDS = "30";
 
 /** Answer every error as JSON {error, status}, log it, and never leak stack traces. */
-export function errorHandler(log: Logger) {
+export function errorHandler(log: Logger, metrics?: Pick<RelayMetrics, "backendErrors">) {
   return (err: unknown, req: Request, res: Response, _next: NextFunction) => {
     let status = 500;
     let message = "the relay hit an unexpected error; it was logged";
@@ -25,10 +26,12 @@ export function errorHandler(log: Logger) {
       message = err.message;
       headers = err.headers;
     } else if (err instanceof StorageUnavailableError) {
+      metrics?.backendErrors.inc({ backend: "storage" });
       status = 503;
       message = "the relay's storage is unavailable right now; please retry later";
       headers = { "Retry-After": RETRY_AFTER_SECONDS };
     } else if (isIndexUnavailable(err)) {
+      metrics?.backendErrors.inc({ backend: "index" });
       status = 503;
       message = "the relay's index database is unavailable right now; please retry later";
       headers = { "Retry-After": RETRY_AFTER_SECONDS };

@@ -11,7 +11,7 @@ import fsp from "node:fs/promises";
 import type pg from "pg";
 import { inTransaction } from "../catalog/pgTransaction.ts";
 import { ReceiptSigner, type SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 /** Manifest items inserted per statement (unnest of arrays: one round trip per batch). */
 const BATCH = 1000;
@@ -116,6 +116,10 @@ export class PostgresTransferStore implements TransferStore {
 
   async listCompleteWithoutReceipt(): Promise<string[]> {
     return (await this.pool.query<{ id: string }>("SELECT id FROM transfers WHERE state = 'complete' AND receipt IS NULL")).rows.map((r) => r.id);
+  }
+
+  async countTransfersByState(): Promise<Record<TransferRecord["state"], number>> {
+    return transferStateCounts((await this.pool.query<{ state: TransferRecord["state"]; n: string }>("SELECT state, COUNT(*) AS n FROM transfers GROUP BY state")).rows);
   }
 
   async getUploadResult(uploadId: string): Promise<UploadResult | null> {

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 const MIGRATIONS = [
   `CREATE TABLE transfers (
@@ -130,6 +130,10 @@ export class SqliteTransferStore implements TransferStore {
 
   async listCompleteWithoutReceipt(): Promise<string[]> {
     return (this.db.prepare("SELECT id FROM transfers WHERE state = 'complete' AND receipt IS NULL").all() as { id: string }[]).map((r) => r.id);
+  }
+
+  async countTransfersByState(): Promise<Record<TransferRecord["state"], number>> {
+    return transferStateCounts(this.db.prepare("SELECT state, COUNT(*) AS n FROM transfers GROUP BY state").all() as { state: TransferRecord["state"]; n: number }[]);
   }
 
   async getUploadResult(uploadId: string): Promise<UploadResult | null> {

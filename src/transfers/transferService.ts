@@ -109,6 +109,11 @@ export class TransferService {
   }
 
   /** Finishes what a stop interrupted: receipts of completed transfers, ingest of complete uploads. */
+  /** Transfers by state, for the metrics. */
+  countByState(): Promise<Record<string, number>> {
+    return this.deps.transfers.countTransfersByState();
+  }
+
   async start(tus: RelayUploadStore, results: UploadResultStore = this.deps.transfers): Promise<void> {
     this.uploads = tus;
     this.results = results;

@@ -102,6 +102,8 @@ export interface TransferStore extends UploadResultStore {
   setReceipt(transferId: string, receipt: SignedReceipt): Promise<void>;
   /** Complete transfers whose receipt was not written (a crash between the two): finished at start. */
   listCompleteWithoutReceipt(): Promise<string[]>;
+  /** How many transfers are in each state (metrics). */
+  countTransfersByState(): Promise<Record<TransferRecord["state"], number>>;
 }
 
 /** An item row as both stores keep it (PostgreSQL returns BIGINT sizes as strings). */
@@ -149,3 +151,10 @@ export const transferFromRow = (r: TransferRow): TransferRecord => ({
   releasedAt: r.released_at,
   receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
 });
+
+/** Rows of `SELECT state, COUNT(*) AS n FROM transfers GROUP BY state` as counts for every state (PostgreSQL counts are strings). */
+export function transferStateCounts(rows: ReadonlyArray<{ state: TransferRecord["state"]; n: number | string }>): Record<TransferRecord["state"], number> {
+  const out: Record<TransferRecord["state"], number> = { open: 0, complete: 0, released: 0 };
+  for (const r of rows) out[r.state] = Number(r.n);
+  return out;
+}

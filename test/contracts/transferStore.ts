@@ -96,6 +96,19 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.close();
     });
 
+    it("counts transfers by state (the metrics' gauge), every state present", async () => {
+      const store = await make();
+      const before = await store.countTransfersByState();
+      expect(Object.keys(before).sort()).toEqual(["complete", "open", "released"]);
+      const ids = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+      for (const id of ids) await store.createTransfer({ id, label: null, createdAt: T0 }, initialItems(parseManifest({ instances: [item("1.1", "a")] }, 5000), new Map(), T0));
+      await store.markReleased(ids[1]!, "2024-02-01T00:00:00.000Z");
+      await store.markComplete(ids[2]!, "2024-02-01T00:00:00.000Z");
+      const after = await store.countTransfersByState();
+      expect({ open: after.open - before.open, released: after.released - before.released, complete: after.complete - before.complete }).toEqual({ open: 1, released: 1, complete: 1 });
+      await store.close();
+    });
+
     it("finds manifest items by hash within one transfer only, whatever the case of the hash", async () => {
       const { store, id } = await setup([item("1.1", "a"), item("1.2", "b"), item("1.3", "b")]);
       expect((await store.findItemsBySha256(id, sha("B"))).map((i) => i.sopInstanceUID)).toEqual(["1.2", "1.3"]);
