@@ -118,7 +118,7 @@ describe("first start and auth.enabled=false", () => {
       const token = first.initialAdminToken!;
       expect(token).toMatch(/^drt_/);
       const check = first.tokens.verify(token);
-      expect(check.ok && check.token.scopes).toEqual(["read", "upload", "admin"]);
+      expect(check.ok && check.token.scopes).toEqual(["read", "upload", "admin", "metrics"]);
       expect(lines.join("")).not.toContain(token.slice(21));
       expect(lines.join("")).toContain("initial admin token");
       first.close();
