@@ -16,6 +16,8 @@ import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
 import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
 import type { RelayMetrics } from "./metrics/metrics.ts";
 import { httpMetrics, metricsHandler } from "./metrics/http.ts";
+import type { DeidentifyService } from "./deidentify/service.ts";
+import { deidentifyRouter } from "./deidentify/routes.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -31,6 +33,8 @@ export interface RelayServices {
   forwarding?: ForwardingService;
   /** Prometheus counters (GET /metrics) */
   metrics?: RelayMetrics;
+  /** de-identified copies of studies (second opinions) */
+  deidentify?: DeidentifyService;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -95,6 +99,7 @@ export function createApp(svc: RelayServices): Express {
     app.use("/api/admin", access.guards.admin, access.adminRouter());
     app.use(consoleApiRouter({ config: svc.config, access, index: svc.index }));
   }
+  if (svc.deidentify && access) app.use(deidentifyRouter({ config: svc.config, service: svc.deidentify, tokens: access.tokens, admin: access.guards.admin }));
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
   app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));

@@ -23,6 +23,9 @@ Commands:
                         relay CA, HTTPS server certificate, client certificates (PKCS#12) for hospitals
   audit [--study UID] [--since 24h|DATE] [--until DATE] [--actor ID] [--json] [--verify]
                         read the audit log (who read, stored or deleted what, when, from where)
+  deidentify <study> --to URL [--token T] [--pseudonym NAME] [--share 7d]
+                        a de-identified copy of a study for a second opinion (Basic Profile, new UIDs),
+                        with its share link; "dicom-relay deidentify --help" for the options
   migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
                         move the embedded index, transfers, receipt key, tokens and audit log into
                         PostgreSQL (blobs untouched), then verify
@@ -59,6 +62,10 @@ export async function main(argv: string[]): Promise<number> {
       case "audit": {
         const { auditCommand } = await import("./cli/audit.ts");
         return await auditCommand(rest);
+      }
+      case "deidentify": {
+        const { deidentifyCommand } = await import("./cli/deidentify.ts");
+        return await deidentifyCommand(rest);
       }
       case "migrate": {
         const { migrateCommand } = await import("./cli/migrate.ts");

@@ -18,6 +18,7 @@ import { DimseServer } from "./dimse/server.ts";
 import { ForwardingService } from "./forwarding/service.ts";
 import { RelayMetrics, meteredIngestor } from "./metrics/metrics.ts";
 import { startMetricsListener } from "./metrics/http.ts";
+import { DeidentifyService } from "./deidentify/service.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -72,7 +73,8 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     forwardingByState: () => forwarding.queue.stateCounts(),
     storageDir: config.storage.kind === "fs" ? config.storage.fs.root : null,
   });
-  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics };
+  const deidentify = new DeidentifyService({ index, store, ingest: audited, log: logger, dataDir: config.dataDir, maxHeaderBytes: config.ingest.maxHeaderBytes });
+  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics, deidentify };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -139,6 +141,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       });
       await services.transfers?.close();
       await services.forwarding?.close();
+      services.deidentify?.close();
       // pending audit rows (PostgreSQL) are written before the index's pool closes
       await services.access?.close();
       await services.index.close();
