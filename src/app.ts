@@ -18,6 +18,8 @@ import type { RelayMetrics } from "./metrics/metrics.ts";
 import { httpMetrics, metricsHandler } from "./metrics/http.ts";
 import type { DeidentifyService } from "./deidentify/service.ts";
 import { deidentifyRouter } from "./deidentify/routes.ts";
+import type { RetentionService } from "./retention/service.ts";
+import { retentionRouter } from "./retention/routes.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -35,6 +37,8 @@ export interface RelayServices {
   metrics?: RelayMetrics;
   /** de-identified copies of studies (second opinions) */
   deidentify?: DeidentifyService;
+  /** delivery tracking and deletion after delivery */
+  retention?: RetentionService;
 }
 
 export function createApp(svc: RelayServices): Express {
@@ -100,6 +104,7 @@ export function createApp(svc: RelayServices): Express {
     app.use(consoleApiRouter({ config: svc.config, access, index: svc.index }));
   }
   if (svc.deidentify && access) app.use(deidentifyRouter({ config: svc.config, service: svc.deidentify, tokens: access.tokens, admin: access.guards.admin }));
+  if (svc.retention && access) app.use(retentionRouter({ service: svc.retention, admin: access.guards.admin }));
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
   app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));

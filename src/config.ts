@@ -283,6 +283,18 @@ export const configSchema = z
         linkExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
       })
       .strict(),
+    retention: z
+      .object({
+        /** delete studies by the policy below (per study overrides: a transfer's manifest, PUT /api/studies/{study}/retention) */
+        enabled: z.boolean(),
+        /** days after every instance of a study was delivered (WADO-RS retrieve, C-MOVE/C-GET, forwarding, storage commitment); 0 = not by delivery */
+        afterDeliveryDays: z.number().int().min(0),
+        /** days after a study last received an instance, delivered or not; 0 = not by age */
+        afterArrivalDays: z.number().int().min(0),
+        /** how often the sweep looks for studies due */
+        sweepIntervalMinutes: z.number().int().min(1),
+      })
+      .strict(),
     metrics: z
       .object({
         /** GET /metrics (Prometheus text format) on the main listener, for tokens with the metrics or admin scope */
@@ -409,6 +421,7 @@ export function defaultConfig(): RelayConfig {
     console: { enabled: true, path: "/console" },
     viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },
     metrics: { enabled: true, port: 0, host: "127.0.0.1" },
+    retention: { enabled: false, afterDeliveryDays: 30, afterArrivalDays: 0, sweepIntervalMinutes: 60 },
   };
 }
 

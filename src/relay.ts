@@ -16,7 +16,11 @@ import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
 import { DimseServer } from "./dimse/server.ts";
 import { ForwardingService } from "./forwarding/service.ts";
-import { RelayMetrics, meteredIngestor } from "./metrics/metrics.ts";
+import { RelayMetrics } from "./metrics/metrics.ts";
+import { observingIngestor } from "./ingest/observe.ts";
+import { RetentionService } from "./retention/service.ts";
+import { PostgresDeliveryStore, SqliteDeliveryStore } from "./retention/deliveryStore.ts";
+import { PostgresIndex } from "./catalog/postgres.ts";
 import { startMetricsListener } from "./metrics/http.ts";
 import { DeidentifyService } from "./deidentify/service.ts";
 
@@ -56,9 +60,18 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
   await ingest.init();
   const access = await openAccess({ config, log: logger, index });
   const metrics = new RelayMetrics();
-  // one audit row per instance stored, whichever way it came in, under the actor of the request behind it
-  const audited = auditingIngestor(meteredIngestor(ingest, metrics), access.audit);
-  const forwarding = new ForwardingService({ config, log: logger, index, store, audit: access.audit });
+  // several nodes: deliveries are recorded in the shared database, so any node's sweep sees every node's retrieves
+  const deliveries = index instanceof PostgresIndex ? new PostgresDeliveryStore(index.sharedPool) : new SqliteDeliveryStore(path.join(config.dataDir, "retention.sqlite"));
+  await deliveries.init();
+  const retention = new RetentionService({ config, log: logger, index, store, deliveries, audit: access.audit, tokens: access.tokens });
+  // every instance stored, whichever way it came in: counted, its study's arrival clock set, and one audit row
+  // under the actor of the request behind it
+  const observed = observingIngestor(ingest, (result, opts) => {
+    metrics.noteIngest(result, opts);
+    if (result.status === "stored" || result.status === "replaced") retention.noteArrival(result.studyInstanceUID);
+  });
+  const audited = auditingIngestor(observed, access.audit);
+  const forwarding = new ForwardingService({ config, log: logger, index, store, audit: access.audit, retention });
   const transfers = await startTransfers({
     config,
     log: logger,
@@ -66,15 +79,17 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     store,
     ingest: audited,
     onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
+    onRetention: (study, policy) => retention.setPolicy(study, policy),
   });
   forwarding.start();
+  retention.start();
   metrics.setSources({
     transfersByState: () => transfers.service.countByState(),
     forwardingByState: () => forwarding.queue.stateCounts(),
     storageDir: config.storage.kind === "fs" ? config.storage.fs.root : null,
   });
   const deidentify = new DeidentifyService({ index, store, ingest: audited, log: logger, dataDir: config.dataDir, maxHeaderBytes: config.ingest.maxHeaderBytes });
-  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics, deidentify };
+  return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics, deidentify, retention };
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -142,6 +157,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       await services.transfers?.close();
       await services.forwarding?.close();
       services.deidentify?.close();
+      await services.retention?.close();
       // pending audit rows (PostgreSQL) are written before the index's pool closes
       await services.access?.close();
       await services.index.close();

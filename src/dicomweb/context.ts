@@ -7,6 +7,7 @@ import type { Ingestor } from "../ingest/types.ts";
 import { BULK_ROOT_PLACEHOLDER } from "../dicom/types.ts";
 import { isValidUid } from "../dicom/uids.ts";
 import { HttpError } from "../http/errors.ts";
+import type { RetentionService } from "../retention/service.ts";
 
 /** What the DICOMweb routes need; built once in app.ts. */
 export interface DicomwebServices {
@@ -15,6 +16,8 @@ export interface DicomwebServices {
   index: Index;
   store: BlobStore;
   ingest: Ingestor;
+  /** delivery tracking for retention: instances retrieved whole with a token */
+  retention?: Pick<RetentionService, "noteDelivered">;
 }
 
 /**
@@ -58,4 +61,14 @@ export function assertStudyVisible(access: AccessScope, studyInstanceUID: string
   if (access.allowedStudies && !access.allowedStudies.includes(studyInstanceUID)) {
     throw new HttpError(404, `no study ${studyInstanceUID} on this relay`);
   }
+}
+
+/**
+ * Who received instances retrieved whole by this request, for retention: the token's id; null for share links
+ * (a radiologist viewing is not a delivery to the home PACS).
+ */
+export function recipientOf(res: Response): string | null {
+  const p = res.locals.principal as { kind?: string; tokenId?: string | null } | undefined;
+  if (p?.kind === "share") return null;
+  return p?.tokenId ?? "anonymous";
 }

@@ -12,7 +12,7 @@ import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation }
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
-import { accessOf, assertStudyVisible, dicomwebRoot, uidParam, withRoot, type DicomwebServices } from "./context.ts";
+import { accessOf, assertStudyVisible, dicomwebRoot, recipientOf, uidParam, withRoot, type DicomwebServices } from "./context.ts";
 
 const ANY_TS = "*";
 
@@ -94,6 +94,8 @@ export function wadoRoutes(svc: DicomwebServices): Router {
         };
       }
     })());
+    const recipient = recipientOf(res);
+    if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
   };
   r.get("/studies/:study", retrieve);
   r.get("/studies/:study/series/:series", retrieve);

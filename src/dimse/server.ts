@@ -28,6 +28,7 @@ import { retrieveScopes, storageContexts, storeInstance, SubOperations } from ".
 import { Reject } from "./pdu.ts";
 import { RevocationList } from "../access/tls.ts";
 import type { RelayMetrics } from "../metrics/metrics.ts";
+import type { RetentionService } from "../retention/service.ts";
 
 export interface DimseDeps {
   config: RelayConfig;
@@ -38,6 +39,8 @@ export interface DimseDeps {
   audit?: AuditTrail;
   peerGrants?: PeerGrants;
   metrics?: Pick<RelayMetrics, "noteDimse">;
+  /** delivery tracking for retention: an instance a peer received whole */
+  retention?: Pick<RetentionService, "noteDelivered">;
 }
 
 interface Session {
@@ -405,6 +408,8 @@ export class DimseServer {
           }
         }
         ops.add(loc.sopInstanceUID, r);
+        // delivered to the AE that receives it: the destination of a C-MOVE, the caller of a C-GET
+        if (r.status === 0) this.deps.retention?.noteDelivered([loc], `ae:${kind === "move" ? destination : a.callingAE}`, kind === "move" ? "c-move" : "c-get");
         if (r.status !== 0) this.deps.log.warn({ kind, sopInstanceUID: loc.sopInstanceUID, status: r.status.toString(16), comment: r.errorComment }, "sub-operation not successful");
         if (ops.remaining > 0) await respond(Status.Pending, ops);
       }

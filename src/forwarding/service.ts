@@ -11,6 +11,7 @@ import type { BlobStore } from "../storage/blobStore.ts";
 import type { AuditTrail } from "../access/audit.ts";
 import { ForwardingStore, type ForwardJob } from "./store.ts";
 import { createSender, type SendSession } from "./senders.ts";
+import type { RetentionService } from "../retention/service.ts";
 
 export interface ForwardingDeps {
   config: RelayConfig;
@@ -18,6 +19,8 @@ export interface ForwardingDeps {
   index: Index;
   store: BlobStore;
   audit?: AuditTrail;
+  /** delivery tracking for retention: a forwarded instance counts as delivered */
+  retention?: Pick<RetentionService, "noteDelivered">;
 }
 
 /** Wait before attempt n+1 after n failed attempts: retrySeconds doubling, capped, with up to 10 % jitter. */
@@ -154,7 +157,10 @@ export class ForwardingService {
           }
           this.queue.noteSending(job.id, loc.sopInstanceUID);
           const r = await session.send(loc);
-          if (r.kind === "sent") this.queue.markSent(job.id, loc.sopInstanceUID, r.status);
+          if (r.kind === "sent") {
+            this.queue.markSent(job.id, loc.sopInstanceUID, r.status);
+            this.deps.retention?.noteDelivered([loc], `rule:${job.rule}`, "forward");
+          }
           else if (r.kind === "refused") this.queue.markItemFailed(job.id, loc.sopInstanceUID, r.status, r.error);
           else {
             this.queue.noteItemError(job.id, loc.sopInstanceUID, r.status, r.error);

@@ -6,8 +6,7 @@
  */
 import fsp from "node:fs/promises";
 import client from "prom-client";
-import type { IngestOptions, IngestResult, Ingestor } from "../ingest/types.ts";
-import { observingIngestor } from "../ingest/observe.ts";
+import type { IngestOptions, IngestResult } from "../ingest/types.ts";
 import { ingestSourceKind } from "./operations.ts";
 
 const PREFIX = "dicomrelay_";
@@ -125,6 +124,3 @@ export class RelayMetrics {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }
-
-/** Counts every ingest result (each way in), as the audit wrapper records each one. */
-export const meteredIngestor = (inner: Ingestor, metrics: RelayMetrics): Ingestor => observingIngestor(inner, (r, o) => metrics.noteIngest(r, o));

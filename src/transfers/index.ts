@@ -36,6 +36,8 @@ export async function startTransfers(deps: {
   ingest: Ingestor;
   /** completed transfers (auto-forwarding) */
   onComplete?: TransferServiceDeps["onComplete"];
+  /** a manifest named a retention policy for its studies */
+  onRetention?: TransferServiceDeps["onRetention"];
 }): Promise<Transfers> {
   const { config } = deps;
   let transfers: TransferStore;

@@ -19,10 +19,14 @@ const manifestItem = z
   })
   .strict();
 
+const retentionDays = z.number().int().min(0).max(36_500).nullable().optional();
+
 export const manifestSchema = z
   .object({
     /** free text shown in GET (e.g. the sender's study description or ticket number); never interpreted */
     label: z.string().max(200).optional(),
+    /** how long the relay keeps the studies of this transfer (days; null or absent: the relay's setting) */
+    retention: z.object({ afterDeliveryDays: retentionDays, afterArrivalDays: retentionDays }).strict().optional(),
     instances: z.array(manifestItem).min(1, "must list at least one instance"),
   })
   .strict();
@@ -30,6 +34,7 @@ export const manifestSchema = z
 export type ManifestInstance = z.infer<typeof manifestItem>;
 export interface Manifest {
   label?: string;
+  retention?: { afterDeliveryDays?: number | null; afterArrivalDays?: number | null };
   instances: ManifestInstance[];
 }
 
@@ -65,6 +70,7 @@ export function parseManifest(body: unknown, maxInstances: number): Manifest {
   }
   return {
     label: result.data.label,
+    ...(result.data.retention ? { retention: result.data.retention } : {}),
     instances: result.data.instances.map((it) => ({ ...it, sha256: it.sha256.toLowerCase() })),
   };
 }

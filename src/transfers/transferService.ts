@@ -43,6 +43,8 @@ export interface TransferServiceDeps {
    * receipt is issued again at start and the hook runs again, so hooks must be idempotent (forwarding is).
    */
   onComplete?: (transferId: string, items: TransferItem[]) => Promise<void>;
+  /** a manifest named a retention policy for its studies */
+  onRetention?: (studyInstanceUID: string, policy: { afterDeliveryDays: number | null; afterArrivalDays: number | null }) => Promise<void>;
 }
 
 export interface TransferView extends TransferProgress {
@@ -183,6 +185,11 @@ export class TransferService {
     const id = crypto.randomUUID();
     const now = new Date().toISOString();
     await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now }, initialItems(manifest, held, now));
+    if (manifest.retention && this.deps.onRetention) {
+      const policy = { afterDeliveryDays: manifest.retention.afterDeliveryDays ?? null, afterArrivalDays: manifest.retention.afterArrivalDays ?? null };
+      // the manifest names each instance's study when the sender knows it (dicom-relay push does)
+      for (const study of new Set(manifest.instances.map((i) => i.studyInstanceUID).filter((u): u is string => !!u))) await this.deps.onRetention(study, policy);
+    }
     this.deps.log.info({ transferId: id, instances: manifest.instances.length, present: held.size }, "transfer created");
     await this.checkComplete(id);
     return (await this.view(id, { instances: "all" }))!;

@@ -13,6 +13,8 @@ import { PostgresIndex } from "../../src/catalog/postgres.ts";
 import { PostgresTransferStore, loadSharedReceiptSigner } from "../../src/transfers/postgresTransferStore.ts";
 import { ReceiptSigner, verifyReceipt } from "../../src/transfers/receipts.ts";
 import { transferStoreContract } from "../contracts/transferStore.ts";
+import { deliveryStoreContract } from "../contracts/deliveryStore.ts";
+import { PostgresDeliveryStore } from "../../src/retention/deliveryStore.ts";
 import { startPostgres, runSql, type RunningPostgres } from "../support/postgres.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { runCli } from "../support/relayProcess.ts";
@@ -43,6 +45,11 @@ afterEach(async () => {
 });
 
 transferStoreContract("postgres", async () => new PostgresTransferStore((await node()).sharedPool));
+deliveryStoreContract("postgres", async () => {
+  const store = new PostgresDeliveryStore((await node()).sharedPool);
+  await store.init();
+  return store;
+});
 
 describe("PostgresTransferStore across nodes", () => {
   it("a transfer created through one node is read and completed through the other, once", async () => {
