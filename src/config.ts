@@ -27,6 +27,11 @@ const peerSchema = z
     store: z.boolean().default(false),
     /** the relay calls this peer (C-MOVE, forwarding) over DICOM TLS, presenting its own certificate */
     tls: z.boolean().default(false),
+    /**
+     * after sending this peer instances (C-MOVE destination, forwarding by C-STORE) ask it to commit to storing them
+     * (Storage Commitment Push Model, N-ACTION); its N-EVENT-REPORT counts as delivery for retention
+     */
+    storageCommitment: z.boolean().default(false),
   })
   .strict();
 export type DimsePeerConfig = z.infer<typeof peerSchema>;

@@ -14,6 +14,10 @@ export const CommandField = {
   CEchoRQ: 0x0030,
   CEchoRSP: 0x8030,
   CCancelRQ: 0x0fff,
+  NEventReportRQ: 0x0100,
+  NEventReportRSP: 0x8100,
+  NActionRQ: 0x0130,
+  NActionRSP: 0x8130,
 } as const;
 
 /** Status codes the relay answers with (PS3.4 Annex B, C, PS3.7 C). */
@@ -38,6 +42,10 @@ export const Status = {
   SOPClassNotSupported: 0x0122,
   NotAuthorized: 0x0124,
   UnrecognizedOperation: 0x0211,
+  /** N-EVENT-REPORT: no such event type */
+  NoSuchEventType: 0x0113,
+  /** N-EVENT-REPORT / N-ACTION: invalid argument value */
+  InvalidArgumentValue: 0x0115,
 } as const;
 
 export const NO_DATASET = 0x0101;
@@ -50,6 +58,11 @@ export interface Command {
   affectedSOPClassUID?: string;
   requestedSOPClassUID?: string;
   affectedSOPInstanceUID?: string;
+  requestedSOPInstanceUID?: string;
+  /** N-EVENT-REPORT */
+  eventTypeId?: number;
+  /** N-ACTION */
+  actionTypeId?: number;
   moveDestination?: string;
   priority?: number;
   hasDataset: boolean;
@@ -75,6 +88,9 @@ const FIELDS: Array<[tag: number, key: keyof Command, kind: Kind]> = [
   [0x00000900, "status", "US"],
   [0x00000902, "errorComment", "LO"],
   [0x00001000, "affectedSOPInstanceUID", "UI"],
+  [0x00001001, "requestedSOPInstanceUID", "UI"],
+  [0x00001002, "eventTypeId", "US"],
+  [0x00001008, "actionTypeId", "US"],
   [0x00001020, "remaining", "US"],
   [0x00001021, "completed", "US"],
   [0x00001022, "failed", "US"],

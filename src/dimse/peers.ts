@@ -18,6 +18,9 @@ export const SopClassUID = {
   StudyRootFind: "1.2.840.10008.5.1.4.1.2.2.1",
   StudyRootMove: "1.2.840.10008.5.1.4.1.2.2.2",
   StudyRootGet: "1.2.840.10008.5.1.4.1.2.2.3",
+  /** PS3.4 J: Storage Commitment Push Model SOP Class, and its one well-known SOP instance */
+  StorageCommitmentPushModel: "1.2.840.10008.1.20.1",
+  StorageCommitmentPushModelInstance: "1.2.840.10008.1.20.1.1",
 } as const;
 
 const QUERY_RETRIEVE: ReadonlySet<string> = new Set([SopClassUID.StudyRootFind, SopClassUID.StudyRootMove, SopClassUID.StudyRootGet]);
@@ -72,6 +75,15 @@ export function decideAssociation(
     if (pc.abstractSyntax === SopClassUID.Verification || QUERY_RETRIEVE.has(pc.abstractSyntax)) {
       const ts = pc.transferSyntaxes.find((t) => UNCOMPRESSED_LE.has(t));
       return ts ? accept(ts) : reject(PcResult.transferSyntaxesNotSupported);
+    }
+    if (pc.abstractSyntax === SopClassUID.StorageCommitmentPushModel) {
+      // a peer the relay asked to commit sends its N-EVENT-REPORT on an association of its own (PS3.4 J.3.3)
+      if (!peer.storageCommitment) return reject(PcResult.userRejection);
+      const ts = pc.transferSyntaxes.find((t) => UNCOMPRESSED_LE.has(t));
+      if (!ts) return reject(PcResult.transferSyntaxesNotSupported);
+      const role = roleFor.get(pc.abstractSyntax);
+      if (role && !roles.some((r) => r.sopClassUID === role.sopClassUID)) roles.push({ sopClassUID: role.sopClassUID, scuRole: role.scuRole, scpRole: role.scpRole });
+      return accept(ts);
     }
     if (isStorageSopClass(pc.abstractSyntax)) {
       const role = roleFor.get(pc.abstractSyntax);

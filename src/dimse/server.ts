@@ -29,6 +29,7 @@ import { Reject } from "./pdu.ts";
 import { RevocationList } from "../access/tls.ts";
 import type { RelayMetrics } from "../metrics/metrics.ts";
 import type { RetentionService } from "../retention/service.ts";
+import { StorageCommitments } from "./commitment.ts";
 
 export interface DimseDeps {
   config: RelayConfig;
@@ -56,8 +57,11 @@ export class DimseServer {
   private readonly certSubjects = new WeakMap<Association, string>();
   private revoked: RevocationList | null = null;
   port = 0;
+  /** storage commitment requests the relay made, and the reports peers send back */
+  readonly commitments: StorageCommitments;
 
   constructor(private readonly deps: DimseDeps) {
+    this.commitments = new StorageCommitments({ config: deps.config, log: deps.log, retention: deps.retention });
     for (const p of deps.config.dimse.peers) {
       if (!hostIsAddress(p.host)) throw new Error(`dimse.peers: host "${p.host}" of ${p.aeTitle} must be an IP address or localhost`);
     }
@@ -251,6 +255,9 @@ export class DimseServer {
       case CommandField.CGetRQ:
         if (ctx.abstractSyntax !== SopClassUID.StudyRootGet) return this.refuse(a, msg, CommandField.CGetRSP);
         return this.retrieve(a, session, msg, "get");
+      case CommandField.NEventReportRQ:
+        if (ctx.abstractSyntax !== SopClassUID.StorageCommitmentPushModel) return this.refuse(a, msg, CommandField.NEventReportRSP);
+        return this.commitments.onEventReport(a, msg);
       case CommandField.CStoreRQ:
         // a C-STORE without a data set
         await a.send(msg.contextId, { commandField: CommandField.CStoreRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: c.affectedSOPClassUID, affectedSOPInstanceUID: c.affectedSOPInstanceUID, status: Status.UnableToProcess, errorComment: "C-STORE without a data set", hasDataset: false });
@@ -364,9 +371,12 @@ export class DimseServer {
 
     let target: Association = a;
     let destination = "";
+    let commitFrom: DimsePeerConfig | null = null;
+    const delivered: InstanceLocation[] = [];
     if (kind === "move") {
       destination = c.moveDestination ?? "";
       const dest = this.cfg.peers.find((p) => p.aeTitle === destination && p.port > 0);
+      if (dest?.storageCommitment) commitFrom = dest;
       if (!dest) {
         this.audit({ action, outcome: "failure", studyInstanceUID: studyUid, detail: `move destination "${destination}" is not a configured peer with a port` }, a);
         await respond(Status.MoveDestinationUnknown, undefined, `move destination ${destination} unknown`);
@@ -409,7 +419,10 @@ export class DimseServer {
         }
         ops.add(loc.sopInstanceUID, r);
         // delivered to the AE that receives it: the destination of a C-MOVE, the caller of a C-GET
-        if (r.status === 0) this.deps.retention?.noteDelivered([loc], `ae:${kind === "move" ? destination : a.callingAE}`, kind === "move" ? "c-move" : "c-get");
+        if (r.status === 0) {
+          this.deps.retention?.noteDelivered([loc], `ae:${kind === "move" ? destination : a.callingAE}`, kind === "move" ? "c-move" : "c-get");
+          delivered.push(loc);
+        }
         if (r.status !== 0) this.deps.log.warn({ kind, sopInstanceUID: loc.sopInstanceUID, status: r.status.toString(16), comment: r.errorComment }, "sub-operation not successful");
         if (ops.remaining > 0) await respond(Status.Pending, ops);
       }
@@ -417,6 +430,10 @@ export class DimseServer {
       if (target !== a) await target.release().catch(() => target.abort("release failed"));
     }
     session.cancelled.delete(c.messageId ?? -1);
+    if (commitFrom && delivered.length) {
+      // ask the destination to confirm it keeps what it received; its report (later) counts as delivery
+      void this.commitments.request(commitFrom, delivered).catch((err: unknown) => this.deps.log.warn({ peer: commitFrom!.aeTitle, err: (err as Error).message }, "storage commitment not requested"));
+    }
     const status = cancelled ? Status.Cancel : ops.finalStatus();
     this.audit({
       action,

@@ -44,7 +44,11 @@ export interface Orthanc {
   dispose(): Promise<void>;
 }
 
-export async function startOrthanc(opts: { aeTitle: string; relayAE: string }): Promise<Orthanc> {
+/**
+ * relayPort: the relay's DICOM port, when Orthanc must call it (storage commitment reports); without it the relay is
+ * a modality Orthanc only accepts calls from.
+ */
+export async function startOrthanc(opts: { aeTitle: string; relayAE: string; relayPort?: number; storageCommitment?: boolean }): Promise<Orthanc> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "orthanc-test-"));
   const dicomPort = await freePort();
   const httpPort = await freePort();
@@ -63,7 +67,9 @@ export async function startOrthanc(opts: { aeTitle: string; relayAE: string }): 
     DicomAlwaysAllowStore: false,
     DicomAlwaysAllowEcho: false,
     DicomCheckModalityHost: true,
-    DicomModalities: { relay: [opts.relayAE, "127.0.0.1", 1] },
+    DicomModalities: {
+      relay: opts.storageCommitment ? { AET: opts.relayAE, Host: "127.0.0.1", Port: opts.relayPort ?? 1, AllowStorageCommitment: true } : [opts.relayAE, "127.0.0.1", opts.relayPort ?? 1],
+    },
     Plugins: [plugin],
     DicomWeb: { Enable: true, Root: "/dicom-web/" },
     StableAge: 1,

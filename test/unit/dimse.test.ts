@@ -95,8 +95,8 @@ describe("association policy", () => {
   const cfg = {
     aeTitle: "DICOM_RELAY",
     peers: [
-      { aeTitle: "HOMEPACS", host: "127.0.0.1", port: 104, studies: "granted" as const, store: false, tls: false },
-      { aeTitle: "HOSPITAL", host: "localhost", port: 0, studies: "all" as const, store: true, tls: false },
+      { aeTitle: "HOMEPACS", host: "127.0.0.1", port: 104, studies: "granted" as const, store: false, tls: false, storageCommitment: true },
+      { aeTitle: "HOSPITAL", host: "localhost", port: 0, studies: "all" as const, store: true, tls: false, storageCommitment: false },
     ],
   };
 
