@@ -74,7 +74,7 @@ describe("dimse and forwarding configuration", () => {
       DICOM_RELAY_DIMSE_PEERS: JSON.stringify([{ aeTitle: "HOME_PACS", host: "10.0.0.5", port: 104 }]),
       DICOM_RELAY_FORWARDING_RULES: JSON.stringify([{ name: "home", kind: "dimse", aeTitle: "HOME_PACS" }]),
     });
-    expect(c.dimse.peers).toEqual([{ aeTitle: "HOME_PACS", host: "10.0.0.5", port: 104, studies: "granted", store: false, tls: false }]);
+    expect(c.dimse.peers).toEqual([{ aeTitle: "HOME_PACS", host: "10.0.0.5", port: 104, studies: "granted", store: false, tls: false, storageCommitment: false }]);
     expect(c.forwarding.rules[0]).toMatchObject({ name: "home", kind: "dimse", aeTitle: "HOME_PACS" });
   });
 
