@@ -14,6 +14,9 @@ Commands:
   push <folder | DICOMDIR | file.zip> --to URL [--token T] [--documents] [--document FILE:KIND:LANG]
                         send a CD/USB export to a relay: resumable, only what it lacks, signed receipt;
                         "dicom-relay push --help" for details
+  transfers list|show|release|cancel --to URL [--token T]
+                        what became of the studies sent to a relay: received, missing, failed with reasons;
+                        release (admin) or cancel one; "dicom-relay transfers help" for details
   fsck [--repair] [--no-hashes]
                         compare the index with storage: missing blobs, hash mismatches, orphan blobs
   token create|list|revoke|share
@@ -43,6 +46,10 @@ export async function main(argv: string[]): Promise<number> {
       case "push": {
         const { pushCommand } = await import("./cli/push/index.ts");
         return await pushCommand(rest);
+      }
+      case "transfers": {
+        const { transfersCommand } = await import("./cli/transfers.ts");
+        return await transfersCommand(rest);
       }
       case "fsck": {
         const { fsckCommand } = await import("./cli/fsck.ts");
