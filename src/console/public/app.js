@@ -2,9 +2,10 @@
 import { api, setToken, session, whenUnauthorized } from "./api.js";
 import { checkUnfinished, initUpload } from "./upload.js";
 import { initStudies, loadStudies } from "./studies.js";
+import { initTransfers, loadTransfers } from "./transfers.js";
 
 const $ = (id) => document.getElementById(id);
-const SECTIONS = ["signin", "send", "studies"];
+const SECTIONS = ["signin", "send", "studies", "transfers"];
 
 function showMessage(text) {
   const m = $("message");
@@ -14,7 +15,7 @@ function showMessage(text) {
 
 function show(name) {
   for (const s of SECTIONS) $(s).hidden = s !== name;
-  for (const s of ["send", "studies"]) {
+  for (const s of ["send", "studies", "transfers"]) {
     const link = $(`nav-${s}`);
     if (s === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -25,9 +26,10 @@ function show(name) {
 
 async function route() {
   if (!session.info) return show("signin");
-  const name = location.hash === "#send" ? "send" : "studies";
+  const name = location.hash === "#send" ? "send" : location.hash === "#transfers" ? "transfers" : "studies";
   show(name);
   if (name === "studies") await loadStudies();
+  else if (name === "transfers") await loadTransfers();
   else await checkUnfinished();
 }
 
@@ -75,6 +77,7 @@ window.addEventListener("hashchange", () => {
 });
 initUpload({ showMessage });
 initStudies({ showMessage });
+initTransfers({ showMessage });
 
 (async () => {
   if (!session.token) {
