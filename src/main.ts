@@ -6,6 +6,8 @@ import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
 import { startRelay } from "./relay.ts";
+import pino from "pino";
+import { createLogger, terminalLogStream } from "./logger.ts";
 
 const USAGE = `dicom-relay <command> [options]
 
@@ -92,8 +94,22 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
-  const relay = await startRelay(config);
-  const log = relay.services.log;
+  // human lines on standard output, log lines on standard error: JSON for collectors, readable on a terminal
+  const log = createLogger(config.log.level, process.stderr.isTTY ? terminalLogStream(process.stderr) : pino.destination({ fd: 2, sync: true }));
+  let relay;
+  try {
+    relay = await startRelay(config, { log });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // files under the data directory that cannot be opened (a sub-folder owned by another user, a full disk)
+    if (!(err instanceof ConfigError) && e?.code && e.path) {
+      throw new ConfigError(`could not start: ${e.path} cannot be opened (${e.code}); check the permissions and free space of the data directory (dataDir, DICOM_RELAY_DATA_DIR)`);
+    }
+    if (!(err instanceof ConfigError) && /SQLITE_CANTOPEN|unable to open database file/i.test(`${e?.code} ${e?.message}`)) {
+      throw new ConfigError(`could not start: the index database ${config.index.sqlite.path} cannot be opened; check that its folder exists and this user may write it (index.sqlite.path, DICOM_RELAY_INDEX_SQLITE_PATH)`);
+    }
+    throw err;
+  }
   log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
   if (relay.initialAdminToken) {
     // standard output only, never the log: the token is stored as a hash and cannot be shown again
@@ -104,6 +120,7 @@ async function serve(args: string[]): Promise<number> {
     );
   }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
+  if (config.console.enabled) process.stdout.write(`Web console: ${relay.url}${config.console.path}/\n`);
   if (relay.dimse) process.stdout.write(`DICOM node: AE ${config.dimse.aeTitle} on ${config.dimse.host}:${relay.dimsePort}${config.dimse.tls ? " (TLS)" : ""}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

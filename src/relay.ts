@@ -16,6 +16,7 @@ import { auditingIngestor } from "./access/audit.ts";
 import { tlsServerOptions } from "./access/tls.ts";
 import { DimseServer } from "./dimse/server.ts";
 import { ForwardingService } from "./forwarding/service.ts";
+import { checkDataDir, checkTlsPair, listenError } from "./startErrors.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -68,6 +69,8 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
   // certificate files are read first: a missing one stops the start before anything is opened
   const tls = config.tls.enabled ? tlsServerOptions(config.tls) : null;
+  if (tls) checkTlsPair(tls, config);
+  checkDataDir(config);
   const services = await buildServices(config, opts.log);
   const app = createApp(services);
   const server = tls
@@ -77,10 +80,18 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;
   server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.server.port, config.server.host, () => resolve());
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(config.server.port, config.server.host, () => resolve());
+    });
+  } catch (err) {
+    // nothing listens: what was opened is closed again, and the reason is one sentence
+    for (const close of [() => services.transfers?.close(), () => services.forwarding?.close(), () => services.access?.close(), () => services.index.close(), () => services.store.close()]) {
+      await Promise.resolve().then(close).catch(() => undefined);
+    }
+    throw listenError(err, config.server.host, config.server.port, "server.port", "server.host") ?? err;
+  }
   const port = (server.address() as AddressInfo).port;
   let dimse: DimseServer | null = null;
   if (config.dimse.enabled) {
@@ -89,7 +100,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       await dimse.start();
     } catch (err) {
       server.close();
-      throw err;
+      throw listenError(err, config.dimse.host, config.dimse.port, "dimse.port", "dimse.host") ?? err;
     }
   }
   const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
