@@ -6,6 +6,7 @@ import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
 import { startRelay } from "./relay.ts";
+import { recordRunning } from "./runningRelay.ts";
 import pino from "pino";
 import { createLogger, terminalLogStream } from "./logger.ts";
 
@@ -121,6 +122,8 @@ async function serve(args: string[]): Promise<number> {
   }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
   if (config.console.enabled) process.stdout.write(`Web console: ${relay.url}${config.console.path}/\n`);
+  // where commands run beside it (token share) find the address that works
+  const forget = recordRunning(config.dataDir, relay.url);
   if (relay.dimse) process.stdout.write(`DICOM node: AE ${config.dimse.aeTitle} on ${config.dimse.host}:${relay.dimsePort}${config.dimse.tls ? " (TLS)" : ""}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -131,6 +134,7 @@ async function serve(args: string[]): Promise<number> {
     process.once("SIGTERM", stop);
   });
   // running uploads and retrievals get a moment to finish; then connections are cut
+  forget();
   await relay.close(10_000);
   return 0;
 }
