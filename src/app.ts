@@ -13,7 +13,7 @@ import { callerOf } from "./access/middleware.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
-import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
+import { consoleApiRouter, consoleRouter, faviconRouter } from "./console/routes.ts";
 import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
 
 export interface RelayServices {
@@ -69,6 +69,7 @@ export function createApp(svc: RelayServices): Express {
     app.use(svc.config.console.path, consoleRouter(svc.config));
     app.get("/", (_req, res) => res.redirect(302, svc.config.console.path + "/"));
   }
+  app.use(faviconRouter());
   app.use(svc.config.viewer.assetsPath, viewerAssetsRouter(svc.config));
   // a share link's viewer page checks the link itself and answers a person with a page, not JSON
   if (svc.access) app.use("/share/:token", shareViewerRouter({ config: svc.config, access: svc.access }));
