@@ -32,6 +32,7 @@ Commands:
   migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
                         move the embedded index, transfers, receipt key, tokens and audit log into
                         PostgreSQL (blobs untouched), then verify
+  --version             this build's version and the relay versions its uploader speaks to
   help                  this text
 
 Options for every command:
@@ -73,6 +74,12 @@ export async function main(argv: string[]): Promise<number> {
       case "migrate": {
         const { migrateCommand } = await import("./cli/migrate.ts");
         return await migrateCommand(rest);
+      }
+      case "--version":
+      case "version": {
+        const { versionText } = await import("./version.ts");
+        process.stdout.write(versionText("dicom-relay"));
+        return 0;
       }
       case "help":
       case "--help":
