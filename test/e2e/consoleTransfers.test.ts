@@ -144,4 +144,15 @@ describe.skipIf(missing)("console: one transfer per study and the Transfers page
     await page2.screenshot({ path: artifactPath("console-transfers-admin.png"), fullPage: true });
     await page2.close();
   }, 240_000);
+
+  it("a read-only token sees neither Send nor Transfers in the navigation", async () => {
+    const res = await fetch(`${relay.url}/api/admin/tokens`, { method: "POST", headers: { Authorization: `Bearer ${admin}`, "Content-Type": "application/json" }, body: JSON.stringify({ scopes: ["read"], label: "home PACS" }) });
+    const reader = ((await res.json()) as { token: string }).token;
+    const page = await tb.browser.newPage();
+    await signIn(page, reader);
+    expect(await page.getByRole("link", { name: "Studies" }).isVisible()).toBe(true);
+    expect(await page.getByRole("link", { name: "Transfers" }).isVisible()).toBe(false);
+    expect(await page.getByRole("link", { name: "Send a study" }).isVisible()).toBe(false);
+    await page.close();
+  }, 60_000);
 });

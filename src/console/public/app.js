@@ -13,6 +13,14 @@ function showMessage(text) {
   m.hidden = !text;
 }
 
+/** Transfers and sending need the upload (or admin) scope: a read-only token does not see those links. */
+function fitNav() {
+  const scopes = session.info?.scopes || [];
+  const sends = scopes.includes("upload") || scopes.includes("admin");
+  $("nav-transfers").hidden = !sends;
+  $("nav-send").hidden = !sends;
+}
+
 function show(name) {
   for (const s of SECTIONS) $(s).hidden = s !== name;
   for (const s of ["send", "studies", "transfers"]) {
@@ -26,6 +34,7 @@ function show(name) {
 
 async function route() {
   if (!session.info) return show("signin");
+  fitNav();
   const name = location.hash === "#send" ? "send" : location.hash === "#transfers" ? "transfers" : "studies";
   show(name);
   if (name === "studies") await loadStudies();
