@@ -12,6 +12,9 @@ import type { Page } from "playwright-core";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { artifactPath, chromiumMissing, launchChromium, type TestBrowser } from "../support/browser.ts";
 import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+import { createRequire } from "node:module";
+
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
 const missing = chromiumMissing();
 
@@ -155,4 +158,32 @@ describe.skipIf(missing)("console: one transfer per study and the Transfers page
     expect(await page.getByRole("link", { name: "Send a study" }).isVisible()).toBe(false);
     await page.close();
   }, 60_000);
+
+  it("the summary and the Transfers page pass axe-core (WCAG 2.1 A/AA) and fit a laptop screen", async () => {
+    // bypassCSP: the console's Content-Security-Policy (script-src 'self') would refuse the injected axe-core
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 }, bypassCSP: true });
+    const check = async (name: string) => {
+      await page.addScriptTag({ path: axePath });
+      const violations = await page.evaluate(async () => {
+        const axe = (window as unknown as { axe: { run(ctx: Document, o: unknown): Promise<{ violations: { id: string; nodes: { target: string[] }[] }[] }> } }).axe;
+        const r = await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+        return r.violations.map((v) => `${v.id} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+      });
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+      return { name, violations, overflow };
+    };
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    await page.locator("#pick-files").setInputFiles(folder());
+    await expect.poll(() => page.locator("#plan").isVisible(), { timeout: 30_000 }).toBe(true);
+    const results = [await check("summary")];
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.getByRole("link", { name: "Transfers" }).first().click();
+    await expect.poll(() => page.locator("#transfer-rows tr").count()).toBeGreaterThan(0);
+    await page.locator("#transfer-rows tr").first().getByRole("button", { name: /^Details/ }).click();
+    await expect.poll(() => page.locator("#transfer-detail").isVisible()).toBe(true);
+    results.push(await check("transfers"));
+    expect(results).toEqual(results.map((r) => ({ name: r.name, violations: [], overflow: 0 })));
+    await page.close();
+  }, 90_000);
 });
