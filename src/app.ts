@@ -9,7 +9,7 @@ import { dicomwebRouter } from "./dicomweb/router.ts";
 import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
-import { callerOf } from "./access/middleware.ts";
+import { callerOf, noteAudit } from "./access/middleware.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
@@ -90,7 +90,7 @@ export function createApp(svc: RelayServices): Express {
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
   app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));
-  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin, caller: callerOf } : {}));
+  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin, caller: callerOf, audit: (res, action) => noteAudit(res, { action }) } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log));

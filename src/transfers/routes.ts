@@ -20,6 +20,8 @@ export interface TransferRoutesOptions {
   admin?: RequestHandler;
   /** the caller (token id) and whether it sees every transfer; without access control: anonymous admin */
   caller?: (res: Response) => { actor: string; admin: boolean };
+  /** names the audit row of a request (transfer.list, transfer.cancel) */
+  audit?: (res: Response, action: string) => void;
 }
 
 const pass: RequestHandler = (_req, _res, next) => next();
@@ -42,6 +44,7 @@ export function transfersRouter(
   const access = opts.access ?? pass;
   const admin = opts.admin ?? pass;
   const caller = opts.caller ?? anonymousAdmin;
+  const audit = opts.audit ?? (() => {});
   const tusPath = config.transfers.tusPath;
   const r = Router();
 
@@ -77,6 +80,7 @@ export function transfersRouter(
     const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, "limit must be a whole number from 1 to 1000");
     const mine = !who.admin || req.query.mine === "true";
+    audit(res, "transfer.list");
     const transfers = await service.list({ createdBy: mine ? who.actor : undefined, state: state as TransferState | undefined, limit });
     res.json({ transfers, scope: mine ? "mine" : "all" });
   });
@@ -84,6 +88,7 @@ export function transfersRouter(
     const who = caller(res);
     const t = await service.view(String(req.params.id), { instances: "none" });
     if (!t) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    audit(res, "transfer.cancel");
     if (!who.admin && t.createdBy !== who.actor) throw new HttpError(403, "only the token that created this transfer, or an admin, may cancel it");
     res.json(await service.cancel(t.id).catch(stateErrors));
   });

@@ -109,7 +109,7 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
     const series = await fetch(`${relay.dicomwebUrl}/studies/${s.studyInstanceUID}/instances`, { headers: { Authorization: `Bearer ${admin}` } });
     expect(series.status).toBe(200);
     expect(((await series.json()) as unknown[]).length).toBe(3); // the two released and the other version held before
-  }, 120_000);
+  }, 300_000);
 
   it("cancel removes what the transfer stored (still hidden), refuses later uploads to it, and a cancelled transfer cannot be released", async () => {
     const s = await studyWithConflict("two", 72);
@@ -150,6 +150,10 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
     expect((filtered.body.transfers as Array<{ id: string }>).map((x) => x.id)).toContain(t.id);
     const bad = await api("GET", "/api/transfers?state=lost", admin);
     expect(bad.status).toBe(400);
+    // audited under its own action, with the transfer and the actor
+    const audit = await api("GET", "/api/admin/audit?action=transfer.cancel", admin);
+    const rows = audit.body.entries as Array<{ actor: string; outcome: string; detail: string }>;
+    expect(rows.some((r) => r.outcome === "success" && r.detail === `transfer ${t.id}` && r.actor === bob.slice(4, 20))).toBe(true);
   }, 120_000);
 
   it("says what is wrong in one sentence: no --to, unknown subcommand, unknown prefix", async () => {
@@ -162,5 +166,5 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
     const none = await cli(["transfers", "show", "ffffffff", "--to", relay.url, "--token", admin]);
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/no transfer starts with "ffffffff"/);
-  }, 60_000);
+  }, 180_000);
 });
