@@ -41,7 +41,7 @@ describe("CLI: token share, push re-runs, single files, empty folders, https to 
     expect(again.code, again.stdout + again.stderr).toBe(0);
     expect(again.stdout).toMatch(/stored now: 0 +already on the relay: 4 +failed: 0/);
     expect(again.stdout).toContain("This run: 0 sent now, 4 already on the relay.");
-  }, 180_000);
+  }, 300_000);
 
   it("an empty folder: 'no DICOM files found' once, exit 1", async () => {
     fs.mkdirSync(path.join(work, "empty"));
@@ -50,13 +50,13 @@ describe("CLI: token share, push re-runs, single files, empty folders, https to 
     const all = r.stdout + r.stderr;
     expect(all.match(/No DICOM files found/g)).toHaveLength(1);
     expect(all).not.toMatch(/Found in/);
-  }, 60_000);
+  }, 120_000);
 
   it("--to https:// against a plain-HTTP relay says so in a sentence", async () => {
     const r = await push([path.join(work, "cd"), "--to", relay.url.replace("http:", "https:")]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(new RegExp(`answers plain HTTP, not HTTPS: give --to http://127\\.0\\.0\\.1:${relay.port}`));
-  }, 60_000);
+  }, 120_000);
 
   it("token share prints the running relay's URL (which works), refuses an unknown study unless --force; stopped, it never guesses a port", async () => {
     const env = relay.env;

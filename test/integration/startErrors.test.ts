@@ -37,7 +37,7 @@ describe("dicom-relay serve: why it could not start, in one sentence", () => {
       blocker.close();
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
-  }, 90_000);
+  }, 180_000);
 
   it("a data directory that cannot be used (a file is in the way) names dataDir", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "start-data-"));
@@ -45,7 +45,7 @@ describe("dicom-relay serve: why it could not start, in one sentence", () => {
     const r = await runCli(["serve"], { DICOM_RELAY_DATA_DIR: path.join(dir, "file", "data"), DICOM_RELAY_SERVER_PORT: "0", DICOM_RELAY_LOG_LEVEL: "silent" }, 60_000);
     expectOneSentence(r, /the data directory .*file\/data cannot be used \(.*\): set dataDir \(DICOM_RELAY_DATA_DIR\)/);
     fs.rmSync(dir, { recursive: true, force: true });
-  }, 90_000);
+  }, 180_000);
 
   it("TLS files that are not a certificate / key, or do not belong together, are named", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "start-tls-"));
@@ -62,7 +62,7 @@ describe("dicom-relay serve: why it could not start, in one sentence", () => {
     const mismatch = await runCli(["serve"], { ...env, DICOM_RELAY_TLS_CERT_FILE: path.join(dir, "server-cert.pem") }, 60_000);
     expectOneSentence(mismatch, /the TLS key .*key\.pem does not belong to the certificate .*server-cert\.pem/);
     fs.rmSync(dir, { recursive: true, force: true });
-  }, 120_000);
+  }, 240_000);
 });
 
 describe("dicom-relay serve: what it prints", () => {
@@ -88,5 +88,5 @@ describe("dicom-relay serve: what it prints", () => {
     for (const l of logs) expect(() => JSON.parse(l), l).not.toThrow();
     expect(logs.some((l) => JSON.parse(l).msg === "dicom-relay listening")).toBe(true);
     fs.rmSync(dataDir, { recursive: true, force: true });
-  }, 90_000);
+  }, 180_000);
 });

@@ -61,7 +61,7 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
       if (who === "alice") alice = r.body.token as string;
       else bob = r.body.token as string;
     }
-  }, 60_000);
+  }, 120_000);
 
   afterAll(async () => {
     await relay?.close();
@@ -154,7 +154,7 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
     const audit = await api("GET", "/api/admin/audit?action=transfer.cancel", admin);
     const rows = audit.body.entries as Array<{ actor: string; outcome: string; detail: string }>;
     expect(rows.some((r) => r.outcome === "success" && r.detail === `transfer ${t.id}` && r.actor === bob.slice(4, 20))).toBe(true);
-  }, 120_000);
+  }, 240_000);
 
   it("says what is wrong in one sentence: no --to, unknown subcommand, unknown prefix", async () => {
     const noTo = await cli(["transfers", "list"]);
