@@ -81,7 +81,7 @@ describe("CLI: token share, push re-runs, single files, empty folders, https to 
     expect(stopped.stdout).not.toMatch(/http:\/\/127\.0\.0\.1:8042/);
     const published = await runCli(["token", "share", "--study", study.studyInstanceUID], { ...env, DICOM_RELAY_SERVER_PUBLIC_URL: "https://relay.example.org" });
     expect(published.stdout).toMatch(/https:\/\/relay\.example\.org\/share\/\S+\/dicom-web/);
-  }, 120_000);
+  }, 240_000);
 });
 
 describe("STOW-RS Error Comment fits LO (64 characters)", () => {
