@@ -113,6 +113,11 @@ export class PostgresTransferStore implements TransferStore {
     );
   }
 
+  async studiesOf(transferId: string, limit: number): Promise<string[]> {
+    const rows = (await this.pool.query<{ s: string }>("SELECT DISTINCT study_instance_uid AS s FROM transfer_items WHERE transfer_id = $1 AND study_instance_uid IS NOT NULL LIMIT $2", [transferId, limit])).rows;
+    return rows.map((r) => r.s);
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = (await this.pool.query<{ state: ItemState; n: number | string }>(
       "SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = $1 GROUP BY state", [transferId],

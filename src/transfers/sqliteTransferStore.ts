@@ -134,6 +134,10 @@ export class SqliteTransferStore implements TransferStore {
       .run(u.state, good ? null : (u.reason ?? null), good ? null : (u.failureCode ?? null), new Date().toISOString(), transferId, sopInstanceUID);
   }
 
+  async studiesOf(transferId: string, limit: number): Promise<string[]> {
+    return this.db.prepare("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
     const out: Record<ItemState, number> = { present: 0, received: 0, missing: 0, failed: 0 };

@@ -214,9 +214,10 @@ export class TransferService {
       uploadMetadata: { transferId: t.id },
       receiptUrl: t.receipt ? `/api/transfers/${t.id}/receipt` : null,
     };
-    const items = await this.deps.transfers.listItems(id);
-    out.studies = [...new Set(items.map((i) => i.studyInstanceUID).filter((u): u is string => !!u))];
+    // a query, not the item list: a manifest may hold 100,000 instances and list() shows many transfers
+    out.studies = await this.deps.transfers.studiesOf(id, 20);
     if ((opts.instances ?? "all") !== "none") {
+      const items = await this.deps.transfers.listItems(id);
       out.needed = items.filter((i) => i.state === "missing" || i.state === "failed").map((i) => i.sopInstanceUID);
       out.alreadyHeld = items.filter((i) => i.state === "present").map((i) => i.sopInstanceUID);
       out.instances = opts.instances === "all" || !opts.instances ? items : items.filter((i) => i.state === opts.instances);

@@ -112,6 +112,8 @@ export interface TransferStore extends UploadResultStore {
   findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]>;
   /** Set an item's state; a present/received item never goes back to failed or missing (good bytes already stored). */
   updateItem(transferId: string, sopInstanceUID: string, update: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void>;
+  /** The distinct StudyInstanceUIDs its manifest names (at most limit; a query, not a listing of every item). */
+  studiesOf(transferId: string, limit: number): Promise<string[]>;
   /** Counts by state (cheaper than listing for big manifests). */
   countItems(transferId: string): Promise<Record<ItemState, number>>;
   /** Atomically open|released -> complete (never a cancelled one); true for the one caller that made the change. */

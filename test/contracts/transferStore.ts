@@ -37,6 +37,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       expect(await store.getItem(id, "1.2")).toEqual(items[1]);
       expect(await store.getItem(id, "9.9")).toBeNull();
       expect(await store.countItems(id)).toEqual({ present: 1, received: 0, missing: 1, failed: 0 });
+      expect(await store.studiesOf(id, 10)).toEqual(["1"]);
       await store.close();
     });
 
