@@ -10,6 +10,7 @@ import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
 import { callerOf, noteAudit } from "./access/middleware.ts";
+import { VERSION } from "./version.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
@@ -33,6 +34,11 @@ export interface RelayServices {
 export function createApp(svc: RelayServices): Express {
   const app = express();
   app.disable("x-powered-by");
+  // which relay answers: the uploader compares it with the relay versions it speaks to (docs/push.md)
+  app.use((_req, res, next) => {
+    res.set("X-Dicom-Relay-Version", VERSION);
+    next();
+  });
   app.set("trust proxy", false);
   app.set("query parser", "simple");
 

@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { writeStudy } from "../../scripts/lib/synthetic.ts";
-import { SPEAKS_TO, VERSION } from "../../src/version.ts";
+import { SPEAKS_TO, VERSION, withinRange } from "../../src/version.ts";
 
 function run(file: string, args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -55,8 +55,14 @@ describe("the installable uploader (one file, Node.js only)", () => {
     fs.rmSync(work, { recursive: true, force: true });
   });
 
-  it("VERSION is package.json's version", () => {
+  it("VERSION is package.json's version; the relay names its version; the range check", async () => {
     expect(VERSION).toBe(JSON.parse(fs.readFileSync("package.json", "utf8")).version);
+    expect((await fetch(`${relay.url}/healthz`)).headers.get("x-dicom-relay-version")).toBe(VERSION);
+    expect(withinRange(VERSION)).toBe(true);
+    expect(withinRange("0.2.0", ">=0.1.0 <0.2.0")).toBe(false);
+    expect(withinRange("0.0.9", ">=0.1.0 <0.2.0")).toBe(false);
+    expect(withinRange("0.1.7", ">=0.1.0 <0.2.0")).toBe(true);
+    expect(withinRange("x", ">=0.1.0 <0.2.0")).toBeNull();
   });
 
   it("alone in an empty folder: --version names the relay versions it speaks to; push sends a study that arrives; transfers lists it", async () => {
@@ -70,6 +76,7 @@ describe("the installable uploader (one file, Node.js only)", () => {
     const push = await run(bundle, ["push", path.join(work, "cd"), "--to", relay.url, "--token", token, "--cache-dir", path.join(hospital, "cache")], hospital);
     expect(push.code, push.stdout + push.stderr).toBe(0);
     expect(push.stdout).toMatch(/stored now: 3 +already on the relay: 0 +failed: 0/);
+    expect(push.stderr).not.toMatch(/is made for relays/);
     expect(fs.readdirSync(hospital).some((f) => /^dicom-relay-receipt-.*\.json$/.test(f))).toBe(true);
     const q = await fetch(`${relay.dicomwebUrl}/studies/${study.studyInstanceUID}/instances`, { headers: { Authorization: `Bearer ${relay.initialAdminToken}` } });
     expect(q.status).toBe(200);

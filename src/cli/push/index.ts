@@ -22,6 +22,7 @@ import { uploadBundle } from "./upload.ts";
 import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
 import { attachDocuments, documentsToAttach, type DocumentOutcome } from "./documents.ts";
 import { printFound, rel } from "./summary.ts";
+import { SPEAKS_TO, VERSION, withinRange } from "../../version.ts";
 
 interface TransferView {
   id: string;
@@ -139,6 +140,10 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<void> {
   const key = await api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 });
   if (key.status !== 200 || !/"kty"/.test(key.text)) {
     throw new CouldNotRun(`${opts.relay} does not look like a dicom-relay (${RECEIPT_KEY_PATH} answered ${key.status}); check the address given with --to`);
+  }
+  const relayVersion = key.headers.get("x-dicom-relay-version");
+  if (relayVersion && withinRange(relayVersion) === false) {
+    process.stderr.write(`Note: the relay runs dicom-relay ${relayVersion}; this uploader (${VERSION}) is made for relays ${SPEAKS_TO}. If something fails, ask the relay's administrator for the matching uploader.\n`);
   }
   // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
   const probe = await api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 });
