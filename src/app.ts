@@ -9,10 +9,12 @@ import { dicomwebRouter } from "./dicomweb/router.ts";
 import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
+import { callerOf, noteAudit } from "./access/middleware.ts";
+import { VERSION } from "./version.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
-import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
+import { consoleApiRouter, consoleRouter, faviconRouter } from "./console/routes.ts";
 import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
 import type { RelayMetrics } from "./metrics/metrics.ts";
 import { httpMetrics, metricsHandler } from "./metrics/http.ts";
@@ -44,6 +46,11 @@ export interface RelayServices {
 export function createApp(svc: RelayServices): Express {
   const app = express();
   app.disable("x-powered-by");
+  // which relay answers: the uploader compares it with the relay versions it speaks to (docs/push.md)
+  app.use((_req, res, next) => {
+    res.set("X-Dicom-Relay-Version", VERSION);
+    next();
+  });
   app.set("trust proxy", false);
   app.set("query parser", "simple");
 
@@ -84,6 +91,7 @@ export function createApp(svc: RelayServices): Express {
     app.use(svc.config.console.path, consoleRouter(svc.config));
     app.get("/", (_req, res) => res.redirect(302, svc.config.console.path + "/"));
   }
+  app.use(faviconRouter());
   app.use(svc.config.viewer.assetsPath, viewerAssetsRouter(svc.config));
   // a share link's viewer page checks the link itself and answers a person with a page, not JSON
   if (svc.access) app.use("/share/:token", shareViewerRouter({ config: svc.config, access: svc.access }));
@@ -108,7 +116,7 @@ export function createApp(svc: RelayServices): Express {
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
   app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));
-  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
+  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin, caller: callerOf, audit: (res, action) => noteAudit(res, { action }) } : {}));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log, svc.metrics));

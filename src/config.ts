@@ -440,10 +440,40 @@ export class ConfigError extends Error {
 type Plain = Record<string, unknown>;
 const isPlain = (v: unknown): v is Plain => typeof v === "object" && v !== null && !Array.isArray(v);
 
+/** Edit distance with adjacent transpositions counted as one edit (optimal string alignment): "prot" is 1 from "port". */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/** The known key closest to a typo (case-insensitive), when it is close enough to be what was meant. */
+export function closestKey(typo: string, known: readonly string[]): string | null {
+  let best: string | null = null;
+  let bestD = Infinity;
+  for (const k of known) {
+    const d = editDistance(typo.toLowerCase(), k.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = k;
+    }
+  }
+  return best !== null && bestD <= Math.max(1, Math.floor(best.length / 3)) ? best : null;
+}
+
 function deepMerge(base: Plain, over: Plain, at: string[] = []): Plain {
   const out: Plain = { ...base };
   for (const [k, v] of Object.entries(over)) {
-    if (!(k in base)) throw new ConfigError(`unknown configuration key "${[...at, k].join(".")}"`);
+    if (!(k in base)) {
+      const near = closestKey(k, Object.keys(base));
+      throw new ConfigError(`unknown configuration key "${[...at, k].join(".")}"${near ? `; did you mean ${[...at, near].join(".")}?` : ` (known keys${at.length ? ` of ${at.join(".")}` : ""}: ${Object.keys(base).join(", ")})`}`);
+    }
     out[k] = isPlain(base[k]) && isPlain(v) ? deepMerge(base[k] as Plain, v, [...at, k]) : v;
   }
   return out;
@@ -484,6 +514,84 @@ function fromEnvironment(defaults: Plain, env: NodeJS.ProcessEnv, at: string[] =
   return out;
 }
 
+/** "line 3, column 14: expected ',' or '}' after property value" for a JSON text JSON.parse refused. */
+export function jsonErrorAt(text: string, message: string): string {
+  const offset = jsonErrorOffset(text);
+  const before = text.slice(0, offset);
+  const line = before.split("\n").length;
+  const column = offset - before.lastIndexOf("\n");
+  // V8's wording without its position and without the quoted document
+  const why = message.replace(/ at position \d+.*$/s, "").replace(/ in JSON$/, "").replace(/, ".*" is not valid JSON$/s, "").replace(/^Unexpected token/, "unexpected");
+  return `line ${line}, column ${column}: ${why.charAt(0).toLowerCase()}${why.slice(1)}`;
+}
+
+/** Where a JSON text stops being valid (a small recursive-descent check: V8 does not always give a position). */
+export function jsonErrorOffset(text: string): number {
+  let i = 0;
+  const ws = () => {
+    while (i < text.length && " \t\r\n".includes(text[i]!)) i++;
+  };
+  const fail = (): never => {
+    throw i;
+  };
+  const str = () => {
+    if (text[i] !== '"') fail();
+    i++;
+    while (i < text.length && text[i] !== '"') {
+      if (text[i] === "\\") i++;
+      else if (text.charCodeAt(i) < 0x20) fail();
+      i++;
+    }
+    if (i >= text.length) fail();
+    i++;
+  };
+  const value = (depth: number): void => {
+    if (depth > 200) fail();
+    ws();
+    const c = text[i];
+    if (c === "{") {
+      i++;
+      ws();
+      if (text[i] === "}") return void i++;
+      for (;;) {
+        ws();
+        str();
+        ws();
+        if (text[i] !== ":") fail();
+        i++;
+        value(depth + 1);
+        ws();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "}") return void i++;
+        fail();
+      }
+    }
+    if (c === "[") {
+      i++;
+      ws();
+      if (text[i] === "]") return void i++;
+      for (;;) {
+        value(depth + 1);
+        ws();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "]") return void i++;
+        fail();
+      }
+    }
+    if (c === '"') return str();
+    const m = /^(-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?|true|false|null)/.exec(text.slice(i, i + 400));
+    if (!m) fail();
+    i += m![0].length;
+  };
+  try {
+    value(0);
+    ws();
+    return i < text.length ? i : text.length;
+  } catch (at) {
+    return typeof at === "number" ? Math.min(at, text.length) : 0;
+  }
+}
+
 export interface LoadConfigOptions {
   /** path of a JSON config file; default: $DICOM_RELAY_CONFIG, else none */
   file?: string;
@@ -509,7 +617,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): RelayConfig {
     try {
       parsed = JSON.parse(text);
     } catch (err) {
-      throw new ConfigError(`the configuration file ${file} is not valid JSON: ${(err as Error).message}`);
+      throw new ConfigError(`the configuration file ${file} is not valid JSON: ${jsonErrorAt(text, (err as Error).message)}`);
     }
     if (!isPlain(parsed)) throw new ConfigError(`the configuration file ${file} must hold a JSON object`);
     merged = deepMerge(merged, parsed);

@@ -6,6 +6,9 @@ import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
 import { startRelay } from "./relay.ts";
+import { recordRunning } from "./runningRelay.ts";
+import pino from "pino";
+import { createLogger, terminalLogStream } from "./logger.ts";
 
 const USAGE = `dicom-relay <command> [options]
 
@@ -14,6 +17,9 @@ Commands:
   push <folder | DICOMDIR | file.zip> --to URL [--token T] [--documents] [--document FILE:KIND:LANG]
                         send a CD/USB export to a relay: resumable, only what it lacks, signed receipt;
                         "dicom-relay push --help" for details
+  transfers list|show|release|cancel --to URL [--token T]
+                        what became of the studies sent to a relay: received, missing, failed with reasons;
+                        release (admin) or cancel one; "dicom-relay transfers help" for details
   fsck [--repair] [--no-hashes]
                         compare the index with storage: missing blobs, hash mismatches, orphan blobs
   token create|list|revoke|share
@@ -29,6 +35,7 @@ Commands:
   migrate --from sqlite --to postgres [--sqlite-path FILE] [--postgres-url URL]
                         move the embedded index, transfers, receipt key, tokens and audit log into
                         PostgreSQL (blobs untouched), then verify
+  --version             this build's version and the relay versions its uploader speaks to
   help                  this text
 
 Options for every command:
@@ -46,6 +53,10 @@ export async function main(argv: string[]): Promise<number> {
       case "push": {
         const { pushCommand } = await import("./cli/push/index.ts");
         return await pushCommand(rest);
+      }
+      case "transfers": {
+        const { transfersCommand } = await import("./cli/transfers.ts");
+        return await transfersCommand(rest);
       }
       case "fsck": {
         const { fsckCommand } = await import("./cli/fsck.ts");
@@ -71,6 +82,12 @@ export async function main(argv: string[]): Promise<number> {
         const { migrateCommand } = await import("./cli/migrate.ts");
         return await migrateCommand(rest);
       }
+      case "--version":
+      case "version": {
+        const { versionText } = await import("./version.ts");
+        process.stdout.write(versionText("dicom-relay"));
+        return 0;
+      }
       case "help":
       case "--help":
       case "-h":
@@ -92,8 +109,22 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
-  const relay = await startRelay(config);
-  const log = relay.services.log;
+  // human lines on standard output, log lines on standard error: JSON for collectors, readable on a terminal
+  const log = createLogger(config.log.level, process.stderr.isTTY ? terminalLogStream(process.stderr) : pino.destination({ fd: 2, sync: true }));
+  let relay;
+  try {
+    relay = await startRelay(config, { log });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // files under the data directory that cannot be opened (a sub-folder owned by another user, a full disk)
+    if (!(err instanceof ConfigError) && e?.code && e.path) {
+      throw new ConfigError(`could not start: ${e.path} cannot be opened (${e.code}); check the permissions and free space of the data directory (dataDir, DICOM_RELAY_DATA_DIR)`);
+    }
+    if (!(err instanceof ConfigError) && /SQLITE_CANTOPEN|unable to open database file/i.test(`${e?.code} ${e?.message}`)) {
+      throw new ConfigError(`could not start: the index database ${config.index.sqlite.path} cannot be opened; check that its folder exists and this user may write it (index.sqlite.path, DICOM_RELAY_INDEX_SQLITE_PATH)`);
+    }
+    throw err;
+  }
   log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
   if (relay.initialAdminToken) {
     // standard output only, never the log: the token is stored as a hash and cannot be shown again
@@ -104,6 +135,9 @@ async function serve(args: string[]): Promise<number> {
     );
   }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
+  if (config.console.enabled) process.stdout.write(`Web console: ${relay.url}${config.console.path}/\n`);
+  // where commands run beside it (token share) find the address that works
+  const forget = recordRunning(config.dataDir, relay.url);
   if (relay.dimse) process.stdout.write(`DICOM node: AE ${config.dimse.aeTitle} on ${config.dimse.host}:${relay.dimsePort}${config.dimse.tls ? " (TLS)" : ""}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -114,6 +148,7 @@ async function serve(args: string[]): Promise<number> {
     process.once("SIGTERM", stop);
   });
   // running uploads and retrievals get a moment to finish; then connections are cut
+  forget();
   await relay.close(10_000);
   return 0;
 }

@@ -23,6 +23,7 @@ import { PostgresDeliveryStore, SqliteDeliveryStore } from "./retention/delivery
 import { PostgresIndex } from "./catalog/postgres.ts";
 import { startMetricsListener } from "./metrics/http.ts";
 import { DeidentifyService } from "./deidentify/service.ts";
+import { checkDataDir, checkTlsPair, listenError } from "./startErrors.ts";
 
 export interface RunningRelay {
   /** http://host:port */
@@ -95,6 +96,8 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
   // certificate files are read first: a missing one stops the start before anything is opened
   const tls = config.tls.enabled ? tlsServerOptions(config.tls) : null;
+  if (tls) checkTlsPair(tls, config);
+  checkDataDir(config);
   const services = await buildServices(config, opts.log);
   const app = createApp(services);
   const server = tls
@@ -104,10 +107,18 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;
   server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.server.port, config.server.host, () => resolve());
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(config.server.port, config.server.host, () => resolve());
+    });
+  } catch (err) {
+    // nothing listens: what was opened is closed again, and the reason is one sentence
+    for (const close of [() => services.transfers?.close(), () => services.forwarding?.close(), () => services.access?.close(), () => services.index.close(), () => services.store.close()]) {
+      await Promise.resolve().then(close).catch(() => undefined);
+    }
+    throw listenError(err, config.server.host, config.server.port, "server.port", "server.host") ?? err;
+  }
   const port = (server.address() as AddressInfo).port;
   let dimse: DimseServer | null = null;
   if (config.dimse.enabled) {
@@ -116,7 +127,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
       await dimse.start();
     } catch (err) {
       server.close();
-      throw err;
+      throw listenError(err, config.dimse.host, config.dimse.port, "dimse.port", "dimse.host") ?? err;
     }
   }
   let metricsListener: Awaited<ReturnType<typeof startMetricsListener>> | null = null;

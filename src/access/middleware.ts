@@ -260,3 +260,9 @@ export function noteAudit(res: Response, what: { action?: string; detail?: strin
 export function actorOf(res: Response): string {
   return (res.locals.auditNote as AuditNote | undefined)?.actor ?? "unknown";
 }
+
+/** Who is calling and whether they may act on everyone's things (admin scope, or a relay without authentication). */
+export function callerOf(res: Response): { actor: string; admin: boolean } {
+  const p = principalOf(res);
+  return { actor: actorOf(res), admin: !!p && p.kind !== "share" && p.scopes.has("admin") };
+}

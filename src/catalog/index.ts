@@ -79,7 +79,8 @@ export interface Index {
   insertInstance(record: InstanceRecord): Promise<InsertOutcome>;
   /** Replace an existing instance row (conflict policy "replace"); returns the old location. */
   replaceInstance(record: InstanceRecord): Promise<InstanceLocation | null>;
-  getInstance(sopInstanceUID: string, opts?: { includePending?: boolean }): Promise<InstanceLocation | null>;
+  /** pendingOf: only an instance still pending under that transfer (a cancelled transfer removes what it stored). */
+  getInstance(sopInstanceUID: string, opts?: { includePending?: boolean; pendingOf?: string }): Promise<InstanceLocation | null>;
   /** Instances in a study / series / single instance, ordered by series then InstanceNumber. */
   listInstances(scope: InstanceScope): Promise<InstanceLocation[]>;
   /** DICOM JSON metadata strings (each a serialized data set) for the scope, same order. */

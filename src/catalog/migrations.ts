@@ -380,6 +380,19 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "tokens, share links, audit log (shared by every node)",
     sql: { sqlite: "-- embedded index: tokens, share links and the audit log live in access.sqlite\n", postgres: V3_POSTGRES },
   },
+  {
+    version: 4,
+    name: "transfers: who created them, cancellation",
+    sql: {
+      sqlite: "-- embedded index: transfers live in transfers.sqlite (its own migration adds the same columns)\n",
+      postgres: `
+ALTER TABLE transfers ADD COLUMN created_by TEXT COLLATE "C";
+ALTER TABLE transfers ADD COLUMN cancelled_at TEXT;
+CREATE INDEX transfers_created_by ON transfers (created_by, created_at);
+CREATE INDEX transfers_created_at ON transfers (created_at);
+`,
+    },
+  },
 ];
 
 /**

@@ -482,7 +482,11 @@ export class PostgresIndex implements Index {
     return res.rows[0];
   }
 
-  async getInstance(sopInstanceUID: string, opts: { includePending?: boolean } = {}): Promise<InstanceLocation | null> {
+  async getInstance(sopInstanceUID: string, opts: { includePending?: boolean; pendingOf?: string } = {}): Promise<InstanceLocation | null> {
+    if (opts.pendingOf !== undefined) {
+      const own = await this.db.query<LocationRow>(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE i.sop_instance_uid = $1 AND i.pending_transfer_id = $2`, [sopInstanceUID, opts.pendingOf]);
+      return own.rows[0] ? toLocation(own.rows[0]) : null;
+    }
     const row = await this.findBySop(this.db, sopInstanceUID, opts.includePending ?? false);
     return row ? toLocation(row) : null;
   }

@@ -289,7 +289,11 @@ export class SqliteIndex implements Index {
     ).get(sopInstanceUID) as LocationRow | undefined;
   }
 
-  async getInstance(sopInstanceUID: string, opts: { includePending?: boolean } = {}): Promise<InstanceLocation | null> {
+  async getInstance(sopInstanceUID: string, opts: { includePending?: boolean; pendingOf?: string } = {}): Promise<InstanceLocation | null> {
+    if (opts.pendingOf !== undefined) {
+      const own = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE i.sop_instance_uid = ? AND i.pending_transfer_id = ?`).get(sopInstanceUID, opts.pendingOf) as LocationRow | undefined;
+      return own ? toLocation(own) : null;
+    }
     const row = this.findBySop(sopInstanceUID, opts.includePending ?? false);
     return row ? toLocation(row) : null;
   }

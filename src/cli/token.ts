@@ -10,16 +10,33 @@ import { expiryFrom, TokenError, type TokenInfo } from "../access/tokens.ts";
 import { shareUrl } from "../access/adminRoutes.ts";
 import { PeerGrants } from "../access/peerGrants.ts";
 import { accessDbPath, openAccessDb, type AccessDb } from "../access/db.ts";
+import { runningRelayUrl } from "../runningRelay.ts";
+
+/** The studies of the list the index holds no visible instance of. */
+async function studiesNotHeld(config: RelayConfig, studies: string[]): Promise<string[]> {
+  const { createIndex } = await import("../catalog/factory.ts");
+  const index = createIndex(config);
+  await index.init();
+  try {
+    const out: string[] = [];
+    for (const s of studies) if (!(await index.listInstances({ studyInstanceUID: s })).length) out.push(s);
+    return out;
+  } finally {
+    await index.close();
+  }
+}
 
 const USAGE = `dicom-relay token <subcommand> [options]
 
   create --scope read,upload,admin,metrics [--expires 30d|12h|2030-01-31|never] [--label TEXT]
                   a bearer token; printed once (only its hash is kept)
-  share --study UID[,UID...] [--expires 7d] [--label TEXT] [--url BASE]
-                  a read-only share link for those studies: a DICOMweb root URL to give a viewer or PACS
+  share --study UID[,UID...] [--expires 7d] [--label TEXT] [--url BASE] [--force]
+                  a read-only share link for those studies: a DICOMweb root URL to give a viewer or PACS.
+                  The URL is the running relay's (or server.publicUrl, or --url BASE). A study the relay
+                  does not hold (yet) is refused unless --force
   share --study UID[,UID...] --peer AE [--expires 30d|never]
                   grant those studies to a DICOM peer (home PACS) by AE title: it finds and retrieves
-                  them over DIMSE (peers configured with studies "granted"); default expiry never
+                  them over DIMSE (peers configured with studies "granted"); default expiry never; --force as above
   peers [--peer AE]
                   studies granted to DICOM peers
   unshare --peer AE [--study UID]
@@ -73,6 +90,7 @@ export async function tokenCommand(args: string[]): Promise<number> {
       url: { type: "string" },
       peer: { type: "string" },
       all: { type: "boolean", default: false },
+      force: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
     },
   });
@@ -99,6 +117,12 @@ export async function tokenCommand(args: string[]): Promise<number> {
       case "share": {
         const studies = (values.study ?? []).flatMap((s) => s.split(","));
         if (!studies.length) throw new TokenError("give --study UID (repeat it, or separate UIDs with commas, to share several studies)");
+        if (!values.force) {
+          const unknown = await studiesNotHeld(config, studies);
+          if (unknown.length) {
+            throw new TokenError(`the relay holds no visible study ${unknown.join(", ")} (a typo, or not sent or released yet); check the UID, or add --force to share it before it arrives`);
+          }
+        }
         if (values.peer !== undefined) {
           const granted = new PeerGrants(peerDb()).grant({ aeTitle: values.peer, studies, expiresAt: expiryFrom(values.expires ?? "never"), grantedBy: actor });
           audit.record({
@@ -117,7 +141,8 @@ export async function tokenCommand(args: string[]): Promise<number> {
           expiresAt: expiryFrom(values.expires ?? config.auth.shareDefaultExpiry),
           createdBy: actor,
         });
-        const url = shareUrl(values.url ?? configuredBaseUrl(config), token, config);
+        const base = values.url ?? runningRelayUrl(config.dataDir) ?? (config.server.publicUrl ? configuredBaseUrl(config) : null);
+        const url = base ? shareUrl(base, token, config) : null;
         audit.record({
           actor,
           action: "share.create",
@@ -127,7 +152,10 @@ export async function tokenCommand(args: string[]): Promise<number> {
         });
         out(
           `Created share link ${info.id} for ${info.studies.length} study(ies), read only, expires ${info.expiresAt ?? "never"}.\n` +
-            `Shown this once. DICOMweb root URL for a viewer or PACS:\n${url}\n` +
+            (url
+              ? `Shown this once. DICOMweb root URL for a viewer or PACS:\n${url}\n`
+              : `Shown this once. No relay runs on this data directory and server.publicUrl is not set, so the address is not known:\n` +
+                `the DICOMweb root is <relay address>/share/${token}${config.dicomweb.root} (or give --url BASE next time)\n`) +
             `(or send the token as "Authorization: Bearer ${token}")\n`,
           { ...info, token, url },
         );

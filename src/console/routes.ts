@@ -38,6 +38,18 @@ const CONSOLE_CSP = [
   "frame-ancestors 'none'",
 ].join("; ");
 
+/**
+ * GET /favicon.ico, open: browsers ask for it on every page that names no icon (the viewer's share pages, error
+ * pages); without it each visit would leave a 401 in the log and the audit trail.
+ */
+export function faviconRouter(): Router {
+  const r = Router();
+  r.get("/favicon.ico", (_req, res) => {
+    res.set("Cache-Control", "public, max-age=86400").type("image/svg+xml").sendFile(path.join(PUBLIC_DIR, "favicon.svg"));
+  });
+  return r;
+}
+
 /** Static console pages under console.path. */
 export function consoleRouter(config: RelayConfig): Router {
   const r = Router();

@@ -21,7 +21,7 @@ const NOT_INSTALLED = (dir: string) =>
 export function page(title: string, sentence: string): string {
   const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">` +
-    `<meta name="referrer" content="no-referrer"><title>${esc(title)}</title>` +
+    `<meta name="referrer" content="no-referrer"><link rel="icon" href="/favicon.ico"><title>${esc(title)}</title>` +
     `<style>body{font:18px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#1b1b1b}h1{font-size:1.5rem}</style>` +
     `</head><body><main><h1>${esc(title)}</h1><p>${esc(sentence)}</p></main></body></html>`;
 }

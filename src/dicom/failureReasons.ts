@@ -31,3 +31,21 @@ export class InstanceRejectedError extends Error {
     this.name = "InstanceRejectedError";
   }
 }
+
+/** LO (Long String): at most 64 characters (PS3.5 6.2). */
+export const LO_MAX = 64;
+
+/**
+ * A sentence as an Error Comment (0000,0902), which is LO: at most 64 characters, no backslash or control
+ * characters. UIDs (the longest part of most sentences, and in the response's own attributes already) are left out
+ * first; what is still too long is cut at a word with "...". The whole sentence stays in the log and the JSON API.
+ */
+export function errorComment(sentence: string): string {
+  let s = sentence.replace(/[\\\u0000-\u001f\u007f]/g, " ").replace(/\s+/g, " ").trim();
+  if (s.length <= LO_MAX) return s;
+  s = s.replace(/ ?\b\d+(\.\d+){2,}\b/g, "").replace(/\s+([,;:)])/g, "$1").replace(/\s+/g, " ").trim();
+  if (s.length <= LO_MAX) return s;
+  const cut = s.slice(0, LO_MAX - 3);
+  const atWord = cut.lastIndexOf(" ");
+  return (atWord > 40 ? cut.slice(0, atWord) : cut).replace(/[\s,;:]+$/, "") + "...";
+}

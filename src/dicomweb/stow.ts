@@ -4,7 +4,7 @@
  */
 import { Router, type Request, type Response } from "express";
 import { parseContentType, parseMultipartRelatedContentType, readMultipartParts, MultipartError } from "../dicom/multipart.ts";
-import { FailureReason } from "../dicom/failureReasons.ts";
+import { FailureReason, errorComment } from "../dicom/failureReasons.ts";
 import { acceptsMediaType, parseAccept } from "../dicom/accept.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { IngestResult } from "../ingest/types.ts";
@@ -88,6 +88,8 @@ export function stowRoutes(svc: DicomwebServices): Router {
       res.set("Warning", `299 dicom-relay "${failed} of ${results.length} instance(s) failed; first: ${first.message.replace(/"/g, "'")}"`);
     }
     svc.log.info({ stored: ok, failed, study: expectedStudy }, "STOW-RS request done");
+    // the whole sentences: the response's Error Comments are cut to LO's 64 characters
+    for (const x of results) if (x.status === "failed") svc.log.warn({ sopInstanceUID: x.sopInstanceUID ?? null, reason: `0x${x.reason.toString(16).toUpperCase().padStart(4, "0")}`, message: x.message }, "STOW-RS instance refused");
     res.status(status).type("application/dicom+json").send(JSON.stringify(body));
   };
   r.post("/studies", handler);
@@ -129,8 +131,8 @@ export function stowResponse(results: IngestResult[], root: string, expectedStud
         if (x.sopClassUID) item["00081150"] = { vr: "UI", Value: [x.sopClassUID] };
         if (x.sopInstanceUID) item["00081155"] = { vr: "UI", Value: [x.sopInstanceUID] };
         item["00081197"] = { vr: "US", Value: [x.reason] };
-        // Error Comment: the sentence a person can act on
-        item["00000902"] = { vr: "LO", Value: [x.message] };
+        // Error Comment: the sentence a person can act on, as far as LO's 64 characters allow (the log has it whole)
+        item["00000902"] = { vr: "LO", Value: [errorComment(x.message)] };
         return item;
       }),
     };

@@ -21,7 +21,8 @@ import { fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
 import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "./types.ts";
 
-const INDEX_UNAVAILABLE = "the relay's index database is unavailable right now; nothing was stored, please retry later";
+// short enough for a DICOM Error Comment (LO, 64 characters)
+const INDEX_UNAVAILABLE = "index database is unavailable; nothing was stored; retry later";
 
 export interface IngestDeps {
   index: Index;
@@ -165,7 +166,7 @@ export class IngestPipeline implements Ingestor {
         const unavailable = err instanceof StorageUnavailableError;
         return this.fail(opts, unavailable ? FailureReason.OutOfResources : FailureReason.ProcessingFailure,
           unavailable
-            ? "the relay's storage is unavailable right now; nothing was stored, please retry later"
+            ? "storage is unavailable; nothing was stored; retry later"
             : "the relay could not store the instance; nothing was stored, please retry",
           { ...ids, sha256, size, retryable: unavailable });
       }

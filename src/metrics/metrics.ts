@@ -52,14 +52,14 @@ export class RelayMetrics {
     const self = this;
     new client.Gauge({
       name: `${PREFIX}transfers`,
-      help: "transfers by state (open, released, complete)",
+      help: "transfers by state (open, released, complete, cancelled)",
       labelNames: ["state"],
       registers,
       async collect() {
         const by = (await self.sources.transfersByState?.()) ?? null;
         this.reset();
         if (!by) return;
-        for (const state of ["open", "released", "complete"]) this.set({ state }, by[state] ?? 0);
+        for (const state of ["open", "released", "complete", "cancelled"]) this.set({ state }, by[state] ?? 0);
       },
     });
     new client.Gauge({

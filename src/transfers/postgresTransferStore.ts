@@ -11,7 +11,7 @@ import fsp from "node:fs/promises";
 import type pg from "pg";
 import { inTransaction } from "../catalog/pgTransaction.ts";
 import { ReceiptSigner, type SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 /** Manifest items inserted per statement (unnest of arrays: one round trip per batch). */
 const BATCH = 1000;
@@ -34,9 +34,9 @@ export class PostgresTransferStore implements TransferStore {
     // the pool belongs to the index, which closes it
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void> {
     await inTransaction(this.pool, async (client) => {
-      await client.query("INSERT INTO transfers (id, label, created_at, state) VALUES ($1, $2, $3, 'open')", [t.id, t.label, t.createdAt]);
+      await client.query("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES ($1, $2, $3, $4, 'open')", [t.id, t.label, t.createdAt, t.createdBy ?? null]);
       for (let start = 0; start < items.length; start += BATCH) {
         const batch = items.slice(start, start + BATCH);
         await client.query(
@@ -63,6 +63,27 @@ export class PostgresTransferStore implements TransferStore {
   async getTransfer(id: string): Promise<TransferRecord | null> {
     const r = (await this.pool.query<TransferRow>("SELECT * FROM transfers WHERE id = $1", [id])).rows[0];
     return r ? transferFromRow(r) : null;
+  }
+
+  async listTransfers(q: TransferListQuery): Promise<TransferRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.createdBy !== undefined) {
+      args.push(q.createdBy);
+      where.push(`created_by = $${args.length}`);
+    }
+    if (q.state === "cancelled") where.push("cancelled_at IS NOT NULL");
+    else if (q.state) {
+      args.push(q.state);
+      where.push(`state = $${args.length} AND cancelled_at IS NULL`);
+    }
+    args.push(q.limit);
+    const sql = `SELECT * FROM transfers ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, id DESC LIMIT $${args.length}`;
+    return (await this.pool.query<TransferRow>(sql, args)).rows.map(transferFromRow);
+  }
+
+  async markCancelled(transferId: string, at: string): Promise<boolean> {
+    return (await this.pool.query("UPDATE transfers SET cancelled_at = $1 WHERE id = $2 AND state IN ('open','released') AND cancelled_at IS NULL", [at, transferId])).rowCount === 1;
   }
 
   async listItems(transferId: string): Promise<TransferItem[]> {
@@ -92,6 +113,11 @@ export class PostgresTransferStore implements TransferStore {
     );
   }
 
+  async studiesOf(transferId: string, limit: number): Promise<string[]> {
+    const rows = (await this.pool.query<{ s: string }>("SELECT DISTINCT study_instance_uid AS s FROM transfer_items WHERE transfer_id = $1 AND study_instance_uid IS NOT NULL LIMIT $2", [transferId, limit])).rows;
+    return rows.map((r) => r.s);
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = (await this.pool.query<{ state: ItemState; n: number | string }>(
       "SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = $1 GROUP BY state", [transferId],
@@ -103,11 +129,11 @@ export class PostgresTransferStore implements TransferStore {
 
   async markComplete(transferId: string, at: string): Promise<boolean> {
     // one UPDATE: of two nodes completing the same transfer at once, the second finds the state already changed
-    return (await this.pool.query("UPDATE transfers SET state = 'complete', completed_at = $1 WHERE id = $2 AND state IN ('open','released')", [at, transferId])).rowCount === 1;
+    return (await this.pool.query("UPDATE transfers SET state = 'complete', completed_at = $1 WHERE id = $2 AND state IN ('open','released') AND cancelled_at IS NULL", [at, transferId])).rowCount === 1;
   }
 
   async markReleased(transferId: string, at: string): Promise<boolean> {
-    return (await this.pool.query("UPDATE transfers SET state = 'released', released_at = $1 WHERE id = $2 AND state = 'open'", [at, transferId])).rowCount === 1;
+    return (await this.pool.query("UPDATE transfers SET state = 'released', released_at = $1 WHERE id = $2 AND state = 'open' AND cancelled_at IS NULL", [at, transferId])).rowCount === 1;
   }
 
   async setReceipt(transferId: string, receipt: SignedReceipt): Promise<void> {
@@ -119,7 +145,7 @@ export class PostgresTransferStore implements TransferStore {
   }
 
   async countTransfersByState(): Promise<Record<TransferRecord["state"], number>> {
-    return transferStateCounts((await this.pool.query<{ state: TransferRecord["state"]; n: string }>("SELECT state, COUNT(*) AS n FROM transfers GROUP BY state")).rows);
+    return transferStateCounts((await this.pool.query<{ state: TransferRecord["state"]; n: string }>("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1")).rows);
   }
 
   async getUploadResult(uploadId: string): Promise<UploadResult | null> {

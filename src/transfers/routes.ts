@@ -3,13 +3,13 @@
  * Access control plugs in as one middleware per audience (sender / admin) once it exists; today routes are open
  * like the DICOMweb ones.
  */
-import express, { Router, type RequestHandler } from "express";
+import express, { Router, type RequestHandler, type Response } from "express";
 import type { Server } from "@tus/server";
 import type { RelayConfig } from "../config.ts";
 import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { ManifestError } from "./manifest.ts";
-import { TransferNotFoundError, type TransferService } from "./transferService.ts";
-import type { ItemState } from "./transferStore.ts";
+import { TransferNotFoundError, TransferStateError, type TransferService } from "./transferService.ts";
+import type { ItemState, TransferState } from "./transferStore.ts";
 
 export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
 
@@ -18,10 +18,23 @@ export interface TransferRoutesOptions {
   access?: RequestHandler;
   /** runs before admin routes (release) */
   admin?: RequestHandler;
+  /** the caller (token id) and whether it sees every transfer; without access control: anonymous admin */
+  caller?: (res: Response) => { actor: string; admin: boolean };
+  /** names the audit row of a request (transfer.list, transfer.cancel) */
+  audit?: (res: Response, action: string) => void;
 }
 
 const pass: RequestHandler = (_req, _res, next) => next();
 const INSTANCE_FILTERS = new Set(["all", "none", "present", "received", "missing", "failed"]);
+const TRANSFER_STATES = new Set<TransferState>(["open", "complete", "released", "cancelled"]);
+const anonymousAdmin = () => ({ actor: "anonymous", admin: true });
+
+/** The service's refusals as HTTP answers. */
+function stateErrors(err: unknown): never {
+  if (err instanceof TransferNotFoundError) throw new HttpError(404, err.message);
+  if (err instanceof TransferStateError) throw new HttpError(409, err.message);
+  throw err;
+}
 
 export function transfersRouter(
   deps: { config: RelayConfig; service: TransferService; tus: Server },
@@ -30,6 +43,8 @@ export function transfersRouter(
   const { config, service, tus } = deps;
   const access = opts.access ?? pass;
   const admin = opts.admin ?? pass;
+  const caller = opts.caller ?? anonymousAdmin;
+  const audit = opts.audit ?? (() => {});
   const tusPath = config.transfers.tusPath;
   const r = Router();
 
@@ -50,12 +65,32 @@ export function transfersRouter(
       throw new HttpError(415, "send the manifest as application/json");
     }
     try {
-      const view = await service.createTransfer(req.body);
+      const view = await service.createTransfer(req.body, caller(res).actor);
       res.status(201).location(`/api/transfers/${view.id}`).json(view);
     } catch (err) {
       if (err instanceof ManifestError) throw new HttpError(400, err.message);
       throw err;
     }
+  });
+  // admin: every transfer (or ?mine=true); uploaders: the ones their token created
+  api.get("/api/transfers", async (req, res) => {
+    const who = caller(res);
+    const state = typeof req.query.state === "string" && req.query.state ? req.query.state : undefined;
+    if (state && !TRANSFER_STATES.has(state as TransferState)) throw new HttpError(400, `state must be one of ${[...TRANSFER_STATES].join(", ")}`);
+    const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, "limit must be a whole number from 1 to 1000");
+    const mine = !who.admin || req.query.mine === "true";
+    audit(res, "transfer.list");
+    const transfers = await service.list({ createdBy: mine ? who.actor : undefined, state: state as TransferState | undefined, limit });
+    res.json({ transfers, scope: mine ? "mine" : "all" });
+  });
+  api.post("/api/transfers/:id/cancel", async (req, res) => {
+    const who = caller(res);
+    const t = await service.view(String(req.params.id), { instances: "none" });
+    if (!t) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    audit(res, "transfer.cancel");
+    if (!who.admin && t.createdBy !== who.actor) throw new HttpError(403, "only the token that created this transfer, or an admin, may cancel it");
+    res.json(await service.cancel(t.id).catch(stateErrors));
   });
   api.get("/api/transfers/:id", async (req, res) => {
     const filter = typeof req.query.instances === "string" ? req.query.instances : "all";
@@ -76,12 +111,7 @@ export function transfersRouter(
     res.json({ ...receipt, keyUrl: RECEIPT_KEY_PATH });
   });
   api.post("/api/transfers/:id/release", admin, async (req, res) => {
-    try {
-      res.json(await service.release(String(req.params.id)));
-    } catch (err) {
-      if (err instanceof TransferNotFoundError) throw new HttpError(404, err.message);
-      throw err;
-    }
+    res.json(await service.release(String(req.params.id)).catch(stateErrors));
   });
   // the upload URL doubles as the place to read its result (tus itself needs no GET)
   api.get(`${tusPath}/:id`, async (req, res, next) => {

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
 
 const MIGRATIONS = [
   `CREATE TABLE transfers (
@@ -36,6 +36,11 @@ const MIGRATIONS = [
      finished_at TEXT,
      result TEXT NOT NULL
    );`,
+  // who created a transfer (uploaders list their own) and cancellation (a column: the state CHECK stays as it is)
+  `ALTER TABLE transfers ADD COLUMN created_by TEXT;
+   ALTER TABLE transfers ADD COLUMN cancelled_at TEXT;
+   CREATE INDEX transfers_created_by ON transfers (created_by, created_at);
+   CREATE INDEX transfers_created_at ON transfers (created_at);`,
 ];
 
 
@@ -64,14 +69,14 @@ export class SqliteTransferStore implements TransferStore {
     if (this.db?.open) this.db.close();
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
-    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, state) VALUES (?, ?, ?, 'open')");
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void> {
+    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES (?, ?, ?, ?, 'open')");
     const insertI = this.db.prepare(
       `INSERT INTO transfer_items (transfer_id, sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.db.transaction(() => {
-      insertT.run(t.id, t.label, t.createdAt);
+      insertT.run(t.id, t.label, t.createdAt, t.createdBy ?? null);
       for (const i of items) {
         insertI.run(t.id, i.sopInstanceUID, i.sha256, i.size, i.studyInstanceUID, i.seriesInstanceUID, i.state, i.reason, i.failureCode, i.updatedAt);
       }
@@ -81,6 +86,26 @@ export class SqliteTransferStore implements TransferStore {
   async getTransfer(id: string): Promise<TransferRecord | null> {
     const r = this.db.prepare("SELECT * FROM transfers WHERE id = ?").get(id) as TransferRow | undefined;
     return r ? transferFromRow(r) : null;
+  }
+
+  async listTransfers(q: TransferListQuery): Promise<TransferRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.createdBy !== undefined) {
+      where.push("created_by = ?");
+      args.push(q.createdBy);
+    }
+    if (q.state === "cancelled") where.push("cancelled_at IS NOT NULL");
+    else if (q.state) {
+      where.push("state = ? AND cancelled_at IS NULL");
+      args.push(q.state);
+    }
+    const sql = `SELECT * FROM transfers ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, rowid DESC LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, q.limit) as TransferRow[]).map(transferFromRow);
+  }
+
+  async markCancelled(transferId: string, at: string): Promise<boolean> {
+    return this.db.prepare("UPDATE transfers SET cancelled_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async listItems(transferId: string): Promise<TransferItem[]> {
@@ -109,6 +134,10 @@ export class SqliteTransferStore implements TransferStore {
       .run(u.state, good ? null : (u.reason ?? null), good ? null : (u.failureCode ?? null), new Date().toISOString(), transferId, sopInstanceUID);
   }
 
+  async studiesOf(transferId: string, limit: number): Promise<string[]> {
+    return this.db.prepare("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
     const out: Record<ItemState, number> = { present: 0, received: 0, missing: 0, failed: 0 };
@@ -117,11 +146,11 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async markComplete(transferId: string, at: string): Promise<boolean> {
-    return this.db.prepare("UPDATE transfers SET state = 'complete', completed_at = ? WHERE id = ? AND state IN ('open','released')").run(at, transferId).changes === 1;
+    return this.db.prepare("UPDATE transfers SET state = 'complete', completed_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async markReleased(transferId: string, at: string): Promise<boolean> {
-    return this.db.prepare("UPDATE transfers SET state = 'released', released_at = ? WHERE id = ? AND state = 'open'").run(at, transferId).changes === 1;
+    return this.db.prepare("UPDATE transfers SET state = 'released', released_at = ? WHERE id = ? AND state = 'open' AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async setReceipt(transferId: string, receipt: SignedReceipt): Promise<void> {
@@ -133,7 +162,7 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async countTransfersByState(): Promise<Record<TransferRecord["state"], number>> {
-    return transferStateCounts(this.db.prepare("SELECT state, COUNT(*) AS n FROM transfers GROUP BY state").all() as { state: TransferRecord["state"]; n: number }[]);
+    return transferStateCounts(this.db.prepare("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1").all() as { state: TransferRecord["state"]; n: number }[]);
   }
 
   async getUploadResult(uploadId: string): Promise<UploadResult | null> {

@@ -26,7 +26,7 @@ import { fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
 import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
-import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
+import type { ItemState, TransferItem, TransferListQuery, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
 
@@ -54,6 +54,11 @@ export interface TransferView extends TransferProgress {
   createdAt: string;
   completedAt: string | null;
   releasedAt: string | null;
+  cancelledAt: string | null;
+  /** the token id that created it (null: before owners were recorded, or auth disabled) */
+  createdBy: string | null;
+  /** the studies its manifest names (when the sender gave them) */
+  studies: string[];
   /** put this in every tus upload's metadata of this transfer */
   uploadMetadata: { transferId: string };
   instances?: TransferItem[];
@@ -69,6 +74,14 @@ export class TransferNotFoundError extends Error {
   constructor(id: string) {
     super(`no transfer with id ${id}`);
     this.name = "TransferNotFoundError";
+  }
+}
+
+/** The transfer is in a state that does not allow the request (release a cancelled one, cancel a complete one). */
+export class TransferStateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TransferStateError";
   }
 }
 
@@ -174,7 +187,7 @@ export class TransferService {
 
   // ---------------------------------------------------------------- transfers
 
-  async createTransfer(body: unknown): Promise<TransferView> {
+  async createTransfer(body: unknown, createdBy: string | null = null): Promise<TransferView> {
     const manifest = parseManifest(body, this.deps.config.transfers.maxManifestInstances);
     const held = new Map<string, HeldInstance>();
     for (const m of manifest.instances) {
@@ -184,7 +197,7 @@ export class TransferService {
     }
     const id = crypto.randomUUID();
     const now = new Date().toISOString();
-    await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now }, initialItems(manifest, held, now));
+    await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now, createdBy }, initialItems(manifest, held, now));
     if (manifest.retention && this.deps.onRetention) {
       const policy = { afterDeliveryDays: manifest.retention.afterDeliveryDays ?? null, afterArrivalDays: manifest.retention.afterArrivalDays ?? null };
       // the manifest names each instance's study when the sender knows it (dicom-relay push does)
@@ -207,9 +220,14 @@ export class TransferService {
       createdAt: t.createdAt,
       completedAt: t.completedAt,
       releasedAt: t.releasedAt,
+      cancelledAt: t.cancelledAt,
+      createdBy: t.createdBy,
+      studies: [],
       uploadMetadata: { transferId: t.id },
       receiptUrl: t.receipt ? `/api/transfers/${t.id}/receipt` : null,
     };
+    // a query, not the item list: a manifest may hold 100,000 instances and list() shows many transfers
+    out.studies = await this.deps.transfers.studiesOf(id, 20);
     if ((opts.instances ?? "all") !== "none") {
       const items = await this.deps.transfers.listItems(id);
       out.needed = items.filter((i) => i.state === "missing" || i.state === "failed").map((i) => i.sopInstanceUID);
@@ -226,10 +244,48 @@ export class TransferService {
     return { transfer: (await this.view(id, { instances: "none" }))!, receipt: t.receipt };
   }
 
+  /** Transfers newest first, with their counts (no instance lists): all of them, or those one actor created. */
+  async list(query: TransferListQuery): Promise<TransferView[]> {
+    const records = await this.deps.transfers.listTransfers(query);
+    const out: TransferView[] = [];
+    for (const r of records) {
+      const v = await this.view(r.id, { instances: "none" });
+      if (v) out.push(v);
+    }
+    return out;
+  }
+
+  /**
+   * Give a transfer up (its sender or an admin): later uploads to it are refused, and what it stored that is still
+   * pending under it (never visible) is removed. A complete transfer cannot be cancelled (delete the study instead).
+   */
+  async cancel(id: string): Promise<{ transfer: TransferView; removed: number }> {
+    const t = await this.deps.transfers.getTransfer(id);
+    if (!t) throw new TransferNotFoundError(id);
+    if (t.state === "complete") throw new TransferStateError(`transfer ${id} is complete: its study is visible and its receipt issued; delete the study instead if it must go`);
+    let removed = 0;
+    if (await this.deps.transfers.markCancelled(id, new Date().toISOString())) {
+      if (t.state === "open") {
+        for (const item of await this.deps.transfers.listItems(id)) {
+          if (item.state !== "received") continue;
+          // only what is still pending under this transfer: never an instance another transfer or sender made visible
+          const own = await this.deps.index.getInstance(item.sopInstanceUID, { pendingOf: id });
+          if (!own) continue;
+          const gone = await this.deps.index.deleteInstances({ studyInstanceUID: own.studyInstanceUID, seriesInstanceUID: own.seriesInstanceUID, sopInstanceUID: own.sopInstanceUID, includePending: true });
+          for (const loc of gone) await deleteBlobIfUnreferenced(this.deps.index, this.deps.store, loc.blobKey);
+          removed += gone.length;
+        }
+      }
+      this.deps.log.warn({ transferId: id, removed }, "transfer cancelled");
+    }
+    return { transfer: (await this.view(id, { instances: "none" }))!, removed };
+  }
+
   /** Admin: make a partial transfer visible on purpose. Instances that arrive later are visible at once. */
   async release(id: string): Promise<{ transfer: TransferView; released: number }> {
     const t = await this.deps.transfers.getTransfer(id);
     if (!t) throw new TransferNotFoundError(id);
+    if (t.state === "cancelled") throw new TransferStateError(`transfer ${id} was cancelled; what it stored was removed, so there is nothing to release (send the study again)`);
     let released = 0;
     if (t.state === "open") {
       await this.deps.transfers.markReleased(id, new Date().toISOString());
@@ -282,6 +338,7 @@ export class TransferService {
         const t = await this.deps.transfers.getTransfer(transferId);
         if (!t) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
         if (t.state === "complete") throw tusError(409, `transfer ${transferId} is already complete; nothing more is needed`);
+        if (t.state === "cancelled") throw tusError(409, `transfer ${transferId} was cancelled; start a new transfer to send these images`);
       },
       onFinish: async (upload) => {
         const resultUrl = `${this.deps.config.transfers.tusPath}/${upload.id}`;
@@ -377,6 +434,8 @@ export class TransferService {
     const transfer = transferId ? await transfers.getTransfer(transferId) : null;
     if (transferId && !transfer) {
       result.error = `transfer ${transferId} no longer exists; nothing was ingested`;
+    } else if (transfer?.state === "cancelled") {
+      result.error = `transfer ${transferId} was cancelled; nothing was ingested (start a new transfer to send these images)`;
     } else {
       // without a transfer, the upload is its own unit of visibility
       const pendingId = transfer ? (transfer.state === "open" ? transfer.id : undefined) : `upload:${upload.id}`;

@@ -11,8 +11,12 @@ import type { SignedReceipt } from "./receipts.ts";
  */
 export type ItemState = "present" | "received" | "missing" | "failed";
 
-/** open: instances arriving stay invisible; complete: all present/received, released, receipt issued; released: an admin made a partial transfer visible. */
-export type TransferState = "open" | "complete" | "released";
+/**
+ * open: instances arriving stay invisible; complete: all present/received, released, receipt issued; released: an
+ * admin made a partial transfer visible; cancelled: given up by its sender or an admin (what it stored is removed,
+ * later uploads to it are refused).
+ */
+export type TransferState = "open" | "complete" | "released" | "cancelled";
 
 export interface TransferItem {
   sopInstanceUID: string;
@@ -35,7 +39,18 @@ export interface TransferRecord {
   state: TransferState;
   completedAt: string | null;
   releasedAt: string | null;
+  cancelledAt: string | null;
+  /** the actor (token id) that created it; null for transfers made before owners were recorded */
+  createdBy: string | null;
   receipt: SignedReceipt | null;
+}
+
+/** What GET /api/transfers lists: newest first, at most limit. */
+export interface TransferListQuery {
+  /** only transfers this actor created (uploaders see their own) */
+  createdBy?: string;
+  state?: TransferState;
+  limit: number;
 }
 
 export type EntryStatus = "stored" | "already-stored" | "replaced" | "failed";
@@ -86,16 +101,22 @@ export interface TransferStore extends UploadResultStore {
   init(): Promise<void>;
   close(): Promise<void>;
 
-  createTransfer(transfer: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void>;
+  createTransfer(transfer: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void>;
   getTransfer(id: string): Promise<TransferRecord | null>;
+  /** Newest first. */
+  listTransfers(query: TransferListQuery): Promise<TransferRecord[]>;
+  /** Atomically open|released -> cancelled; true when it changed. */
+  markCancelled(transferId: string, at: string): Promise<boolean>;
   listItems(transferId: string): Promise<TransferItem[]>;
   getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null>;
   findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]>;
   /** Set an item's state; a present/received item never goes back to failed or missing (good bytes already stored). */
   updateItem(transferId: string, sopInstanceUID: string, update: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void>;
+  /** The distinct StudyInstanceUIDs its manifest names (at most limit; a query, not a listing of every item). */
+  studiesOf(transferId: string, limit: number): Promise<string[]>;
   /** Counts by state (cheaper than listing for big manifests). */
   countItems(transferId: string): Promise<Record<ItemState, number>>;
-  /** Atomically open|released -> complete; true for the one caller that made the change. */
+  /** Atomically open|released -> complete (never a cancelled one); true for the one caller that made the change. */
   markComplete(transferId: string, at: string): Promise<boolean>;
   /** Atomically open -> released; true when it changed. */
   markReleased(transferId: string, at: string): Promise<boolean>;
@@ -139,6 +160,8 @@ export interface TransferRow {
   state: TransferRecord["state"];
   completed_at: string | null;
   released_at: string | null;
+  cancelled_at?: string | null;
+  created_by?: string | null;
   receipt: string | null;
 }
 
@@ -146,15 +169,18 @@ export const transferFromRow = (r: TransferRow): TransferRecord => ({
   id: r.id,
   label: r.label,
   createdAt: r.created_at,
-  state: r.state,
+  // the state column keeps its original CHECK (open/complete/released): cancellation is its own column
+  state: r.cancelled_at ? "cancelled" : r.state,
   completedAt: r.completed_at,
   releasedAt: r.released_at,
+  cancelledAt: r.cancelled_at ?? null,
+  createdBy: r.created_by ?? null,
   receipt: r.receipt ? (JSON.parse(r.receipt) as SignedReceipt) : null,
 });
 
 /** Rows of `SELECT state, COUNT(*) AS n FROM transfers GROUP BY state` as counts for every state (PostgreSQL counts are strings). */
 export function transferStateCounts(rows: ReadonlyArray<{ state: TransferRecord["state"]; n: number | string }>): Record<TransferRecord["state"], number> {
-  const out: Record<TransferRecord["state"], number> = { open: 0, complete: 0, released: 0 };
+  const out: Record<TransferRecord["state"], number> = { open: 0, complete: 0, released: 0, cancelled: 0 };
   for (const r of rows) out[r.state] = Number(r.n);
   return out;
 }

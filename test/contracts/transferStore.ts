@@ -29,7 +29,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
 
     it("keeps a transfer and its items as created, in manifest order", async () => {
       const { store, id } = await setup();
-      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, receipt: null });
+      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, cancelledAt: null, createdBy: null, receipt: null });
       expect(await store.getTransfer(crypto.randomUUID())).toBeNull();
       const items = await store.listItems(id);
       expect(items.map((i) => [i.sopInstanceUID, i.state, i.size])).toEqual([["1.1", "missing", 10], ["1.2", "present", 20]]);
@@ -37,6 +37,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       expect(await store.getItem(id, "1.2")).toEqual(items[1]);
       expect(await store.getItem(id, "9.9")).toBeNull();
       expect(await store.countItems(id)).toEqual({ present: 1, received: 0, missing: 1, failed: 0 });
+      expect(await store.studiesOf(id, 10)).toEqual(["1"]);
       await store.close();
     });
 
@@ -45,6 +46,35 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       const { store, id } = await setup(uids.map((u) => item(u, "c", 1)), new Map());
       expect((await store.listItems(id)).map((i) => i.sopInstanceUID)).toEqual(uids);
       expect(await store.countItems(id)).toEqual({ present: 0, received: 0, missing: 2500, failed: 0 });
+      await store.close();
+    });
+
+    it("lists transfers newest first, by creator and state; a cancelled transfer neither completes nor is released", async () => {
+      const store = await make();
+      const owner = `tok-${crypto.randomUUID().slice(0, 8)}`;
+      const ids: string[] = [];
+      for (let n = 0; n < 3; n++) {
+        const id = crypto.randomUUID();
+        ids.push(id);
+        const m = parseManifest({ instances: [item(`1.9.${n}`)] }, 10);
+        await store.createTransfer({ id, label: `t${n}`, createdAt: `2024-01-0${n + 1}T00:00:00.000Z`, createdBy: owner }, initialItems(m, new Map(), T0));
+      }
+      const mine = await store.listTransfers({ createdBy: owner, limit: 10 });
+      expect(mine.map((t) => t.label)).toEqual(["t2", "t1", "t0"]);
+      expect(mine[0]).toMatchObject({ createdBy: owner, state: "open", cancelledAt: null });
+      expect(await store.listTransfers({ createdBy: owner, limit: 2 })).toHaveLength(2);
+      expect(await store.listTransfers({ createdBy: `${owner}-other`, limit: 10 })).toEqual([]);
+
+      expect(await store.markCancelled(ids[0]!, "2024-02-01T00:00:00.000Z")).toBe(true);
+      expect(await store.markCancelled(ids[0]!, "2024-02-02T00:00:00.000Z")).toBe(false);
+      expect(await store.getTransfer(ids[0]!)).toMatchObject({ state: "cancelled", cancelledAt: "2024-02-01T00:00:00.000Z" });
+      expect(await store.markComplete(ids[0]!, T0)).toBe(false);
+      expect(await store.markReleased(ids[0]!, T0)).toBe(false);
+      expect((await store.listTransfers({ createdBy: owner, state: "cancelled", limit: 10 })).map((t) => t.id)).toEqual([ids[0]]);
+      expect((await store.listTransfers({ createdBy: owner, state: "open", limit: 10 })).map((t) => t.id)).toEqual([ids[2], ids[1]]);
+      // complete: no longer cancellable
+      expect(await store.markComplete(ids[1]!, T0)).toBe(true);
+      expect(await store.markCancelled(ids[1]!, T0)).toBe(false);
       await store.close();
     });
 
@@ -99,7 +129,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
     it("counts transfers by state (the metrics' gauge), every state present", async () => {
       const store = await make();
       const before = await store.countTransfersByState();
-      expect(Object.keys(before).sort()).toEqual(["complete", "open", "released"]);
+      expect(Object.keys(before).sort()).toEqual(["cancelled", "complete", "open", "released"]);
       const ids = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
       for (const id of ids) await store.createTransfer({ id, label: null, createdAt: T0 }, initialItems(parseManifest({ instances: [item("1.1", "a")] }, 5000), new Map(), T0));
       await store.markReleased(ids[1]!, "2024-02-01T00:00:00.000Z");

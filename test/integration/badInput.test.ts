@@ -68,7 +68,10 @@ describe("bad input over raw HTTP", () => {
       const res = await stow(multipart([{ body }]));
       expect(res.status).toBe(409);
       expect(reasonOf(res.body)).toBe(0xc000);
-      expect(sentenceOf(res.body)).toMatch(/not a DICOM file.*DICOM export/i);
+      // Error Comment is LO (64 characters); the whole sentence is in the Warning header (and the log)
+      expect(sentenceOf(res.body)).toMatch(/not a DICOM file/i);
+      expect(sentenceOf(res.body).length).toBeLessThanOrEqual(64);
+      expect(res.headers.warning).toMatch(/not a DICOM file.*DICOM export/i);
     }
     expect(await indexedCount()).toBe(0);
   });
@@ -146,7 +149,9 @@ describe("bad input over raw HTTP", () => {
     const conflict = await stow(multipart([{ body: second }]));
     expect(conflict.status).toBe(409);
     expect(reasonOf(conflict.body)).toBe(0x0111);
-    expect(sentenceOf(conflict.body)).toMatch(/different content/);
+    expect(sentenceOf(conflict.body)).toMatch(/already stored/);
+    expect(sentenceOf(conflict.body).length).toBeLessThanOrEqual(64);
+    expect(conflict.headers.warning).toMatch(/different content/);
     const back = await request(relay.url).get(`/dicom-web/studies/${study}`).set("Accept", 'multipart/related; type="application/dicom"').buffer(true).parse((res, cb) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));

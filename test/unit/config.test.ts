@@ -71,3 +71,34 @@ describe("transfers: uploads on S3 and the tus locker", () => {
     expect(loadConfig({ env: { DICOM_RELAY_TRANSFERS_LOCKER_KIND: "postgres", DICOM_RELAY_INDEX_KIND: "postgres", DICOM_RELAY_INDEX_POSTGRES_URL: "postgres://x@127.0.0.1/db" } }).transfers.locker.kind).toBe("postgres");
   });
 });
+
+describe("configuration mistakes a newcomer makes", () => {
+  it("a typo'd key gets 'did you mean ...?' (edit distance), nested keys too; a far-off key lists the known ones", async () => {
+    const { loadConfig, closestKey, editDistance } = await import("../../src/config.ts");
+    expect(editDistance("storge", "storage")).toBe(1);
+    expect(closestKey("Storage", ["server", "storage", "index"])).toBe("storage");
+    expect(closestKey("zzzzzz", ["server", "storage", "index"])).toBeNull();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cfg-typo-"));
+    const file = path.join(dir, "relay.json");
+    fs.writeFileSync(file, JSON.stringify({ storge: { kind: "fs" } }));
+    expect(() => loadConfig({ file, env: {} })).toThrow(/unknown configuration key "storge"; did you mean storage\?/);
+    fs.writeFileSync(file, JSON.stringify({ server: { prot: 8080 } }));
+    expect(() => loadConfig({ file, env: {} })).toThrow(/unknown configuration key "server.prot"; did you mean server.port\?/);
+    fs.writeFileSync(file, JSON.stringify({ frobnicator: 1 }));
+    expect(() => loadConfig({ file, env: {} })).toThrow(/unknown configuration key "frobnicator" \(known keys: server, dataDir,/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a JSON syntax error names the line and the column", async () => {
+    const { loadConfig, jsonErrorAt } = await import("../../src/config.ts");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cfg-json-"));
+    const file = path.join(dir, "relay.json");
+    fs.writeFileSync(file, '{\n  "server": {\n    "port": 8080\n    "host": "0.0.0.0"\n  }\n}\n');
+    expect(() => loadConfig({ file, env: {} })).toThrow(/is not valid JSON: line 4, column 5: expected ',' or '}' after property value$/);
+    // a trailing comma, and an error V8 reports without a position
+    const reason = (t: string) => { try { JSON.parse(t); return ""; } catch (e) { return jsonErrorAt(t, (e as Error).message); } };
+    expect(reason('{\n  "a": 1,\n}')).toMatch(/^line 3, column 1: /);
+    expect(reason('{"a": tru}')).toMatch(/^line 1, column 7: unexpected '}'$/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});

@@ -78,6 +78,11 @@ export function unreachableSentence(base: string, code: string): string {
     case "ETIMEDOUT":
     case "UND_ERR_CONNECT_TIMEOUT":
       return `the relay at ${host} does not answer (timed out): check the internet connection and the address`;
+    case "ERR_SSL_WRONG_VERSION_NUMBER":
+    case "ERR_SSL_PACKET_LENGTH_TOO_LONG":
+    case "EPROTO":
+      // https:// to a server that speaks plain HTTP
+      return `the relay at ${host} answers plain HTTP, not HTTPS: give --to http://${host}${new URL(base).pathname.replace(/\/$/, "")} if that is intended (nothing is encrypted then), or ask its administrator to turn HTTPS on (tls.enabled)`;
     case "CERT_HAS_EXPIRED":
     case "DEPTH_ZERO_SELF_SIGNED_CERT":
     case "SELF_SIGNED_CERT_IN_CHAIN":

@@ -22,6 +22,7 @@ import { uploadBundle } from "./upload.ts";
 import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
 import { attachDocuments, documentsToAttach, type DocumentOutcome } from "./documents.ts";
 import { printFound, rel } from "./summary.ts";
+import { SPEAKS_TO, VERSION, withinRange } from "../../version.ts";
 
 interface TransferView {
   id: string;
@@ -113,9 +114,10 @@ async function push(opts: PushOptions): Promise<number> {
     state.files = cache;
     saveState(stateDir, state, { files: true });
     const studies = groupStudies(result.instances);
-    printFound(result, studies, opts);
+    // an empty folder gets one sentence, not an empty list under a heading
+    if (studies.length || result.others.length || result.broken.length || result.dicomdirs.length) printFound(result, studies, opts);
     if (!studies.length) {
-      out(`No DICOM images were found in ${root}. Give the folder of the CD/USB export (the one holding DICOMDIR), or the DICOMDIR itself.`);
+      out(`No DICOM files found in ${root}. Give the folder of the CD/USB export (the one holding DICOMDIR), the DICOMDIR itself, or one DICOM file.`);
       return result.broken.length ? 2 : 1;
     }
     const documents = documentsToAttach(result, studies, opts);
@@ -139,6 +141,10 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<void> {
   if (key.status !== 200 || !/"kty"/.test(key.text)) {
     throw new CouldNotRun(`${opts.relay} does not look like a dicom-relay (${RECEIPT_KEY_PATH} answered ${key.status}); check the address given with --to`);
   }
+  const relayVersion = key.headers.get("x-dicom-relay-version");
+  if (relayVersion && withinRange(relayVersion) === false) {
+    process.stderr.write(`Note: the relay runs dicom-relay ${relayVersion}; this uploader (${VERSION}) is made for relays ${SPEAKS_TO}. If something fails, ask the relay's administrator for the matching uploader.\n`);
+  }
   // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
   const probe = await api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 });
   if (probe.status === 401) {
@@ -156,9 +162,12 @@ async function resolveRoot(opts: PushOptions, stateDir: string, state: PushState
   const head = Buffer.alloc(Math.min(st.size, 4096));
   await fd.read(head, 0, head.length, 0);
   await fd.close();
-  if (classifyHead(head, st.size).kind === "dicomdir") return path.dirname(opts.source);
+  const kind = classifyHead(head, st.size).kind;
+  if (kind === "dicomdir") return path.dirname(opts.source);
+  // one DICOM file: read as a folder holding only it (scan.ts lists a file root as itself)
+  if (kind === "part10") return opts.source;
   if (head.length >= 4 && head.readUInt32LE(0) === 0x04034b50) return unzip(opts.source, path.join(stateDir, "zip"), state, stateDir);
-  throw new UsageError(`${opts.source} is neither a folder, a DICOMDIR nor a .zip; give the folder that holds the images`);
+  throw new UsageError(`${opts.source} is neither a folder, a DICOMDIR, a DICOM file nor a .zip; give the folder that holds the images`);
 }
 
 async function unzip(zip: string, dir: string, state: PushState, stateDir: string): Promise<string> {
@@ -262,6 +271,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
 
   // ---- the relay's view, receipts, documents, summary
   let problems = scan.broken.length;
+  const thisRun = { sent: 0, already: 0 };
   out("");
   for (const run of runs) {
     const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
@@ -271,7 +281,12 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     const count = (st: string) => items.filter((i) => i.state === st).length;
     const s = run.summary;
     out(`Result for ${s.patientName || "(no name)"}, ${formatDicomDate(s.studyDate)} ${s.studyDescription}:`);
-    out(`  stored now: ${count("received")}   already on the relay: ${count("present")}   failed: ${count("failed")}   not sent yet: ${count("missing")}`);
+    // what this run did: bundles of earlier runs were dropped from the plan, so these are this run's
+    const storedNow = run.st.bundles.reduce((n, b) => n + (b.done ? (b.result?.stored ?? 0) : 0), 0);
+    const arrived = count("received") + count("present");
+    thisRun.sent += storedNow;
+    thisRun.already += Math.max(0, arrived - storedNow);
+    out(`  stored now: ${storedNow}   already on the relay: ${Math.max(0, arrived - storedNow)}   failed: ${count("failed")}   not sent yet: ${count("missing")}`);
     for (const i of items.filter((x) => x.state === "failed")) {
       const f = run.bySop.get(i.sopInstanceUID);
       out(`  FAILED ${f ? rel(scan.root, f.path) : i.sopInstanceUID}: ${i.failureCode !== null ? `0x${i.failureCode.toString(16).toUpperCase().padStart(4, "0")} ` : ""}${i.reason ?? "refused"}`);
@@ -306,6 +321,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     out("");
   }
   if (scan.broken.length) out(`${scan.broken.length} file(s) from the folder could not be read and were not sent (listed above).`);
+  out(`This run: ${thisRun.sent} sent now, ${thisRun.already} already on the relay.`);
   out(problems ? "Finished with problems (see above)." : "Finished: everything arrived.");
   return problems ? 2 : 0;
 }

@@ -225,6 +225,8 @@ const MAX_FILES = 2_000_000;
 async function listFiles(root: string): Promise<{ files: string[]; hidden: number }> {
   const files: string[] = [];
   let hidden = 0;
+  // a single file given on the command line
+  if ((await fsp.stat(root)).isFile()) return { files: [root], hidden: 0 };
   const stack = [root];
   // each turn reads one directory; MAX_FILES bounds the walk
   while (stack.length) {

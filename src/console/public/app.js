@@ -2,9 +2,10 @@
 import { api, setToken, session, whenUnauthorized } from "./api.js";
 import { checkUnfinished, initUpload } from "./upload.js";
 import { initStudies, loadStudies } from "./studies.js";
+import { initTransfers, loadTransfers } from "./transfers.js";
 
 const $ = (id) => document.getElementById(id);
-const SECTIONS = ["signin", "send", "studies"];
+const SECTIONS = ["signin", "send", "studies", "transfers"];
 
 function showMessage(text) {
   const m = $("message");
@@ -12,9 +13,17 @@ function showMessage(text) {
   m.hidden = !text;
 }
 
+/** Transfers and sending need the upload (or admin) scope: a read-only token does not see those links. */
+function fitNav() {
+  const scopes = session.info?.scopes || [];
+  const sends = scopes.includes("upload") || scopes.includes("admin");
+  $("nav-transfers").hidden = !sends;
+  $("nav-send").hidden = !sends;
+}
+
 function show(name) {
   for (const s of SECTIONS) $(s).hidden = s !== name;
-  for (const s of ["send", "studies"]) {
+  for (const s of ["send", "studies", "transfers"]) {
     const link = $(`nav-${s}`);
     if (s === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -25,9 +34,11 @@ function show(name) {
 
 async function route() {
   if (!session.info) return show("signin");
-  const name = location.hash === "#send" ? "send" : "studies";
+  fitNav();
+  const name = location.hash === "#send" ? "send" : location.hash === "#transfers" ? "transfers" : "studies";
   show(name);
   if (name === "studies") await loadStudies();
+  else if (name === "transfers") await loadTransfers();
   else await checkUnfinished();
 }
 
@@ -75,6 +86,7 @@ window.addEventListener("hashchange", () => {
 });
 initUpload({ showMessage });
 initStudies({ showMessage });
+initTransfers({ showMessage });
 
 (async () => {
   if (!session.token) {

@@ -2,6 +2,7 @@
 // audit trail (admin), documents and their completeness, attaching a document.
 import { api, session } from "./api.js";
 import { da, first, personName } from "./dicom.js";
+import { actionWords, deleteStudy, loadSeries, whoNames, whoText } from "./studyView.js";
 
 const $ = (id) => document.getElementById(id);
 const KIND_NAMES = {
@@ -32,6 +33,19 @@ export function initStudies({ showMessage }) {
   $("open-viewer").addEventListener("click", openViewer);
   $("share-form").addEventListener("submit", createShare);
   $("attach-form").addEventListener("submit", attach);
+  $("delete-study").addEventListener("click", async () => {
+    if (!current) return;
+    const name = `${personName(current.ds["00100010"]) || "unknown patient"}, ${da(first(current.ds, "00080020")?.[0])}`;
+    try {
+      if (!(await deleteStudy(current.uid, name))) return;
+      $("study-detail").hidden = true;
+      current = null;
+      await loadStudies();
+      $("studies-status").textContent = `Deleted the study of ${name}.`;
+    } catch (err) {
+      say(err.message);
+    }
+  });
 }
 
 export async function loadStudies() {
@@ -103,7 +117,7 @@ async function showStudy(uid, ds) {
   $("admin-parts").hidden = !isAdmin();
   $("admin-note").hidden = isAdmin();
   detail.focus();
-  await Promise.all([loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
+  await Promise.all([loadSeries(uid), loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
 }
 
 async function openViewer() {
@@ -137,10 +151,25 @@ async function loadDocuments() {
       api(`/api/studies/${encodeURIComponent(current.uid)}/documents`),
       api(`/api/studies/${encodeURIComponent(current.uid)}/completeness`),
     ]);
-    for (const k of complete.kinds) {
+    // a plain imaging study has no reports: say so once, not one red "missing" per kind
+    const present = complete.kinds.filter((k) => k.status === "present");
+    if (!present.length) {
       const li = document.createElement("li");
-      li.className = k.status;
-      li.textContent = `${KIND_NAMES[k.kind] || k.kind}: ${k.status === "present" ? `present (${k.count}${k.languages.length ? `, ${k.languages.join(", ")}` : ""})` : "missing"}`;
+      li.className = "none";
+      li.textContent = "No reports attached (documents are optional; attach one below if the hospital sent any).";
+      list.append(li);
+    }
+    for (const k of present) {
+      const li = document.createElement("li");
+      li.className = "present";
+      li.textContent = `${KIND_NAMES[k.kind] || k.kind}: present (${k.count}${k.languages.length ? `, ${k.languages.join(", ")}` : ""})`;
+      list.append(li);
+    }
+    const absent = complete.kinds.filter((k) => k.status !== "present");
+    if (present.length && absent.length) {
+      const li = document.createElement("li");
+      li.className = "none";
+      li.textContent = `Not attached: ${absent.map((k) => KIND_NAMES[k.kind] || k.kind).join(", ")}`;
       list.append(li);
     }
     for (const d of docs.documents) {
@@ -252,10 +281,18 @@ async function loadAudit() {
   const rows = $("audit-rows");
   rows.replaceChildren();
   try {
-    const { entries } = await api(`/api/admin/audit?study=${encodeURIComponent(current.uid)}&limit=100`);
+    const [{ entries }, names] = await Promise.all([api(`/api/admin/audit?study=${encodeURIComponent(current.uid)}&limit=100`), whoNames()]);
     for (const a of entries.slice(-100).reverse()) {
       const tr = document.createElement("tr");
-      tr.append(cell(a.at.replace("T", " ").replace(/\..*$/, "")), cell(a.actor), cell(a.detail ? `${a.action}: ${a.detail}` : a.action), cell(a.outcome));
+      const what = cell(actionWords(a));
+      what.title = a.detail ? `${a.action}: ${a.detail}` : a.action;
+      if (a.detail) {
+        const small = document.createElement("div");
+        small.className = "pid";
+        small.textContent = a.detail;
+        what.append(small);
+      }
+      tr.append(cell(a.at.replace("T", " ").replace(/\..*$/, "")), cell(whoText(a.actor, names)), what, cell(a.outcome));
       rows.append(tr);
     }
   } catch (err) {

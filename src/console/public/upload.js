@@ -2,7 +2,8 @@
 // manifest, send only what the relay says it needs with tus (resumable), then show the transfer's state and receipt.
 // Survives a reload: the transfer id is kept in localStorage and tus-js-client keeps each file's upload URL there.
 import { api, authHeaders, explain, session } from "./api.js";
-import { DICOMDIR_CLASS, readFileMeta, sha256Hex } from "./dicom.js";
+import { DICOMDIR_CLASS, readFileMeta, readStudyHeader, sha256Hex } from "./dicom.js";
+import { confirmPlan, groupByStudy, openTransfers } from "./plan.js";
 
 const TRANSFER_KEY = "dicom-relay.transfer";
 const PARALLEL = 3;
@@ -10,7 +11,7 @@ const PARALLEL = 3;
 const MAX_HASH_BYTES = 2 * 1024 * 1024 * 1024;
 const $ = (id) => document.getElementById(id);
 
-const state = { files: [], transferId: null, paused: false, active: new Map(), queue: [], running: false };
+const state = { files: [], transferId: null, transfers: [], paused: false, active: new Map(), queue: [], running: false };
 
 const fmtBytes = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`);
 const savedTransfer = () => {
@@ -60,14 +61,19 @@ export async function checkUnfinished() {
     return;
   }
   try {
-    const t = await api(`/api/transfers/${encodeURIComponent(saved.id)}?instances=none`);
-    if (t.state !== "open") {
+    const ts = await Promise.all((saved.ids || [saved.id]).map((id) => api(`/api/transfers/${encodeURIComponent(id)}?instances=none`)));
+    const open = ts.filter((t) => t.state === "open");
+    if (!open.length) {
       localStorage.removeItem(TRANSFER_KEY);
       banner.hidden = true;
-      showTransfer(t);
+      showTransfers(ts);
       return;
     }
-    banner.textContent = `A transfer was interrupted: ${t.present + t.received} of ${t.total} files have arrived. Choose or drop the same folder again to send the rest; what already arrived is not sent again.`;
+    const arrived = open.reduce((n, t) => n + t.present + t.received, 0);
+    const total = open.reduce((n, t) => n + t.total, 0);
+    banner.textContent = saved.retry
+      ? `To retry "${saved.retry.name}", choose or drop the same folder again: only its ${saved.retry.needed} missing or failed file(s) are sent. (From a command line: run the same dicom-relay push again.)`
+      : `A transfer was interrupted: ${arrived} of ${total} files have arrived. Choose or drop the same folder again to send the rest; what already arrived is not sent again.`;
     banner.hidden = false;
   } catch {
     banner.hidden = true;
@@ -173,6 +179,7 @@ async function start(picked, showMessage) {
         continue;
       }
       item.sopInstanceUID = meta.sopInstanceUID;
+      item.study = await readStudyHeader(item.file, meta.transferSyntaxUID).catch(() => null);
       item.sha256 = await sha256Hex(item.file);
       const twin = bySop.get(item.sopInstanceUID);
       if (twin) {
@@ -185,27 +192,21 @@ async function start(picked, showMessage) {
     const dicom = state.files.filter((f) => f.dicom);
     if (!dicom.length) throw new Error("None of these files is a DICOM image. A CD export usually has a DICOM folder: drop that folder, or the whole disc.");
 
-    // 2. the transfer: the saved one when it is the same set of files (page reloaded), else a new manifest
+    // 2. one transfer per study, after the person has seen what will be sent
+    status.textContent = "";
+    const groups = groupByStudy(dicom);
+    if (!(await confirmPlan(groups, state.files.length - dicom.length))) {
+      state.running = false;
+      $("upload").hidden = true;
+      showMessage("Nothing was sent.");
+      return;
+    }
     status.textContent = "Asking the relay what it already has…";
-    let transfer = null;
     const saved = savedTransfer();
-    if (saved) {
-      const t = await api(`/api/transfers/${encodeURIComponent(saved.id)}?instances=all`).catch(() => null);
-      const wanted = new Set(dicom.map((f) => `${f.sopInstanceUID}/${f.sha256}`));
-      if (t && t.state === "open" && t.instances.length === wanted.size && t.instances.every((i) => wanted.has(`${i.sopInstanceUID}/${i.sha256}`))) transfer = t;
-    }
-    if (!transfer) {
-      const created = await api("/api/transfers", {
-        method: "POST",
-        json: {
-          label: `console upload of ${dicom.length} file(s)`,
-          instances: dicom.map((f) => ({ sopInstanceUID: f.sopInstanceUID, sha256: f.sha256, size: f.file.size })),
-        },
-      });
-      transfer = await api(`/api/transfers/${encodeURIComponent(created.id)}?instances=all`);
-    }
-    state.transferId = transfer.id;
-    localStorage.setItem(TRANSFER_KEY, JSON.stringify({ id: transfer.id, files: dicom.length, at: new Date().toISOString() }));
+    state.transfers = await openTransfers(groups, saved ? saved.ids || [saved.id] : []);
+    const transfer = { instances: state.transfers.flatMap((t) => t.instances) };
+    state.transferId = state.transfers[0].id;
+    localStorage.setItem(TRANSFER_KEY, JSON.stringify({ id: state.transferId, ids: state.transfers.map((t) => t.id), files: dicom.length, at: new Date().toISOString() }));
     const stateOf = new Map(transfer.instances.map((i) => [i.sopInstanceUID, i.state]));
     for (const f of dicom) {
       const s = stateOf.get(f.sopInstanceUID);
@@ -247,11 +248,11 @@ function send(item) {
   const upload = new tus.Upload(item.file, {
     endpoint: location.origin + (session.info?.tusPath || "/api/uploads"),
     headers: authHeaders(),
-    metadata: { transferId: state.transferId, filename: item.path },
+    metadata: { transferId: item.transferId || state.transferId, filename: item.path },
     chunkSize: 4 * 1024 * 1024,
     retryDelays: [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000],
     // unique per transfer and file content, and the same after a reload (two CD files may share a name)
-    fingerprint: async () => `dicom-relay-${state.transferId}-${item.sha256}`,
+    fingerprint: async () => `dicom-relay-${item.transferId || state.transferId}-${item.sha256}`,
     storeFingerprintForResuming: true,
     removeFingerprintOnSuccess: true,
     onProgress(sent, total) {
@@ -324,19 +325,20 @@ async function finish() {
   $("pause").hidden = true;
   $("upload-status").textContent = "Sending finished. The relay is checking the files…";
   await waitForIngest(state.files.filter((f) => f.uploadUrl));
-  const t = await api(`/api/transfers/${encodeURIComponent(state.transferId)}?instances=all`);
+  const ts = await Promise.all(state.transfers.map((x) => api(`/api/transfers/${encodeURIComponent(x.id)}?instances=all`)));
   state.running = false;
   // each file row ends with what the relay says about it
-  const bySop = new Map((t.instances || []).map((i) => [i.sopInstanceUID, i]));
+  const bySop = new Map(ts.flatMap((t) => t.instances || []).map((i) => [i.sopInstanceUID, i]));
   for (const f of state.files.filter((x) => x.send)) {
     const i = bySop.get(f.sopInstanceUID);
     if (i?.state === "received") setFileState(f, "received and checked by the relay");
     else if (i?.state === "failed") setFileState(f, `refused by the relay: ${i.reason || "no reason given"}`);
     else if (i?.state === "missing") setFileState(f, "did not arrive; send it again");
   }
-  showTransfer(t);
-  if (t.complete) localStorage.removeItem(TRANSFER_KEY);
-  $("upload-status").textContent = t.complete ? "Done." : "Sending finished, but some files did not arrive intact.";
+  showTransfers(ts);
+  const complete = ts.every((t) => t.complete);
+  if (complete) localStorage.removeItem(TRANSFER_KEY);
+  $("upload-status").textContent = complete ? "Done." : "Sending finished, but some files did not arrive intact.";
 }
 
 /**
@@ -355,12 +357,31 @@ async function waitForIngest(items) {
   }
 }
 
+/** Several transfers (one per study): their sum in the summary, one line each, problems of all; one: as it is. */
+function showTransfers(ts) {
+  if (ts.length === 1) return showTransfer(ts[0]);
+  const sum = (k) => ts.reduce((n, t) => n + (t[k] || 0), 0);
+  const complete = ts.filter((t) => t.complete).length;
+  void showTransfer({
+    id: null,
+    received: sum("received"),
+    present: sum("present"),
+    missing: sum("missing"),
+    failed: sum("failed"),
+    complete: complete === ts.length,
+    instances: ts.flatMap((t) => t.instances || []),
+    several: ts,
+  });
+}
+
 async function showTransfer(t) {
   $("transfer").hidden = false;
   const summary = $("transfer-summary");
-  summary.textContent =
-    `Transfer ${t.id}: ${t.received} received, ${t.present} already on the relay, ${t.missing} missing, ${t.failed} failed` +
-    (t.complete ? ". Complete: the study is now visible on the relay." : ".");
+  summary.textContent = t.several
+    ? `${t.several.length} transfers, one per study: ${t.received} received, ${t.present} already on the relay, ${t.missing} missing, ${t.failed} failed. ` +
+      t.several.map((x) => `${x.label || x.id}: ${x.complete ? "complete, visible on the relay" : `not complete (${x.missing} missing, ${x.failed} failed), kept hidden`}`).join("; ") + "."
+    : `Transfer ${t.id}: ${t.received} received, ${t.present} already on the relay, ${t.missing} missing, ${t.failed} failed` +
+      (t.complete ? ". Complete: the study is now visible on the relay." : ".");
   summary.dataset.complete = String(Boolean(t.complete));
   const problems = $("transfer-problems");
   problems.replaceChildren();
@@ -372,6 +393,8 @@ async function showTransfer(t) {
     problems.append(li);
   }
   $("receipt").hidden = true;
+  $("transfers-link").hidden = t.complete;
+  if (t.several) return;
   if (t.complete) {
     try {
       const receipt = await api(`/api/transfers/${encodeURIComponent(t.id)}/receipt`);
