@@ -19,17 +19,22 @@ function unpackBits(src: Buffer, start: number, end: number, out: Buffer, pixels
   let o = 0;
   // each turn reads at least one header byte, so the loop ends with the segment
   while (p < end && o < pixels) {
-    const n = src.readInt8(p++);
+    let n = src[p++]!;
+    if (n > 127) n -= 256;
     if (n >= 0) {
       const count = n + 1;
       if (p + count > end) throw new RleError("an RLE literal run goes past the end of its segment");
-      src.copy(out, o, p, p + Math.min(count, pixels - o));
+      // runs are short: a loop beats a native copy call per run
+      const stop = Math.min(count, pixels - o);
+      for (let k = 0; k < stop; k++) out[o + k] = src[p + k]!;
       p += count;
       o += count;
     } else if (n !== -128) {
       const count = -n + 1;
       if (p >= end) throw new RleError("an RLE replicate run has no byte to repeat");
-      out.fill(src[p]!, o, Math.min(pixels, o + count));
+      const v = src[p]!;
+      const stop = Math.min(pixels, o + count);
+      for (let k = o; k < stop; k++) out[k] = v;
       p += 1;
       o += count;
     }
