@@ -44,9 +44,13 @@ export interface Orthanc {
   dispose(): Promise<void>;
 }
 
-export async function startOrthanc(opts: { aeTitle: string; relayAE: string }): Promise<Orthanc> {
+/**
+ * relayPort: where Orthanc reaches the relay as a DICOM modality (for C-MOVE from Orthanc); dicomPort: Orthanc's own,
+ * when the relay must know it before Orthanc starts; acceptedTransferSyntaxes: what Orthanc's storage SCP accepts.
+ */
+export async function startOrthanc(opts: { aeTitle: string; relayAE: string; relayPort?: number; dicomPort?: number; acceptedTransferSyntaxes?: string[] }): Promise<Orthanc> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "orthanc-test-"));
-  const dicomPort = await freePort();
+  const dicomPort = opts.dicomPort ?? (await freePort());
   const httpPort = await freePort();
   const plugin = dicomwebPluginPath();
   if (!plugin) throw new Error("the orthanc-dicomweb plugin is not installed (scripts/test-prereqs.sh installs it)");
@@ -63,7 +67,8 @@ export async function startOrthanc(opts: { aeTitle: string; relayAE: string }): 
     DicomAlwaysAllowStore: false,
     DicomAlwaysAllowEcho: false,
     DicomCheckModalityHost: true,
-    DicomModalities: { relay: [opts.relayAE, "127.0.0.1", 1] },
+    DicomModalities: { relay: [opts.relayAE, "127.0.0.1", opts.relayPort ?? 1] },
+    ...(opts.acceptedTransferSyntaxes ? { AcceptedTransferSyntaxes: opts.acceptedTransferSyntaxes } : {}),
     Plugins: [plugin],
     DicomWeb: { Enable: true, Root: "/dicom-web/" },
     StableAge: 1,
