@@ -257,6 +257,11 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
 
     await row.getByRole("button", { name: "Details" }).click();
     await expect.poll(() => page.locator("#completeness").textContent()).toContain("Pathology report: missing");
+    // one thumbnail per series, drawn from the relay's /thumbnail with the signed-in token
+    const seriesCount = ((await (await fetch(`${relay.url}/dicom-web/studies/${studyUID}/series`, { headers: { Authorization: `Bearer ${admin}` } })).json()) as unknown[]).length;
+    expect(seriesCount).toBeGreaterThan(0);
+    await expect.poll(() => page.locator("#series-thumbs img").count(), { timeout: 20_000 }).toBe(seriesCount);
+    expect(await page.locator("#series-thumbs img").first().evaluate((img: HTMLImageElement) => img.decode().then(() => img.naturalWidth))).toBeGreaterThan(0);
     // the completed transfer went to the home PACS by itself; the study's page says so
     await expect
       .poll(async () => ((await (await fetch(`${home.dicomwebUrl}/studies/${studyUID}/instances`)).json().catch(() => [])) as unknown[]).length, { timeout: 30_000 })

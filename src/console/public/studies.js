@@ -1,6 +1,6 @@
 // The study list (QIDO-RS through the relay's own DICOMweb root) and one study's details: viewer, share links,
 // audit trail (admin), documents and their completeness, attaching a document.
-import { api, session } from "./api.js";
+import { api, authHeaders, session } from "./api.js";
 import { da, first, personName } from "./dicom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -103,7 +103,39 @@ async function showStudy(uid, ds) {
   $("admin-parts").hidden = !isAdmin();
   $("admin-note").hidden = isAdmin();
   detail.focus();
-  await Promise.all([loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
+  await Promise.all([loadSeries(), loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
+}
+
+// one thumbnail per series from the relay's /thumbnail (fetched with the token, shown as a blob: <img> cannot send it)
+async function loadSeries() {
+  const list = $("series-thumbs");
+  for (const img of list.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+  list.replaceChildren();
+  const uid = current.uid;
+  let series = [];
+  try {
+    series = (await api(`${root()}/studies/${encodeURIComponent(uid)}/series`, { accept: "application/dicom+json" })) || [];
+  } catch {
+    return;
+  }
+  for (const s of series) {
+    const seriesUid = first(s, "0020000E")?.[0];
+    if (!seriesUid) continue;
+    const li = document.createElement("li");
+    const label = document.createElement("span");
+    label.textContent = `${first(s, "00080060")?.[0] || ""} ${first(s, "0008103E")?.[0] || ""} (${first(s, "00201209")?.[0] ?? "?"})`.trim();
+    li.append(label);
+    list.append(li);
+    fetch(`${root()}/studies/${encodeURIComponent(uid)}/series/${encodeURIComponent(seriesUid)}/thumbnail`, { headers: { ...authHeaders(), Accept: "image/jpeg" }, cache: "no-store" })
+      .then(async (res) => {
+        if (!res.ok || current?.uid !== uid) return;
+        const img = document.createElement("img");
+        img.alt = `Thumbnail of series ${label.textContent}`;
+        img.src = URL.createObjectURL(await res.blob());
+        li.prepend(img);
+      })
+      .catch(() => {});
+  }
 }
 
 async function openViewer() {
