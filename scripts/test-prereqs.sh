@@ -11,6 +11,8 @@ bash scripts/install-dcmtk.sh
 # dicom3tools' dciodvfy: the IOD checker the document tests run on wrapped PDFs and photos
 bash scripts/apt-ensure.sh dciodvfy dicom3tools
 bash scripts/install-orthanc.sh
+# GDCM's gdcmconv: makes JPEG 2000 test files (dcmtk has no JPEG 2000 codec) for the transcoding tests
+bash scripts/apt-ensure.sh gdcmconv libgdcm-tools
 # the browser tests of the console and the viewer: Debian's Chromium (driven by playwright-core), a CJK font so
 # screenshots show Chinese names, and OHIF's static build (cached under ~/.cache/dicom-relay)
 bash scripts/apt-ensure.sh chromium chromium

@@ -1,7 +1,8 @@
 /**
  * WADO-RS (PS3.18 10.4): instances streamed from storage as multipart/related, metadata from the
- * index alone, frames and bulk data by ranged reads of the stored file. The relay never transcodes:
- * a transfer syntax it does not hold is answered 406 with a sentence, never with wrong bytes.
+ * index alone, frames and bulk data by ranged reads of the stored file. A transfer syntax other than the
+ * stored one is made a frame at a time (src/imaging/transcode.ts); one the relay cannot make is 406 with a
+ * sentence naming what it can, never wrong bytes.
  */
 import { Readable } from "node:stream";
 import { Router, type Request, type Response } from "express";
@@ -12,6 +13,10 @@ import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation }
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
+import type { DicomJsonDataset } from "../dicom/types.ts";
+import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
+import { frameIn, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
+import { CodecError, canDecode, canEncode, UNCOMPRESSED } from "../imaging/codecs.ts";
 import { accessOf, assertStudyVisible, dicomwebRoot, recipientOf, uidParam, withRoot, type DicomwebServices } from "./context.ts";
 
 const ANY_TS = "*";
@@ -79,18 +84,45 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       throw new HttpError(406, 'instances are returned as multipart/related; type="application/dicom"');
     }
     const instances = await instancesOrNotFound(svc, scope);
-    const choice = choices.find((c) => servable(c, instances)) ?? null;
+    let choice = choices.find((c) => servable(c, instances)) ?? null;
+    // not all stored in the syntax asked for: the first one asked for that every instance can be transcoded to
+    const modules = new Map<string, PixelModule | string | null>();
+    let refusal = "";
+    if (!choice) {
+      for (const c of choices) {
+        const target = c.transferSyntax!;
+        for (const inst of instances) {
+          if (inst.transferSyntaxUID !== target && !modules.has(inst.sopInstanceUID)) modules.set(inst.sopInstanceUID, await pixelModuleFor(svc, inst));
+        }
+        const why = instances.map((i) => whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? null, target)).find((w) => w !== null);
+        if (!why) {
+          choice = c;
+          break;
+        }
+        refusal ||= `; for ${target.slice(0, 64)}: ${why}`;
+      }
+    }
     if (!choice) {
       const stored = [...new Set(instances.map((i) => i.transferSyntaxUID))].join(", ");
-      throw new HttpError(406, `the ${describe(scope)} is stored in transfer syntax ${stored}; the relay returns stored bytes and does not transcode, so ask with transfer-syntax=* or one of those`);
+      throw new HttpError(406, `the ${describe(scope)} is stored in transfer syntax ${stored}${refusal}; ask with transfer-syntax=* for the stored bytes, or for one of ${transcodeTargetsSentence()}`);
     }
+    const target = choice.transferSyntax;
     const store = svc.store;
     await sendMultipart(res, "application/dicom", (async function* () {
       for (const inst of instances) {
+        if (target === null || target === ANY_TS || target === inst.transferSyntaxUID) {
+          yield {
+            contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
+            headers: { "Content-Length": String(inst.size) },
+            body: await store.get(inst.blobKey),
+          };
+          continue;
+        }
+        // transcoded a frame at a time: the length is not known in advance
+        const pm = modules.get(inst.sopInstanceUID);
         yield {
-          contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
-          headers: { "Content-Length": String(inst.size) },
-          body: await store.get(inst.blobKey),
+          contentType: `application/dicom; transfer-syntax=${target}`,
+          body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target, { part10: true }), { objectMode: false }),
         };
       }
     })());
@@ -126,9 +158,24 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     for (const n of numbers) {
       if (n > px.frames.length) throw new HttpError(404, `frame ${n} does not exist: instance ${scope.sopInstanceUID} has ${px.frames.length} frame(s)`);
     }
-    const partType = negotiateFramePartType(req, inst!.transferSyntaxUID, px.encapsulated);
+    const pm = await pixelModuleFor(svc, inst!);
+    const { partType, transferSyntax } = negotiateFrames(req, inst!.transferSyntaxUID, px.encapsulated, typeof pm === "object" ? pm : null);
     const store = svc.store;
-    const tsParam = `; transfer-syntax=${inst!.transferSyntaxUID}`;
+    const tsParam = `; transfer-syntax=${transferSyntax}`;
+    if (transferSyntax !== inst!.transferSyntaxUID) {
+      const why = whyNotTranscodable(inst!, pm, transferSyntax);
+      if (why) throw new HttpError(406, `frames of instance ${scope.sopInstanceUID} cannot be sent in ${transferSyntax}: ${why}`);
+      // the first frame is made before the status line, so a frame that cannot be decoded is an error, not a cut response
+      let pending: Buffer | null = await transcodedFrame(store, inst!, pm as PixelModule, numbers[0]!, transferSyntax);
+      await sendMultipart(res, partType, (async function* () {
+        for (const n of numbers) {
+          const body = pending ?? (await transcodedFrame(store, inst!, pm as PixelModule, n, transferSyntax));
+          pending = null;
+          yield { contentType: partType + tsParam, headers: { "Content-Length": String(body.length) }, body: Readable.from([body]) };
+        }
+      })());
+      return;
+    }
     await sendMultipart(res, partType, (async function* () {
       for (const n of numbers) {
         const ranges = px.frames[n - 1]!;
@@ -151,7 +198,10 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     const accept = parseAccept(req.get("accept"));
     if (tag === "7FE00010" && inst!.pixelData?.encapsulated) {
       const px = inst!.pixelData;
-      const partType = negotiateFramePartType(req, inst!.transferSyntaxUID, true);
+      const { partType, transferSyntax } = negotiateFrames(req, inst!.transferSyntaxUID, true, null);
+      if (transferSyntax !== inst!.transferSyntaxUID) {
+        throw new HttpError(406, `the pixel data bulk data is served as stored (${inst!.transferSyntaxUID}); for decoded pixels ask for the frames (.../frames/1,2,...) with transfer-syntax=${transferSyntax}`);
+      }
       await sendMultipart(res, partType, (async function* () {
         for (const ranges of px.frames) {
           yield { contentType: `${partType}; transfer-syntax=${inst!.transferSyntaxUID}`, body: rangesStream(store, inst!.blobKey, ranges) };
@@ -217,27 +267,74 @@ export function parseFrameList(raw: string): number[] {
   return parts.map(Number);
 }
 
+const TS_ELE = "1.2.840.10008.1.2.1";
+
+/** Default transfer syntax of a frame media type (PS3.18 Table 8.7.3-5). */
+const DEFAULT_TS_OF_MEDIA_TYPE: Record<string, string> = {
+  "application/octet-stream": TS_ELE,
+  "image/jpeg": "1.2.840.10008.1.2.4.50",
+  "image/jls": "1.2.840.10008.1.2.4.80",
+  "image/jp2": "1.2.840.10008.1.2.4.90",
+  "image/jphc": "1.2.840.10008.1.2.4.201",
+  "image/dicom-rle": "1.2.840.10008.1.2.5",
+};
+
+/** The instance's pixel module from its stored metadata (a sentence when it has none). */
+export async function pixelModuleFor(svc: DicomwebServices, inst: InstanceLocation): Promise<PixelModule | string> {
+  const [json] = await svc.index.listMetadata({ studyInstanceUID: inst.studyInstanceUID, seriesInstanceUID: inst.seriesInstanceUID, sopInstanceUID: inst.sopInstanceUID });
+  if (!json) return "the instance has no metadata";
+  return pixelModuleOf(JSON.parse(json) as DicomJsonDataset);
+}
+
+async function transcodedFrame(store: BlobStore, inst: InstanceLocation, pm: PixelModule, n: number, target: string): Promise<Buffer> {
+  try {
+    return await frameIn(store, inst, pm, n, target);
+  } catch (err) {
+    if (err instanceof CodecError) throw new HttpError(500, `frame ${n} of instance ${inst.sopInstanceUID} cannot be transcoded: ${err.message}`);
+    throw err;
+  }
+}
+
 /**
- * The part media type for frames: native pixel data is application/octet-stream; encapsulated
- * frames keep their compressed form (image/jpeg, image/jls, ...) or go as application/octet-stream
- * when the client accepts any transfer syntax. Anything needing decompression is 406.
+ * The part media type and transfer syntax for frames. No Accept, "*\/*" or transfer-syntax=* give the stored
+ * bytes; application/octet-stream without a transfer syntax means Explicit VR Little Endian, i.e. decoded pixels
+ * (PS3.18 8.7.3.5.2); a compressed media type asks for its default transfer syntax unless it names one. What
+ * cannot be decoded or encoded here is 406 with a sentence naming what can.
  */
-function negotiateFramePartType(req: Request, transferSyntaxUID: string, encapsulated: boolean): string {
-  const info = transferSyntaxInfo(transferSyntaxUID);
+function negotiateFrames(req: Request, stored: string, encapsulated: boolean, pm: PixelModule | null): { partType: string; transferSyntax: string } {
+  const info = transferSyntaxInfo(stored);
   const native = "application/octet-stream";
-  const compressedType = encapsulated ? (info?.mediaType ?? native) : native;
-  const choices = multipartChoices(parseAccept(req.get("accept")), native).map((c) => ({
+  const storedType = encapsulated ? (info?.mediaType ?? native) : native;
+  const ranges = parseAccept(req.get("accept"));
+  // "*\/*", no Accept, or multipart/related without a type: whatever is stored, in its own media type
+  const open = ranges[0];
+  if (open && (open.mediaType === "*/*" || open.mediaType === "multipart/related" || open.mediaType === "multipart/*") && !open.params.type && (!open.params["transfer-syntax"] || open.params["transfer-syntax"] === ANY_TS)) {
+    return { partType: storedType, transferSyntax: stored };
+  }
+  const choices = multipartChoices(ranges, native).map((c) => ({
     ...c,
     // older clients still ask for the pre-2021 names (image/x-dicom-rle, image/x-jls)
     partType: LEGACY_FRAME_MEDIA_TYPES[c.partType] ?? c.partType,
   }));
+  const possible = (ts: string) => {
+    if (ts === stored) return true;
+    if (!canDecode(stored)) return false;
+    if (UNCOMPRESSED.includes(ts)) return true;
+    return pm !== null && canEncode(ts, pm);
+  };
   for (const c of choices) {
-    const tsOk = c.transferSyntax === null || c.transferSyntax === ANY_TS || c.transferSyntax === transferSyntaxUID;
-    if (c.partType === "*/*") return compressedType;
-    if (!encapsulated && c.partType === native && tsOk) return native;
-    if (encapsulated && c.partType === compressedType && tsOk) return compressedType;
-    if (encapsulated && c.partType === native && (c.transferSyntax === ANY_TS || c.transferSyntax === transferSyntaxUID)) return native;
+    if (c.partType === "*/*" && (c.transferSyntax === null || c.transferSyntax === ANY_TS)) return { partType: storedType, transferSyntax: stored };
+    if (c.transferSyntax === ANY_TS) {
+      if (c.partType === storedType || c.partType === native) return { partType: c.partType, transferSyntax: stored };
+      continue;
+    }
+    const ts = c.transferSyntax ?? (c.partType === storedType && encapsulated ? stored : DEFAULT_TS_OF_MEDIA_TYPE[c.partType]);
+    if (!ts) continue;
+    const mediaType = transferSyntaxInfo(ts)?.mediaType;
+    const partFits = c.partType === "*/*" || c.partType === mediaType || (c.partType === native && ts === stored);
+    if (partFits && possible(ts)) return { partType: c.partType === "*/*" ? (mediaType ?? native) : c.partType, transferSyntax: ts };
   }
-  const what = encapsulated ? `compressed (${info?.name ?? transferSyntaxUID}, ${compressedType})` : "uncompressed (application/octet-stream)";
-  throw new HttpError(406, `the frames are stored ${what}; the relay does not transcode, so accept that media type or transfer-syntax=*`);
+  const what = encapsulated ? `compressed (${info?.name ?? stored}, ${storedType})` : "uncompressed (application/octet-stream)";
+  const can = canDecode(stored) ? `; the relay can send them as application/octet-stream (Explicit VR Little Endian) or transcode to ${transcodeTargetsSentence()}` : `; the relay has no decoder for ${info?.name ?? stored}, so accept ${storedType} or transfer-syntax=*`;
+  throw new HttpError(406, `the frames are stored ${what}${can}`);
 }

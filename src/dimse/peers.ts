@@ -4,12 +4,12 @@
  * Only configured peers associate: the calling AE title must be configured, the connection must come
  * from that peer's host, and the called AE title must be the relay's. Presentation contexts: Verification,
  * Study Root Query/Retrieve FIND/MOVE/GET (Implicit or Explicit VR Little Endian), and storage SOP classes
- * in any transfer syntax the relay can read (stored as received, never transcoded): to be stored when the
+ * in any transfer syntax the ingest pipeline stores (ingestAccepts; stored as received): to be stored when the
  * peer may store, or as the destination of a C-GET when the peer proposes the SCP role for them.
  */
 import { isIP } from "node:net";
 import type { DimsePeerConfig } from "../config.ts";
-import { transferSyntaxInfo } from "../dicom/transferSyntax.ts";
+import { ingestAccepts } from "../dicom/transferSyntax.ts";
 import { TransferSyntaxUID } from "../dicom/uids.ts";
 import { APPLICATION_CONTEXT, PcResult, Reject, type AcceptedContext, type AssociateRQ, type RoleSelection } from "./pdu.ts";
 
@@ -89,8 +89,8 @@ export function decideAssociation(
       const role = roleFor.get(pc.abstractSyntax);
       const asGetDestination = role?.scpRole === true;
       if (!peer.store && !asGetDestination) return reject(PcResult.userRejection);
-      // the proposer's order is its preference; any transfer syntax the relay can read is kept as sent
-      const ts = pc.transferSyntaxes.find((t) => transferSyntaxInfo(t) !== undefined);
+      // the proposer's order is its preference; any transfer syntax the ingest pipeline stores is kept as sent
+      const ts = pc.transferSyntaxes.find((t) => ingestAccepts(t));
       if (!ts) return reject(PcResult.transferSyntaxesNotSupported);
       if (role && !roles.some((r) => r.sopClassUID === role.sopClassUID)) {
         roles.push({ sopClassUID: role.sopClassUID, scuRole: role.scuRole && peer.store, scpRole: role.scpRole });

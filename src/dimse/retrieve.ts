@@ -1,10 +1,11 @@
 /**
  * Sending stored instances over DIMSE (C-MOVE and C-GET sub-operations, DIMSE forwarding): the data set
  * part of the stored Part-10 file is streamed from the BlobStore as it is, in its stored transfer syntax,
- * on a presentation context accepted for exactly that SOP class and transfer syntax. Nothing is
- * transcoded and no instance is held in memory.
+ * on a presentation context accepted for exactly that SOP class and transfer syntax. When the peer took
+ * only uncompressed syntaxes for it, the instance is decoded a frame at a time (src/imaging/transcode.ts)
+ * and sent in Explicit or Implicit VR Little Endian. No instance is held in memory.
  */
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
@@ -14,6 +15,12 @@ import { datasetOffset } from "./dataset.ts";
 import type { Association } from "./association.ts";
 import { IdentifierError } from "./find.ts";
 import type { ProposedContext } from "./pdu.ts";
+import { canDecode, UNCOMPRESSED } from "../imaging/codecs.ts";
+import { transcodeInstance, whyNotTranscodable } from "../imaging/transcode.ts";
+import type { PixelModule } from "../imaging/pixelModule.ts";
+
+/** The instance's pixel module, looked up only when it must be decoded. */
+export type PixelModuleLookup = (loc: InstanceLocation) => Promise<PixelModule | string>;
 
 const HEAD_BYTES = 64 * 1024;
 
@@ -39,15 +46,26 @@ export async function storeInstance(
   store: BlobStore,
   loc: InstanceLocation,
   moveOriginator?: { aeTitle: string; messageId: number },
+  pixelModule?: PixelModuleLookup,
 ): Promise<SubOperationResult> {
-  const ctx = assoc.findContext(loc.sopClassUID, loc.transferSyntaxUID);
-  if (!ctx) {
-    return {
-      status: Status.SOPClassNotSupported,
-      errorComment: `no presentation context for ${loc.sopClassUID} in ${loc.transferSyntaxUID} (the relay does not transcode)`,
-    };
+  let ctx = assoc.findContext(loc.sopClassUID, loc.transferSyntaxUID);
+  let data: Readable;
+  if (ctx) {
+    data = await openDataset(store, loc);
+  } else {
+    // the peer took this SOP class only in other syntaxes: decode to the uncompressed one it accepted
+    const alt = UNCOMPRESSED.map((ts) => assoc.findContext(loc.sopClassUID, ts)).find((c) => c !== undefined);
+    const pm = alt && pixelModule && loc.pixelData ? await pixelModule(loc) : null;
+    const why = alt ? whyNotTranscodable(loc, pm, alt.transferSyntax) : null;
+    if (!alt || why) {
+      return {
+        status: Status.SOPClassNotSupported,
+        errorComment: (alt ? `cannot decode: ${why}` : `no presentation context for ${loc.sopClassUID} in ${loc.transferSyntaxUID}`).slice(0, 64),
+      };
+    }
+    ctx = alt;
+    data = Readable.from(transcodeInstance(store, loc, typeof pm === "object" ? pm : null, alt.transferSyntax, { part10: false }));
   }
-  const data = await openDataset(store, loc);
   const rsp = await assoc.request(ctx.id, {
     commandField: CommandField.CStoreRQ,
     affectedSOPClassUID: loc.sopClassUID,
@@ -65,17 +83,26 @@ export function statusClass(status: number): "success" | "warning" | "failure" {
   return "failure";
 }
 
-/** The presentation contexts to propose for sending these instances: one per SOP class and transfer syntax. */
+/**
+ * The presentation contexts to propose for sending these instances: one per SOP class and stored transfer syntax,
+ * and, for a SOP class stored compressed in a syntax the relay decodes, one more offering Explicit and Implicit VR
+ * Little Endian, so a peer that takes only uncompressed data still gets every instance (decoded).
+ */
 export function storageContexts(instances: Iterable<Pick<InstanceLocation, "sopClassUID" | "transferSyntaxUID">>): ProposedContext[] {
   const pairs = new Map<string, ProposedContext>();
   let id = 1;
-  for (const i of instances) {
-    const key = `${i.sopClassUID}|${i.transferSyntaxUID}`;
-    if (pairs.has(key)) continue;
-    if (id > 255) break; // 128 contexts at most; instances beyond fail their sub-operation with a clear comment
-    pairs.set(key, { id, abstractSyntax: i.sopClassUID, transferSyntaxes: [i.transferSyntaxUID] });
+  const add = (key: string, abstractSyntax: string, transferSyntaxes: string[]) => {
+    if (pairs.has(key) || id > 255) return; // 128 contexts at most; instances beyond fail their sub-operation with a clear comment
+    pairs.set(key, { id, abstractSyntax, transferSyntaxes });
     id += 2;
+  };
+  const fallbacks: string[] = [];
+  for (const i of instances) {
+    add(`${i.sopClassUID}|${i.transferSyntaxUID}`, i.sopClassUID, [i.transferSyntaxUID]);
+    if (!UNCOMPRESSED.includes(i.transferSyntaxUID) && canDecode(i.transferSyntaxUID)) fallbacks.push(i.sopClassUID);
   }
+  // after every stored syntax, so the fallbacks never take the place of a stored one
+  for (const sopClass of fallbacks) add(`${sopClass}|uncompressed`, sopClass, [...UNCOMPRESSED]);
   return [...pairs.values()];
 }
 

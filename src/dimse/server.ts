@@ -30,6 +30,7 @@ import { RevocationList } from "../access/tls.ts";
 import type { RelayMetrics } from "../metrics/metrics.ts";
 import type { RetentionService } from "../retention/service.ts";
 import { StorageCommitments } from "./commitment.ts";
+import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 
 export interface DimseDeps {
   config: RelayConfig;
@@ -272,6 +273,11 @@ export class DimseServer {
     await a.send(msg.contextId, { commandField: rsp, messageIdBeingRespondedTo: msg.command.messageId, affectedSOPClassUID: a.contexts.get(msg.contextId)!.abstractSyntax, status: Status.SOPClassNotSupported, errorComment: "this presentation context is for another service", hasDataset: false });
   }
 
+  private async pixelModule(loc: InstanceLocation): Promise<PixelModule | string> {
+    const [json] = await this.deps.index.listMetadata({ studyInstanceUID: loc.studyInstanceUID, seriesInstanceUID: loc.seriesInstanceUID, sopInstanceUID: loc.sopInstanceUID });
+    return json ? pixelModuleOf(JSON.parse(json) as DicomJsonDataset) : "the instance has no metadata";
+  }
+
   private async identifier(a: Association, msg: IncomingMessage): Promise<DicomJsonDataset> {
     const ts = a.contexts.get(msg.contextId)!.transferSyntax;
     try {
@@ -406,7 +412,7 @@ export class DimseServer {
         if (a.closed) break;
         let r;
         try {
-          r = await storeInstance(target, this.deps.store, loc, kind === "move" ? { aeTitle: a.callingAE, messageId: c.messageId ?? 0 } : undefined);
+          r = await storeInstance(target, this.deps.store, loc, kind === "move" ? { aeTitle: a.callingAE, messageId: c.messageId ?? 0 } : undefined, (l) => this.pixelModule(l));
         } catch (err) {
           if (err instanceof AssociationError && target !== a && target.closed) {
             r = { status: Status.OutOfResourcesSubOperations, errorComment: err.message };

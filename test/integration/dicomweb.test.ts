@@ -123,7 +123,7 @@ describe("DICOMweb round trip with dicomweb-client", () => {
 });
 
 describe("frame media types over raw HTTP", () => {
-  it("an RLE instance's frames come as image/dicom-rle, also when asked by the legacy name, and 406 for uncompressed", async () => {
+  it("an RLE instance's frames come as image/dicom-rle, also when asked by the legacy name, decoded for application/octet-stream", async () => {
     const { default: request } = await import("supertest");
     const relay = await startTestRelay();
     try {
@@ -136,9 +136,18 @@ describe("frame media types over raw HTTP", () => {
         expect(res.status).toBe(200);
         expect(res.headers["content-type"]).toMatch(/type="image\/dicom-rle"/);
       }
-      const plain = await request(relay.url).get(url).set("Accept", 'multipart/related; type="application/octet-stream"');
-      expect(plain.status).toBe(406);
-      expect(plain.body.error).toMatch(/does not transcode/);
+      // application/octet-stream without a transfer syntax is Explicit VR Little Endian: the frame decoded
+      const plain = await request(relay.url).get(url).set("Accept", 'multipart/related; type="application/octet-stream"').buffer(true)
+        .parse((r, cb) => { const b: Buffer[] = []; r.on("data", (d: Buffer) => b.push(d)); r.on("end", () => cb(null, Buffer.concat(b))); });
+      expect(plain.status).toBe(200);
+      expect(plain.headers["content-type"]).toMatch(/type="application\/octet-stream"/);
+      expect((plain.body as Buffer).includes(Buffer.from("transfer-syntax=1.2.840.10008.1.2.1\r\n"))).toBe(true);
+      // a big endian stored instance cannot be decoded here: 406 with a sentence
+      const bigSop = newUid();
+      await dicomwebClient(relay.dicomwebUrl).storeInstances({ datasets: [toArrayBuffer(makeInstance({ studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: bigSop, rows: 16, columns: 16, transferSyntaxUID: "1.2.840.10008.1.2.2" }))] });
+      const big = await request(relay.url).get(`/dicom-web/studies/${study}/series/${series}/instances/${bigSop}/frames/1`).set("Accept", 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1');
+      expect(big.status).toBe(406);
+      expect(big.body.error).toMatch(/no decoder for Explicit VR Big Endian/);
     } finally {
       await relay.dispose();
     }

@@ -30,8 +30,9 @@ export function dcmtk(cmd: string, args: string[], opts: { timeoutMs?: number; c
 }
 
 /** A long-running peer (storescp) that is stopped by the test. */
-export async function startStorescp(port: number, aeTitle: string, outDir: string): Promise<{ child: ChildProcess; stop(): Promise<void> }> {
-  const child = spawn("storescp", ["--aetitle", aeTitle, "--output-directory", outDir, "--accept-all", "+B", port.toString()], { stdio: ["ignore", "pipe", "pipe"], env: ENV });
+/** uncompressedOnly: storescp's default negotiation (Explicit / Implicit VR Little Endian only), as many PACS do. */
+export async function startStorescp(port: number, aeTitle: string, outDir: string, opts: { uncompressedOnly?: boolean } = {}): Promise<{ child: ChildProcess; stop(): Promise<void> }> {
+  const child = spawn("storescp", ["--aetitle", aeTitle, "--output-directory", outDir, ...(opts.uncompressedOnly ? [] : ["--accept-all"]), "+B", port.toString()], { stdio: ["ignore", "pipe", "pipe"], env: ENV });
   let err = "";
   child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
   child.stdout!.resume();

@@ -45,12 +45,13 @@ export interface Orthanc {
 }
 
 /**
- * relayPort: the relay's DICOM port, when Orthanc must call it (storage commitment reports); without it the relay is
- * a modality Orthanc only accepts calls from.
+ * relayPort: where Orthanc reaches the relay as a DICOM modality (C-MOVE from Orthanc, storage commitment reports);
+ * dicomPort: Orthanc's own, when the relay must know it before Orthanc starts; acceptedTransferSyntaxes: what Orthanc's
+ * storage SCP accepts; storageCommitment: Orthanc may send the relay storage commitment reports.
  */
-export async function startOrthanc(opts: { aeTitle: string; relayAE: string; relayPort?: number; storageCommitment?: boolean }): Promise<Orthanc> {
+export async function startOrthanc(opts: { aeTitle: string; relayAE: string; relayPort?: number; dicomPort?: number; acceptedTransferSyntaxes?: string[]; storageCommitment?: boolean }): Promise<Orthanc> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "orthanc-test-"));
-  const dicomPort = await freePort();
+  const dicomPort = opts.dicomPort ?? (await freePort());
   const httpPort = await freePort();
   const plugin = dicomwebPluginPath();
   if (!plugin) throw new Error("the orthanc-dicomweb plugin is not installed (scripts/test-prereqs.sh installs it)");
@@ -70,6 +71,7 @@ export async function startOrthanc(opts: { aeTitle: string; relayAE: string; rel
     DicomModalities: {
       relay: opts.storageCommitment ? { AET: opts.relayAE, Host: "127.0.0.1", Port: opts.relayPort ?? 1, AllowStorageCommitment: true } : [opts.relayAE, "127.0.0.1", opts.relayPort ?? 1],
     },
+    ...(opts.acceptedTransferSyntaxes ? { AcceptedTransferSyntaxes: opts.acceptedTransferSyntaxes } : {}),
     Plugins: [plugin],
     DicomWeb: { Enable: true, Root: "/dicom-web/" },
     StableAge: 1,

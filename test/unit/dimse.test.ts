@@ -4,6 +4,7 @@ import {
 } from "../../src/dimse/pdu.ts";
 import { CommandError, CommandField, decodeCommand, encodeCommand, Status } from "../../src/dimse/command.ts";
 import { decideAssociation, sameHost, SopClassUID } from "../../src/dimse/peers.ts";
+import { ingestAccepts } from "../../src/dicom/transferSyntax.ts";
 import { IdentifierError, planFind, responseIdentifier } from "../../src/dimse/find.ts";
 import { storeStatus } from "../../src/dimse/store.ts";
 import { retrieveScopes, storageContexts, SubOperations } from "../../src/dimse/retrieve.ts";
@@ -125,6 +126,16 @@ describe("association policy", () => {
     expect(storing.ok && storing.contexts[1]!.result).toBe(PcResult.acceptance);
   });
 
+  it("never accepts a storage context in a syntax the ingest refuses (Deflate): the peer's next choice or a rejection", () => {
+    const DEFLATE = "1.2.840.10008.1.2.1.99";
+    const deflateFirst = decideAssociation(rq({ callingAE: "HOSPITAL", roles: [], contexts: [{ id: 3, abstractSyntax: CT, transferSyntaxes: [DEFLATE, EXPLICIT] }] }), "::1", cfg);
+    expect(deflateFirst.ok && deflateFirst.contexts[0]).toMatchObject({ result: PcResult.acceptance, transferSyntax: EXPLICIT });
+    const deflateOnly = decideAssociation(rq({ callingAE: "HOSPITAL", roles: [], contexts: [{ id: 3, abstractSyntax: CT, transferSyntaxes: [DEFLATE] }] }), "::1", cfg);
+    expect(deflateOnly.ok && deflateOnly.contexts[0]!.result).toBe(PcResult.transferSyntaxesNotSupported);
+    expect(ingestAccepts(DEFLATE)).toBe(false);
+    expect(ingestAccepts("1.2.840.10008.1.2.4.80")).toBe(true);
+  });
+
   it("compares hosts as addresses", () => {
     expect(sameHost("127.0.0.1", "::ffff:127.0.0.1")).toBe(true);
     expect(sameHost("localhost", "::1")).toBe(true);
@@ -195,6 +206,18 @@ describe("retrieve", () => {
   it("proposes one context per SOP class and transfer syntax, odd ids", () => {
     const ctx = storageContexts([{ sopClassUID: CT, transferSyntaxUID: EXPLICIT }, { sopClassUID: CT, transferSyntaxUID: EXPLICIT }, { sopClassUID: CT, transferSyntaxUID: IMPLICIT }]);
     expect(ctx).toEqual([{ id: 1, abstractSyntax: CT, transferSyntaxes: [EXPLICIT] }, { id: 3, abstractSyntax: CT, transferSyntaxes: [IMPLICIT] }]);
+  });
+
+  it("offers uncompressed syntaxes besides a decodable compressed one, after every stored syntax", () => {
+    const JLS = "1.2.840.10008.1.2.4.80";
+    const MPEG = "1.2.840.10008.1.2.4.100";
+    const ctx = storageContexts([{ sopClassUID: CT, transferSyntaxUID: JLS }, { sopClassUID: CT, transferSyntaxUID: EXPLICIT }, { sopClassUID: "1.2.840.10008.5.1.4.1.1.77.1.4.1", transferSyntaxUID: MPEG }]);
+    expect(ctx).toEqual([
+      { id: 1, abstractSyntax: CT, transferSyntaxes: [JLS] },
+      { id: 3, abstractSyntax: CT, transferSyntaxes: [EXPLICIT] },
+      { id: 5, abstractSyntax: "1.2.840.10008.5.1.4.1.1.77.1.4.1", transferSyntaxes: [MPEG] },
+      { id: 7, abstractSyntax: CT, transferSyntaxes: [EXPLICIT, IMPLICIT] },
+    ]);
   });
 
   it("counts sub-operations and gives B000 when any failed", () => {

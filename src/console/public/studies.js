@@ -1,6 +1,6 @@
 // The study list (QIDO-RS through the relay's own DICOMweb root) and one study's details: viewer, share links,
 // audit trail (admin), documents and their completeness, attaching a document.
-import { api, session } from "./api.js";
+import { api, authHeaders, session } from "./api.js";
 import { da, first, personName } from "./dicom.js";
 import { actionWords, deleteStudy, loadSeries, whoNames, whoText } from "./studyView.js";
 
