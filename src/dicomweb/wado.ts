@@ -16,6 +16,9 @@ import { accessOf, assertStudyVisible, dicomwebRoot, uidParam, withRoot, type Di
 
 const ANY_TS = "*";
 
+/** blobs opened ahead of the part being sent in a study/series retrieve */
+const WADO_READ_AHEAD = 4;
+
 function scopeOf(req: Request, res: Response): InstanceScope {
   const access = accessOf(res);
   const studyInstanceUID = uidParam(req, "study");
@@ -85,15 +88,30 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       throw new HttpError(406, `the ${describe(scope)} is stored in transfer syntax ${stored}; the relay returns stored bytes and does not transcode, so ask with transfer-syntax=* or one of those`);
     }
     const store = svc.store;
-    await sendMultipart(res, "application/dicom", (async function* () {
-      for (const inst of instances) {
-        yield {
-          contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
-          headers: { "Content-Length": String(inst.size) },
-          body: await store.get(inst.blobKey),
-        };
-      }
-    })());
+    // bounded read-ahead: the next blobs are opened (S3: their GETs sent) while the current part streams
+    const opened: Promise<Readable>[] = [];
+    const open = (i: number) => {
+      const p = store.get(instances[i]!.blobKey);
+      p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
+      opened[i] = p;
+    };
+    try {
+      await sendMultipart(res, "application/dicom", (async function* () {
+        for (let i = 0; i < instances.length; i++) {
+          for (let j = i; j < Math.min(instances.length, i + 1 + WADO_READ_AHEAD); j++) if (!opened[j]) open(j);
+          const inst = instances[i]!;
+          const body = await opened[i]!;
+          yield {
+            contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
+            headers: { "Content-Length": String(inst.size) },
+            body,
+          };
+        }
+      })());
+    } finally {
+      // a response cut short: close what was opened ahead and not sent
+      for (const p of opened.splice(0)) p?.then((b) => { if (!b.readableEnded) b.destroy(); }, () => undefined);
+    }
   };
   r.get("/studies/:study", retrieve);
   r.get("/studies/:study/series/:series", retrieve);
