@@ -1,10 +1,14 @@
 /**
  * The embedded index: SQLite through better-sqlite3 (synchronous calls behind the async Index API).
  *
- * - WAL, so readers (QIDO, WADO) never wait for a writer, and synchronous=FULL: a STOW-RS or a
- *   finished upload answered "stored" lets the sender drop its copy, so each commit must survive a
- *   power cut, not just a crash of the process (NORMAL could lose the last commits). The cost is one
- *   fsync of the WAL per committed instance, small next to writing the instance itself.
+ * - WAL, so readers (QIDO, WADO) never wait for a writer. A STOW-RS or a finished upload answered
+ *   "stored" lets the sender drop its copy, so each write must survive a power cut before its caller
+ *   learns it is done: every write method fsyncs the WAL (fdatasync on the thread pool) before it
+ *   resolves. That is synchronous=FULL's guarantee without FULL's fsync on the event loop thread
+ *   (the pragma is NORMAL, so SQLite itself syncs only at checkpoints). Inserts are group-committed:
+ *   those that arrive while the previous group's fsync runs share the next transaction and fsync.
+ *   A row is visible to this process's readers a moment before it is durable; nobody is told
+ *   "stored" before it is.
  * - Study / series / patient rows are derived from their instances: created by the first instance
  *   (whose attributes win), blanks filled by later ones, counts kept on every change, rows removed
  *   with their last instance.
@@ -12,6 +16,7 @@
  *   transaction (INSERT ... ON CONFLICT DO NOTHING), never by a read before the write alone.
  */
 import fs from "node:fs";
+import fsp from "node:fs/promises";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
@@ -72,7 +77,7 @@ export class SqliteIndex implements Index {
       const db = new Database(file);
       try {
         db.pragma("journal_mode = WAL");
-        db.pragma("synchronous = FULL");
+        db.pragma("synchronous = NORMAL"); // and syncWal() after every write: see the top of the file
         db.pragma("foreign_keys = ON");
         db.pragma(`busy_timeout = ${Math.max(0, Math.floor(this.options.busyTimeoutMs ?? 5000))}`);
       } catch (err) {
@@ -107,15 +112,101 @@ export class SqliteIndex implements Index {
     // fast path for the common re-send: nothing to write
     const before = this.findBySop(record.sopInstanceUID);
     if (before) return this.compare(record, before);
-    try {
-      this.conn.transaction(() => this.insertRow(record)).immediate();
-      return { outcome: "inserted" };
-    } catch (err) {
-      if (!(err instanceof AlreadyIndexed)) throw err;
-      const existing = this.findBySop(record.sopInstanceUID);
-      if (!existing) throw new Error(`instance ${record.sopInstanceUID} was reported present and then absent`);
-      return this.compare(record, existing);
+    return new Promise<InsertOutcome>((resolve, reject) => {
+      this.queued.push({ record, resolve, reject });
+      if (!this.committing) {
+        this.committing = new Promise<void>((done) => setImmediate(() => void this.commitGroups().finally(done)));
+      }
+    });
+  }
+
+  private queued: { record: InstanceRecord; resolve: (o: InsertOutcome) => void; reject: (e: unknown) => void }[] = [];
+  /** set while groups are being committed (close() waits for it) */
+  private committing: Promise<void> | null = null;
+
+  /** Group commit: while one group's WAL fsync runs, the next group gathers. */
+  private async commitGroups(): Promise<void> {
+    while (this.queued.length) {
+      const group = this.queued.splice(0);
+      let outcomes: ({ ok: InsertOutcome } | { err: unknown })[];
+      try {
+        outcomes = this.insertGroup(group.map((g) => g.record));
+        await this.syncWal();
+      } catch (err) {
+        for (const g of group) g.reject(err);
+        continue;
+      }
+      group.forEach((g, i) => {
+        const o = outcomes[i]!;
+        if ("ok" in o) g.resolve(o.ok);
+        else g.reject(o.err);
+      });
     }
+    this.committing = null;
+  }
+
+  /**
+   * One IMMEDIATE transaction for the whole group, each insert in its own savepoint (one bad record
+   * rolls back alone). A crash before the commit leaves none of the group's rows: never half-visible.
+   */
+  private insertGroup(records: InstanceRecord[]): ({ ok: InsertOutcome } | { err: unknown })[] {
+    const db = this.conn;
+    const outcomes: ({ ok: InsertOutcome } | { err: unknown })[] = [];
+    db.transaction(() => {
+      for (const record of records) {
+        try {
+          db.transaction(() => this.insertRow(record))();
+          outcomes.push({ ok: { outcome: "inserted" } });
+        } catch (err) {
+          if (!(err instanceof AlreadyIndexed)) {
+            outcomes.push({ err });
+            continue;
+          }
+          // the unique constraint decided: an earlier commit, or an earlier record of this group
+          const existing = this.findBySop(record.sopInstanceUID);
+          outcomes.push(existing
+            ? { ok: this.compare(record, existing) }
+            : { err: new Error(`instance ${record.sopInstanceUID} was reported present and then absent`) });
+        }
+      }
+    }).immediate();
+    return outcomes;
+  }
+
+  private walSyncing: Promise<void> | null = null;
+  private walSyncNext: Promise<void> | null = null;
+
+  /**
+   * Make every commit so far durable: fdatasync of the WAL file. A sync already running may have
+   * started before the caller's commit, so callers arriving meanwhile share one more sync after it.
+   */
+  private syncWal(): Promise<void> {
+    if (this.options.path === ":memory:") return Promise.resolve();
+    if (!this.walSyncing) {
+      const run = (async () => {
+        let handle: fsp.FileHandle;
+        try {
+          handle = await fsp.open(`${this.options.path}-wal`, "r+");
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "ENOENT") return; // nothing written since the last checkpoint
+          throw err;
+        }
+        try {
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+      })();
+      this.walSyncing = run.finally(() => {
+        this.walSyncing = null;
+      });
+      return this.walSyncing;
+    }
+    this.walSyncNext ??= this.walSyncing.catch(() => undefined).then(() => {
+      this.walSyncNext = null;
+      return this.syncWal();
+    });
+    return this.walSyncNext;
   }
 
   private compare(record: InstanceRecord, existing: LocationRow): InsertOutcome {
@@ -124,12 +215,14 @@ export class SqliteIndex implements Index {
   }
 
   async replaceInstance(record: InstanceRecord): Promise<InstanceLocation | null> {
-    return this.conn.transaction(() => {
+    const old = this.conn.transaction(() => {
       const old = this.findBySop(record.sopInstanceUID);
       if (old) this.deleteRows([old]);
       this.insertRow(record);
       return old ? toLocation(old) : null;
     }).immediate();
+    await this.syncWal();
+    return old;
   }
 
   /** Inside a transaction: patient / study / series upserts, the instance row, the counts. */
@@ -264,21 +357,25 @@ export class SqliteIndex implements Index {
 
   async deleteInstances(scope: InstanceScope): Promise<InstanceLocation[]> {
     const where = compileInstanceScope(scope, sqliteDialect);
-    return this.conn.transaction(() => {
+    const deleted = this.conn.transaction(() => {
       const rows = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).all(...where.params) as LocationRow[];
       this.deleteRows(rows);
       return rows.map(toLocation);
     }).immediate();
+    await this.syncWal();
+    return deleted;
   }
 
   async releaseTransfer(transferId: string): Promise<number> {
-    return this.conn.transaction(() => {
+    const n = this.conn.transaction(() => {
       const affected = this.prep("SELECT DISTINCT series_pk, study_pk FROM instances WHERE pending_transfer_id = ?").all(transferId) as
         { series_pk: number; study_pk: number }[];
       const n = this.prep("UPDATE instances SET pending_transfer_id = NULL WHERE pending_transfer_id = ?").run(transferId).changes;
       this.recount(new Set(affected.map((r) => r.series_pk)), new Set(affected.map((r) => r.study_pk)));
       return n;
     }).immediate();
+    await this.syncWal();
+    return n;
   }
 
   // ---- reading ----
@@ -392,6 +489,9 @@ export class SqliteIndex implements Index {
   }
 
   async close(): Promise<void> {
+    // inserts already asked for finish (or fail) before the connection goes
+    await this.committing;
+    await this.walSyncing?.catch(() => undefined);
     const db = this.db;
     this.db = null;
     this.statements.clear();

@@ -21,6 +21,9 @@ import { accessOf, assertStudyVisible, dicomwebRoot, recipientOf, uidParam, with
 
 const ANY_TS = "*";
 
+/** blobs opened ahead of the part being sent in a study/series retrieve */
+const WADO_READ_AHEAD = 4;
+
 function scopeOf(req: Request, res: Response): InstanceScope {
   const access = accessOf(res);
   const studyInstanceUID = uidParam(req, "study");
@@ -108,24 +111,40 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     }
     const target = choice.transferSyntax;
     const store = svc.store;
-    await sendMultipart(res, "application/dicom", (async function* () {
-      for (const inst of instances) {
-        if (target === null || target === ANY_TS || target === inst.transferSyntaxUID) {
+    // bounded read-ahead: the next stored blobs are opened (S3: their GETs sent) while the current part streams;
+    // instances transcoded a frame at a time read their own ranges
+    const passThrough = (i: number) => target === null || target === ANY_TS || target === instances[i]!.transferSyntaxUID;
+    const opened: Array<Promise<Readable> | undefined> = [];
+    const open = (i: number) => {
+      const p = store.get(instances[i]!.blobKey);
+      p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
+      opened[i] = p;
+    };
+    try {
+      await sendMultipart(res, "application/dicom", (async function* () {
+        for (let i = 0; i < instances.length; i++) {
+          for (let j = i; j < Math.min(instances.length, i + 1 + WADO_READ_AHEAD); j++) if (!opened[j] && passThrough(j)) open(j);
+          const inst = instances[i]!;
+          if (passThrough(i)) {
+            yield {
+              contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
+              headers: { "Content-Length": String(inst.size) },
+              body: await opened[i]!,
+            };
+            continue;
+          }
+          // transcoded a frame at a time: the length is not known in advance
+          const pm = modules.get(inst.sopInstanceUID);
           yield {
-            contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
-            headers: { "Content-Length": String(inst.size) },
-            body: await store.get(inst.blobKey),
+            contentType: `application/dicom; transfer-syntax=${target}`,
+            body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
           };
-          continue;
         }
-        // transcoded a frame at a time: the length is not known in advance
-        const pm = modules.get(inst.sopInstanceUID);
-        yield {
-          contentType: `application/dicom; transfer-syntax=${target}`,
-          body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target, { part10: true }), { objectMode: false }),
-        };
-      }
-    })());
+      })());
+    } finally {
+      // a response cut short: close what was opened ahead and not sent
+      for (const p of opened.splice(0)) p?.then((b) => { if (!b.readableEnded) b.destroy(); }, () => undefined);
+    }
     const recipient = recipientOf(res);
     if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
   };

@@ -51,8 +51,7 @@ export class FsBlobStore implements BlobStore {
     const tmp = this.tempPath();
     try {
       await pipeline(body, fs.createWriteStream(tmp, { flags: "wx" }));
-      await fsyncFile(tmp);
-      return await this.commit(tmp, dest, key);
+      return await this.commit(tmp, dest, key, await fsyncFile(tmp));
     } catch (err) {
       await fsp.rm(tmp, { force: true });
       throw wrapFsError(err);
@@ -62,9 +61,9 @@ export class FsBlobStore implements BlobStore {
   async putFile(key: string, sourcePath: string): Promise<BlobStat> {
     const dest = this.pathOf(key);
     try {
-      await fsyncFile(sourcePath);
+      const size = await fsyncFile(sourcePath);
       try {
-        return await this.commit(sourcePath, dest, key);
+        return await this.commit(sourcePath, dest, key, size);
       } catch (err) {
         // a source on another file system cannot be renamed: copy it in through a temp file instead
         if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
@@ -77,20 +76,68 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  private async commit(tmp: string, dest: string, key: string): Promise<BlobStat> {
-    await fsp.mkdir(path.dirname(dest), { recursive: true });
-    await fsp.rename(tmp, dest);
-    // make the rename itself durable
-    const dir = await fsp.open(path.dirname(dest), "r");
+  private async commit(tmp: string, dest: string, key: string, size: number): Promise<BlobStat> {
+    const dir = path.dirname(dest);
+    // fsyncs of new directories' parents, awaited with the rename's: fsyncs issued together share
+    // the file system's journal commit
+    const syncs: Promise<void>[] = [];
+    await this.ensureDir(dir, syncs);
     try {
-      await dir.sync();
-    } catch {
-      // some file systems refuse fsync on directories; the rename is still atomic
-    } finally {
-      await dir.close();
+      await fsp.rename(tmp, dest);
+    } catch (err) {
+      // a directory removed behind our back (an operator, fsck): forget what we knew and create it again
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT" || !this.knownDirs.delete(dir)) throw err;
+      this.knownDirs.clear();
+      await this.ensureDir(dir, syncs);
+      await fsp.rename(tmp, dest);
     }
-    const st = await fsp.stat(dest);
-    return { key, size: st.size };
+    // make the rename itself durable
+    syncs.push(this.syncDir(dir));
+    await Promise.all(syncs);
+    return { key, size };
+  }
+
+  /** Directories known to exist (and to be durable in their parent): no mkdir per put. */
+  private readonly knownDirs = new Set<string>();
+
+  private async ensureDir(dir: string, syncs: Promise<void>[]): Promise<void> {
+    if (dir === this.root || this.knownDirs.has(dir)) return;
+    const parent = path.dirname(dir);
+    await this.ensureDir(parent, syncs);
+    try {
+      await fsp.mkdir(dir);
+      // a new directory's entry must survive a power cut like the file's
+      syncs.push(this.syncDir(parent));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    if (this.knownDirs.size >= 100_000) this.knownDirs.clear();
+    this.knownDirs.add(dir);
+  }
+
+  /** Directory fsyncs not yet started, by directory: renames into one directory share one fsync. */
+  private readonly dirSyncs = new Map<string, Promise<void>>();
+
+  private syncDir(dir: string): Promise<void> {
+    let pending = this.dirSyncs.get(dir);
+    if (!pending) {
+      pending = (async () => {
+        // let the other renames of this turn join; from here on a new rename needs a new fsync
+        await new Promise((resolve) => setImmediate(resolve));
+        this.dirSyncs.delete(dir);
+        const handle = await fsp.open(dir, "r");
+        try {
+          await handle.sync();
+        } catch {
+          // some file systems refuse fsync on directories; the rename is still atomic
+        } finally {
+          await handle.close();
+        }
+      })();
+      pending.catch(() => undefined); // awaited by its callers; never an unhandled rejection
+      this.dirSyncs.set(dir, pending);
+    }
+    return pending;
   }
 
   async get(key: string, range?: ByteRangeRequest): Promise<Readable> {
@@ -169,10 +216,12 @@ export class FsBlobStore implements BlobStore {
   async close(): Promise<void> {}
 }
 
-async function fsyncFile(p: string): Promise<void> {
+/** fsync a file; returns its size. */
+async function fsyncFile(p: string): Promise<number> {
   const handle = await fsp.open(p, "r+");
   try {
     await handle.sync();
+    return (await handle.stat()).size;
   } finally {
     await handle.close();
   }

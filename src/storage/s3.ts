@@ -7,7 +7,7 @@
  * upload behind; it also resumes any unfinished upload of the same key, so two concurrent puts of
  * one key would share parts. Here one part (partSize bytes) is filled while the previous one is sent:
  * memory is two parts per put whatever the object size; an object smaller than one part is a single
- * PUT. Either way S3 makes the object visible only whole (PUT or CompleteMultipartUpload), and a
+ * PUT (from one buffer of the object's size when the size is known). Either way S3 makes the object visible only whole (PUT or CompleteMultipartUpload), and a
  * failed put aborts its multipart upload.
  *
  * Calls fail fast when the backend is gone: connect and idle timeouts on every request (see
@@ -229,7 +229,10 @@ export class S3BlobStore implements BlobStore {
   /** Streams body into the object; returns its size. Nothing is committed when expectedSize differs. */
   private async upload(name: string, body: Readable, expectedSize?: number): Promise<number> {
     const partSize = this.partSize;
-    const buffers = [Buffer.allocUnsafe(partSize), Buffer.allocUnsafe(partSize)];
+    // an object of known size below one part gets one buffer of its own size (one PUT), not two
+    // partSize buffers; part buffers are allocated only when a part is actually filled
+    const cap = expectedSize !== undefined && expectedSize < partSize ? expectedSize : partSize;
+    const buffers: (Buffer | undefined)[] = [undefined, undefined];
     let current = 0;
     let filled = 0;
     let total = 0;
@@ -262,8 +265,10 @@ export class S3BlobStore implements BlobStore {
       for await (const raw of body) {
         let chunk: Buffer = Buffer.isBuffer(raw) ? raw : Buffer.from(raw as Uint8Array | string);
         while (chunk.length > 0) {
-          const n = Math.min(chunk.length, partSize - filled);
-          chunk.copy(buffers[current]!, filled, 0, n);
+          if (filled === cap && cap < partSize) throw new Error(`put ${name}: expected ${expectedSize} bytes, the stream gave more`);
+          const buffer = (buffers[current] ??= Buffer.allocUnsafe(cap));
+          const n = Math.min(chunk.length, cap - filled);
+          chunk.copy(buffer, filled, 0, n);
           filled += n;
           total += n;
           chunk = chunk.subarray(n);
@@ -276,7 +281,7 @@ export class S3BlobStore implements BlobStore {
       }
       if (uploadId === null && inFlight === null) {
         // smaller than one part: a single PUT
-        await this.client.putObject(this.bucket, name, buffers[current]!.subarray(0, filled), filled);
+        await this.client.putObject(this.bucket, name, (buffers[current] ?? Buffer.alloc(0)).subarray(0, filled), filled);
         return total;
       }
       if (filled > 0) await sendPart();

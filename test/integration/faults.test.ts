@@ -17,6 +17,7 @@ import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
 import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
 import type { UploadResult } from "../../src/transfers/transferStore.ts";
 import { freePort } from "../../scripts/lib/net.ts";
+import { dicomwebClient } from "../support/dicomwebClient.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
@@ -228,5 +229,83 @@ describe("relay killed and restarted mid-upload (child process)", () => {
     for (const i of insts) expect(bySop.get(i.sopInstanceUID)).toBe(sha(i.bytes));
     const qido = await fetch(`http://127.0.0.1:${port}/dicom-web/studies/${study}/instances`, { headers: { Accept: "application/dicom+json" } });
     expect(((await qido.json()) as unknown[]).length).toBe(16);
+  }, 90_000);
+});
+
+describe("relay killed mid-STOW (child process, group commit)", () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-kill-stow-"));
+  let proc: ChildProcess | null = null;
+
+  afterAll(async () => {
+    if (proc && proc.exitCode === null) {
+      const exited = new Promise((r) => proc!.once("exit", r));
+      proc.kill("SIGTERM");
+      await exited;
+    }
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  /** One STOW-RS request by raw HTTP; null when the connection died with the relay. */
+  async function stowRaw(url: string, insts: Inst[]): Promise<number | null> {
+    const boundary = "kill" + crypto.randomBytes(6).toString("hex");
+    const body = Buffer.concat([
+      ...insts.flatMap((i) => [Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), i.bytes, Buffer.from("\r\n")]),
+      Buffer.from(`--${boundary}--\r\n`),
+    ]);
+    try {
+      const res = await fetch(`${url}/studies`, {
+        method: "POST", body,
+        headers: { "Content-Type": `multipart/related; type="application/dicom"; boundary=${boundary}`, Accept: "application/dicom+json" },
+      });
+      await res.arrayBuffer();
+      return res.status;
+    } catch {
+      return null;
+    }
+  }
+
+  it("keeps every acknowledged instance; the others are wholly there or wholly absent, never half-visible", async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}/dicom-web`;
+    proc = await spawnRelay(dataDir, port);
+    const study = newUid();
+    const insts = [...generateStudy({ instances: 60, seriesCount: 3, rows: 32, columns: 32, modality: "MR", studyInstanceUID: study, seed: 31 })] as Inst[];
+    const batches = Array.from({ length: 12 }, (_, i) => insts.slice(i * 5, i * 5 + 5));
+    const acknowledged: Inst[] = [];
+    let killed: Promise<void> | null = null;
+    // all requests at once, so several groups are being committed when the first answer triggers the crash
+    await Promise.all(batches.map(async (batch) => {
+      const status = await stowRaw(url, batch);
+      if (status === 200 && !killed) acknowledged.push(...batch);
+      if (status !== null && !killed) {
+        const victim = proc!;
+        killed = new Promise<void>((r) => victim.once("exit", () => r()));
+        victim.kill("SIGKILL");
+      }
+    }));
+    expect(killed).not.toBeNull();
+    await killed;
+    expect(acknowledged.length).toBeGreaterThan(0);
+    proc = await spawnRelay(dataDir, port);
+
+    const client = dicomwebClient(url);
+    const visible = await client.searchForInstances({ studyInstanceUID: study });
+    const visibleSops = new Set(visible.map((i) => String(i["00080018"]!.Value![0])));
+    // what the relay answered 200 for survived the crash
+    for (const i of acknowledged) expect(visibleSops.has(i.sopInstanceUID)).toBe(true);
+    // every visible instance has its bytes, identical to what was sent
+    const bySop = new Map(insts.map((i) => [i.sopInstanceUID, sha(i.bytes)]));
+    const parts = await client.retrieveStudy({ studyInstanceUID: study });
+    expect(parts.map((p) => sha(Buffer.from(p))).sort()).toEqual([...visibleSops].map((s) => bySop.get(s)).sort());
+    // the study and series rows count exactly the visible instances (no half-committed group)
+    const [studyRow] = await client.searchForStudies({ queryParams: { StudyInstanceUID: study, includefield: "00201208" } });
+    expect(studyRow!["00201208"]!.Value![0]).toBe(visibleSops.size);
+    const series = await client.searchForSeries({ studyInstanceUID: study, queryParams: { includefield: "00201209" } });
+    expect(series.reduce((n, s) => n + Number(s["00201209"]!.Value![0]), 0)).toBe(visibleSops.size);
+
+    // the sender re-sends what it was not told was stored: all of it lands, nothing conflicts
+    const statuses = await Promise.all(batches.map((b) => stowRaw(url, b)));
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    expect(await client.searchForInstances({ studyInstanceUID: study })).toHaveLength(60);
   }, 90_000);
 });
