@@ -368,6 +368,24 @@ BEGIN RAISE EXCEPTION 'the audit log is append-only: rows cannot be changed or d
 CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit FOR EACH ROW EXECUTE PROCEDURE audit_append_only();
 `;
 
+
+/**
+ * Version 5: the patient attributes a study shows are its own instances' (issue 16). Studies of patients
+ * without any identity (anonymised exports: no ID, issuer or name) shared one patient row, so one study showed
+ * another's sex and birth date and matched queries on them. The patients table stays the identity of a patient;
+ * the matching columns and the returned attributes move to the study. The values are filled from each study's
+ * instances after the columns are added (SqliteIndex / PostgresIndex: rebuildStudyPatients).
+ */
+const V5_COLUMNS = ["patient_name_alpha", "patient_name_ideo", "patient_name_phon", "patient_name_alpha_uc", "patient_name_ideo_uc",
+  "patient_name_phon_uc", "patient_name_words", "patient_id", "issuer_of_patient_id", "patient_birth_date", "patient_sex"];
+const V5_INDEXED = ["patient_name_alpha_uc", "patient_name_ideo_uc", "patient_name_phon_uc", "patient_id", "issuer_of_patient_id", "patient_birth_date", "patient_sex"];
+const v5 = (collate: string) =>
+  V5_COLUMNS.map((c) => `ALTER TABLE studies ADD COLUMN ${c} TEXT${collate};\n`).join("") +
+  "ALTER TABLE studies ADD COLUMN patient_attrs TEXT NOT NULL DEFAULT '{}';\n" +
+  V5_INDEXED.map((c) => `CREATE INDEX studies_${c} ON studies(${c});\n`).join("");
+/** Version 5 needs its data filled by code once its SQL ran. */
+export const STUDY_PATIENT_MIGRATION = 5;
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "patients, studies, series, instances", sql: { sqlite: V1_SQLITE, postgres: V1_POSTGRES } },
   {
@@ -393,6 +411,7 @@ CREATE INDEX transfers_created_at ON transfers (created_at);
 `,
     },
   },
+  { version: 5, name: "patient attributes per study", sql: { sqlite: v5(""), postgres: v5(' COLLATE "C"') } },
 ];
 
 /**

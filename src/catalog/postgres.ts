@@ -2,7 +2,7 @@
  * The index at scale: PostgreSQL through `pg` with a pool, shared by any number of relay processes.
  * Same schema, semantics and query compiler as SqliteIndex (see sqlite.ts for the row model: study,
  * series and patient rows derived from their instances, first instance wins, blanks filled, counts
- * kept, rows removed with their last instance).
+ * kept, rows removed with their last instance; a study's patient attributes from its own instances).
  *
  * Concurrency, because several nodes write at once (SQLite had one writer at a time):
  * - De-duplication is decided by the UNIQUE constraint on sop_instance_uid inside the write
@@ -27,9 +27,9 @@ import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceSc
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
-import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations, type Migration } from "./migrations.ts";
+import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, STUDY_PATIENT_MIGRATION, pendingMigrations, type Migration } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, postgresDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyValues, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toLocation, type LocationRow } from "./rows.ts";
 
 export interface PostgresIndexOptions {
   /** postgres://user:password@host:port/database */
@@ -156,6 +156,7 @@ export class PostgresIndex implements Index {
       const applied = (await client.query<{ version: number }>("SELECT version FROM schema_migrations")).rows.map((r) => r.version);
       for (const m of pendingMigrations(applied, "postgres", this.migrations)) {
         await client.query(m.sql.postgres!);
+        if (m.version === STUDY_PATIENT_MIGRATION) await this.rebuildStudyPatients(client);
         await client.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, now())", [m.version, m.name]);
       }
       await client.query("COMMIT");
@@ -163,6 +164,17 @@ export class PostgresIndex implements Index {
     } catch (err) {
       await this.rollbackAndRelease(client, err);
       throw err;
+    }
+  }
+
+  /** Migration 4's data: each study's patient attributes from its own instances (one study at a time). */
+  private async rebuildStudyPatients(c: Client): Promise<void> {
+    const studies = (await c.query<{ pk: number }>("SELECT pk FROM studies ORDER BY pk")).rows.map((r) => r.pk);
+    for (const pk of studies) {
+      const rows = (await c.query<{ metadata: string }>("SELECT metadata FROM instances WHERE study_pk = $1 ORDER BY pk", [pk])).rows;
+      const attrs = studyPatientAttrs(rows.map((r) => JSON.parse(r.metadata) as DicomJsonDataset));
+      const up = updateStatement("studies", { ...pickColumns(matchColumnValues("patient", attrs), PATIENT_COLUMNS), patient_attrs: JSON.stringify(attrs) }, pk);
+      await c.query(up.text, up.values);
     }
   }
 
@@ -353,13 +365,20 @@ export class PostgresIndex implements Index {
   }
 
   private async ensureStudy(c: Client, uid: string, ds: DicomJsonDataset, now: string): Promise<number> {
-    const existing = (await c.query<{ pk: number; patient_pk: number; attrs: string }>(
-      "SELECT pk, patient_pk, attrs FROM studies WHERE study_instance_uid = $1", [uid],
+    const existing = (await c.query<{ pk: number; patient_pk: number; attrs: string; patient_attrs: string }>(
+      "SELECT pk, patient_pk, attrs, patient_attrs FROM studies WHERE study_instance_uid = $1", [uid],
     )).rows[0];
     if (existing) {
       const merged = fillBlanks(JSON.parse(existing.attrs), ds, "study");
       if (merged) {
         const up = updateStatement("studies", { ...pickColumns(matchColumnValues("study", merged), STUDY_COLUMNS), attrs: JSON.stringify(merged) }, existing.pk);
+        await c.query(up.text, up.values);
+      }
+      const mergedPatient = fillBlanks(JSON.parse(existing.patient_attrs), ds, "patient");
+      if (mergedPatient) {
+        const up = updateStatement("studies", {
+          ...pickColumns(matchColumnValues("patient", mergedPatient), PATIENT_COLUMNS), patient_attrs: JSON.stringify(mergedPatient),
+        }, existing.pk);
         await c.query(up.text, up.values);
       }
       // the study keeps the patient its first instance named; only that same patient's blanks are filled
@@ -373,11 +392,14 @@ export class PostgresIndex implements Index {
       return existing.pk;
     }
     const attrs = pick(ds, "study");
+    const patientAttrs = pick(ds, "patient");
     const ins = insertStatement("studies", {
       study_instance_uid: uid,
       patient_pk: await this.ensurePatient(c, ds),
       ...pickColumns(matchColumnValues("study", attrs), STUDY_COLUMNS),
+      ...pickColumns(matchColumnValues("patient", patientAttrs), PATIENT_COLUMNS),
       attrs: JSON.stringify(attrs),
+      patient_attrs: JSON.stringify(patientAttrs),
       created_at: now,
     }, "ON CONFLICT (study_instance_uid) DO NOTHING");
     await c.query(ins.text, ins.values);
@@ -566,8 +588,7 @@ export class PostgresIndex implements Index {
   private async loadStudies(c: Client, pks: number[]): Promise<Map<number, QidoStudyValues>> {
     const list = [...new Set(pks)];
     const rows = (await c.query<{ pk: number; study_instance_uid: string; attrs: string; patient_attrs: string; visible_count: number }>(
-      "SELECT st.pk, st.study_instance_uid, st.attrs, p.attrs AS patient_attrs, st.visible_count FROM studies st" +
-        " JOIN patients p ON p.pk = st.patient_pk WHERE st.pk = ANY($1::bigint[])",
+      "SELECT st.pk, st.study_instance_uid, st.attrs, st.patient_attrs, st.visible_count FROM studies st WHERE st.pk = ANY($1::bigint[])",
       [list],
     )).rows;
     const perSeries = (await c.query<{ study_pk: number; modality: string | null; n: number }>(

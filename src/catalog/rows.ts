@@ -67,6 +67,19 @@ export function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level
   return changed ? stored : null;
 }
 
+/**
+ * The patient attributes a study shows, from its own instances in the order they were indexed (first wins,
+ * blanks filled): never from another study, even one of the same patient (issue 16).
+ */
+export function studyPatientAttrs(instances: Iterable<DicomJsonDataset>): DicomJsonDataset {
+  let out: DicomJsonDataset | null = null;
+  for (const ds of instances) {
+    if (!out) out = pick(ds, "patient");
+    else out = fillBlanks(out, ds, "patient") ?? out;
+  }
+  return out ?? {};
+}
+
 export function stringValue(ds: DicomJsonDataset, tag: string): string {
   const v = ds[tag]?.Value?.[0];
   return typeof v === "string" ? v.trim() : "";
@@ -90,6 +103,7 @@ export interface StudyRow {
   pk: number;
   study_instance_uid: string;
   attrs: string;
+  /** the study's own patient attributes (studies.patient_attrs) */
   patient_attrs: string;
   visible_count: number;
 }

@@ -11,7 +11,9 @@
  *   "stored" before it is.
  * - Study / series / patient rows are derived from their instances: created by the first instance
  *   (whose attributes win), blanks filled by later ones, counts kept on every change, rows removed
- *   with their last instance.
+ *   with their last instance. The patient attributes a study shows and is matched on are kept on the
+ *   study, from its own instances only: a patient row is an identity, and studies without any identity
+ *   (no ID, issuer or name) share that row without sharing attributes.
  * - De-duplication is decided by the UNIQUE constraint on sop_instance_uid inside the write
  *   transaction (INSERT ... ON CONFLICT DO NOTHING), never by a read before the write alone.
  */
@@ -23,9 +25,9 @@ import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceSc
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
-import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, pendingMigrations } from "./migrations.ts";
+import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, STUDY_PATIENT_MIGRATION, pendingMigrations } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyValues, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toLocation, type LocationRow } from "./rows.ts";
 
 export interface SqliteIndexOptions {
   /** database file, or ":memory:" (tests) */
@@ -93,9 +95,24 @@ export class SqliteIndex implements Index {
       const applied = db.prepare("SELECT version FROM schema_migrations").pluck().all() as number[];
       for (const m of pendingMigrations(applied, "sqlite")) {
         db.exec(m.sql.sqlite);
+        if (m.version === STUDY_PATIENT_MIGRATION) this.rebuildStudyPatients();
         db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)").run(m.version, m.name, new Date().toISOString());
       }
     }).immediate();
+  }
+
+  /** Migration 4's data: each study's patient attributes from its own instances (one study at a time). */
+  private rebuildStudyPatients(): void {
+    const db = this.conn;
+    const studies = db.prepare("SELECT pk FROM studies ORDER BY pk").pluck().all() as number[];
+    const metadata = db.prepare("SELECT metadata FROM instances WHERE study_pk = ? ORDER BY pk").pluck();
+    const update = db.prepare(`UPDATE studies SET ${assignments(PATIENT_COLUMNS)}, patient_attrs = @patient_attrs WHERE pk = @pk`);
+    for (const pk of studies) {
+      const attrs = studyPatientAttrs((function* () {
+        for (const json of metadata.iterate(pk) as Iterable<string>) yield JSON.parse(json) as DicomJsonDataset;
+      })());
+      update.run({ ...matchColumnValues("patient", attrs), patient_attrs: JSON.stringify(attrs), pk });
+    }
   }
 
   /** Applied schema versions (for diagnostics and tests). */
@@ -283,14 +300,19 @@ export class SqliteIndex implements Index {
   }
 
   private ensureStudy(uid: string, ds: DicomJsonDataset, now: string): number {
-    const existing = this.prep("SELECT pk, patient_pk, attrs FROM studies WHERE study_instance_uid = ?").get(uid) as
-      | { pk: number; patient_pk: number; attrs: string }
+    const existing = this.prep("SELECT pk, patient_pk, attrs, patient_attrs FROM studies WHERE study_instance_uid = ?").get(uid) as
+      | { pk: number; patient_pk: number; attrs: string; patient_attrs: string }
       | undefined;
     if (existing) {
       const merged = fillBlanks(JSON.parse(existing.attrs), ds, "study");
       if (merged) {
         this.prep(`UPDATE studies SET ${assignments(STUDY_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
           .run({ ...matchColumnValues("study", merged), attrs: JSON.stringify(merged), pk: existing.pk });
+      }
+      const mergedPatient = fillBlanks(JSON.parse(existing.patient_attrs), ds, "patient");
+      if (mergedPatient) {
+        this.prep(`UPDATE studies SET ${assignments(PATIENT_COLUMNS)}, patient_attrs = @patient_attrs WHERE pk = @pk`)
+          .run({ ...matchColumnValues("patient", mergedPatient), patient_attrs: JSON.stringify(mergedPatient), pk: existing.pk });
       }
       // the study keeps the patient its first instance named; only that same patient's blanks are filled
       const patient = this.prep("SELECT patient_key_id, patient_key_issuer, patient_key_name, attrs FROM patients WHERE pk = ?").get(existing.patient_pk) as
@@ -302,9 +324,13 @@ export class SqliteIndex implements Index {
       return existing.pk;
     }
     const attrs = pick(ds, "study");
-    const cols = ["study_instance_uid", "patient_pk", ...STUDY_COLUMNS, "attrs", "created_at"];
+    const patientAttrs = pick(ds, "patient");
+    const cols = ["study_instance_uid", "patient_pk", ...STUDY_COLUMNS, ...PATIENT_COLUMNS, "attrs", "patient_attrs", "created_at"];
     this.prep(`INSERT INTO studies (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (study_instance_uid) DO NOTHING`)
-      .run({ ...matchColumnValues("study", attrs), study_instance_uid: uid, patient_pk: this.ensurePatient(ds), attrs: JSON.stringify(attrs), created_at: now });
+      .run({
+        ...matchColumnValues("study", attrs), ...matchColumnValues("patient", patientAttrs), study_instance_uid: uid, patient_pk: this.ensurePatient(ds),
+        attrs: JSON.stringify(attrs), patient_attrs: JSON.stringify(patientAttrs), created_at: now,
+      });
     return (this.prep("SELECT pk FROM studies WHERE study_instance_uid = ?").get(uid) as { pk: number }).pk;
   }
 
@@ -450,8 +476,7 @@ export class SqliteIndex implements Index {
   private loadStudies(pks: number[]): Map<number, QidoStudyValues> {
     const list = JSON.stringify([...new Set(pks)]);
     const rows = this.prep(
-      "SELECT st.pk, st.study_instance_uid, st.attrs, p.attrs AS patient_attrs, st.visible_count FROM studies st" +
-        " JOIN patients p ON p.pk = st.patient_pk WHERE st.pk IN (SELECT value FROM json_each(?))",
+      "SELECT st.pk, st.study_instance_uid, st.attrs, st.patient_attrs, st.visible_count FROM studies st WHERE st.pk IN (SELECT value FROM json_each(?))",
     ).all(list) as { pk: number; study_instance_uid: string; attrs: string; patient_attrs: string; visible_count: number }[];
     const perSeries = this.prep(
       "SELECT study_pk, modality, COUNT(*) AS n FROM series WHERE study_pk IN (SELECT value FROM json_each(?)) AND visible_count > 0 GROUP BY study_pk, modality",

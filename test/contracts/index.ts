@@ -491,6 +491,37 @@ export function indexContract(name: string, make: () => Promise<Index>, cleanup?
         expect(value(byUid.get(b), "00100010")).toEqual({ Alphabetic: "Han^Meimei" });
         expect(await studyUids({ PatientID: pid, PatientName: "han*" })).toEqual([b]);
       });
+
+      it("studies without a patient identity are never one patient: each shows and matches its own instances' patient attributes", async () => {
+        const a = newUid();
+        const b = newUid();
+        const sexF = { "00100040": { vr: "CS", Value: ["F"] }, "00100030": { vr: "DA", Value: ["19700101"] } };
+        // A: no ID, no name, no sex; B: empty ID, name ^^^^ (empty components), sex F; then more of A, still without sex
+        await insert(
+          { study: a, series: newUid(), patientID: "", patientName: null },
+          { study: b, series: newUid(), patientID: "", patientName: "^^^^", extra: sexF },
+          { study: a, series: newUid(), patientID: "", patientName: null, studyDescription: "A again" },
+        );
+        const both = `${a},${b}`;
+        const byUid = new Map((await search("study", { StudyInstanceUID: both, includefield: "00100040,00100030" })).map((m) => [value(m, "0020000D"), m]));
+        expect(byUid.size).toBe(2);
+        expect(value(byUid.get(a), "00100040")).toBeUndefined();
+        expect(value(byUid.get(a), "00100030")).toBeUndefined();
+        expect(value(byUid.get(b), "00100040")).toBe("F");
+        expect(value(byUid.get(b), "00100030")).toBe("19700101");
+        expect(await studyUids({ StudyInstanceUID: both, PatientSex: "F" })).toEqual([b]);
+        expect(await studyUids({ StudyInstanceUID: both, PatientBirthDate: "19700101" })).toEqual([b]);
+        expect((await search("series", { PatientSex: "F" }, { studyInstanceUID: a }))).toEqual([]);
+        // the same identity in two studies: each study still shows only what its own instances say
+        const pid = `SAME-${crypto.randomBytes(4).toString("hex")}`;
+        const c = newUid();
+        const d = newUid();
+        await insert({ study: c, series: newUid(), patientID: pid }, { study: d, series: newUid(), patientID: pid, extra: sexF });
+        expect(await studyUids({ PatientID: pid, PatientSex: "F" })).toEqual([d]);
+        // and a study's own later instance fills its blanks
+        await insert({ study: c, series: newUid(), patientID: pid, extra: { "00100040": { vr: "CS", Value: ["F"] } } });
+        expect(sorted(await studyUids({ PatientID: pid, PatientSex: "F" }))).toEqual(sorted([c, d]));
+      });
     });
 
     describe("search: series and instance levels", () => {
