@@ -7,6 +7,7 @@ import type { IngestResult, Ingestor } from "../ingest/types.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import { isValidUid } from "../dicom/uids.ts";
 import { HttpError } from "../http/errors.ts";
+import { discardRestOfBody } from "../http/drain.ts";
 import { DOCUMENT_KINDS, DocumentRefused, buildWrapper, detectContent, documentSeries, documentUids, isDocumentKind, readDocumentContent, wrappedInstance, type DocumentKind } from "./wrap.ts";
 import { DocumentTooLarge, spoolDocument } from "./spool.ts";
 
@@ -19,9 +20,11 @@ export interface DocumentDeps {
   maxDocumentBytes: number;
 }
 
-const tooLarge = (max: number) =>
-  // Connection: close: the rest of an over-long body is not read, so the connection cannot carry another request
-  new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`, { Connection: "close" });
+/** The rest of the body is read and discarded (bounded) so the sender sees the 413, not a reset connection. */
+const tooLarge = (req: Request, max: number) => {
+  discardRestOfBody(req);
+  return new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`);
+};
 
 function field(req: Request, name: string): string | undefined {
   const q = req.query[name];
@@ -91,12 +94,12 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
       }
       translationOfClassUID = original.sopClassUID;
     }
-    if (Number(req.headers["content-length"] ?? "0") > max) throw tooLarge(max);
+    if (Number(req.headers["content-length"] ?? "0") > max) throw tooLarge(req, max);
     let doc;
     try {
       doc = await spoolDocument(req, deps.tmpDir, max);
     } catch (err) {
-      if (err instanceof DocumentTooLarge) throw tooLarge(max);
+      if (err instanceof DocumentTooLarge) throw tooLarge(req, max);
       throw err;
     }
     const pixelPath = doc.path.replace(/\.document\.spool$/, ".pixels.spool");

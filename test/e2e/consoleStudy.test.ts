@@ -1,6 +1,6 @@
 /**
- * The console's study view in a real headless Chromium against a real relay (auth on): series and instances, no
- * broken thumbnails where the relay has no /thumbnail route, "No reports attached" once for a plain imaging study,
+ * The console's study view in a real headless Chromium against a real relay (auth on): series and instances,
+ * thumbnails that are decoded images (never a broken one), "No reports attached" once for a plain imaging study,
  * the audit's Who column with token labels and a readable What, deleting a study (admin, confirmed, audited), and
  * the favicon served without a token.
  */
@@ -67,9 +67,12 @@ describe.skipIf(missing)("console: the study view", () => {
     await first.locator("summary").click();
     await expect.poll(() => first.locator("li[data-instance]").count()).toBe(2);
     expect(await first.locator("li").first().textContent()).toMatch(/Instance 1/);
-    // no /thumbnail route on this relay: nothing shows as a broken image
-    await page.waitForTimeout(500);
-    expect(await page.locator("img.thumb:visible").count()).toBe(0);
+    // the relay serves /thumbnail: each listed instance shows one, decoded (a broken image would stay hidden or be
+    // removed, never shown)
+    await expect.poll(() => page.locator("#series-list details").first().locator("img.thumb:visible").count(), { timeout: 15_000 }).toBe(2);
+    const widths = await first.locator("img.thumb").evaluateAll((imgs) => imgs.map((i) => (i as HTMLImageElement).naturalWidth));
+    expect(widths).toHaveLength(2);
+    for (const w of widths) expect(w).toBeGreaterThan(0);
 
     await expect.poll(() => page.locator("#completeness li").count()).toBe(1);
     expect(await page.locator("#completeness").textContent()).toMatch(/^No reports attached/);

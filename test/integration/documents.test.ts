@@ -151,6 +151,36 @@ describe("documents attached to a study", () => {
     expect(fs.readdirSync(spoolDir).filter((f) => f.includes("document") || f.includes("pixels"))).toEqual([]);
   });
 
+  it("a declared length over the limit: the whole body sent, the sender reads the 413 and its connection carries the next request", async () => {
+    const limit = relay.config.ingest.maxDocumentBytes;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const sockets = new Set<unknown>();
+    const call = (method: string, p: string, body?: Buffer) => new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const rq = http.request(new URL(`${relay.url}${p}`), { method, agent, headers: body ? { "content-type": "application/pdf", "content-length": String(body.length) } : {} }, (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => resolve({ status: res.statusCode!, text }));
+      });
+      rq.on("socket", (s) => sockets.add(s));
+      rq.on("error", reject);
+      rq.end(body);
+    });
+    try {
+      // a few MiB over: without reading the rest the relay's close would reset the sender mid-write (seen as ECONNRESET)
+      const big = Buffer.alloc(limit + 4 * (1 << 20), 0x20);
+      big.write("%PDF-1.4\n");
+      for (let i = 0; i < 2; i++) {
+        const r = await call("POST", `/api/studies/${study}/documents?kind=other&title=big&language=en`, big);
+        expect(r.status).toBe(413);
+        expect(r.text).toMatch(/larger than the relay accepts for documents/);
+      }
+      const list = await call("GET", `/api/studies/${study}/documents`);
+      expect(list.status).toBe(200);
+      expect(sockets.size).toBe(1);
+    } finally {
+      agent.destroy();
+    }
+  });
+
   it("a PNG photo becomes a Secondary Capture in its own series that dcmdump reads; a translation must name a document", async () => {
     // 3 x 2 RGB, rows unfiltered
     const rows = [Buffer.from([0, 255, 0, 0, 0, 255, 0, 0, 0, 255]), Buffer.from([0, 9, 9, 9, 8, 8, 8, 7, 7, 7])];
