@@ -14,6 +14,8 @@ import type { ForwardingService } from "./forwarding/service.ts";
 import { forwardingRouter } from "./forwarding/routes.ts";
 import { consoleApiRouter, consoleRouter } from "./console/routes.ts";
 import { shareViewerRouter, viewerAssetsRouter } from "./console/viewer.ts";
+import { bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
+import { actorOf } from "./access/middleware.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -34,6 +36,21 @@ export function createApp(svc: RelayServices): Express {
   app.disable("x-powered-by");
   app.set("trust proxy", false);
   app.set("query parser", "simple");
+  app.use(bodyIdleTimeout(svc.config.server.bodyIdleTimeoutSeconds, svc.log));
+  app.use(closeUnreadBodies);
+  const slots = new UploadSlots({
+    total: svc.config.server.maxConcurrentUploads,
+    perSender: svc.config.server.maxConcurrentUploadsPerToken,
+    retryAfterSeconds: Math.max(1, Math.ceil(svc.config.server.bodyIdleTimeoutSeconds)),
+  });
+  const senderOf = (res: Parameters<typeof actorOf>[0]) => actorOf(res);
+  const stowSlot = slots.guard((req) => req.method === "POST", senderOf);
+  const tusPath = svc.config.transfers.tusPath.toLowerCase();
+  const uploadSlot = slots.guard(
+    (req) => req.baseUrl.toLowerCase() === tusPath && (req.method === "PATCH" || (req.method === "POST" && declaresBody(req))),
+    senderOf,
+  );
+  const documentSlot = slots.guard((req) => req.method === "POST", senderOf);
 
   app.use((req, res, next) => {
     const started = process.hrtime.bigint();
@@ -77,7 +94,7 @@ export function createApp(svc: RelayServices): Express {
   if (!access && svc.config.auth.enabled) throw new Error("createApp: access control services are missing while auth.enabled is true");
   if (access) app.use(access.guards.authenticate);
   const dicomweb = dicomwebRouter(svc);
-  app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), dicomweb);
+  app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), stowSlot, dicomweb);
   if (access) {
     app.use(`/share/:token${svc.config.dicomweb.root}`, access.guards.share, dicomweb);
     // anything else under /share: a plain 404 whose sentence does not repeat the token
@@ -87,8 +104,8 @@ export function createApp(svc: RelayServices): Express {
   }
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
-  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));
-  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin } : {}));
+  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access ? chain(access.guards.transfers, documentSlot) : documentSlot));
+  if (svc.transfers) app.use(svc.transfers.router(access ? { access: chain(access.guards.transfers, uploadSlot), admin: access.guards.admin } : { access: uploadSlot }));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log));

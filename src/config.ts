@@ -55,6 +55,14 @@ export const configSchema = z
         publicUrl: z.string().url().or(z.literal("")),
         /** largest accepted HTTP header block, bytes */
         maxHeaderBytes: z.number().int().min(1024),
+        /** a request's headers must all arrive within this time, else the connection is closed */
+        headersTimeoutSeconds: z.number().min(0.5),
+        /** a request body that sends no byte this long ends its request (tus uploads keep what arrived) */
+        bodyIdleTimeoutSeconds: z.number().min(0.5),
+        /** uploads (STOW-RS, tus PATCH/POST with a body, documents) running at once; more get 503 + Retry-After */
+        maxConcurrentUploads: z.number().int().min(1),
+        /** the same, per token (or client certificate, or anonymous without auth) */
+        maxConcurrentUploadsPerToken: z.number().int().min(1),
       })
       .strict(),
     /** where the embedded defaults keep everything (blobs, SQLite, tus uploads, temp files) */
@@ -330,7 +338,16 @@ export const spoolDir = (config: Pick<RelayConfig, "dataDir">): string => path.j
 
 export function defaultConfig(): RelayConfig {
   return {
-    server: { host: "127.0.0.1", port: 8042, publicUrl: "", maxHeaderBytes: 16 * 1024 },
+    server: {
+      host: "127.0.0.1",
+      port: 8042,
+      publicUrl: "",
+      maxHeaderBytes: 16 * 1024,
+      headersTimeoutSeconds: 30,
+      bodyIdleTimeoutSeconds: 60,
+      maxConcurrentUploads: 64,
+      maxConcurrentUploadsPerToken: 16,
+    },
     dataDir: "./data",
     log: { level: "info" },
     storage: {

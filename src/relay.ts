@@ -70,12 +70,17 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
   const tls = config.tls.enabled ? tlsServerOptions(config.tls) : null;
   const services = await buildServices(config, opts.log);
   const app = createApp(services);
-  const server = tls
-    ? https.createServer({ ...tls, maxHeaderSize: config.server.maxHeaderBytes }, app)
-    : http.createServer({ maxHeaderSize: config.server.maxHeaderBytes }, app);
-  // uploads over slow cross-border links take long: no whole-request deadline, but headers must come quickly
-  server.requestTimeout = 0;
-  server.headersTimeout = 60_000;
+  const headersTimeout = Math.round(config.server.headersTimeoutSeconds * 1000);
+  const serverOptions = {
+    maxHeaderSize: config.server.maxHeaderBytes,
+    headersTimeout,
+    // uploads over slow cross-border links take long: no whole-request deadline; silent bodies end by the body
+    // idle timeout (src/http/uploadLimits.ts), slow headers by headersTimeout
+    requestTimeout: 0,
+    // how often Node looks for connections past headersTimeout (its default, 30 s, would let them live that much longer)
+    connectionsCheckingInterval: Math.max(250, Math.min(headersTimeout / 4, 30_000)),
+  };
+  const server = tls ? https.createServer({ ...tls, ...serverOptions }, app) : http.createServer(serverOptions, app);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
