@@ -25,7 +25,7 @@ import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "..
 import { fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
-import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
+import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.ts";
 import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
@@ -246,17 +246,35 @@ export class TransferService {
       transferId: id,
       issuedAt: t.completedAt ?? new Date().toISOString(),
       issuer: this.deps.config.server.publicUrl || null,
-      instances: items.map((i) => ({
-        sopInstanceUID: i.sopInstanceUID,
-        studyInstanceUID: i.studyInstanceUID,
-        seriesInstanceUID: i.seriesInstanceUID,
-        sha256: i.sha256,
-        size: i.size,
-        state: i.state === "present" ? "already-held" : "received",
-      })),
+      instances: await this.verifiedInstances(id, items),
     });
     await this.deps.transfers.setReceipt(id, receipt);
     this.deps.log.info({ transferId: id, instances: items.length, released }, "transfer complete; receipt issued");
+  }
+
+  /**
+   * What a receipt may attest: UIDs, size and SHA-256 as the index holds them for the stored instance (read and
+   * hashed by the relay itself), never the manifest's claims. An instance not held with the declared bytes (gone
+   * since, or other bytes) is left out and logged.
+   */
+  private async verifiedInstances(id: string, items: TransferItem[]): Promise<ReceiptInstance[]> {
+    const out: ReceiptInstance[] = [];
+    for (const i of items) {
+      const held = await this.deps.index.getInstance(i.sopInstanceUID, { includePending: true });
+      if (!held || held.sha256 !== i.sha256) {
+        this.deps.log.warn({ transferId: id, sopInstanceUID: i.sopInstanceUID }, "an instance of a complete transfer is not held with its declared bytes; left out of the receipt");
+        continue;
+      }
+      out.push({
+        sopInstanceUID: held.sopInstanceUID,
+        studyInstanceUID: held.studyInstanceUID,
+        seriesInstanceUID: held.seriesInstanceUID,
+        sha256: held.sha256,
+        size: held.size,
+        state: i.state === "present" ? "already-held" : "received",
+      });
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- tus hooks
