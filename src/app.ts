@@ -104,7 +104,7 @@ export function createApp(svc: RelayServices): Express {
   }
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
-  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access ? chain(access.guards.transfers, documentSlot) : documentSlot));
+  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access ? { write: chain(access.guards.transfers, documentSlot), read: access.guards.read } : { write: documentSlot }));
   if (svc.transfers) app.use(svc.transfers.router(access ? { access: chain(access.guards.transfers, uploadSlot), admin: access.guards.admin } : { access: uploadSlot }));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));

@@ -17,6 +17,7 @@ import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
 import { auditContext, type AuditTrail } from "./audit.ts";
 import { redactToken, type Scope, type TokenRegistry } from "./tokens.ts";
 import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
+import type { Sender } from "./sender.ts";
 
 export interface Principal {
   kind: "token" | "share" | "anonymous";
@@ -48,6 +49,8 @@ export interface AccessGuards {
   /** tus and /api/transfers: upload (or admin) scope, plus the client certificate when required */
   transfers: RequestHandler;
   admin: RequestHandler;
+  /** reading routes outside DICOMweb (a study's documents): read scope */
+  read: RequestHandler;
 }
 
 export interface GuardDeps {
@@ -206,6 +209,12 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
         ? FULL_ACCESS
         : { allowedStudies: p.studies, canStore: p.kind === "token" && p.scopes.has("upload"), canDelete: p.kind === "token" && p.scopes.has("admin") };
     res.locals.access = access;
+    const cert = note.certSubject ? `cert:${note.certSubject}` : null;
+    res.locals.sender = (
+      p.kind === "anonymous"
+        ? { owner: cert ?? "anonymous", admin: cert === null }
+        : { owner: p.tokenId ?? cert ?? "anonymous", admin: p.kind === "token" && p.scopes.has("admin") }
+    ) satisfies Sender;
     next();
   };
 
@@ -235,6 +244,12 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       const note = noteOf(res);
       if (id && note) note.detail = `${tus ? "upload" : "transfer"} ${safeDecode(id).slice(0, 100)}`;
       authorize(req, res, next, ["upload", "admin"], tus ? "tus.upload" : "transfer");
+    },
+    read: (req, res, next) => {
+      const study = /^\/api\/studies\/([^/]+)/i.exec(req.path)?.[1];
+      const note = noteOf(res);
+      if (note && study) note.studyInstanceUID = safeDecode(study).slice(0, 64);
+      authorize(req, res, next, ["read"], "documents.read");
     },
     admin: (req, res, next) => {
       const current = noteOf(res)?.action;

@@ -380,6 +380,11 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "tokens, share links, audit log (shared by every node)",
     sql: { sqlite: "-- embedded index: tokens, share links and the audit log live in access.sqlite\n", postgres: V3_POSTGRES },
   },
+  {
+    version: 4,
+    name: "transfers belong to the token (or client certificate) that created them",
+    sql: { sqlite: "-- embedded index: transfers live in transfers.sqlite\n", postgres: "ALTER TABLE transfers ADD COLUMN owner TEXT;\n" },
+  },
 ];
 
 /**

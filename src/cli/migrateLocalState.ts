@@ -55,7 +55,7 @@ export async function migrateLocalState(opts: { transfersPath: string; accessPat
       const items = db.prepare("SELECT rowid - 1 AS seq, * FROM transfer_items ORDER BY rowid").all() as Record<string, unknown>[];
       const results = db.prepare("SELECT * FROM upload_results").all() as Record<string, unknown>[];
       await inTransaction(pool, async (c) => {
-        report.transfers = await copyRows(c, "transfers", ["id", "label", "created_at", "state", "completed_at", "released_at", "receipt"], transfers, "ON CONFLICT (id) DO NOTHING");
+        report.transfers = await copyRows(c, "transfers", ["id", "label", "created_at", "state", "completed_at", "released_at", "receipt", "owner"], transfers.map((t) => ({ owner: null, ...t })), "ON CONFLICT (id) DO NOTHING");
         report.transferItems = await copyRows(c, "transfer_items",
           ["transfer_id", "seq", "sop_instance_uid", "sha256", "size", "study_instance_uid", "series_instance_uid", "state", "reason", "failure_code", "updated_at"],
           items, "ON CONFLICT (transfer_id, sop_instance_uid) DO NOTHING");

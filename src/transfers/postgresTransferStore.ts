@@ -34,9 +34,9 @@ export class PostgresTransferStore implements TransferStore {
     // the pool belongs to the index, which closes it
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; owner: string | null }, items: TransferItem[]): Promise<void> {
     await inTransaction(this.pool, async (client) => {
-      await client.query("INSERT INTO transfers (id, label, created_at, state) VALUES ($1, $2, $3, 'open')", [t.id, t.label, t.createdAt]);
+      await client.query("INSERT INTO transfers (id, label, created_at, state, owner) VALUES ($1, $2, $3, 'open', $4)", [t.id, t.label, t.createdAt, t.owner]);
       for (let start = 0; start < items.length; start += BATCH) {
         const batch = items.slice(start, start + BATCH);
         await client.query(

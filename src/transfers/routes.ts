@@ -10,6 +10,11 @@ import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { ManifestError } from "./manifest.ts";
 import { TransferNotFoundError, type TransferService } from "./transferService.ts";
 import type { ItemState } from "./transferStore.ts";
+import { ownedBy, senderOf, type Sender } from "../access/sender.ts";
+import { ADMIN_HEADER, OWNER_HEADER, uploadOwnedBy } from "./tusServer.ts";
+
+/** tus upload ids are what the stores generate: letters, digits, '-' and '_' (never a dot or a slash) */
+const UPLOAD_ID = /^[A-Za-z0-9_-]{1,128}$/;
 
 export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
 
@@ -22,6 +27,18 @@ export interface TransferRoutesOptions {
 
 const pass: RequestHandler = (_req, _res, next) => next();
 const INSTANCE_FILTERS = new Set(["all", "none", "present", "received", "missing", "failed"]);
+
+/** Replace a request header (any client-sent value goes): @tus/server reads rawHeaders, express headers. */
+function setInternalHeader(req: express.Request, name: string, value: string): void {
+  const raw: string[] = [];
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i]!.toLowerCase() !== name) raw.push(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+  }
+  raw.push(name, value);
+  req.rawHeaders.length = 0;
+  req.rawHeaders.push(...raw);
+  req.headers[name] = value;
+}
 
 export function transfersRouter(
   deps: { config: RelayConfig; service: TransferService; tus: Server },
@@ -50,23 +67,31 @@ export function transfersRouter(
       throw new HttpError(415, "send the manifest as application/json");
     }
     try {
-      const view = await service.createTransfer(req.body);
+      const view = await service.createTransfer(req.body, senderOf(res).owner);
       res.status(201).location(`/api/transfers/${view.id}`).json(view);
     } catch (err) {
       if (err instanceof ManifestError) throw new HttpError(400, err.message);
       throw err;
     }
   });
+  /** The transfer if this sender may see it; another sender's is answered like one that does not exist. */
+  const ownTransfer = async (sender: Sender, id: string) => {
+    const t = await service.transferRecord(id);
+    if (!t || !ownedBy(sender, t.owner)) throw new HttpError(404, `no transfer with id ${id}`);
+    return t;
+  };
   api.get("/api/transfers/:id", async (req, res) => {
     const filter = typeof req.query.instances === "string" ? req.query.instances : "all";
     if (!INSTANCE_FILTERS.has(filter)) {
       throw new HttpError(400, `instances must be one of ${[...INSTANCE_FILTERS].join(", ")}`);
     }
+    await ownTransfer(senderOf(res), String(req.params.id));
     const view = await service.view(req.params.id!, { instances: filter as ItemState | "all" | "none" });
     if (!view) throw new HttpError(404, `no transfer with id ${req.params.id}`);
     res.json(view);
   });
   api.get("/api/transfers/:id/receipt", async (req, res) => {
+    await ownTransfer(senderOf(res), String(req.params.id));
     const found = await service.receipt(String(req.params.id));
     if (!found) throw new HttpError(404, `no transfer with id ${req.params.id}`);
     const { transfer, receipt } = found;
@@ -88,11 +113,25 @@ export function transfersRouter(
     // express answers HEAD with GET routes; HEAD here is the tus offset request
     if (req.method === "HEAD") return next();
     const id = String(req.params.id);
-    const result = await service.uploadResult(id);
-    if (!result) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
+    const result = UPLOAD_ID.test(id) ? await service.uploadResult(id) : null;
+    // the result is its upload's: another sender's answers like one that does not exist
+    if (!result || !uploadOwnedBy(senderOf(res), { metadata: { relayOwner: result.owner ?? null } })) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
     res.json(result);
   });
+  // every tus request naming an upload: a valid id, and an upload of this sender (HEAD, PATCH, DELETE)
+  api.all(`${tusPath}/:id`, async (req, res, next) => {
+    const id = String(req.params.id);
+    if (!UPLOAD_ID.test(id)) throw new HttpError(404, `no upload with id ${id.slice(0, 100)}`);
+    const upload = await tus.datastore.getUpload(id).catch(() => null);
+    // unknown ids go on to tus, which answers 404 (or 410) itself
+    if (upload && !uploadOwnedBy(senderOf(res), upload)) throw new HttpError(404, `no upload with id ${id}`);
+    next();
+  });
   api.all([tusPath, `${tusPath}/:id`], (req, res, next) => {
+    // who creates an upload is recorded in its metadata by the tus hooks (tusServer.ts); never a client's value
+    const sender = senderOf(res);
+    setInternalHeader(req, OWNER_HEADER, sender.owner);
+    setInternalHeader(req, ADMIN_HEADER, String(sender.admin));
     // @tus/server answers storage outages 503 (s3UploadStore.ts) but sets no Retry-After: tell clients when to retry
     const writeHead = res.writeHead;
     res.writeHead = function (this: typeof res, status: number, ...rest: unknown[]) {

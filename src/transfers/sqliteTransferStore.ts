@@ -36,6 +36,8 @@ const MIGRATIONS = [
      finished_at TEXT,
      result TEXT NOT NULL
    );`,
+  // the token (or client certificate) that created the transfer; NULL: made before owners were kept (admin only)
+  `ALTER TABLE transfers ADD COLUMN owner TEXT;`,
 ];
 
 
@@ -64,14 +66,14 @@ export class SqliteTransferStore implements TransferStore {
     if (this.db?.open) this.db.close();
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void> {
-    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, state) VALUES (?, ?, ?, 'open')");
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; owner: string | null }, items: TransferItem[]): Promise<void> {
+    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, state, owner) VALUES (?, ?, ?, 'open', ?)");
     const insertI = this.db.prepare(
       `INSERT INTO transfer_items (transfer_id, sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.db.transaction(() => {
-      insertT.run(t.id, t.label, t.createdAt);
+      insertT.run(t.id, t.label, t.createdAt, t.owner);
       for (const i of items) {
         insertI.run(t.id, i.sopInstanceUID, i.sha256, i.size, i.studyInstanceUID, i.seriesInstanceUID, i.state, i.reason, i.failureCode, i.updatedAt);
       }

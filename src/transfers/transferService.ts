@@ -29,6 +29,8 @@ import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.t
 import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
+import { ownedBy } from "../access/sender.ts";
+import { UPLOAD_OWNER_KEY } from "./tusServer.ts";
 
 export interface TransferServiceDeps {
   config: RelayConfig;
@@ -167,7 +169,8 @@ export class TransferService {
 
   // ---------------------------------------------------------------- transfers
 
-  async createTransfer(body: unknown): Promise<TransferView> {
+  /** owner: the token id (or cert:<subject>) that creates it; only it (and admins) will see it */
+  async createTransfer(body: unknown, owner: string | null = null): Promise<TransferView> {
     const manifest = parseManifest(body, this.deps.config.transfers.maxManifestInstances);
     const held = new Map<string, HeldInstance>();
     for (const m of manifest.instances) {
@@ -177,10 +180,14 @@ export class TransferService {
     }
     const id = crypto.randomUUID();
     const now = new Date().toISOString();
-    await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now }, initialItems(manifest, held, now));
+    await this.deps.transfers.createTransfer({ id, label: manifest.label ?? null, createdAt: now, owner }, initialItems(manifest, held, now));
     this.deps.log.info({ transferId: id, instances: manifest.instances.length, present: held.size }, "transfer created");
     await this.checkComplete(id);
     return (await this.view(id, { instances: "all" }))!;
+  }
+
+  async transferRecord(id: string): Promise<TransferRecord | null> {
+    return this.deps.transfers.getTransfer(id);
   }
 
   async view(id: string, opts: { instances?: "all" | ItemState | "none" } = {}): Promise<TransferView | null> {
@@ -281,12 +288,13 @@ export class TransferService {
 
   tusHooks(): TusHooks {
     return {
-      validateCreate: async (metadata) => {
+      validateCreate: async (metadata, sender) => {
         if (this.closed) throw tusError(503, "the relay is shutting down; retry in a moment");
         const transferId = metadata.transferId;
         if (transferId === undefined || transferId === null || transferId === "") return;
         const t = await this.deps.transfers.getTransfer(transferId);
-        if (!t) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
+        // another sender's transfer is answered like one that does not exist
+        if (!t || !ownedBy(sender, t.owner)) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
         if (t.state === "complete") throw tusError(409, `transfer ${transferId} is already complete; nothing more is needed`);
       },
       onFinish: async (upload) => {
@@ -351,6 +359,7 @@ export class TransferService {
     const result: UploadResult = {
       uploadId: upload.id,
       transferId,
+      owner: meta[UPLOAD_OWNER_KEY] ?? null,
       state: "processing",
       kind: null,
       filename: meta.filename ?? meta.name ?? null,
@@ -455,7 +464,10 @@ export class TransferService {
     const e: UploadEntryResult =
       r.status === "failed"
           ? { name, status: "failed", sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size, reason: hex(r.reason), message: r.message }
-          : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
+          : r.keptOther
+            ? // keep-first kept another sender's bytes: their hash and size are not this sender's to learn
+              { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, message: "the relay keeps other bytes for this SOPInstanceUID (conflict policy keep-first); these were not stored" }
+            : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
     result.entries.push(e);
     result.counts.entries++;
     if (e.status === "failed") result.counts.failed++;
@@ -558,7 +570,8 @@ export class TransferService {
       // conflict policy keep-first answered "already stored" with the other bytes it keeps
       await this.deps.transfers.updateItem(transferId, r.sopInstanceUID, {
         state: "failed",
-        reason: `the relay keeps other bytes for this SOPInstanceUID (SHA-256 ${r.sha256}) than the manifest declares`,
+        // never the stored hash: knowing it would let a manifest claim the instance as "already held"
+        reason: "the relay keeps other bytes for this SOPInstanceUID than the manifest declares (conflict policy keep-first)",
         failureCode: FailureReason.DuplicateSOPInstance,
       });
     }

@@ -30,6 +30,8 @@ export interface TransferItem {
 
 export interface TransferRecord {
   id: string;
+  /** the token id (or cert:<subject>, or anonymous) that created it; null: created before owners were kept */
+  owner: string | null;
   label: string | null;
   createdAt: string;
   state: TransferState;
@@ -59,6 +61,8 @@ export interface UploadEntryResult {
 export interface UploadResult {
   uploadId: string;
   transferId: string | null;
+  /** who created the upload (as its metadata relayOwner); null: before owners were kept */
+  owner?: string | null;
   /** processing: the upload is complete and its entries are being ingested; done: entries below are final */
   state: "processing" | "done";
   /** what the bytes turned out to be */
@@ -86,7 +90,7 @@ export interface TransferStore extends UploadResultStore {
   init(): Promise<void>;
   close(): Promise<void>;
 
-  createTransfer(transfer: { id: string; label: string | null; createdAt: string }, items: TransferItem[]): Promise<void>;
+  createTransfer(transfer: { id: string; label: string | null; createdAt: string; owner: string | null }, items: TransferItem[]): Promise<void>;
   getTransfer(id: string): Promise<TransferRecord | null>;
   listItems(transferId: string): Promise<TransferItem[]>;
   getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null>;
@@ -132,6 +136,7 @@ export const itemFromRow = (r: TransferItemRow): TransferItem => ({
 /** A transfer row as both stores keep it. */
 export interface TransferRow {
   id: string;
+  owner?: string | null;
   label: string | null;
   created_at: string;
   state: TransferRecord["state"];
@@ -142,6 +147,7 @@ export interface TransferRow {
 
 export const transferFromRow = (r: TransferRow): TransferRecord => ({
   id: r.id,
+  owner: r.owner ?? null,
   label: r.label,
   createdAt: r.created_at,
   state: r.state,

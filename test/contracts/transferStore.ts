@@ -23,13 +23,13 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       const store = await make();
       const id = crypto.randomUUID();
       const m = parseManifest({ label: "CT 王", instances }, 5000);
-      await store.createTransfer({ id, label: m.label ?? null, createdAt: T0 }, initialItems(m, held, T0));
+      await store.createTransfer({ id, label: m.label ?? null, createdAt: T0, owner: "0123456789abcdef" }, initialItems(m, held, T0));
       return { store, id };
     };
 
     it("keeps a transfer and its items as created, in manifest order", async () => {
       const { store, id } = await setup();
-      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, receipt: null });
+      expect(await store.getTransfer(id)).toEqual({ id, owner: "0123456789abcdef", label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, receipt: null });
       expect(await store.getTransfer(crypto.randomUUID())).toBeNull();
       const items = await store.listItems(id);
       expect(items.map((i) => [i.sopInstanceUID, i.state, i.size])).toEqual([["1.1", "missing", 10], ["1.2", "present", 20]]);
@@ -50,7 +50,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
 
     it("refuses a second transfer with the same id, leaving the first as it was", async () => {
       const { store, id } = await setup();
-      await expect(store.createTransfer({ id, label: "again", createdAt: T0 }, [])).rejects.toThrow();
+      await expect(store.createTransfer({ id, label: "again", createdAt: T0, owner: null }, [])).rejects.toThrow();
       expect((await store.getTransfer(id))?.label).toBe("CT 王");
       expect(await store.listItems(id)).toHaveLength(2);
       await store.close();

@@ -11,7 +11,7 @@ import path from "node:path";
 import request from "supertest";
 import { startTestRelay, type TestRelay, sqliteAccess } from "../support/relay.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
-import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
+import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
 import { RECEIPT_KEY_PATH } from "../../src/transfers/routes.ts";
 
 const toArrayBuffer = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
@@ -58,6 +58,10 @@ describe("access control", () => {
   const a = [...generateStudy({ instances: 3, seriesCount: 1, rows: 32, columns: 32, modality: "CT", studyInstanceUID: studyA, patientName: "Share^Me", patientID: "P-A" })];
   const b = [...generateStudy({ instances: 2, seriesCount: 1, rows: 32, columns: 32, modality: "MR", studyInstanceUID: studyB, patientName: "Private^Other", patientID: "P-B" })];
   const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+  const makeOne = () => {
+    const uid = newUid();
+    return { uid, bytes: makeInstance({ rows: 8, columns: 8, sopInstanceUID: uid }) };
+  };
 
   beforeAll(async () => {
     relay = await startTestRelay({ auth: { enabled: true } });
@@ -309,4 +313,60 @@ describe("access control", () => {
     expect(bad.stderr).toMatch(/unknown scope "everything"/);
     expect((await runCli(["token", "revoke", "ffffffffffffffff"], env)).code).toBe(1);
   }, 60_000);
+  it("uploads, transfers, results and receipts belong to their sender: another token gets 404, admin sees all; no stored hash is ever shown", async () => {
+    const otherUpload = (await request(relay.url).post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["upload"], label: "hospital B" })).body.token as string;
+    const idOf = (t: string) => t.slice(4, 20);
+    const tusHeaders = (t: string) => ({ ...bearer(t), "Tus-Resumable": "1.0.0" });
+    const fresh = makeOne();
+    // hospital A: a transfer and an unfinished upload
+    const manifest = { instances: [{ sopInstanceUID: fresh.uid, sha256: sha(fresh.bytes), size: fresh.bytes.length }] };
+    const t = await request(relay.url).post("/api/transfers").set(bearer(uploadToken)).send(manifest);
+    expect(t.status).toBe(201);
+    const created = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(uploadToken), "Upload-Length": String(fresh.bytes.length), "Upload-Metadata": `transferId ${Buffer.from(t.body.id).toString("base64")}` } });
+    expect(created.status).toBe(201);
+    const loc = new URL(created.headers.get("location")!).pathname;
+    // hospital B sees none of it
+    for (const path of [`/api/transfers/${t.body.id}`, `/api/transfers/${t.body.id}/receipt`]) {
+      const res = await request(relay.url).get(path).set(bearer(otherUpload));
+      expect(res.status, path).toBe(404);
+      expect(res.body.error).toMatch(/^no transfer with id/);
+    }
+    expect((await fetch(relay.url + loc, { method: "HEAD", headers: tusHeaders(otherUpload) })).status).toBe(404);
+    expect((await fetch(relay.url + loc, { method: "PATCH", headers: { ...tusHeaders(otherUpload), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(fresh.bytes) })).status).toBe(404);
+    expect((await fetch(relay.url + loc, { method: "DELETE", headers: tusHeaders(otherUpload) })).status).toBe(404);
+    // nor can it upload into A's transfer, or claim A as the owner through Upload-Metadata
+    const intoA = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(otherUpload), "Upload-Length": "10", "Upload-Metadata": `transferId ${Buffer.from(t.body.id).toString("base64")}` } });
+    expect(intoA.status).toBe(404);
+    const spoof = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(otherUpload), "Upload-Length": "10", "Upload-Metadata": `relayOwner ${Buffer.from(idOf(uploadToken)).toString("base64")}` } });
+    expect(spoof.status).toBe(201);
+    expect((await fetch(new URL(spoof.headers.get("location")!).href, { method: "HEAD", headers: tusHeaders(uploadToken) })).status).toBe(404);
+    // A finishes its upload; its result and receipt are A's (and the admin's) only
+    expect((await fetch(relay.url + loc, { method: "HEAD", headers: tusHeaders(uploadToken) })).status).toBe(200);
+    const done = await fetch(relay.url + loc, { method: "PATCH", headers: { ...tusHeaders(uploadToken), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(fresh.bytes) });
+    expect(done.status).toBe(200);
+    expect((await request(relay.url).get(loc).set(bearer(uploadToken))).status).toBe(200);
+    expect((await request(relay.url).get(loc).set(bearer(otherUpload))).status).toBe(404);
+    expect((await request(relay.url).get(loc).set(bearer(admin))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/transfers/${t.body.id}/receipt`).set(bearer(uploadToken))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/transfers/${t.body.id}/receipt`).set(bearer(admin))).status).toBe(200);
+    // ids with a dot or a slash are not upload ids
+    expect((await fetch(`${relay.url}${loc}.json`, { method: "DELETE", headers: tusHeaders(uploadToken) })).status).toBe(404);
+
+    // B declares a wrong hash for A's instance: the answer never shows the stored hash, so B cannot learn it to
+    // declare it next and have A's study counted as "already held"
+    const storedHash = sha(a[0]!.bytes);
+    const guess = await request(relay.url).post("/api/transfers").set(bearer(otherUpload)).send({ instances: [{ sopInstanceUID: a[0]!.sopInstanceUID, sha256: "0".repeat(64), size: 1 }] });
+    expect(guess.status).toBe(201);
+    expect(guess.body.alreadyHeld).toEqual([]);
+    expect(JSON.stringify(guess.body)).not.toContain(storedHash);
+    expect(JSON.stringify((await request(relay.url).get(`/api/transfers/${guess.body.id}`).set(bearer(otherUpload))).body)).not.toContain(storedHash);
+  });
+
+  it("reading a study's documents needs read scope (an upload token gets 403)", async () => {
+    expect((await request(relay.url).get(`/api/studies/${studyA}/documents`).set(bearer(readToken))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/studies/${studyA}/completeness`).set(bearer(readToken))).status).toBe(200);
+    const up = await request(relay.url).get(`/api/studies/${studyA}/documents`).set(bearer(uploadToken));
+    expect(up.status).toBe(403);
+    expect((await request(relay.url).get(`/api/studies/${studyA}/completeness`).set(bearer(uploadToken))).status).toBe(403);
+  });
 });
