@@ -183,6 +183,8 @@ export const configSchema = z
         realm: z.string().regex(/^[A-Za-z0-9 ._-]+$/),
         /** lifetime of a share link when none is given: 90m, 12h, 7d ... */
         shareDefaultExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
+        /** live share links (viewer links included) one token may have minted; more are refused (429) */
+        maxShareLinksPerToken: z.number().int().min(1),
       })
       .strict(),
     tls: z
@@ -388,7 +390,7 @@ export function defaultConfig(): RelayConfig {
       receiptKeyPath: "",
       bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
     },
-    auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" },
+    auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d", maxShareLinksPerToken: 200 },
     tls: {
       enabled: false,
       pkiDir: "",

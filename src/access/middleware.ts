@@ -15,7 +15,7 @@ import { FULL_ACCESS, type AccessScope } from "../dicomweb/context.ts";
 import { HttpError } from "../http/errors.ts";
 import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
 import { auditContext, type AuditTrail } from "./audit.ts";
-import { redactToken, type Scope, type TokenRegistry } from "./tokens.ts";
+import { redactToken, verifyToken, type Scope, type TokenRegistry } from "./tokens.ts";
 import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
 import type { Sender } from "./sender.ts";
 
@@ -162,7 +162,7 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       presented = m[1]!;
     }
     if (presented !== null) {
-      const check = await tokens.verify(presented);
+      const check = await verifyToken(tokens, presented);
       if (!check.ok) {
         note.actor = check.tokenId ?? "unauthenticated";
         const what = share ? "share link" : "token";

@@ -369,4 +369,30 @@ describe("access control", () => {
     expect(up.status).toBe(403);
     expect((await request(relay.url).get(`/api/studies/${studyA}/completeness`).set(bearer(uploadToken))).status).toBe(403);
   });
+  it("a share link dies with the token that minted it; a token may have only auth.maxShareLinksPerToken live links (429)", async () => {
+    const small = await startTestRelay({ auth: { enabled: true, maxShareLinksPerToken: 2 } });
+    try {
+      const root = small.initialAdminToken!;
+      const study = newUid();
+      await dicomwebClient(small.dicomwebUrl, bearer(root)).storeInstances({ datasets: [toArrayBuffer(makeInstance({ studyInstanceUID: study, rows: 8, columns: 8 }))] });
+      const viewer = (await request(small.url).post("/api/admin/tokens").set(bearer(root)).send({ scopes: ["read"], label: "viewer" })).body as { token: string; id: string };
+      const mint = () => request(small.url).post("/api/viewer-links").set(bearer(viewer.token)).send({ studyInstanceUID: study });
+      const first = await mint();
+      expect(first.status).toBe(201);
+      const secret = /\/share\/([^/]+)\//.exec(first.body.url as string)![1]!;
+      expect((await request(small.url).get(`/share/${secret}/dicom-web/studies`)).status).toBe(200);
+      expect((await mint()).status).toBe(201);
+      const third = await mint();
+      expect(third.status).toBe(429);
+      expect(third.body.error).toMatch(/already has 2 live share links.*auth\.maxShareLinksPerToken/);
+      // revoking the maker ends its links at their next request
+      expect((await request(small.url).delete(`/api/admin/tokens/${viewer.id}`).set(bearer(root))).status).toBe(200);
+      const dead = await request(small.url).get(`/share/${secret}/dicom-web/studies`);
+      expect(dead.status).toBe(401);
+      expect(dead.body.error).toMatch(/made by token .* which was revoked/);
+      expect((await request(small.url).get(`/dicom-web/studies`).set(bearer(decodeURIComponent(secret)))).status).toBe(401);
+    } finally {
+      await small.dispose();
+    }
+  });
 });
