@@ -116,6 +116,8 @@ export const configSchema = z
         /** QIDO limit when the client gives none, and the most it may ask for */
         defaultLimit: z.number().int().min(1),
         maxLimit: z.number().int().min(1),
+        /** most distinct frames one WADO-RS frames request may name (a frame named twice is sent once) */
+        maxFramesPerRequest: z.number().int().min(1),
       })
       .strict(),
     admin: z
@@ -171,6 +173,8 @@ export const configSchema = z
             maxTotalBytes: z.number().int().min(1024),
             /** largest expanded/compressed ratio accepted (gzip / zip bomb guard) */
             maxCompressionRatio: z.number().min(1),
+            /** entries refused (not DICOM, damaged ...) before the whole bundle is refused */
+            maxFailedEntries: z.number().int().min(0),
           })
           .strict(),
       })
@@ -375,7 +379,7 @@ export function defaultConfig(): RelayConfig {
       bulkDataThreshold: 1024,
       maxDocumentBytes: 100 * 1024 * 1024,
     },
-    dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000 },
+    dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000, maxFramesPerRequest: 1000 },
     admin: { enableDelete: true },
     transfers: {
       tusPath: "/api/uploads",
@@ -388,7 +392,7 @@ export function defaultConfig(): RelayConfig {
       finishWaitSeconds: 60,
       maxManifestInstances: 100_000,
       receiptKeyPath: "",
-      bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
+      bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200, maxFailedEntries: 200 },
     },
     auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d", maxShareLinksPerToken: 200 },
     tls: {

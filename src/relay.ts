@@ -59,6 +59,7 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     index,
     store,
     ingest: audited,
+    audit: access.audit,
     onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
   });
   forwarding.start();

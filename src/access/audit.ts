@@ -204,6 +204,7 @@ export const auditContext = new AsyncLocalStorage<AuditContext>();
  */
 export function auditingIngestor(inner: Ingestor, audit: Pick<AuditTrail, "record">): Ingestor {
   const note = (result: IngestResult, opts?: IngestOptions): IngestResult => {
+    if (opts?.bundleEntry && result.status !== "stored" && result.status !== "replaced") return result;
     const ctx = auditContext.getStore();
     audit.record({
       actor: ctx?.actor ?? "system",

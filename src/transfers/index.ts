@@ -36,6 +36,7 @@ export async function startTransfers(deps: {
   ingest: Ingestor;
   /** completed transfers (auto-forwarding) */
   onComplete?: TransferServiceDeps["onComplete"];
+  audit?: TransferServiceDeps["audit"];
 }): Promise<Transfers> {
   const { config } = deps;
   let transfers: TransferStore;

@@ -30,6 +30,7 @@ import type { ItemState, TransferItem, TransferRecord, TransferStore, UploadEntr
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
 import { ownedBy } from "../access/sender.ts";
+import { auditContext, type AuditEntry, type AuditTrail } from "../access/audit.ts";
 import { UPLOAD_OWNER_KEY } from "./tusServer.ts";
 
 export interface TransferServiceDeps {
@@ -45,6 +46,14 @@ export interface TransferServiceDeps {
    * receipt is issued again at start and the hook runs again, so hooks must be idempotent (forwarding is).
    */
   onComplete?: (transferId: string, items: TransferItem[]) => Promise<void>;
+  /** the audit log: one row per ingested upload (bundle) with its counts */
+  audit?: Pick<AuditTrail, "record">;
+}
+
+/** who the audit row names: the request behind the ingest (its PATCH), else the relay itself (recovery at start) */
+function auditFields(): Pick<AuditEntry, "actor" | "certSubject" | "method" | "route" | "remoteAddr"> {
+  const ctx = auditContext.getStore();
+  return { actor: ctx?.actor ?? "system", certSubject: ctx?.certSubject ?? null, method: ctx?.method ?? null, route: ctx?.route ?? null, remoteAddr: ctx?.remoteAddr ?? null };
 }
 
 export interface TransferView extends TransferProgress {
@@ -373,7 +382,7 @@ export class TransferService {
     // heartbeat: other nodes tell a running ingest from an abandoned one by the age of its result
     let beat: Promise<void> = Promise.resolve();
     const heartbeat = setInterval(() => {
-      beat = results.saveUploadResult(result).catch(() => undefined);
+      beat = results.saveUploadResult({ ...result, entries: [] }).catch(() => undefined);
     }, RESULT_HEARTBEAT_MS);
     heartbeat.unref();
     try {
@@ -410,15 +419,21 @@ export class TransferService {
           const source = `tus:${upload.id}:${name}`;
           const r = transfer
             ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
-            : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
+            : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source, bundleEntry: true });
           if (r.status === "failed" && r.retryable && r.reason === FailureReason.OutOfResources) {
             // the blob store is down: the entry is fine, the moment is not
             throw new StorageUnavailableError(r.message);
           }
           this.addEntry(result, name, r);
-          // a big bundle takes minutes: let GET {tusPath}/{id} show progress
+          const maxFailed = this.deps.config.transfers.bundle.maxFailedEntries;
+          if (result.counts.failed > maxFailed) {
+            // a bundle of junk costs a spool file, a parse and a result line per entry: stop as soon as it is clear
+            throw new BundleError(`more than ${maxFailed} of its entries were refused (the last: ${r.status === "failed" ? r.message : "?"}); it was refused as a whole (transfers.bundle.maxFailedEntries)`);
+          }
+          // a big bundle takes minutes: let GET {tusPath}/{id} show progress. Counts only: rewriting the growing
+          // entry list every few seconds would cost O(entries^2); the list is written once, at the end
           if (Date.now() - savedAt > 2000) {
-            await results.saveUploadResult(result);
+            await results.saveUploadResult({ ...result, entries: [] });
             savedAt = Date.now();
           }
         }
@@ -457,6 +472,13 @@ export class TransferService {
     // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
     await uploads.removeData(upload.id);
     log.info({ uploadId: upload.id, transferId, ...result.counts, error: result.error }, "tus upload ingested");
+    // one audit row for the upload as a whole, with its counts (entries refused or already held have no row of their own)
+    this.deps.audit?.record({
+      ...auditFields(),
+      action: "tus.ingest",
+      outcome: result.error || result.counts.failed ? "failure" : "success",
+      detail: `upload ${upload.id}${transferId ? ` transfer ${transferId}` : ""} ${result.kind ?? "?"}: ${result.counts.entries} entries, ${result.counts.stored} stored, ${result.counts.alreadyStored} already stored, ${result.counts.failed} failed${result.error ? `; ${result.error}` : ""}`.slice(0, 2000),
+    });
     return result;
   }
 
@@ -529,7 +551,7 @@ export class TransferService {
       const bySha = await transfers.findItemsBySha256(transferId, sha256);
       let result: IngestResult;
       if (bySha.length > 0) {
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source });
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source, bundleEntry: true });
         // bytes declared in the manifest but refused before their header was read (e.g. truncated on the sender's
         // disk): the item they were declared as is failed, with the reason, rather than left missing
         if (result.status === "failed" && !result.sopInstanceUID && bySha.length === 1) result = { ...result, sopInstanceUID: bySha[0]!.sopInstanceUID };
@@ -548,7 +570,7 @@ export class TransferService {
           };
         }
         // the pipeline refuses it: the bytes do not match the manifest hash
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source });
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source, bundleEntry: true });
         if (result.status === "failed") result = { ...result, sopInstanceUID: result.sopInstanceUID ?? header.sopInstanceUID };
       }
       await this.recordItem(transferId, result);
