@@ -28,7 +28,12 @@ function field(req: Request, name: string): string | undefined {
   const q = req.query[name];
   if (typeof q === "string" && q) return q;
   const h = req.headers[`x-document-${name.toLowerCase()}`];
-  return typeof h === "string" && h ? decodeURIComponent(h) : undefined;
+  if (typeof h !== "string" || !h) return undefined;
+  try {
+    return decodeURIComponent(h);
+  } catch {
+    throw new HttpError(400, `the X-Document-${name[0]!.toUpperCase()}${name.slice(1)} header is not valid percent-encoding (UTF-8, e.g. %E6%8A%A5%E5%91%8A)`);
+  }
 }
 
 const str = (ds: DicomJsonDataset, tag: string): string | undefined => {
