@@ -96,6 +96,17 @@ async function serve(args: string[]): Promise<number> {
         'Send it as "Authorization: Bearer <token>"; make narrower tokens with "dicom-relay token create".\n',
     );
   }
+  const access = relay.services.access;
+  if (config.auth.enabled && access && !relay.initialAdminToken) {
+    const now = new Date().toISOString();
+    const admins = (await access.tokens.list({ kind: "token" })).filter((t) => t.scopes.includes("admin") && !(t.expiresAt && t.expiresAt <= now));
+    if (!admins.length) {
+      process.stdout.write(
+        "No admin token is active on this relay. Make one offline, against the same data directory and configuration:\n" +
+          `  dicom-relay token create --scope admin${values.config ? ` --config ${values.config}` : ""}   (data dir ${config.dataDir})\n`,
+      );
+    }
+  }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
   if (relay.dimse) process.stdout.write(`DICOM node: AE ${config.dimse.aeTitle} on ${config.dimse.host}:${relay.dimsePort}${config.dimse.tls ? " (TLS)" : ""}\n`);
   await new Promise<void>((resolve) => {

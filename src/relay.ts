@@ -88,6 +88,8 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     server.listen(config.server.port, config.server.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  // only now: a start that failed to listen leaves no admin token behind that nobody was shown
+  const initialAdminToken = (await services.access?.createInitialAdminToken()) ?? null;
   let dimse: DimseServer | null = null;
   if (config.dimse.enabled) {
     dimse = new DimseServer({ ...services, audit: services.access?.audit, peerGrants: services.access?.peerGrants });
@@ -109,7 +111,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     dimsePort: dimse?.port ?? 0,
     services,
     server,
-    initialAdminToken: services.access?.initialAdminToken ?? null,
+    initialAdminToken,
     async close(graceMs = 0) {
       await dimse?.close();
       await new Promise<void>((resolve) => {

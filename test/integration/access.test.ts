@@ -396,3 +396,28 @@ describe("access control", () => {
     }
   });
 });
+
+describe("first start (issue 15)", () => {
+  it("a start that cannot listen (port taken) leaves no admin token; the next start creates and returns it", async () => {
+    const fs = await import("node:fs");
+    const os = await import("node:os");
+    const net = await import("node:net");
+    const { openAccessDb, accessDbPath } = await import("../../src/access/db.ts");
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-first-"));
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
+    const port = (blocker.address() as { port: number }).port;
+    try {
+      await expect(startTestRelay({ auth: { enabled: true }, server: { port } }, { dataDir })).rejects.toThrow(/EADDRINUSE/);
+      const db = openAccessDb(accessDbPath(dataDir));
+      expect((db.prepare("SELECT COUNT(*) AS n FROM tokens").get() as { n: number }).n).toBe(0);
+      db.close();
+      const relay = await startTestRelay({ auth: { enabled: true } }, { dataDir });
+      expect(relay.initialAdminToken).toMatch(/^drt_/);
+      await relay.dispose();
+    } finally {
+      blocker.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
