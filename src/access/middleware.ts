@@ -67,9 +67,29 @@ const ANONYMOUS: Principal = { kind: "anonymous", tokenId: null, scopes: new Set
 const principalOf = (res: Response): Principal | undefined => res.locals.principal as Principal | undefined;
 const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
 
-/** The request line as it may be logged: share tokens in the path reduced to their id. */
+/** query parameters that carry credentials, whatever their value looks like */
+const CREDENTIAL_PARAM = /^(access_token|token|auth|authorization|key|api_key|apikey|secret|password|sig|signature)$/i;
+
+/**
+ * The request line as it may be logged or audited: share tokens in the path reduced to their id, credentials in
+ * the query string (access_token and any token-like parameter or value) replaced.
+ */
 export function redactedUrl(url: string): string {
-  return url.replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
+  const q = url.indexOf("?");
+  const pathPart = (q < 0 ? url : url.slice(0, q)).replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
+  if (q < 0) return pathPart;
+  const query = url
+    .slice(q + 1)
+    .split("&")
+    .map((pair) => {
+      const eq = pair.indexOf("=");
+      const name = safeDecode(eq < 0 ? pair : pair.slice(0, eq));
+      const value = eq < 0 ? "" : safeDecode(pair.slice(eq + 1));
+      if (CREDENTIAL_PARAM.test(name) || /dr[ts]_[0-9a-f]{16}_/i.test(value)) return `${pair.slice(0, eq < 0 ? pair.length : eq)}=[redacted]`;
+      return pair;
+    })
+    .join("&");
+  return `${pathPart}?${query}`;
 }
 
 function safeDecode(s: string): string {
@@ -118,8 +138,8 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
   const authenticate: RequestHandler = async (req, res, next) => {
     if ((req.method === "GET" || req.method === "HEAD") && req.path === RECEIPT_KEY_PATH) return next();
     const share = SHARE_PATH.exec(req.path);
-    // share tokens ride in the URL: keep them out of every log line and error message
-    if (share) req.originalUrl = redactedUrl(req.originalUrl);
+    // share tokens ride in the URL, some clients put tokens in the query: keep them out of every log line and audit row
+    req.originalUrl = redactedUrl(req.originalUrl);
     const cert = clientCertificate(req);
     const note: AuditNote = { actor: "unauthenticated", certSubject: cert?.subject ?? null, action: "request" };
     res.locals.auditNote = note;

@@ -421,3 +421,24 @@ describe("first start (issue 15)", () => {
     }
   });
 });
+
+describe("credentials in URLs (issue 15)", () => {
+  it("a token sent in the query string is never written whole into the audit log", async () => {
+    const relay = await startTestRelay({ auth: { enabled: true } });
+    try {
+      const admin = relay.initialAdminToken!;
+      const secret = admin.slice(21);
+      await request(relay.url).get(`/dicom-web/studies?access_token=${encodeURIComponent(admin)}&limit=5`);
+      await request(relay.url).get(`/dicom-web/studies?foo=${encodeURIComponent(admin)}&token=abc`).set({ Authorization: `Bearer ${admin}` });
+      const rows = sqliteAccess(relay).db.prepare("SELECT route FROM audit WHERE route LIKE '/dicom-web/studies?%'").all() as { route: string }[];
+      expect(rows.length).toBe(2);
+      for (const r of rows) {
+        expect(r.route).not.toContain(secret);
+        expect(r.route).toMatch(/=\[redacted\]/);
+      }
+      expect(rows.map((r) => r.route).join(" ")).toContain("limit=5");
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
