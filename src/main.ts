@@ -85,6 +85,8 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
+  // files the relay writes (blobs, uploads, spool, databases) are its user's only
+  process.umask(0o077);
   const relay = await startRelay(config);
   const log = relay.services.log;
   log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");

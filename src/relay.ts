@@ -1,6 +1,7 @@
 /** Starts and stops a whole relay: services, HTTP server. Used by `dicom-relay serve` and by tests. */
 import http from "node:http";
 import https from "node:https";
+import fs from "node:fs";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
@@ -63,7 +64,24 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
   });
   forwarding.start();
+  privateDataDir(config, logger);
   return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding };
+}
+
+/**
+ * The data directory holds patient data (index, transfers, blobs, uploads, spool): only the relay's user may read
+ * it, as access.sqlite already was (directories 0700, the databases 0600). `serve` also sets umask 077.
+ */
+function privateDataDir(config: RelayConfig, log: Logger): void {
+  const dirs = [config.dataDir, config.storage.fs.root, config.transfers.uploadDir, spoolDir(config)];
+  const files = [config.index.sqlite.path, path.join(config.dataDir, "transfers.sqlite")].flatMap((f) => [f, `${f}-wal`, `${f}-shm`]);
+  for (const [p, mode] of [...dirs.map((d) => [d, 0o700] as const), ...files.map((f) => [f, 0o600] as const)]) {
+    try {
+      if (p !== ":memory:" && fs.existsSync(p)) fs.chmodSync(p, mode);
+    } catch (err) {
+      log.warn({ err, path: p }, "could not restrict the permissions of a data file");
+    }
+  }
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {

@@ -442,3 +442,17 @@ describe("credentials in URLs (issue 15)", () => {
     }
   });
 });
+
+describe("data directory permissions (issue 15)", () => {
+  it("the data directory and its stores are the relay user's only (dirs 0700, databases 0600)", async () => {
+    const fs = await import("node:fs");
+    const relay = await startTestRelay({ auth: { enabled: true } });
+    try {
+      const mode = (p: string) => fs.statSync(p).mode & 0o777;
+      for (const d of [relay.dataDir, path.join(relay.dataDir, "blobs"), path.join(relay.dataDir, "uploads"), path.join(relay.dataDir, "tmp")]) expect(mode(d), d).toBe(0o700);
+      for (const f of ["index.sqlite", "transfers.sqlite", "access.sqlite"]) expect(mode(path.join(relay.dataDir, f)), f).toBe(0o600);
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
