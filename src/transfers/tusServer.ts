@@ -109,6 +109,16 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     if (expiration <= 0) return 0;
     let removed = 0;
     const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
+    const infos = new Set(names.filter((n) => n.endsWith(".json")));
+    for (const name of names) {
+      // a data file whose info file went (deleted by hand, or by an old relay's DELETE of "<id>.json"): an orphan
+      if (name.endsWith(".json") || infos.has(`${name}.json`)) continue;
+      const st = await fsp.stat(path.join(this.directory, name)).catch(() => null);
+      if (!st?.isFile() || st.mtimeMs + expiration >= now || this.hooks.isProcessing(name)) continue;
+      await fsp.rm(path.join(this.directory, name), { force: true });
+      removed++;
+      this.log.info({ file: name, bytes: st.size }, "orphan tus data file (no info file) removed");
+    }
     for (const name of names) {
       if (!name.endsWith(".json")) continue;
       const id = name.slice(0, -".json".length);

@@ -456,3 +456,24 @@ describe("data directory permissions (issue 15)", () => {
     }
   });
 });
+
+describe("orphan tus data files (issue 15)", () => {
+  it("the expiry sweep removes a data file whose info file is gone, once it is older than the expiration", async () => {
+    const fs = await import("node:fs");
+    const relay = await startTestRelay({ transfers: { expirationSeconds: 60 } });
+    try {
+      const dir = relay.config.transfers.uploadDir;
+      const orphan = path.join(dir, "0123456789abcdef0123456789abcdef");
+      const young = path.join(dir, "fedcba9876543210fedcba9876543210");
+      fs.writeFileSync(orphan, "left behind");
+      fs.writeFileSync(young, "still recent");
+      const old = new Date(Date.now() - 3600_000);
+      fs.utimesSync(orphan, old, old);
+      await relay.services.transfers!.uploads.deleteExpired();
+      expect(fs.existsSync(orphan)).toBe(false);
+      expect(fs.existsSync(young)).toBe(true);
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
