@@ -9,7 +9,7 @@ import { dicomwebRouter } from "./dicomweb/router.ts";
 import type { Transfers } from "./transfers/index.ts";
 import { errorHandler, HttpError } from "./http/errors.ts";
 import type { AccessControl } from "./access/index.ts";
-import { callerOf, noteAudit } from "./access/middleware.ts";
+import { noteAudit } from "./access/middleware.ts";
 import { VERSION } from "./version.ts";
 import { documentsRouter } from "./documents/routes.ts";
 import type { ForwardingService } from "./forwarding/service.ts";
@@ -22,6 +22,8 @@ import type { DeidentifyService } from "./deidentify/service.ts";
 import { deidentifyRouter } from "./deidentify/routes.ts";
 import type { RetentionService } from "./retention/service.ts";
 import { retentionRouter } from "./retention/routes.ts";
+import { bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
+import { actorOf } from "./access/middleware.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -53,6 +55,21 @@ export function createApp(svc: RelayServices): Express {
   });
   app.set("trust proxy", false);
   app.set("query parser", "simple");
+  app.use(bodyIdleTimeout(svc.config.server.bodyIdleTimeoutSeconds, svc.log));
+  app.use(closeUnreadBodies);
+  const slots = new UploadSlots({
+    total: svc.config.server.maxConcurrentUploads,
+    perSender: svc.config.server.maxConcurrentUploadsPerToken,
+    retryAfterSeconds: Math.max(1, Math.ceil(svc.config.server.bodyIdleTimeoutSeconds)),
+  });
+  const senderOf = (res: Parameters<typeof actorOf>[0]) => actorOf(res);
+  const stowSlot = slots.guard((req) => req.method === "POST", senderOf);
+  const tusPath = svc.config.transfers.tusPath.toLowerCase();
+  const uploadSlot = slots.guard(
+    (req) => req.baseUrl.toLowerCase() === tusPath && (req.method === "PATCH" || (req.method === "POST" && declaresBody(req))),
+    senderOf,
+  );
+  const documentSlot = slots.guard((req) => req.method === "POST", senderOf);
 
   app.use((req, res, next) => {
     const started = process.hrtime.bigint();
@@ -103,7 +120,7 @@ export function createApp(svc: RelayServices): Express {
   // operational counters only, no patient data: the metrics (or admin) scope; metrics.port serves them without a token
   if (svc.metrics && svc.config.metrics.enabled) app.get("/metrics", ...(access ? [access.guards.metrics] : []), metricsHandler(svc.metrics));
   const dicomweb = dicomwebRouter(svc);
-  app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), dicomweb);
+  app.use(svc.config.dicomweb.root, ...(access ? [access.guards.dicomweb] : []), stowSlot, dicomweb);
   if (access) {
     app.use(`/share/:token${svc.config.dicomweb.root}`, access.guards.share, dicomweb);
     // anything else under /share: a plain 404 whose sentence does not repeat the token
@@ -115,8 +132,8 @@ export function createApp(svc: RelayServices): Express {
   if (svc.retention && access) app.use(retentionRouter({ service: svc.retention, admin: access.guards.admin }));
   if (svc.forwarding) app.use("/api/forwarding", ...(access ? [access.guards.admin] : []), forwardingRouter(svc.forwarding));
   // documents need upload scope (the transfers guard: upload or admin, plus the client certificate when required)
-  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access?.guards.transfers));
-  if (svc.transfers) app.use(svc.transfers.router(access ? { access: access.guards.transfers, admin: access.guards.admin, caller: callerOf, audit: (res, action) => noteAudit(res, { action }) } : {}));
+  app.use(documentsRouter({ index: svc.index, ingest: svc.ingest, tmpDir: spoolDir(svc.config), maxDocumentBytes: svc.config.ingest.maxDocumentBytes }, access ? { write: chain(access.guards.transfers, documentSlot), read: access.guards.read } : { write: documentSlot }));
+  if (svc.transfers) app.use(svc.transfers.router(access ? { access: chain(access.guards.transfers, uploadSlot), admin: access.guards.admin, audit: (res, action) => noteAudit(res, { action }) } : { access: uploadSlot }));
 
   app.use((req, _res, next) => next(new HttpError(404, `no route for ${req.method} ${req.path}`)));
   app.use(errorHandler(svc.log, svc.metrics));

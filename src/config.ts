@@ -60,6 +60,14 @@ export const configSchema = z
         publicUrl: z.string().url().or(z.literal("")),
         /** largest accepted HTTP header block, bytes */
         maxHeaderBytes: z.number().int().min(1024),
+        /** a request's headers must all arrive within this time, else the connection is closed */
+        headersTimeoutSeconds: z.number().min(0.5),
+        /** a request body that sends no byte this long ends its request (tus uploads keep what arrived) */
+        bodyIdleTimeoutSeconds: z.number().min(0.5),
+        /** uploads (STOW-RS, tus PATCH/POST with a body, documents) running at once; more get 503 + Retry-After */
+        maxConcurrentUploads: z.number().int().min(1),
+        /** the same, per token (or client certificate, or anonymous without auth) */
+        maxConcurrentUploadsPerToken: z.number().int().min(1),
       })
       .strict(),
     /** where the embedded defaults keep everything (blobs, SQLite, tus uploads, temp files) */
@@ -113,6 +121,8 @@ export const configSchema = z
         /** QIDO limit when the client gives none, and the most it may ask for */
         defaultLimit: z.number().int().min(1),
         maxLimit: z.number().int().min(1),
+        /** most distinct frames one WADO-RS frames request may name (a frame named twice is sent once) */
+        maxFramesPerRequest: z.number().int().min(1),
       })
       .strict(),
     admin: z
@@ -168,6 +178,8 @@ export const configSchema = z
             maxTotalBytes: z.number().int().min(1024),
             /** largest expanded/compressed ratio accepted (gzip / zip bomb guard) */
             maxCompressionRatio: z.number().min(1),
+            /** entries refused (not DICOM, damaged ...) before the whole bundle is refused */
+            maxFailedEntries: z.number().int().min(0),
           })
           .strict(),
       })
@@ -180,6 +192,8 @@ export const configSchema = z
         realm: z.string().regex(/^[A-Za-z0-9 ._-]+$/),
         /** lifetime of a share link when none is given: 90m, 12h, 7d ... */
         shareDefaultExpiry: z.string().regex(/^[1-9][0-9]*[smhd]$/),
+        /** live share links (viewer links included) one token may have minted; more are refused (429) */
+        maxShareLinksPerToken: z.number().int().min(1),
       })
       .strict(),
     tls: z
@@ -356,7 +370,16 @@ export const spoolDir = (config: Pick<RelayConfig, "dataDir">): string => path.j
 
 export function defaultConfig(): RelayConfig {
   return {
-    server: { host: "127.0.0.1", port: 8042, publicUrl: "", maxHeaderBytes: 16 * 1024 },
+    server: {
+      host: "127.0.0.1",
+      port: 8042,
+      publicUrl: "",
+      maxHeaderBytes: 16 * 1024,
+      headersTimeoutSeconds: 30,
+      bodyIdleTimeoutSeconds: 60,
+      maxConcurrentUploads: 64,
+      maxConcurrentUploadsPerToken: 16,
+    },
     dataDir: "./data",
     log: { level: "info" },
     storage: {
@@ -382,7 +405,7 @@ export function defaultConfig(): RelayConfig {
       bulkDataThreshold: 1024,
       maxDocumentBytes: 100 * 1024 * 1024,
     },
-    dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000 },
+    dicomweb: { root: "/dicom-web", defaultLimit: 1000, maxLimit: 10000, maxFramesPerRequest: 1000 },
     admin: { enableDelete: true },
     transfers: {
       tusPath: "/api/uploads",
@@ -395,9 +418,9 @@ export function defaultConfig(): RelayConfig {
       finishWaitSeconds: 60,
       maxManifestInstances: 100_000,
       receiptKeyPath: "",
-      bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
+      bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200, maxFailedEntries: 200 },
     },
-    auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d" },
+    auth: { enabled: true, realm: "dicom-relay", shareDefaultExpiry: "7d", maxShareLinksPerToken: 200 },
     tls: {
       enabled: false,
       pkiDir: "",

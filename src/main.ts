@@ -109,6 +109,8 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
+  // files the relay writes (blobs, uploads, spool, databases) are its user's only
+  process.umask(0o077);
   // human lines on standard output, log lines on standard error: JSON for collectors, readable on a terminal
   const log = createLogger(config.log.level, process.stderr.isTTY ? terminalLogStream(process.stderr) : pino.destination({ fd: 2, sync: true }));
   let relay;
@@ -133,6 +135,17 @@ async function serve(args: string[]): Promise<number> {
         `Admin token: ${relay.initialAdminToken}\n` +
         'Send it as "Authorization: Bearer <token>"; make narrower tokens with "dicom-relay token create".\n',
     );
+  }
+  const access = relay.services.access;
+  if (config.auth.enabled && access && !relay.initialAdminToken) {
+    const now = new Date().toISOString();
+    const admins = (await access.tokens.list({ kind: "token" })).filter((t) => t.scopes.includes("admin") && !(t.expiresAt && t.expiresAt <= now));
+    if (!admins.length) {
+      process.stdout.write(
+        "No admin token is active on this relay. Make one offline, against the same data directory and configuration:\n" +
+          `  dicom-relay token create --scope admin${values.config ? ` --config ${values.config}` : ""}   (data dir ${config.dataDir})\n`,
+      );
+    }
   }
   process.stdout.write(`dicom-relay is listening. DICOMweb root: ${relay.dicomwebUrl}\n`);
   if (config.console.enabled) process.stdout.write(`Web console: ${relay.url}${config.console.path}/\n`);

@@ -1,6 +1,7 @@
 /** Starts and stops a whole relay: services, HTTP server. Used by `dicom-relay serve` and by tests. */
 import http from "node:http";
 import https from "node:https";
+import fs from "node:fs";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
@@ -79,6 +80,7 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     index,
     store,
     ingest: audited,
+    audit: access.audit,
     onComplete: (id, items) => forwarding.enqueueTransfer(id, items),
     onRetention: (study, policy) => retention.setPolicy(study, policy),
   });
@@ -90,7 +92,24 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
     storageDir: config.storage.kind === "fs" ? config.storage.fs.root : null,
   });
   const deidentify = new DeidentifyService({ index, store, ingest: audited, log: logger, dataDir: config.dataDir, maxHeaderBytes: config.ingest.maxHeaderBytes });
+  privateDataDir(config, logger);
   return { config, log: logger, index, store, ingest: audited, transfers, access, forwarding, metrics, deidentify, retention };
+}
+
+/**
+ * The data directory holds patient data (index, transfers, blobs, uploads, spool): only the relay's user may read
+ * it, as access.sqlite already was (directories 0700, the databases 0600). `serve` also sets umask 077.
+ */
+function privateDataDir(config: RelayConfig, log: Logger): void {
+  const dirs = [config.dataDir, config.storage.fs.root, config.transfers.uploadDir, spoolDir(config)];
+  const files = [config.index.sqlite.path, path.join(config.dataDir, "transfers.sqlite")].flatMap((f) => [f, `${f}-wal`, `${f}-shm`]);
+  for (const [p, mode] of [...dirs.map((d) => [d, 0o700] as const), ...files.map((f) => [f, 0o600] as const)]) {
+    try {
+      if (p !== ":memory:" && fs.existsSync(p)) fs.chmodSync(p, mode);
+    } catch (err) {
+      log.warn({ err, path: p }, "could not restrict the permissions of a data file");
+    }
+  }
 }
 
 export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {}): Promise<RunningRelay> {
@@ -100,12 +119,17 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
   checkDataDir(config);
   const services = await buildServices(config, opts.log);
   const app = createApp(services);
-  const server = tls
-    ? https.createServer({ ...tls, maxHeaderSize: config.server.maxHeaderBytes }, app)
-    : http.createServer({ maxHeaderSize: config.server.maxHeaderBytes }, app);
-  // uploads over slow cross-border links take long: no whole-request deadline, but headers must come quickly
-  server.requestTimeout = 0;
-  server.headersTimeout = 60_000;
+  const headersTimeout = Math.round(config.server.headersTimeoutSeconds * 1000);
+  const serverOptions = {
+    maxHeaderSize: config.server.maxHeaderBytes,
+    headersTimeout,
+    // uploads over slow cross-border links take long: no whole-request deadline; silent bodies end by the body
+    // idle timeout (src/http/uploadLimits.ts), slow headers by headersTimeout
+    requestTimeout: 0,
+    // how often Node looks for connections past headersTimeout (its default, 30 s, would let them live that much longer)
+    connectionsCheckingInterval: Math.max(250, Math.min(headersTimeout / 4, 30_000)),
+  };
+  const server = tls ? https.createServer({ ...tls, ...serverOptions }, app) : http.createServer(serverOptions, app);
   server.keepAliveTimeout = 65_000;
   try {
     await new Promise<void>((resolve, reject) => {
@@ -120,6 +144,8 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     throw listenError(err, config.server.host, config.server.port, "server.port", "server.host") ?? err;
   }
   const port = (server.address() as AddressInfo).port;
+  // only now: a start that failed to listen leaves no admin token behind that nobody was shown
+  const initialAdminToken = (await services.access?.createInitialAdminToken()) ?? null;
   let dimse: DimseServer | null = null;
   if (config.dimse.enabled) {
     dimse = new DimseServer({ ...services, audit: services.access?.audit, peerGrants: services.access?.peerGrants });
@@ -152,7 +178,7 @@ export async function startRelay(config: RelayConfig, opts: { log?: Logger } = {
     metricsPort: metricsListener?.port ?? 0,
     services,
     server,
-    initialAdminToken: services.access?.initialAdminToken ?? null,
+    initialAdminToken,
     async close(graceMs = 0) {
       await dimse?.close();
       if (metricsListener) {

@@ -16,7 +16,7 @@ import type { RelayConfig } from "../config.ts";
 import { HttpError } from "../http/errors.ts";
 import { auditTime, type AuditTrail, type AuditQuery } from "./audit.ts";
 import { actorOf, noteAudit } from "./middleware.ts";
-import { expiryFrom, TokenError, type TokenInfo, type TokenRegistry } from "./tokens.ts";
+import { checkShareQuota, expiryFrom, ShareQuotaError, TokenError, type TokenInfo, type TokenRegistry } from "./tokens.ts";
 import type { PeerGrants } from "./peerGrants.ts";
 
 /** The DICOMweb root URL a share link opens. */
@@ -43,6 +43,15 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenRegistry; 
     if (v === undefined || v === null) return undefined;
     if (typeof v !== "string") throw new HttpError(400, `${name} must be a string`);
     return v;
+  };
+  /** 429 beyond auth.maxShareLinksPerToken live links of this maker */
+  const quota = async (maker: string) => {
+    try {
+      await checkShareQuota(tokens, maker, config.auth.maxShareLinksPerToken);
+    } catch (err) {
+      if (err instanceof ShareQuotaError) throw new HttpError(429, err.message);
+      throw err;
+    }
   };
   const tokenErrors = async <T>(f: () => T | Promise<T>): Promise<T> => {
     try {
@@ -92,6 +101,7 @@ export function adminRouter(deps: { config: RelayConfig; tokens: TokenRegistry; 
     const studies = Array.isArray(b.studies) ? b.studies.map(String) : typeof b.studies === "string" ? b.studies.split(",") : undefined;
     if (!studies) throw new HttpError(400, 'give the studies to share, e.g. {"studies": ["1.2.840..."], "expires": "7d"}');
     const expires = str(b.expires, "expires") ?? config.auth.shareDefaultExpiry;
+    await quota(actorOf(res));
     const created = await tokenErrors(() =>
       tokens.createShare({ studies, label: str(b.label, "label"), expiresAt: expiryFrom(expires), createdBy: actorOf(res) }),
     );

@@ -204,6 +204,8 @@ export const auditContext = new AsyncLocalStorage<AuditContext>();
  */
 export function auditingIngestor(inner: Ingestor, audit: Pick<AuditTrail, "record">): Ingestor {
   return observingIngestor(inner, (result: IngestResult, opts?: IngestOptions) => {
+    // a bundle's refused or already-held entries: one audit row per ingested upload carries their counts
+    if (opts?.bundleEntry && result.status !== "stored" && result.status !== "replaced") return;
     const ctx = auditContext.getStore();
     audit.record({
       actor: ctx?.actor ?? "system",

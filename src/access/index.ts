@@ -31,6 +31,11 @@ export interface AccessControl<T extends TokenRegistry = TokenRegistry, A extend
   adminRouter(): Router;
   /** the admin token created at this start (first run only); shown once by the caller, stored nowhere in clear */
   initialAdminToken: string | null;
+  /**
+   * First run (no token ever made, auth enabled): make the admin token now. Called by startRelay once the listener
+   * is up, so a start that fails (port taken) leaves no token nobody saw.
+   */
+  createInitialAdminToken(): Promise<string | null>;
   close(): void | Promise<void>;
 }
 
@@ -46,9 +51,10 @@ export async function openAccess(deps: { config: RelayConfig; log: Logger; index
   const tokens = new PostgresTokenStore(pool);
   const audit = new PostgresAuditLog(pool, auditErrorLogger(log));
   // nodes starting together on an empty database: exactly one makes (and prints) the initial token
-  const created = config.auth.enabled ? await tokens.createInitial(INITIAL_TOKEN) : null;
+  const created = null;
+  const makeInitial = async () => (config.auth.enabled ? await tokens.createInitial(INITIAL_TOKEN) : null);
   const localDb = openAccessDb(accessDbPath(config.dataDir));
-  return assemble({ config, log, db: null, tokens, audit, peerGrants: new PeerGrants(localDb), created }, async () => {
+  return assemble({ config, log, db: null, tokens, audit, peerGrants: new PeerGrants(localDb), created, makeInitial }, async () => {
     // the pool belongs to the index; pending audit rows are written first
     await audit.flush();
     localDb.close();
@@ -60,8 +66,9 @@ export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessC
   const db = openAccessDb(accessDbPath(config.dataDir));
   const tokens = new TokenStore(db);
   const audit = new AuditLog(db, auditErrorLogger(log));
-  const created = config.auth.enabled && tokens.count() === 0 ? tokens.create(INITIAL_TOKEN) : null;
-  return assemble({ config, log, db, tokens, audit, peerGrants: new PeerGrants(db), created }, () => {
+  const created = null;
+  const makeInitial = async () => (config.auth.enabled && tokens.count() === 0 ? tokens.create(INITIAL_TOKEN) : null);
+  return assemble({ config, log, db, tokens, audit, peerGrants: new PeerGrants(db), created, makeInitial }, () => {
     db.close();
   });
 }
@@ -74,29 +81,35 @@ const auditErrorLogger = (log: Logger) => (err: unknown, entry: { action: string
 
 /** The parts both kinds of store share: the warning, the initial token's audit row, guards, admin routes. */
 function assemble<T extends TokenRegistry, A extends AuditTrail>(
-  parts: { config: RelayConfig; log: Logger; db: AccessDb | null; tokens: T; audit: A; peerGrants: PeerGrants; created: { token: string; info: TokenInfo } | null },
+  parts: { config: RelayConfig; log: Logger; db: AccessDb | null; tokens: T; audit: A; peerGrants: PeerGrants; created: { token: string; info: TokenInfo } | null; makeInitial: () => Promise<{ token: string; info: TokenInfo } | null> },
   close: () => void | Promise<void>,
 ): AccessControl<T, A> {
-  const { config, log, db, tokens, audit, peerGrants, created } = parts;
+  const { config, log, db, tokens, audit, peerGrants, makeInitial } = parts;
   if (!config.auth.enabled) {
     log.warn("authentication is DISABLED (auth.enabled=false): anyone who can reach this relay can read, store and delete studies");
   }
-  if (created) {
-    audit.record({ actor: "system", action: "token.create", outcome: "success", detail: `created initial admin token ${created.info.id} scopes ${created.info.scopes.join(",")}` });
-    log.info({ tokenId: created.info.id }, "first start: created the initial admin token (printed once on standard output)");
-  }
+
   const revoked = config.tls.requireClientCertForUpload ? new RevocationList(config.tls.revokedFile) : null;
   const guards = accessGuards({ config, log, tokens, audit, revoked });
-  return {
+  const control: AccessControl<T, A> = {
     db,
     tokens,
     peerGrants,
     audit,
     guards,
     adminRouter: () => adminRouter({ config, tokens, audit, peerGrants }),
-    initialAdminToken: created?.token ?? null,
+    initialAdminToken: null,
+    async createInitialAdminToken() {
+      const created = await makeInitial();
+      if (!created) return null;
+      audit.record({ actor: "system", action: "token.create", outcome: "success", detail: `created initial admin token ${created.info.id} scopes ${created.info.scopes.join(",")}` });
+      log.info({ tokenId: created.info.id }, "first start: created the initial admin token (printed once on standard output)");
+      control.initialAdminToken = created.token;
+      return created.token;
+    },
     close,
   };
+  return control;
 }
 
 /**

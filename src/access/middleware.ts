@@ -15,8 +15,9 @@ import { FULL_ACCESS, type AccessScope } from "../dicomweb/context.ts";
 import { HttpError } from "../http/errors.ts";
 import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
 import { auditContext, type AuditTrail } from "./audit.ts";
-import { redactToken, type Scope, type TokenRegistry } from "./tokens.ts";
+import { redactToken, verifyToken, type Scope, type TokenRegistry } from "./tokens.ts";
 import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
+import type { Sender } from "./sender.ts";
 
 export interface Principal {
   kind: "token" | "share" | "anonymous";
@@ -50,6 +51,8 @@ export interface AccessGuards {
   admin: RequestHandler;
   /** GET /metrics: metrics or admin scope */
   metrics: RequestHandler;
+  /** reading routes outside DICOMweb (a study's documents): read scope */
+  read: RequestHandler;
 }
 
 export interface GuardDeps {
@@ -66,9 +69,29 @@ const ANONYMOUS: Principal = { kind: "anonymous", tokenId: null, scopes: new Set
 const principalOf = (res: Response): Principal | undefined => res.locals.principal as Principal | undefined;
 const noteOf = (res: Response): AuditNote => res.locals.auditNote as AuditNote;
 
-/** The request line as it may be logged: share tokens in the path reduced to their id. */
+/** query parameters that carry credentials, whatever their value looks like */
+const CREDENTIAL_PARAM = /^(access_token|token|auth|authorization|key|api_key|apikey|secret|password|sig|signature)$/i;
+
+/**
+ * The request line as it may be logged or audited: share tokens in the path reduced to their id, credentials in
+ * the query string (access_token and any token-like parameter or value) replaced.
+ */
 export function redactedUrl(url: string): string {
-  return url.replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
+  const q = url.indexOf("?");
+  const pathPart = (q < 0 ? url : url.slice(0, q)).replace(/^\/share\/([^/?]*)/i, (_all, t: string) => `/share/${redactToken(safeDecode(t))}`);
+  if (q < 0) return pathPart;
+  const query = url
+    .slice(q + 1)
+    .split("&")
+    .map((pair) => {
+      const eq = pair.indexOf("=");
+      const name = safeDecode(eq < 0 ? pair : pair.slice(0, eq));
+      const value = eq < 0 ? "" : safeDecode(pair.slice(eq + 1));
+      if (CREDENTIAL_PARAM.test(name) || /dr[ts]_[0-9a-f]{16}_/i.test(value)) return `${pair.slice(0, eq < 0 ? pair.length : eq)}=[redacted]`;
+      return pair;
+    })
+    .join("&");
+  return `${pathPart}?${query}`;
 }
 
 function safeDecode(s: string): string {
@@ -117,8 +140,8 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
   const authenticate: RequestHandler = async (req, res, next) => {
     if ((req.method === "GET" || req.method === "HEAD") && req.path === RECEIPT_KEY_PATH) return next();
     const share = SHARE_PATH.exec(req.path);
-    // share tokens ride in the URL: keep them out of every log line and error message
-    if (share) req.originalUrl = redactedUrl(req.originalUrl);
+    // share tokens ride in the URL, some clients put tokens in the query: keep them out of every log line and audit row
+    req.originalUrl = redactedUrl(req.originalUrl);
     const cert = clientCertificate(req);
     const note: AuditNote = { actor: "unauthenticated", certSubject: cert?.subject ?? null, action: "request" };
     res.locals.auditNote = note;
@@ -161,7 +184,7 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       presented = m[1]!;
     }
     if (presented !== null) {
-      const check = await tokens.verify(presented);
+      const check = await verifyToken(tokens, presented);
       if (!check.ok) {
         note.actor = check.tokenId ?? "unauthenticated";
         const what = share ? "share link" : "token";
@@ -208,6 +231,12 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
         ? FULL_ACCESS
         : { allowedStudies: p.studies, canStore: p.kind === "token" && p.scopes.has("upload"), canDelete: p.kind === "token" && p.scopes.has("admin") };
     res.locals.access = access;
+    const cert = note.certSubject ? `cert:${note.certSubject}` : null;
+    res.locals.sender = (
+      p.kind === "anonymous"
+        ? { owner: cert ?? "anonymous", admin: cert === null }
+        : { owner: p.tokenId ?? cert ?? "anonymous", admin: p.kind === "token" && p.scopes.has("admin") }
+    ) satisfies Sender;
     next();
   };
 
@@ -237,6 +266,12 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
       const note = noteOf(res);
       if (id && note) note.detail = `${tus ? "upload" : "transfer"} ${safeDecode(id).slice(0, 100)}`;
       authorize(req, res, next, ["upload", "admin"], tus ? "tus.upload" : "transfer");
+    },
+    read: (req, res, next) => {
+      const study = /^\/api\/studies\/([^/]+)/i.exec(req.path)?.[1];
+      const note = noteOf(res);
+      if (note && study) note.studyInstanceUID = safeDecode(study).slice(0, 64);
+      authorize(req, res, next, ["read"], "documents.read");
     },
     admin: (req, res, next) => {
       const current = noteOf(res)?.action;

@@ -100,6 +100,44 @@ export interface TokenRegistry {
   verify(token: string, now?: Date): TokenCheck | Promise<TokenCheck>;
 }
 
+/** A token id (16 hex digits): what created_by holds for links minted through the API or the console. */
+const TOKEN_ID = /^[0-9a-f]{16}$/;
+
+/**
+ * verify, plus: a share link lives only as long as the token that minted it. Revoking (or the expiry of) the
+ * minting token ends its links at their next request. Links minted by the CLI or the system have no maker token.
+ */
+export async function verifyToken(tokens: TokenRegistry, presented: string, now = new Date()): Promise<TokenCheck> {
+  const check = await tokens.verify(presented, now);
+  if (!check.ok || check.token.kind !== "share" || !TOKEN_ID.test(check.token.createdBy)) return check;
+  const maker = await tokens.get(check.token.createdBy);
+  const makerGone = !maker ? "no longer exists" : maker.revokedAt ? `was revoked at ${maker.revokedAt}` : maker.expiresAt && maker.expiresAt <= now.toISOString() ? `expired at ${maker.expiresAt}` : null;
+  if (!makerGone) return check;
+  return { ok: false, reason: "revoked", tokenId: check.token.id, message: `the token was made by token ${check.token.createdBy}, which ${makerGone}; a link ends with the token that made it` };
+}
+
+/** Live (unrevoked, unexpired) share links minted by this token. */
+export async function liveSharesOf(tokens: TokenRegistry, maker: string, now = new Date()): Promise<number> {
+  const all = await tokens.list({ kind: "share" });
+  return all.filter((t) => t.createdBy === maker && !t.revokedAt && !(t.expiresAt && t.expiresAt <= now.toISOString())).length;
+}
+
+/** Refuse a new link beyond auth.maxShareLinksPerToken live links of its maker (TokenError with a sentence). */
+export async function checkShareQuota(tokens: TokenRegistry, maker: string, max: number): Promise<void> {
+  if (!TOKEN_ID.test(maker)) return;
+  const live = await liveSharesOf(tokens, maker);
+  if (live >= max) {
+    throw new ShareQuotaError(`this token already has ${live} live share links, the most one token may have (auth.maxShareLinksPerToken = ${max}); revoke some (DELETE /api/admin/shares/{id}) or wait for them to expire`);
+  }
+}
+
+export class ShareQuotaError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ShareQuotaError";
+  }
+}
+
 /** A new token of this kind: its id and the whole string (shown once; only hashToken(token) is kept). */
 export function newToken(kind: TokenKind): { id: string; token: string } {
   const id = crypto.randomBytes(8).toString("hex");

@@ -13,7 +13,7 @@ import type { RelayConfig } from "../config.ts";
 import type { AccessControl } from "../access/index.ts";
 import type { Index } from "../catalog/index.ts";
 import { actorOf, noteAudit, type Principal } from "../access/middleware.ts";
-import { expiryFrom } from "../access/tokens.ts";
+import { checkShareQuota, expiryFrom, ShareQuotaError } from "../access/tokens.ts";
 import { isValidUid } from "../dicom/uids.ts";
 import { HttpError } from "../http/errors.ts";
 
@@ -118,6 +118,12 @@ export function consoleApiRouter(deps: { config: RelayConfig; access: AccessCont
     if (typeof study !== "string" || !isValidUid(study)) throw new HttpError(400, "studyInstanceUID must be a DICOM UID (digits and dots)");
     noteAudit(res, { studyInstanceUID: study });
     if (!(await studyExists(index, study))) throw new HttpError(404, `no study ${study} on this relay`);
+    try {
+      await checkShareQuota(access.tokens, actorOf(res), config.auth.maxShareLinksPerToken);
+    } catch (err) {
+      if (err instanceof ShareQuotaError) throw new HttpError(429, err.message);
+      throw err;
+    }
     const created = await access.tokens.createShare({
       studies: [study],
       label: `viewer link (console) for ${actorOf(res)}`,

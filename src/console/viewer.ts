@@ -12,6 +12,7 @@ import express, { Router, type Request, type Response } from "express";
 import type { RelayConfig } from "../config.ts";
 import type { AccessControl } from "../access/index.ts";
 import { redactedUrl } from "../access/middleware.ts";
+import { verifyToken } from "../access/tokens.ts";
 import { ohifAppConfigScript, publicPathPatch, replaceStream, rewriteOhifIndex, OhifBuildError } from "./ohif.ts";
 
 const NOT_INSTALLED = (dir: string) =>
@@ -102,7 +103,7 @@ export function shareViewerRouter(deps: { config: RelayConfig; access: AccessCon
   const checkLink = async (req: Request, res: Response, action: string): Promise<{ token: string; studies: string[] } | null> => {
     const token = String(req.params.token);
     req.originalUrl = redactedUrl(req.originalUrl);
-    const check = await access.tokens.verify(token);
+    const check = await verifyToken(access.tokens, token);
     const ok = check.ok && check.token.kind === "share";
     access.audit.record({
       actor: check.ok ? check.token.id : (check.tokenId ?? "unauthenticated"),

@@ -170,7 +170,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
   // ---- frames ----
   r.get("/studies/:study/series/:series/instances/:instance/frames/:frames", async (req, res) => {
     const scope = scopeOf(req, res);
-    const numbers = parseFrameList(String(req.params.frames));
+    const numbers = parseFrameList(String(req.params.frames), svc.config.dicomweb.maxFramesPerRequest);
     const [inst] = await instancesOrNotFound(svc, scope);
     const px = inst!.pixelData;
     if (!px) throw new HttpError(404, `instance ${scope.sopInstanceUID} has no pixel data, so it has no frames`);
@@ -277,13 +277,26 @@ function bulkMediaType(inst: InstanceLocation, tag: string): string {
   return "application/octet-stream";
 }
 
-/** "1,3,5" -> [1,3,5]; 1-based, positive, at most 10,000 entries. */
-export function parseFrameList(raw: string): number[] {
-  const parts = decodeURIComponent(raw).split(",").map((s) => s.trim());
-  if (!parts.length || parts.length > 10_000 || parts.some((p) => !/^[1-9][0-9]{0,8}$/.test(p))) {
+/**
+ * "1,3,5" -> [1,3,5]; 1-based, positive. A frame asked for twice is sent once (1,1,1,... must not multiply the
+ * answer); more than `max` distinct frames is refused (dicomweb.maxFramesPerRequest).
+ */
+export function parseFrameList(raw: string, max = 1000): number[] {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(raw);
+  } catch {
+    decoded = "";
+  }
+  const parts = decoded.split(",").map((s) => s.trim());
+  if (!decoded || parts.some((p) => !/^[1-9][0-9]{0,8}$/.test(p))) {
     throw new HttpError(400, `"${raw.slice(0, 80)}" is not a frame list: give 1-based frame numbers separated by commas, e.g. 1,3,5`);
   }
-  return parts.map(Number);
+  const frames = [...new Set(parts.map(Number))];
+  if (frames.length > max) {
+    throw new HttpError(400, `the request asks for ${frames.length} different frames; the relay answers at most ${max} in one request (dicomweb.maxFramesPerRequest): ask in several requests`);
+  }
+  return frames;
 }
 
 const TS_ELE = "1.2.840.10008.1.2.1";

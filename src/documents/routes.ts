@@ -1,7 +1,8 @@
 /** /api/studies/{study}/documents and /completeness: attach reports to a study, list them, show what is missing. */
 import fsp from "node:fs/promises";
 import { Readable } from "node:stream";
-import express, { type Request, type RequestHandler, type Router } from "express";
+import express, { type Request, type RequestHandler, type Response, type Router } from "express";
+import { accessOf } from "../dicomweb/context.ts";
 import type { Index } from "../catalog/index.ts";
 import type { IngestResult, Ingestor } from "../ingest/types.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
@@ -21,8 +22,8 @@ export interface DocumentDeps {
 }
 
 /** The rest of the body is read and discarded (bounded) so the sender sees the 413, not a reset connection. */
-const tooLarge = (req: Request, max: number) => {
-  discardRestOfBody(req);
+const tooLarge = (req: Request, res: Response, max: number) => {
+  discardRestOfBody(req, res);
   return new HttpError(413, `the document is larger than the relay accepts for documents (${max} bytes)`);
 };
 
@@ -30,7 +31,12 @@ function field(req: Request, name: string): string | undefined {
   const q = req.query[name];
   if (typeof q === "string" && q) return q;
   const h = req.headers[`x-document-${name.toLowerCase()}`];
-  return typeof h === "string" && h ? decodeURIComponent(h) : undefined;
+  if (typeof h !== "string" || !h) return undefined;
+  try {
+    return decodeURIComponent(h);
+  } catch {
+    throw new HttpError(400, `the X-Document-${name[0]!.toUpperCase()}${name.slice(1)} header is not valid percent-encoding (UTF-8, e.g. %E6%8A%A5%E5%91%8A)`);
+  }
 }
 
 const str = (ds: DicomJsonDataset, tag: string): string | undefined => {
@@ -66,10 +72,20 @@ async function listDocuments(index: Index, study: string): Promise<DocumentEntry
   return out;
 }
 
-export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Router {
+/**
+ * guard.write: attaching (upload scope); guard.read: listing (read scope; a share link only for its studies).
+ * Without guards (no access control) both are open.
+ */
+export function documentsRouter(deps: DocumentDeps, guard: { write?: RequestHandler; read?: RequestHandler } = {}): Router {
   const router = express.Router();
   const max = deps.maxDocumentBytes;
-  const guards = guard ? [guard] : [];
+  const guards = guard.write ? [guard.write] : [];
+  const readGuards = guard.read ? [guard.read] : [];
+  /** a credential limited to some studies (a share link) sees no other: 404 as for a study not here */
+  const readable = (res: Response, study: string) => {
+    const allowed = accessOf(res).allowedStudies;
+    return !allowed || allowed.includes(study);
+  };
 
   router.post("/api/studies/:study/documents", ...guards, async (req, res) => {
     const study = String(req.params.study);
@@ -94,12 +110,12 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
       }
       translationOfClassUID = original.sopClassUID;
     }
-    if (Number(req.headers["content-length"] ?? "0") > max) throw tooLarge(req, max);
+    if (Number(req.headers["content-length"] ?? "0") > max) throw tooLarge(req, res, max);
     let doc;
     try {
       doc = await spoolDocument(req, deps.tmpDir, max);
     } catch (err) {
-      if (err instanceof DocumentTooLarge) throw tooLarge(req, max);
+      if (err instanceof DocumentTooLarge) throw tooLarge(req, res, max);
       throw err;
     }
     const pixelPath = doc.path.replace(/\.document\.spool$/, ".pixels.spool");
@@ -114,7 +130,8 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
         const stored = row ? documentEntry(JSON.parse(row) as DicomJsonDataset, kind) : undefined;
         res.status(200).json({
           status: "already-stored", studyInstanceUID: study, seriesInstanceUID: held.seriesInstanceUID, sopInstanceUID: held.sopInstanceUID,
-          sopClassUID: held.sopClassUID, sha256: held.sha256, size: held.size, contentType: detectContent(doc.head),
+          // no sha256: the stored wrapper's hash is not the sender's to learn (docs/security.md)
+          sopClassUID: held.sopClassUID, size: held.size, contentType: detectContent(doc.head),
           kind, title: stored?.title ?? title, language: stored?.language ?? language, original: stored?.original ?? !translationOf,
           ...(stored?.translationOf ? { translationOf: stored.translationOf } : {}),
         });
@@ -134,21 +151,22 @@ export function documentsRouter(deps: DocumentDeps, guard?: RequestHandler): Rou
         if (result.retryable) res.set("Retry-After", "10");
         throw new HttpError(result.retryable ? 503 : 422, result.message);
       }
-      res.status(result.status === "stored" ? 201 : 200).json({ ...result, kind, title, language, contentType: wrapper.contentType, original: !translationOf, ...(translationOf ? { translationOf } : {}) });
+      const { sha256: _stored, ...shown } = result;
+      res.status(result.status === "stored" ? 201 : 200).json({ ...shown, kind, title, language, contentType: wrapper.contentType, original: !translationOf, ...(translationOf ? { translationOf } : {}) });
     } finally {
       await fsp.rm(doc.path, { force: true });
       await fsp.rm(pixelPath, { force: true });
     }
   });
 
-  router.get("/api/studies/:study/documents", ...guards, async (req, res) => {
-    const docs = await listDocuments(deps.index, String(req.params.study));
+  router.get("/api/studies/:study/documents", ...readGuards, async (req, res) => {
+    const docs = readable(res, String(req.params.study)) ? await listDocuments(deps.index, String(req.params.study)) : null;
     if (!docs) throw new HttpError(404, `study ${req.params.study} is not on this relay`);
     res.json({ studyInstanceUID: req.params.study, documents: docs });
   });
 
-  router.get("/api/studies/:study/completeness", ...guards, async (req, res) => {
-    const docs = await listDocuments(deps.index, String(req.params.study));
+  router.get("/api/studies/:study/completeness", ...readGuards, async (req, res) => {
+    const docs = readable(res, String(req.params.study)) ? await listDocuments(deps.index, String(req.params.study)) : null;
     if (!docs) throw new HttpError(404, `study ${req.params.study} is not on this relay`);
     // counts only what was attached: no clinical interpretation
     const kinds = Object.keys(DOCUMENT_KINDS).map((kind) => {

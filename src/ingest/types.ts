@@ -40,6 +40,11 @@ export interface IngestOptions {
   expectedSha256?: string;
   /** a label for logs and audit (e.g. "stow", "tus", "bundle:IM0001") */
   source?: string;
+  /**
+   * an entry of a bundle: only instances stored (or replaced) get their own audit row; refused and already-held
+   * entries are counted in the bundle's one row (a bundle of 100,000 junk entries must not write 100,000 rows)
+   */
+  bundleEntry?: boolean;
 }
 
 /** An instance's bytes landed in a local spool file, hashed and counted; not yet parsed or stored. */

@@ -38,6 +38,7 @@ export async function startTransfers(deps: {
   onComplete?: TransferServiceDeps["onComplete"];
   /** a manifest named a retention policy for its studies */
   onRetention?: TransferServiceDeps["onRetention"];
+  audit?: TransferServiceDeps["audit"];
 }): Promise<Transfers> {
   const { config } = deps;
   let transfers: TransferStore;

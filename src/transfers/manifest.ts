@@ -93,7 +93,8 @@ export function initialItems(manifest: Manifest, held: Map<string, HeldInstance>
       seriesInstanceUID: m.seriesInstanceUID ?? null,
       state: have && !conflict ? "present" : "missing",
       // a conflict is not a failure yet: with conflict policy "replace" the upload will succeed
-      reason: conflict ? `the relay already holds SOPInstanceUID ${m.sopInstanceUID} with different bytes (SHA-256 ${have.sha256})` : null,
+      // never the stored hash: a sender who learnt it could declare it and have the instance counted as already held
+      reason: conflict ? `the relay already holds SOPInstanceUID ${m.sopInstanceUID} with different bytes than the manifest declares` : null,
       failureCode: null,
       updatedAt: now,
     };

@@ -34,7 +34,7 @@ export class PostgresTransferStore implements TransferStore {
     // the pool belongs to the index, which closes it
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void> {
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy: string | null }, items: TransferItem[]): Promise<void> {
     await inTransaction(this.pool, async (client) => {
       await client.query("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES ($1, $2, $3, $4, 'open')", [t.id, t.label, t.createdAt, t.createdBy ?? null]);
       for (let start = 0; start < items.length; start += BATCH) {

@@ -10,6 +10,11 @@ import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { ManifestError } from "./manifest.ts";
 import { TransferNotFoundError, TransferStateError, type TransferService } from "./transferService.ts";
 import type { ItemState, TransferState } from "./transferStore.ts";
+import { ownedBy, senderOf, type Sender } from "../access/sender.ts";
+import { ADMIN_HEADER, OWNER_HEADER, uploadOwnedBy } from "./tusServer.ts";
+
+/** tus upload ids are what the stores generate: letters, digits, '-' and '_' (never a dot or a slash) */
+const UPLOAD_ID = /^[A-Za-z0-9_-]{1,128}$/;
 
 export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
 
@@ -18,8 +23,6 @@ export interface TransferRoutesOptions {
   access?: RequestHandler;
   /** runs before admin routes (release) */
   admin?: RequestHandler;
-  /** the caller (token id) and whether it sees every transfer; without access control: anonymous admin */
-  caller?: (res: Response) => { actor: string; admin: boolean };
   /** names the audit row of a request (transfer.list, transfer.cancel) */
   audit?: (res: Response, action: string) => void;
 }
@@ -27,13 +30,24 @@ export interface TransferRoutesOptions {
 const pass: RequestHandler = (_req, _res, next) => next();
 const INSTANCE_FILTERS = new Set(["all", "none", "present", "received", "missing", "failed"]);
 const TRANSFER_STATES = new Set<TransferState>(["open", "complete", "released", "cancelled"]);
-const anonymousAdmin = () => ({ actor: "anonymous", admin: true });
 
 /** The service's refusals as HTTP answers. */
 function stateErrors(err: unknown): never {
   if (err instanceof TransferNotFoundError) throw new HttpError(404, err.message);
   if (err instanceof TransferStateError) throw new HttpError(409, err.message);
   throw err;
+}
+
+/** Replace a request header (any client-sent value goes): @tus/server reads rawHeaders, express headers. */
+function setInternalHeader(req: express.Request, name: string, value: string): void {
+  const raw: string[] = [];
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i]!.toLowerCase() !== name) raw.push(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+  }
+  raw.push(name, value);
+  req.rawHeaders.length = 0;
+  req.rawHeaders.push(...raw);
+  req.headers[name] = value;
 }
 
 export function transfersRouter(
@@ -43,7 +57,6 @@ export function transfersRouter(
   const { config, service, tus } = deps;
   const access = opts.access ?? pass;
   const admin = opts.admin ?? pass;
-  const caller = opts.caller ?? anonymousAdmin;
   const audit = opts.audit ?? (() => {});
   const tusPath = config.transfers.tusPath;
   const r = Router();
@@ -65,31 +78,35 @@ export function transfersRouter(
       throw new HttpError(415, "send the manifest as application/json");
     }
     try {
-      const view = await service.createTransfer(req.body, caller(res).actor);
+      const view = await service.createTransfer(req.body, senderOf(res).owner);
       res.status(201).location(`/api/transfers/${view.id}`).json(view);
     } catch (err) {
       if (err instanceof ManifestError) throw new HttpError(400, err.message);
       throw err;
     }
   });
+  /** The transfer if this sender may see it; another sender's is answered like one that does not exist. */
+  const ownTransfer = async (sender: Sender, id: string) => {
+    const t = await service.transferRecord(id);
+    if (!t || !ownedBy(sender, t.createdBy)) throw new HttpError(404, `no transfer with id ${id}`);
+    return t;
+  };
   // admin: every transfer (or ?mine=true); uploaders: the ones their token created
   api.get("/api/transfers", async (req, res) => {
-    const who = caller(res);
+    const who = senderOf(res);
     const state = typeof req.query.state === "string" && req.query.state ? req.query.state : undefined;
     if (state && !TRANSFER_STATES.has(state as TransferState)) throw new HttpError(400, `state must be one of ${[...TRANSFER_STATES].join(", ")}`);
     const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, "limit must be a whole number from 1 to 1000");
     const mine = !who.admin || req.query.mine === "true";
     audit(res, "transfer.list");
-    const transfers = await service.list({ createdBy: mine ? who.actor : undefined, state: state as TransferState | undefined, limit });
+    const transfers = await service.list({ createdBy: mine ? who.owner : undefined, state: state as TransferState | undefined, limit });
     res.json({ transfers, scope: mine ? "mine" : "all" });
   });
   api.post("/api/transfers/:id/cancel", async (req, res) => {
-    const who = caller(res);
-    const t = await service.view(String(req.params.id), { instances: "none" });
-    if (!t) throw new HttpError(404, `no transfer with id ${req.params.id}`);
+    // another sender's transfer is answered like one that does not exist
+    const t = await ownTransfer(senderOf(res), String(req.params.id));
     audit(res, "transfer.cancel");
-    if (!who.admin && t.createdBy !== who.actor) throw new HttpError(403, "only the token that created this transfer, or an admin, may cancel it");
     res.json(await service.cancel(t.id).catch(stateErrors));
   });
   api.get("/api/transfers/:id", async (req, res) => {
@@ -97,11 +114,13 @@ export function transfersRouter(
     if (!INSTANCE_FILTERS.has(filter)) {
       throw new HttpError(400, `instances must be one of ${[...INSTANCE_FILTERS].join(", ")}`);
     }
+    await ownTransfer(senderOf(res), String(req.params.id));
     const view = await service.view(req.params.id!, { instances: filter as ItemState | "all" | "none" });
     if (!view) throw new HttpError(404, `no transfer with id ${req.params.id}`);
     res.json(view);
   });
   api.get("/api/transfers/:id/receipt", async (req, res) => {
+    await ownTransfer(senderOf(res), String(req.params.id));
     const found = await service.receipt(String(req.params.id));
     if (!found) throw new HttpError(404, `no transfer with id ${req.params.id}`);
     const { transfer, receipt } = found;
@@ -118,11 +137,25 @@ export function transfersRouter(
     // express answers HEAD with GET routes; HEAD here is the tus offset request
     if (req.method === "HEAD") return next();
     const id = String(req.params.id);
-    const result = await service.uploadResult(id);
-    if (!result) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
+    const result = UPLOAD_ID.test(id) ? await service.uploadResult(id) : null;
+    // the result is its upload's: another sender's answers like one that does not exist
+    if (!result || !uploadOwnedBy(senderOf(res), { metadata: { relayOwner: result.owner ?? null } })) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
     res.json(result);
   });
+  // every tus request naming an upload: a valid id, and an upload of this sender (HEAD, PATCH, DELETE)
+  api.all(`${tusPath}/:id`, async (req, res, next) => {
+    const id = String(req.params.id);
+    if (!UPLOAD_ID.test(id)) throw new HttpError(404, `no upload with id ${id.slice(0, 100)}`);
+    const upload = await tus.datastore.getUpload(id).catch(() => null);
+    // unknown ids go on to tus, which answers 404 (or 410) itself
+    if (upload && !uploadOwnedBy(senderOf(res), upload)) throw new HttpError(404, `no upload with id ${id}`);
+    next();
+  });
   api.all([tusPath, `${tusPath}/:id`], (req, res, next) => {
+    // who creates an upload is recorded in its metadata by the tus hooks (tusServer.ts); never a client's value
+    const sender = senderOf(res);
+    setInternalHeader(req, OWNER_HEADER, sender.owner);
+    setInternalHeader(req, ADMIN_HEADER, String(sender.admin));
     // @tus/server answers storage outages 503 (s3UploadStore.ts) but sets no Retry-After: tell clients when to retry
     const writeHead = res.writeHead;
     res.writeHead = function (this: typeof res, status: number, ...rest: unknown[]) {

@@ -69,7 +69,7 @@ export class SqliteTransferStore implements TransferStore {
     if (this.db?.open) this.db.close();
   }
 
-  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void> {
+  async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy: string | null }, items: TransferItem[]): Promise<void> {
     const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES (?, ?, ?, ?, 'open')");
     const insertI = this.db.prepare(
       `INSERT INTO transfer_items (transfer_id, sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at)

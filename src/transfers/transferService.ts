@@ -25,10 +25,13 @@ import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "..
 import { fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
-import type { ReceiptSigner, SignedReceipt } from "./receipts.ts";
+import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.ts";
 import type { ItemState, TransferItem, TransferListQuery, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
+import { ownedBy } from "../access/sender.ts";
+import { auditContext, type AuditEntry, type AuditTrail } from "../access/audit.ts";
+import { UPLOAD_OWNER_KEY } from "./tusServer.ts";
 
 export interface TransferServiceDeps {
   config: RelayConfig;
@@ -45,6 +48,14 @@ export interface TransferServiceDeps {
   onComplete?: (transferId: string, items: TransferItem[]) => Promise<void>;
   /** a manifest named a retention policy for its studies */
   onRetention?: (studyInstanceUID: string, policy: { afterDeliveryDays: number | null; afterArrivalDays: number | null }) => Promise<void>;
+  /** the audit log: one row per ingested upload (bundle) with its counts */
+  audit?: Pick<AuditTrail, "record">;
+}
+
+/** who the audit row names: the request behind the ingest (its PATCH), else the relay itself (recovery at start) */
+function auditFields(): Pick<AuditEntry, "actor" | "certSubject" | "method" | "route" | "remoteAddr"> {
+  const ctx = auditContext.getStore();
+  return { actor: ctx?.actor ?? "system", certSubject: ctx?.certSubject ?? null, method: ctx?.method ?? null, route: ctx?.route ?? null, remoteAddr: ctx?.remoteAddr ?? null };
 }
 
 export interface TransferView extends TransferProgress {
@@ -187,6 +198,7 @@ export class TransferService {
 
   // ---------------------------------------------------------------- transfers
 
+  /** createdBy: the token id (or cert:<subject>) that creates it; only it (and admins) will see it */
   async createTransfer(body: unknown, createdBy: string | null = null): Promise<TransferView> {
     const manifest = parseManifest(body, this.deps.config.transfers.maxManifestInstances);
     const held = new Map<string, HeldInstance>();
@@ -206,6 +218,10 @@ export class TransferService {
     this.deps.log.info({ transferId: id, instances: manifest.instances.length, present: held.size }, "transfer created");
     await this.checkComplete(id);
     return (await this.view(id, { instances: "all" }))!;
+  }
+
+  async transferRecord(id: string): Promise<TransferRecord | null> {
+    return this.deps.transfers.getTransfer(id);
   }
 
   async view(id: string, opts: { instances?: "all" | ItemState | "none" } = {}): Promise<TransferView | null> {
@@ -314,29 +330,48 @@ export class TransferService {
       transferId: id,
       issuedAt: t.completedAt ?? new Date().toISOString(),
       issuer: this.deps.config.server.publicUrl || null,
-      instances: items.map((i) => ({
-        sopInstanceUID: i.sopInstanceUID,
-        studyInstanceUID: i.studyInstanceUID,
-        seriesInstanceUID: i.seriesInstanceUID,
-        sha256: i.sha256,
-        size: i.size,
-        state: i.state === "present" ? "already-held" : "received",
-      })),
+      instances: await this.verifiedInstances(id, items),
     });
     await this.deps.transfers.setReceipt(id, receipt);
     this.deps.log.info({ transferId: id, instances: items.length, released }, "transfer complete; receipt issued");
+  }
+
+  /**
+   * What a receipt may attest: UIDs, size and SHA-256 as the index holds them for the stored instance (read and
+   * hashed by the relay itself), never the manifest's claims. An instance not held with the declared bytes (gone
+   * since, or other bytes) is left out and logged.
+   */
+  private async verifiedInstances(id: string, items: TransferItem[]): Promise<ReceiptInstance[]> {
+    const out: ReceiptInstance[] = [];
+    for (const i of items) {
+      const held = await this.deps.index.getInstance(i.sopInstanceUID, { includePending: true });
+      if (!held || held.sha256 !== i.sha256) {
+        this.deps.log.warn({ transferId: id, sopInstanceUID: i.sopInstanceUID }, "an instance of a complete transfer is not held with its declared bytes; left out of the receipt");
+        continue;
+      }
+      out.push({
+        sopInstanceUID: held.sopInstanceUID,
+        studyInstanceUID: held.studyInstanceUID,
+        seriesInstanceUID: held.seriesInstanceUID,
+        sha256: held.sha256,
+        size: held.size,
+        state: i.state === "present" ? "already-held" : "received",
+      });
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- tus hooks
 
   tusHooks(): TusHooks {
     return {
-      validateCreate: async (metadata) => {
+      validateCreate: async (metadata, sender) => {
         if (this.closed) throw tusError(503, "the relay is shutting down; retry in a moment");
         const transferId = metadata.transferId;
         if (transferId === undefined || transferId === null || transferId === "") return;
         const t = await this.deps.transfers.getTransfer(transferId);
-        if (!t) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
+        // another sender's transfer is answered like one that does not exist
+        if (!t || !ownedBy(sender, t.createdBy)) throw tusError(404, `no transfer with id ${transferId}; create it first with POST /api/transfers`);
         if (t.state === "complete") throw tusError(409, `transfer ${transferId} is already complete; nothing more is needed`);
         if (t.state === "cancelled") throw tusError(409, `transfer ${transferId} was cancelled; start a new transfer to send these images`);
       },
@@ -402,6 +437,7 @@ export class TransferService {
     const result: UploadResult = {
       uploadId: upload.id,
       transferId,
+      owner: meta[UPLOAD_OWNER_KEY] ?? null,
       state: "processing",
       kind: null,
       filename: meta.filename ?? meta.name ?? null,
@@ -415,7 +451,7 @@ export class TransferService {
     // heartbeat: other nodes tell a running ingest from an abandoned one by the age of its result
     let beat: Promise<void> = Promise.resolve();
     const heartbeat = setInterval(() => {
-      beat = results.saveUploadResult(result).catch(() => undefined);
+      beat = results.saveUploadResult({ ...result, entries: [] }).catch(() => undefined);
     }, RESULT_HEARTBEAT_MS);
     heartbeat.unref();
     try {
@@ -454,15 +490,21 @@ export class TransferService {
           const source = `tus:${upload.id}:${name}`;
           const r = transfer
             ? await this.ingestForTransfer(transfer.id, entry.body, { pendingId, source })
-            : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source });
+            : await this.deps.ingest.ingestStream(entry.body, { transferId: pendingId, source, bundleEntry: true });
           if (r.status === "failed" && r.retryable && r.reason === FailureReason.OutOfResources) {
             // the blob store is down: the entry is fine, the moment is not
             throw new StorageUnavailableError(r.message);
           }
           this.addEntry(result, name, r);
-          // a big bundle takes minutes: let GET {tusPath}/{id} show progress
+          const maxFailed = this.deps.config.transfers.bundle.maxFailedEntries;
+          if (result.counts.failed > maxFailed) {
+            // a bundle of junk costs a spool file, a parse and a result line per entry: stop as soon as it is clear
+            throw new BundleError(`more than ${maxFailed} of its entries were refused (the last: ${r.status === "failed" ? r.message : "?"}); it was refused as a whole (transfers.bundle.maxFailedEntries)`);
+          }
+          // a big bundle takes minutes: let GET {tusPath}/{id} show progress. Counts only: rewriting the growing
+          // entry list every few seconds would cost O(entries^2); the list is written once, at the end
           if (Date.now() - savedAt > 2000) {
-            await results.saveUploadResult(result);
+            await results.saveUploadResult({ ...result, entries: [] });
             savedAt = Date.now();
           }
         }
@@ -501,6 +543,13 @@ export class TransferService {
     // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
     await uploads.removeData(upload.id);
     log.info({ uploadId: upload.id, transferId, ...result.counts, error: result.error }, "tus upload ingested");
+    // one audit row for the upload as a whole, with its counts (entries refused or already held have no row of their own)
+    this.deps.audit?.record({
+      ...auditFields(),
+      action: "tus.ingest",
+      outcome: result.error || result.counts.failed ? "failure" : "success",
+      detail: `upload ${upload.id}${transferId ? ` transfer ${transferId}` : ""} ${result.kind ?? "?"}: ${result.counts.entries} entries, ${result.counts.stored} stored, ${result.counts.alreadyStored} already stored, ${result.counts.failed} failed${result.error ? `; ${result.error}` : ""}`.slice(0, 2000),
+    });
     return result;
   }
 
@@ -508,7 +557,10 @@ export class TransferService {
     const e: UploadEntryResult =
       r.status === "failed"
           ? { name, status: "failed", sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size, reason: hex(r.reason), message: r.message }
-          : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
+          : r.keptOther
+            ? // keep-first kept another sender's bytes: their hash and size are not this sender's to learn
+              { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, message: "the relay keeps other bytes for this SOPInstanceUID (conflict policy keep-first); these were not stored" }
+            : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
     result.entries.push(e);
     result.counts.entries++;
     if (e.status === "failed") result.counts.failed++;
@@ -570,7 +622,7 @@ export class TransferService {
       const bySha = await transfers.findItemsBySha256(transferId, sha256);
       let result: IngestResult;
       if (bySha.length > 0) {
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source });
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source, bundleEntry: true });
         // bytes declared in the manifest but refused before their header was read (e.g. truncated on the sender's
         // disk): the item they were declared as is failed, with the reason, rather than left missing
         if (result.status === "failed" && !result.sopInstanceUID && bySha.length === 1) result = { ...result, sopInstanceUID: bySha[0]!.sopInstanceUID };
@@ -589,7 +641,7 @@ export class TransferService {
           };
         }
         // the pipeline refuses it: the bytes do not match the manifest hash
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source });
+        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source, bundleEntry: true });
         if (result.status === "failed") result = { ...result, sopInstanceUID: result.sopInstanceUID ?? header.sopInstanceUID };
       }
       await this.recordItem(transferId, result);
@@ -611,7 +663,8 @@ export class TransferService {
       // conflict policy keep-first answered "already stored" with the other bytes it keeps
       await this.deps.transfers.updateItem(transferId, r.sopInstanceUID, {
         state: "failed",
-        reason: `the relay keeps other bytes for this SOPInstanceUID (SHA-256 ${r.sha256}) than the manifest declares`,
+        // never the stored hash: knowing it would let a manifest claim the instance as "already held"
+        reason: "the relay keeps other bytes for this SOPInstanceUID than the manifest declares (conflict policy keep-first)",
         failureCode: FailureReason.DuplicateSOPInstance,
       });
     }

@@ -40,7 +40,10 @@ export interface TransferRecord {
   completedAt: string | null;
   releasedAt: string | null;
   cancelledAt: string | null;
-  /** the actor (token id) that created it; null for transfers made before owners were recorded */
+  /**
+   * the token id (or cert:<subject>, or anonymous) that created it: only it and admins see the transfer; null:
+   * created before owners were kept (admin only)
+   */
   createdBy: string | null;
   receipt: SignedReceipt | null;
 }
@@ -74,6 +77,8 @@ export interface UploadEntryResult {
 export interface UploadResult {
   uploadId: string;
   transferId: string | null;
+  /** who created the upload (as its metadata relayOwner); null: before owners were kept */
+  owner?: string | null;
   /** processing: the upload is complete and its entries are being ingested; done: entries below are final */
   state: "processing" | "done";
   /** what the bytes turned out to be */
@@ -101,7 +106,7 @@ export interface TransferStore extends UploadResultStore {
   init(): Promise<void>;
   close(): Promise<void>;
 
-  createTransfer(transfer: { id: string; label: string | null; createdAt: string; createdBy?: string | null }, items: TransferItem[]): Promise<void>;
+  createTransfer(transfer: { id: string; label: string | null; createdAt: string; createdBy: string | null }, items: TransferItem[]): Promise<void>;
   getTransfer(id: string): Promise<TransferRecord | null>;
   /** Newest first. */
   listTransfers(query: TransferListQuery): Promise<TransferRecord[]>;

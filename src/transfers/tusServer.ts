@@ -21,13 +21,36 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
 import { isIndexUnavailable } from "../catalog/index.ts";
+import { ownedBy, type Sender } from "../access/sender.ts";
 
 type TusError = { status_code: number; body: string };
+
+/** Metadata key holding who created an upload (set by the relay at creation; a client's own value is overwritten). */
+export const UPLOAD_OWNER_KEY = "relayOwner";
+/**
+ * Request headers by which the route hands the authenticated sender to the tus hooks (which see a fetch Request,
+ * not express's res.locals). The route removes any client-sent value first (routes.ts).
+ */
+export const OWNER_HEADER = "x-dicom-relay-owner";
+export const ADMIN_HEADER = "x-dicom-relay-admin";
+
+/** Who created an upload, as recorded at its creation (null: before owners were kept). */
+export function uploadOwner(upload: Pick<Upload, "metadata">): string | null {
+  return upload.metadata?.[UPLOAD_OWNER_KEY] ?? null;
+}
+
+/**
+ * May this sender touch this upload (HEAD, PATCH, DELETE, its result, merging it into a final upload)? Its creator
+ * and admins may; for anyone else it does not exist (404).
+ */
+export function uploadOwnedBy(access: Sender, upload: Pick<Upload, "metadata">): boolean {
+  return ownedBy(access, uploadOwner(upload));
+}
 export const tusError = (status_code: number, sentence: string): TusError => ({ status_code, body: sentence.endsWith("\n") ? sentence : sentence + "\n" });
 
 export interface TusHooks {
-  /** Refuse a new upload (throw tusError) or accept it. */
-  validateCreate(metadata: Record<string, string | null>): Promise<void>;
+  /** Refuse a new upload (throw tusError) or accept it; sender: who creates it. */
+  validateCreate(metadata: Record<string, string | null>, sender: Sender): Promise<void>;
   /** The upload's bytes are all here: ingest them. Resolves with a JSON body for the response, or null (still processing). */
   onFinish(upload: Upload, method: string): Promise<{ body: string | null; resultUrl: string }>;
   /** Has this upload been ingested (its data file removed)? */
@@ -86,6 +109,16 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     if (expiration <= 0) return 0;
     let removed = 0;
     const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
+    const infos = new Set(names.filter((n) => n.endsWith(".json")));
+    for (const name of names) {
+      // a data file whose info file went (deleted by hand, or by an old relay's DELETE of "<id>.json"): an orphan
+      if (name.endsWith(".json") || infos.has(`${name}.json`)) continue;
+      const st = await fsp.stat(path.join(this.directory, name)).catch(() => null);
+      if (!st?.isFile() || st.mtimeMs + expiration >= now || this.hooks.isProcessing(name)) continue;
+      await fsp.rm(path.join(this.directory, name), { force: true });
+      removed++;
+      this.log.info({ file: name, bytes: st.size }, "orphan tus data file (no info file) removed");
+    }
     for (const name of names) {
       if (!name.endsWith(".json")) continue;
       const id = name.slice(0, -".json".length);
@@ -157,9 +190,12 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
     maxSize: t.maxUploadBytes,
     ...(publicUrl ? { generateUrl: (_req, { path: p, id }) => `${publicUrl}${p}/${id}` } : {}),
     exposedHeaders: ["Upload-Result"],
-    async onUploadCreate(_req, upload) {
-      await hooks.validateCreate(upload.metadata ?? {});
-      return {};
+    async onUploadCreate(req, upload) {
+      const sender: Sender = { owner: req.headers.get(OWNER_HEADER) ?? "anonymous", admin: req.headers.get(ADMIN_HEADER) === "true" };
+      // the owner is recorded by the relay, never taken from the client's Upload-Metadata
+      const metadata = { ...(upload.metadata ?? {}), [UPLOAD_OWNER_KEY]: sender.owner };
+      await hooks.validateCreate(metadata, sender);
+      return { metadata };
     },
     async onUploadFinish(req, upload) {
       const { body, resultUrl } = await hooks.onFinish(upload, req.method);

@@ -23,13 +23,13 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       const store = await make();
       const id = crypto.randomUUID();
       const m = parseManifest({ label: "CT 王", instances }, 5000);
-      await store.createTransfer({ id, label: m.label ?? null, createdAt: T0 }, initialItems(m, held, T0));
+      await store.createTransfer({ id, label: m.label ?? null, createdAt: T0, createdBy: "0123456789abcdef" }, initialItems(m, held, T0));
       return { store, id };
     };
 
     it("keeps a transfer and its items as created, in manifest order", async () => {
       const { store, id } = await setup();
-      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, cancelledAt: null, createdBy: null, receipt: null });
+      expect(await store.getTransfer(id)).toEqual({ id, label: "CT 王", createdAt: T0, state: "open", completedAt: null, releasedAt: null, cancelledAt: null, createdBy: "0123456789abcdef", receipt: null });
       expect(await store.getTransfer(crypto.randomUUID())).toBeNull();
       const items = await store.listItems(id);
       expect(items.map((i) => [i.sopInstanceUID, i.state, i.size])).toEqual([["1.1", "missing", 10], ["1.2", "present", 20]]);
@@ -80,7 +80,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
 
     it("refuses a second transfer with the same id, leaving the first as it was", async () => {
       const { store, id } = await setup();
-      await expect(store.createTransfer({ id, label: "again", createdAt: T0 }, [])).rejects.toThrow();
+      await expect(store.createTransfer({ id, label: "again", createdAt: T0, createdBy: null }, [])).rejects.toThrow();
       expect((await store.getTransfer(id))?.label).toBe("CT 王");
       expect(await store.listItems(id)).toHaveLength(2);
       await store.close();
@@ -131,7 +131,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       const before = await store.countTransfersByState();
       expect(Object.keys(before).sort()).toEqual(["cancelled", "complete", "open", "released"]);
       const ids = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
-      for (const id of ids) await store.createTransfer({ id, label: null, createdAt: T0 }, initialItems(parseManifest({ instances: [item("1.1", "a")] }, 5000), new Map(), T0));
+      for (const id of ids) await store.createTransfer({ id, label: null, createdAt: T0, createdBy: null }, initialItems(parseManifest({ instances: [item("1.1", "a")] }, 5000), new Map(), T0));
       await store.markReleased(ids[1]!, "2024-02-01T00:00:00.000Z");
       await store.markComplete(ids[2]!, "2024-02-01T00:00:00.000Z");
       const after = await store.countTransfersByState();

@@ -11,7 +11,7 @@ import path from "node:path";
 import request from "supertest";
 import { startTestRelay, type TestRelay, sqliteAccess } from "../support/relay.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
-import { generateStudy, newUid } from "../../scripts/lib/synthetic.ts";
+import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
 import { RECEIPT_KEY_PATH } from "../../src/transfers/routes.ts";
 
 const toArrayBuffer = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
@@ -58,6 +58,10 @@ describe("access control", () => {
   const a = [...generateStudy({ instances: 3, seriesCount: 1, rows: 32, columns: 32, modality: "CT", studyInstanceUID: studyA, patientName: "Share^Me", patientID: "P-A" })];
   const b = [...generateStudy({ instances: 2, seriesCount: 1, rows: 32, columns: 32, modality: "MR", studyInstanceUID: studyB, patientName: "Private^Other", patientID: "P-B" })];
   const bearer = (t: string) => ({ Authorization: `Bearer ${t}` });
+  const makeOne = () => {
+    const uid = newUid();
+    return { uid, bytes: makeInstance({ rows: 8, columns: 8, sopInstanceUID: uid }) };
+  };
 
   beforeAll(async () => {
     relay = await startTestRelay({ auth: { enabled: true } });
@@ -309,4 +313,167 @@ describe("access control", () => {
     expect(bad.stderr).toMatch(/unknown scope "everything"/);
     expect((await runCli(["token", "revoke", "ffffffffffffffff"], env)).code).toBe(1);
   }, 60_000);
+  it("uploads, transfers, results and receipts belong to their sender: another token gets 404, admin sees all; no stored hash is ever shown", async () => {
+    const otherUpload = (await request(relay.url).post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["upload"], label: "hospital B" })).body.token as string;
+    const idOf = (t: string) => t.slice(4, 20);
+    const tusHeaders = (t: string) => ({ ...bearer(t), "Tus-Resumable": "1.0.0" });
+    const fresh = makeOne();
+    // hospital A: a transfer and an unfinished upload
+    const manifest = { instances: [{ sopInstanceUID: fresh.uid, sha256: sha(fresh.bytes), size: fresh.bytes.length }] };
+    const t = await request(relay.url).post("/api/transfers").set(bearer(uploadToken)).send(manifest);
+    expect(t.status).toBe(201);
+    const created = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(uploadToken), "Upload-Length": String(fresh.bytes.length), "Upload-Metadata": `transferId ${Buffer.from(t.body.id).toString("base64")}` } });
+    expect(created.status).toBe(201);
+    const loc = new URL(created.headers.get("location")!).pathname;
+    // hospital B sees none of it
+    for (const path of [`/api/transfers/${t.body.id}`, `/api/transfers/${t.body.id}/receipt`]) {
+      const res = await request(relay.url).get(path).set(bearer(otherUpload));
+      expect(res.status, path).toBe(404);
+      expect(res.body.error).toMatch(/^no transfer with id/);
+    }
+    expect((await fetch(relay.url + loc, { method: "HEAD", headers: tusHeaders(otherUpload) })).status).toBe(404);
+    expect((await fetch(relay.url + loc, { method: "PATCH", headers: { ...tusHeaders(otherUpload), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(fresh.bytes) })).status).toBe(404);
+    expect((await fetch(relay.url + loc, { method: "DELETE", headers: tusHeaders(otherUpload) })).status).toBe(404);
+    // nor can it upload into A's transfer, or claim A as the owner through Upload-Metadata
+    const intoA = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(otherUpload), "Upload-Length": "10", "Upload-Metadata": `transferId ${Buffer.from(t.body.id).toString("base64")}` } });
+    expect(intoA.status).toBe(404);
+    const spoof = await fetch(`${relay.url}/api/uploads`, { method: "POST", headers: { ...tusHeaders(otherUpload), "Upload-Length": "10", "Upload-Metadata": `relayOwner ${Buffer.from(idOf(uploadToken)).toString("base64")}` } });
+    expect(spoof.status).toBe(201);
+    expect((await fetch(new URL(spoof.headers.get("location")!).href, { method: "HEAD", headers: tusHeaders(uploadToken) })).status).toBe(404);
+    // A finishes its upload; its result and receipt are A's (and the admin's) only
+    expect((await fetch(relay.url + loc, { method: "HEAD", headers: tusHeaders(uploadToken) })).status).toBe(200);
+    const done = await fetch(relay.url + loc, { method: "PATCH", headers: { ...tusHeaders(uploadToken), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(fresh.bytes) });
+    expect(done.status).toBe(200);
+    expect((await request(relay.url).get(loc).set(bearer(uploadToken))).status).toBe(200);
+    expect((await request(relay.url).get(loc).set(bearer(otherUpload))).status).toBe(404);
+    expect((await request(relay.url).get(loc).set(bearer(admin))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/transfers/${t.body.id}/receipt`).set(bearer(uploadToken))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/transfers/${t.body.id}/receipt`).set(bearer(admin))).status).toBe(200);
+    // ids with a dot or a slash are not upload ids
+    expect((await fetch(`${relay.url}${loc}.json`, { method: "DELETE", headers: tusHeaders(uploadToken) })).status).toBe(404);
+
+    // B declares a wrong hash for A's instance: the answer never shows the stored hash, so B cannot learn it to
+    // declare it next and have A's study counted as "already held"
+    const storedHash = sha(a[0]!.bytes);
+    const guess = await request(relay.url).post("/api/transfers").set(bearer(otherUpload)).send({ instances: [{ sopInstanceUID: a[0]!.sopInstanceUID, sha256: "0".repeat(64), size: 1 }] });
+    expect(guess.status).toBe(201);
+    expect(guess.body.alreadyHeld).toEqual([]);
+    expect(JSON.stringify(guess.body)).not.toContain(storedHash);
+    expect(JSON.stringify((await request(relay.url).get(`/api/transfers/${guess.body.id}`).set(bearer(otherUpload))).body)).not.toContain(storedHash);
+  });
+
+  it("reading a study's documents needs read scope (an upload token gets 403)", async () => {
+    expect((await request(relay.url).get(`/api/studies/${studyA}/documents`).set(bearer(readToken))).status).toBe(200);
+    expect((await request(relay.url).get(`/api/studies/${studyA}/completeness`).set(bearer(readToken))).status).toBe(200);
+    const up = await request(relay.url).get(`/api/studies/${studyA}/documents`).set(bearer(uploadToken));
+    expect(up.status).toBe(403);
+    expect((await request(relay.url).get(`/api/studies/${studyA}/completeness`).set(bearer(uploadToken))).status).toBe(403);
+  });
+  it("a share link dies with the token that minted it; a token may have only auth.maxShareLinksPerToken live links (429)", async () => {
+    const small = await startTestRelay({ auth: { enabled: true, maxShareLinksPerToken: 2 } });
+    try {
+      const root = small.initialAdminToken!;
+      const study = newUid();
+      await dicomwebClient(small.dicomwebUrl, bearer(root)).storeInstances({ datasets: [toArrayBuffer(makeInstance({ studyInstanceUID: study, rows: 8, columns: 8 }))] });
+      const viewer = (await request(small.url).post("/api/admin/tokens").set(bearer(root)).send({ scopes: ["read"], label: "viewer" })).body as { token: string; id: string };
+      const mint = () => request(small.url).post("/api/viewer-links").set(bearer(viewer.token)).send({ studyInstanceUID: study });
+      const first = await mint();
+      expect(first.status).toBe(201);
+      const secret = /\/share\/([^/]+)\//.exec(first.body.url as string)![1]!;
+      expect((await request(small.url).get(`/share/${secret}/dicom-web/studies`)).status).toBe(200);
+      expect((await mint()).status).toBe(201);
+      const third = await mint();
+      expect(third.status).toBe(429);
+      expect(third.body.error).toMatch(/already has 2 live share links.*auth\.maxShareLinksPerToken/);
+      // revoking the maker ends its links at their next request
+      expect((await request(small.url).delete(`/api/admin/tokens/${viewer.id}`).set(bearer(root))).status).toBe(200);
+      const dead = await request(small.url).get(`/share/${secret}/dicom-web/studies`);
+      expect(dead.status).toBe(401);
+      expect(dead.body.error).toMatch(/made by token .* which was revoked/);
+      expect((await request(small.url).get(`/dicom-web/studies`).set(bearer(decodeURIComponent(secret)))).status).toBe(401);
+    } finally {
+      await small.dispose();
+    }
+  });
+});
+
+describe("first start (issue 15)", () => {
+  it("a start that cannot listen (port taken) leaves no admin token; the next start creates and returns it", async () => {
+    const fs = await import("node:fs");
+    const os = await import("node:os");
+    const net = await import("node:net");
+    const { openAccessDb, accessDbPath } = await import("../../src/access/db.ts");
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-first-"));
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
+    const port = (blocker.address() as { port: number }).port;
+    try {
+      await expect(startTestRelay({ auth: { enabled: true }, server: { port } }, { dataDir })).rejects.toThrow(/already in use/);
+      const db = openAccessDb(accessDbPath(dataDir));
+      expect((db.prepare("SELECT COUNT(*) AS n FROM tokens").get() as { n: number }).n).toBe(0);
+      db.close();
+      const relay = await startTestRelay({ auth: { enabled: true } }, { dataDir });
+      expect(relay.initialAdminToken).toMatch(/^drt_/);
+      await relay.dispose();
+    } finally {
+      blocker.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("credentials in URLs (issue 15)", () => {
+  it("a token sent in the query string is never written whole into the audit log", async () => {
+    const relay = await startTestRelay({ auth: { enabled: true } });
+    try {
+      const admin = relay.initialAdminToken!;
+      const secret = admin.slice(21);
+      await request(relay.url).get(`/dicom-web/studies?access_token=${encodeURIComponent(admin)}&limit=5`);
+      await request(relay.url).get(`/dicom-web/studies?foo=${encodeURIComponent(admin)}&token=abc`).set({ Authorization: `Bearer ${admin}` });
+      const rows = sqliteAccess(relay).db.prepare("SELECT route FROM audit WHERE route LIKE '/dicom-web/studies?%'").all() as { route: string }[];
+      expect(rows.length).toBe(2);
+      for (const r of rows) {
+        expect(r.route).not.toContain(secret);
+        expect(r.route).toMatch(/=\[redacted\]/);
+      }
+      expect(rows.map((r) => r.route).join(" ")).toContain("limit=5");
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
+
+describe("data directory permissions (issue 15)", () => {
+  it("the data directory and its stores are the relay user's only (dirs 0700, databases 0600)", async () => {
+    const fs = await import("node:fs");
+    const relay = await startTestRelay({ auth: { enabled: true } });
+    try {
+      const mode = (p: string) => fs.statSync(p).mode & 0o777;
+      for (const d of [relay.dataDir, path.join(relay.dataDir, "blobs"), path.join(relay.dataDir, "uploads"), path.join(relay.dataDir, "tmp")]) expect(mode(d), d).toBe(0o700);
+      for (const f of ["index.sqlite", "transfers.sqlite", "access.sqlite"]) expect(mode(path.join(relay.dataDir, f)), f).toBe(0o600);
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
+
+describe("orphan tus data files (issue 15)", () => {
+  it("the expiry sweep removes a data file whose info file is gone, once it is older than the expiration", async () => {
+    const fs = await import("node:fs");
+    const relay = await startTestRelay({ transfers: { expirationSeconds: 60 } });
+    try {
+      const dir = relay.config.transfers.uploadDir;
+      const orphan = path.join(dir, "0123456789abcdef0123456789abcdef");
+      const young = path.join(dir, "fedcba9876543210fedcba9876543210");
+      fs.writeFileSync(orphan, "left behind");
+      fs.writeFileSync(young, "still recent");
+      const old = new Date(Date.now() - 3600_000);
+      fs.utimesSync(orphan, old, old);
+      await relay.services.transfers!.uploads.deleteExpired();
+      expect(fs.existsSync(orphan)).toBe(false);
+      expect(fs.existsSync(young)).toBe(true);
+    } finally {
+      await relay.dispose();
+    }
+  });
 });

@@ -217,3 +217,39 @@ function countFiles(dir: string): number {
   }
   return n;
 }
+
+describe("frame lists and document headers (issue 15)", () => {
+  let relay: TestRelay;
+  beforeAll(async () => {
+    relay = await startTestRelay({ dicomweb: { maxFramesPerRequest: 5 } });
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  it("a frame asked for many times is sent once; more distinct frames than dicomweb.maxFramesPerRequest is 400 with a sentence", async () => {
+    const study = newUid();
+    const series = newUid();
+    const sop = newUid();
+    const bytes = makeInstance({ studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop, rows: 8, columns: 8 });
+    const body = Buffer.concat([Buffer.from(`--${BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n`), bytes, Buffer.from(`\r\n--${BOUNDARY}--\r\n`)]);
+    const stored = await fetch(`${relay.dicomwebUrl}/studies`, { method: "POST", headers: { "Content-Type": `multipart/related; type="application/dicom"; boundary=${BOUNDARY}` }, body: new Uint8Array(body) });
+    expect(stored.status).toBe(200);
+    const base = `${relay.dicomwebUrl}/studies/${study}/series/${series}/instances/${sop}/frames`;
+    const accept = { Accept: 'multipart/related; type="application/octet-stream"; transfer-syntax=*' };
+    const once = await (await fetch(`${base}/1`, { headers: accept })).arrayBuffer();
+    const repeated = await fetch(`${base}/${Array(2000).fill("1").join(",")}`, { headers: accept });
+    expect(repeated.status).toBe(200);
+    // one part, not 2,000 (boundaries differ in length at most a little)
+    expect(Math.abs((await repeated.arrayBuffer()).byteLength - once.byteLength)).toBeLessThan(200);
+    const many = await fetch(`${base}/1,2,3,4,5,6`, { headers: accept });
+    expect(many.status).toBe(400);
+    expect(((await many.json()) as { error: string }).error).toMatch(/at most 5 .*dicomweb\.maxFramesPerRequest/);
+  });
+
+  it("X-Document-Title with bad percent-encoding is 400, not 500", async () => {
+    const res = await fetch(`${relay.url}/api/studies/1.2.3/documents?kind=radiology-report&language=en`, { method: "POST", headers: { "X-Document-Title": "%ZZ", "Content-Type": "application/pdf" }, body: "%PDF-1.4" });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: string }).error).toMatch(/X-Document-Title .*percent-encoding/);
+  });
+});

@@ -61,7 +61,7 @@ describe("PostgresTransferStore across nodes", () => {
     const id = crypto.randomUUID();
     const now = new Date().toISOString();
     const item = (uid: string) => ({ sopInstanceUID: uid, sha256: "d".repeat(64), size: 5, studyInstanceUID: null, seriesInstanceUID: null, state: "missing" as const, reason: null, failureCode: null, updatedAt: now });
-    await sa.createTransfer({ id, label: null, createdAt: now }, [item("1.1"), item("1.2")]);
+    await sa.createTransfer({ id, label: null, createdAt: now, createdBy: null }, [item("1.1"), item("1.2")]);
     await sb.updateItem(id, "1.1", { state: "received" });
     await sa.updateItem(id, "1.2", { state: "received" });
     expect(await sb.countItems(id)).toEqual({ present: 0, received: 2, missing: 0, failed: 0 });

@@ -211,6 +211,26 @@ describe("transfers with a manifest", () => {
     expect(receipt.payload.instances.map((i) => i.state)).toEqual(["already-held", "already-held"]);
   });
 
+  it("a receipt attests what the relay stored, not what a lying manifest claims (UIDs, size, SHA-256)", async () => {
+    const insts = [...generateStudy({ instances: 2, rows: 8, columns: 8 })] as Inst[];
+    await tusUpload(uploads, insts[0]!.bytes);
+    const lie = (i: Inst) => ({ sopInstanceUID: i.sopInstanceUID, sha256: sha(i.bytes), size: 7, studyInstanceUID: "9.8.7", seriesInstanceUID: "9.8.7.6" });
+    const t = (await api("POST", "/api/transfers", { instances: insts.map(lie) })).json as unknown as TransferView;
+    expect(t.needed).toEqual([insts[1]!.sopInstanceUID]);
+    await tusUpload(uploads, insts[1]!.bytes, { transferId: t.id });
+    const receipt = (await api("GET", `/api/transfers/${t.id}/receipt`)).json as { payload: { instances: Record<string, unknown>[] } };
+    expect(receipt.payload.instances).toEqual(
+      insts.map((i, n) => ({
+        sopInstanceUID: i.sopInstanceUID,
+        studyInstanceUID: i.studyInstanceUID,
+        seriesInstanceUID: i.seriesInstanceUID,
+        sha256: sha(i.bytes),
+        size: i.bytes.length,
+        state: n === 0 ? "already-held" : "received",
+      })),
+    );
+  });
+
   it("keeps STOW-RS without a transfer immediately visible", async () => {
     const uid = newUid();
     const bytes = makeInstance({ rows: 8, columns: 8, sopInstanceUID: uid });

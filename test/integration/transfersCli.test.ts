@@ -101,7 +101,8 @@ describe("dicom-relay transfers (list, show, release, cancel)", () => {
     expect(byUploader.stderr).toMatch(/403/);
     const byBob = await cli(["transfers", "cancel", fullId, "--to", relay.url, "--token", bob]);
     expect(byBob.code).toBe(2);
-    expect(byBob.stderr).toMatch(/only the token that created this transfer, or an admin/);
+    // another sender's transfer is answered like one that does not exist (issue 15: no isolation leak)
+    expect(byBob.stderr).toMatch(/no transfer with id/);
 
     const release = await cli(["transfers", "release", prefix, "--to", relay.url, "--token", admin]);
     expect(release.code, release.stderr).toBe(0);

@@ -41,6 +41,8 @@ export interface RelayProcessOptions {
   env?: Record<string, string>;
   /** how long to wait for /healthz (ms) */
   startTimeoutMs?: number;
+  /** run the node under `ulimit -n` this low (a descriptor-starved host) */
+  maxOpenFiles?: number;
 }
 
 /** Run a dicom-relay CLI command (fsck, token ...) with this environment; resolves with its output. */
@@ -87,7 +89,10 @@ export async function startRelayProcess(opts: RelayProcessOptions = {}): Promise
       DICOM_RELAY_SERVER_PORT: String(port),
     };
     const logFd = fs.openSync(logPath, "a");
-    const child: ChildProcess = spawn(process.execPath, [BIN, "serve"], {
+    const [cmd, args] = opts.maxOpenFiles
+      ? ["bash", ["-c", `ulimit -n ${Math.floor(opts.maxOpenFiles)} && exec "$0" "$@"`, process.execPath, BIN, "serve"]]
+      : [process.execPath, [BIN, "serve"]];
+    const child: ChildProcess = spawn(cmd, args, {
       env: { ...baseEnv(), ...env },
       cwd: REPO_ROOT,
       detached: true, // own process group: one signal reaches the node and anything it started

@@ -8,7 +8,7 @@ import { fileSource, readPart10 } from "../../src/dicom/part10.ts";
 import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
-import { encodeDataset, encodeFileMeta, generateStudy, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
+import { encodeDataset, encodeFileMeta, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
 import { countingSource, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
 
 const TS = {
@@ -377,15 +377,6 @@ describe("readPart10: files and speed", () => {
     } finally {
       await fsp.rm(dir, { recursive: true, force: true });
     }
-  });
-
-  it("parses a 300-instance 512x512 CT in well under 5 ms per instance", async () => {
-    const files = [...generateStudy({ instances: 300, seriesCount: 3, rows: 512, columns: 512, modality: "CT", charset: "GB18030", patientName: "Wang^XiaoDong=王^小东", seed: 1 })].map((i) => i.bytes);
-    await parse(files[0]!); // warm-up (dictionary, dcmjs)
-    const t = performance.now();
-    for (const f of files) await parse(f);
-    const perInstance = (performance.now() - t) / files.length;
-    expect(perInstance).toBeLessThan(5);
   });
 });
 

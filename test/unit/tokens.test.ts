@@ -108,14 +108,17 @@ describe("first start and auth.enabled=false", () => {
     return { lines, log: createLogger("info", stream) };
   }
 
-  it("creates one admin token on the first start only, never logs it, and keeps only its hash", () => {
+  it("creates one admin token on the first start only (once the relay listens), never logs it, and keeps only its hash", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "access-first-"));
     try {
       const config = loadConfig({ env: {}, overrides: { dataDir } });
       expect(config.auth.enabled).toBe(true);
       const { lines, log } = capture();
       const first = startAccess({ config, log });
-      const token = first.initialAdminToken!;
+      // made only when the relay calls for it, after its listener is up (a start that cannot listen makes none)
+      expect(first.initialAdminToken).toBeNull();
+      const token = (await first.createInitialAdminToken())!;
+      expect(first.initialAdminToken).toBe(token);
       expect(token).toMatch(/^drt_/);
       const check = first.tokens.verify(token);
       expect(check.ok && check.token.scopes).toEqual(["read", "upload", "admin", "metrics"]);
@@ -123,7 +126,7 @@ describe("first start and auth.enabled=false", () => {
       expect(lines.join("")).toContain("initial admin token");
       first.close();
       const second = startAccess({ config, log });
-      expect(second.initialAdminToken).toBeNull();
+      expect(await second.createInitialAdminToken()).toBeNull();
       expect(second.tokens.list()).toHaveLength(1);
       second.close();
       const raw = fs.readFileSync(path.join(dataDir, "access.sqlite"));
@@ -134,14 +137,14 @@ describe("first start and auth.enabled=false", () => {
     }
   });
 
-  it("running without auth is an explicit setting that logs a warning at every start and creates no token", () => {
+  it("running without auth is an explicit setting that logs a warning at every start and creates no token", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "access-off-"));
     try {
       const config = loadConfig({ env: { DICOM_RELAY_AUTH_ENABLED: "false" }, overrides: { dataDir } });
       for (let i = 0; i < 2; i++) {
         const { lines, log } = capture();
         const a = startAccess({ config, log });
-        expect(a.initialAdminToken).toBeNull();
+        expect(await a.createInitialAdminToken()).toBeNull();
         const warning = lines.map((l) => JSON.parse(l) as { level: number; msg: string }).find((l) => /authentication is DISABLED/.test(l.msg));
         expect(warning?.level).toBe(40);
         a.close();
