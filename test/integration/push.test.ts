@@ -559,3 +559,127 @@ describe("dicom-relay push with access control", () => {
     await expectByteIdentical(relay, study.files, { Authorization: `Bearer ${admin}` });
   }, 120_000);
 });
+
+describe("dicom-relay push over several connections", () => {
+  let relay: TestRelay;
+  let proxy: FaultProxy;
+  let gate: http.Server;
+  const work = tmp("push-par-");
+  /** partial uploads seen (by path), PATCHes to them in flight now and at most */
+  const partial = new Set<string>();
+  const seen = { inFlight: 0, maxInFlight: 0, finals: 0 };
+
+  beforeAll(async () => {
+    relay = await startTestRelay({});
+    const target = relay.url;
+    // an HTTP observer between the link and the relay: which uploads are partial, how many PATCHes run at once
+    gate = http.createServer((req, res) => {
+      const p = req.url ?? "";
+      const concat = String(req.headers["upload-concat"] ?? "");
+      const counted = req.method === "PATCH" && partial.has(p);
+      if (counted) seen.maxInFlight = Math.max(seen.maxInFlight, ++seen.inFlight);
+      let ended = false;
+      const end = () => {
+        if (counted && !ended) seen.inFlight--;
+        ended = true;
+      };
+      const up = http.request(new URL(p, target), { method: req.method, headers: req.headers }, (ur) => {
+        const loc = ur.headers.location;
+        if (req.method === "POST" && concat === "partial" && loc) partial.add(new URL(loc, target).pathname);
+        if (req.method === "POST" && concat.startsWith("final;") && ur.statusCode === 201) seen.finals++;
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+        ur.on("end", end);
+      });
+      up.on("error", () => {
+        end();
+        res.destroy();
+      });
+      req.on("error", end);
+      res.on("close", end);
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => gate.listen(0, "127.0.0.1", () => r()));
+    // a lossy long path: each connection gets a small share (not the whole link)
+    proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: (gate.address() as { port: number }).port }, latencyMs: 20, bandwidthBytesPerSec: 250_000 });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    gate?.close();
+    await relay?.dispose();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it("one large instance goes as partial uploads over several connections; killed mid-way, the rerun resumes each partial at its offset; then 0 bytes", async () => {
+    const { writeLargeInstance } = await import("../../scripts/lib/synthetic.ts");
+    const src = path.join(work, "cd");
+    const small = await writeStudy(path.join(src, "S1"), { instances: 4, rows: 64, columns: 64, modality: "MR", seed: 31 });
+    // already compressed pixel data (RLE): bundled without gzip
+    const rle = await writeStudy(path.join(src, "S2"), { instances: 2, rows: 64, columns: 64, modality: "MR", seed: 32, studyInstanceUID: small.studyInstanceUID, transferSyntaxUID: "1.2.840.10008.1.2.5" });
+    const big = await writeLargeInstance(path.join(src, "S3", "big.dcm"), 6 * 1024 * 1024, { rows: 256, columns: 256, studyInstanceUID: small.studyInstanceUID, realisticNoise: true, seed: 33 });
+    const files = [...small.files, ...rle.files, big.path];
+    const cache = path.join(work, "cache");
+    const receipts = path.join(work, "receipts");
+    const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts];
+    type Part = { start: number; end: number; uploadUrl?: string; done?: boolean };
+    type B = { name: string; members: string[]; level?: number; size?: number; parts?: Part[]; finalUrl?: string };
+    const bundlesOf = () => Object.values((readState(cache)?.studies ?? {}) as Record<string, { bundles: B[] }>)[0]?.bundles ?? [];
+    const before = proxy.stats();
+    let atKill: B | null = null;
+    const first = await runPush(args, {
+      watch(p) {
+        const split = bundlesOf().find((b) => b.parts && b.parts.filter((x) => x.uploadUrl).length >= 2);
+        if (!atKill && split && proxy.stats().bytesUp - before.bytesUp > 800_000) {
+          atKill = split;
+          p.kill("SIGKILL");
+        }
+      },
+    });
+    expect(first.signal, first.stdout + first.stderr).toBe("SIGKILL");
+    if (!atKill) console.log("FIRST RUN", first.stdout.slice(-3000), first.stderr.slice(-3000), JSON.stringify(bundlesOf()).slice(0, 3000));
+    const killed = atKill as unknown as B;
+    expect(killed.members).toEqual([big.sopInstanceUID]);
+    expect(killed.parts!.length).toBeGreaterThanOrEqual(3);
+    // several partial uploads were under way at the same time
+    expect(seen.maxInFlight).toBeGreaterThanOrEqual(2);
+    // a partial cut mid-way: the relay holds part of it
+    const offsets = await Promise.all(killed.parts!.filter((x) => x.uploadUrl).map(async (x) => {
+      const head = await request(relay.url).head(new URL(x.uploadUrl!).pathname).set("Tus-Resumable", "1.0.0");
+      return { url: x.uploadUrl!, offset: Number(head.headers["upload-offset"]), length: x.end - x.start };
+    }));
+    const cut = offsets.filter((o) => o.offset > 0 && o.offset < o.length);
+    expect(cut.length, JSON.stringify(offsets)).toBeGreaterThanOrEqual(1);
+    const sentBeforeKill = proxy.stats().bytesUp - before.bytesUp;
+
+    const mid = proxy.stats();
+    const second = await runPush(args);
+    expect(second.code, second.stdout + second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/continuing the earlier transfer/);
+    expect(second.stdout).toMatch(/stored now: 7 +already on the relay: 0 +failed: 0/);
+    expect(second.stdout).toMatch(/Sent .* on the wire for .* of images/);
+    const after = bundlesOf().find((b) => b.name === killed.name)!;
+    // the same partial uploads, resumed (not created again), then joined by one final upload
+    for (const o of offsets) expect(after.parts!.map((x) => x.uploadUrl)).toContain(o.url);
+    expect(after.parts!.every((x) => x.done)).toBe(true);
+    expect(after.finalUrl).toBeTruthy();
+    expect(seen.finals).toBe(1);
+    // nothing sent twice beyond what was in flight at the kill
+    const wire = bundlesOf().reduce((n, b) => n + (b.size ?? 0), 0);
+    const resent = proxy.stats().bytesUp - mid.bytesUp;
+    expect(sentBeforeKill + resent).toBeLessThan(wire + 400_000);
+    // the RLE instances travelled without gzip (level 0), the others with it
+    const rleBundles = bundlesOf().filter((b) => b.members.some((m) => rle.files.length && m && b.level === 0));
+    expect(rleBundles.length).toBeGreaterThanOrEqual(1);
+    expect(bundlesOf().filter((b) => b.level === 1).length).toBeGreaterThanOrEqual(2);
+    await expectByteIdentical(relay, files);
+    const [receipt] = receiptsIn(receipts);
+    expect(receipt!.verified.signature).toBe(true);
+
+    // a rerun sends no image bytes
+    const mid2 = proxy.stats();
+    const third = await runPush(args);
+    expect(third.code, third.stdout + third.stderr).toBe(0);
+    expect(third.stdout).toMatch(/7 already on the relay, 0 to send/);
+    expect(proxy.stats().bytesUp - mid2.bytesUp).toBeLessThan(40_000);
+  }, 240_000);
+});
