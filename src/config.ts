@@ -151,6 +151,8 @@ export const configSchema = z
         cleanupIntervalSeconds: z.number().int().min(1),
         /** the final PATCH waits this long for the ingest result; then the client reads GET {tusPath}/{id} */
         finishWaitSeconds: z.number().int().min(0),
+        /** tus concatenation: most partial uploads one final upload may join */
+        maxPartialUploads: z.number().int().min(1).max(10_000),
         /** most instances one transfer manifest may list */
         maxManifestInstances: z.number().int().min(1),
         /** Ed25519 key that signs receipts (PKCS#8 PEM, created at first start); default dataDir/keys/receipt-ed25519.pem */
@@ -367,6 +369,7 @@ export function defaultConfig(): RelayConfig {
       expirationSeconds: 3 * 24 * 3600,
       cleanupIntervalSeconds: 3600,
       finishWaitSeconds: 60,
+      maxPartialUploads: 256,
       maxManifestInstances: 100_000,
       receiptKeyPath: "",
       bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200 },
