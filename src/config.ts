@@ -256,6 +256,8 @@ export const configSchema = z
         pollSeconds: z.number().min(0.05),
         /** how long one STOW-RS request or DIMSE association may take before it counts as failed */
         requestTimeoutSeconds: z.number().int().min(1),
+        /** STOW-RS requests (connections) in flight at once per job: several flows fill a long, lossy link */
+        concurrency: z.number().int().min(1).max(64),
       })
       .strict()
       .superRefine((f, ctx) => {
@@ -398,7 +400,7 @@ export function defaultConfig(): RelayConfig {
       tls: false,
       peers: [],
     },
-    forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300 },
+    forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300, concurrency: 4 },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
     console: { enabled: true, path: "/console" },
     viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },
