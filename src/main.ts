@@ -5,7 +5,6 @@
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
-import { startRelay } from "./relay.ts";
 
 const USAGE = `dicom-relay <command> [options]
 
@@ -85,6 +84,8 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
+  // loaded here, not at the top: the push and the other commands start without loading the whole server
+  const { startRelay } = await import("./relay.ts");
   const relay = await startRelay(config);
   const log = relay.services.log;
   log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
