@@ -610,7 +610,7 @@ describe("dicom-relay push over several connections", () => {
     fs.rmSync(work, { recursive: true, force: true });
   });
 
-  it("one large instance goes as partial uploads over several connections; killed mid-way, the rerun resumes each partial at its offset; then 0 bytes", async () => {
+  it("one large instance goes as partial uploads over several connections, each resumed at its offset after cuts and after a kill; a rerun sends 0 bytes", async () => {
     const { writeLargeInstance } = await import("../../scripts/lib/synthetic.ts");
     const src = path.join(work, "cd");
     const small = await writeStudy(path.join(src, "S1"), { instances: 4, rows: 64, columns: 64, modality: "MR", seed: 31 });
@@ -620,35 +620,33 @@ describe("dicom-relay push over several connections", () => {
     const files = [...small.files, ...rle.files, big.path];
     const cache = path.join(work, "cache");
     const receipts = path.join(work, "receipts");
-    const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts];
+    const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts, "--stall-seconds", "10"];
     type Part = { start: number; end: number; uploadUrl?: string; done?: boolean };
     type B = { name: string; members: string[]; level?: number; size?: number; parts?: Part[]; finalUrl?: string };
     const bundlesOf = () => Object.values((readState(cache)?.studies ?? {}) as Record<string, { bundles: B[] }>)[0]?.bundles ?? [];
+    // connections are cut every 400 kB: partial uploads are cut mid-way and resume
+    proxy.setFaults({ resetEveryBytes: 400_000 });
     const before = proxy.stats();
     let atKill: B | null = null;
+    // every bundle of the push as the state showed it (the rerun's state keeps only unfinished ones)
+    const everyBundle = new Map<string, B>();
     const first = await runPush(args, {
       watch(p) {
+        for (const b of bundlesOf()) everyBundle.set(b.name, b);
         const split = bundlesOf().find((b) => b.parts && b.parts.filter((x) => x.uploadUrl).length >= 2);
-        if (!atKill && split && proxy.stats().bytesUp - before.bytesUp > 800_000) {
+        if (!atKill && split && proxy.stats().bytesUp - before.bytesUp > 1_000_000) {
           atKill = split;
           p.kill("SIGKILL");
         }
       },
     });
     expect(first.signal, first.stdout + first.stderr).toBe("SIGKILL");
-    if (!atKill) console.log("FIRST RUN", first.stdout.slice(-3000), first.stderr.slice(-3000), JSON.stringify(bundlesOf()).slice(0, 3000));
     const killed = atKill as unknown as B;
     expect(killed.members).toEqual([big.sopInstanceUID]);
     expect(killed.parts!.length).toBeGreaterThanOrEqual(3);
     // several partial uploads were under way at the same time
     expect(seen.maxInFlight).toBeGreaterThanOrEqual(2);
-    // a partial cut mid-way: the relay holds part of it
-    const offsets = await Promise.all(killed.parts!.filter((x) => x.uploadUrl).map(async (x) => {
-      const head = await request(relay.url).head(new URL(x.uploadUrl!).pathname).set("Tus-Resumable", "1.0.0");
-      return { url: x.uploadUrl!, offset: Number(head.headers["upload-offset"]), length: x.end - x.start };
-    }));
-    const cut = offsets.filter((o) => o.offset > 0 && o.offset < o.length);
-    expect(cut.length, JSON.stringify(offsets)).toBeGreaterThanOrEqual(1);
+    const urlsAtKill = killed.parts!.map((x) => x.uploadUrl).filter((u): u is string => !!u);
     const sentBeforeKill = proxy.stats().bytesUp - before.bytesUp;
 
     const mid = proxy.stats();
@@ -657,20 +655,33 @@ describe("dicom-relay push over several connections", () => {
     expect(second.stdout).toMatch(/continuing the earlier transfer/);
     expect(second.stdout).toMatch(/stored now: 7 +already on the relay: 0 +failed: 0/);
     expect(second.stdout).toMatch(/Sent .* on the wire for .* of images/);
+    proxy.setFaults({ resetEveryBytes: 0 });
+    expect(proxy.stats().resets - before.resets).toBeGreaterThanOrEqual(2);
+    expect(first.stderr + second.stderr).toMatch(/\.part\d+: the connection dropped/);
     const after = bundlesOf().find((b) => b.name === killed.name)!;
-    // the same partial uploads, resumed (not created again), then joined by one final upload
-    for (const o of offsets) expect(after.parts!.map((x) => x.uploadUrl)).toContain(o.url);
+    // the same partial uploads, resumed after cuts and the kill (each created once), then joined by one final upload
+    for (const u of urlsAtKill) expect(after.parts!.map((x) => x.uploadUrl)).toContain(u);
+    // a creation POST cut before its answer leaves an empty upload behind and is made again: at most one per cut
+    expect(partial.size).toBeLessThanOrEqual(after.parts!.length + proxy.stats().resets - before.resets);
     expect(after.parts!.every((x) => x.done)).toBe(true);
     expect(after.finalUrl).toBeTruthy();
     expect(seen.finals).toBe(1);
     // nothing sent twice beyond what was in flight at the kill
     const wire = bundlesOf().reduce((n, b) => n + (b.size ?? 0), 0);
     const resent = proxy.stats().bytesUp - mid.bytesUp;
-    expect(sentBeforeKill + resent).toBeLessThan(wire + 400_000);
+    expect(sentBeforeKill + resent).toBeLessThan(wire + 1_500_000);
     // the RLE instances travelled without gzip (level 0), the others with it
-    const rleBundles = bundlesOf().filter((b) => b.members.some((m) => rle.files.length && m && b.level === 0));
-    expect(rleBundles.length).toBeGreaterThanOrEqual(1);
-    expect(bundlesOf().filter((b) => b.level === 1).length).toBeGreaterThanOrEqual(2);
+    for (const b of bundlesOf()) everyBundle.set(b.name, b);
+    const rleUids = new Set<string>();
+    for (const f of rle.files) {
+      const { readPart10, fileSource } = await import("../../src/dicom/part10.ts");
+      const fd = await fs.promises.open(f, "r");
+      rleUids.add((await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 20, bulkDataThreshold: 1024 })).sopInstanceUID);
+      await fd.close();
+    }
+    const all = [...everyBundle.values()];
+    expect(all.flatMap((b) => b.members).filter((m) => rleUids.has(m))).toHaveLength(2);
+    for (const b of all) expect(b.level, b.name).toBe(b.members.some((m) => rleUids.has(m)) ? 0 : 1);
     await expectByteIdentical(relay, files);
     const [receipt] = receiptsIn(receipts);
     expect(receipt!.verified.signature).toBe(true);
