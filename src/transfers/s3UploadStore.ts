@@ -29,7 +29,7 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { ConfigError } from "../config.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
-import { finalPatchRefused, type TusHooks } from "./tusServer.ts";
+import { finalPatchRefused, joinedPartialKept, type TusHooks } from "./tusServer.ts";
 import { FINAL_KEY, concatenated, isFinal, isPartial, partsOf } from "./concat.ts";
 import type { UploadResult, UploadResultStore } from "./transferStore.ts";
 
@@ -296,6 +296,8 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
         if (isNotFound(err)) throw ERRORS.FILE_NOT_FOUND;
         throw err;
       }
+      const final = isPartial(meta.file) ? meta.file.metadata?.[FINAL_KEY] : null;
+      if (final && !(await this.hooks.isProcessed(final))) throw joinedPartialKept(id, final);
       await this.client.abortMultipartUpload({ Bucket: this.bucket, Key: id, UploadId: meta["upload-id"] }).catch((err: unknown) => {
         if (!isNoSuchUpload(err) && !isNotFound(err)) throw err;
       });

@@ -55,6 +55,10 @@ export interface RelayUploadStore extends DataStore {
   updateMetadata(id: string, metadata: Record<string, string | null>): Promise<void>;
 }
 
+/** DELETE of a partial whose final is not ingested yet: its bytes are the final's. */
+export const joinedPartialKept = (id: string, final: string) =>
+  tusError(409, `partial upload ${id} is joined into final upload ${final}, which is not ingested yet; it cannot be removed now`);
+
 /** PATCH against a final upload (tus: 403): its bytes are its partials'. */
 export const finalPatchRefused = () => tusError(403, "this is a final upload (tus concatenation): its bytes are those of its partial uploads; nothing can be appended to it");
 
@@ -104,6 +108,15 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
       }
     }
     return super.write(readable, id, offset);
+  }
+
+  /** Termination: a final has only its info; a partial joined into a final not ingested yet stays (409). */
+  override async remove(id: string): Promise<void> {
+    const info = await this.info(id);
+    if (info && isFinal(info)) return fsp.rm(path.join(this.directory, `${id}.json`), { force: true });
+    const final = info && isPartial(info) ? info.metadata?.[FINAL_KEY] : null;
+    if (final && !(await this.hooks.isProcessed(final))) throw joinedPartialKept(id, final);
+    return super.remove(id);
   }
 
   /** Written whole or not at all (temp + rename): a crash never leaves a half info file. */

@@ -176,6 +176,17 @@ describe("tus concatenation (storage fs)", () => {
     res = await postFinal(endpoint, [p1, p2]);
     expect(res.status).toBe(409);
     expect(await sentence(res)).toMatch(/already joined into another final upload/);
+    // termination: a partial joined into a final not ingested yet stays (its final's bytes); a final can be removed
+    const waiting = await rawPartial(endpoint, Buffer.alloc(10));
+    const wid = idOf(waiting);
+    const info = await relay.services.transfers!.uploads.getUpload(wid);
+    await relay.services.transfers!.uploads.updateMetadata(wid, { ...info.metadata, "relay-final": "f".repeat(32) });
+    res = await fetch(waiting, { method: "DELETE", headers: TUS });
+    expect(res.status).toBe(409);
+    expect(await res.text()).toMatch(/joined into final upload f{32}, which is not ingested yet/);
+    const finalOfP1 = (await postFinal(endpoint, [p1])).headers.get("location")!;
+    expect((await fetch(finalOfP1, { method: "DELETE", headers: TUS })).status).toBe(204);
+    expect((await fetch(finalOfP1, { method: "HEAD", headers: TUS })).status).toBe(404);
     // nothing of the refused finals was ingested
     expect(await relay.services.index.getInstance(a!.sopInstanceUID, { includePending: true })).toBeNull();
   });
