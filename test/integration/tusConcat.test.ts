@@ -306,3 +306,24 @@ describe("tus concatenation across relay restarts", () => {
     }
   });
 });
+
+describe("tus concatenation: expiry", () => {
+  it("partials never joined expire like unfinished uploads, complete or not", async () => {
+    const relay = await startTestRelay({ transfers: { expirationSeconds: 1, cleanupIntervalSeconds: 1 } });
+    try {
+      const endpoint = `${relay.url}/api/uploads`;
+      const complete = await rawPartial(endpoint, Buffer.alloc(100, 1));
+      const half = await rawPartial(endpoint, Buffer.alloc(100, 2), { send: 50 });
+      const dir = relay.config.transfers.uploadDir;
+      const there = (u: string) => fs.existsSync(path.join(dir, `${path.basename(new URL(u).pathname)}.json`));
+      expect(there(complete) && there(half)).toBe(true);
+      const deadline = Date.now() + 10_000;
+      while ((there(complete) || there(half)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      expect(there(complete)).toBe(false);
+      expect(there(half)).toBe(false);
+      expect([404, 410]).toContain((await fetch(complete, { method: "HEAD", headers: TUS })).status);
+    } finally {
+      await relay.dispose();
+    }
+  });
+});
