@@ -11,7 +11,8 @@
  *
  * Per run: seconds, x of the wire floor (bytes on the wire up / link rate), bytes on the wire / folder bytes, flows
  * used (peak and average concurrent connections, from the emulator's per-second series), time to first payload
- * byte, push peak RSS (the child's VmHWM), relay peak RSS. Every run is bounded in time (killed on timeout: not met).
+ * byte, push peak RSS (the child's VmHWM), relay peak RSS. Every run is bounded in time (killed on timeout: not met):
+ * two minutes plus four times the folder's link floor, at most BENCH_CROSSBORDER_MAX_SECONDS when set.
  */
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -144,7 +145,8 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
   try {
     const folderFloor = study.bytes / linkBytesPerSec;
     // bounded: two minutes of start-up and slack plus four times what the link needs for the folder's bytes
-    const timeoutMs = (120 + 4 * folderFloor) * 1000;
+    const cap = Number(process.env.BENCH_CROSSBORDER_MAX_SECONDS) || Infinity;
+    const timeoutMs = Math.min(120 + 4 * folderFloor, cap) * 1000;
     const r = await runPush(study.folder, proxy.url, dir, timeoutMs, () => proxy.stats().bytesUp);
     const s = proxy.linkStats();
     const wireFloor = s.bytesUp / linkBytesPerSec;
