@@ -623,7 +623,7 @@ describe("dicom-relay push over several connections", () => {
     const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts, "--stall-seconds", "10"];
     type Part = { start: number; end: number; uploadUrl?: string; done?: boolean };
     type B = { name: string; members: string[]; level?: number; size?: number; parts?: Part[]; finalUrl?: string };
-    const bundlesOf = () => Object.values((readState(cache)?.studies ?? {}) as Record<string, { bundles: B[] }>)[0]?.bundles ?? [];
+    const bundlesOf = () => Object.values((readState(cache)?.studies ?? {}) as unknown as Record<string, { bundles: B[] }>)[0]?.bundles ?? [];
     // connections are cut every 400 kB: partial uploads are cut mid-way and resume
     proxy.setFaults({ resetEveryBytes: 400_000 });
     const before = proxy.stats();

@@ -86,15 +86,19 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   let active = 0;
   let producing = true;
   const finishing = new Set<Promise<void>>();
-  let wake: (() => void) | null = null;
+  // the producer and the sender loop each wait for a change (or a timeout): every waiter is woken
+  const waiters = new Set<() => void>();
   const poke = () => {
-    const w = wake;
-    wake = null;
-    w?.();
+    for (const w of [...waiters]) w();
   };
   const waitForPoke = (ms: number) => new Promise<void>((r) => {
-    wake = r;
-    setTimeout(() => { if (wake === r) poke(); }, ms);
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      waiters.delete(done);
+      r();
+    }
+    waiters.add(done);
   });
 
   const flowsNow = () => controller.flows;
