@@ -439,7 +439,7 @@ describe("tus concatenation on S3 (real MinIO)", () => {
   let s3: Minio.Client;
   beforeAll(async () => {
     minio = await startMinio();
-    relay = await startTestRelay(s3Overrides(minio));
+    relay = await startTestRelay(s3Overrides(minio, { transfers: { locker: { kind: "memory", acquireTimeoutSeconds: 2 } } }));
     const u = new URL(minio.endpoint);
     s3 = new Minio.Client({ endPoint: u.hostname, port: Number(u.port), useSSL: false, accessKey: minio.accessKey, secretKey: minio.secretKey });
   }, 60_000);
@@ -490,7 +490,7 @@ describe("tus concatenation on S3 (real MinIO)", () => {
     // the relay restarts (uploads and results live in the bucket, the transfer in its data directory)
     const dataDir = relay.dataDir;
     await relay.close();
-    relay = await startTestRelay(s3Overrides(minio), { dataDir });
+    relay = await startTestRelay(s3Overrides(minio, { transfers: { locker: { kind: "memory", acquireTimeoutSeconds: 2 } } }), { dataDir });
     const other = relay;
     const at = (u: string) => `${other.url}/api/uploads/${path.basename(new URL(u).pathname)}`;
     expect((await fetch(at(second), { method: "HEAD", headers: TUS })).headers.get("upload-offset")).toBe("500");
