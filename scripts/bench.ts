@@ -4,7 +4,8 @@
  *
  *   BENCH_QUICK=1 npm run bench            smaller sizes (for a smoke run)
  *   BENCH_ONLY=index100k npm run bench     only the named sections (comma-separated)
- *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_PUSH=1, BENCH_SKIP_DIMSE=1   leave one out
+ *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_CROSSBORDER=1, BENCH_SKIP_DIMSE=1   leave one out
+ *   BENCH_CROSSBORDER_BIG_PROFILES=all|none|40/4/200,...   the large study's link profiles (scripts/bench-crossborder.ts)
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import crypto from "node:crypto";
@@ -21,7 +22,7 @@ import { orthancAvailable, orthancVersion, startOrthanc } from "./orthancPeer.ts
 import { benchTransfers } from "./bench-transfers.ts";
 import { benchDimse } from "./bench-dimse.ts";
 import { benchIndex100k } from "./bench-index.ts";
-import { benchPush } from "./bench-push.ts";
+import { benchCrossborder } from "./bench-crossborder.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
 
@@ -418,7 +419,7 @@ async function benchPeer(workDir: string) {
   }
 }
 
-/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, transfers, push, peer, index100k, dimse). */
+/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, transfers, crossborder, peer, index100k, dimse). */
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
 const wanted = (section: string) => !ONLY || ONLY.has(section);
 const notSelected = { skipped: `not in BENCH_ONLY=${process.env.BENCH_ONLY ?? ""}` };
@@ -432,7 +433,7 @@ async function main() {
     const documents = wanted("documents") ? await benchDocuments(workDir) : null;
     const s3 = wanted("s3") ? await benchS3(workDir) : notSelected;
     const transfers = wanted("transfers") ? await benchTransfers(workDir) : notSelected;
-    const push = wanted("push") ? await benchPush(workDir) : notSelected;
+    const crossborder = wanted("crossborder") ? await benchCrossborder(workDir) : notSelected;
     const peer = wanted("peer") ? await benchPeer(workDir) : notSelected;
     const index100k = wanted("index100k") ? await benchIndex100k(workDir) : notSelected;
     const dimse = wanted("dimse") ? await benchDimse(workDir) : notSelected;
@@ -446,7 +447,7 @@ async function main() {
       documents: documents ?? notSelected,
       s3,
       transfers,
-      push,
+      crossborder,
       peer,
       dimse,
       index100k,
@@ -461,7 +462,7 @@ async function main() {
         ...(documents && {
           "peak RSS < 300 MB while a 95 MB PDF and a 12-megapixel PNG are attached": Math.max(documents.pdf.serverPeakRssMB, documents.png.serverPeakRssMB) < 300,
         }),
-        ...("targets" in push ? (push.targets as Record<string, boolean>) : {}),
+        ...("targets" in crossborder ? (crossborder.targets as Record<string, boolean>) : {}),
         ...("allPass" in index100k && {
           [`qido p95 < 20 ms and study metadata p95 < 50 ms at ${index100k.catalogue.instances.toLocaleString("en")} instances, SQLite and PostgreSQL (in process)`]: index100k.allPass.inProcess,
           "the same over HTTP": index100k.allPass.http,

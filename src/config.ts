@@ -166,6 +166,8 @@ export const configSchema = z
         cleanupIntervalSeconds: z.number().int().min(1),
         /** the final PATCH waits this long for the ingest result; then the client reads GET {tusPath}/{id} */
         finishWaitSeconds: z.number().int().min(0),
+        /** tus concatenation: most partial uploads one final upload may join */
+        maxPartialUploads: z.number().int().min(1).max(10_000),
         /** most instances one transfer manifest may list */
         maxManifestInstances: z.number().int().min(1),
         /** Ed25519 key that signs receipts (PKCS#8 PEM, created at first start); default dataDir/keys/receipt-ed25519.pem */
@@ -273,6 +275,8 @@ export const configSchema = z
         pollSeconds: z.number().min(0.05),
         /** how long one STOW-RS request or DIMSE association may take before it counts as failed */
         requestTimeoutSeconds: z.number().int().min(1),
+        /** STOW-RS requests (connections) in flight at once per job: several flows fill a long, lossy link */
+        concurrency: z.number().int().min(1).max(64),
       })
       .strict()
       .superRefine((f, ctx) => {
@@ -416,6 +420,7 @@ export function defaultConfig(): RelayConfig {
       expirationSeconds: 3 * 24 * 3600,
       cleanupIntervalSeconds: 3600,
       finishWaitSeconds: 60,
+      maxPartialUploads: 256,
       maxManifestInstances: 100_000,
       receiptKeyPath: "",
       bundle: { maxEntries: 100_000, maxTotalBytes: 256 * 1024 * 1024 * 1024, maxCompressionRatio: 200, maxFailedEntries: 200 },
@@ -444,7 +449,7 @@ export function defaultConfig(): RelayConfig {
       tls: false,
       peers: [],
     },
-    forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300 },
+    forwarding: { enabled: false, rules: [], retrySeconds: 5, maxRetrySeconds: 600, pollSeconds: 5, requestTimeoutSeconds: 300, concurrency: 4 },
     encryption: { enabled: false, keyFile: "", key: "", previousKeyFiles: "" },
     console: { enabled: true, path: "/console" },
     viewer: { ohifDir: "", assetsPath: "/viewer", linkExpiry: "2h" },

@@ -5,10 +5,6 @@
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
-import { startRelay } from "./relay.ts";
-import { recordRunning } from "./runningRelay.ts";
-import pino from "pino";
-import { createLogger, terminalLogStream } from "./logger.ts";
 
 const USAGE = `dicom-relay <command> [options]
 
@@ -111,6 +107,13 @@ async function serve(args: string[]): Promise<number> {
   const config = loadConfig({ file: values.config });
   // files the relay writes (blobs, uploads, spool, databases) are its user's only
   process.umask(0o077);
+  // loaded here, not at the top: the push and the other commands start without loading the whole server
+  const [{ startRelay }, { recordRunning }, { default: pino }, { createLogger, terminalLogStream }] = await Promise.all([
+    import("./relay.ts"),
+    import("./runningRelay.ts"),
+    import("pino"),
+    import("./logger.ts"),
+  ]);
   // human lines on standard output, log lines on standard error: JSON for collectors, readable on a terminal
   const log = createLogger(config.log.level, process.stderr.isTTY ? terminalLogStream(process.stderr) : pino.destination({ fd: 2, sync: true }));
   let relay;

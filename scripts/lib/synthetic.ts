@@ -353,11 +353,26 @@ function phantom(shape: PixelShape, seed: number): Buffer {
   return out;
 }
 
-/** A frame: the cached phantom plus a bright band whose position depends on (instance, frame). */
-function frame(shape: PixelShape, seed: number, variant: number): Buffer {
+/**
+ * A frame: the cached phantom plus a bright band whose position depends on (instance, frame). With realistic, 16-bit
+ * frames also get their own quantum noise (about 12 HU in the body, 6 outside, roughly Gaussian): the bare phantom
+ * repeats the same noise in every slice, which a compressor with a window of several MB (brotli) turns into almost
+ * nothing, and gzip packs to about a quarter, far from real CT/MR (about half).
+ */
+function frame(shape: PixelShape, seed: number, variant: number, realistic = false): Buffer {
   const base = phantom(shape, seed);
   const out = Buffer.allocUnsafe(base.length);
   base.copy(out);
+  if (realistic && shape.bitsAllocated === 16 && shape.samplesPerPixel === 1) {
+    const rand = rng((seed * 31 + variant * 7919) ^ 0x5bd1e995);
+    const u16 = new Uint16Array(out.buffer, out.byteOffset, shape.rows * shape.columns);
+    for (let i = 0; i < u16.length; i++) {
+      // sum of three uniforms: close enough to a Gaussian of sigma 0.5
+      const g = rand() + rand() + rand() - 1.5;
+      const v = u16[i]! + Math.round(g * (u16[i]! > 200 ? 24 : 12)) + 24;
+      u16[i] = v < 0 ? 0 : v > 4095 ? 4095 : v;
+    }
+  }
   const rowBytes = shape.columns * shape.samplesPerPixel * (shape.bitsAllocated / 8);
   const band = Math.max(1, Math.floor(shape.rows / 64));
   const start = (variant * 7) % Math.max(1, shape.rows - band);
@@ -499,6 +514,8 @@ export interface SyntheticInstanceOptions {
   extra?: Record<string, unknown>;
   /** seeds the pixel pattern and the made-up demographics (deterministic when given) */
   seed?: number;
+  /** per-frame quantum noise in 16-bit frames, so pixel data compresses like real CT/MR (for transfer benchmarks) */
+  realisticNoise?: boolean;
   /** write sequences and items with undefined length */
   undefinedLengthSequences?: boolean;
   /** encapsulated only */
@@ -694,7 +711,7 @@ function plan(o: SyntheticInstanceOptions): Plan {
 /** Pixel data element(s) for a plan, ready to encode. */
 function pixelElements(p: Plan, o: SyntheticInstanceOptions): WriterElement[] {
   const frames: Buffer[] = [];
-  for (let f = 0; f < p.frames; f++) frames.push(frame(p.shape, p.seed, p.instanceNumber * 13 + f));
+  for (let f = 0; f < p.frames; f++) frames.push(frame(p.shape, p.seed, p.instanceNumber * 13 + f, o.realisticNoise));
   const ts = p.transferSyntaxUID;
   const encapsulated = ts === TransferSyntaxUID.RLELossless || ts === TransferSyntaxUID.EncapsulatedUncompressedExplicitVRLittleEndian;
   if (!encapsulated) {
@@ -839,7 +856,7 @@ export async function writeLargeInstance(file: string, targetBytes: number, opts
   await pipeline(Readable.from((function* () {
     yield header;
     yield pixelHeader;
-    for (let f = 0; f < frames; f++) yield frame(p.shape, p.seed, f);
+    for (let f = 0; f < frames; f++) yield frame(p.shape, p.seed, f, opts.realisticNoise);
   })()), fs.createWriteStream(file));
   return {
     path: file,

@@ -72,7 +72,8 @@ function stowSender(rule: ForwardRuleConfig, deps: { config: RelayConfig; store:
   const target = new URL(rule.url.replace(/\/$/, "") + "/studies");
   const timeoutMs = deps.config.forwarding.requestTimeoutSeconds * 1000;
   const client = target.protocol === "https:" ? https : http;
-  const agent = new client.Agent({ keepAlive: true, maxSockets: 1 });
+  // one connection per concurrent request (forwarding.concurrency), kept alive between instances
+  const agent = new client.Agent({ keepAlive: true, maxSockets: Math.max(1, deps.config.forwarding.concurrency) });
   return {
     async open() {
       return {

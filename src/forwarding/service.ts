@@ -12,6 +12,7 @@ import type { AuditTrail } from "../access/audit.ts";
 import { ForwardingStore, type ForwardJob } from "./store.ts";
 import { createSender, type SendSession } from "./senders.ts";
 import type { RetentionService } from "../retention/service.ts";
+import { forEachBounded } from "../bounded.ts";
 
 export interface ForwardingDeps {
   config: RelayConfig;
@@ -149,25 +150,30 @@ export class ForwardingService {
         return;
       }
       let retryError: string | null = null;
+      // STOW-RS: several requests at once (one flow gets a small share of a long, lossy link); a DIMSE association
+      // carries one C-STORE at a time. After a retryable failure no new send starts; those running finish.
+      const width = rule.kind === "stow" ? this.cfg.concurrency : 1;
       try {
-        for (const loc of locations) {
-          if (this.closed) {
-            retryError = "the relay is stopping";
-            break;
-          }
-          this.queue.noteSending(job.id, loc.sopInstanceUID);
-          const r = await session.send(loc);
-          if (r.kind === "sent") {
-            this.queue.markSent(job.id, loc.sopInstanceUID, r.status);
-            this.deps.retention?.noteDelivered([loc], `rule:${job.rule}`, "forward");
-          }
-          else if (r.kind === "refused") this.queue.markItemFailed(job.id, loc.sopInstanceUID, r.status, r.error);
-          else {
-            this.queue.noteItemError(job.id, loc.sopInstanceUID, r.status, r.error);
-            retryError = r.error;
-            break;
-          }
-        }
+        await forEachBounded(
+          locations,
+          width,
+          async (loc) => {
+            this.queue.noteSending(job.id, loc.sopInstanceUID);
+            const r = await session.send(loc);
+            if (r.kind === "sent") {
+              this.queue.markSent(job.id, loc.sopInstanceUID, r.status);
+              this.deps.retention?.noteDelivered([loc], `rule:${job.rule}`, "forward");
+            } else if (r.kind === "refused") this.queue.markItemFailed(job.id, loc.sopInstanceUID, r.status, r.error);
+            else {
+              this.queue.noteItemError(job.id, loc.sopInstanceUID, r.status, r.error);
+              retryError ??= r.error;
+            }
+          },
+          () => {
+            if (this.closed) retryError ??= "the relay is stopping";
+            return retryError !== null;
+          },
+        );
       } finally {
         await session.close().catch(() => {});
       }

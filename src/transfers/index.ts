@@ -59,7 +59,7 @@ export async function startTransfers(deps: {
   const locker = createTusLocker(config, deps.log);
   const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks(), locker });
   // on S3 an upload's result lives beside it, so the node that continues an upload (or any other) can read it
-  await service.start(uploads, uploads instanceof RelayS3Store ? uploads : transfers);
+  await service.start(uploads, uploads instanceof RelayS3Store ? uploads : transfers, locker);
   return {
     service,
     tus,

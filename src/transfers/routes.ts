@@ -4,14 +4,15 @@
  * like the DICOMweb ones.
  */
 import express, { Router, type RequestHandler, type Response } from "express";
-import type { Server } from "@tus/server";
+import { Metadata, type Server } from "@tus/server";
 import type { RelayConfig } from "../config.ts";
 import { HttpError, RETRY_AFTER_SECONDS } from "../http/errors.ts";
 import { ManifestError } from "./manifest.ts";
 import { TransferNotFoundError, TransferStateError, type TransferService } from "./transferService.ts";
 import type { ItemState, TransferState } from "./transferStore.ts";
 import { ownedBy, senderOf, type Sender } from "../access/sender.ts";
-import { ADMIN_HEADER, OWNER_HEADER, uploadOwnedBy } from "./tusServer.ts";
+import { ADMIN_HEADER, OWNER_HEADER, PARTIAL_UPLOAD, uploadOwnedBy, type PartialUploadMark } from "./tusServer.ts";
+import { ConcatError, RESERVED_METADATA_KEYS, parseUploadConcat, publicMetadata, uploadConcatHeader } from "./concat.ts";
 
 /** tus upload ids are what the stores generate: letters, digits, '-' and '_' (never a dot or a slash) */
 const UPLOAD_ID = /^[A-Za-z0-9_-]{1,128}$/;
@@ -151,6 +152,57 @@ export function transfersRouter(
     if (upload && !uploadOwnedBy(senderOf(res), upload)) throw new HttpError(404, `no upload with id ${id}`);
     next();
   });
+  // tus concatenation (concat.ts): the final upload is made here, partial uploads by @tus/server marked as such
+  api.post(tusPath, async (req, res, next) => {
+    const header = req.get("upload-concat");
+    if (header === undefined) return next();
+    const sender = senderOf(res);
+    let concat;
+    try {
+      concat = parseUploadConcat(header, tusPath, config.transfers.maxPartialUploads);
+    } catch (err) {
+      if (err instanceof ConcatError) throw new HttpError(err.status, err.message, { "Tus-Resumable": "1.0.0" });
+      throw err;
+    }
+    if (concat.kind === "partial") {
+      // @tus/server 2 refuses the header; it creates the upload, onUploadCreate marks it partial for this owner
+      delete req.headers["upload-concat"];
+      for (let i = req.rawHeaders.length - 2; i >= 0; i -= 2) if (req.rawHeaders[i]!.toLowerCase() === "upload-concat") req.rawHeaders.splice(i, 2);
+      (req as unknown as Record<symbol, PartialUploadMark>)[PARTIAL_UPLOAD] = true;
+      res.setHeader("Upload-Concat", "partial");
+      return next();
+    }
+    if (req.get("upload-length") !== undefined || req.get("upload-defer-length") !== undefined) {
+      throw new HttpError(400, "a final upload (Upload-Concat: final;...) takes its length from its partial uploads: send no Upload-Length", { "Tus-Resumable": "1.0.0" });
+    }
+    let metadata: Record<string, string | null> = {};
+    try {
+      const raw = req.get("upload-metadata");
+      if (raw) metadata = Metadata.parse(raw) as Record<string, string | null>;
+    } catch {
+      throw new HttpError(400, "Upload-Metadata is not valid tus metadata (key base64value pairs separated by commas)", { "Tus-Resumable": "1.0.0" });
+    }
+    const reserved = Object.keys(metadata).filter((k) => RESERVED_METADATA_KEYS.includes(k));
+    if (reserved.length) throw new HttpError(400, `Upload-Metadata key ${reserved.join(", ")} is reserved for the relay; leave it out`, { "Tus-Resumable": "1.0.0" });
+    let made;
+    try {
+      made = await service.createFinalUpload({ partIds: concat.ids, metadata, sender });
+    } catch (err) {
+      const tusErr = err as { status_code?: number; body?: string };
+      if (err instanceof ConcatError) throw new HttpError(err.status, err.message, { "Tus-Resumable": "1.0.0" });
+      if (typeof tusErr.status_code === "number" && typeof tusErr.body === "string") throw new HttpError(tusErr.status_code, tusErr.body.trim(), { "Tus-Resumable": "1.0.0" });
+      throw err;
+    }
+    const base = config.server.publicUrl ? config.server.publicUrl.replace(/\/$/, "") : `${req.protocol}://${req.get("host")}`;
+    res.status(201).set({
+      "Tus-Resumable": "1.0.0",
+      Location: `${base}${tusPath}/${made.id}`,
+      "Upload-Concat": header.trim(),
+      "Upload-Result": `${tusPath}/${made.id}`,
+    });
+    if (made.result) res.json(made.result);
+    else res.end();
+  });
   api.all([tusPath, `${tusPath}/:id`], (req, res, next) => {
     // who creates an upload is recorded in its metadata by the tus hooks (tusServer.ts); never a client's value
     const sender = senderOf(res);
@@ -158,8 +210,11 @@ export function transfersRouter(
     setInternalHeader(req, ADMIN_HEADER, String(sender.admin));
     // @tus/server answers storage outages 503 (s3UploadStore.ts) but sets no Retry-After: tell clients when to retry
     const writeHead = res.writeHead;
+    const isHead = req.method === "HEAD";
     res.writeHead = function (this: typeof res, status: number, ...rest: unknown[]) {
+      // @tus/server answers storage outages 503 (s3UploadStore.ts) but sets no Retry-After: tell clients when to retry
       if (status === 503 && !this.hasHeader("retry-after")) this.setHeader("Retry-After", RETRY_AFTER_SECONDS);
+      if (isHead) rest = hideConcatMetadata(rest, tusPath);
       return (writeHead as (...a: unknown[]) => typeof res).call(this, status, ...rest);
     } as typeof res.writeHead;
     tus.handle(req, res).catch(next);
@@ -167,4 +222,32 @@ export function transfersRouter(
 
   r.use(api);
   return r;
+}
+
+/**
+ * HEAD: the relay's own metadata keys (concat.ts) become the Upload-Concat header (partial, or final with its
+ * partials' URLs) and leave Upload-Metadata. srvx hands writeHead a flat [name, value, ...] list.
+ */
+function hideConcatMetadata(args: unknown[], tusPath: string): unknown[] {
+  const at = args.findIndex((a) => Array.isArray(a));
+  if (at < 0) return args;
+  const raw = [...(args[at] as string[])];
+  for (let i = 0; i < raw.length; i += 2) {
+    if (String(raw[i]).toLowerCase() !== "upload-metadata") continue;
+    let metadata: Record<string, string | null> | undefined;
+    try {
+      metadata = Metadata.parse(String(raw[i + 1])) as Record<string, string | null>;
+    } catch {
+      return args;
+    }
+    const concat = uploadConcatHeader(metadata, tusPath);
+    const shown = publicMetadata(metadata) ?? {};
+    if (Object.keys(shown).length) raw[i + 1] = Metadata.stringify(shown);
+    else raw.splice(i, 2);
+    if (concat) raw.push("Upload-Concat", concat);
+    break;
+  }
+  const out = [...args];
+  out[at] = raw;
+  return out;
 }

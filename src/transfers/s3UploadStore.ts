@@ -16,7 +16,10 @@
  *   @tus/s3-store reports every getUpload failure as "not found", which would make a client start over;
  * - its expiration only aborts unfinished multipart uploads; finished, ingested uploads' info objects are
  *   swept here too, and a complete upload never ingested is left to recovery;
- * - no cross-node stale cache: upload metadata is cached only once its length is known (then it never changes).
+ * - no cross-node stale cache: upload metadata is cached only once its length is known (then it never changes),
+ *   and dropped when the relay rewrites it (a partial joined into a final);
+ * - concatenation (concat.ts): a final upload is only its <id>.info (no multipart upload, no bytes); its bytes are
+ *   its partials' objects read in order.
  */
 import { PassThrough, type Readable } from "node:stream";
 import type { S3 } from "@aws-sdk/client-s3";
@@ -26,7 +29,8 @@ import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { ConfigError } from "../config.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
-import type { TusHooks } from "./tusServer.ts";
+import { finalPatchRefused, joinedPartialKept, type TusHooks } from "./tusServer.ts";
+import { FINAL_KEY, concatenated, isFinal, isPartial, partsOf } from "./concat.ts";
 import type { UploadResult, UploadResultStore } from "./transferStore.ts";
 
 /** A tus error @tus/server answers as is: 503 + a sentence (the route adds Retry-After). */
@@ -151,6 +155,7 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
         requestHandler: { connectionTimeout: opts.connectTimeoutMs ?? 5_000, socketTimeout: opts.idleTimeoutMs ?? 30_000 },
       },
     });
+    this.extensions.push("concatenation");
     this.keyPrefix = uploadsKeyPrefix(s3.prefix, opts.prefix);
     this.hooks = opts.hooks;
     this.log = opts.log;
@@ -213,12 +218,15 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   override async getUpload(id: string): Promise<Upload> {
     this.checkId(id);
+    let meta: MetadataValue;
     try {
-      await this.getMetadata(id);
+      meta = await this.getMetadata(id);
     } catch (err) {
       if (isNotFound(err)) throw ERRORS.FILE_NOT_FOUND;
       throw this.unavailable(err);
     }
+    // a final upload has no bytes of its own: complete from the moment it exists
+    if (isFinal(meta.file)) return new Upload({ ...meta.file, offset: meta.file.size ?? 0 });
     let upload: Upload;
     try {
       upload = await super.getUpload(id);
@@ -251,6 +259,8 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   override async write(readable: Readable, id: string, offset: number): Promise<number> {
     this.checkId(id);
+    const meta = await this.getMetadata(id).catch(() => null);
+    if (meta && isFinal(meta.file)) throw finalPatchRefused();
     try {
       return await super.write(readable, id, offset);
     } catch (err) {
@@ -286,6 +296,8 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
         if (isNotFound(err)) throw ERRORS.FILE_NOT_FOUND;
         throw err;
       }
+      const final = isPartial(meta.file) ? meta.file.metadata?.[FINAL_KEY] : null;
+      if (final && !(await this.hooks.isProcessed(final))) throw joinedPartialKept(id, final);
       await this.client.abortMultipartUpload({ Bucket: this.bucket, Key: id, UploadId: meta["upload-id"] }).catch((err: unknown) => {
         if (!isNoSuchUpload(err) && !isNotFound(err)) throw err;
       });
@@ -320,8 +332,38 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     } while (token);
   }
 
-  /** The finished upload's bytes as a stream (ingest reads it once, front to back). */
+  /** Concatenation: a final upload's info only (no multipart upload: nothing will be appended). */
+  async createFinal(upload: Upload): Promise<void> {
+    try {
+      await this.saveMetadata(upload, "none");
+      await this.clearCache(upload.id);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+  }
+
+  async updateMetadata(id: string, metadata: Record<string, string | null>): Promise<void> {
+    this.checkId(id);
+    try {
+      await this.clearCache(id);
+      const meta = await this.getMetadata(id);
+      await this.saveMetadata(new Upload({ ...meta.file, metadata }), meta["upload-id"] ?? "none");
+      await this.clearCache(id);
+    } catch (err) {
+      if (isNotFound(err)) throw ERRORS.FILE_NOT_FOUND;
+      throw this.unavailable(err);
+    }
+  }
+
+  /** Every partial of a final still has its bytes object. */
+  private async partsThere(final: Upload): Promise<boolean> {
+    for (const p of partsOf(final)) if (!(await this.exists(p))) return false;
+    return true;
+  }
+
+  /** The finished upload's bytes as a stream (ingest reads it once, front to back); a final's: its partials' in order. */
   async openUpload(upload: Upload): Promise<Readable> {
+    if (isFinal(upload)) return concatenated(partsOf(upload).map((id) => () => this.openUpload(new Upload({ id, offset: 0 }))));
     let body: Readable;
     try {
       body = (await this.reader.getObject({ Bucket: this.bucket, Key: upload.id })).Body as Readable;
@@ -341,7 +383,9 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
   /** After ingest: the bytes go, the .info object stays for HEAD until expiration. */
   async removeData(id: string): Promise<void> {
     try {
-      await this.deleteKeys([id, `${id}.part`]);
+      const meta = await this.getMetadata(id).catch((err: unknown) => (isNotFound(err) ? null : Promise.reject(err)));
+      const parts = meta && isFinal(meta.file) ? partsOf(meta.file) : [];
+      await this.deleteKeys([id, `${id}.part`, ...parts.flatMap((p) => [p, `${p}.part`])]);
     } catch (err) {
       throw this.unavailable(err);
     }
@@ -354,6 +398,13 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     const out: Upload[] = [];
     for (const id of infos) {
       try {
+        const meta = await this.getMetadata(id);
+        // a partial alone is never ingested; a final is, while its partials' bytes are there
+        if (isPartial(meta.file)) continue;
+        if (isFinal(meta.file)) {
+          if (await this.partsThere(meta.file)) out.push(await this.getUpload(id));
+          continue;
+        }
         const u = await super.getUpload(id);
         if (u.size === undefined || u.offset !== u.size) continue;
         if (!(await this.exists(id))) {
@@ -391,8 +442,16 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
       }
       const created = meta.file.creation_date ? new Date(meta.file.creation_date).getTime() : now;
       if (created + expiration >= now || this.hooks.isProcessing(id)) continue;
+      // concatenation: a final not ingested yet, or a partial joined into one, belongs to ingest recovery
+      if (isFinal(meta.file) && !(await this.hooks.isProcessed(id)) && (await this.partsThere(meta.file))) continue;
+      const joinedInto = isPartial(meta.file) ? meta.file.metadata?.[FINAL_KEY] : null;
+      if (joinedInto && (this.hooks.isProcessing(joinedInto) || !(await this.hooks.isProcessed(joinedInto)))) {
+        const final = await this.getMetadata(joinedInto).catch(() => null);
+        if (final && (await this.partsThere(final.file))) continue;
+      }
       const dataThere = await this.exists(id);
-      if (dataThere && !(await this.hooks.isProcessed(id))) {
+      // complete, never ingested: recovery's (a partial never joined expires like an unfinished upload)
+      if (dataThere && !isPartial(meta.file) && !(await this.hooks.isProcessed(id))) {
         const complete = await this.client
           .listParts({ Bucket: this.bucket, Key: id, UploadId: meta["upload-id"] })
           .then(() => false, (err: unknown) => (isNoSuchUpload(err) ? true : Promise.reject(err)));

@@ -16,7 +16,7 @@ import type { Readable } from "node:stream";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
-import type { Upload } from "@tus/server";
+import { ERRORS, Upload, type Locker } from "@tus/server";
 import { spoolDir, type RelayConfig } from "../config.ts";
 import type { Index } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
@@ -29,9 +29,10 @@ import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.t
 import type { ItemState, TransferItem, TransferListQuery, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
-import { ownedBy } from "../access/sender.ts";
+import { ownedBy, type Sender } from "../access/sender.ts";
 import { auditContext, type AuditEntry, type AuditTrail } from "../access/audit.ts";
 import { UPLOAD_OWNER_KEY } from "./tusServer.ts";
+import { CONCAT_KEY, ConcatError, FINAL_KEY, OWNER_KEY, PARTS_KEY, assertPartialBelongsToFinal, finalUploadId, isFinal, isPartial, partsOf } from "./concat.ts";
 
 export interface TransferServiceDeps {
   config: RelayConfig;
@@ -123,6 +124,8 @@ export class TransferService {
   /** where upload results are kept: the transfer store, or the S3 upload store (shared by nodes) */
   private results: UploadResultStore;
   private closed = false;
+  /** the tus server's locker: a final upload is made while its partials are held */
+  private locker: Locker | null = null;
   readonly spoolDir: string;
 
   constructor(private readonly deps: TransferServiceDeps) {
@@ -140,8 +143,9 @@ export class TransferService {
     return this.deps.transfers.countTransfersByState();
   }
 
-  async start(tus: RelayUploadStore, results: UploadResultStore = this.deps.transfers): Promise<void> {
+  async start(tus: RelayUploadStore, results: UploadResultStore = this.deps.transfers, locker: Locker | null = null): Promise<void> {
     this.uploads = tus;
+    this.locker = locker;
     this.results = results;
     await fsp.mkdir(this.spoolDir, { recursive: true });
     for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
@@ -167,6 +171,7 @@ export class TransferService {
   private async recoverUploads(when: string): Promise<void> {
     for (const upload of await this.uploads!.listComplete()) {
       if (this.closed) return;
+      if (isPartial(upload)) continue;
       if (this.inFlight.has(upload.id)) continue;
       const done = await this.results.getUploadResult(upload.id);
       if (done?.state === "done" || (done && (await this.ingestedElsewhere(upload.id)))) continue;
@@ -377,20 +382,13 @@ export class TransferService {
       },
       onFinish: async (upload) => {
         const resultUrl = `${this.deps.config.transfers.tusPath}/${upload.id}`;
-        const work = this.processUpload(upload);
-        const waitMs = this.deps.config.transfers.finishWaitSeconds * 1000;
-        let timer: NodeJS.Timeout | undefined;
-        const result = await Promise.race([
-          work,
-          new Promise<null>((r) => {
-            timer = setTimeout(() => r(null), waitMs);
-          }),
-        ]).finally(() => clearTimeout(timer));
+        const result = await this.finishWithin(this.processUpload(upload));
         return { body: result ? JSON.stringify(result) : null, resultUrl };
       },
       isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
       completedLate: (upload) => {
+        if (isPartial(upload)) return;
         void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "ingest of a late-completed upload failed"));
       },
     };
@@ -398,6 +396,90 @@ export class TransferService {
 
   async uploadResult(id: string): Promise<UploadResult | null> {
     return this.results.getUploadResult(id);
+  }
+
+  /** The result if the work ends within transfers.finishWaitSeconds, else null (the client reads it later). */
+  private async finishWithin(work: Promise<UploadResult>): Promise<UploadResult | null> {
+    const waitMs = this.deps.config.transfers.finishWaitSeconds * 1000;
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      work,
+      new Promise<null>((r) => {
+        timer = setTimeout(() => r(null), waitMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  // ---------------------------------------------------------------- tus concatenation (concat.ts)
+
+  /**
+   * POST with Upload-Concat: final;<partials>: checks the partials, records the final (its id follows from owner +
+   * partials, so a retried POST finds the same final instead of making a second one) and ingests it like a finished
+   * upload. Throws ConcatError (or a tusError from validateCreate) with the sentence for the sender.
+   */
+  async createFinalUpload(req: { partIds: string[]; metadata: Record<string, string | null>; sender: Sender }): Promise<{ id: string; result: UploadResult | null }> {
+    const uploads = this.uploads;
+    if (!uploads || !this.locker) throw new Error("the transfer service is not started");
+    const { partIds, metadata, sender } = req;
+    const owner = sender.owner;
+    const transferId = metadata.transferId || null;
+    const id = finalUploadId(owner, partIds);
+    // partials in a fixed order, so two finals racing for the same partials cannot deadlock
+    const held: Awaited<ReturnType<typeof this.lockUploads>> = await this.lockUploads([id, ...[...partIds].sort()]);
+    try {
+      const existing = await this.findUpload(id);
+      if (existing) {
+        if (!isFinal(existing) || partsOf(existing).join(" ") !== partIds.join(" ")) throw new ConcatError(409, `upload ${id} exists and is not this final upload`);
+      } else {
+        // the partials first: another sender's partials answer like unknown ones, whatever else is wrong
+        const parts: Upload[] = [];
+        for (const pid of partIds) {
+          const p = await this.findUpload(pid);
+          assertPartialBelongsToFinal(pid, p, { id, owner, transferId });
+          parts.push(p!);
+        }
+        await this.tusHooks().validateCreate(metadata, sender);
+        const size = parts.reduce((a, p) => a + (p.size ?? 0), 0);
+        const max = this.deps.config.transfers.maxUploadBytes;
+        if (size > max) throw new ConcatError(413, `the partial uploads add up to ${size} bytes, more than the relay accepts in one upload (${max} bytes, transfers.maxUploadBytes); split the study into several bundles`);
+        // claimed first, the final second: a crash between leaves claims naming a final that does not exist,
+        // which the same POST (same id) takes over and no other final can steal
+        for (const p of parts) if (p.metadata?.[FINAL_KEY] !== id) await uploads.updateMetadata(p.id, { ...p.metadata, [FINAL_KEY]: id });
+        await uploads.createFinal(
+          new Upload({ id, size, offset: size, metadata: { ...metadata, [CONCAT_KEY]: "final", [OWNER_KEY]: owner, [PARTS_KEY]: partIds.join(" ") }, creation_date: new Date().toISOString() }),
+        );
+        this.deps.log.info({ uploadId: id, partials: partIds.length, size, transferId }, "final upload created from partial uploads");
+      }
+    } finally {
+      await Promise.all(held.map((l) => l.unlock().catch(() => undefined)));
+    }
+    const final = await uploads.getUpload(id);
+    return { id, result: await this.finishWithin(this.processUpload(final)) };
+  }
+
+  private async findUpload(id: string): Promise<Upload | null> {
+    try {
+      return await this.uploads!.getUpload(id);
+    } catch (err) {
+      if (err === ERRORS.FILE_NOT_FOUND || err === ERRORS.FILE_NO_LONGER_EXISTS) return null;
+      throw err;
+    }
+  }
+
+  private async lockUploads(ids: string[]): Promise<{ unlock(): Promise<void> }[]> {
+    const held: { unlock(): Promise<void> }[] = [];
+    try {
+      for (const id of ids) {
+        const lock = this.locker!.newLock(id);
+        // a holder of a complete partial has nothing left to write: it is asked to let go and does
+        await lock.lock(new AbortController().signal, () => undefined);
+        held.push(lock);
+      }
+    } catch (err) {
+      await Promise.all(held.map((l) => l.unlock().catch(() => undefined)));
+      throw err;
+    }
+    return held;
   }
 
   // ---------------------------------------------------------------- uploads
@@ -408,6 +490,8 @@ export class TransferService {
    * caller gets the error and this node tries again by itself a few times; then the periodic sweep takes over.
    */
   processUpload(upload: Upload, attempt = 1): Promise<UploadResult> {
+    // a partial upload is only ever ingested as part of its final upload
+    if (isPartial(upload)) return Promise.reject(new Error(`upload ${upload.id} is a partial upload; it is ingested with its final upload`));
     const running = this.inFlight.get(upload.id);
     if (running) return running;
     const work = (async () => {

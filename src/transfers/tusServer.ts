@@ -1,6 +1,7 @@
 /**
  * tus 1.0 endpoint (@tus/server 2 + @tus/file-store): core, creation, creation-with-upload, creation-defer-length,
- * termination, expiration. @tus/server 2 implements no checksum extension (no Upload-Checksum support in any of
+ * termination, expiration, and concatenation (ours: concat.ts; partial uploads are ordinary uploads marked in their
+ * info, a final upload is an info naming its partials, whose bytes are read in order at ingest). @tus/server 2 implements no checksum extension (no Upload-Checksum support in any of
  * its stores), so integrity is end to end instead: the SHA-256 per instance in a transfer manifest.
  *
  * A finished upload's bytes are ingested, then its data file is deleted (disk space back at once) while its small
@@ -22,11 +23,12 @@ import type { RelayConfig } from "../config.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
 import { isIndexUnavailable } from "../catalog/index.ts";
 import { ownedBy, type Sender } from "../access/sender.ts";
+import { CONCAT_KEY, FINAL_KEY, OWNER_KEY, RESERVED_METADATA_KEYS, concatenated, isFinal, isPartial, partsOf } from "./concat.ts";
 
 type TusError = { status_code: number; body: string };
 
-/** Metadata key holding who created an upload (set by the relay at creation; a client's own value is overwritten). */
-export const UPLOAD_OWNER_KEY = "relayOwner";
+/** Metadata key holding who created an upload (set by the relay at creation; a client may not send it: 400). */
+export const UPLOAD_OWNER_KEY = OWNER_KEY;
 /**
  * Request headers by which the route hands the authenticated sender to the tus hooks (which see a fetch Request,
  * not express's res.locals). The route removes any client-sent value first (routes.ts).
@@ -68,9 +70,20 @@ export interface RelayUploadStore extends DataStore {
   deleteExpired(): Promise<number>;
   /** A finished upload's bytes: a local file path (fs) or a stream (S3). */
   openUpload(upload: Upload): Promise<string | stream.Readable>;
-  /** After ingest: remove the bytes, keep what HEAD needs to answer "complete". */
+  /** After ingest: remove the bytes (a final's: its partials' bytes), keep what HEAD needs to answer "complete". */
   removeData(id: string): Promise<void>;
+  /** Concatenation: keep a final upload's info (no bytes of its own; complete from the start). */
+  createFinal(upload: Upload): Promise<void>;
+  /** Concatenation: replace an upload's metadata (a partial records the final that joined it). */
+  updateMetadata(id: string, metadata: Record<string, string | null>): Promise<void>;
 }
+
+/** DELETE of a partial whose final is not ingested yet: its bytes are the final's. */
+export const joinedPartialKept = (id: string, final: string) =>
+  tusError(409, `partial upload ${id} is joined into final upload ${final}, which is not ingested yet; it cannot be removed now`);
+
+/** PATCH against a final upload (tus: 403): its bytes are its partials'. */
+export const finalPatchRefused = () => tusError(403, "this is a final upload (tus concatenation): its bytes are those of its partial uploads; nothing can be appended to it");
 
 /** FileStore that keeps answering for uploads whose data file went away after ingest, and expires them itself. */
 export class RelayFileStore extends FileStore implements RelayUploadStore {
@@ -81,25 +94,90 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     private readonly log: Logger,
   ) {
     super({ directory, expirationPeriodInMilliseconds: expirationMs });
+    this.extensions.push("concatenation");
+  }
+
+  private info(id: string): Promise<Upload | undefined> {
+    return this.configstore.get(id) as Promise<Upload | undefined>;
+  }
+
+  /** Ingested: the upload itself, or (a partial) the final that joined it. */
+  private async consumed(id: string, info: Upload | undefined): Promise<boolean> {
+    if (await this.hooks.isProcessed(id)) return true;
+    const final = info && isPartial(info) ? info.metadata?.[FINAL_KEY] : null;
+    return Boolean(final && (await this.hooks.isProcessed(final)));
   }
 
   override async getUpload(id: string): Promise<Upload> {
+    const info = await this.info(id);
+    // a final upload has no data file: complete from the moment it exists
+    if (info && isFinal(info)) return new Upload({ id, size: info.size, offset: info.size ?? 0, metadata: info.metadata, creation_date: info.creation_date });
     try {
       return await super.getUpload(id);
     } catch (err) {
-      if (err !== ERRORS.FILE_NO_LONGER_EXISTS || !(await this.hooks.isProcessed(id))) throw err;
-      const info = (await this.configstore.get(id)) as Upload;
+      if (err !== ERRORS.FILE_NO_LONGER_EXISTS || !info || !(await this.consumed(id, info))) throw err;
       return new Upload({ id, size: info.size, offset: info.size ?? 0, metadata: info.metadata, creation_date: info.creation_date });
     }
   }
 
   override async write(readable: http.IncomingMessage | stream.Readable, id: string, offset: number): Promise<number> {
-    // a repeated final PATCH (empty body at offset == size) for an upload already ingested: nothing to write
-    if (!fs.existsSync(path.join(this.directory, id)) && (await this.hooks.isProcessed(id))) {
-      readable.resume();
-      return offset;
+    if (!fs.existsSync(path.join(this.directory, id))) {
+      const info = await this.info(id);
+      if (info && isFinal(info)) throw finalPatchRefused();
+      // a repeated final PATCH (empty body at offset == size) for an upload already ingested: nothing to write
+      if (await this.consumed(id, info)) {
+        readable.resume();
+        return offset;
+      }
     }
     return super.write(readable, id, offset);
+  }
+
+  /** Termination: a final has only its info; a partial joined into a final not ingested yet stays (409). */
+  override async remove(id: string): Promise<void> {
+    const info = await this.info(id);
+    if (info && isFinal(info)) return fsp.rm(path.join(this.directory, `${id}.json`), { force: true });
+    const final = info && isPartial(info) ? info.metadata?.[FINAL_KEY] : null;
+    if (final && !(await this.hooks.isProcessed(final))) throw joinedPartialKept(id, final);
+    return super.remove(id);
+  }
+
+  /** Written whole or not at all (temp + rename): a crash never leaves a half info file. */
+  private async writeInfo(upload: Upload): Promise<void> {
+    const file = path.join(this.directory, `${upload.id}.json`);
+    const tmp = `${file}.${process.pid}.tmp`;
+    await fsp.writeFile(tmp, JSON.stringify(upload));
+    await fsp.rename(tmp, file);
+  }
+
+  async createFinal(upload: Upload): Promise<void> {
+    await this.writeInfo(upload);
+  }
+
+  async updateMetadata(id: string, metadata: Record<string, string | null>): Promise<void> {
+    const info = await this.info(id);
+    if (!info) throw ERRORS.FILE_NOT_FOUND;
+    await this.writeInfo(Object.assign(new Upload({ id, size: info.size, offset: info.offset, creation_date: info.creation_date }), info, { metadata }));
+  }
+
+  /** Every partial of a final still has its bytes (so the final can still be ingested). */
+  private async partsThere(final: Upload): Promise<boolean> {
+    for (const p of partsOf(final)) if (!(await fsp.stat(path.join(this.directory, p)).catch(() => null))) return false;
+    return true;
+  }
+
+  /** A complete upload that ingest recovery owns (not expiry): a final whose partials are there, a partial joined into one. */
+  private async awaitingIngest(id: string, info: Upload, dataSize: number | null): Promise<boolean> {
+    if (await this.hooks.isProcessed(id)) return false;
+    if (isFinal(info)) return this.partsThere(info);
+    if (isPartial(info)) {
+      const final = info.metadata?.[FINAL_KEY];
+      if (!final) return false; // never joined: expires like any unfinished upload
+      if (this.hooks.isProcessing(final)) return true;
+      const f = await this.info(final);
+      return Boolean(f && !(await this.hooks.isProcessed(final)) && (await this.partsThere(f)));
+    }
+    return dataSize !== null && info.size !== undefined && dataSize === info.size;
   }
 
   /** Removes what is older than the expiration: unfinished uploads (their bytes) and ingested uploads' info files. */
@@ -128,7 +206,7 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
       const dataPath = path.join(this.directory, id);
       const st = await fsp.stat(dataPath).catch(() => null);
       // complete but never ingested (the relay stopped at the wrong moment): ingest recovery owns it, not expiry
-      if (st && info.size !== undefined && st.size === info.size && !(await this.hooks.isProcessed(id))) continue;
+      if (await this.awaitingIngest(id, info, st?.size ?? null)) continue;
       await fsp.rm(dataPath, { force: true });
       await fsp.rm(path.join(this.directory, name), { force: true });
       removed++;
@@ -137,22 +215,35 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     return removed;
   }
 
-  async openUpload(upload: Upload): Promise<string> {
+  async openUpload(upload: Upload): Promise<string | stream.Readable> {
+    if (isFinal(upload)) {
+      const dir = this.directory;
+      return concatenated(partsOf(upload).map((id) => async () => fs.createReadStream(path.join(dir, id), { highWaterMark: 1024 * 1024 })));
+    }
     return upload.storage?.path ?? path.join(this.directory, upload.id);
   }
 
   async removeData(id: string): Promise<void> {
+    const info = await this.info(id);
+    for (const p of info && isFinal(info) ? partsOf(info) : []) await fsp.rm(path.join(this.directory, p), { force: true });
     await fsp.rm(path.join(this.directory, id), { force: true });
   }
 
-  /** Uploads whose bytes are complete (offset == size) and whose data file is still there. */
+  /** Uploads whose bytes are complete (offset == size) and whose data is still there; never a partial alone. */
   async listComplete(): Promise<Upload[]> {
     const out: Upload[] = [];
     const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
     for (const name of names) {
       if (!name.endsWith(".json")) continue;
       try {
-        const u = await super.getUpload(name.slice(0, -".json".length));
+        const id = name.slice(0, -".json".length);
+        const info = await this.info(id);
+        if (!info || isPartial(info)) continue;
+        if (isFinal(info)) {
+          if (await this.partsThere(info)) out.push(await this.getUpload(id));
+          continue;
+        }
+        const u = await super.getUpload(id);
         if (u.size !== undefined && u.offset === u.size) out.push(u);
       } catch {
         // info without data (already ingested) or unreadable: nothing to recover
@@ -161,6 +252,14 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     return out;
   }
 }
+
+/** Set on the request by the route for a POST with Upload-Concat: partial (the header itself is taken off). */
+export const PARTIAL_UPLOAD = Symbol("dicom-relay.partialUpload");
+export type PartialUploadMark = true;
+
+/** The Node request behind @tus/server's web Request (srvx keeps it). */
+const nodeRequestOf = (req: unknown): (http.IncomingMessage & { [PARTIAL_UPLOAD]?: PartialUploadMark }) | undefined =>
+  (req as { runtime?: { node?: { req?: http.IncomingMessage } } }).runtime?.node?.req;
 
 export interface TusServerOptions {
   config: RelayConfig;
@@ -192,12 +291,18 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
     exposedHeaders: ["Upload-Result"],
     async onUploadCreate(req, upload) {
       const sender: Sender = { owner: req.headers.get(OWNER_HEADER) ?? "anonymous", admin: req.headers.get(ADMIN_HEADER) === "true" };
+      const metadata = upload.metadata ?? {};
       // the owner is recorded by the relay, never taken from the client's Upload-Metadata
-      const metadata = { ...(upload.metadata ?? {}), [UPLOAD_OWNER_KEY]: sender.owner };
+      const reserved = Object.keys(metadata).filter((k) => RESERVED_METADATA_KEYS.includes(k));
+      if (reserved.length) throw tusError(400, `Upload-Metadata key ${reserved.join(", ")} is reserved for the relay; leave it out`);
       await hooks.validateCreate(metadata, sender);
-      return { metadata };
+      const owned = { ...metadata, [OWNER_KEY]: sender.owner };
+      // a partial upload (tus concatenation): resumable like any upload, never ingested alone, joined by its owner
+      if (nodeRequestOf(req)?.[PARTIAL_UPLOAD]) return { metadata: { ...owned, [CONCAT_KEY]: "partial" } };
+      return { metadata: owned };
     },
     async onUploadFinish(req, upload) {
+      if (isPartial(upload)) return {};
       const { body, resultUrl } = await hooks.onFinish(upload, req.method);
       const headers: Record<string, string> = { "Upload-Result": resultUrl };
       if (body === null) return { headers };

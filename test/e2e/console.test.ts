@@ -6,6 +6,7 @@
  * the study-scoped root and cannot list other studies, the console's own "open in viewer", revoking the link.
  * Screenshots of every page go to test-artifacts/.
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
@@ -428,6 +429,65 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     expect(control.overflow).toBeGreaterThan(0);
     await page.close();
   }, 120_000);
+
+  it("sends a large file as partial uploads over several connections (tus concatenation), resumed after a reload", async () => {
+    const bigDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-console-big-"));
+    try {
+      // one 12.6 MB instance: above the page's 8 MiB split size, so 4 partials of ~3 MB
+      const big = makeInstance({ rows: 2048, columns: 3072, bitsAllocated: 16, modality: "CT", seed: 21 });
+      fs.mkdirSync(path.join(bigDir, "BIG"));
+      fs.writeFileSync(path.join(bigDir, "BIG", "I1.dcm"), big);
+      const context = await tb.browser.newContext({ viewport: { width: 1366, height: 768 } });
+      const page = await context.newPage();
+      await signIn(page, admin);
+      await page.getByRole("link", { name: "Send a study" }).click();
+      await expect.poll(() => page.locator("#send").isVisible()).toBe(true);
+      // each connection is slow (a lossy path): only several at once make the file go faster
+      proxy.setFaults({ bandwidthBytesPerSec: 600_000, resetEveryBytes: 0 });
+      const upAtStart = proxy.stats().bytesUp;
+      const connectionsAtStart = proxy.stats().connections;
+      await page.locator("#pick-folder").setInputFiles(bigDir);
+      await page.locator("#plan-send").click();
+      const progress = () => page.locator("#total-progress").evaluate((e) => (e as HTMLProgressElement).value);
+      await expect.poll(progress, { timeout: 60_000 }).toBeGreaterThan(0.2);
+      // the page's progress also counts bytes queued in socket buffers: wait for what the link really carried
+      await expect.poll(() => proxy.stats().bytesUp - upAtStart, { timeout: 60_000 }).toBeGreaterThan(big.length * 0.4);
+      const saved = JSON.parse((await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))) ?? "null") as { id: string };
+
+      // reloaded mid-way: the page resumes the partial uploads it had (their URLs are in localStorage)
+      await page.reload();
+      const deliveredBeforeReload = proxy.stats().bytesUp - upAtStart;
+      await expect.poll(() => page.locator("#resume-banner").textContent()).toContain("A transfer was interrupted");
+      proxy.setFaults({ bandwidthBytesPerSec: 2_000_000 });
+      const upBeforeResume = proxy.stats().bytesUp;
+      await dropFolder(page, "#drop", bigDir);
+      await page.locator("#plan-send").click();
+      await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 120_000 }).toBe("true");
+      expect(proxy.stats().connections - connectionsAtStart).toBeGreaterThan(2);
+      // what reached the relay before the reload was not sent again (a few in-flight chunks at most)
+      expect(deliveredBeforeReload).toBeGreaterThan(big.length * 0.2);
+      expect(proxy.stats().bytesUp - upBeforeResume).toBeLessThan(big.length - deliveredBeforeReload + 1024 * 1024);
+
+      // at the relay: partial uploads of this transfer, joined by one final upload naming them
+      const dir = relay.config.transfers.uploadDir;
+      const infos = fs.readdirSync(dir).filter((n) => n.endsWith(".json")).map((n) => JSON.parse(fs.readFileSync(path.join(dir, n), "utf8")) as { id: string; size: number; metadata?: Record<string, string> });
+      const partials = infos.filter((u) => u.metadata?.["relay-concat"] === "partial" && u.metadata?.transferId === saved.id);
+      const finals = infos.filter((u) => u.metadata?.["relay-concat"] === "final" && u.metadata?.transferId === saved.id);
+      expect(partials.length).toBe(4);
+      expect(finals).toHaveLength(1);
+      expect(finals[0]!.metadata!["relay-parts"]!.split(" ").sort()).toEqual(partials.map((p) => p.id).sort());
+      expect(finals[0]!.size).toBe(big.length);
+      // the study arrived whole, byte-exact
+      const t = await (await fetch(`${relay.url}/api/transfers/${saved.id}?instances=all`, { headers: { Authorization: `Bearer ${admin}` } })).json() as { complete: boolean; instances: { sopInstanceUID: string; state: string }[] };
+      expect(t.complete).toBe(true);
+      const loc = await relay.services.index.getInstance(t.instances[0]!.sopInstanceUID);
+      expect(loc?.sha256).toBe(crypto.createHash("sha256").update(big).digest("hex"));
+      await context.close();
+    } finally {
+      proxy.setFaults({ bandwidthBytesPerSec: 0 });
+      fs.rmSync(bigDir, { recursive: true, force: true });
+    }
+  }, 240_000);
 
   it("on a relay without authentication the console opens without a token and says so", async () => {
     const open = await startTestRelay({ viewer: { ohifDir: path.join(workDir, "no-ohif") } });

@@ -5,6 +5,7 @@
  * with access control on: the right upload token delivers, a wrong one is refused and nothing arrives.
  */
 import crypto from "node:crypto";
+import http from "node:http";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as tus from "tus-js-client";
@@ -144,8 +145,10 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
     });
     expect(job!.counts).toEqual({ pending: 0, sent: 6, failed: 0 });
     const detail = await (await fetch(`${relay.url}/api/forwarding/jobs/${job!.id}`)).json() as { instances: ForwardItem[] };
-    // the first instance was tried during the outage (never confirmed); none was sent twice after a confirmation
-    expect(detail.instances.filter((i) => i.sends > 1).length).toBeLessThanOrEqual(1);
+    // the first instances (one per connection, forwarding.concurrency) were tried during the outage (never
+    // confirmed); none was sent twice after a confirmation
+    expect(detail.instances.filter((i) => i.sends > 1).length).toBeLessThanOrEqual(relay.config.forwarding.concurrency);
+    expect(detail.instances.filter((i) => i.sends > 1).length).toBeLessThan(6);
     expect(detail.instances.every((i) => i.state === "sent" && i.status === 200)).toBe(true);
     const atPacs = await orthanc.studyInstances(uid);
     expect(atPacs).toHaveLength(6);
@@ -296,5 +299,61 @@ describe("auto-forwarding by STOW-RS to a second relay that checks bearer tokens
     const refusals = await home.services.access!.audit.query({ outcome: "failure" });
     expect(refusals.some((a) => a.action === "auth" && a.status === 401 && a.method === "POST")).toBe(true);
     expect(refusals.some((a) => a.action === "dicomweb.stow" && a.status === 403)).toBe(true);
+  }, 90_000);
+
+  it("sends over several connections at once (forwarding.concurrency), every instance arrives byte-exact, a failed one is retried alone", async () => {
+    // a counting receiver in front of the home relay: holds each request 150 ms (a long link), counts requests and
+    // sockets in flight at once, and answers the very first request 503 without passing it on
+    let inFlight = 0;
+    let maxInFlight = 0;
+    let requests = 0;
+    const sockets = new Set<unknown>();
+    const target = new URL(home.dicomwebUrl);
+    const counter = http.createServer((req, res) => {
+      sockets.add(req.socket);
+      requests++;
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      const done = () => inFlight--;
+      if (requests === 1) {
+        req.resume();
+        req.on("end", () => setTimeout(() => (done(), res.writeHead(503, { "Retry-After": "1" }).end("busy")), 150));
+        return;
+      }
+      setTimeout(() => {
+        const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+          r.on("end", done);
+        });
+        up.on("error", () => (done(), res.destroy()));
+        req.pipe(up);
+      }, 150);
+    });
+    await new Promise<void>((r) => counter.listen(0, "127.0.0.1", () => r()));
+    try {
+      const port = (counter.address() as { port: number }).port;
+      const relay = await forwarder([{ name: "home-parallel", kind: "stow", url: `http://127.0.0.1:${port}${target.pathname}`, token: uploadToken }]);
+      expect(relay.config.forwarding.concurrency).toBe(4);
+      const study = [...generateStudy({ instances: 12, seriesCount: 2, modality: "CT", seed: 73, rows: 32, columns: 32 })];
+      const uid = study[0]!.studyInstanceUID;
+      const transferId = await createTransfer(relay, study);
+      await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
+      const [job] = await waitFor("the forwarding job to finish", async () => {
+        const j = await jobs(relay, `study=${uid}`);
+        return j.length && j[0]!.state !== "pending" ? j : null;
+      }, 60_000);
+      expect(job, JSON.stringify(job)).toMatchObject({ state: "done", counts: { pending: 0, sent: 12, failed: 0 } });
+      expect(job!.attempts).toBeGreaterThanOrEqual(2); // the 503 made a second attempt
+      expect(maxInFlight).toBeGreaterThan(1);
+      expect(sockets.size).toBeGreaterThan(1);
+      // 12 instances + the one answered 503 sent again: nothing else twice
+      expect(requests).toBe(13);
+      expect(await atHome(uid)).toEqual(study.map((i) => i.sopInstanceUID).sort());
+      for (const i of study) expect((await home.services.index.getInstance(i.sopInstanceUID))?.sha256).toBe(sha(i.bytes));
+    } finally {
+      counter.closeAllConnections();
+      await new Promise((r) => counter.close(r));
+    }
   }, 90_000);
 });

@@ -559,3 +559,142 @@ describe("dicom-relay push with access control", () => {
     await expectByteIdentical(relay, study.files, { Authorization: `Bearer ${admin}` });
   }, 120_000);
 });
+
+describe("dicom-relay push over several connections", () => {
+  let relay: TestRelay;
+  let proxy: FaultProxy;
+  let gate: http.Server;
+  const work = tmp("push-par-");
+  /** partial uploads seen (by path), PATCHes to them in flight now and at most */
+  const partial = new Set<string>();
+  const seen = { inFlight: 0, maxInFlight: 0, finals: 0 };
+
+  beforeAll(async () => {
+    relay = await startTestRelay({});
+    const target = relay.url;
+    // an HTTP observer between the link and the relay: which uploads are partial, how many PATCHes run at once
+    gate = http.createServer((req, res) => {
+      const p = req.url ?? "";
+      const concat = String(req.headers["upload-concat"] ?? "");
+      const counted = req.method === "PATCH" && partial.has(p);
+      if (counted) seen.maxInFlight = Math.max(seen.maxInFlight, ++seen.inFlight);
+      let ended = false;
+      const end = () => {
+        if (counted && !ended) seen.inFlight--;
+        ended = true;
+      };
+      const up = http.request(new URL(p, target), { method: req.method, headers: req.headers }, (ur) => {
+        const loc = ur.headers.location;
+        if (req.method === "POST" && concat === "partial" && loc) partial.add(new URL(loc, target).pathname);
+        if (req.method === "POST" && concat.startsWith("final;") && ur.statusCode === 201) seen.finals++;
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+        ur.on("end", end);
+      });
+      up.on("error", () => {
+        end();
+        res.destroy();
+      });
+      req.on("error", end);
+      res.on("close", end);
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => gate.listen(0, "127.0.0.1", () => r()));
+    // a lossy long path: each connection gets a small share (not the whole link)
+    proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: (gate.address() as { port: number }).port }, latencyMs: 20, bandwidthBytesPerSec: 250_000 });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    gate?.close();
+    await relay?.dispose();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it("one large instance goes as partial uploads over several connections, each resumed at its offset after cuts and after a kill; a rerun sends 0 bytes", async () => {
+    const { writeLargeInstance } = await import("../../scripts/lib/synthetic.ts");
+    const src = path.join(work, "cd");
+    const small = await writeStudy(path.join(src, "S1"), { instances: 4, rows: 64, columns: 64, modality: "MR", seed: 31 });
+    // already compressed pixel data (RLE): bundled without gzip
+    const rle = await writeStudy(path.join(src, "S2"), { instances: 2, rows: 64, columns: 64, modality: "MR", seed: 32, studyInstanceUID: small.studyInstanceUID, transferSyntaxUID: "1.2.840.10008.1.2.5" });
+    const big = await writeLargeInstance(path.join(src, "S3", "big.dcm"), 6 * 1024 * 1024, { rows: 256, columns: 256, studyInstanceUID: small.studyInstanceUID, realisticNoise: true, seed: 33 });
+    const files = [...small.files, ...rle.files, big.path];
+    const cache = path.join(work, "cache");
+    const receipts = path.join(work, "receipts");
+    const args = [src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts, "--stall-seconds", "10"];
+    type Part = { start: number; end: number; uploadUrl?: string; done?: boolean };
+    type B = { name: string; members: string[]; level?: number; size?: number; parts?: Part[]; finalUrl?: string };
+    const bundlesOf = () => Object.values((readState(cache)?.studies ?? {}) as unknown as Record<string, { bundles: B[] }>)[0]?.bundles ?? [];
+    // connections are cut every 400 kB: partial uploads are cut mid-way and resume
+    proxy.setFaults({ resetEveryBytes: 400_000 });
+    const before = proxy.stats();
+    let atKill: B | null = null;
+    // every bundle of the push as the state showed it (the rerun's state keeps only unfinished ones)
+    const everyBundle = new Map<string, B>();
+    const first = await runPush(args, {
+      watch(p) {
+        for (const b of bundlesOf()) everyBundle.set(b.name, b);
+        const split = bundlesOf().find((b) => b.parts && b.parts.filter((x) => x.uploadUrl).length >= 2);
+        if (!atKill && split && proxy.stats().bytesUp - before.bytesUp > 1_000_000) {
+          atKill = split;
+          p.kill("SIGKILL");
+        }
+      },
+    });
+    expect(first.signal, first.stdout + first.stderr).toBe("SIGKILL");
+    const killed = atKill as unknown as B;
+    expect(killed.members).toEqual([big.sopInstanceUID]);
+    expect(killed.parts!.length).toBeGreaterThanOrEqual(3);
+    // several partial uploads were under way at the same time
+    expect(seen.maxInFlight).toBeGreaterThanOrEqual(2);
+    const urlsAtKill = killed.parts!.map((x) => x.uploadUrl).filter((u): u is string => !!u);
+    const sentBeforeKill = proxy.stats().bytesUp - before.bytesUp;
+
+    const mid = proxy.stats();
+    const second = await runPush(args);
+    expect(second.code, second.stdout + second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/continuing the earlier transfer/);
+    // bundles the first run finished before the kill count as already there; the large one is this run's
+    const counts = /stored now: (\d+) +already on the relay: (\d+) +failed: 0 +not sent yet: 0/.exec(second.stdout);
+    expect(counts, second.stdout).not.toBeNull();
+    expect(Number(counts![1])).toBeGreaterThanOrEqual(1);
+    expect(Number(counts![1]) + Number(counts![2])).toBe(7);
+    expect(second.stdout).toMatch(/Sent .* on the wire for .* of images/);
+    proxy.setFaults({ resetEveryBytes: 0 });
+    expect(proxy.stats().resets - before.resets).toBeGreaterThanOrEqual(2);
+    expect(first.stderr + second.stderr).toMatch(/\.part\d+: the connection dropped/);
+    const after = bundlesOf().find((b) => b.name === killed.name)!;
+    // the same partial uploads, resumed after cuts and the kill (each created once), then joined by one final upload
+    for (const u of urlsAtKill) expect(after.parts!.map((x) => x.uploadUrl)).toContain(u);
+    // a creation POST cut before its answer leaves an empty upload behind and is made again: at most one per cut
+    expect(partial.size).toBeLessThanOrEqual(after.parts!.length + proxy.stats().resets - before.resets);
+    expect(after.parts!.every((x) => x.done)).toBe(true);
+    expect(after.finalUrl).toBeTruthy();
+    expect(seen.finals).toBe(1);
+    // nothing sent twice beyond what was in flight at the kill
+    const wire = bundlesOf().reduce((n, b) => n + (b.size ?? 0), 0);
+    const resent = proxy.stats().bytesUp - mid.bytesUp;
+    expect(sentBeforeKill + resent).toBeLessThan(wire + 1_500_000);
+    // the RLE instances travelled without gzip (level 0), the others with it
+    for (const b of bundlesOf()) everyBundle.set(b.name, b);
+    const rleUids = new Set<string>();
+    for (const f of rle.files) {
+      const { readPart10, fileSource } = await import("../../src/dicom/part10.ts");
+      const fd = await fs.promises.open(f, "r");
+      rleUids.add((await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 20, bulkDataThreshold: 1024 })).sopInstanceUID);
+      await fd.close();
+    }
+    const all = [...everyBundle.values()];
+    expect(all.flatMap((b) => b.members).filter((m) => rleUids.has(m))).toHaveLength(2);
+    for (const b of all) expect(b.level, b.name).toBe(b.members.some((m) => rleUids.has(m)) ? 0 : 1);
+    await expectByteIdentical(relay, files);
+    const [receipt] = receiptsIn(receipts);
+    expect(receipt!.verified.signature).toBe(true);
+
+    // a rerun sends no image bytes
+    const mid2 = proxy.stats();
+    const third = await runPush(args);
+    expect(third.code, third.stdout + third.stderr).toBe(0);
+    expect(third.stdout).toMatch(/7 already on the relay, 0 to send/);
+    expect(proxy.stats().bytesUp - mid2.bytesUp).toBeLessThan(40_000);
+  }, 240_000);
+});

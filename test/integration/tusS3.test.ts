@@ -24,6 +24,7 @@ import type { DeepPartial, RelayConfig } from "../../src/config.ts";
 import { RelayS3Store } from "../../src/transfers/s3UploadStore.ts";
 import { Upload } from "@tus/server";
 import { createLogger } from "../../src/logger.ts";
+import { bundleOf, createTransfer, expectStoredExactly, parallelUpload, postFinal, rawPartial, studyOf } from "../support/tusConcat.ts";
 
 const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
 const TUS = { "Tus-Resumable": "1.0.0" };
@@ -429,5 +430,82 @@ describe("tus uploads on S3: expiry", () => {
     for (let i = 0; i < 80 && (await list()).some((k) => k.includes(id)); i++) await sleep(100);
     expect((await list()).filter((k) => k.includes(id))).toEqual([]);
     expect([404, 410]).toContain((await fetch(url, { method: "HEAD", headers: TUS })).status);
+  }, 60_000);
+});
+
+describe("tus concatenation on S3 (real MinIO)", () => {
+  let minio: RunningMinio;
+  let relay: TestRelay;
+  let s3: Minio.Client;
+  beforeAll(async () => {
+    minio = await startMinio();
+    relay = await startTestRelay(s3Overrides(minio, { transfers: { locker: { kind: "memory", acquireTimeoutSeconds: 2 } } }));
+    const u = new URL(minio.endpoint);
+    s3 = new Minio.Client({ endPoint: u.hostname, port: Number(u.port), useSSL: false, accessKey: minio.accessKey, secretKey: minio.secretKey });
+  }, 60_000);
+  afterAll(async () => {
+    const dataDir = relay?.dataDir;
+    await relay?.dispose();
+    if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+    await minio?.destroy();
+  });
+  const keys = async (): Promise<string[]> => {
+    const out: string[] = [];
+    for await (const o of s3.listObjectsV2("tus-it", "site-a/uploads/", true) as AsyncIterable<{ name?: string }>) if (o.name) out.push(o.name);
+    return out;
+  };
+
+  it("tus-js-client parallelUploads through a cutting proxy: partials in the bucket, a final ingested byte-exact, partial bytes removed", async () => {
+    const proxy = await startFaultProxy({ target: { host: "127.0.0.1", port: relay.port }, resetEveryBytes: 120_000 });
+    try {
+      const insts = studyOf(10, 128);
+      const t = await createTransfer(relay.url, insts);
+      const bundle = await bundleOf(insts);
+      const up = await parallelUpload(`${proxy.url}/api/uploads`, bundle, { parallel: 3, metadata: { transferId: t.id } });
+      expect(proxy.stats().resets).toBeGreaterThan(0);
+      expect(JSON.parse(up.body)).toMatchObject({ state: "done", size: bundle.length, counts: { stored: 10, failed: 0 } });
+      await expectStoredExactly(relay, insts);
+      const head = await fetch(`${relay.url}${new URL(up.url).pathname}`, { method: "HEAD", headers: TUS });
+      expect(head.headers.get("upload-offset")).toBe(String(bundle.length));
+      const parts = head.headers.get("upload-concat")!.slice("final;".length).split(" ").map((p) => path.basename(p));
+      expect(parts).toHaveLength(3);
+      // partials' bytes objects are gone, their .info stay (HEAD still says complete)
+      const left = await keys();
+      for (const p of parts) {
+        expect(left).toContain(`site-a/uploads/${p}.info`);
+        expect(left).not.toContain(`site-a/uploads/${p}`);
+      }
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
+
+  it("a partial continues on a restarted relay; the final there ingests; a retried final is the same final; a partial alone is never ingested", async () => {
+    const insts = studyOf(4);
+    const bundle = await bundleOf(insts);
+    const half = Math.floor(bundle.length / 2);
+    const t = await createTransfer(relay.url, insts);
+    const first = await rawPartial(`${relay.url}/api/uploads`, bundle.subarray(0, half));
+    const second = await rawPartial(`${relay.url}/api/uploads`, bundle.subarray(half), { send: 500 });
+    // the relay restarts (uploads and results live in the bucket, the transfer in its data directory)
+    const dataDir = relay.dataDir;
+    await relay.close();
+    relay = await startTestRelay(s3Overrides(minio, { transfers: { locker: { kind: "memory", acquireTimeoutSeconds: 2 } } }), { dataDir });
+    const other = relay;
+    const at = (u: string) => `${other.url}/api/uploads/${path.basename(new URL(u).pathname)}`;
+    expect((await fetch(at(second), { method: "HEAD", headers: TUS })).headers.get("upload-offset")).toBe("500");
+    const rest = await fetch(at(second), { method: "PATCH", headers: { ...TUS, "Upload-Offset": "500", "Content-Type": OCTETS }, body: new Uint8Array(bundle.subarray(half + 500)) });
+    expect(rest.status).toBe(204);
+    expect((await other.services.transfers!.uploads.listComplete()).map((u) => u.id)).not.toContain(path.basename(second));
+    expect(await other.services.index.getInstance(insts[0]!.sopInstanceUID, { includePending: true })).toBeNull();
+    const fin = await postFinal(`${other.url}/api/uploads`, [at(first), at(second)], { metadata: { transferId: t.id } });
+    expect(fin.status).toBe(201);
+    const r1 = (await fin.json()) as UploadResult;
+    expect(r1.counts).toMatchObject({ stored: 4, failed: 0 });
+    const again = await postFinal(`${other.url}/api/uploads`, [at(first), at(second)], { metadata: { transferId: t.id } });
+    expect(again.status).toBe(201);
+    expect(again.headers.get("location")).toBe(fin.headers.get("location"));
+    expect((await again.json()) as UploadResult).toEqual(r1);
+    await expectStoredExactly(relay, insts);
   }, 60_000);
 });

@@ -1,18 +1,31 @@
 /**
- * A TCP proxy on 127.0.0.1 that makes a loopback link look like a cross-border one: one-way latency in both
- * directions (RTT grows by twice latencyMs), a bandwidth cap per direction, and connection resets after a number of
- * bytes. Used by the resumable-upload and retry tests; it only ever connects to the target it is given.
+ * A link emulator on 127.0.0.1 (a user-space TCP proxy: these machines have no `tc netem`) that makes a loopback link
+ * look like a cross-border one: one-way latency in both directions (RTT grows by twice latencyMs), a rate cap per
+ * connection (the share one TCP flow gets of a long lossy path), a rate cap for the link all connections share,
+ * connection resets after a number of bytes, stalls, and counters (bytes, concurrent connections now and at peak, a
+ * per-second series of delivered bytes and active flows). Used by the resumable-upload and retry tests and by the
+ * crossborder bench; it only ever connects to the target it is given.
  *
- * The link model per direction: bytes queue at a bottleneck that sends bandwidthBytesPerSec (a token bucket with no
- * burst), then travel latencyMs. One timer per direction at a time; close() clears them all.
+ * The model per direction: a connection's unsent bytes wait in its own queue (reading from its socket pauses above
+ * queueBytes, so memory stays bounded and a slow link holds the sender back); a pump serves the queues round-robin
+ * (deficit round-robin: each backlogged flow gets the same share, none starves), each flow within its own token
+ * bucket (flowBytesPerSec) and all of them within the link's (linkBytesPerSec); a sent slice then travels latencyMs
+ * and is delivered, where the reset and stall faults apply.
  */
 import net from "node:net";
 
 export interface FaultSettings {
   /** one-way delay added to every byte, each direction (ms) */
   latencyMs: number;
-  /** cap per direction, bytes per second; 0 or Infinity for none */
+  /**
+   * cap per direction, bytes per second; 0 or Infinity for none. Per connection, or for all connections together with
+   * sharedBandwidth (kept for the older tests; flowBytesPerSec and linkBytesPerSec say it directly and win when set)
+   */
   bandwidthBytesPerSec: number;
+  /** cap per connection and direction (the lossy-flow share), bytes per second; 0 or Infinity for none */
+  flowBytesPerSec?: number;
+  /** cap of the link all connections share, per direction, bytes per second; 0 or Infinity for none */
+  linkBytesPerSec?: number;
   /** reset each connection after this many bytes (both directions) have passed on it; a function is asked per connection */
   resetAfterBytes?: number | (() => number);
   /** reset whichever connection is passing data each time this many bytes have passed, counted across connections */
@@ -32,6 +45,8 @@ export interface FaultSettings {
 
 export interface FaultProxyOptions extends Partial<FaultSettings> {
   target: { host: string; port: number };
+  /** unsent bytes a connection may queue per direction before its socket is paused (default 1 MiB) */
+  queueBytes?: number;
 }
 
 export interface FaultProxyStats {
@@ -47,19 +62,49 @@ export interface FaultProxyStats {
   stalls: number;
 }
 
+/** One second of the link: what was delivered and by how many connections. */
+export interface LinkSecond {
+  /** seconds since the proxy started (the bucket's start) */
+  second: number;
+  bytesUp: number;
+  bytesDown: number;
+  /** connections that delivered bytes (either way) in this second */
+  activeFlows: number;
+  /** most connections open at once in this second */
+  openConnections: number;
+}
+
+export interface LinkStats extends FaultProxyStats {
+  /** connections open now */
+  openConnections: number;
+  /** most connections open at once since start (or since resetCounters) */
+  peakConnections: number;
+  /** one row per second since start (or resetCounters), the running second last */
+  series: LinkSecond[];
+}
+
 export interface FaultProxy {
   port: number;
   /** http://127.0.0.1:port */
   url: string;
   stats(): FaultProxyStats;
-  /** change faults from now on; resetAfterBytes applies to connections opened after the change */
+  /** stats() plus concurrency and the per-second series */
+  linkStats(): LinkStats;
+  /** zero the counters and the series (the settings stay); open connections stay open and count again */
+  resetCounters(): void;
+  /** change faults from now on; rates apply at once, resetAfterBytes to connections opened after the change */
   setFaults(partial: Partial<FaultSettings>): void;
   close(): Promise<void>;
 }
 
-/** Paused reading above this many queued bytes per direction, so a slow link holds the sender back. */
-const HIGH_WATER = 1024 * 1024;
-const LOW_WATER = 256 * 1024;
+/** Default bound of unsent bytes per connection and direction; reading resumes below a quarter of it. */
+const QUEUE_BYTES = 1024 * 1024;
+/** How often the pump runs while bytes wait for tokens; the buckets make the rate exact whatever the timer's jitter. */
+const TICK_MS = 4;
+/** Token buckets hold at most this much time's worth, so a late tick catches up without a long burst. */
+const BURST_MS = 50;
+
+const rateOf = (r: number | undefined): number => (r && r > 0 && Number.isFinite(r) ? r : Infinity);
 
 export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultProxy> {
   if (!["127.0.0.1", "localhost", "::1"].includes(opts.target.host)) {
@@ -68,20 +113,32 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   const settings: FaultSettings = {
     latencyMs: opts.latencyMs ?? 0,
     bandwidthBytesPerSec: opts.bandwidthBytesPerSec ?? 0,
+    flowBytesPerSec: opts.flowBytesPerSec,
+    linkBytesPerSec: opts.linkBytesPerSec,
     resetAfterBytes: opts.resetAfterBytes,
     resetEveryBytes: opts.resetEveryBytes,
     sharedBandwidth: opts.sharedBandwidth,
     stallAfterBytes: opts.stallAfterBytes,
   };
-  const stats: FaultProxyStats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0, stalls: 0 };
   const conns = new Set<Connection>();
-  const shared: Shared = { settings, stats, sinceReset: 0, nextFree: { bytesUp: 0, bytesDown: 0 } };
+  const shared: Shared = {
+    settings,
+    stats: { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0, stalls: 0 },
+    sinceReset: 0,
+    queueBytes: opts.queueBytes ?? QUEUE_BYTES,
+    links: { bytesUp: new Link(settings), bytesDown: new Link(settings) },
+    meter: new Meter(() => conns.size),
+  };
 
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
-    stats.connections++;
+    shared.stats.connections++;
     const upstream = net.connect({ host: opts.target.host, port: opts.target.port, allowHalfOpen: true });
-    const conn = new Connection(client, upstream, shared, () => conns.delete(conn));
+    const conn = new Connection(client, upstream, shared, () => {
+      conns.delete(conn);
+      shared.meter.opened();
+    });
     conns.add(conn);
+    shared.meter.opened();
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -95,14 +152,23 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
   return {
     port,
     url: `http://127.0.0.1:${port}`,
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...shared.stats }),
+    linkStats: () => ({ ...shared.stats, ...shared.meter.snapshot() }),
+    resetCounters() {
+      shared.stats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0, stalls: 0 };
+      shared.meter = new Meter(() => conns.size);
+    },
     setFaults(partial) {
       Object.assign(settings, partial);
       if ("resetEveryBytes" in partial) shared.sinceReset = 0;
+      shared.links.bytesUp.kick();
+      shared.links.bytesDown.kick();
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of [...conns]) c.destroy();
+      shared.links.bytesUp.stop();
+      shared.links.bytesDown.stop();
       await closed;
     },
   };
@@ -113,8 +179,136 @@ interface Shared {
   stats: FaultProxyStats;
   /** bytes passed across connections since the last resetEveryBytes fault */
   sinceReset: number;
-  /** when the shared bottleneck of each direction is next free (sharedBandwidth) */
-  nextFree: { bytesUp: number; bytesDown: number };
+  queueBytes: number;
+  /** the shared bottleneck of each direction */
+  links: { bytesUp: Link; bytesDown: Link };
+  meter: Meter;
+}
+
+/** Concurrency and the per-second series. */
+class Meter {
+  private readonly t0 = performance.now();
+  private peak = 0;
+  private readonly rows: LinkSecond[] = [];
+  private active = new Set<Connection>();
+
+  constructor(private readonly open: () => number) {
+    this.opened();
+  }
+
+  private row(): LinkSecond {
+    const second = Math.floor((performance.now() - this.t0) / 1000);
+    let last = this.rows[this.rows.length - 1];
+    if (!last || last.second !== second) {
+      if (last) last.activeFlows = this.active.size;
+      this.active = new Set();
+      last = { second, bytesUp: 0, bytesDown: 0, activeFlows: 0, openConnections: this.open() };
+      this.rows.push(last);
+    }
+    return last;
+  }
+
+  opened(): void {
+    const n = this.open();
+    this.peak = Math.max(this.peak, n);
+    const r = this.row();
+    r.openConnections = Math.max(r.openConnections, n);
+  }
+
+  delivered(conn: Connection, counter: "bytesUp" | "bytesDown", n: number): void {
+    const r = this.row();
+    r[counter] += n;
+    this.active.add(conn);
+  }
+
+  snapshot(): Pick<LinkStats, "openConnections" | "peakConnections" | "series"> {
+    const r = this.row();
+    r.activeFlows = this.active.size;
+    return { openConnections: this.open(), peakConnections: this.peak, series: this.rows.map((x) => ({ ...x })) };
+  }
+}
+
+/**
+ * The bottleneck of one direction: serves the queues of its connections round-robin within the link's token bucket
+ * and each flow's own. With no caps at all a slice passes at once.
+ */
+class Link {
+  private readonly waiting = new Set<Direction>();
+  private tokens = 0;
+  private last = performance.now();
+  private timer: NodeJS.Timeout | null = null;
+  private pumping = false;
+  private stopped = false;
+
+  constructor(private readonly settings: FaultSettings) {}
+
+  rates(): { link: number; flow: number } {
+    const s = this.settings;
+    const legacy = rateOf(s.bandwidthBytesPerSec);
+    return {
+      link: s.linkBytesPerSec !== undefined ? rateOf(s.linkBytesPerSec) : s.sharedBandwidth ? legacy : Infinity,
+      flow: s.flowBytesPerSec !== undefined ? rateOf(s.flowBytesPerSec) : s.sharedBandwidth ? Infinity : legacy,
+    };
+  }
+
+  add(d: Direction): void {
+    this.waiting.add(d);
+    this.kick();
+  }
+
+  remove(d: Direction): void {
+    this.waiting.delete(d);
+  }
+
+  kick(): void {
+    if (this.stopped || this.pumping) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.pump();
+  }
+
+  private pump(): void {
+    this.pumping = true;
+    try {
+      const now = performance.now();
+      const { link, flow } = this.rates();
+      const dt = (now - this.last) / 1000;
+      this.last = now;
+      this.tokens = link === Infinity ? Infinity : Math.min(this.tokens + link * dt, Math.max(16_384, (link * BURST_MS) / 1000));
+      // a flow's turn: at most one quantum, so a flow with a deep queue cannot crowd the others out of a tick
+      const quantum = link === Infinity ? Infinity : Math.max(1500, Math.min(16_384, link / 200));
+      let progress = true;
+      while (progress && this.tokens >= 1 && this.waiting.size) {
+        progress = false;
+        // the order rotates: whoever went first goes last next round
+        for (const d of [...this.waiting]) {
+          if (this.tokens < 1) break;
+          const n = d.offer(Math.min(quantum, this.tokens), flow, now);
+          if (n > 0) {
+            this.tokens -= n;
+            progress = true;
+            this.waiting.delete(d);
+            if (d.hasUnsent()) this.waiting.add(d);
+          } else if (!d.hasUnsent()) this.waiting.delete(d);
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.waiting.size && !this.timer && !this.stopped) {
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        this.pump();
+      }, TICK_MS);
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.waiting.clear();
+  }
 }
 
 class Connection {
@@ -224,14 +418,18 @@ function resetSocket(s: net.Socket): void {
   }
 }
 
-/** One direction of a connection: a pacing queue, then latency, then the other socket. */
+
+/** One direction of a connection: its unsent queue (served by the link), then latency, then the other socket. */
 class Direction {
-  private readonly queue: { data: Buffer; dueAt: number }[] = [];
-  private queued = 0;
-  private nextFree = 0;
+  private readonly unsent: Buffer[] = [];
+  private unsentBytes = 0;
+  private readonly inFlight: { data: Buffer; dueAt: number }[] = [];
+  private tokens = 0;
+  private last = performance.now();
   private timer: NodeJS.Timeout | null = null;
   private ended = false;
   private stopped = false;
+  private readonly link: Link;
 
   constructor(
     private readonly from: net.Socket,
@@ -239,40 +437,72 @@ class Direction {
     private readonly conn: Connection,
     private readonly counter: "bytesUp" | "bytesDown",
   ) {
+    this.link = conn.shared.links[counter];
     from.on("data", (chunk: Buffer) => this.arrive(chunk));
     from.on("end", () => {
       this.ended = true;
       this.flush();
     });
-    to.on("drain", () => this.maybeResume());
+    to.on("drain", () => {
+      this.maybeResume();
+      if (this.unsentBytes) this.link.add(this);
+    });
+  }
+
+  hasUnsent(): boolean {
+    return this.unsentBytes > 0 && !this.stopped;
   }
 
   private arrive(chunk: Buffer): void {
     if (this.stopped) return;
-    const { latencyMs, bandwidthBytesPerSec: rate } = this.conn.shared.settings;
-    const now = performance.now();
-    const paced = rate > 0 && Number.isFinite(rate);
-    // slices small enough that a slow link delivers smoothly (about 20 per second), not in one late burst
-    const slice = paced ? Math.max(1024, Math.floor(rate / 20)) : chunk.length;
-    for (let off = 0; off < chunk.length; off += slice) {
-      const data = chunk.subarray(off, off + slice);
-      let sent = now;
-      if (paced) {
-        const link = this.conn.shared.settings.sharedBandwidth ? this.conn.shared.nextFree : null;
-        sent = Math.max(now, link ? link[this.counter] : this.nextFree) + (data.length / rate) * 1000;
-        if (link) link[this.counter] = sent;
-        else this.nextFree = sent;
-      }
-      this.queue.push({ data, dueAt: sent + latencyMs });
-      this.queued += data.length;
+    this.unsent.push(chunk);
+    this.unsentBytes += chunk.length;
+    if (this.unsentBytes + this.to.writableLength > this.conn.shared.queueBytes) this.from.pause();
+    this.link.add(this);
+  }
+
+  /**
+   * The link offers up to max bytes; take what this flow's bucket allows now (a whole slice of at least 1 kB or the
+   * rest of the queue, so slow flows do not trickle single bytes) and put it on the wire. Returns the bytes taken.
+   */
+  offer(max: number, flowRate: number, now: number): number {
+    if (this.stopped || !this.unsentBytes) return 0;
+    // the receiver is not reading: hold the bytes here, as TCP's window would
+    if (this.to.writableLength > this.conn.shared.queueBytes) return 0;
+    if (flowRate === Infinity) this.tokens = Infinity;
+    else {
+      if (this.tokens === Infinity) this.tokens = 0;
+      this.tokens = Math.min(this.tokens + (flowRate * (now - this.last)) / 1000, Math.max(16_384, (flowRate * BURST_MS) / 1000));
     }
-    if (this.queued + this.to.writableLength > HIGH_WATER) this.from.pause();
-    this.schedule();
+    this.last = now;
+    let n = Math.floor(Math.min(max, this.tokens, this.unsentBytes));
+    if (n < Math.min(1024, this.unsentBytes)) return 0;
+    if (this.tokens !== Infinity) this.tokens -= n;
+    const taken = n;
+    const parts: Buffer[] = [];
+    while (n > 0) {
+      const head = this.unsent[0]!;
+      if (head.length <= n) {
+        parts.push(head);
+        this.unsent.shift();
+        n -= head.length;
+      } else {
+        parts.push(head.subarray(0, n));
+        this.unsent[0] = head.subarray(n);
+        n = 0;
+      }
+    }
+    this.unsentBytes -= taken;
+    this.inFlight.push({ data: parts.length === 1 ? parts[0]! : Buffer.concat(parts), dueAt: now + this.conn.shared.settings.latencyMs });
+    if (this.conn.shared.settings.latencyMs <= 0 && this.inFlight.length === 1) this.flush();
+    else this.schedule();
+    this.maybeResume();
+    return taken;
   }
 
   private schedule(): void {
-    if (this.timer || this.stopped || !this.queue.length) return;
-    const wait = Math.max(0, this.queue[0]!.dueAt - performance.now());
+    if (this.timer || this.stopped || !this.inFlight.length) return;
+    const wait = Math.max(0, this.inFlight[0]!.dueAt - performance.now());
     this.timer = setTimeout(() => {
       this.timer = null;
       this.flush();
@@ -282,14 +512,13 @@ class Direction {
   private flush(): void {
     if (this.stopped) return;
     const now = performance.now();
-    // each turn removes one queued slice
-    while (this.queue.length && this.queue[0]!.dueAt <= now + 1) {
-      const { data } = this.queue.shift()!;
-      this.queued -= data.length;
+    while (this.inFlight.length && this.inFlight[0]!.dueAt <= now + 1) {
+      const { data } = this.inFlight.shift()!;
       const n = this.conn.allow(data.length);
       if (n > 0 && !this.to.destroyed && this.to.writable) {
         this.to.write(n === data.length ? data : data.subarray(0, n));
         this.conn.shared.stats[this.counter] += n;
+        this.conn.shared.meter.delivered(this.conn, this.counter, n);
         this.conn.passed(n);
       }
       if (this.conn.stall()) return;
@@ -300,23 +529,25 @@ class Direction {
         return;
       }
     }
-    if (this.ended && !this.queue.length) {
+    if (this.ended && !this.inFlight.length && !this.unsentBytes) {
       if (!this.to.destroyed && this.to.writable) this.to.end();
       return;
     }
-    this.maybeResume();
     this.schedule();
   }
 
   private maybeResume(): void {
-    if (!this.stopped && this.from.isPaused() && this.queued < LOW_WATER && this.to.writableLength < LOW_WATER) this.from.resume();
+    const low = this.conn.shared.queueBytes / 4;
+    if (!this.stopped && this.from.isPaused() && this.unsentBytes < low && this.to.writableLength < low) this.from.resume();
   }
 
   stop(): void {
     this.stopped = true;
+    this.link.remove(this);
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    this.queue.length = 0;
-    this.queued = 0;
+    this.unsent.length = 0;
+    this.unsentBytes = 0;
+    this.inFlight.length = 0;
   }
 }

@@ -165,6 +165,92 @@ describe("startFaultProxy", () => {
     expect(r.reply.length).toBe(0);
   });
 
+  it("flowBytesPerSec caps one flow below the link: 1 MB at 1 MB/s per flow on a 10 MB/s link takes at least 0.9 s", async () => {
+    const { proxy, server } = await setup("sink", { flowBytesPerSec: 1024 * 1024, linkBytesPerSec: 10 * 1024 * 1024 });
+    const r = await exchange(proxy, randomBytes(1024 * 1024));
+    expect(r.reply.toString()).toBe(String(1024 * 1024));
+    expect(server.received).toEqual([1024 * 1024]);
+    expect(r.ms).toBeGreaterThanOrEqual(900);
+  });
+
+  it("flowBytesPerSec holds for each of several flows at once (the link has room for all)", async () => {
+    const { proxy } = await setup("sink", { flowBytesPerSec: 256 * 1024, linkBytesPerSec: 10 * 1024 * 1024 });
+    const all = await Promise.all(Array.from({ length: 4 }, () => exchange(proxy, randomBytes(256 * 1024))));
+    expect(all.map((r) => r.reply.toString())).toEqual(Array(4).fill(String(256 * 1024)));
+    // each flow alone needs ~1 s at its cap, side by side they still do
+    for (const r of all) expect(r.ms).toBeGreaterThanOrEqual(900);
+  });
+
+  it("N flows share the link cap fairly: none finishes before the others have had their share", async () => {
+    const { proxy } = await setup("sink", { flowBytesPerSec: 4 * 1024 * 1024, linkBytesPerSec: 1024 * 1024 });
+    const all = await Promise.all(Array.from({ length: 4 }, () => exchange(proxy, randomBytes(256 * 1024))));
+    expect(proxy.stats().bytesUp).toBe(1024 * 1024);
+    const times = all.map((r) => r.ms);
+    // 1 MB over a 1 MB/s link: the last one is done after ~1 s
+    expect(Math.max(...times)).toBeGreaterThanOrEqual(900);
+    // served first come, first served one flow would be done after 0.25 s; shared round-robin all finish together
+    expect(Math.min(...times)).toBeGreaterThanOrEqual(0.7 * Math.max(...times));
+    // every flow had bytes through in the first second
+    const { series } = proxy.linkStats();
+    const busy = series.filter((s) => s.bytesUp > 0);
+    expect(busy.length).toBeGreaterThanOrEqual(1);
+    expect(busy[0]!.activeFlows).toBe(4);
+  });
+
+  it("latency adds to a capped link: both caps and the round trip at once", async () => {
+    const { proxy } = await setup("echo", { latencyMs: 100, flowBytesPerSec: 512 * 1024, linkBytesPerSec: 1024 * 1024 });
+    const r = await exchange(proxy, Buffer.from("ping"));
+    expect(r.reply.toString()).toBe("ping");
+    expect(r.ms).toBeGreaterThanOrEqual(195);
+    const big = await exchange(proxy, randomBytes(256 * 1024));
+    expect(big.reply.length).toBe(256 * 1024);
+    // 0.5 s each way at the flow cap (pipelined: ~0.5 s) plus 0.2 s of round trip
+    expect(big.ms).toBeGreaterThanOrEqual(650);
+  });
+
+  it("resetEveryBytes cuts flows on a shared capped link; the bytes before the cut arrive", async () => {
+    const { proxy } = await setup("sink", { flowBytesPerSec: 2 * 1024 * 1024, linkBytesPerSec: 4 * 1024 * 1024, resetEveryBytes: 200_000 });
+    const all = await Promise.all(Array.from({ length: 3 }, () => exchange(proxy, randomBytes(300_000))));
+    expect(all.filter((r) => r.error?.code === "ECONNRESET").length).toBeGreaterThanOrEqual(1);
+    expect(proxy.stats().resets).toBeGreaterThanOrEqual(1);
+  });
+
+  it("counts concurrent connections (now and peak) and the flows active in each second", async () => {
+    const { proxy } = await setup("echo");
+    const sockets = await Promise.all(
+      Array.from({ length: 5 }, () => new Promise<net.Socket>((resolve) => {
+        const s = net.connect({ host: "127.0.0.1", port: proxy.port }, () => resolve(s));
+        s.on("error", () => undefined);
+      })),
+    );
+    for (let i = 0; i < 50 && proxy.linkStats().openConnections < 5; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(proxy.linkStats()).toMatchObject({ openConnections: 5, peakConnections: 5, connections: 5 });
+    // three of them say something: three active flows this second
+    await Promise.all(sockets.slice(0, 3).map((s) => new Promise((r) => { s.once("data", r); s.write("x"); })));
+    const rows = proxy.linkStats().series;
+    expect(Math.max(...rows.map((s) => s.activeFlows))).toBe(3);
+    expect(Math.max(...rows.map((s) => s.openConnections))).toBe(5);
+    expect(rows.reduce((a, s) => a + s.bytesUp, 0)).toBe(3);
+    for (const s of sockets.slice(0, 2)) s.destroy();
+    for (let i = 0; i < 50 && proxy.linkStats().openConnections > 3; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(proxy.linkStats()).toMatchObject({ openConnections: 3, peakConnections: 5 });
+    proxy.resetCounters();
+    expect(proxy.linkStats()).toMatchObject({ openConnections: 3, peakConnections: 3, bytesUp: 0, connections: 0 });
+    for (const s of sockets) s.destroy();
+  });
+
+  it("bounds memory: a fast sender on a slow flow is held back, not buffered in the proxy", async () => {
+    const { proxy } = await setup("sink", { flowBytesPerSec: 256 * 1024, queueBytes: 256 * 1024 });
+    const s = net.connect({ host: "127.0.0.1", port: proxy.port });
+    s.on("error", () => undefined);
+    await new Promise((r) => s.once("connect", r));
+    s.write(randomBytes(32 * 1024 * 1024));
+    await new Promise((r) => setTimeout(r, 500));
+    // what the proxy took in is its queue plus the kernel's socket buffers; the rest waits in the sender
+    expect(s.writableLength).toBeGreaterThan(16 * 1024 * 1024);
+    s.destroy();
+  });
+
   it("refuses a target off this machine", async () => {
     await expect(startFaultProxy({ target: { host: "10.0.0.1", port: 80 } })).rejects.toThrow(/only forwards to this machine/);
   });

@@ -8,6 +8,8 @@ import { UsageError, normaliseRelayUrl, parseDocumentSpec, parsePushArgs, parseS
 import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies, mediaStorageSopClass, referencedFiles, scanFolder, type FoundInstance } from "../../src/cli/push/scan.ts";
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
+import { FlowController } from "../../src/cli/push/adaptive.ts";
+import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, chooseLevel, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
 import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
@@ -67,11 +69,14 @@ describe("push arguments", () => {
   it("parsePushArgs: defaults, token from the environment, clear refusals", () => {
     const d = tmp();
     const o = parsePushArgs([d, "--to", "https://relay.example.org"], { DICOM_RELAY_TOKEN: "drt_x", XDG_CACHE_HOME: "/c" });
-    expect(o).toMatchObject({ source: d, relay: "https://relay.example.org", token: "drt_x", parallel: 3, bundleBytes: 32 * 1024 * 1024, cacheDir: "/c/dicom-relay/push", dryRun: false, documentsLanguage: "und" });
+    expect(o).toMatchObject({ source: d, relay: "https://relay.example.org", token: "drt_x", parallel: null, bundleBytes: null, cacheDir: "/c/dicom-relay/push", dryRun: false, documentsLanguage: "und" });
     expect(() => parsePushArgs([d], {})).toThrow(/--to/);
     expect(() => parsePushArgs(["--to", "https://r"], {})).toThrow(/say what to send/);
     expect(() => parsePushArgs([path.join(d, "nope"), "--to", "https://r"], {})).toThrow(/does not exist/);
     expect(() => parsePushArgs([d, "--to", "https://r", "--parallel", "0"], {})).toThrow(/--parallel must be a whole number/);
+    expect(() => parsePushArgs([d, "--to", "https://r", "--parallel", "65"], {})).toThrow(/from 1 to 64/);
+    // fixed overrides of what is otherwise found from the link
+    expect(parsePushArgs([d, "--to", "https://r", "--parallel", "64", "--bundle-size", "4M"], {})).toMatchObject({ parallel: 64, bundleBytes: 4 * 1024 * 1024 });
     expect(() => parsePushArgs([d, "--to", "https://r", "--frobnicate"], {})).toThrow(UsageError);
     expect(() => parsePushArgs([d, "--to", "https://r", "--document", `${path.join(d, "x.pdf")}:other:en`], {})).toThrow(/does not exist/);
     const f = path.join(d, "en.pdf");
@@ -392,5 +397,108 @@ describe("receipt key trust", () => {
     expect(() => parsePushArgs([path.join(dir, "src"), "--to", "http://127.0.0.1:1", "--relay-key", bad], {})).toThrow(/is not a PEM public key/);
     expect(() => parsePushArgs([path.join(dir, "src"), "--to", "http://127.0.0.1:1", "--relay-key", path.join(dir, "none.pem")], {})).toThrow(/cannot be read/);
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+/**
+ * A synthetic link for the flow controller: `rate(flows)` bytes per second in all; samples every 250 ms as the
+ * scheduler gives them. Returns the levels the controller chose over `seconds`.
+ */
+function drive(c: FlowController, rate: (flows: number, t: number) => number, seconds: number, errorsPerSecond: (flows: number) => number = () => 0): number[] {
+  const levels: number[] = [];
+  let bytes = 0;
+  let errors = 0;
+  let carry = 0;
+  for (let t = 0; t <= seconds * 1000; t += 250) {
+    const flows = c.flows;
+    bytes += rate(flows, t) * 0.25;
+    carry += errorsPerSecond(flows) * 0.25;
+    errors += Math.floor(carry);
+    carry -= Math.floor(carry);
+    c.sample({ t, bytes, busy: flows, errors });
+    levels.push(c.flows);
+  }
+  return levels;
+}
+
+describe("adaptive flows", () => {
+  const MB = 1024 * 1024;
+  // each flow gets perFlow (a lossy long path); the link saturates at K flows
+  const link = (K: number, perFlow: number) => (n: number) => Math.min(n, K) * perFlow;
+
+  it("a link that saturates at K flows: the controller settles near K (between K and 1.5 K), for K of 10, 25 and 50", () => {
+    for (const K of [10, 25, 50]) {
+      const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
+      const levels = drive(c, link(K, 0.25 * MB), 60);
+      const late = levels.slice(-40);
+      expect(Math.min(...late), `K=${K}: ${c.history.map((h) => h.level).join(",")}`).toBeGreaterThanOrEqual(Math.floor(K * 0.8));
+      // probes above K are allowed, but the level it holds is near K
+      const held = late.filter((l) => l === late[late.length - 1]).length > 20 ? late[late.length - 1]! : Math.min(...late);
+      expect(held, `K=${K}: ${c.history.map((h) => h.level).join(",")}`).toBeLessThanOrEqual(Math.ceil(K * 1.5));
+    }
+  });
+
+  it("reaches 50 flows within a few windows when the link needs them (2 Mbit/s per flow, 100 Mbit/s link)", () => {
+    const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1500 });
+    const levels = drive(c, link(50, 250_000), 12);
+    // 8 -> 16 -> 32 -> 64 (no gain: back to 32), then 25% steps: at least 32 within 8 s
+    expect(levels[Math.round(8000 / 250)]!).toBeGreaterThanOrEqual(32);
+  });
+
+  it("one flow fills the link (a clean path): it comes down instead of holding many connections", () => {
+    const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
+    const levels = drive(c, () => 5 * MB, 60);
+    expect(Math.max(...levels.slice(-20))).toBeLessThan(8);
+  });
+
+  it("errors rising with the flows: it backs off", () => {
+    const c = new FlowController({ min: 1, max: 64, initial: 32, windowMs: 1000 });
+    // more flows would be faster, but above 12 the relay answers with resets
+    const levels = drive(c, link(64, 0.1 * MB), 40, (n) => (n > 12 ? n : 0));
+    expect(levels[levels.length - 1]!).toBeLessThanOrEqual(16);
+    expect(c.history.some((h) => /errors/.test(h.why))).toBe(true);
+  });
+
+  it("windows without work for every flow are not judged (the end of a study)", () => {
+    const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
+    for (let t = 0; t <= 10_000; t += 250) c.sample({ t, bytes: t * 100, busy: 2, errors: 0 });
+    expect(c.flows).toBe(8);
+  });
+});
+
+describe("sizing pieces and compression", () => {
+  it("already compressed transfer syntaxes are not gzipped again; native and unknown ones are", () => {
+    for (const uid of ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.1.99"]) {
+      expect(isCompressedSyntax(uid), uid).toBe(true);
+      expect(chooseLevel({ compressedMembers: isCompressedSyntax(uid), linkBytesPerSec: 0, gzipRawBytesPerSec: 0, ratio: 0.5 })).toBe(0);
+    }
+    for (const uid of ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.98", "1.2.3.4", undefined]) expect(isCompressedSyntax(uid), uid).toBe(false);
+    expect(chooseLevel({ compressedMembers: false, linkBytesPerSec: 0, gzipRawBytesPerSec: 0, ratio: 0.5 })).toBe(1);
+    // a link at 5 MB/s, gzip at 30 MB/s of raw bytes: compressing pays
+    expect(chooseLevel({ compressedMembers: false, linkBytesPerSec: 5e6, gzipRawBytesPerSec: 30e6, ratio: 0.5 })).toBe(1);
+    // a LAN at 100 MB/s, gzip at 30 MB/s: compressing would slow the push down
+    expect(chooseLevel({ compressedMembers: false, linkBytesPerSec: 100e6, gzipRawBytesPerSec: 30e6, ratio: 0.5 })).toBe(0);
+  });
+
+  it("a piece is a few seconds of one flow, within bounds, and a share of what is left", () => {
+    expect(pieceBytes({ perFlowBytesPerSec: 0, rttMs: 200, flows: 8, remainingWireBytes: 1e9 })).toBe(FIRST_PIECE);
+    expect(pieceBytes({ perFlowBytesPerSec: 500_000, rttMs: 200, flows: 8, remainingWireBytes: 1e9 })).toBe(2_000_000);
+    // a long round trip: at least ten of them per piece
+    expect(pieceBytes({ perFlowBytesPerSec: 250_000, rttMs: 600, flows: 8, remainingWireBytes: 1e9 })).toBe(1_500_000);
+    expect(pieceBytes({ perFlowBytesPerSec: 50e6, rttMs: 1, flows: 2, remainingWireBytes: 1e10 })).toBe(MAX_PIECE);
+    expect(pieceBytes({ perFlowBytesPerSec: 1000, rttMs: 1, flows: 2, remainingWireBytes: 1e10 })).toBe(MIN_PIECE);
+    // 10 MB left for 20 flows: pieces of 512 kB so every flow has one
+    expect(pieceBytes({ perFlowBytesPerSec: 5e6, rttMs: 200, flows: 20, remainingWireBytes: 10 * 1024 * 1024 })).toBe(512 * 1024);
+  });
+
+  it("a large bundle is split in contiguous ranges covering it exactly; small ones and one flow are not", () => {
+    expect(splitParts(1000, 600, 8)).toEqual([{ start: 0, end: 1000 }]);
+    expect(splitParts(10_000, 1000, 1)).toEqual([{ start: 0, end: 10_000 }]);
+    const parts = splitParts(10_001, 1000, 8);
+    expect(parts.length).toBe(11);
+    expect(parts[0]!.start).toBe(0);
+    expect(parts[parts.length - 1]!.end).toBe(10_001);
+    for (let i = 1; i < parts.length; i++) expect(parts[i]!.start).toBe(parts[i - 1]!.end);
+    expect(splitParts(1e9, 1e6, 8).length).toBe(64);
   });
 });

@@ -30,8 +30,10 @@ export interface PushOptions {
   /** relay base URL without a trailing slash (a trailing /dicom-web is dropped) */
   relay: string;
   token: string | null;
-  parallel: number;
-  bundleBytes: number;
+  /** fixed number of connections; null: found from the link (adaptive) */
+  parallel: number | null;
+  /** fixed bundle size before compression; null: sized to the link */
+  bundleBytes: number | null;
   cacheDir: string;
   receiptDir: string;
   dryRun: boolean;
@@ -64,8 +66,9 @@ Options:
                           kinds: ${Object.keys(DOCUMENT_KINDS).join(", ")}
   --documents-language L  language of the documents found by --documents (BCP 47, e.g. zh, en; default und)
   --study UID             the study documents go to when the folder holds several studies
-  --parallel N            uploads at the same time (default 3)
-  --bundle-size SIZE      instances are packed into compressed bundles of about SIZE (default 32M; k, M, G)
+  --parallel N            connections at the same time, fixed (1-64; default: found from the link, 1 to 64)
+  --bundle-size SIZE      pack instances into bundles of about SIZE before compression (k, M, G; default: sized
+                          to the link, a few seconds of one connection)
   --receipt-dir DIR       where receipts are saved (default: the current folder)
   --cache-dir DIR         where resume state and bundles are kept (default ~/.cache/dicom-relay/push)
   --stall-seconds N       restart an upload that made no progress for N seconds (default 120)
@@ -207,8 +210,8 @@ export function parsePushArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
     source,
     relay: normaliseRelayUrl(values.to),
     token: values.token ?? env.DICOM_RELAY_TOKEN ?? null,
-    parallel: int("parallel", values.parallel, 3, 1, 16),
-    bundleBytes: values["bundle-size"] ? parseSize(values["bundle-size"]) : 32 * 1024 * 1024,
+    parallel: values.parallel === undefined ? null : int("parallel", values.parallel, 3, 1, 64),
+    bundleBytes: values["bundle-size"] ? parseSize(values["bundle-size"]) : null,
     cacheDir: path.resolve(values["cache-dir"] ?? defaultCacheDir(env)),
     receiptDir: path.resolve(values["receipt-dir"] ?? "."),
     dryRun: values["dry-run"] ?? false,

@@ -1,5 +1,5 @@
 /**
- * Writes one bundle (tar.gz of instance files) to the cache, deterministically: a fixed mtime and fixed gzip level,
+ * Writes one bundle (tar.gz of instance files) to the cache, deterministically: a fixed mtime and the gzip level given,
  * so a bundle rebuilt after a crash has the same bytes and its tus upload resumes at the old offset.
  * Files are streamed from the source one after the other; nothing is held whole in memory.
  */
@@ -24,7 +24,7 @@ export interface BuiltBundle {
 
 const FIXED_MTIME = new Date(Date.UTC(2000, 0, 1));
 
-export async function writeBundle(file: string, members: BundleMember[]): Promise<BuiltBundle> {
+export async function writeBundle(file: string, members: BundleMember[], level = 6): Promise<BuiltBundle> {
   const hash = crypto.createHash("sha256");
   let size = 0;
   const tap = new Transform({
@@ -43,8 +43,8 @@ export async function writeBundle(file: string, members: BundleMember[]): Promis
     }
   })();
   const part = `${file}.part`;
-  // level 6: the gzip default; fixed so the bytes do not depend on a changed default
-  await pipeline(createTarGzBundle(entries, { mtime: FIXED_MTIME, level: 6 }), tap, fs.createWriteStream(part));
+  // the level is the bundle's (saved in the state before it is built), so a rebuild gives the same bytes
+  await pipeline(createTarGzBundle(entries, { mtime: FIXED_MTIME, level }), tap, fs.createWriteStream(part));
   await fsp.rename(part, file);
   return { file, size, sha256: hash.digest("hex") };
 }

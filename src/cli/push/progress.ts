@@ -58,12 +58,23 @@ export interface ProgressSnapshot {
   totalInstances: number;
   wireBytes: number;
   rate: number;
+  /** bytes per second on the wire (after compression) */
+  wireRate?: number;
+  /** connections sending now, and how many the link was found to want */
+  flows?: number;
+  flowLimit?: number;
+}
+
+function flowsText(s: ProgressSnapshot): string {
+  if (s.flows === undefined) return "";
+  return ` ${s.flows} flow${s.flows === 1 ? "" : "s"}${s.flowLimit !== undefined && s.flowLimit !== s.flows ? ` (up to ${s.flowLimit})` : ""}`;
 }
 
 export function progressLine(s: ProgressSnapshot, width: number): string {
   const f = s.totalBytes ? s.doneBytes / s.totalBytes : 1;
   const eta = s.rate > 0 ? (s.totalBytes - s.doneBytes) / s.rate : NaN;
-  const text = `${Math.floor(f * 100)}% ${formatBytes(s.doneBytes)}/${formatBytes(s.totalBytes)} ${formatBytes(s.rate)}/s left ${formatDuration(eta)} instances ${s.doneInstances}/${s.totalInstances}`;
+  const wire = s.wireRate !== undefined ? ` (wire ${formatBytes(s.wireRate)}/s)` : "";
+  const text = `${Math.floor(f * 100)}% ${formatBytes(s.doneBytes)}/${formatBytes(s.totalBytes)} ${formatBytes(s.rate)}/s${wire}${flowsText(s)} left ${formatDuration(eta)} instances ${s.doneInstances}/${s.totalInstances}`;
   const barWidth = Math.max(10, Math.min(40, width - text.length - 3));
   return `[${bar(f, barWidth)}] ${text}`;
 }
@@ -71,7 +82,8 @@ export function progressLine(s: ProgressSnapshot, width: number): string {
 export function logLine(s: ProgressSnapshot): string {
   const f = s.totalBytes ? s.doneBytes / s.totalBytes : 1;
   const eta = s.rate > 0 ? (s.totalBytes - s.doneBytes) / s.rate : NaN;
-  return `progress: ${Math.floor(f * 100)}% (${formatBytes(s.doneBytes)} of ${formatBytes(s.totalBytes)}), ${formatBytes(s.rate)}/s, about ${formatDuration(eta)} left, ${s.doneInstances} of ${s.totalInstances} instances, ${formatBytes(s.wireBytes)} sent on the wire`;
+  const wire = s.wireRate !== undefined ? ` at ${formatBytes(s.wireRate)}/s` : "";
+  return `progress: ${Math.floor(f * 100)}% (${formatBytes(s.doneBytes)} of ${formatBytes(s.totalBytes)}), ${formatBytes(s.rate)}/s, about ${formatDuration(eta)} left, ${s.doneInstances} of ${s.totalInstances} instances, ${formatBytes(s.wireBytes)} sent on the wire${wire}${flowsText(s)}`;
 }
 
 /** Draws the bar (TTY) or logs lines (not a TTY); `say` prints a message without breaking the bar. */
@@ -83,6 +95,9 @@ export class Progress {
   private readonly inFlight = new Map<string, number>();
   private wire = 0;
   private readonly meter = new RateMeter();
+  private readonly wireMeter = new RateMeter();
+  private flows: number | undefined;
+  private flowLimit: number | undefined;
   private timer: NodeJS.Timeout | null = null;
   private drawn = false;
   private lastLog = 0;
@@ -123,10 +138,16 @@ export class Progress {
     this.wire += bytes;
   }
 
+  /** connections sending now and the limit the flow controller set */
+  setFlows(flows: number, limit: number): void {
+    this.flows = flows;
+    this.flowLimit = limit;
+  }
+
   snapshot(): ProgressSnapshot {
     let done = this.settledBytes;
     for (const v of this.inFlight.values()) done += v;
-    return { doneBytes: Math.min(done, this.totalBytes), totalBytes: this.totalBytes, doneInstances: this.doneInstances, totalInstances: this.totalInstances, wireBytes: this.wire, rate: this.meter.rate() };
+    return { doneBytes: Math.min(done, this.totalBytes), totalBytes: this.totalBytes, doneInstances: this.doneInstances, totalInstances: this.totalInstances, wireBytes: this.wire, rate: this.meter.rate(), ...(this.flows !== undefined ? { wireRate: this.wireMeter.rate(), flows: this.flows, flowLimit: this.flowLimit } : {}) };
   }
 
   say(line: string): void {
@@ -150,6 +171,7 @@ export class Progress {
   private tick(): void {
     const s = this.snapshot();
     this.meter.add(Date.now(), s.doneBytes);
+    this.wireMeter.add(Date.now(), this.wire);
     if (this.tty) this.draw();
     else if (Date.now() - this.lastLog >= this.logEveryMs) {
       this.lastLog = Date.now();

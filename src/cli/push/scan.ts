@@ -22,6 +22,8 @@ export interface FoundInstance {
   sha256: string;
   sopInstanceUID: string;
   sopClassUID: string;
+  /** absent in scan results cached by older versions */
+  transferSyntaxUID?: string;
   studyInstanceUID: string;
   seriesInstanceUID: string;
   patientName: string;
@@ -204,6 +206,7 @@ async function examine(file: string, st: fs.Stats, documents: boolean): Promise<
         sha256: await sha256File(file),
         sopInstanceUID: parsed.sopInstanceUID,
         sopClassUID: parsed.sopClassUID,
+        transferSyntaxUID: parsed.transferSyntaxUID,
         studyInstanceUID: parsed.studyInstanceUID,
         seriesInstanceUID: parsed.seriesInstanceUID,
         patientName: str(ds, "00100010"),

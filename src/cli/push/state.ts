@@ -24,7 +24,16 @@ export interface BundleState {
   /** set once built: size and SHA-256 of the bundle's bytes (a rebuild must match to resume its upload) */
   size?: number;
   sha256?: string;
+  /** gzip level it is built with (0: stored, for members already compressed); absent: 6, as before this was recorded */
+  level?: number;
   uploadUrl?: string;
+  /**
+   * the bundle split over several connections (tus Concatenation): byte ranges, each a partial upload; every URL is
+   * saved here before its bytes flow
+   */
+  parts?: Array<{ start: number; end: number; uploadUrl?: string; done?: boolean }>;
+  /** the final (concatenated) upload of the parts, once created */
+  finalUrl?: string;
   /** the relay has read the bundle (result below) */
   done?: boolean;
   result?: { stored: number; alreadyStored: number; failed: number; failures: Array<{ name: string; sopInstanceUID?: string; reason?: string; message?: string }>; error: string | null };

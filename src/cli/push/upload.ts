@@ -26,6 +26,10 @@ export interface BundleUploadOptions {
   api: RelayApi;
   endpoint: string;
   file: string;
+  /** send only bytes [start, end) of the file (a partial upload of a split bundle) */
+  range?: { start: number; end: number };
+  /** a partial upload (tus Concatenation): Upload-Concat: partial; the relay does not read it on its own */
+  partial?: boolean;
   filename: string;
   transferId: string;
   /** resume this upload (from the state file) */
@@ -38,22 +42,44 @@ export interface BundleUploadOptions {
   stallMs: number;
   /** delays between tus retries; the counter starts over whenever bytes got through */
   retryDelays?: number[];
+  /** a connection dropped or the relay answered a retryable error (the flow controller counts them) */
+  onRetry?(): void;
 }
 
 /** 0 s, 1 s, 3 s, 5 s, 10 s, then every 20 s: about 15 minutes of a dead link before this bundle gives up. */
 export const DEFAULT_RETRY_DELAYS = [0, 1000, 3000, 5000, 10_000, ...Array.from({ length: 45 }, () => 20_000)];
 
 export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
+  return uploadFile(o).then(({ url, body }) => bundleResult(o.api, url, body, o.filename));
+}
+
+/** The relay's per-entry result of a finished bundle upload: from its last response, else asked at its URL. */
+export async function bundleResult(api: RelayApi, url: string, body: string | null, filename: string): Promise<UploadOutcome> {
+  if (body) {
+    const parsed = JSON.parse(body) as UploadOutcome;
+    if (parsed.state === "done") return parsed;
+  }
+  return waitForResult(api, url, filename);
+}
+
+/**
+ * The bytes of one upload through tus, resumed from o.uploadUrl when given; resolves when the relay has every byte
+ * (with the body of its last answer when that is a JSON result).
+ */
+export function uploadFile(o: BundleUploadOptions): Promise<{ url: string; body: string | null }> {
   return new Promise<{ url: string; body: string | null }>((resolve, reject) => {
     let lastProgressAt = Date.now();
     let lastSent = -1;
     let lastTotal = 0;
     let url = o.uploadUrl;
-    const upload = new tus.Upload(fs.createReadStream(o.file), {
+    // a ReadStream with start/end: tus-js-client reads that byte range of the file, and slices it again on resume
+    const source = o.range ? fs.createReadStream(o.file, { start: o.range.start, end: o.range.end - 1 }) : fs.createReadStream(o.file);
+    const upload = new tus.Upload(source, {
       endpoint: o.endpoint,
       uploadUrl: o.uploadUrl ?? null,
       metadata: { transferId: o.transferId, filename: o.filename },
-      headers: o.api.authHeaders(),
+      // Upload-Concat only matters on the POST that creates the upload; sent on every request, it is ignored there
+      headers: o.partial ? { ...o.api.authHeaders(), "Upload-Concat": "partial" } : o.api.authHeaders(),
       // one PATCH streams the rest of the file; a reset costs only the bytes in flight
       chunkSize: Number.POSITIVE_INFINITY,
       // a copy: a Retry-After answer lengthens one of its delays
@@ -69,6 +95,7 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
         if (wait !== null && options.retryDelays && attempt < options.retryDelays.length) {
           options.retryDelays[attempt] = Math.max(options.retryDelays[attempt] ?? 0, wait);
         }
+        o.onRetry?.();
         o.log(`${o.filename}: the connection dropped (${status ? `HTTP ${status}` : shortError(err)}); resuming${attempt ? ` (attempt ${attempt + 1})` : ""}`);
         return true;
       },
@@ -111,18 +138,46 @@ export function uploadBundle(o: BundleUploadOptions): Promise<UploadOutcome> {
       if (Date.now() - lastProgressAt < limit) return;
       lastProgressAt = Date.now();
       o.log(`${o.filename}: no progress for ${Math.round(limit / 1000)} s; reconnecting`);
+      o.onRetry?.();
       // start again a moment later: the aborted request's own error must arrive while the upload is still marked
       // aborted (tus-js-client ignores it then), or it would start a second flow beside the new one
       void upload.abort(false).then(() => setTimeout(() => upload.start(), 1000));
     }, Math.min(2000, o.stallMs));
     upload.start();
-  }).then(async ({ url, body }) => {
-    if (body) {
-      const parsed = JSON.parse(body) as UploadOutcome;
-      if (parsed.state === "done") return parsed;
-    }
-    return waitForResult(o.api, url, o.filename);
   });
+}
+
+/**
+ * The final upload of a split bundle (tus Concatenation): POST Upload-Concat: final;<partial> <partial> ... with the
+ * metadata a bundle upload has. The relay reads it like a bundle; its result is read at its URL. Creating it a
+ * second time (an answer lost on a cut) is harmless: the relay's ingest of the same instances is idempotent.
+ */
+export async function createFinal(api: RelayApi, endpoint: string, partUrls: string[], meta: { transferId: string; filename: string }): Promise<{ url: string; body: string | null }> {
+  const b64 = (v: string) => Buffer.from(v, "utf8").toString("base64");
+  // paths, as the tus specification's example has them: the same relay, whichever address reached it
+  const parts = partUrls.map((u) => new URL(u, endpoint).pathname);
+  const r = await api.request("POST", endpoint, {
+    headers: {
+      "Tus-Resumable": "1.0.0",
+      "Upload-Concat": `final;${parts.join(" ")}`,
+      "Upload-Metadata": `transferId ${b64(meta.transferId)},filename ${b64(meta.filename)}`,
+    },
+  });
+  if (r.status === 401 || r.status === 403) throw new CouldNotRun(`the relay refused the token (${r.status}): ${errorText(r.text)}`);
+  const location = r.headers.get("location");
+  if ((r.status !== 201 && r.status !== 200) || !location) throw new RelayError(r.status, `the relay refused to join the parts of ${meta.filename} (${r.status}): ${errorText(r.text)}`);
+  const body = r.text.trim().startsWith("{") ? r.text : null;
+  return { url: new URL(location, endpoint).href, body };
+}
+
+/** Does the relay's tus endpoint take partial uploads and their concatenation (Tus-Extension: concatenation)? */
+export async function supportsConcatenation(api: RelayApi, endpoint: string): Promise<boolean> {
+  try {
+    const r = await api.request("OPTIONS", endpoint, { attempts: 2, timeoutMs: 30_000, headers: { "Tus-Resumable": "1.0.0" } });
+    return (r.headers.get("tus-extension") ?? "").split(",").map((x) => x.trim()).includes("concatenation");
+  } catch {
+    return false;
+  }
 }
 
 function shortError(err: Error): string {

@@ -1,12 +1,22 @@
 // Send a study: the same path as the CLI. Read each file's SOPInstanceUID and SHA-256, declare them in a transfer
 // manifest, send only what the relay says it needs with tus (resumable), then show the transfer's state and receipt.
-// Survives a reload: the transfer id is kept in localStorage and tus-js-client keeps each file's upload URL there.
+// Survives a reload: the transfer id is kept in localStorage and tus-js-client keeps each file's upload URL there
+// (for a large file: the URLs of its partial uploads).
+// One TCP connection gets a small share of a long, lossy link, so the page keeps several going: a few files at once,
+// and a large file split into partial uploads sent side by side and joined by the relay (tus concatenation).
 import { api, authHeaders, explain, session } from "./api.js";
 import { DICOMDIR_CLASS, readFileMeta, readStudyHeader, sha256Hex } from "./dicom.js";
 import { confirmPlan, groupByStudy, openTransfers } from "./plan.js";
 
 const TRANSFER_KEY = "dicom-relay.transfer";
-const PARALLEL = 3;
+// connections at once: small files take one each (at most MAX_FILES files at once), a large file one per partial
+const MAX_FLOWS = 6;
+const MAX_FILES = 3;
+// a file this large goes as partial uploads (tus-js-client parallelUploads), about this many bytes each, at most 4
+const SPLIT_FROM_BYTES = 8 * 1024 * 1024;
+const PART_BYTES = 4 * 1024 * 1024;
+const MAX_PARTS = 4;
+const flowsFor = (item) => (item.file.size >= SPLIT_FROM_BYTES ? Math.min(MAX_PARTS, Math.ceil(item.file.size / PART_BYTES)) : 1);
 // crypto.subtle hashes a whole ArrayBuffer: larger files would not fit in one
 const MAX_HASH_BYTES = 2 * 1024 * 1024 * 1024;
 const $ = (id) => document.getElementById(id);
@@ -234,9 +244,17 @@ function runQueue() {
   });
 }
 
+function flowsInUse() {
+  let n = 0;
+  for (const item of state.active.keys()) n += item.flows || 1;
+  return n;
+}
+
 function pump() {
   if (state.paused) return;
-  while (state.active.size < PARALLEL && state.queue.length) send(state.queue.shift());
+  while (state.queue.length && (!state.active.size || (state.active.size < MAX_FILES && flowsInUse() + flowsFor(state.queue[0]) <= MAX_FLOWS))) {
+    send(state.queue.shift());
+  }
   if (!state.active.size && !state.queue.length && state.onIdle) {
     const idle = state.onIdle;
     state.onIdle = null;
@@ -245,10 +263,13 @@ function pump() {
 }
 
 function send(item) {
+  item.flows = flowsFor(item);
   const upload = new tus.Upload(item.file, {
     endpoint: location.origin + (session.info?.tusPath || "/api/uploads"),
     headers: authHeaders(),
     metadata: { transferId: item.transferId || state.transferId, filename: item.path },
+    // partials name the transfer too, so the relay joins only this transfer's partials into this file
+    ...(item.flows > 1 ? { parallelUploads: item.flows, metadataForPartialUploads: { transferId: item.transferId || state.transferId } } : {}),
     chunkSize: 4 * 1024 * 1024,
     retryDelays: [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000],
     // unique per transfer and file content, and the same after a reload (two CD files may share a name)

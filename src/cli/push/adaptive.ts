@@ -1,0 +1,154 @@
+/**
+ * How many connections the push runs at once, found from the link itself (pure: fed samples, no clock of its own).
+ *
+ * On a long lossy path one TCP flow gets a small share of the line (throughput ~ MSS / (RTT x sqrt(loss))), so the
+ * aggregate grows with the number of flows until the line itself is full. The controller climbs: every window of a
+ * few RTTs it compares the aggregate rate with the rate before its last change; while a step up paid (the rate grew by
+ * more than `gain`), it steps up again (x2 until the first step that did not pay, then x1.25); a step that did not pay
+ * is undone and the level held, probing a step up or down every few windows (a step down that keeps the rate is
+ * kept: as fast with fewer connections). Errors (resets, timeouts, 5xx) in a window cut the level by a third.
+ * A window in which fewer flows had work than the level allows is not judged (nothing to learn).
+ */
+
+export interface FlowControllerOptions {
+  min: number;
+  max: number;
+  /** flows at the start */
+  initial: number;
+  /** length of a judging window (ms): a few round trips, at least a second */
+  windowMs: number;
+  /** a step up must raise the rate by this fraction to count as paid (0.1 = 10%) */
+  gain?: number;
+  /** windows held at a plateau before probing one step up again */
+  probeEvery?: number;
+}
+
+export interface FlowSample {
+  /** ms (any monotonic clock) */
+  t: number;
+  /** bytes sent so far on the wire, all flows together */
+  bytes: number;
+  /** flows that had work at this moment */
+  busy: number;
+  /** errors so far (connection resets, timeouts, 5xx), all flows together */
+  errors: number;
+}
+
+export class FlowController {
+  readonly min: number;
+  readonly max: number;
+  private level: number;
+  private readonly windowMs: number;
+  private readonly gain: number;
+  private readonly probeEvery: number;
+  /** doubling until the first step that did not pay, then steps of 25% */
+  private fast = true;
+  private start: FlowSample | null = null;
+  private saturated = true;
+  /** a step being tried: the level and rate before it, and its direction */
+  private trial: { from: number; rate: number; dir: "up" | "down" } | null = null;
+  private held = 0;
+  private probes = 0;
+  /** the decisions taken (the last 50), for the log and tests */
+  readonly history: Array<{ t: number; rate: number; level: number; why: string }> = [];
+
+  constructor(o: FlowControllerOptions) {
+    this.min = Math.max(1, Math.floor(o.min));
+    this.max = Math.max(this.min, Math.floor(o.max));
+    this.level = clamp(Math.floor(o.initial), this.min, this.max);
+    this.windowMs = Math.max(200, o.windowMs);
+    this.gain = o.gain ?? 0.1;
+    this.probeEvery = o.probeEvery ?? 4;
+  }
+
+  /** flows allowed now */
+  get flows(): number {
+    return this.level;
+  }
+
+  /** Feed a sample (every few hundred ms); returns the flows allowed from now on. */
+  sample(s: FlowSample): number {
+    if (!this.start) {
+      this.start = s;
+      this.saturated = true;
+      return this.level;
+    }
+    // a window is judged only if every allowed flow had work all through it
+    if (s.busy < this.level) this.saturated = false;
+    if (s.t - this.start.t < this.windowMs) return this.level;
+    const rate = ((s.bytes - this.start.bytes) * 1000) / (s.t - this.start.t);
+    const errors = s.errors - this.start.errors;
+    const judged = this.saturated;
+    this.start = s;
+    this.saturated = true;
+    if (errors > Math.max(1, this.level / 8)) {
+      // the link (or the relay) says slow down
+      this.fast = false;
+      this.trial = null;
+      this.held = 0;
+      this.set(this.level * 0.67, rate, `${errors} errors`);
+      return this.level;
+    }
+    if (!judged) return this.level;
+    const t = this.trial;
+    if (t) {
+      this.trial = null;
+      if (t.dir === "up") {
+        if (rate >= t.rate * (1 + this.gain)) {
+          // it paid: keep climbing
+          this.step("up", rate, "more flows paid");
+        } else {
+          this.fast = false;
+          this.held = 0;
+          this.set(t.from, rate, "more flows did not pay");
+        }
+      } else if (rate < t.rate * (1 - this.gain / 2)) {
+        this.held = 0;
+        this.set(t.from, rate, "fewer flows lost rate");
+      } else {
+        // as fast with fewer: keep the lower level and try lower still
+        this.step("down", rate, "fewer flows as fast");
+      }
+      return this.level;
+    }
+    if (this.fast) {
+      this.step("up", rate, "start");
+      return this.level;
+    }
+    // holding: probe now and then, up and down in turn (the link's share changes at busy hours)
+    if (++this.held >= this.probeEvery) {
+      this.held = 0;
+      this.step(this.probes++ % 2 === 0 ? "up" : "down", rate, "probe");
+    }
+    return this.level;
+  }
+
+  private step(dir: "up" | "down", rate: number, why: string): void {
+    const next = dir === "up" ? (this.fast ? this.level * 2 : Math.max(this.level + 1, this.level * 1.25)) : Math.min(this.level - 1, this.level * 0.8);
+    const to = clamp(Math.round(next), this.min, this.max);
+    if (to === this.level) {
+      // at a bound: hold, and probe from there
+      this.fast = false;
+      this.held = 0;
+      return;
+    }
+    this.trial = { from: this.level, rate, dir };
+    this.set(to, rate, why);
+  }
+
+  private set(level: number, rate: number, why: string): void {
+    this.level = clamp(Math.round(level), this.min, this.max);
+    this.history.push({ t: this.start?.t ?? 0, rate, level: this.level, why });
+    if (this.history.length > 50) this.history.shift();
+  }
+}
+
+const clamp = (x: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, x));
+
+/** A fixed number of flows (--parallel N): the same interface, no adaptation. */
+export class FixedFlows {
+  constructor(readonly flows: number) {}
+  sample(): number {
+    return this.flows;
+  }
+}

@@ -1,0 +1,365 @@
+/**
+ * Sending the needed instances: a producer packs bundles sized to the link and builds them (tar.gz on disk) ahead of
+ * the senders, within a byte budget; senders run pieces (a whole bundle, or one partial upload of a bundle split over
+ * several connections) as many at once as the flow controller allows; a bundle's result is read while the next
+ * pieces flow. Scanning and hashing are done before (the manifest lists every instance's SHA-256).
+ *
+ * Resume: every bundle is written to the state (members, gzip level) before it is built, every upload URL (whole or
+ * partial) before its bytes flow; a rebuilt bundle has the same bytes, so each upload resumes at the relay's offset.
+ */
+import fsp from "node:fs/promises";
+import path from "node:path";
+import { CouldNotRun, RelayError, type RelayApi } from "./http.ts";
+import { entryName } from "./manifest.ts";
+import { writeBundle } from "./bundle.ts";
+import type { BundleState, StudyState } from "./state.ts";
+import type { FoundInstance } from "./scan.ts";
+import { RateMeter, type Progress } from "./progress.ts";
+import { bundleResult, createFinal, uploadFile, type UploadOutcome } from "./upload.ts";
+import { FixedFlows, FlowController } from "./adaptive.ts";
+import { chooseLevel, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
+
+export interface SendStudy {
+  st: StudyState;
+  bySop: Map<string, FoundInstance>;
+  /** instances still needed that no bundle of the state covers yet */
+  rest: FoundInstance[];
+  /** bundle-level failures of this run */
+  bundleErrors: string[];
+}
+
+export interface SendOptions {
+  api: RelayApi;
+  endpoint: string;
+  bundlesDir: string;
+  /** fixed flows (--parallel N), or null: adaptive */
+  parallel: number | null;
+  /** fixed raw bytes per bundle (--bundle-size), or null: sized to the link */
+  bundleBytes: number | null;
+  stallMs: number;
+  /** the relay takes tus partial uploads and their concatenation */
+  concatenation: boolean;
+  rttMs: number;
+  progress: Progress;
+  save(): void;
+  say(line: string): void;
+  log(line: string): void;
+  maxFlows?: number;
+}
+
+export interface SendFigures {
+  wireBytes: number;
+  rawBytes: number;
+  bundles: number;
+  partials: number;
+  maxFlows: number;
+  firstByteMs: number | null;
+  seconds: number;
+}
+
+type Piece = { study: SendStudy; bundle: BundleState; part: number | null };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise<SendFigures> {
+  const started = Date.now();
+  const maxFlows = o.maxFlows ?? 64;
+  const controller = o.parallel
+    ? new FixedFlows(o.parallel)
+    : new FlowController({ min: 1, max: maxFlows, initial: Math.min(8, maxFlows), windowMs: Math.max(1000, 5 * o.rttMs) });
+  let fatal: Error | null = null;
+  let wire = 0;
+  let errors = 0;
+  let firstByteAt: number | null = null;
+  let flowsMax = 0;
+  const wireMeter = new RateMeter(8000);
+  // compression measured as bundles are built
+  let rawBuilt = 0;
+  let wireBuilt = 0;
+  let buildMs = 0;
+  let bundlesBuilt = 0;
+  let partials = 0;
+  let rawSent = 0;
+  const queue: Piece[] = [];
+  /** bytes of built bundles whose pieces have not all been sent */
+  let onDisk = 0;
+  let active = 0;
+  let producing = true;
+  const finishing = new Set<Promise<void>>();
+  // the producer and the sender loop each wait for a change (or a timeout): every waiter is woken
+  const waiters = new Set<() => void>();
+  const poke = () => {
+    for (const w of [...waiters]) w();
+  };
+  const waitForPoke = (ms: number) => new Promise<void>((r) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      waiters.delete(done);
+      r();
+    }
+    waiters.add(done);
+  });
+
+  const flowsNow = () => controller.flows;
+  const wireRate = () => wireMeter.rate();
+  const ratio = () => (rawBuilt > 0 ? wireBuilt / rawBuilt : 0.55);
+  const sampler = setInterval(() => {
+    const t = Date.now();
+    wireMeter.add(t, wire);
+    const before = flowsNow();
+    controller.sample({ t, bytes: wire, busy: active, errors });
+    o.progress.setFlows(active, controller.flows);
+    if (controller.flows > before) poke();
+  }, 250);
+
+  let restRaw = studies.reduce((n, s) => n + s.rest.reduce((m, i) => m + i.size, 0), 0);
+  const remainingWire = () => restRaw * ratio() + onDisk;
+  const currentPiece = () => {
+    const flows = Math.max(1, flowsNow());
+    const rate = wireRate();
+    return pieceBytes({ perFlowBytesPerSec: rate > 0 && active > 0 ? rate / Math.min(active, flows) : 0, rttMs: o.rttMs, flows, remainingWireBytes: remainingWire() });
+  };
+
+  // ---------------------------------------------------------------- producer
+  const plan = (s: SendStudy): BundleState | null => {
+    if (!s.rest.length) return null;
+    const tag = s.st.transferId.slice(0, 8);
+    const n = s.st.bundles.reduce((m, b) => Math.max(m, Number(/-(\d+)\.tgz$/.exec(b.name)?.[1] ?? 0)), 0) + 1;
+    const compressed = isCompressedSyntax(s.rest[0]!.transferSyntaxUID);
+    const target = o.bundleBytes ?? currentPiece() / (compressed ? 1 : ratio());
+    const members: string[] = [];
+    let rawBytes = 0;
+    // same kind only (compressed or not), in path order; an instance larger than the target goes alone
+    while (s.rest.length && isCompressedSyntax(s.rest[0]!.transferSyntaxUID) === compressed) {
+      const i = s.rest[0]!;
+      if (members.length && rawBytes + i.size > target) break;
+      s.rest.shift();
+      restRaw -= i.size;
+      members.push(i.sopInstanceUID);
+      rawBytes += i.size;
+    }
+    const level = chooseLevel({ compressedMembers: compressed, linkBytesPerSec: wireRate(), gzipRawBytesPerSec: buildMs > 0 ? (rawBuilt * 1000) / buildMs : 0, ratio: ratio() });
+    const b: BundleState = { name: `${tag}-${String(n).padStart(4, "0")}.tgz`, members, rawBytes, level };
+    s.st.bundles.push(b);
+    o.save();
+    return b;
+  };
+
+  const build = async (s: SendStudy, b: BundleState): Promise<void> => {
+    const file = path.join(o.bundlesDir, b.name);
+    const have = await fsp.stat(file).catch(() => null);
+    if (!have || have.size !== b.size) {
+      const members = b.members.map((u) => {
+        const i = s.bySop.get(u)!;
+        return { name: entryName(u), path: i.path, size: i.size };
+      });
+      const t = Date.now();
+      const built = await writeBundle(file, members, b.level ?? 6);
+      if (b.level === 1) {
+        buildMs += Date.now() - t;
+        rawBuilt += b.rawBytes;
+        wireBuilt += built.size;
+      }
+      if (b.sha256 && built.sha256 !== b.sha256) {
+        // not the bytes the saved uploads were started with: new uploads (the old ones expire on the relay)
+        delete b.uploadUrl;
+        delete b.parts;
+        delete b.finalUrl;
+      }
+      b.size = built.size;
+      b.sha256 = built.sha256;
+    }
+    bundlesBuilt++;
+    // split once, before any upload of it began; a resumed bundle keeps the way it was sent
+    if (!b.parts && !b.uploadUrl && o.concatenation) {
+      const parts = splitParts(b.size!, currentPiece(), flowsNow());
+      if (parts.length > 1) {
+        b.parts = parts;
+        partials += parts.length;
+      }
+    }
+    o.save();
+    const pieces: Piece[] = b.parts ? b.parts.map((p, i) => ({ study: s, bundle: b, part: i })).filter((p) => !b.parts![p.part!]!.done) : [{ study: s, bundle: b, part: null }];
+    onDisk += b.size!;
+    if (b.parts && !pieces.length) {
+      // every part is there already: only the final remains
+      track(finishBundle(s, b));
+      return;
+    }
+    queue.push(...pieces);
+    poke();
+  };
+
+  const producer = (async () => {
+    const building = new Set<Promise<void>>();
+    for (const s of studies) {
+      const pending = s.st.bundles.filter((b) => !b.done);
+      // each turn builds one bundle; the study's instances bound the loop
+      for (let b: BundleState | null = pending.shift() ?? plan(s); b && !fatal; b = pending.shift() ?? plan(s)) {
+        // run ahead of the senders, within a budget: a few pieces per flow, on disk
+        const budget = () => Math.max(32 * 1024 * 1024, currentPiece() * flowsNow() * 2);
+        while (!fatal && (onDisk > budget() || queue.length > flowsNow() * 2 + 2)) await waitForPoke(500);
+        if (fatal) break;
+        const p = build(s, b).catch((err: Error) => {
+          s.bundleErrors.push(`${b.name}: ${err.message}`);
+          o.say(`${b.name}: ${err.message}`);
+        });
+        building.add(p);
+        void p.finally(() => building.delete(p));
+        // two builds at once: gzip runs on libuv's threads, so a second core helps when there is one
+        if (building.size >= 2) await Promise.race(building);
+      }
+    }
+    await Promise.all(building);
+  })().finally(() => {
+    producing = false;
+    poke();
+  });
+
+  // ---------------------------------------------------------------- senders
+  const sentOf = new Map<BundleState, number[]>();
+  const progressOf = (b: BundleState) => {
+    const arr = sentOf.get(b) ?? [];
+    const sent = arr.reduce((a, x) => a + (x ?? 0), 0);
+    o.progress.bundleProgress(b.name, b.rawBytes, sent, b.size ?? 0);
+  };
+
+  const track = (p: Promise<void>) => {
+    finishing.add(p);
+    void p.finally(() => finishing.delete(p));
+  };
+
+  const handle = (s: SendStudy, b: BundleState, err: unknown) => {
+    if (err instanceof CouldNotRun || (err instanceof RelayError && (err.status === 401 || err.status === 403))) {
+      fatal ??= err as Error;
+      poke();
+      return;
+    }
+    s.bundleErrors.push((err as Error).message);
+    o.say(`${b.name}: ${(err as Error).message}`);
+  };
+
+  const done = (s: SendStudy, b: BundleState, outcome: UploadOutcome) => {
+    const failures = outcome.entries.filter((e) => e.status === "failed").map((e) => ({ name: e.name, sopInstanceUID: e.sopInstanceUID, reason: e.reason, message: e.message }));
+    b.done = true;
+    b.result = { stored: outcome.counts.stored, alreadyStored: outcome.counts.alreadyStored, failed: outcome.counts.failed, failures, error: outcome.error };
+    o.save();
+    o.progress.bundleDone(b.name, b.rawBytes, b.members.length);
+    const r = b.result;
+    o.say(`${b.name}: ${b.members.length} instance(s) sent${b.parts ? ` over ${b.parts.length} connections` : ""}: ${r.stored} stored, ${r.alreadyStored} already there${r.failed ? `, ${r.failed} refused` : ""}${r.error ? ` (${r.error})` : ""}`);
+  };
+
+  const finishBundle = async (s: SendStudy, b: BundleState): Promise<void> => {
+    try {
+      let url = b.finalUrl;
+      let body: string | null = null;
+      if (!url) {
+        const f = await createFinal(o.api, o.endpoint, b.parts!.map((p) => p.uploadUrl!), { transferId: s.st.transferId, filename: b.name });
+        url = f.url;
+        body = f.body;
+        b.finalUrl = url;
+        o.save();
+      }
+      done(s, b, await bundleResult(o.api, url, body, b.name));
+      await fsp.rm(path.join(o.bundlesDir, b.name), { force: true });
+    } catch (err) {
+      handle(s, b, err);
+    }
+  };
+
+  const runPiece = async (piece: Piece): Promise<void> => {
+    const { study: s, bundle: b, part } = piece;
+    const p = part === null ? null : b.parts![part]!;
+    const file = path.join(o.bundlesDir, b.name);
+    const length = p ? p.end - p.start : b.size!;
+    let lastSent = 0;
+    const arr = sentOf.get(b) ?? [];
+    sentOf.set(b, arr);
+    const slot = part ?? 0;
+    try {
+      const { url, body } = await uploadFile({
+        api: o.api,
+        endpoint: o.endpoint,
+        file,
+        range: p ? { start: p.start, end: p.end } : undefined,
+        partial: !!p,
+        filename: p ? `${b.name}.part${String(part! + 1).padStart(2, "0")}` : b.name,
+        transferId: s.st.transferId,
+        uploadUrl: p ? p.uploadUrl : b.uploadUrl,
+        stallMs: o.stallMs,
+        onUploadUrl(url) {
+          if (p) p.uploadUrl = url;
+          else b.uploadUrl = url;
+          o.save();
+        },
+        onProgress(sent) {
+          if (sent > lastSent) {
+            wire += sent - lastSent;
+            o.progress.addWire(sent - lastSent);
+            if (firstByteAt === null) firstByteAt = Date.now();
+          }
+          lastSent = sent;
+          arr[slot] = sent;
+          progressOf(b);
+        },
+        onRestart() {
+          lastSent = 0;
+          arr[slot] = 0;
+          progressOf(b);
+        },
+        onRetry() {
+          errors++;
+        },
+        log: o.log,
+      });
+      onDisk -= length;
+      rawSent += (b.rawBytes * length) / Math.max(1, b.size!);
+      if (p) {
+        p.done = true;
+        o.save();
+        if (b.parts!.every((x) => x.done)) track(finishBundle(s, b));
+      } else {
+        // the relay reads the bundle while the next pieces flow
+        track((async () => {
+          try {
+            done(s, b, await bundleResult(o.api, url, body, b.name));
+            await fsp.rm(file, { force: true });
+          } catch (err) {
+            handle(s, b, err);
+          }
+        })());
+      }
+    } catch (err) {
+      onDisk -= length;
+      errors++;
+      handle(s, b, err);
+    }
+  };
+
+  try {
+    // each turn starts what the controller allows, then waits for a change; the producer's end bounds the loop
+    for (;;) {
+      while (!fatal && active < controller.flows && queue.length) {
+        const piece = queue.shift()!;
+        active++;
+        flowsMax = Math.max(flowsMax, active);
+        void runPiece(piece).finally(() => {
+          active--;
+          poke();
+        });
+      }
+      if (fatal && active === 0) break;
+      if (!producing && !queue.length && active === 0) break;
+      await waitForPoke(250);
+    }
+    await producer;
+    // results still being read (bounded by waitForResult's own limit)
+    while (finishing.size) await Promise.all([...finishing]);
+  } finally {
+    clearInterval(sampler);
+  }
+  if (fatal) throw fatal;
+  await sleep(0);
+  return { wireBytes: wire, rawBytes: rawSent, bundles: bundlesBuilt, partials, maxFlows: flowsMax, firstByteMs: firstByteAt === null ? null : firstByteAt - started, seconds: (Date.now() - started) / 1000 };
+}

@@ -1,0 +1,72 @@
+/**
+ * What each piece sent costs and carries, decided from the link as measured (pure):
+ *   - the compression of a bundle (gzip level 1, or none): see docs/push.md for the measured table;
+ *   - how many bytes a bundle holds (a few seconds of one flow, so there are always more pieces than flows);
+ *   - when a built bundle is split into tus partial uploads over several connections (Concatenation).
+ */
+import { transferSyntaxInfo } from "../../dicom/transferSyntax.ts";
+
+/** Encapsulated Uncompressed Explicit VR Little Endian: encapsulated, but not compressed */
+const ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98";
+
+/**
+ * Is the pixel data of this transfer syntax already compressed (JPEG, JPEG-LS, JPEG 2000, RLE, MPEG, HEVC, JPEG XL,
+ * deflate)? Then gzip would spend CPU for nothing. Unknown or missing syntaxes count as not compressed.
+ */
+export function isCompressedSyntax(uid: string | undefined): boolean {
+  if (!uid) return false;
+  const ts = transferSyntaxInfo(uid);
+  if (!ts) return false;
+  return (ts.encapsulated && uid !== ENCAPSULATED_UNCOMPRESSED) || ts.deflated;
+}
+
+/**
+ * gzip level for a bundle. Measured on realistic 16-bit CT (docs/push.md): level 1 packs within 2% of level 6 at
+ * twice its speed, and brotli gains 3% at best; so level 1, and none when the members are already compressed, or
+ * when the link takes bytes faster than the compressors make them (then compressing would slow the push down).
+ *
+ * @param linkBytesPerSec wire rate measured so far (0: not known yet)
+ * @param gzipRawBytesPerSec level-1 speed measured on this machine so far (raw bytes in per second, all builders)
+ * @param ratio wire/raw bytes of level 1 so far
+ */
+export function chooseLevel(o: { compressedMembers: boolean; linkBytesPerSec: number; gzipRawBytesPerSec: number; ratio: number }): 0 | 1 {
+  if (o.compressedMembers) return 0;
+  if (o.linkBytesPerSec > 0 && o.gzipRawBytesPerSec > 0) {
+    // raw bytes per second the link could carry without compression vs what compression delivers
+    const linkRaw = o.linkBytesPerSec;
+    const gzipWireAsRaw = o.gzipRawBytesPerSec;
+    // compress while it keeps up with the link's need for raw bytes (link rate / ratio), with a margin
+    if (gzipWireAsRaw < (linkRaw / Math.max(0.05, o.ratio)) * 0.8 && linkRaw > gzipWireAsRaw * o.ratio) return 0;
+  }
+  return 1;
+}
+
+export const MIN_PIECE = 256 * 1024;
+export const MAX_PIECE = 16 * 1024 * 1024;
+export const FIRST_PIECE = 1024 * 1024;
+
+/**
+ * Wire bytes one piece (a bundle, or a partial of one) should carry: about `seconds` of one flow's throughput, so
+ * the relay ingests bundles while the next arrive and a cut costs little; no more than a share of what is left, so
+ * the last pieces still fill every flow.
+ */
+export function pieceBytes(o: { perFlowBytesPerSec: number; rttMs: number; flows: number; remainingWireBytes: number; seconds?: number }): number {
+  const seconds = o.seconds ?? 4;
+  // a piece costs about two round trips besides its bytes (create, then the answer): keep those a small part
+  const byRate = o.perFlowBytesPerSec > 0 ? o.perFlowBytesPerSec * Math.max(seconds, (o.rttMs / 1000) * 10) : FIRST_PIECE;
+  const share = o.remainingWireBytes > 0 ? o.remainingWireBytes / Math.max(1, o.flows) : MAX_PIECE;
+  return Math.round(Math.max(MIN_PIECE, Math.min(MAX_PIECE, byRate, Math.max(share, MIN_PIECE))));
+}
+
+/**
+ * Byte ranges [start, end) splitting a built bundle into tus partial uploads: one range (no split) unless the bundle
+ * is more than twice the piece size and more than one flow runs; at most maxParts.
+ */
+export function splitParts(size: number, piece: number, flows: number, maxParts = 64): Array<{ start: number; end: number }> {
+  if (flows < 2 || size <= 2 * piece) return [{ start: 0, end: size }];
+  const n = Math.min(maxParts, Math.ceil(size / piece));
+  const each = Math.ceil(size / n);
+  const out: Array<{ start: number; end: number }> = [];
+  for (let start = 0; start < size; start += each) out.push({ start, end: Math.min(size, start + each) });
+  return out;
+}

@@ -1,0 +1,86 @@
+/**
+ * Resume under cuts on an emulated cross-border link: the real CLI (`dicom-relay push`, default options, a child
+ * process) sends a few MB through the link emulator (a per-connection cap, the lossy-flow share; a link cap shared by
+ * all connections; added round trip; a reset each time ~1 MB has passed, across connections) to a real relay.
+ * The push completes in one run, every instance is stored byte for byte, and a rerun sends next to nothing.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
+import { dicomwebClient } from "../support/dicomwebClient.ts";
+import { writeStudy } from "../../scripts/lib/synthetic.ts";
+import { readPart10, fileSource } from "../../src/dicom/part10.ts";
+
+const BIN = path.resolve("bin/dicom-relay.js");
+const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
+
+function push(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [BIN, "push", ...args], { env: { ...process.env, DICOM_RELAY_TOKEN: "" }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs);
+    p.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    p.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out });
+    });
+  });
+}
+
+describe("dicom-relay push across an emulated long, lossy link", () => {
+  let relay: TestRelay;
+  let proxy: FaultProxy;
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "crossborder-it-"));
+
+  beforeAll(async () => {
+    relay = await startTestRelay();
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await relay?.dispose();
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it("cut every ~1 MB at 2 Mbit/s per flow on a shared 8 Mbit/s link with 40 ms RTT: completes, byte-exact, a rerun sends ~0 bytes", async () => {
+    const src = path.join(work, "cd");
+    // 10 CT slices of 512x512 with realistic noise: ~5 MB in the folder, ~2.5 MB gzipped on the wire
+    const study = await writeStudy(src, { instances: 10, seriesCount: 1, rows: 512, columns: 512, modality: "CT", seed: 31, realisticNoise: true });
+    proxy = await startFaultProxy({
+      target: { host: "127.0.0.1", port: Number(new URL(relay.url).port) },
+      flowBytesPerSec: 250_000,
+      linkBytesPerSec: 1_000_000,
+      latencyMs: 20,
+      resetEveryBytes: 1_000_000,
+    });
+    const cache = path.join(work, "cache");
+    const receipts = path.join(work, "receipts");
+    const r = await push([src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts], 150_000);
+    expect(r.code, r.out).toBe(0);
+    const first = proxy.linkStats();
+    expect(first.resets, "the link cut connections while the push ran").toBeGreaterThanOrEqual(2);
+    expect(r.out).toMatch(/stored now: 10 +already on the relay: 0 +failed: 0/);
+    // at most the folder plus what the cuts cost (each cut resends at most what was in flight)
+    expect(first.bytesUp).toBeLessThan(study.totalBytes * 1.5);
+
+    const client = dicomwebClient(relay.dicomwebUrl);
+    for (const f of study.files) {
+      const fd = await fs.promises.open(f, "r");
+      const p = await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 22, bulkDataThreshold: 1024 });
+      await fd.close();
+      const back = await client.retrieveInstance({ studyInstanceUID: p.studyInstanceUID, seriesInstanceUID: p.seriesInstanceUID, sopInstanceUID: p.sopInstanceUID });
+      expect(sha(back), f).toBe(sha(fs.readFileSync(f)));
+    }
+
+    proxy.resetCounters();
+    const again = await push([src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts], 60_000);
+    expect(again.code, again.out).toBe(0);
+    expect(again.out).toMatch(/10 already on the relay, 0 to send/);
+    expect(proxy.stats().bytesUp).toBeLessThan(40_000);
+  }, 200_000);
+});
