@@ -8,6 +8,8 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type pg from "pg";
+import { inTransaction } from "../catalog/pgTransaction.ts";
+import { ADVISORY_LOCK } from "../catalog/postgres.ts";
 
 /** How an instance left the relay for a recipient. */
 export type DeliveryVia = "wado" | "c-move" | "c-get" | "forward" | "commitment";
@@ -140,7 +142,12 @@ export class PostgresDeliveryStore implements DeliveryStore {
   constructor(private readonly pool: pg.Pool) {}
 
   async init(): Promise<void> {
-    for (const s of SCHEMA) await this.pool.query(s);
+    // Nodes starting together would race on CREATE ... IF NOT EXISTS (a duplicate pg_type row): one at a time,
+    // under the lock the index's migrations take.
+    await inTransaction(this.pool, async (client) => {
+      await client.query("SELECT pg_advisory_xact_lock($1, 0)", [ADVISORY_LOCK.MIGRATIONS]);
+      for (const s of SCHEMA) await client.query(s);
+    });
   }
 
   async close(): Promise<void> {
