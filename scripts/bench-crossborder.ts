@@ -49,8 +49,8 @@ const SIZES = {
 const TARGET_RATIO = 1.25;
 const TARGET_PUSH_RSS_MB = 300;
 
-function bigProfiles(): LinkProfile[] {
-  const v = (process.env.BENCH_CROSSBORDER_BIG_PROFILES ?? "40/4/200").trim();
+function profilesOf(v: string): LinkProfile[] {
+  v = v.trim();
   if (v === "none" || v === "") return [];
   if (v === "all") return PROFILES;
   return v.split(",").map((n) => {
@@ -79,11 +79,30 @@ interface PushRun {
   output: string;
 }
 
+/**
+ * The uploader a coordinator runs: the installable single file (scripts/build-uploader.mjs, docs/push.md), built once
+ * per bench run; BENCH_CROSSBORDER_CLI=source runs bin/dicom-relay.js instead (TypeScript compiled as it loads,
+ * which adds a few seconds of start-up on a busy machine).
+ */
+let uploader: string | null = null;
+async function uploaderPath(workDir: string): Promise<string> {
+  if (process.env.BENCH_CROSSBORDER_CLI === "source") return path.join(ROOT, "bin/dicom-relay.js");
+  if (uploader) return uploader;
+  const out = await new Promise<string>((resolve, reject) => {
+    const b = spawn(process.execPath, [path.join(ROOT, "scripts/build-uploader.mjs"), path.join(workDir, "uploader")], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+    let text = "";
+    b.stdout.on("data", (d: Buffer) => (text += d.toString()));
+    b.on("close", (code) => (code === 0 ? resolve(text.split("\n")[0]!.trim()) : reject(new Error(`building the uploader failed (${code})`))));
+  });
+  uploader = out;
+  return out;
+}
+
 /** One `dicom-relay push` with default options, killed after timeoutMs; samples its peak RSS and the first bytes. */
-function runPush(folder: string, url: string, dir: string, timeoutMs: number, wireUp: () => number): Promise<PushRun> {
+function runPush(cli: string, folder: string, url: string, dir: string, timeoutMs: number, wireUp: () => number): Promise<PushRun> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const p = spawn(process.execPath, [path.join(ROOT, "bin/dicom-relay.js"), "push", folder, "--to", url, "--cache-dir", path.join(dir, "cache"), "--receipt-dir", path.join(dir, "receipts")], {
+    const p = spawn(process.execPath, [cli, "push", folder, "--to", url, "--cache-dir", path.join(dir, "cache"), "--receipt-dir", path.join(dir, "receipts")], {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, DICOM_RELAY_TOKEN: "" },
@@ -147,7 +166,8 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
     // bounded: two minutes of start-up and slack plus four times what the link needs for the folder's bytes
     const cap = Number(process.env.BENCH_CROSSBORDER_MAX_SECONDS) || Infinity;
     const timeoutMs = Math.min(120 + 4 * folderFloor, cap) * 1000;
-    const r = await runPush(study.folder, proxy.url, dir, timeoutMs, () => proxy.stats().bytesUp);
+    const cli = await uploaderPath(path.dirname(dir));
+    const r = await runPush(cli, study.folder, proxy.url, dir, timeoutMs, () => proxy.stats().bytesUp);
     const s = proxy.linkStats();
     const wireFloor = s.bytesUp / linkBytesPerSec;
     const ok = r.code === 0 && !r.timedOut;
@@ -159,7 +179,7 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
       rttMs: profile.rttMs,
       completed: ok,
       ...(r.timedOut && { timedOutAfterSeconds: round(timeoutMs / 1000, 0) }),
-      ...(!ok && { exitCode: r.code, outputTail: r.output.slice(-600) }),
+      ...((!ok || process.env.BENCH_CROSSBORDER_VERBOSE === "1") && { exitCode: r.code, outputTail: r.output.slice(-1500) }),
       seconds: round(r.seconds, 1),
       wireFloorSeconds: round(wireFloor, 1),
       xWireFloor: round(r.seconds / wireFloor, 2),
@@ -179,7 +199,7 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
     if (extra.rerun && ok) {
       proxy.setFaults({ resetEveryBytes: undefined });
       proxy.resetCounters();
-      const again = await runPush(study.folder, proxy.url, dir, 300_000, () => proxy.stats().bytesUp);
+      const again = await runPush(cli, study.folder, proxy.url, dir, 300_000, () => proxy.stats().bytesUp);
       row.rerun = { completed: again.code === 0, seconds: round(again.seconds, 1), wireBytesUp: proxy.stats().bytesUp };
     }
     return row;
@@ -190,18 +210,24 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
   }
 }
 
+/** BENCH_CROSSBORDER_BIG_PROFILES: the large study's profiles (default the issue's case, 40/4/200) */
+const bigProfiles = () => profilesOf(process.env.BENCH_CROSSBORDER_BIG_PROFILES ?? "40/4/200");
+/** BENCH_CROSSBORDER_PROFILES: the CT folder's profiles (default all three) */
+const ctProfiles = () => profilesOf(process.env.BENCH_CROSSBORDER_PROFILES ?? "all");
+
 export async function benchCrossborder(workDir: string): Promise<Record<string, unknown>> {
   if (process.env.BENCH_SKIP_CROSSBORDER === "1" || process.env.BENCH_SKIP_PUSH === "1") return { skipped: "BENCH_SKIP_CROSSBORDER=1" };
   const dir = path.join(workDir, "crossborder");
   await fsp.mkdir(dir, { recursive: true });
+  uploader = null;
   try {
     const ctDir = path.join(dir, "ct");
     const ct = await writeStudy(ctDir, { instances: SIZES.ctInstances, seriesCount: 2, rows: 512, columns: 512, modality: "CT", seed: 21, realisticNoise: true });
     const ctStudy: Study = { label: `CT ${ct.files.length} instances`, folder: ctDir, bytes: ct.totalBytes, instances: ct.files.length };
     const runs: Record<string, unknown>[] = [];
     let i = 0;
-    for (const p of PROFILES) runs.push(await pushThrough(ctStudy, p, path.join(dir, `run${i++}`)));
-    const resume = await pushThrough(ctStudy, PROFILES[0]!, path.join(dir, `run${i++}`), { resetEveryBytes: SIZES.resumeResetEveryBytes, rerun: true });
+    for (const p of ctProfiles()) runs.push(await pushThrough(ctStudy, p, path.join(dir, `run${i++}`)));
+    const resume = process.env.BENCH_CROSSBORDER_RESUME === "0" ? { skipped: "BENCH_CROSSBORDER_RESUME=0" } : await pushThrough(ctStudy, PROFILES[0]!, path.join(dir, `run${i++}`), { resetEveryBytes: SIZES.resumeResetEveryBytes, rerun: true });
 
     const big: Record<string, unknown>[] = [];
     const profiles = bigProfiles();
@@ -220,10 +246,11 @@ export async function benchCrossborder(workDir: string): Promise<Record<string, 
       targets[`crossborder ${r.study} at ${r.profile} <= ${TARGET_RATIO}x the wire floor`] = r.met as boolean;
       targets[`crossborder ${r.study} at ${r.profile}: push peak RSS < ${TARGET_PUSH_RSS_MB} MB`] = (r.completed as boolean) && (r.pushPeakRssMB as number) < TARGET_PUSH_RSS_MB;
     }
-    const rerun = resume.rerun as { completed: boolean; wireBytesUp: number } | undefined;
+    const rerun = (resume as Record<string, unknown>).rerun as { completed: boolean; wireBytesUp: number } | undefined;
     targets[`crossborder resume under cuts (a reset every ${SIZES.resumeResetEveryBytes / MB} MB): completes in one run, a rerun sends < 1% of the folder`] =
-      (resume.completed as boolean) && !!rerun?.completed && rerun.wireBytesUp < ctStudy.bytes / 100;
+      ((resume as Record<string, unknown>).completed as boolean) && !!rerun?.completed && rerun.wireBytesUp < ctStudy.bytes / 100;
     return {
+      uploader: process.env.BENCH_CROSSBORDER_CLI === "source" ? "bin/dicom-relay.js (sources through tsx)" : "the installable single-file uploader (scripts/build-uploader.mjs)",
       note: "synthetic CT with per-slice quantum noise (realisticNoise), 12 bits stored in 16; the emulator's flow cap stands for the share one TCP flow gets of a lossy long path",
       ctFolder: { instances: ctStudy.instances, bytes: ctStudy.bytes },
       runs,

@@ -22,7 +22,7 @@ import type { DeidentifyService } from "./deidentify/service.ts";
 import { deidentifyRouter } from "./deidentify/routes.ts";
 import type { RetentionService } from "./retention/service.ts";
 import { retentionRouter } from "./retention/routes.ts";
-import { bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
+import { UPLOADS_PER_TOKEN_HEADER, bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
 import { actorOf } from "./access/middleware.ts";
 
 export interface RelayServices {
@@ -70,6 +70,11 @@ export function createApp(svc: RelayServices): Express {
     senderOf,
   );
   const documentSlot = slots.guard((req) => req.method === "POST", senderOf);
+  // how many uploads one token may run at once: the uploader opens no more connections than that (docs/push.md)
+  app.use(svc.config.transfers.tusPath, (_req, res, next) => {
+    res.set(UPLOADS_PER_TOKEN_HEADER, String(svc.config.server.maxConcurrentUploadsPerToken));
+    next();
+  });
 
   app.use((req, res, next) => {
     const started = process.hrtime.bigint();

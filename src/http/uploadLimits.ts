@@ -57,6 +57,9 @@ export const closeUnreadBodies: RequestHandler = (req, res, next) => {
   next();
 };
 
+/** Response header on the tus endpoint: server.maxConcurrentUploadsPerToken, so uploaders stay within it. */
+export const UPLOADS_PER_TOKEN_HEADER = "X-Dicom-Relay-Uploads-Per-Token";
+
 export interface UploadSlotOptions {
   total: number;
   perSender: number;

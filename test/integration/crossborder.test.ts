@@ -83,4 +83,26 @@ describe("dicom-relay push across an emulated long, lossy link", () => {
     expect(again.out).toMatch(/10 already on the relay, 0 to send/);
     expect(proxy.stats().bytesUp).toBeLessThan(40_000);
   }, 200_000);
+
+  it("stays within the uploads the relay lets one token run (X-Dicom-Relay-Uploads-Per-Token): no refusals, nothing dropped", async () => {
+    const capped = await startTestRelay({ server: { maxConcurrentUploadsPerToken: 2 } });
+    const link = await startFaultProxy({ target: { host: "127.0.0.1", port: Number(new URL(capped.url).port) }, flowBytesPerSec: 150_000, latencyMs: 20 });
+    try {
+      const options = await fetch(`${capped.url}/api/uploads`, { method: "OPTIONS", headers: { "Tus-Resumable": "1.0.0" } });
+      expect(options.headers.get("x-dicom-relay-uploads-per-token")).toBe("2");
+      const src = path.join(work, "capped");
+      // small pieces and a slow flow: the flow controller would open 8 connections at once, and more, on its own
+      await writeStudy(src, { instances: 12, seriesCount: 1, rows: 256, columns: 256, modality: "CT", seed: 32, realisticNoise: true });
+      const r = await push([src, "--to", link.url, "--cache-dir", path.join(work, "capped-cache"), "--receipt-dir", path.join(work, "capped-receipts")], 120_000);
+      expect(r.code, r.out).toBe(0);
+      expect(r.out).toMatch(/stored now: 12 +already on the relay: 0 +failed: 0/);
+      // a refused upload (503) closes its connection: either shows as a dropped connection in the log
+      expect(r.out).not.toMatch(/connection dropped|HTTP 503/);
+      // with more flows than that, the relay would have refused some
+      expect(r.out).toMatch(/up to [12] connection\(s\) at once/);
+    } finally {
+      await link.close();
+      await capped.dispose();
+    }
+  }, 150_000);
 });

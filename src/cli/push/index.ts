@@ -17,7 +17,7 @@ import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInst
 import { buildManifest, manifestKey, type ManifestBody } from "./manifest.ts";
 import { acquireLock, loadState, saveState, stateDirFor, LockedError, type PushState, type StudyState } from "./state.ts";
 import { Progress, formatBytes } from "./progress.ts";
-import { supportsConcatenation } from "./upload.ts";
+import { tusOffer, type TusOffer } from "./upload.ts";
 import { sendStudies, type SendFigures } from "./send.ts";
 import { isCompressedSyntax } from "./sizing.ts";
 import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
@@ -104,11 +104,16 @@ async function push(opts: PushOptions): Promise<number> {
   try {
     const state = loadState(stateDir, opts.source, opts.relay);
     const api = new RelayApi(opts.relay, opts.token, (line) => process.stderr.write(line + "\n"));
-    if (!opts.dryRun) await preflight(api, opts);
+    // the relay is checked while the folder is read (round trips of a long link cost seconds); a failed check
+    // stops the reading at once, so a wrong address or token is still said within seconds
+    const stopReading = new AbortController();
+    const checked = opts.dryRun ? null : preflight(api, opts);
+    checked?.catch((err: unknown) => stopReading.abort(err));
     const root = await resolveRoot(opts, stateDir, state);
     const tty = !!process.stderr.isTTY;
     if (tty) process.stderr.write(`Reading ${root} ...`);
     const { result, cache } = await scanFolder(root, {
+      signal: stopReading.signal,
       documents: opts.documents,
       cache: state.files,
       onFile: tty ? (done, total) => { if (done % 50 === 0 || done === total) process.stderr.write(`\rReading ${root} ... ${done}/${total} files`); } : undefined,
@@ -124,11 +129,11 @@ async function push(opts: PushOptions): Promise<number> {
       return result.broken.length ? 2 : 1;
     }
     const documents = documentsToAttach(result, studies, opts);
-    if (opts.dryRun) {
+    if (!checked) {
       out("Dry run: nothing was sent.");
       return 0;
     }
-    return await send(api, opts, state, stateDir, result, studies, documents);
+    return await send(api, opts, state, stateDir, result, studies, documents, await checked);
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -138,8 +143,16 @@ async function push(opts: PushOptions): Promise<number> {
 
 // ---------------------------------------------------------------- before sending
 
+/** What the relay check found: what its tus endpoint offers, and the round trip to it. */
+interface Checked {
+  offer: TusOffer;
+  rttMs: number;
+  /** the relay's receipt key as read now (the receipt is checked with it, saving a round trip at the end) */
+  key: { pem: string; kid: string } | null;
+}
+
 /** Is this a dicom-relay, and may this token upload? Fails in seconds with a sentence (exit 1). */
-async function preflight(api: RelayApi, opts: PushOptions): Promise<void> {
+async function preflight(api: RelayApi, opts: PushOptions): Promise<Checked> {
   const key = await api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 });
   if (key.status !== 200 || !/"kty"/.test(key.text)) {
     throw new CouldNotRun(`${opts.relay} does not look like a dicom-relay (${RECEIPT_KEY_PATH} answered ${key.status}); check the address given with --to`);
@@ -155,6 +168,19 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<void> {
   }
   if (probe.status === 403) throw new CouldNotRun(`this token may not send studies (403: ${errorText(probe.text)}); ask for a token with upload scope`);
   if (probe.status !== 400) throw new CouldNotRun(`the relay answered ${probe.status} to a test request (${errorText(probe.text)}); it may be a different version`);
+  // the round trip (the shorter of two small requests on an open connection) sizes the flow controller's window
+  const endpoint = `${opts.relay}/api/uploads`;
+  const t0 = performance.now();
+  const offer = await tusOffer(api, endpoint);
+  const t1 = performance.now();
+  await tusOffer(api, endpoint);
+  let pem: { pem: string; kid: string } | null = null;
+  try {
+    pem = key.json<{ pem: string; kid: string }>();
+  } catch {
+    // read again with the receipt
+  }
+  return { offer, rttMs: Math.min(t1 - t0, performance.now() - t1), key: pem?.pem && pem.kid ? pem : null };
 }
 
 /** The folder to read: the folder itself, the folder of a DICOMDIR, or a .zip unpacked into the cache. */
@@ -205,7 +231,7 @@ async function openTransfer(api: RelayApi, run: { manifest: ManifestBody; key: s
   return { view, st: { manifestKey: run.key, transferId: view.id, bundles: [], documents: {} } };
 }
 
-async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir: string, scan: ScanResult, studies: StudySummary[], documents: Map<string, DocumentSpec[]>): Promise<number> {
+async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir: string, scan: ScanResult, studies: StudySummary[], documents: Map<string, DocumentSpec[]>, checked: Checked): Promise<number> {
   const bundlesDir = path.join(stateDir, "bundles");
   await fsp.mkdir(bundlesDir, { recursive: true });
   const runs: StudyRun[] = [];
@@ -248,22 +274,25 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
   const uploadApi = new RelayApi(opts.relay, opts.token, log);
   if (pendingSops.length) {
     const endpoint = `${opts.relay}/api/uploads`;
-    // the round trip (the shorter of two small requests) sizes the judging window of the flow controller
-    const t0 = performance.now();
-    const concatenation = await supportsConcatenation(uploadApi, endpoint);
-    const t1 = performance.now();
-    await supportsConcatenation(uploadApi, endpoint);
-    const rttMs = Math.min(t1 - t0, performance.now() - t1);
+    const { offer, rttMs } = checked;
+    // never more connections than the relay lets one token run (beyond, it answers 503 and the push waits)
+    const maxFlows = Math.min(64, offer.uploadsPerToken ?? 64);
+    let parallel = opts.parallel;
+    if (parallel && parallel > maxFlows) {
+      say(`--parallel ${parallel}: the relay takes at most ${maxFlows} uploads at once from one token; using ${maxFlows}.`);
+      parallel = maxFlows;
+    }
     progress.start(totalBytes, totalInstances, totalBytes - pendingRaw, totalInstances - pendingSops.length);
     try {
       figures = await sendStudies(runs, {
         api: uploadApi,
         endpoint,
         bundlesDir,
-        parallel: opts.parallel,
+        parallel,
+        maxFlows,
         bundleBytes: opts.bundleBytes,
         stallMs: opts.stallSeconds * 1000,
-        concatenation,
+        concatenation: offer.concatenation,
         rttMs,
         progress,
         save: () => saveState(stateDir, state),
@@ -280,6 +309,8 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
   const thisRun = { sent: 0, already: 0 };
   out("");
   for (const run of runs) {
+    // the receipt is asked beside the view (one round trip, not two): used only if the view says complete
+    const receipt = api.request("GET", `/api/transfers/${run.st.transferId}/receipt`, { attempts: 1 }).catch(() => null);
     const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
     if (r.status !== 200) throw new RelayError(r.status, `the relay could not show transfer ${run.st.transferId} (${r.status}): ${errorText(r.text)}`);
     const view = r.json<TransferView>();
@@ -300,7 +331,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     for (const e of run.bundleErrors) out(`  NOT SENT: ${e}`);
     if (view.complete) {
       try {
-        const saved = await fetchAndSaveReceipt(api, view.id, run.manifest, { pinnedPem: opts.relayKeyPem, knownRelaysFile: path.join(opts.cacheDir, "known-relays.json") }, opts.receiptDir, receiptFileName(s.studyDate, s.patientID, view.id), path.join(stateDir, "receipts"));
+        const saved = await fetchAndSaveReceipt(api, view.id, run.manifest, { pinnedPem: opts.relayKeyPem, knownRelaysFile: path.join(opts.cacheDir, "known-relays.json") }, opts.receiptDir, receiptFileName(s.studyDate, s.patientID, view.id), path.join(stateDir, "receipts"), { receipt, key: checked.key });
         run.st.receiptFile = saved.file;
         saveState(stateDir, state);
         out(`  Receipt saved: ${saved.file} (signature verified with the relay's key; ${saved.payload.instances.length} instances)`);

@@ -7,7 +7,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { verifyReceipt, type ReceiptPayload } from "../../transfers/receipts.ts";
-import { RelayError, errorText, type RelayApi } from "./http.ts";
+import { RelayError, errorText, type ApiResponse, type RelayApi } from "./http.ts";
 import type { ManifestBody } from "./manifest.ts";
 
 /** the relay's public receipt key (transfers/routes.ts serves it; not imported to keep express out of the CLI) */
@@ -95,16 +95,44 @@ export function checkReceiptKey(origin: string, pem: string, trust: KeyTrust, no
   }
 }
 
-export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, trust: KeyTrust, dir: string, name: string, fallbackDir?: string): Promise<SavedReceipt> {
-  const r = await api.request("GET", `/api/transfers/${transferId}/receipt`);
+/**
+ * What was fetched before the receipt was asked for (each saves a round trip of a long link): the receipt asked
+ * beside the transfer's view (used only if the relay gave it), and the relay's key as read when the push began
+ * (a receipt it does not verify makes the key be read again).
+ */
+export interface EarlyReceipt {
+  receipt?: Promise<ApiResponse | null>;
+  key?: ReceiptKey | null;
+}
+
+interface ReceiptKey {
+  pem: string;
+  kid: string;
+}
+
+export async function fetchAndSaveReceipt(api: RelayApi, transferId: string, manifest: ManifestBody, trust: KeyTrust, dir: string, name: string, fallbackDir?: string, early: EarlyReceipt = {}): Promise<SavedReceipt> {
+  const asked = early.receipt ? await early.receipt : null;
+  const r = asked?.status === 200 ? asked : await api.request("GET", `/api/transfers/${transferId}/receipt`);
   if (r.status !== 200) throw new RelayError(r.status, `the relay gave no receipt for transfer ${transferId} (${r.status}): ${errorText(r.text)}`);
   const { jws } = r.json<{ jws: string }>();
-  const k = await api.request("GET", RECEIPT_KEY_PATH);
-  if (k.status !== 200) throw new RelayError(k.status, `the relay's receipt key could not be read (${k.status})`);
-  const key = k.json<{ pem: string; kid: string }>();
-  checkReceiptKey(new URL(api.base).origin, key.pem, trust);
-  // throws ReceiptVerificationError with a sentence when the signature does not hold
-  const payload = verifyReceipt(jws, key.pem);
+  const readKey = async (): Promise<ReceiptKey> => {
+    const k = await api.request("GET", RECEIPT_KEY_PATH);
+    if (k.status !== 200) throw new RelayError(k.status, `the relay's receipt key could not be read (${k.status})`);
+    return k.json<ReceiptKey>();
+  };
+  let key = early.key ?? (await readKey());
+  let payload: ReturnType<typeof verifyReceipt>;
+  try {
+    checkReceiptKey(new URL(api.base).origin, key.pem, trust);
+    payload = verifyReceipt(jws, key.pem);
+  } catch (err) {
+    if (!early.key) throw err;
+    // the key read at the start may have been replaced since: read it again, and judge by that one
+    key = await readKey();
+    checkReceiptKey(new URL(api.base).origin, key.pem, trust);
+    // throws ReceiptVerificationError with a sentence when the signature does not hold
+    payload = verifyReceipt(jws, key.pem);
+  }
   const problems = compareReceipt(payload, manifest, transferId);
   if (problems.length) throw new Error(`the receipt does not match what was sent: ${problems.slice(0, 3).join("; ")}`);
   const saved = {

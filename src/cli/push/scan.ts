@@ -256,6 +256,8 @@ export interface ScanOptions {
   cache?: ScanCache;
   /** called after each file (for a progress line) */
   onFile?: (done: number, total: number) => void;
+  /** stops the reading (its reason is thrown): the relay check running beside it failed */
+  signal?: AbortSignal;
 }
 
 /** Reads a folder (or the folder of a DICOMDIR). Never throws for a bad file: it is listed with its reason. */
@@ -265,6 +267,7 @@ export async function scanFolder(root: string, opts: ScanOptions): Promise<{ res
   const result: ScanResult = { root, instances: [], dicomdirs: [], missingFromDicomdir: [], others: [], broken: [], duplicates: [], hiddenSkipped: hidden };
   const bySop = new Map<string, FoundInstance>();
   for (const [i, file] of files.entries()) {
+    opts.signal?.throwIfAborted();
     let st: fs.Stats;
     try {
       st = await fsp.stat(file);

@@ -82,6 +82,8 @@ export function uploadFile(o: BundleUploadOptions): Promise<{ url: string; body:
       headers: o.partial ? { ...o.api.authHeaders(), "Upload-Concat": "partial" } : o.api.authHeaders(),
       // one PATCH streams the rest of the file; a reset costs only the bytes in flight
       chunkSize: Number.POSITIVE_INFINITY,
+      // not tus creation-with-upload (bytes on the creating POST): a round trip less per piece, but a POST cut
+      // before its answer leaves an upload whose URL the push never learnt, so its bytes could not be resumed
       // a copy: a Retry-After answer lengthens one of its delays
       retryDelays: [...(o.retryDelays ?? DEFAULT_RETRY_DELAYS)],
       storeFingerprintForResuming: false,
@@ -171,12 +173,24 @@ export async function createFinal(api: RelayApi, endpoint: string, partUrls: str
 }
 
 /** Does the relay's tus endpoint take partial uploads and their concatenation (Tus-Extension: concatenation)? */
-export async function supportsConcatenation(api: RelayApi, endpoint: string): Promise<boolean> {
+/** What the relay's tus endpoint offers this uploader (an OPTIONS request). */
+export interface TusOffer {
+  /** tus Concatenation: partial uploads and a final */
+  concatenation: boolean;
+  /** uploads one token may run at once (X-Dicom-Relay-Uploads-Per-Token, server.maxConcurrentUploadsPerToken); null: not said */
+  uploadsPerToken: number | null;
+}
+
+export async function tusOffer(api: RelayApi, endpoint: string): Promise<TusOffer> {
   try {
     const r = await api.request("OPTIONS", endpoint, { attempts: 2, timeoutMs: 30_000, headers: { "Tus-Resumable": "1.0.0" } });
-    return (r.headers.get("tus-extension") ?? "").split(",").map((x) => x.trim()).includes("concatenation");
+    const slots = Number(r.headers.get("x-dicom-relay-uploads-per-token"));
+    return {
+      concatenation: (r.headers.get("tus-extension") ?? "").split(",").map((x) => x.trim()).includes("concatenation"),
+      uploadsPerToken: Number.isInteger(slots) && slots > 0 ? slots : null,
+    };
   } catch {
-    return false;
+    return { concatenation: false, uploadsPerToken: null };
   }
 }
 
