@@ -102,6 +102,9 @@ export class UploadSlots {
         if (n <= 0) this.bySender.delete(sender);
         else this.bySender.set(sender, n);
       };
+      // the body read is what a slot guards (a socket, a spool file, a sender's bandwidth): what the relay does
+      // with it afterwards (reading a bundle before the tus answer) no longer holds the sender's place
+      req.once("end", release);
       res.once("close", release);
       res.once("finish", release);
       next();

@@ -445,6 +445,35 @@ describe("adaptive flows", () => {
     expect(levels[Math.round(8000 / 250)]!).toBeGreaterThanOrEqual(32);
   });
 
+  it("new connections that start sending only after two round trips: with settling it keeps the step that pays", () => {
+    // 4 Mbit/s per flow, a 40 Mbit/s link (full at 10 flows), RTT 200 ms: a new connection's bytes begin 400 ms after
+    // it is allowed (create, then the first bytes)
+    const rtt = 200;
+    const startUp = (c: FlowController) => {
+      let level = c.flows;
+      let sending = c.flows;
+      let changedAt = 0;
+      return (flows: number, t: number) => {
+        if (flows !== level) {
+          // fewer: at once; more: the old ones until the new ones are up
+          sending = Math.min(level, flows);
+          level = flows;
+          changedAt = t;
+        }
+        if (t - changedAt >= 2 * rtt) sending = level;
+        return Math.min(sending, 10) * 0.5 * MB;
+      };
+    };
+    const settled = new FlowController({ min: 1, max: 64, initial: 4, windowMs: 500, settleMs: 3 * rtt });
+    const levels = drive(settled, startUp(settled), 30);
+    // it climbs past 4 and stays where the link is full (10 flows or more), never back at the start
+    expect(Math.min(...levels.slice(-40)), settled.history.map((h) => `${h.level} ${h.why}`).join("; ")).toBeGreaterThanOrEqual(8);
+    // judged at once (no settling), the first step up looks as if it did not pay: the controller goes back
+    const hasty = new FlowController({ min: 1, max: 64, initial: 4, windowMs: 500, settleMs: 0 });
+    drive(hasty, startUp(hasty), 30);
+    expect(hasty.history.some((h) => h.why === "more flows did not pay" && h.level === 4)).toBe(true);
+  });
+
   it("one flow fills the link (a clean path): it comes down instead of holding many connections", () => {
     const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
     const levels = drive(c, () => 5 * MB, 60);

@@ -21,6 +21,11 @@ export interface FlowControllerOptions {
   gain?: number;
   /** windows held at a plateau before probing one step up again */
   probeEvery?: number;
+  /**
+   * after a change, time before the next window starts (ms): new connections first create their upload and wait a
+   * round trip or two before their bytes flow; judged at once, a step up that will pay looks as if it did not
+   */
+  settleMs?: number;
 }
 
 export interface FlowSample {
@@ -49,6 +54,9 @@ export class FlowController {
   private trial: { from: number; rate: number; dir: "up" | "down" } | null = null;
   private held = 0;
   private probes = 0;
+  private readonly settleMs: number;
+  /** no window starts before this time (a change is settling) */
+  private settleUntil = 0;
   /** the decisions taken (the last 50), for the log and tests */
   readonly history: Array<{ t: number; rate: number; level: number; why: string }> = [];
 
@@ -59,6 +67,7 @@ export class FlowController {
     this.windowMs = Math.max(200, o.windowMs);
     this.gain = o.gain ?? 0.1;
     this.probeEvery = o.probeEvery ?? 4;
+    this.settleMs = Math.max(0, o.settleMs ?? 0);
   }
 
   /** flows allowed now */
@@ -68,7 +77,8 @@ export class FlowController {
 
   /** Feed a sample (every few hundred ms); returns the flows allowed from now on. */
   sample(s: FlowSample): number {
-    if (!this.start) {
+    if (!this.start || s.t < this.settleUntil) {
+      // the window begins once the last change has settled
       this.start = s;
       this.saturated = true;
       return this.level;
@@ -137,7 +147,9 @@ export class FlowController {
   }
 
   private set(level: number, rate: number, why: string): void {
+    const before = this.level;
     this.level = clamp(Math.round(level), this.min, this.max);
+    if (this.level !== before && this.start) this.settleUntil = this.start.t + this.settleMs;
     this.history.push({ t: this.start?.t ?? 0, rate, level: this.level, why });
     if (this.history.length > 50) this.history.shift();
   }

@@ -66,7 +66,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const maxFlows = o.maxFlows ?? 64;
   const controller = o.parallel
     ? new FixedFlows(o.parallel)
-    : new FlowController({ min: 1, max: maxFlows, initial: Math.min(8, maxFlows), windowMs: Math.max(1000, 5 * o.rttMs) });
+    : new FlowController({ min: 1, max: maxFlows, initial: Math.min(8, maxFlows), windowMs: Math.max(1000, 5 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
   let fatal: Error | null = null;
   let wire = 0;
   let errors = 0;
@@ -83,7 +83,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const queue: Piece[] = [];
   /** bytes of built bundles whose pieces have not all been sent */
   let onDisk = 0;
+  /** pieces sending bytes (the controller's flows) */
   let active = 0;
+  /** pieces started and not finished: sending, or waiting for the relay's answer */
+  let inFlight = 0;
   let producing = true;
   const finishing = new Set<Promise<void>>();
   // the producer and the sender loop each wait for a change (or a timeout): every waiter is woken
@@ -101,6 +104,8 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     waiters.add(done);
   });
 
+  // DICOM_RELAY_PUSH_DEBUG=1: the flow controller's decisions in the log
+  const debug = process.env.DICOM_RELAY_PUSH_DEBUG === "1";
   const flowsNow = () => controller.flows;
   const wireRate = () => wireMeter.rate();
   const ratio = () => (rawBuilt > 0 ? wireBuilt / rawBuilt : 0.55);
@@ -109,6 +114,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     wireMeter.add(t, wire);
     const before = flowsNow();
     controller.sample({ t, bytes: wire, busy: active, errors });
+    if (debug && controller.flows !== before && controller instanceof FlowController) {
+      const h = controller.history[controller.history.length - 1];
+      o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length})`);
+    }
     o.progress.setFlows(active, controller.flows);
     if (controller.flows > before) poke();
   }, 250);
@@ -268,7 +277,8 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     }
   };
 
-  const runPiece = async (piece: Piece): Promise<void> => {
+  /** free: the piece stops counting as a sending connection (once; at its last byte, or when it ends) */
+  const runPiece = async (piece: Piece, free: () => void): Promise<void> => {
     const { study: s, bundle: b, part } = piece;
     const p = part === null ? null : b.parts![part]!;
     const file = path.join(o.bundlesDir, b.name);
@@ -303,6 +313,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
           arr[slot] = sent;
           progressOf(b);
         },
+        onSent: free,
         onRestart() {
           lastSent = 0;
           arr[slot] = 0;
@@ -340,17 +351,30 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   try {
     // each turn starts what the controller allows, then waits for a change; the producer's end bounds the loop
     for (;;) {
-      while (!fatal && active < controller.flows && queue.length) {
+      // sending connections as the controller allows, and all uploads under way (also those waiting for their
+      // answer) within what the relay lets one token run
+      while (!fatal && active < controller.flows && inFlight < maxFlows && queue.length) {
         const piece = queue.shift()!;
         active++;
+        inFlight++;
         flowsMax = Math.max(flowsMax, active);
-        void runPiece(piece).finally(() => {
+        let freed = false;
+        const free = () => {
+          if (freed) return;
+          freed = true;
           active--;
+          poke();
+        };
+        // the relay frees its upload slot once the body is read, so the next piece may start while this one's
+        // answer (the relay reading the bundle) is still on its way
+        void runPiece(piece, free).finally(() => {
+          inFlight--;
+          free();
           poke();
         });
       }
-      if (fatal && active === 0) break;
-      if (!producing && !queue.length && active === 0) break;
+      if (fatal && inFlight === 0) break;
+      if (!producing && !queue.length && inFlight === 0) break;
       await waitForPoke(250);
     }
     await producer;

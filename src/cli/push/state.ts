@@ -108,15 +108,16 @@ export function saveState(dir: string, state: PushState, opts: { files?: boolean
   if (opts.files) writeAtomic(path.join(dir, "files.json"), JSON.stringify(files));
 }
 
+/**
+ * Written whole to a temporary file, then renamed over the old one: a push killed at any moment leaves the old
+ * state or the new one, never a torn file. Not fsynced: the state is saved several times per bundle, and an fsync
+ * each time held the push's only thread for 2.4 s of a 15 s push (profiled on a busy disk), stalling every
+ * connection. What a power cut could lose (the last saves) costs bytes sent again, never correctness: the relay's
+ * manifest says what it holds, and an upload URL that was not saved is made again.
+ */
 function writeAtomic(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, "w", 0o600);
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  fs.writeFileSync(tmp, text, { mode: 0o600 });
   fs.renameSync(tmp, file);
 }
 

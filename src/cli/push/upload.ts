@@ -36,6 +36,11 @@ export interface BundleUploadOptions {
   uploadUrl?: string;
   onUploadUrl(url: string): void;
   onProgress(sent: number, total: number): void;
+  /**
+   * every byte is on its way: the connection only waits for the relay's answer now (which comes after the relay has
+   * read the bundle), so it no longer counts against the connections that send
+   */
+  onSent?(): void;
   /** a new upload was created (the old URL was gone): progress so far is void */
   onRestart(): void;
   log(line: string): void;
@@ -115,6 +120,7 @@ export function uploadFile(o: BundleUploadOptions): Promise<{ url: string; body:
         }
         lastTotal = total ?? 0;
         o.onProgress(sent, total ?? 0);
+        if (lastTotal > 0 && sent >= lastTotal) o.onSent?.();
       },
       onSuccess({ lastResponse }) {
         clearInterval(watchdog);
