@@ -157,6 +157,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.saveUploadResult({ ...base, uploadId: `${tag}-busy`, state: "processing", finishedAt: null });
       const done = { ...base, uploadId: `${tag}-busy`, state: "done" as const, finishedAt: "2099-01-01T00:00:00.000Z", kind: "zip",
         counts: { entries: 1, stored: 1, alreadyStored: 0, failed: 0 }, entries: [{ name: "a.dcm", status: "stored" as const, sopInstanceUID: "1.2" }] };
+      await store.putUploadEntries(`${tag}-busy`, 0, done.entries);
       await store.saveUploadResult(done);
       expect(await store.getUploadResult(`${tag}-busy`)).toEqual(done);
       expect(await store.deleteUploadResultsBefore("2000-02-01T00:00:00.000Z")).toBeGreaterThanOrEqual(1);
@@ -164,6 +165,35 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       expect(await store.getUploadResult(`${tag}-new`)).not.toBeNull();
       expect(await store.getUploadResult(`${tag}-busy`)).not.toBeNull();
       expect(await store.getUploadResult(crypto.randomUUID())).toBeNull();
+      await store.close();
+    });
+
+    it("keeps a result's entries apart, appended in batches: read back whole and in order once done, replaced by number, forgotten with the result", async () => {
+      const store = await make();
+      const id = `${crypto.randomUUID()}-many`;
+      const entry = (i: number, status: "stored" | "failed" = "stored") => ({ name: `e${i}.dcm`, status, sopInstanceUID: `1.2.${i}`, ...(status === "failed" ? { reason: "0xC000", message: "no" } : {}) });
+      const summary: UploadResult = {
+        uploadId: id, transferId: null, kind: "tar", filename: "b.tar", size: 9, state: "processing", finishedAt: null,
+        counts: { entries: 0, stored: 0, alreadyStored: 0, failed: 0 }, entries: [], error: null,
+      };
+      await store.saveUploadResult(summary);
+      // a left-over of an interrupted earlier attempt, beyond the final count: never listed
+      await store.putUploadEntries(id, 2500, [entry(9999)]);
+      for (let first = 0; first < 2500; first += 700) {
+        await store.putUploadEntries(id, first, Array.from({ length: Math.min(700, 2500 - first) }, (_, k) => entry(first + k)));
+        // while processing, the result lists no entries (its counts say how far it got)
+        expect((await store.getUploadResult(id))!.entries).toEqual([]);
+      }
+      // an undone entry is rewritten under its number
+      await store.putUploadEntries(id, 1000, [entry(1000, "failed")]);
+      expect(await store.listUploadEntries(id, 999, 3)).toEqual([entry(999), entry(1000, "failed"), entry(1001)]);
+      const done = { ...summary, state: "done" as const, finishedAt: "2000-01-01T00:00:00.000Z", counts: { entries: 2500, stored: 2499, alreadyStored: 0, failed: 1 } };
+      await store.saveUploadResult({ ...done, entries: [entry(-1)] }); // entries given to saveUploadResult are not its to write
+      const read = (await store.getUploadResult(id))!;
+      expect(read).toEqual({ ...done, entries: Array.from({ length: 2500 }, (_, i) => entry(i, i === 1000 ? "failed" : "stored")) });
+      expect(await store.deleteUploadResultsBefore("2000-02-01T00:00:00.000Z")).toBeGreaterThanOrEqual(1);
+      expect(await store.getUploadResult(id)).toBeNull();
+      expect(await store.listUploadEntries(id, 0, 10)).toEqual([]);
       await store.close();
     });
   });
