@@ -6,7 +6,7 @@
 import crypto from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { initialItems, parseManifest } from "../../src/transfers/manifest.ts";
-import type { TransferStore, UploadResult } from "../../src/transfers/transferStore.ts";
+import type { TransferStore, UploadResult, UploadResultStore } from "../../src/transfers/transferStore.ts";
 import type { SignedReceipt } from "../../src/transfers/receipts.ts";
 
 const sha = (c: string) => c.repeat(64);
@@ -168,6 +168,15 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.close();
     });
 
+    uploadResultEntriesContract(make, "2000-02-01T00:00:00.000Z");
+  });
+}
+
+/**
+ * The entries part of an UploadResultStore (the transfer stores and the S3 upload store). forgetBefore: a cut-off
+ * deleteUploadResultsBefore must forget a result finished in 2000 with (S3 goes by the objects' age: a later time).
+ */
+export function uploadResultEntriesContract(make: () => Promise<UploadResultStore & { close(): Promise<void> }>, forgetBefore: string): void {
     it("keeps a result's entries apart, appended in batches: read back whole and in order once done, replaced by number, forgotten with the result", async () => {
       const store = await make();
       const id = `${crypto.randomUUID()}-many`;
@@ -191,10 +200,9 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.saveUploadResult({ ...done, entries: [entry(-1)] }); // entries given to saveUploadResult are not its to write
       const read = (await store.getUploadResult(id))!;
       expect(read).toEqual({ ...done, entries: Array.from({ length: 2500 }, (_, i) => entry(i, i === 1000 ? "failed" : "stored")) });
-      expect(await store.deleteUploadResultsBefore("2000-02-01T00:00:00.000Z")).toBeGreaterThanOrEqual(1);
+      expect(await store.deleteUploadResultsBefore(forgetBefore)).toBeGreaterThanOrEqual(1);
       expect(await store.getUploadResult(id)).toBeNull();
       expect(await store.listUploadEntries(id, 0, 10)).toEqual([]);
       await store.close();
     });
-  });
 }
