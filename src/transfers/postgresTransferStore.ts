@@ -23,7 +23,7 @@ const ITEM_COLUMNS = "sop_instance_uid, sha256, size, study_instance_uid, series
 
 /**
  * Upload results' entries, one row each (appended as ingested; the summary in upload_results no longer carries
- * them). Created here rather than by an index migration, under the lock the migrations take (nodes starting
+ * them), and the index retention uses to find a study's transfers. Created here rather than by an index migration, under the lock the migrations take (nodes starting
  * together would race on CREATE ... IF NOT EXISTS).
  */
 export async function ensureUploadEntriesTable(pool: pg.Pool): Promise<void> {
@@ -35,6 +35,8 @@ export async function ensureUploadEntriesTable(pool: pg.Pool): Promise<void> {
       entry TEXT NOT NULL,
       PRIMARY KEY (upload_id, seq)
     )`);
+    // retention finds the transfers of a study it deletes
+    await client.query("CREATE INDEX IF NOT EXISTS transfer_items_study ON transfer_items (study_instance_uid)");
   });
 }
 
@@ -135,6 +137,11 @@ export class PostgresTransferStore implements TransferStore {
   async studiesOf(transferId: string, limit: number): Promise<string[]> {
     const rows = (await this.pool.query<{ s: string }>("SELECT DISTINCT study_instance_uid AS s FROM transfer_items WHERE transfer_id = $1 AND study_instance_uid IS NOT NULL LIMIT $2", [transferId, limit])).rows;
     return rows.map((r) => r.s);
+  }
+
+  async transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]> {
+    const rows = (await this.pool.query<{ t: string }>("SELECT DISTINCT transfer_id AS t FROM transfer_items WHERE study_instance_uid = $1 LIMIT $2", [studyInstanceUID, limit])).rows;
+    return rows.map((r) => r.t);
   }
 
   async countItems(transferId: string): Promise<Record<ItemState, number>> {

@@ -396,6 +396,23 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     }
   }
 
+  async listUnfinished(): Promise<Upload[]> {
+    const infos: string[] = [];
+    for await (const { key } of this.listKeys()) if (key.endsWith(".info")) infos.push(key.slice(0, -".info".length));
+    const out: Upload[] = [];
+    for (const id of infos) {
+      try {
+        const meta = await this.getMetadata(id);
+        if (isFinal(meta.file) || (isPartial(meta.file) && meta.file.metadata?.[FINAL_KEY])) continue;
+        const u = await this.getUpload(id); // an ingested upload answers complete (offset = size)
+        if (isPartial(meta.file) || u.size === undefined || u.offset < u.size) out.push(u);
+      } catch (err) {
+        if (!isNotFound(err)) this.log.warn({ err, uploadId: id }, "could not inspect a tus upload in S3");
+      }
+    }
+    return out;
+  }
+
   /** Uploads whose bytes are complete and still there (not ingested yet): ingest recovery. */
   async listComplete(): Promise<Upload[]> {
     const infos: string[] = [];

@@ -48,6 +48,8 @@ const MIGRATIONS = [
      entry TEXT NOT NULL,
      PRIMARY KEY (upload_id, seq)
    ) WITHOUT ROWID;`,
+  // retention finds the transfers of a study it deletes
+  `CREATE INDEX transfer_items_study ON transfer_items (study_instance_uid);`,
 ];
 
 
@@ -143,6 +145,10 @@ export class SqliteTransferStore implements TransferStore {
 
   async studiesOf(transferId: string, limit: number): Promise<string[]> {
     return this.db.prepare("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
+  }
+
+  async transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]> {
+    return this.db.prepare("SELECT DISTINCT transfer_id FROM transfer_items WHERE study_instance_uid = ? LIMIT ?").pluck().all(studyInstanceUID, limit) as string[];
   }
 
   async countItems(transferId: string): Promise<Record<ItemState, number>> {

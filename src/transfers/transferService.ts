@@ -513,6 +513,28 @@ export class TransferService {
   // ---------------------------------------------------------------- uploads
 
   /**
+   * Retention deleted a study: the unfinished uploads of the transfers naming it go too (their bytes are that
+   * study's images; left alone they would sit in upload staging until expiry). Returns how many were removed.
+   */
+  async removeUnfinishedUploadsOf(studyInstanceUID: string): Promise<number> {
+    if (!this.uploads) return 0;
+    const transfers = new Set(await this.deps.transfers.transfersNaming(studyInstanceUID, 10_000));
+    if (!transfers.size) return 0;
+    let removed = 0;
+    for (const upload of await this.uploads.listUnfinished()) {
+      const transferId = upload.metadata?.transferId;
+      if (!transferId || !transfers.has(transferId)) continue;
+      try {
+        await this.uploads.remove(upload.id);
+        removed++;
+      } catch (err) {
+        this.deps.log.warn({ err, uploadId: upload.id, transferId }, "retention: an unfinished upload of a deleted study was not removed (it expires)");
+      }
+    }
+    return removed;
+  }
+
+  /**
    * Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result,
    * and so does one another node is ingesting now (its result is "processing"). When storage fails midway, the
    * caller gets the error and this node tries again by itself a few times; then the periodic sweep takes over.

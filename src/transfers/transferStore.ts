@@ -146,6 +146,8 @@ export interface TransferStore extends UploadResultStore {
   updateItem(transferId: string, sopInstanceUID: string, update: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void>;
   /** The distinct StudyInstanceUIDs its manifest names (at most limit; a query, not a listing of every item). */
   studiesOf(transferId: string, limit: number): Promise<string[]>;
+  /** The transfers whose manifest names this study (at most limit): retention removes their unfinished uploads. */
+  transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]>;
   /** Counts by state (cheaper than listing for big manifests). */
   countItems(transferId: string): Promise<Record<ItemState, number>>;
   /** Atomically open|released -> complete (never a cancelled one); true for the one caller that made the change. */
