@@ -41,6 +41,18 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.close();
     });
 
+    it("finds the transfers whose manifest names a study (retention removes their unfinished uploads)", async () => {
+      const study = `2.25.${crypto.randomInt(1, 2 ** 47)}`;
+      const { store, id } = await setup([{ ...item("1.1", "a"), studyInstanceUID: study }, { ...item("1.2", "b"), studyInstanceUID: study }]);
+      const other = await setup([{ ...item("1.3", "c"), studyInstanceUID: `${study}.9` }]);
+      expect(await store.transfersNaming(study, 10)).toEqual([id]);
+      expect(await other.store.transfersNaming(`${study}.9`, 10)).toEqual([other.id]);
+      expect(await other.store.transfersNaming(study, 10)).not.toContain(other.id);
+      expect(await store.transfersNaming(`${study}.8`, 10)).toEqual([]);
+      await store.close();
+      await other.store.close();
+    });
+
     it("holds a big manifest whole and in order", async () => {
       const uids = Array.from({ length: 2500 }, (_, i) => `1.3.${2500 - i}`);
       const { store, id } = await setup(uids.map((u) => item(u, "c", 1)), new Map());
