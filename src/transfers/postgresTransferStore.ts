@@ -174,9 +174,9 @@ export class PostgresTransferStore implements TransferStore {
     return transferStateCounts((await this.pool.query<{ state: TransferRecord["state"]; n: string }>("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1")).rows);
   }
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     const r = (await this.pool.query<{ result: string }>("SELECT result FROM upload_results WHERE upload_id = $1", [uploadId])).rows[0];
-    return r ? assembleUploadResult(r.result, (count) => this.listUploadEntries(uploadId, 0, count)) : null;
+    return r ? assembleUploadResult(r.result, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count)) : null;
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {

@@ -490,7 +490,7 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   // ---------------------------------------------------------------- results, beside the upload
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     if (!SAFE_ID.test(uploadId)) return null;
     let summary: string;
     try {
@@ -500,7 +500,7 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
       if (isNotFound(err)) return null;
       throw this.unavailable(err);
     }
-    return assembleUploadResult(summary, (count) => this.listUploadEntries(uploadId, 0, count));
+    return assembleUploadResult(summary, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count));
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {

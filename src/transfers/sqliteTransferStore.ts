@@ -178,9 +178,9 @@ export class SqliteTransferStore implements TransferStore {
     return transferStateCounts(this.db.prepare("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1").all() as { state: TransferRecord["state"]; n: number }[]);
   }
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     const r = this.db.prepare("SELECT result FROM upload_results WHERE upload_id = ?").get(uploadId) as { result: string } | undefined;
-    return r ? assembleUploadResult(r.result, (count) => this.listUploadEntries(uploadId, 0, count)) : null;
+    return r ? assembleUploadResult(r.result, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count)) : null;
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {

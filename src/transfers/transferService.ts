@@ -201,7 +201,7 @@ export class TransferService {
       if (this.closed) return;
       if (isPartial(upload)) continue;
       if (this.inFlight.has(upload.id)) continue;
-      const done = await this.results.getUploadResult(upload.id);
+      const done = await this.results.getUploadResult(upload.id, { entries: false });
       if (done?.state === "done" || (done && (await this.ingestedElsewhere(upload.id)))) continue;
       this.deps.log.info({ uploadId: upload.id }, `ingesting a complete upload nobody is ingesting (${when})`);
       void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
@@ -413,7 +413,7 @@ export class TransferService {
         const result = await this.finishWithin(this.processUpload(upload));
         return { body: result ? JSON.stringify(result) : null, resultUrl };
       },
-      isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
+      isProcessed: async (id) => (await this.results.getUploadResult(id, { entries: false }))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
       completedLate: (upload) => {
         if (isPartial(upload)) return;

@@ -102,8 +102,9 @@ export interface UploadResultStore {
   /**
    * The result with its entries 0 .. counts.entries-1 once it is done (numbers at or beyond counts.entries are
    * left-overs of an interrupted attempt and are not listed); a result still processing lists none.
+   * opts.entries false: the summary only (entries []), for callers that need its state (no read of the list).
    */
-  getUploadResult(uploadId: string): Promise<UploadResult | null>;
+  getUploadResult(uploadId: string, opts?: { entries?: boolean }): Promise<UploadResult | null>;
   /** Saves the summary; `entries` is not written here (putUploadEntries does). */
   saveUploadResult(result: UploadResult): Promise<void>;
   /** Stores entries numbered first, first+1, ..., replacing any stored under those numbers (a retried ingest, an undone bundle). */
@@ -123,9 +124,9 @@ export const resultSummaryJson = (result: UploadResult): string => JSON.stringif
  * A stored summary and its stored entries as the client reads them. A summary saved before entries were kept apart
  * carries its entries itself (legacy rows: no entry rows): those are kept.
  */
-export async function assembleUploadResult(summaryJson: string, entries: (count: number) => UploadEntryResult[] | Promise<UploadEntryResult[]>): Promise<UploadResult> {
+export async function assembleUploadResult(summaryJson: string, entries: ((count: number) => UploadEntryResult[] | Promise<UploadEntryResult[]>) | null): Promise<UploadResult> {
   const summary = JSON.parse(summaryJson) as UploadResult;
-  if (summary.state !== "done" || summary.counts.entries === 0 || summary.entries?.length) return { ...summary, entries: summary.entries ?? [] };
+  if (!entries || summary.state !== "done" || summary.counts.entries === 0 || summary.entries?.length) return { ...summary, entries: entries ? (summary.entries ?? []) : [] };
   return { ...summary, entries: await entries(summary.counts.entries) };
 }
 

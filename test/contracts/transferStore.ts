@@ -212,6 +212,8 @@ export function uploadResultEntriesContract(make: () => Promise<UploadResultStor
       await store.saveUploadResult({ ...done, entries: [entry(-1)] }); // entries given to saveUploadResult are not its to write
       const read = (await store.getUploadResult(id))!;
       expect(read).toEqual({ ...done, entries: Array.from({ length: 2500 }, (_, i) => entry(i, i === 1000 ? "failed" : "stored")) });
+      // the summary alone (is it done?) reads no entry
+      expect(await store.getUploadResult(id, { entries: false })).toEqual({ ...done, entries: [] });
       expect(await store.deleteUploadResultsBefore(forgetBefore)).toBeGreaterThanOrEqual(1);
       expect(await store.getUploadResult(id)).toBeNull();
       expect(await store.listUploadEntries(id, 0, 10)).toEqual([]);
