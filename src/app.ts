@@ -24,6 +24,7 @@ import type { RetentionService } from "./retention/service.ts";
 import { retentionRouter } from "./retention/routes.ts";
 import { UPLOADS_PER_TOKEN_HEADER, bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
 import { actorOf } from "./access/middleware.ts";
+import { shareUrlAudit } from "./access/shareAudit.ts";
 
 export interface RelayServices {
   config: RelayConfig;
@@ -116,6 +117,8 @@ export function createApp(svc: RelayServices): Express {
   app.use(faviconRouter());
   app.use(svc.config.viewer.assetsPath, viewerAssetsRouter(svc.config));
   // a share link's viewer page checks the link itself and answers a person with a page, not JSON
+  // a /share URL that cannot be decoded is refused (and audited) before routing would refuse it unrecorded
+  if (svc.access) app.use("/share", shareUrlAudit(svc.access.audit));
   if (svc.access) app.use("/share/:token", shareViewerRouter({ config: svc.config, access: svc.access }));
 
   // access control: everything below needs a valid token (or share link), except the receipt public key

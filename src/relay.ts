@@ -65,7 +65,11 @@ export async function buildServices(config: RelayConfig, log?: Logger): Promise<
   // several nodes: deliveries are recorded in the shared database, so any node's sweep sees every node's retrieves
   const deliveries = index instanceof PostgresIndex ? new PostgresDeliveryStore(index.sharedPool) : new SqliteDeliveryStore(path.join(config.dataDir, "retention.sqlite"));
   await deliveries.init();
-  const retention = new RetentionService({ config, log: logger, index, store, deliveries, audit: access.audit, tokens: access.tokens });
+  const retention = new RetentionService({
+    config, log: logger, index, store, deliveries, audit: access.audit, tokens: access.tokens,
+    // the transfer service starts below; retention sweeps only after start()
+    uploads: { removeUnfinishedUploadsOf: (study) => transfers.service.removeUnfinishedUploadsOf(study) },
+  });
   // every instance stored, whichever way it came in: counted, its study's arrival clock set, and one audit row
   // under the actor of the request behind it
   const observed = observingIngestor(ingest, (result, opts) => {

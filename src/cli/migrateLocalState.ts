@@ -11,7 +11,7 @@ import fs from "node:fs";
 import Database from "better-sqlite3";
 import type pg from "pg";
 import { ReceiptSigner } from "../transfers/receipts.ts";
-import { RECEIPT_KEY_NAME } from "../transfers/postgresTransferStore.ts";
+import { ensureUploadEntriesTable, RECEIPT_KEY_NAME } from "../transfers/postgresTransferStore.ts";
 import { AUDIT_LOCK } from "../access/postgresAccess.ts";
 import { FIELDS } from "../access/audit.ts";
 import { inTransaction } from "../catalog/pgTransaction.ts";
@@ -54,12 +54,16 @@ export async function migrateLocalState(opts: { transfersPath: string; accessPat
       const transfers = db.prepare("SELECT * FROM transfers ORDER BY created_at, id").all() as Record<string, unknown>[];
       const items = db.prepare("SELECT rowid - 1 AS seq, * FROM transfer_items ORDER BY rowid").all() as Record<string, unknown>[];
       const results = db.prepare("SELECT * FROM upload_results").all() as Record<string, unknown>[];
+      const hasEntries = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'upload_result_entries'").get() !== undefined;
+      const resultEntries = hasEntries ? (db.prepare("SELECT * FROM upload_result_entries").all() as Record<string, unknown>[]) : [];
+      if (resultEntries.length) await ensureUploadEntriesTable(pool);
       await inTransaction(pool, async (c) => {
         report.transfers = await copyRows(c, "transfers", ["id", "label", "created_at", "state", "completed_at", "released_at", "receipt", "created_by", "cancelled_at"], transfers, "ON CONFLICT (id) DO NOTHING");
         report.transferItems = await copyRows(c, "transfer_items",
           ["transfer_id", "seq", "sop_instance_uid", "sha256", "size", "study_instance_uid", "series_instance_uid", "state", "reason", "failure_code", "updated_at"],
           items, "ON CONFLICT (transfer_id, sop_instance_uid) DO NOTHING");
         report.uploadResults = await copyRows(c, "upload_results", ["upload_id", "transfer_id", "state", "finished_at", "result"], results, "ON CONFLICT (upload_id) DO NOTHING");
+        await copyRows(c, "upload_result_entries", ["upload_id", "seq", "entry"], resultEntries, "ON CONFLICT (upload_id, seq) DO NOTHING");
       });
     } finally {
       db.close();

@@ -3,7 +3,8 @@
  * delivered (retrieved whole by WADO-RS with a token, sent by C-MOVE/C-GET, forwarded, or confirmed by storage
  * commitment), or N days after it last received an instance, delivered or not; per study (a transfer's manifest, or
  * an administrator) or for the whole relay (retention.*). The sweep runs on a timer, and on request as a dry run.
- * Deleting removes index rows first, then blobs no other row points to, then the study's share links; it is audited.
+ * Deleting removes index rows first, then blobs no other row points to, then the study's share links and the
+ * unfinished uploads of its transfers; it is audited.
  */
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
@@ -67,12 +68,14 @@ export interface RetentionDeps {
   deliveries: DeliveryStore;
   audit?: Pick<AuditTrail, "record">;
   tokens?: Pick<TokenRegistry, "list" | "revoke">;
+  /** unfinished tus uploads of the transfers naming a study (the transfer service, started after retention) */
+  uploads?: { removeUnfinishedUploadsOf(studyInstanceUID: string): Promise<number> };
 }
 
 export interface SweepResult {
   dryRun: boolean;
   now: string;
-  studies: Array<{ studyInstanceUID: string; reason: string; dueAt: string; instances: number; deletedBlobs?: number; revokedShareLinks?: number }>;
+  studies: Array<{ studyInstanceUID: string; reason: string; dueAt: string; instances: number; deletedBlobs?: number; revokedShareLinks?: number; removedUploads?: number }>;
 }
 
 export class RetentionService {
@@ -169,7 +172,7 @@ export class RetentionService {
     return result;
   }
 
-  private async deleteStudy(studyInstanceUID: string, reason: string, actor: string): Promise<{ deletedBlobs: number; revokedShareLinks: number }> {
+  private async deleteStudy(studyInstanceUID: string, reason: string, actor: string): Promise<{ deletedBlobs: number; revokedShareLinks: number; removedUploads: number }> {
     const { index, store, log } = this.deps;
     const removed = await index.deleteInstances({ studyInstanceUID, includePending: true });
     let deletedBlobs = 0;
@@ -189,15 +192,21 @@ export class RetentionService {
         }
       }
     }
+    let removedUploads = 0;
+    try {
+      removedUploads = (await this.deps.uploads?.removeUnfinishedUploadsOf(studyInstanceUID)) ?? 0;
+    } catch (err) {
+      log.warn({ err, studyInstanceUID }, "retention: unfinished uploads of the study not removed (they expire)");
+    }
     await this.deps.deliveries.forget(studyInstanceUID);
     this.deps.audit?.record({
       actor,
       action: "retention.delete",
       outcome: "success",
       studyInstanceUID,
-      detail: `${reason}; ${removed.length} instance(s), ${deletedBlobs} blob(s) removed, ${revokedShareLinks} share link(s) revoked`,
+      detail: `${reason}; ${removed.length} instance(s), ${deletedBlobs} blob(s) removed, ${revokedShareLinks} share link(s) revoked, ${removedUploads} unfinished upload(s) removed`,
     });
-    return { deletedBlobs, revokedShareLinks };
+    return { deletedBlobs, revokedShareLinks, removedUploads };
   }
 
   start(): void {

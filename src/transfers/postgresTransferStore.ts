@@ -10,8 +10,9 @@
 import fsp from "node:fs/promises";
 import type pg from "pg";
 import { inTransaction } from "../catalog/pgTransaction.ts";
+import { ADVISORY_LOCK } from "../catalog/postgres.ts";
 import { ReceiptSigner, type SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadEntryResult, type UploadResult, assembleUploadResult, resultSummaryJson } from "./transferStore.ts";
 
 /** Manifest items inserted per statement (unnest of arrays: one round trip per batch). */
 const BATCH = 1000;
@@ -19,6 +20,25 @@ const BATCH = 1000;
 
 const ITEM_COLUMNS = "sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at";
 
+
+/**
+ * Upload results' entries, one row each (appended as ingested; the summary in upload_results no longer carries
+ * them), and the index retention uses to find a study's transfers. Created here rather than by an index migration, under the lock the migrations take (nodes starting
+ * together would race on CREATE ... IF NOT EXISTS).
+ */
+export async function ensureUploadEntriesTable(pool: pg.Pool): Promise<void> {
+  await inTransaction(pool, async (client) => {
+    await client.query("SELECT pg_advisory_xact_lock($1, 0)", [ADVISORY_LOCK.MIGRATIONS]);
+    await client.query(`CREATE TABLE IF NOT EXISTS upload_result_entries (
+      upload_id TEXT COLLATE "C" NOT NULL,
+      seq INTEGER NOT NULL,
+      entry TEXT NOT NULL,
+      PRIMARY KEY (upload_id, seq)
+    )`);
+    // retention finds the transfers of a study it deletes
+    await client.query("CREATE INDEX IF NOT EXISTS transfer_items_study ON transfer_items (study_instance_uid)");
+  });
+}
 
 export class PostgresTransferStore implements TransferStore {
   /** pool: the PostgreSQL index's (PostgresIndex.sharedPool), already migrated; not closed here. */
@@ -28,6 +48,7 @@ export class PostgresTransferStore implements TransferStore {
     // the index migrated the schema; say so plainly if it did not
     const found = await this.pool.query("SELECT to_regclass('transfer_items') IS NOT NULL AS ok");
     if (!found.rows[0]?.ok) throw new Error("the PostgreSQL database has no transfer tables: the index's migrations (version 2) have not run");
+    await ensureUploadEntriesTable(this.pool);
   }
 
   async close(): Promise<void> {
@@ -118,6 +139,11 @@ export class PostgresTransferStore implements TransferStore {
     return rows.map((r) => r.s);
   }
 
+  async transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]> {
+    const rows = (await this.pool.query<{ t: string }>("SELECT DISTINCT transfer_id AS t FROM transfer_items WHERE study_instance_uid = $1 LIMIT $2", [studyInstanceUID, limit])).rows;
+    return rows.map((r) => r.t);
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = (await this.pool.query<{ state: ItemState; n: number | string }>(
       "SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = $1 GROUP BY state", [transferId],
@@ -148,21 +174,42 @@ export class PostgresTransferStore implements TransferStore {
     return transferStateCounts((await this.pool.query<{ state: TransferRecord["state"]; n: string }>("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1")).rows);
   }
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     const r = (await this.pool.query<{ result: string }>("SELECT result FROM upload_results WHERE upload_id = $1", [uploadId])).rows[0];
-    return r ? (JSON.parse(r.result) as UploadResult) : null;
+    return r ? assembleUploadResult(r.result, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count)) : null;
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {
     await this.pool.query(
       `INSERT INTO upload_results (upload_id, transfer_id, state, finished_at, result) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (upload_id) DO UPDATE SET transfer_id = excluded.transfer_id, state = excluded.state, finished_at = excluded.finished_at, result = excluded.result`,
-      [result.uploadId, result.transferId, result.state, result.finishedAt, JSON.stringify(result)],
+      [result.uploadId, result.transferId, result.state, result.finishedAt, resultSummaryJson(result)],
     );
   }
 
+  async putUploadEntries(uploadId: string, first: number, entries: readonly UploadEntryResult[]): Promise<void> {
+    for (let start = 0; start < entries.length; start += BATCH) {
+      const batch = entries.slice(start, start + BATCH);
+      await this.pool.query(
+        `INSERT INTO upload_result_entries (upload_id, seq, entry) SELECT $1, * FROM unnest($2::int[], $3::text[])
+         ON CONFLICT (upload_id, seq) DO UPDATE SET entry = excluded.entry`,
+        [uploadId, batch.map((_, i) => first + start + i), batch.map((e) => JSON.stringify(e))],
+      );
+    }
+  }
+
+  async listUploadEntries(uploadId: string, first: number, limit: number): Promise<UploadEntryResult[]> {
+    const rows = (await this.pool.query<{ entry: string }>(
+      "SELECT entry FROM upload_result_entries WHERE upload_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3", [uploadId, first, limit],
+    )).rows;
+    return rows.map((r) => JSON.parse(r.entry) as UploadEntryResult);
+  }
+
   async deleteUploadResultsBefore(iso: string): Promise<number> {
-    return (await this.pool.query("DELETE FROM upload_results WHERE state = 'done' AND finished_at < $1", [iso])).rowCount ?? 0;
+    return inTransaction(this.pool, async (c) => {
+      await c.query("DELETE FROM upload_result_entries WHERE upload_id IN (SELECT upload_id FROM upload_results WHERE state = 'done' AND finished_at < $1)", [iso]);
+      return (await c.query("DELETE FROM upload_results WHERE state = 'done' AND finished_at < $1", [iso])).rowCount ?? 0;
+    });
   }
 }
 

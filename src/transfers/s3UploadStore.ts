@@ -6,7 +6,8 @@
  *   <id>.info         JSON of the upload (size, metadata, creation date) + the S3 multipart upload id
  *   <id>              the upload's bytes: parts of an S3 multipart upload, an object once complete
  *   <id>.part         the tail shorter than S3's 5 MiB part minimum, kept until the next PATCH prepends it
- *   <id>.result.json  the ingest result (GET {tusPath}/{id}), readable by every node
+ *   <id>.result.json  the ingest result's summary (GET {tusPath}/{id}), readable by every node
+ *   <id>.result.<n>.entries.json  its entries n*1000 .. n*1000+999 (pages: appending rewrites the last page only)
  *
  * What the relay adds to @tus/s3-store (as RelayFileStore does to the file store):
  * - keys under a prefix (the store itself has none): a middleware on its S3 client rewrites Key / Prefix;
@@ -31,7 +32,7 @@ import { ConfigError } from "../config.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
 import { finalPatchRefused, joinedPartialKept, type TusHooks } from "./tusServer.ts";
 import { FINAL_KEY, concatenated, isFinal, isPartial, partsOf } from "./concat.ts";
-import type { UploadResult, UploadResultStore } from "./transferStore.ts";
+import { assembleUploadResult, resultSummaryJson, type UploadEntryResult, type UploadResult, type UploadResultStore } from "./transferStore.ts";
 
 /** A tus error @tus/server answers as is: 503 + a sentence (the route adds Retry-After). */
 export class UploadStorageUnavailableError extends StorageUnavailableError {
@@ -80,6 +81,9 @@ const isNoSuchUpload = (err: unknown) => codesOf(err).some((c) => c === "NoSuchU
 
 /** tus ids the relay hands out are 32 hex digits; anything with a dot could name another object of an upload. */
 const SAFE_ID = /^[A-Za-z0-9_-]{1,128}$/;
+/** Entries of an upload result per object. */
+const ENTRY_PAGE = 1000;
+const entryPageKey = (id: string, page: number) => `${id}.result.${page}.entries.json`;
 
 /** Metadata cache that keeps nothing whose length may still change on another node (deferred length). */
 class KnownLengthCache implements KvStore<MetadataValue> {
@@ -302,6 +306,7 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
         if (!isNoSuchUpload(err) && !isNotFound(err)) throw err;
       });
       await this.deleteKeys([id, `${id}.part`, `${id}.info`, `${id}.result.json`]);
+      await this.deleteEntryPages(new Set([id]));
       await this.clearCache(id);
     } catch (err) {
       throw this.unavailable(err);
@@ -323,10 +328,10 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
   }
 
   /** Every object under the uploads prefix (paged; names only). */
-  private async *listKeys(): AsyncIterable<{ key: string; lastModified: Date | undefined }> {
+  private async *listKeys(prefix = ""): AsyncIterable<{ key: string; lastModified: Date | undefined }> {
     let token: string | undefined;
     do {
-      const page = await this.client.listObjectsV2({ Bucket: this.bucket, Prefix: "", ContinuationToken: token });
+      const page = await this.client.listObjectsV2({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token });
       for (const c of page.Contents ?? []) if (c.Key) yield { key: c.Key, lastModified: c.LastModified };
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
@@ -389,6 +394,23 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     } catch (err) {
       throw this.unavailable(err);
     }
+  }
+
+  async listUnfinished(): Promise<Upload[]> {
+    const infos: string[] = [];
+    for await (const { key } of this.listKeys()) if (key.endsWith(".info")) infos.push(key.slice(0, -".info".length));
+    const out: Upload[] = [];
+    for (const id of infos) {
+      try {
+        const meta = await this.getMetadata(id);
+        if (isFinal(meta.file) || (isPartial(meta.file) && meta.file.metadata?.[FINAL_KEY])) continue;
+        const u = await this.getUpload(id); // an ingested upload answers complete (offset = size)
+        if (isPartial(meta.file) || u.size === undefined || u.offset < u.size) out.push(u);
+      } catch (err) {
+        if (!isNotFound(err)) this.log.warn({ err, uploadId: id }, "could not inspect a tus upload in S3");
+      }
+    }
+    return out;
   }
 
   /** Uploads whose bytes are complete and still there (not ingested yet): ingest recovery. */
@@ -468,15 +490,17 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   // ---------------------------------------------------------------- results, beside the upload
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     if (!SAFE_ID.test(uploadId)) return null;
+    let summary: string;
     try {
       const res = await this.client.getObject({ Bucket: this.bucket, Key: `${uploadId}.result.json` });
-      return JSON.parse((await res.Body!.transformToString()) as string) as UploadResult;
+      summary = (await res.Body!.transformToString()) as string;
     } catch (err) {
       if (isNotFound(err)) return null;
       throw this.unavailable(err);
     }
+    return assembleUploadResult(summary, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count));
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {
@@ -484,12 +508,61 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
       await this.client.putObject({
         Bucket: this.bucket,
         Key: `${result.uploadId}.result.json`,
-        Body: JSON.stringify(result),
+        Body: resultSummaryJson(result),
         ContentType: "application/json",
       });
     } catch (err) {
       throw this.unavailable(err);
     }
+  }
+
+  private async readEntryPage(uploadId: string, page: number): Promise<UploadEntryResult[]> {
+    try {
+      const res = await this.client.getObject({ Bucket: this.bucket, Key: entryPageKey(uploadId, page) });
+      return JSON.parse((await res.Body!.transformToString()) as string) as UploadEntryResult[];
+    } catch (err) {
+      if (isNotFound(err)) return [];
+      throw this.unavailable(err);
+    }
+  }
+
+  async putUploadEntries(uploadId: string, first: number, entries: readonly UploadEntryResult[]): Promise<void> {
+    let i = 0;
+    while (i < entries.length) {
+      const seq = first + i;
+      const page = Math.floor(seq / ENTRY_PAGE);
+      const offset = seq - page * ENTRY_PAGE;
+      const n = Math.min(ENTRY_PAGE - offset, entries.length - i);
+      // a page only partly covered is read and rewritten (at most ENTRY_PAGE entries: appending stays O(new))
+      const merged = offset === 0 && n === ENTRY_PAGE ? [] : await this.readEntryPage(uploadId, page);
+      for (let k = 0; k < n; k++) merged[offset + k] = entries[i + k]!;
+      try {
+        await this.client.putObject({ Bucket: this.bucket, Key: entryPageKey(uploadId, page), Body: JSON.stringify(merged), ContentType: "application/json" });
+      } catch (err) {
+        throw this.unavailable(err);
+      }
+      i += n;
+    }
+  }
+
+  async listUploadEntries(uploadId: string, first: number, limit: number): Promise<UploadEntryResult[]> {
+    if (!SAFE_ID.test(uploadId)) return [];
+    const out: UploadEntryResult[] = [];
+    for (let page = Math.floor(first / ENTRY_PAGE); out.length < limit; page++) {
+      const entries = await this.readEntryPage(uploadId, page);
+      if (!entries.length) break;
+      const from = Math.max(0, first - page * ENTRY_PAGE);
+      out.push(...entries.slice(from, from + limit - out.length));
+      if (entries.length < ENTRY_PAGE) break;
+    }
+    return out;
+  }
+
+  /** The entry pages of these uploads' results (listed: how many there are is in the summary, which may be gone). */
+  private async deleteEntryPages(ids: ReadonlySet<string>): Promise<void> {
+    const keys: string[] = [];
+    for (const id of ids) for await (const { key } of this.listKeys(`${id}.result.`)) if (key.endsWith(".entries.json")) keys.push(key);
+    for (let i = 0; i < keys.length; i += 1000) await this.deleteKeys(keys.slice(i, i + 1000));
   }
 
   async resultAgeMs(uploadId: string): Promise<number | null> {
@@ -512,6 +585,7 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     for (let i = 0; i < old.length; i += 1000) {
       await this.client.deleteObjects({ Bucket: this.bucket, Delete: { Objects: old.slice(i, i + 1000).map((Key) => ({ Key })), Quiet: true } });
     }
+    await this.deleteEntryPages(new Set(old.map((k) => k.slice(0, -".result.json".length))));
     return old.length;
   }
 

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { SignedReceipt } from "./receipts.ts";
-import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadResult } from "./transferStore.ts";
+import { itemFromRow, transferFromRow, transferStateCounts, type ItemState, type TransferItem, type TransferItemRow, type TransferListQuery, type TransferRecord, type TransferRow, type TransferStore, type UploadEntryResult, type UploadResult, assembleUploadResult, resultSummaryJson } from "./transferStore.ts";
 
 const MIGRATIONS = [
   `CREATE TABLE transfers (
@@ -41,6 +41,15 @@ const MIGRATIONS = [
    ALTER TABLE transfers ADD COLUMN cancelled_at TEXT;
    CREATE INDEX transfers_created_by ON transfers (created_by, created_at);
    CREATE INDEX transfers_created_at ON transfers (created_at);`,
+  // a result's entries one row each, appended as ingested (the summary in upload_results no longer carries them)
+  `CREATE TABLE upload_result_entries (
+     upload_id TEXT NOT NULL,
+     seq INTEGER NOT NULL,
+     entry TEXT NOT NULL,
+     PRIMARY KEY (upload_id, seq)
+   ) WITHOUT ROWID;`,
+  // retention finds the transfers of a study it deletes
+  `CREATE INDEX transfer_items_study ON transfer_items (study_instance_uid);`,
 ];
 
 
@@ -138,6 +147,10 @@ export class SqliteTransferStore implements TransferStore {
     return this.db.prepare("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
   }
 
+  async transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]> {
+    return this.db.prepare("SELECT DISTINCT transfer_id FROM transfer_items WHERE study_instance_uid = ? LIMIT ?").pluck().all(studyInstanceUID, limit) as string[];
+  }
+
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
     const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
     const out: Record<ItemState, number> = { present: 0, received: 0, missing: 0, failed: 0 };
@@ -165,9 +178,9 @@ export class SqliteTransferStore implements TransferStore {
     return transferStateCounts(this.db.prepare("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1").all() as { state: TransferRecord["state"]; n: number }[]);
   }
 
-  async getUploadResult(uploadId: string): Promise<UploadResult | null> {
+  async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
     const r = this.db.prepare("SELECT result FROM upload_results WHERE upload_id = ?").get(uploadId) as { result: string } | undefined;
-    return r ? (JSON.parse(r.result) as UploadResult) : null;
+    return r ? assembleUploadResult(r.result, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count)) : null;
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {
@@ -176,10 +189,23 @@ export class SqliteTransferStore implements TransferStore {
         `INSERT INTO upload_results (upload_id, transfer_id, state, finished_at, result) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (upload_id) DO UPDATE SET transfer_id = excluded.transfer_id, state = excluded.state, finished_at = excluded.finished_at, result = excluded.result`,
       )
-      .run(result.uploadId, result.transferId, result.state, result.finishedAt, JSON.stringify(result));
+      .run(result.uploadId, result.transferId, result.state, result.finishedAt, resultSummaryJson(result));
+  }
+
+  async putUploadEntries(uploadId: string, first: number, entries: readonly UploadEntryResult[]): Promise<void> {
+    const put = this.db.prepare("INSERT OR REPLACE INTO upload_result_entries (upload_id, seq, entry) VALUES (?, ?, ?)");
+    this.db.transaction(() => entries.forEach((e, i) => put.run(uploadId, first + i, JSON.stringify(e))))();
+  }
+
+  async listUploadEntries(uploadId: string, first: number, limit: number): Promise<UploadEntryResult[]> {
+    const rows = this.db.prepare("SELECT entry FROM upload_result_entries WHERE upload_id = ? AND seq >= ? ORDER BY seq LIMIT ?").pluck().all(uploadId, first, limit) as string[];
+    return rows.map((e) => JSON.parse(e) as UploadEntryResult);
   }
 
   async deleteUploadResultsBefore(iso: string): Promise<number> {
-    return this.db.prepare("DELETE FROM upload_results WHERE state = 'done' AND finished_at < ?").run(iso).changes;
+    return this.db.transaction(() => {
+      this.db.prepare("DELETE FROM upload_result_entries WHERE upload_id IN (SELECT upload_id FROM upload_results WHERE state = 'done' AND finished_at < ?)").run(iso);
+      return this.db.prepare("DELETE FROM upload_results WHERE state = 'done' AND finished_at < ?").run(iso).changes;
+    })();
   }
 }

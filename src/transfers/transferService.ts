@@ -114,6 +114,34 @@ const RESULT_STALE_MS = 120_000;
 const INGEST_RETRIES = 20;
 const INGEST_RETRY_MS = 5_000;
 
+/** Entries of a result written to the store per batch (and at every progress save): each entry is written once. */
+const ENTRY_BATCH = 500;
+
+/**
+ * A result's entries on their way to the store: appended in batches, never held whole (a bundle may have
+ * 100,000 entries; rewriting the growing list cost O(entries^2) bytes and its memory grew with it).
+ */
+class EntryLog {
+  private pending: UploadEntryResult[] = [];
+  /** entries already in the store (numbered 0 .. written-1) */
+  written = 0;
+  constructor(private readonly store: UploadResultStore, private readonly uploadId: string) {}
+
+  /** true when a batch is due */
+  add(entry: UploadEntryResult): boolean {
+    this.pending.push(entry);
+    return this.pending.length >= ENTRY_BATCH;
+  }
+
+  async flush(): Promise<void> {
+    if (!this.pending.length) return;
+    const batch = this.pending;
+    await this.store.putUploadEntries(this.uploadId, this.written, batch);
+    this.pending = [];
+    this.written += batch.length;
+  }
+}
+
 const hex = (code: number) => `0x${code.toString(16).toUpperCase().padStart(4, "0")}`;
 
 export class TransferService {
@@ -173,7 +201,7 @@ export class TransferService {
       if (this.closed) return;
       if (isPartial(upload)) continue;
       if (this.inFlight.has(upload.id)) continue;
-      const done = await this.results.getUploadResult(upload.id);
+      const done = await this.results.getUploadResult(upload.id, { entries: false });
       if (done?.state === "done" || (done && (await this.ingestedElsewhere(upload.id)))) continue;
       this.deps.log.info({ uploadId: upload.id }, `ingesting a complete upload nobody is ingesting (${when})`);
       void this.processUpload(upload).catch((err) => this.deps.log.error({ err, uploadId: upload.id }, "recovered upload failed"));
@@ -385,7 +413,7 @@ export class TransferService {
         const result = await this.finishWithin(this.processUpload(upload));
         return { body: result ? JSON.stringify(result) : null, resultUrl };
       },
-      isProcessed: async (id) => (await this.results.getUploadResult(id))?.state === "done",
+      isProcessed: async (id) => (await this.results.getUploadResult(id, { entries: false }))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
       completedLate: (upload) => {
         if (isPartial(upload)) return;
@@ -485,6 +513,28 @@ export class TransferService {
   // ---------------------------------------------------------------- uploads
 
   /**
+   * Retention deleted a study: the unfinished uploads of the transfers naming it go too (their bytes are that
+   * study's images; left alone they would sit in upload staging until expiry). Returns how many were removed.
+   */
+  async removeUnfinishedUploadsOf(studyInstanceUID: string): Promise<number> {
+    if (!this.uploads) return 0;
+    const transfers = new Set(await this.deps.transfers.transfersNaming(studyInstanceUID, 10_000));
+    if (!transfers.size) return 0;
+    let removed = 0;
+    for (const upload of await this.uploads.listUnfinished()) {
+      const transferId = upload.metadata?.transferId;
+      if (!transferId || !transfers.has(transferId)) continue;
+      try {
+        await this.uploads.remove(upload.id);
+        removed++;
+      } catch (err) {
+        this.deps.log.warn({ err, uploadId: upload.id, transferId }, "retention: an unfinished upload of a deleted study was not removed (it expires)");
+      }
+    }
+    return removed;
+  }
+
+  /**
    * Ingest a complete upload once; concurrent or repeated calls share the work; a done upload returns its result,
    * and so does one another node is ingesting now (its result is "processing"). When storage fails midway, the
    * caller gets the error and this node tries again by itself a few times; then the periodic sweep takes over.
@@ -539,13 +589,15 @@ export class TransferService {
     }, RESULT_HEARTBEAT_MS);
     heartbeat.unref();
     try {
-      return await this.ingestUploadEntries(upload, result, heartbeat, () => beat);
+      const done = await this.ingestUploadEntries(upload, result, new EntryLog(results, upload.id), heartbeat, () => beat);
+      // the client's answer (the tus final response, GET {tusPath}/{id}) is put together from what was stored
+      return (await results.getUploadResult(upload.id)) ?? done;
     } finally {
       clearInterval(heartbeat);
     }
   }
 
-  private async ingestUploadEntries(upload: Upload, result: UploadResult, heartbeat: NodeJS.Timeout, lastBeat: () => Promise<void>): Promise<UploadResult> {
+  private async ingestUploadEntries(upload: Upload, result: UploadResult, entryLog: EntryLog, heartbeat: NodeJS.Timeout, lastBeat: () => Promise<void>): Promise<UploadResult> {
     const { log, transfers } = this.deps;
     const results = this.results;
     const uploads = this.uploads!;
@@ -579,16 +631,16 @@ export class TransferService {
             // the blob store is down: the entry is fine, the moment is not
             throw new StorageUnavailableError(r.message);
           }
-          this.addEntry(result, name, r);
+          if (this.addEntry(result, entryLog, name, r)) await entryLog.flush();
           const maxFailed = this.deps.config.transfers.bundle.maxFailedEntries;
           if (result.counts.failed > maxFailed) {
             // a bundle of junk costs a spool file, a parse and a result line per entry: stop as soon as it is clear
             throw new BundleError(`more than ${maxFailed} of its entries were refused (the last: ${r.status === "failed" ? r.message : "?"}); it was refused as a whole (transfers.bundle.maxFailedEntries)`);
           }
-          // a big bundle takes minutes: let GET {tusPath}/{id} show progress. Counts only: rewriting the growing
-          // entry list every few seconds would cost O(entries^2); the list is written once, at the end
+          // a big bundle takes minutes: let GET {tusPath}/{id} show progress (counts; the entries are appended apart)
           if (Date.now() - savedAt > 2000) {
-            await results.saveUploadResult({ ...result, entries: [] });
+            await entryLog.flush();
+            await results.saveUploadResult(result);
             savedAt = Date.now();
           }
         }
@@ -608,8 +660,9 @@ export class TransferService {
         }
       }
       result.kind = entries.kind;
+      await entryLog.flush();
       if (!transfer) {
-        if (result.error) await this.undoUpload(result);
+        if (result.error) await this.undoUpload(result, entryLog.written);
         else await this.deps.index.releaseTransfer(`upload:${upload.id}`);
       } else {
         await this.checkComplete(transfer.id);
@@ -623,6 +676,7 @@ export class TransferService {
     // no heartbeat copy ("processing") may land after the final one
     clearInterval(heartbeat);
     await lastBeat();
+    await entryLog.flush();
     await results.saveUploadResult(result);
     // the bytes are ingested (or refused): give the space back now, keep the small info file/object for HEAD
     await uploads.removeData(upload.id);
@@ -637,7 +691,8 @@ export class TransferService {
     return result;
   }
 
-  private addEntry(result: UploadResult, name: string, r: IngestResult): void {
+  /** Counts the entry and hands it to the log; true when the log has a batch to write. */
+  private addEntry(result: UploadResult, entryLog: EntryLog, name: string, r: IngestResult): boolean {
     const e: UploadEntryResult =
       r.status === "failed"
           ? { name, status: "failed", sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size, reason: hex(r.reason), message: r.message }
@@ -645,34 +700,40 @@ export class TransferService {
             ? // keep-first kept another sender's bytes: their hash and size are not this sender's to learn
               { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, message: "the relay keeps other bytes for this SOPInstanceUID (conflict policy keep-first); these were not stored" }
             : { name, status: r.status, sopInstanceUID: r.sopInstanceUID, studyInstanceUID: r.studyInstanceUID, seriesInstanceUID: r.seriesInstanceUID, sha256: r.sha256, size: r.size };
-    result.entries.push(e);
     result.counts.entries++;
     if (e.status === "failed") result.counts.failed++;
     else if (e.status === "already-stored") result.counts.alreadyStored++;
     else result.counts.stored++;
+    return entryLog.add(e);
   }
 
   /** A bundle refused midway: what it newly stored goes again, so nothing partial of it is ever visible. */
-  private async undoUpload(result: UploadResult): Promise<void> {
-    for (const e of result.entries) {
-      if ((e.status !== "stored" && e.status !== "replaced") || !e.sopInstanceUID || !e.studyInstanceUID) continue;
-      try {
-        const removed = await this.deps.index.deleteInstances({
-          studyInstanceUID: e.studyInstanceUID,
-          seriesInstanceUID: e.seriesInstanceUID,
-          sopInstanceUID: e.sopInstanceUID,
-          includePending: true,
-        });
-        for (const loc of removed) {
-          await deleteBlobIfUnreferenced(this.deps.index, this.deps.store, loc.blobKey);
+  private async undoUpload(result: UploadResult, written: number): Promise<void> {
+    // page through the stored entries (never all in memory) and rewrite the pages whose entries were undone
+    for (let first = 0; first < written; first += ENTRY_BATCH) {
+      const page = await this.results.listUploadEntries(result.uploadId, first, Math.min(ENTRY_BATCH, written - first));
+      let changed = false;
+      for (const [i, e] of page.entries()) {
+        if ((e.status !== "stored" && e.status !== "replaced") || !e.sopInstanceUID || !e.studyInstanceUID) continue;
+        try {
+          const removed = await this.deps.index.deleteInstances({
+            studyInstanceUID: e.studyInstanceUID,
+            seriesInstanceUID: e.seriesInstanceUID,
+            sopInstanceUID: e.sopInstanceUID,
+            includePending: true,
+          });
+          for (const loc of removed) {
+            await deleteBlobIfUnreferenced(this.deps.index, this.deps.store, loc.blobKey);
+          }
+        } catch (err) {
+          this.deps.log.warn({ err, sopInstanceUID: e.sopInstanceUID }, "could not remove an instance of a refused bundle; it stays invisible");
         }
-      } catch (err) {
-        this.deps.log.warn({ err, sopInstanceUID: e.sopInstanceUID }, "could not remove an instance of a refused bundle; it stays invisible");
+        page[i] = { ...e, status: "failed", reason: hex(FailureReason.ProcessingFailure), message: "not kept: the bundle it came in was refused as a whole (see error)" };
+        changed = true;
+        result.counts.stored--;
+        result.counts.failed++;
       }
-      const was = result.entries.indexOf(e);
-      result.entries[was] = { ...e, status: "failed", reason: hex(FailureReason.ProcessingFailure), message: "not kept: the bundle it came in was refused as a whole (see error)" };
-      result.counts.stored--;
-      result.counts.failed++;
+      if (changed) await this.results.putUploadEntries(result.uploadId, first, page);
     }
   }
 

@@ -92,14 +92,42 @@ export interface UploadResult {
   error: string | null;
 }
 
-/** Where finished uploads' results are kept: the transfer store (fs), or beside the upload in S3 (every node reads it). */
+/**
+ * Where finished uploads' results are kept: the transfer store (fs), or beside the upload in S3 (every node reads it).
+ * A result is stored in two parts so that a bundle of 100,000 entries costs each entry one write: the summary
+ * (state, counts, error; small, re-saved as progress) and the entries, appended in batches as they are ingested
+ * (rows numbered from 0; pages of objects in S3). The result a client reads is put together when read.
+ */
 export interface UploadResultStore {
-  getUploadResult(uploadId: string): Promise<UploadResult | null>;
+  /**
+   * The result with its entries 0 .. counts.entries-1 once it is done (numbers at or beyond counts.entries are
+   * left-overs of an interrupted attempt and are not listed); a result still processing lists none.
+   * opts.entries false: the summary only (entries []), for callers that need its state (no read of the list).
+   */
+  getUploadResult(uploadId: string, opts?: { entries?: boolean }): Promise<UploadResult | null>;
+  /** Saves the summary; `entries` is not written here (putUploadEntries does). */
   saveUploadResult(result: UploadResult): Promise<void>;
-  /** Forget results of uploads finished before this ISO time; returns how many. */
+  /** Stores entries numbered first, first+1, ..., replacing any stored under those numbers (a retried ingest, an undone bundle). */
+  putUploadEntries(uploadId: string, first: number, entries: readonly UploadEntryResult[]): Promise<void>;
+  /** Stored entries numbered from first, in order, at most limit. */
+  listUploadEntries(uploadId: string, first: number, limit: number): Promise<UploadEntryResult[]>;
+  /** Forget results (and their entries) of uploads finished before this ISO time; returns how many. */
   deleteUploadResultsBefore(iso: string): Promise<number>;
   /** How long ago the result was last saved (ms), null when there is none; stores shared by nodes implement it. */
   resultAgeMs?(uploadId: string): Promise<number | null>;
+}
+
+/** The summary as saved (its entries are kept apart). */
+export const resultSummaryJson = (result: UploadResult): string => JSON.stringify({ ...result, entries: [] });
+
+/**
+ * A stored summary and its stored entries as the client reads them. A summary saved before entries were kept apart
+ * carries its entries itself (legacy rows: no entry rows): those are kept.
+ */
+export async function assembleUploadResult(summaryJson: string, entries: ((count: number) => UploadEntryResult[] | Promise<UploadEntryResult[]>) | null): Promise<UploadResult> {
+  const summary = JSON.parse(summaryJson) as UploadResult;
+  if (!entries || summary.state !== "done" || summary.counts.entries === 0 || summary.entries?.length) return { ...summary, entries: entries ? (summary.entries ?? []) : [] };
+  return { ...summary, entries: await entries(summary.counts.entries) };
 }
 
 export interface TransferStore extends UploadResultStore {
@@ -119,6 +147,8 @@ export interface TransferStore extends UploadResultStore {
   updateItem(transferId: string, sopInstanceUID: string, update: { state: ItemState; reason?: string | null; failureCode?: number | null }): Promise<void>;
   /** The distinct StudyInstanceUIDs its manifest names (at most limit; a query, not a listing of every item). */
   studiesOf(transferId: string, limit: number): Promise<string[]>;
+  /** The transfers whose manifest names this study (at most limit): retention removes their unfinished uploads. */
+  transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]>;
   /** Counts by state (cheaper than listing for big manifests). */
   countItems(transferId: string): Promise<Record<ItemState, number>>;
   /** Atomically open|released -> complete (never a cancelled one); true for the one caller that made the change. */

@@ -67,6 +67,11 @@ export interface TusHooks {
 export interface RelayUploadStore extends DataStore {
   /** Uploads whose bytes are complete (offset == size) and still there: not ingested yet. */
   listComplete(): Promise<Upload[]>;
+  /**
+   * Uploads whose bytes are still arriving (not complete; partials not joined into a final yet), with their
+   * metadata: retention removes those of a deleted study's transfers.
+   */
+  listUnfinished(): Promise<Upload[]>;
   deleteExpired(): Promise<number>;
   /** A finished upload's bytes: a local file path (fs) or a stream (S3). */
   openUpload(upload: Upload): Promise<string | stream.Readable>;
@@ -230,6 +235,24 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
   }
 
   /** Uploads whose bytes are complete (offset == size) and whose data is still there; never a partial alone. */
+  async listUnfinished(): Promise<Upload[]> {
+    const out: Upload[] = [];
+    const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
+    for (const name of names) {
+      if (!name.endsWith(".json")) continue;
+      try {
+        const id = name.slice(0, -".json".length);
+        const info = await this.info(id);
+        if (!info || isFinal(info) || (isPartial(info) && info.metadata?.[FINAL_KEY])) continue;
+        const u = await super.getUpload(id);
+        if (isPartial(info) || u.size === undefined || u.offset < u.size) out.push(u);
+      } catch {
+        // info without data (already ingested) or unreadable: not an upload under way
+      }
+    }
+    return out;
+  }
+
   async listComplete(): Promise<Upload[]> {
     const out: Upload[] = [];
     const names = await fsp.readdir(this.directory).catch(() => [] as string[]);

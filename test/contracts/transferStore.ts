@@ -6,7 +6,7 @@
 import crypto from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { initialItems, parseManifest } from "../../src/transfers/manifest.ts";
-import type { TransferStore, UploadResult } from "../../src/transfers/transferStore.ts";
+import type { TransferStore, UploadResult, UploadResultStore } from "../../src/transfers/transferStore.ts";
 import type { SignedReceipt } from "../../src/transfers/receipts.ts";
 
 const sha = (c: string) => c.repeat(64);
@@ -39,6 +39,18 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       expect(await store.countItems(id)).toEqual({ present: 1, received: 0, missing: 1, failed: 0 });
       expect(await store.studiesOf(id, 10)).toEqual(["1"]);
       await store.close();
+    });
+
+    it("finds the transfers whose manifest names a study (retention removes their unfinished uploads)", async () => {
+      const study = `2.25.${crypto.randomInt(1, 2 ** 47)}`;
+      const { store, id } = await setup([{ ...item("1.1", "a"), studyInstanceUID: study }, { ...item("1.2", "b"), studyInstanceUID: study }]);
+      const other = await setup([{ ...item("1.3", "c"), studyInstanceUID: `${study}.9` }]);
+      expect(await store.transfersNaming(study, 10)).toEqual([id]);
+      expect(await other.store.transfersNaming(`${study}.9`, 10)).toEqual([other.id]);
+      expect(await other.store.transfersNaming(study, 10)).not.toContain(other.id);
+      expect(await store.transfersNaming(`${study}.8`, 10)).toEqual([]);
+      await store.close();
+      await other.store.close();
     });
 
     it("holds a big manifest whole and in order", async () => {
@@ -157,6 +169,7 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       await store.saveUploadResult({ ...base, uploadId: `${tag}-busy`, state: "processing", finishedAt: null });
       const done = { ...base, uploadId: `${tag}-busy`, state: "done" as const, finishedAt: "2099-01-01T00:00:00.000Z", kind: "zip",
         counts: { entries: 1, stored: 1, alreadyStored: 0, failed: 0 }, entries: [{ name: "a.dcm", status: "stored" as const, sopInstanceUID: "1.2" }] };
+      await store.putUploadEntries(`${tag}-busy`, 0, done.entries);
       await store.saveUploadResult(done);
       expect(await store.getUploadResult(`${tag}-busy`)).toEqual(done);
       expect(await store.deleteUploadResultsBefore("2000-02-01T00:00:00.000Z")).toBeGreaterThanOrEqual(1);
@@ -166,5 +179,44 @@ export function transferStoreContract(name: string, make: () => Promise<Transfer
       expect(await store.getUploadResult(crypto.randomUUID())).toBeNull();
       await store.close();
     });
+
+    uploadResultEntriesContract(make, "2000-02-01T00:00:00.000Z");
   });
+}
+
+/**
+ * The entries part of an UploadResultStore (the transfer stores and the S3 upload store). forgetBefore: a cut-off
+ * deleteUploadResultsBefore must forget a result finished in 2000 with (S3 goes by the objects' age: a later time).
+ */
+export function uploadResultEntriesContract(make: () => Promise<UploadResultStore & { close(): Promise<void> }>, forgetBefore: string): void {
+    it("keeps a result's entries apart, appended in batches: read back whole and in order once done, replaced by number, forgotten with the result", async () => {
+      const store = await make();
+      const id = `${crypto.randomUUID()}-many`;
+      const entry = (i: number, status: "stored" | "failed" = "stored") => ({ name: `e${i}.dcm`, status, sopInstanceUID: `1.2.${i}`, ...(status === "failed" ? { reason: "0xC000", message: "no" } : {}) });
+      const summary: UploadResult = {
+        uploadId: id, transferId: null, kind: "tar", filename: "b.tar", size: 9, state: "processing", finishedAt: null,
+        counts: { entries: 0, stored: 0, alreadyStored: 0, failed: 0 }, entries: [], error: null,
+      };
+      await store.saveUploadResult(summary);
+      // a left-over of an interrupted earlier attempt, beyond the final count: never listed
+      await store.putUploadEntries(id, 2500, [entry(9999)]);
+      for (let first = 0; first < 2500; first += 700) {
+        await store.putUploadEntries(id, first, Array.from({ length: Math.min(700, 2500 - first) }, (_, k) => entry(first + k)));
+        // while processing, the result lists no entries (its counts say how far it got)
+        expect((await store.getUploadResult(id))!.entries).toEqual([]);
+      }
+      // an undone entry is rewritten under its number
+      await store.putUploadEntries(id, 1000, [entry(1000, "failed")]);
+      expect(await store.listUploadEntries(id, 999, 3)).toEqual([entry(999), entry(1000, "failed"), entry(1001)]);
+      const done = { ...summary, state: "done" as const, finishedAt: "2000-01-01T00:00:00.000Z", counts: { entries: 2500, stored: 2499, alreadyStored: 0, failed: 1 } };
+      await store.saveUploadResult({ ...done, entries: [entry(-1)] }); // entries given to saveUploadResult are not its to write
+      const read = (await store.getUploadResult(id))!;
+      expect(read).toEqual({ ...done, entries: Array.from({ length: 2500 }, (_, i) => entry(i, i === 1000 ? "failed" : "stored")) });
+      // the summary alone (is it done?) reads no entry
+      expect(await store.getUploadResult(id, { entries: false })).toEqual({ ...done, entries: [] });
+      expect(await store.deleteUploadResultsBefore(forgetBefore)).toBeGreaterThanOrEqual(1);
+      expect(await store.getUploadResult(id)).toBeNull();
+      expect(await store.listUploadEntries(id, 0, 10)).toEqual([]);
+      await store.close();
+    });
 }

@@ -275,6 +275,16 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
         return (await forwarded.count()) ? await forwarded.textContent() : "";
       }, { timeout: 30_000 })
       .toMatch(/home-pacs.*delivered.*6.*0.*0/);
+    // and the delivery part says who pulled what: the forwarding rule, all six instances (recorded as they went)
+    const pulled = page.locator('#delivery-rows tr[data-recipient="rule:home-pacs"]');
+    await expect
+      .poll(async () => {
+        await row.getByRole("button", { name: "Details" }).click();
+        await page.waitForTimeout(300);
+        return (await pulled.count()) ? (await pulled.locator("td").allTextContents()).slice(0, 3) : [];
+      }, { timeout: 30_000 })
+      .toEqual(["rule:home-pacs", "forwarded by the relay", "6"]);
+    expect(await page.locator("#delivery-summary").textContent()).toMatch(/Every one of its 6 instance\(s\) was delivered by \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\./);
     await page.getByLabel("Kind").selectOption("pathology-report");
     await page.getByLabel("Title").fill("病理报告");
     await page.getByLabel("Language (e.g. zh, en, de)").fill("zh");
@@ -427,6 +437,46 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     const control = await check("control");
     expect(control.violations.some((v) => v.startsWith("image-alt"))).toBe(true);
     expect(control.overflow).toBeGreaterThan(0);
+    await page.close();
+  }, 120_000);
+
+  it("makes a de-identified copy for a second opinion from the study page; its share link opens the copy only", async () => {
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 }, bypassCSP: true });
+    await signIn(page, admin);
+    await page.locator(`#study-rows tr[data-study="${studyUID}"]`).getByRole("button", { name: "Details" }).click();
+    await page.getByLabel("Pseudonym for the copy (empty: one is generated)").fill("SECOND-OPINION-7");
+    await page.getByLabel("Keep age, sex, size and weight (Retain Patient Characteristics)").uncheck();
+    await page.getByLabel("The copy's link expires after").selectOption("1d");
+    await page.getByRole("button", { name: "Make de-identified copy" }).click();
+    const created = page.locator("#deid-created");
+    await expect.poll(() => created.isVisible(), { timeout: 30_000 }).toBe(true);
+    const text = (await created.textContent()) ?? "";
+    expect(text).toContain("“SECOND-OPINION-7”: 6 instance(s) copied");
+    expect(text).toContain("retainModifiedDates");
+    expect(text).not.toContain("retainPatientCharacteristics");
+    const copyUID = /Study ([0-9.]+)\./.exec(text)![1]!;
+    expect(copyUID).not.toBe(studyUID);
+    const viewerUrl = (await page.locator("#deid-share-url").getAttribute("href"))!;
+    const token = /\/share\/([^/]+)\/viewer$/.exec(viewerUrl)![1]!;
+    // through the link: the copy, under its pseudonym, and nothing else (the original is 404 as if absent)
+    const studies = (await (await fetch(`${relay.url}/share/${token}/dicom-web/studies`)).json()) as Record<string, { Value?: unknown[] }>[];
+    expect(studies.map((st) => st["0020000D"]!.Value![0])).toEqual([copyUID]);
+    expect(JSON.stringify(studies[0]!["00100010"]!.Value![0])).toContain("SECOND-OPINION-7");
+    expect(JSON.stringify(studies)).not.toMatch(/Wang|王|CN-0002/);
+    expect((await fetch(`${relay.url}/share/${token}/dicom-web/studies/${studyUID}/metadata`)).status).toBe(404);
+    // the options chosen were applied and audited
+    const audit = (await (await fetch(`${relay.url}/api/admin/audit?study=${studyUID}&action=study.deidentify`, { headers: { Authorization: `Bearer ${admin}` } })).json()) as { entries: { detail: string }[] };
+    expect(audit.entries.at(-1)!.detail).toMatch(new RegExp(`de-identified copy ${copyUID.replace(/\./g, "\\.")}.*6 instance\\(s\\) copied`));
+    expect(audit.entries.at(-1)!.detail).not.toMatch(/RetainPatientCharacteristics/i);
+    // the new parts pass the same accessibility rules as the rest of the console
+    await page.addScriptTag({ path: axePath });
+    const violations = await page.evaluate(async () => {
+      const axe = (window as unknown as { axe: { run(ctx: Document, o: unknown): Promise<{ violations: { id: string; nodes: { target: string[] }[] }[] }> } }).axe;
+      const r = await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+      return r.violations.map((v) => `${v.id} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+    });
+    expect(violations).toEqual([]);
+    await page.screenshot({ path: artifactPath("console-deidentified-copy.png"), fullPage: true });
     await page.close();
   }, 120_000);
 

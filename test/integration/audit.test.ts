@@ -6,6 +6,7 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
@@ -114,6 +115,46 @@ describe("audit log", () => {
     expect(refused[0]).toMatchObject({ outcome: "failure", status: 401 });
     // the share token is never written to the audit log, only its id
     expect(JSON.stringify(entries())).not.toContain(share.body.token.slice(21));
+  });
+
+  it("every refused /share request leaves a failure row with a reason and the URL redacted (bad percent-encoding, unknown or revoked link)", async () => {
+    const live = (await request(relay.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [study], expires: "1h" })).body as { id: string; token: string };
+    const revoked = (await request(relay.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [study], expires: "1h" })).body as { id: string; token: string };
+    await request(relay.url).delete(`/api/admin/shares/${revoked.id}`).set(bearer(admin));
+    const unknown = `drs_fedcba9876543210_${"B".repeat(43)}`;
+    const secret = (t: string) => t.slice(21);
+    const probes: { path: string; status: number; secrets: string[] }[] = [
+      // bad percent-encoding where the link goes, around a real link's secret, and after a valid link
+      { path: `/share/%ZZ${live.token}/dicom-web/studies`, status: 400, secrets: [secret(live.token)] },
+      { path: `/share/%ZZ${live.token}/viewer`, status: 400, secrets: [secret(live.token)] },
+      { path: `/share/${live.token}%ZZ/dicom-web/studies`, status: 400, secrets: [secret(live.token)] },
+      { path: `/share/${live.token}/dicom-web/studies/%ZZ/metadata`, status: 400, secrets: [secret(live.token)] },
+      { path: `/share/${unknown}/dicom-web/studies`, status: 401, secrets: [secret(unknown)] },
+      { path: `/share/${unknown}/viewer`, status: 401, secrets: [secret(unknown)] },
+      { path: `/share/${revoked.token}/dicom-web/studies`, status: 401, secrets: [secret(revoked.token)] },
+      { path: `/share/${revoked.token}/viewer`, status: 401, secrets: [secret(revoked.token)] },
+    ];
+    for (const probe of probes) {
+      const before = (sqliteAccess(relay).db.prepare("SELECT MAX(seq) FROM audit").pluck().get() as number | null) ?? 0;
+      // raw HTTP: fetch and supertest would re-encode a bad escape
+      const status = await new Promise<number>((resolve, reject) => {
+        const url = new URL(relay.url);
+        const req = http.request({ host: url.hostname, port: url.port, path: probe.path, method: "GET" }, (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode!));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+      expect(status, probe.path).toBe(probe.status);
+      await sqliteAccess(relay).audit.flush();
+      const rows = sqliteAccess(relay).audit.query({ afterSeq: before });
+      const row = rows.find((r) => r.route?.startsWith("/share/"));
+      expect(row, `${probe.path}: no audit row`).toBeDefined();
+      expect(row, probe.path).toMatchObject({ outcome: "failure", status: probe.status, method: "GET" });
+      expect(row!.detail, probe.path).toMatch(/\w+ \w+/);
+      for (const s of probe.secrets) expect(JSON.stringify(rows), probe.path).not.toContain(s);
+    }
   });
 
   it("is queryable by study and time through the admin API (admin scope only)", async () => {

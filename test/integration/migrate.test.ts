@@ -173,14 +173,17 @@ describe("migrate moves a single relay's local state too (transfers, receipt key
       const patch = await fetch(new URL(create.headers.get("location")!, base), { method: "PATCH", headers: { ...bearer(token), "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream" }, body: new Uint8Array(body) });
       // the last PATCH answers with the upload's result
       expect(patch.status).toBe(200);
-      expect(((await patch.json()) as { counts: { stored: number } }).counts.stored).toBe(1);
+      const result = (await patch.json()) as { counts: { stored: number }; entries: unknown[] };
+      expect(result.counts.stored).toBe(1);
+      return { path: new URL(create.headers.get("location")!, base).pathname, result };
     };
 
     // the single relay: SQLite index, auth on
     const single = await startTestRelay({ auth: { enabled: true } }, { dataDir });
     const admin = single.initialAdminToken!;
     const done = (await request(single.url).post("/api/transfers").set(bearer(admin)).send(manifest(insts.slice(0, 1)))).body as { id: string };
-    await upload(single.url, admin, insts[0]!.bytes, done.id);
+    const first = await upload(single.url, admin, insts[0]!.bytes, done.id);
+    expect(first.result.entries).toHaveLength(1);
     const receipt = (await request(single.url).get(`/api/transfers/${done.id}/receipt`).set(bearer(admin))).body as { jws: string };
     expect(receipt.jws).toMatch(/\./);
     const open = (await request(single.url).post("/api/transfers").set(bearer(admin)).send(manifest(insts.slice(1)))).body as { id: string };
@@ -215,6 +218,8 @@ describe("migrate moves a single relay's local state too (transfers, receipt key
       expect(((await (await fetch(`${moved.url}/.well-known/dicom-relay/receipt-key`)).json()) as { kid: string }).kid).toBe(keyBefore.kid);
       expect(((await request(moved.url).get(`/api/transfers/${done.id}/receipt`).set(bearer(admin))).body as { jws: string }).jws).toBe(receipt.jws);
       expect((await request(moved.url).get(`/share/${share.token}/dicom-web/studies`)).body).toHaveLength(1);
+      // an upload's result, entries and all (kept as rows apart from the summary), read back from PostgreSQL
+      expect((await request(moved.url).get(first.path).set(bearer(admin))).body).toEqual(first.result);
       expect((await request(moved.url).get(`/api/transfers/${open.id}`).set(bearer(admin))).body).toMatchObject({ state: "open", received: 1, missing: 1 });
       await upload(moved.url, admin, insts[2]!.bytes, open.id);
       expect((await request(moved.url).get(`/api/transfers/${open.id}`).set(bearer(admin))).body).toMatchObject({ state: "complete", received: 2 });

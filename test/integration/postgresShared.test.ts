@@ -44,7 +44,11 @@ afterEach(async () => {
   await Promise.all(opened.splice(0).map((i) => i.close()));
 });
 
-transferStoreContract("postgres", async () => new PostgresTransferStore((await node()).sharedPool));
+transferStoreContract("postgres", async () => {
+  const store = new PostgresTransferStore((await node()).sharedPool);
+  await store.init();
+  return store;
+});
 deliveryStoreContract("postgres", async () => {
   const store = new PostgresDeliveryStore((await node()).sharedPool);
   await store.init();

@@ -2,7 +2,7 @@
  * Retention end to end, with the clock driven by the test: a relay deletes a study N days after every instance was
  * delivered (WADO-RS with a token; C-GET to a DIMSE peer), or after arrival by a transfer's own policy; a share link
  * does not count as delivery; the dry run lists without deleting; deletion removes index rows, blobs no other study
- * uses, the study's share links, and is audited. On disk + SQLite, and on MinIO + PostgreSQL.
+ * uses, the study's share links, the unfinished uploads of its transfers, and is audited. On disk + SQLite, and on MinIO + PostgreSQL.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import crypto from "node:crypto";
@@ -35,8 +35,25 @@ async function exercise(relay: TestRelay, blobExists: (key: string) => Promise<b
   await up.storeInstances({ datasets: [...a, ...b].map((i) => toArrayBuffer(i.bytes)) });
   // study C comes as a transfer whose manifest keeps it 1 day after arrival, delivered or not
   const manifest = { retention: { afterArrivalDays: 1 }, instances: c.map((i) => ({ sopInstanceUID: i.sopInstanceUID, sha256: sha(i.bytes), size: i.bytes.length, studyInstanceUID: studyC })) };
-  expect((await request(relay.url).post("/api/transfers").set(bearer(admin)).send(manifest)).status).toBe(201);
+  const created = await request(relay.url).post("/api/transfers").set(bearer(admin)).send(manifest);
+  expect(created.status).toBe(201);
   await up.storeInstances({ datasets: c.map((i) => toArrayBuffer(i.bytes)) });
+  // two uploads under way (100 of 1,000 bytes sent): one for C's transfer (goes with C), one for no transfer (stays)
+  const unfinished = async (transferId: string | null) => {
+    const meta = [`filename ${Buffer.from("c.dcm").toString("base64")}`, ...(transferId ? [`transferId ${Buffer.from(transferId).toString("base64")}`] : [])].join(",");
+    const res = await fetch(`${relay.url}${relay.config.transfers.tusPath}`, {
+      method: "POST",
+      headers: { ...bearer(admin), "Tus-Resumable": "1.0.0", "Upload-Length": "1000", "Upload-Metadata": meta, "Content-Type": "application/offset+octet-stream" },
+      body: new Uint8Array(100),
+    });
+    expect(res.status).toBe(201);
+    const location = res.headers.get("location")!;
+    return location.startsWith("http") ? location : `${relay.url}${location}`;
+  };
+  const uploadOfC = await unfinished((created.body as { id: string }).id);
+  const uploadOfNone = await unfinished(null);
+  const headStatus = async (url: string) => (await fetch(url, { method: "HEAD", headers: { ...bearer(admin), "Tus-Resumable": "1.0.0" } })).status;
+  expect(await headStatus(uploadOfC)).toBe(200);
   const share = (await request(relay.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [studyA], expires: "30d" })).body as { id: string; url: string };
   const shareB = (await request(relay.url).post("/api/admin/shares").set(bearer(admin)).send({ studies: [studyB], expires: "30d" })).body as { url: string };
 
@@ -89,6 +106,13 @@ async function exercise(relay: TestRelay, blobExists: (key: string) => Promise<b
   const done = await retention.sweep({ dryRun: false, now: later });
   expect(done.studies.map((s) => s.studyInstanceUID).sort()).toEqual(expected);
   expect(done.studies.find((s) => s.studyInstanceUID === studyA)).toMatchObject({ instances: 2, deletedBlobs: 2, revokedShareLinks: 1 });
+  // the unfinished upload of C's transfer went with C (its bytes are C's images); the other one stays
+  expect(done.studies.find((s) => s.studyInstanceUID === studyC)).toMatchObject({ removedUploads: 1 });
+  expect(done.studies.find((s) => s.studyInstanceUID === studyA)).toMatchObject({ removedUploads: 0 });
+  expect(await headStatus(uploadOfC)).toBe(404);
+  expect(await headStatus(uploadOfNone)).toBe(200);
+  const audit = (await request(relay.url).get(`/api/admin/audit?study=${studyC}&action=retention.delete`).set(bearer(admin))).body as { entries: { detail: string }[] };
+  expect(audit.entries.at(-1)!.detail).toMatch(/1 day\(s\) after it arrived.*1 instance\(s\).*1 unfinished upload\(s\) removed/);
   expect(await up.searchForInstances({ studyInstanceUID: studyA })).toHaveLength(0);
   expect(await up.searchForInstances({ studyInstanceUID: studyC })).toHaveLength(0);
   for (const i of [...a, ...c]) expect(await blobExists(instanceBlobKey(sha(i.bytes)))).toBe(false);

@@ -24,6 +24,7 @@ import type { DeepPartial, RelayConfig } from "../../src/config.ts";
 import { RelayS3Store } from "../../src/transfers/s3UploadStore.ts";
 import { Upload } from "@tus/server";
 import { createLogger } from "../../src/logger.ts";
+import { uploadResultEntriesContract } from "../contracts/transferStore.ts";
 import { bundleOf, createTransfer, expectStoredExactly, parallelUpload, postFinal, rawPartial, studyOf } from "../support/tusConcat.ts";
 
 const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
@@ -120,14 +121,14 @@ describe("tus uploads on S3 (real MinIO)", () => {
   const wado = async (r: TestRelay, e: { studyInstanceUID?: string; seriesInstanceUID?: string; sopInstanceUID?: string }) =>
     sha(await dicomwebClient(r.dicomwebUrl).retrieveInstance({ studyInstanceUID: e.studyInstanceUID!, seriesInstanceUID: e.seriesInstanceUID!, sopInstanceUID: e.sopInstanceUID! }));
 
-  it("keeps the upload in the bucket under the uploads prefix; after ingest only .info and the result stay; HEAD says complete", async () => {
+  it("keeps the upload in the bucket under the uploads prefix; after ingest only .info and the result (summary, entries) stay; HEAD says complete", async () => {
     const bytes = makeInstance({ rows: 1024, columns: 1536, bitsAllocated: 16, modality: "CT" }); // ~3 MiB: 1 MiB chunks are each below S3's part minimum
     const up = await send(endpoint, bytes, { chunkSize: 1024 * 1024, metadata: { filename: "big.dcm" } });
     expect(up.result).toMatchObject({ state: "done", filename: "big.dcm", counts: { entries: 1, stored: 1, failed: 0 }, error: null });
     expect(await wado(relay, up.result.entries[0]!)).toBe(sha(bytes));
     const id = path.basename(new URL(up.url).pathname);
-    // the bytes object and the tail are gone, the info and the result stay; nothing on the relay's local disk
-    expect(await keys()).toEqual([`site-a/uploads/${id}.info`, `site-a/uploads/${id}.result.json`]);
+    // the bytes object and the tail are gone, the info and the result (summary, one page of entries) stay; nothing on the relay's local disk
+    expect(await keys()).toEqual([`site-a/uploads/${id}.info`, `site-a/uploads/${id}.result.0.entries.json`, `site-a/uploads/${id}.result.json`]);
     expect(fs.existsSync(path.join(relay.config.transfers.uploadDir, id))).toBe(false);
     const head = await fetch(up.url, { method: "HEAD", headers: TUS });
     expect(head.status).toBe(200);
@@ -162,6 +163,16 @@ describe("tus uploads on S3 (real MinIO)", () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  // a result's entries in pages of objects (a prefix of its own: the cut-off below forgets every result under it)
+  uploadResultEntriesContract(async () => new RelayS3Store({
+    s3: relay.config.storage.s3,
+    prefix: `results-contract-${crypto.randomBytes(4).toString("hex")}/`,
+    partSize: relay.config.transfers.s3.partSize,
+    expirationMs: 0,
+    hooks: { isProcessed: async () => false, isProcessing: () => false },
+    log: createLogger("silent"),
+  }), new Date(Date.now() + 3_600_000).toISOString());
 
   it("an upload whose parts are all in S3 but whose completion failed is completed on the next HEAD and ingested", async () => {
     const bytes = makeInstance({ rows: 2048, columns: 1536, bitsAllocated: 16, modality: "CT" }); // ~6.3 MB: one full part and a final part

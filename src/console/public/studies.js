@@ -2,7 +2,7 @@
 // audit trail (admin), documents and their completeness, attaching a document.
 import { api, authHeaders, session } from "./api.js";
 import { da, first, personName } from "./dicom.js";
-import { actionWords, deleteStudy, loadSeries, whoNames, whoText } from "./studyView.js";
+import { actionWords, deleteStudy, loadDelivery, loadSeries, makeDeidentifiedCopy, whoNames, whoText } from "./studyView.js";
 
 const $ = (id) => document.getElementById(id);
 const KIND_NAMES = {
@@ -32,6 +32,11 @@ export function initStudies({ showMessage }) {
   });
   $("open-viewer").addEventListener("click", openViewer);
   $("share-form").addEventListener("submit", createShare);
+  $("deid-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!current) return;
+    if (await makeDeidentifiedCopy(current.uid)) await loadAudit();
+  });
   $("attach-form").addEventListener("submit", attach);
   $("delete-study").addEventListener("click", async () => {
     if (!current) return;
@@ -117,7 +122,9 @@ async function showStudy(uid, ds) {
   $("admin-parts").hidden = !isAdmin();
   $("admin-note").hidden = isAdmin();
   detail.focus();
-  await Promise.all([loadSeries(uid), loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null]);
+  $("deid-status").textContent = "";
+  $("deid-created").hidden = true;
+  await Promise.all([loadSeries(uid), loadDocuments(), isAdmin() ? loadShares() : null, isAdmin() ? loadAudit() : null, isAdmin() ? loadForwarding() : null, isAdmin() ? loadDelivery(uid) : null]);
 }
 
 async function openViewer() {

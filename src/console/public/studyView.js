@@ -130,6 +130,11 @@ const ACTIONS = {
   "dimse.get": "retrieved by C-GET",
   "forward.study": "forwarded to the home PACS",
   "audit.query": "read the audit trail",
+  "study.deidentify": "made a de-identified copy",
+  "study.deidentify.list": "listed de-identified copies",
+  "study.delivery": "read who received the study",
+  "study.retention": "set the study's retention",
+  "retention.delete": "deleted by retention",
   session: "signed in",
 };
 export const actionWords = (a) => ACTIONS[a.action] || a.action;
@@ -163,4 +168,78 @@ export function whoText(actor, names) {
 
 export function forgetNames() {
   whoCache = null;
+}
+
+const VIA = { wado: "WADO-RS retrieve", "c-move": "C-MOVE", "c-get": "C-GET", forward: "forwarded by the relay", commitment: "storage commitment confirmed" };
+const utc = (iso) => (iso ? iso.replace("T", " ").replace(/\..*$/, "") : "");
+
+/** Admin: who pulled what and when (GET /api/studies/{study}/delivery), and when retention deletes the study. */
+export async function loadDelivery(studyUID) {
+  const rows = $("delivery-rows");
+  const summary = $("delivery-summary");
+  rows.replaceChildren();
+  try {
+    const d = await api(`/api/studies/${enc(studyUID)}/delivery`);
+    const delivered = d.deliveredAt ? `Every one of its ${d.instances} instance(s) was delivered by ${utc(d.deliveredAt)} UTC.` : `Not every one of its ${d.instances} instance(s) has been delivered yet.`;
+    const retention = d.deleteAt ? `The relay deletes it on ${utc(d.deleteAt)} UTC (${d.reason}).` : d.reason ? `It is kept: ${d.reason}.` : "It is kept: no retention rule applies to it.";
+    summary.textContent = `${delivered} ${retention}`;
+    $("delivery-table").hidden = d.recipients.length === 0;
+    for (const r of d.recipients) {
+      const tr = document.createElement("tr");
+      tr.dataset.recipient = r.recipient;
+      for (const text of [r.recipient, VIA[r.via] || r.via, String(r.instances), utc(r.first), utc(r.last)]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      rows.append(tr);
+    }
+  } catch (err) {
+    $("delivery-table").hidden = true;
+    summary.textContent = err.message;
+  }
+}
+
+/** Admin: a de-identified copy of the study with the options of the form, and a share link for it in the same step. */
+export async function makeDeidentifiedCopy(studyUID) {
+  const form = $("deid-form");
+  const f = new FormData(form);
+  const status = $("deid-status");
+  const out = $("deid-created");
+  out.hidden = true;
+  status.textContent = "Making the copy…";
+  const body = {
+    retainModifiedDates: f.get("retainModifiedDates") === "on",
+    retainPatientCharacteristics: f.get("retainPatientCharacteristics") === "on",
+    cleanDescriptors: f.get("cleanDescriptors") === "on",
+    includeBurnedIn: f.get("includeBurnedIn") === "on",
+    keepPrivateTags: String(f.get("keepPrivateTags") || "").split(/\s+/).filter(Boolean),
+  };
+  const pseudonym = String(f.get("pseudonym") || "").trim();
+  if (pseudonym) body.pseudonym = pseudonym;
+  if (f.get("share") === "on") body.share = { expires: String(f.get("expires")) };
+  try {
+    const copy = await api(`/api/studies/${enc(studyUID)}/deidentify`, { method: "POST", json: body });
+    status.textContent = "";
+    out.replaceChildren();
+    const left = copy.leftOut.length ? ` ${copy.leftOut.length} left out (${copy.leftOut[0].reason}).` : "";
+    const failed = copy.failed.length ? ` ${copy.failed.length} could not be copied (${copy.failed[0].reason}).` : "";
+    out.append(`De-identified copy made as “${copy.pseudonym}”: ${copy.copied} instance(s) copied.${left}${failed} Options: ${copy.options.join(", ") || "none"}. Study ${copy.studyInstanceUID}.`);
+    if (copy.share) {
+      const token = /\/share\/([^/]+)\//.exec(copy.share.url)?.[1];
+      const viewerUrl = `${location.origin}/share/${token}/viewer`;
+      const a = document.createElement("a");
+      a.href = viewerUrl;
+      a.id = "deid-share-url";
+      a.textContent = viewerUrl;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      out.append(" Send this address to the second-opinion radiologist; it opens the copy only and is shown only now: ", a, `. A PACS or DICOMweb client uses ${copy.share.url}`);
+    }
+    out.hidden = false;
+    return copy;
+  } catch (err) {
+    status.textContent = err.message;
+    return null;
+  }
 }
