@@ -161,3 +161,76 @@ describe("HTTP Basic authentication (token as the password)", () => {
     }
   });
 });
+
+describe("Orthanc as a DICOMweb client of the relay (Basic and Bearer)", () => {
+  let t: Awaited<ReturnType<typeof startLoggedRelay>>;
+  let orthanc: Orthanc;
+  let readToken: string;
+  // one study per server entry, so each pull is proven by what it brought
+  const studies = { array: newUid(), object: newUid(), bearer: newUid(), wrong: newUid() };
+  const made = Object.fromEntries(
+    Object.entries(studies).map(([k, uid]) => [k, [...generateStudy({ instances: 2, seriesCount: 1, rows: 16, columns: 16, modality: "CT", studyInstanceUID: uid, patientName: `Orthanc^${k}`, patientID: `O-${k}` })]]),
+  ) as Record<keyof typeof studies, ReturnType<typeof generateStudy> extends Iterable<infer I> ? I[] : never>;
+
+  beforeAll(async () => {
+    if (!orthancAvailable()) throw new Error("Orthanc is not installed (scripts/test-prereqs.sh installs it)");
+    t = await startLoggedRelay();
+    const admin = t.relay.initialAdminToken!;
+    const res = await request(t.url).post("/api/admin/tokens").set(bearer(admin)).send({ scopes: ["read"], label: "orthanc" });
+    readToken = res.body.token as string;
+    await dicomwebClient(t.dicomwebUrl, bearer(admin)).storeInstances({ datasets: Object.values(made).flat().map((i) => toArrayBuffer(i.bytes)) });
+    const root = `${t.dicomwebUrl}/`;
+    orthanc = await startOrthanc({
+      aeTitle: "ORTHANCWEB",
+      relayAE: "RELAY",
+      // exactly the forms docs/security.md gives
+      dicomwebServers: {
+        "relay-array": [root, "orthanc", readToken],
+        "relay-object": { Url: root, Username: "orthanc", Password: readToken },
+        "relay-bearer": { Url: root, HttpHeaders: { Authorization: `Bearer ${readToken}` } },
+        "relay-wrong": { Url: root, Username: "orthanc", Password: `${readToken.slice(0, -2)}${readToken.endsWith("AA") ? "BB" : "AA"}` },
+      },
+    });
+  }, 120_000);
+  afterAll(async () => {
+    await orthanc?.dispose();
+    await t?.dispose();
+  });
+
+  const retrieve = (server: string, study: string) =>
+    fetch(`${orthanc.url}/dicom-web/servers/${server}/retrieve`, { method: "POST", body: JSON.stringify({ Resources: [{ Study: study }] }) });
+
+  const storedBytes = async (study: string) => {
+    const inst = await orthanc.studyInstances(study);
+    const out: string[] = [];
+    for (const i of inst) out.push(sha(Buffer.from(await (await fetch(`${orthanc.url}/instances/${i.id}/file`)).arrayBuffer())));
+    return out.sort();
+  };
+
+  for (const [server, key] of [["relay-array", "array"], ["relay-object", "object"], ["relay-bearer", "bearer"]] as const) {
+    it(`${server}: Orthanc retrieves a study from the relay, byte for byte`, async () => {
+      const res = await retrieve(server, studies[key]);
+      expect(res.status, await res.clone().text()).toBe(200);
+      expect(await storedBytes(studies[key])).toEqual(made[key].map((i) => sha(i.bytes)).sort());
+    }, 60_000);
+  }
+
+  it("Orthanc's QIDO through the relay with Basic finds the studies; a wrong password brings nothing", async () => {
+    const q = await fetch(`${orthanc.url}/dicom-web/servers/relay-object/get`, { method: "POST", body: JSON.stringify({ Uri: "/studies" }) });
+    expect(q.status).toBe(200);
+    const found = ((await q.json()) as Record<string, { Value?: unknown[] }>[]).map((s) => uidOf(s, "0020000D"));
+    expect(found.sort()).toEqual(Object.values(studies).sort());
+    const res = await retrieve("relay-wrong", studies.wrong);
+    expect(res.status).not.toBe(200);
+    expect(await orthanc.studyInstances(studies.wrong)).toEqual([]);
+    // the relay saw Basic for the two Basic entries, Bearer for the header entry, and kept no secret
+    const db = sqliteAccess(t.relay).db;
+    const id = /^drt_([0-9a-f]{16})_/.exec(readToken)![1]!;
+    const ok = db.prepare("SELECT detail, action FROM audit WHERE actor = ? AND status = 200").all(id) as { detail: string | null; action: string }[];
+    expect(ok.filter((r) => r.detail === "Basic authentication").length).toBeGreaterThan(0);
+    expect(ok.filter((r) => r.detail === null && r.action === "dicomweb.wado").length).toBeGreaterThan(0);
+    const refused = db.prepare("SELECT status FROM audit WHERE actor = ? AND status = 401").all(id);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(JSON.stringify(db.prepare("SELECT * FROM audit").all()) + t.log()).not.toContain(readToken.slice(21));
+  }, 60_000);
+});
