@@ -764,12 +764,28 @@ function checkUid(kept: Map<number, KeptElement>, tag: number, name: string): st
   return uid;
 }
 
+/**
+ * A refusal carries the SOP class and instance UIDs as far as they could be read (the data set's when valid, else
+ * the file meta's), so a sender can match each failure to its file.
+ */
 export async function readPart10(src: RandomAccessSource, opts: ReadPart10Options): Promise<ParsedInstance> {
+  const known: { sopClassUID?: string; sopInstanceUID?: string } = {};
+  try {
+    return await readPart10Checked(src, opts, known);
+  } catch (err) {
+    if (err instanceof InstanceRejectedError && !err.ids && (known.sopClassUID || known.sopInstanceUID)) err.ids = { ...known };
+    throw err;
+  }
+}
+
+async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Options, known: { sopClassUID?: string; sopInstanceUID?: string }): Promise<ParsedInstance> {
   const win = new Window(src, src.size);
   const head = await win.upTo(0, Math.min(CHUNK, src.size));
   if (src.size < 132 || head.subarray(128, 132).toString("latin1") !== "DICM") refuseNonDicom(Buffer.from(head.subarray(0, 512)), src.size);
 
   const meta = await readFileMeta(win, opts.maxHeaderBytes);
+  if (meta.mediaStorageSOPClassUID && isValidUid(meta.mediaStorageSOPClassUID)) known.sopClassUID = meta.mediaStorageSOPClassUID;
+  if (meta.mediaStorageSOPInstanceUID && isValidUid(meta.mediaStorageSOPInstanceUID)) known.sopInstanceUID = meta.mediaStorageSOPInstanceUID;
   const tsUid = meta.transferSyntaxUID;
   const ts = transferSyntaxInfo(tsUid);
   if (!ts) {
@@ -793,7 +809,9 @@ export async function readPart10(src: RandomAccessSource, opts: ReadPart10Option
 
   const kept = new Map(walk.kept.map((k) => [k.tag, k]));
   const sopClassUID = checkUid(kept, UID_ATTRIBUTES[0]![0], UID_ATTRIBUTES[0]![1]);
+  known.sopClassUID = sopClassUID;
   const sopInstanceUID = checkUid(kept, UID_ATTRIBUTES[1]![0], UID_ATTRIBUTES[1]![1]);
+  known.sopInstanceUID = sopInstanceUID;
   const studyInstanceUID = checkUid(kept, UID_ATTRIBUTES[2]![0], UID_ATTRIBUTES[2]![1]);
   const seriesInstanceUID = checkUid(kept, UID_ATTRIBUTES[3]![0], UID_ATTRIBUTES[3]![1]);
   if (meta.mediaStorageSOPClassUID && meta.mediaStorageSOPClassUID !== sopClassUID) {

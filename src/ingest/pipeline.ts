@@ -119,7 +119,7 @@ export class IngestPipeline implements Ingestor {
         bulkDataThreshold: this.deps.config.bulkDataThreshold,
       });
     } catch (err) {
-      if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { sha256, size });
+      if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { ...err.ids, sha256, size });
       log.error({ err, source: opts.source }, "unexpected error while reading an instance");
       return this.fail(opts, FailureReason.CannotUnderstand, `the file could not be read as DICOM: ${(err as Error).message}`, { sha256, size });
     } finally {
