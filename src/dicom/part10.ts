@@ -817,8 +817,13 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
   if (meta.mediaStorageSOPClassUID && meta.mediaStorageSOPClassUID !== sopClassUID) {
     throw doesNotMatch(`the file meta MediaStorageSOPClassUID (0002,0002) "${meta.mediaStorageSOPClassUID.slice(0, 64)}" differs from the data set's SOPClassUID "${sopClassUID}"; the data set does not match the SOP class it was sent as`);
   }
+  const warnings: string[] = [];
+  // RT dose/plan exports and anonymisers often leave the old UID in the file meta; Orthanc, dcmtk and pydicom
+  // read such files, and C-STORE (whose meta is built from the command) never sees the difference: the data set
+  // is the instance, the bytes stay unchanged, the sender is told (issue 16)
   if (meta.mediaStorageSOPInstanceUID && meta.mediaStorageSOPInstanceUID !== sopInstanceUID) {
-    throw doesNotMatch(`the file meta MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64)}" differs from the data set's SOPInstanceUID "${sopInstanceUID}"; the file was altered without updating its meta information`);
+    // the first words fit an Error Comment (LO, 64 characters): the rest is for the log and the Warning header
+    warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
   const { dataset, parsedMeta } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements);
@@ -850,6 +855,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     fileMeta: sortDicomJson(fileMeta),
     pixelData,
     bulkData: walk.bulk,
+    warnings,
   };
 }
 

@@ -325,10 +325,13 @@ describe("readPart10: refusals", () => {
     });
   }
 
-  it("refuses a MediaStorageSOPInstanceUID that differs from SOPInstanceUID (0xA900)", async () => {
-    const err = await rejection(makeInstance({ rows: 4, columns: 4, mediaStorageSOPInstanceUID: newUid() }));
-    expect(err.reason).toBe(FailureReason.DataSetDoesNotMatchSOPClass);
-    expect(err.message).toMatch(/MediaStorageSOPInstanceUID \(0002,0003\).*differs/);
+  it("accepts a MediaStorageSOPInstanceUID that differs from SOPInstanceUID, under the data set's UID, with a warning", async () => {
+    const sop = newUid();
+    const p = await parse(makeInstance({ rows: 4, columns: 4, sopInstanceUID: sop, mediaStorageSOPInstanceUID: newUid() }));
+    expect(p.sopInstanceUID).toBe(sop);
+    expect(p.warnings).toHaveLength(1);
+    expect(p.warnings[0]).toMatch(/^file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID \(0002,0003\) ".+", data set SOPInstanceUID .+; the bytes are stored unchanged$/);
+    expect((await parse(makeInstance({ rows: 4, columns: 4 }))).warnings).toEqual([]);
   });
 
   it("refuses an unknown transfer syntax (0xC122) and a file meta without one (0xC000)", async () => {
