@@ -22,7 +22,7 @@ import { FailureReason, InstanceRejectedError } from "./failureReasons.ts";
 import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type DicomJsonDataset, type ParsedInstance, type PixelDataLocation } from "./types.ts";
 import { transferSyntaxInfo, type TransferSyntaxInfo } from "./transferSyntax.ts";
 import { dictionaryVR } from "./dictionary.ts";
-import { chooseCharset, sortDicomJson, toDicomJson, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
+import { chooseCharset, decodeJisX0201WithExtensions, needsJisX0201, sortDicomJson, toDicomJson, toDicomJsonAttribute, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
 import { isValidUid, TransferSyntaxUID } from "./uids.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -114,6 +114,8 @@ const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", 
 const BINARY_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 /** VRs dcmjs does not know; handed to it as UN and converted here (top level) */
 const FOREIGN_VRS = new Set(["SV", "OL", "OV"]);
+/** text VRs whose values follow SpecificCharacterSet */
+const JAPANESE_TEXT_VRS = new Set(["PN", "LO", "SH", "LT", "ST", "UT", "UC"]);
 /** byte size of one value, for swapping big endian values */
 const SWAP_UNIT: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 2, UL: 4, SL: 4, FL: 4, OF: 4, OL: 4, FD: 8, OD: 8, SV: 8, UV: 8, OV: 8 };
 
@@ -892,6 +894,16 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
   const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
   const dataset: DicomJsonDataset = { ...toDicomJson(parsed.dict, jsonOpts), ...direct };
+  if (charset && needsJisX0201(charset)) {
+    // half-width katakana (GR bytes) of ISO 2022 IR 13: decoded here, dcmjs's single decoder cannot (top level)
+    for (const k of walk.kept) {
+      const vr = sourceEnc.explicit ? k.vr : implicitVR(k.tag, 0);
+      if (!JAPANESE_TEXT_VRS.has(vr) || !k.value.some((b) => b >= 0xa1 && b <= 0xdf)) continue;
+      const text = decodeJisX0201WithExtensions(k.value).replace(/[\0 ]+$/, "");
+      const values = vr === "LT" || vr === "ST" || vr === "UT" ? [text] : text.split("\\");
+      dataset[hex8(k.tag)] = toDicomJsonAttribute({ vr, Value: values });
+    }
+  }
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
   }

@@ -9,7 +9,7 @@ import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
 import { encodeDataset, encodeFileMeta, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
-import { countingSource, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
+import { countingSource, H31_YAMADA, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
 
 const TS = {
   explicitLE: "1.2.840.10008.1.2.1",
@@ -121,6 +121,21 @@ describe("readPart10: encodings", () => {
 });
 
 describe("readPart10: character sets", () => {
+  it("decodes ISO 2022 IR 13 half-width katakana beside JIS X 0208 (PS3.5 H.3.1), in PN and LO, implicit VR too", async () => {
+    for (const explicitVR of [true, false]) {
+      const els: WriterElement[] = [
+        { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] },
+        ...minimalElements().filter((e) => e.tag !== tagOf(0x0010, 0x0020)),
+        { tag: tagOf(0x0010, 0x0010), vr: "PN", value: H31_YAMADA },
+        { tag: tagOf(0x0010, 0x0020), vr: "LO", value: Buffer.from("d4cfc0de", "hex") },
+      ].sort((x, y) => x.tag - y.tag);
+      const p = await parse(handMade(els, { explicitVR }));
+      expect(p.dataset["00100010"], `explicit ${explicitVR}`).toEqual({ vr: "PN", Value: [{ Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" }] });
+      expect(p.dataset["00100020"]).toEqual({ vr: "LO", Value: ["ﾔﾏﾀﾞ"] });
+      expect(JSON.stringify(p.dataset)).not.toContain("\ufffd");
+    }
+  });
+
   const cases = [
     { charset: "GB18030" as const, name: "Zhang^San=张^三", bytes: iconv.encode("张", "gb18030") },
     { charset: "GBK" as const, name: "Li^Na=李^娜", bytes: iconv.encode("李", "gbk") },
