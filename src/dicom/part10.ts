@@ -540,6 +540,8 @@ class Sink {
   }
 }
 
+/** (FFFE,E000) Item as its first 4 bytes read little endian */
+const ITEM_LE = 0xe000fffe;
 const EMPTY_ITEM_MARKER = Buffer.from([0, 0, 0, 0, 0x55, 0x4c, 4, 0, 0, 0, 0, 0]); // (0000,0000) UL 0
 
 interface TranscodeContext { pixelRepresentation: number }
@@ -557,6 +559,12 @@ function swapped(value: Buffer, vr: string): Buffer {
 /** Writes one element (value in encoding `enc`) as explicit VR LE. */
 function transcodeElement(out: Sink, tag: number, vr: string, value: Buffer, undefinedLength: boolean, enc: Encoding, nested: Encoding, ctx: TranscodeContext, depth: number): void {
   if (depth > MAX_DEPTH) throw cannotUnderstand(`sequences are nested more than ${MAX_DEPTH} deep`);
+  if (vr === "UN" && !undefinedLength && dictionaryVR(tag) === "SQ" && value.length >= 8 && value.readUInt32LE(0) === ITEM_LE) {
+    // a sequence written as UN with a defined length (some converters): its items are implicit VR LE (PS3.5 6.2.2);
+    // handed to dcmjs as UN, it read them as explicit VR and failed ("Cannot create a string longer than ...")
+    transcodeElement(out, tag, "SQ", value, false, enc, IMPLICIT_LE, ctx, depth);
+    return;
+  }
   if (vr === "SQ" || (undefinedLength && vr !== "OB")) {
     out.header(tag, "SQ", UNDEFINED);
     for (const item of itemsOf(value, nested, undefinedLength, depth)) {
@@ -694,9 +702,12 @@ function nativeFrames(px: RawPixelData, ds: DicomJsonDataset): ByteRange[][] {
   const bits = px.tag === FLOAT_PIXEL_DATA ? 32 : px.tag === DOUBLE_PIXEL_DATA ? 64 : numberAt(ds, "00280100");
   const frames = Math.max(1, Math.floor(numberAt(ds, "00280008") ?? 1));
   if (!rows || !columns || !bits || px.length === 0) return px.length ? [[{ offset: px.offset, length: px.length }]] : [];
-  const frameBits = rows * columns * samples * bits;
+  // YBR_FULL_422 native: two luminance values and one Cb, Cr pair per two pixels (PS3.3 C.7.6.3.1.2), 2 values a pixel
+  const ybr422 = samples === 3 && String(ds["00280004"]?.Value?.[0] ?? "").trim() === "YBR_FULL_422";
+  const perPixel = ybr422 ? 2 : samples;
+  const frameBits = rows * columns * perPixel * bits;
   if (Math.ceil((frameBits * frames) / 8) > px.length) {
-    throw doesNotMatch(`PixelData is ${px.length} bytes but Rows ${rows} x Columns ${columns} x SamplesPerPixel ${samples} x BitsAllocated ${bits} x NumberOfFrames ${frames} needs ${Math.ceil((frameBits * frames) / 8)}`);
+    throw doesNotMatch(`PixelData is ${px.length} bytes but Rows ${rows} x Columns ${columns} x ${ybr422 ? "2 values a pixel (YBR_FULL_422)" : `SamplesPerPixel ${samples}`} x BitsAllocated ${bits} x NumberOfFrames ${frames} needs ${Math.ceil((frameBits * frames) / 8)}`);
   }
   const out: ByteRange[][] = [];
   for (let i = 0; i < frames; i++) {

@@ -90,6 +90,17 @@ describe("readPart10: encodings", () => {
     expect(p.pixelData!.frames).toHaveLength(2);
   });
 
+  it("reads a sequence written as UN with a defined length (implicit VR items; gdcmconv output, issue 16)", async () => {
+    const inner = encodeDataset([{ tag: tagOf(0x0008, 0x1150), vr: "UI", value: "1.2.840.10008.5.1.4.1.1.481.5" }, { tag: tagOf(0x0008, 0x1155), vr: "UI", value: "1.2.3.4" }], { explicitVR: false, littleEndian: true });
+    const item = Buffer.alloc(8);
+    item.writeUInt32LE(0xe000fffe, 0);
+    item.writeUInt32LE(inner.length, 4);
+    // ReferencedRTPlanSequence (300C,0002), dictionary VR SQ, written as UN with the items' length
+    const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x300c, 0x0002), vr: "UN", value: Buffer.concat([item, inner]) }];
+    const p = await parse(handMade(els));
+    expect(p.dataset["300C0002"]).toEqual({ vr: "SQ", Value: [{ "00081150": { vr: "UI", Value: ["1.2.840.10008.5.1.4.1.1.481.5"] }, "00081155": { vr: "UI", Value: ["1.2.3.4"] } }] });
+  });
+
   it("reads a UN element of undefined length (an implicit VR sequence inside an explicit data set)", async () => {
     const inner = encodeDataset([{ tag: tagOf(0x0011, 0x0010), vr: "LO", value: "PRIVATE" }], { explicitVR: false, littleEndian: true });
     const item = Buffer.alloc(8);
