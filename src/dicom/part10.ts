@@ -73,6 +73,8 @@ export interface ReadPart10Options {
 // Errors
 // ---------------------------------------------------------------------------------------------
 
+/** Media Storage Directory Storage: the SOP class of a DICOMDIR */
+const MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10";
 const cannotUnderstand = (msg: string) => new InstanceRejectedError(FailureReason.CannotUnderstand, msg);
 const doesNotMatch = (msg: string) => new InstanceRejectedError(FailureReason.DataSetDoesNotMatchSOPClass, msg);
 const tagName = (tag: number) => `(${(tag >>> 16).toString(16).toUpperCase().padStart(4, "0")},${(tag & 0xffff).toString(16).toUpperCase().padStart(4, "0")})`;
@@ -799,6 +801,10 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
   const meta = await readFileMeta(win, opts.maxHeaderBytes);
   if (meta.mediaStorageSOPClassUID && isValidUid(meta.mediaStorageSOPClassUID)) known.sopClassUID = meta.mediaStorageSOPClassUID;
   if (meta.mediaStorageSOPInstanceUID && isValidUid(meta.mediaStorageSOPInstanceUID)) known.sopInstanceUID = meta.mediaStorageSOPInstanceUID;
+  if (meta.mediaStorageSOPClassUID === MEDIA_STORAGE_DIRECTORY) {
+    // a DICOMDIR lists the files of a CD or folder; it is no instance and has no study of its own
+    throw doesNotMatch("this is a DICOMDIR (the index of a CD or folder), not an image or document; send the DICOM files it lists, or the whole folder");
+  }
   const tsUid = meta.transferSyntaxUID;
   const ts = transferSyntaxInfo(tsUid);
   if (!ts) {

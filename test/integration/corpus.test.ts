@@ -62,7 +62,7 @@ const EXPECTED: Record<string, Expect> = {
 
 /** DICOMDIR files index a medium (no SOP instance of their own); a README among the test files */
 const BY_PATTERN: Array<[RegExp, Expect]> = [
-  [/(^|\/)DICOMDIR[^/]*$/, NO_SOP_CLASS],
+  [/(^|\/)DICOMDIR[^/]*$/, { refused: 0xa900, why: /^this is a DICOMDIR \(the index of a CD or folder\), not an image or document; send the DICOM files it lists/ }],
   [/(^|\/)README$/, { refused: 0xc000, why: /not a DICOM file/ }],
 ];
 
