@@ -3,7 +3,12 @@
  * (DICOMweb root, share root, transfers/tus, admin API). Authorization sits on the same mount as the router it
  * guards, so whatever path express matches to a router (any case, trailing slash) passes that router's guard.
  *
- * Refusals: no credentials 401 + `WWW-Authenticate: Bearer realm=...`; a bad, expired or revoked token
+ * Credentials: `Authorization: Bearer <token>`, or `Basic base64(user:token)` (the token as the password, any user
+ * name) for PACS DICOMweb clients that can only do Basic; both give the same principal, scopes and audit row. On
+ * /share/{token}/ URLs the path's share link is the credential and any Authorization header is ignored.
+ *
+ * Refusals: no credentials 401 + `WWW-Authenticate: Bearer realm=...` (on the DICOMweb root also a second challenge
+ * `Basic realm=...`, so Basic-only clients know to send it); a bad, expired or revoked token
  * 401 + error="invalid_token"; a valid token without the scope 403 + error="insufficient_scope"; a share link
  * asked to store or delete 403; a missing or revoked client certificate on an upload route 403.
  * Every request that gets past the open routes leaves one audit row (failures included).
@@ -15,6 +20,7 @@ import { FULL_ACCESS, type AccessScope } from "../dicomweb/context.ts";
 import { HttpError } from "../http/errors.ts";
 import { RECEIPT_KEY_PATH } from "../transfers/routes.ts";
 import { auditContext, type AuditTrail } from "./audit.ts";
+import { parseAuthorization, type AuthScheme } from "./credentials.ts";
 import { redactToken, verifyToken, type Scope, type TokenRegistry } from "./tokens.ts";
 import { checkClientCertificate, clientCertificate, type RevocationList } from "./tls.ts";
 import type { Sender } from "./sender.ts";
@@ -119,16 +125,29 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
   const { config, tokens, audit } = deps;
   const realm = config.auth.realm;
 
-  const challenge = (error?: "invalid_token" | "insufficient_scope", description?: string, scope?: string): Record<string, string> => {
+  const challenge = (error?: "invalid_token" | "insufficient_scope", description?: string, scope?: string, basic = false): Record<string, string | string[]> => {
     let v = `Bearer realm="${realm}"`;
     if (error) v += `, error="${error}"`;
     if (description) v += `, error_description="${description.replace(/["\\]/g, "'")}"`;
     if (scope) v += `, scope="${scope}"`;
-    return { "WWW-Authenticate": v };
+    return { "WWW-Authenticate": basic ? [v, `Basic realm="${realm}", charset="UTF-8"`] : v };
+  };
+
+  const dicomwebRoot = config.dicomweb.root.toLowerCase();
+  /**
+   * Offer Basic on a 401 from the DICOMweb root, unless the caller sent a Bearer token (it knows the scheme) or is a
+   * script in a browser page (Sec-Fetch-Dest: empty: the console and the viewer handle 401 themselves, and a Basic
+   * challenge would make the browser pop up its own password dialog over them).
+   */
+  const offerBasic = (req: Request, presented: AuthScheme | null): boolean => {
+    const p = req.path.toLowerCase();
+    if (p !== dicomwebRoot && !p.startsWith(dicomwebRoot + "/")) return false;
+    if (presented === "bearer") return false;
+    return req.get("sec-fetch-dest")?.toLowerCase() !== "empty";
   };
 
   /** Refuse: the finish hook writes the audit row with this sentence. */
-  const deny = (res: Response, next: NextFunction, status: number, message: string, headers: Record<string, string> = {}, action?: string) => {
+  const deny = (res: Response, next: NextFunction, status: number, message: string, headers: Record<string, string | string[]> = {}, action?: string) => {
     const note = noteOf(res);
     if (note) {
       if (action) note.action = action;
@@ -169,31 +188,30 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
     res.once("close", writeAudit);
 
     let presented: string | null = null;
+    let scheme: AuthScheme | null = null;
     if (share) {
       presented = safeDecode(share[1]!);
     } else if (!config.auth.enabled) {
       res.locals.principal = ANONYMOUS;
       note.actor = cert ? `cert:${cert.subject}` : "anonymous";
     } else {
-      const header = req.get("authorization");
-      const m = header ? /^Bearer[ ]+([^\s]+)\s*$/i.exec(header) : null;
-      if (!m) {
-        const why = header ? "only Bearer tokens are accepted (Authorization: Bearer <token>)" : "this relay needs a token: send Authorization: Bearer <token>";
-        return deny(res, next, 401, why, challenge(), "auth");
-      }
-      presented = m[1]!;
+      const credential = parseAuthorization(req.get("authorization"));
+      if (!credential.ok) return deny(res, next, 401, credential.message, challenge(undefined, undefined, undefined, offerBasic(req, credential.scheme)), "auth");
+      presented = credential.token;
+      scheme = credential.scheme;
+      if (scheme === "basic") note.detail = "Basic authentication";
     }
     if (presented !== null) {
       const check = await verifyToken(tokens, presented);
       if (!check.ok) {
         note.actor = check.tokenId ?? "unauthenticated";
         const what = share ? "share link" : "token";
-        return deny(res, next, 401, `the ${what} was refused: ${check.message.replace(/^the token/, `the ${what}`)}`, challenge("invalid_token", check.message), "auth");
+        return deny(res, next, 401, `the ${what} was refused: ${check.message.replace(/^the token/, `the ${what}`)}`, challenge("invalid_token", check.message, undefined, !share && offerBasic(req, scheme)), "auth");
       }
       const t = check.token;
       note.actor = t.id;
       if (share && t.kind !== "share") {
-        return deny(res, next, 401, "only share links can be used in /share/ URLs; send other tokens as Authorization: Bearer", challenge("invalid_token", "not a share link"), "auth");
+        return deny(res, next, 401, "only share links can be used in /share/ URLs; send other tokens in the Authorization header (Bearer, or Basic with the token as the password)", challenge("invalid_token", "not a share link"), "auth");
       }
       res.locals.principal = {
         kind: t.kind,

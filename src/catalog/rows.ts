@@ -48,19 +48,31 @@ export function hasValue(a: DicomJsonAttribute | undefined): boolean {
   return Array.isArray(a.Value) && a.Value.length > 0 && a.Value.some((v) => v !== null && v !== "");
 }
 
-/** The stored attributes of one entity level, taken from an instance's data set. */
+/**
+ * The stored attributes of one entity level, taken from an instance's data set. An attribute present with an
+ * empty value is kept as {vr} (no Value), so QIDO-RS returns the key as PS3.18 F.2.5 says and clients written
+ * against Orthanc expect (issue 16); an absent one stays absent.
+ */
 export function pick(ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset {
   const out: DicomJsonDataset = {};
-  for (const tag of storedTagsOf(level)) if (hasValue(ds[tag])) out[tag] = ds[tag]!;
+  for (const tag of storedTagsOf(level)) {
+    const a = ds[tag];
+    if (hasValue(a)) out[tag] = a!;
+    else if (a) out[tag] = { vr: a.vr };
+  }
   return out;
 }
 
-/** First instance wins; attributes it left empty are taken from a later one. Null when nothing changed. */
+/** First instance wins; attributes it left empty (or without) are taken from a later one. Null when nothing changed. */
 export function fillBlanks(stored: DicomJsonDataset, ds: DicomJsonDataset, level: EntityLevel): DicomJsonDataset | null {
   let changed = false;
   for (const tag of storedTagsOf(level)) {
-    if (!hasValue(stored[tag]) && hasValue(ds[tag])) {
-      stored[tag] = ds[tag]!;
+    const a = ds[tag];
+    if (!hasValue(stored[tag]) && hasValue(a)) {
+      stored[tag] = a!;
+      changed = true;
+    } else if (!stored[tag] && a) {
+      stored[tag] = { vr: a.vr };
       changed = true;
     }
   }

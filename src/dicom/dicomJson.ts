@@ -224,3 +224,49 @@ export function chooseCharset(terms: string[]): CharsetChoice {
     unsupported,
   };
 }
+
+/**
+ * True when text in this character set may hold JIS X 0201 half-width katakana in GR (0xA1-0xDF): ISO 2022 IR 13
+ * beside IR 87/159 (PS3.5 H.3.1). The iso-2022-jp decoder chosen for such values knows no GR bytes and gives U+FFFD.
+ */
+export function needsJisX0201(choice: CharsetChoice): boolean {
+  return choice.decoder === "iso-2022-jp" && choice.terms.some((t) => /^ISO[ _]2022 IR 13$|^ISO_IR 13$/i.test(t.trim()));
+}
+
+const ESC = 0x1b;
+
+/**
+ * Text in ISO 2022 IR 13 with code extensions (PS3.5 6.1.2.5.3, H.3.1): single-byte runs (ASCII / JIS X 0201
+ * Romaji in G0, JIS X 0201 katakana in GR) decoded as Shift_JIS, which reads both; two-byte runs (after ESC $ B,
+ * ESC $ @, ...) decoded by iso-2022-jp with their escape sequence. Escape sequences do not appear in the result.
+ */
+export function decodeJisX0201WithExtensions(bytes: Buffer): string {
+  const single = new TextDecoder("shift_jis");
+  const double = new TextDecoder("iso-2022-jp");
+  let out = "";
+  let escape: Buffer | null = null; // the escape that selected the current two-byte run
+  let start = 0;
+  const flush = (end: number) => {
+    if (end <= start) return;
+    const run = bytes.subarray(start, end);
+    out += escape ? double.decode(Buffer.concat([escape, run])) : single.decode(run);
+  };
+  let i = 0;
+  while (i < bytes.length) {
+    if (bytes[i] !== ESC) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < bytes.length && bytes[j]! >= 0x20 && bytes[j]! <= 0x2f) j++;
+    if (j >= bytes.length) break; // a cut escape: decode the rest as it is
+    flush(i);
+    const seq = bytes.subarray(i, j + 1);
+    // ESC $ ... designates a two-byte set; ESC ( J, ESC ( B, ESC ) I single-byte ones
+    escape = seq[1] === 0x24 ? Buffer.from(seq) : null;
+    i = j + 1;
+    start = i;
+  }
+  flush(bytes.length);
+  return out;
+}

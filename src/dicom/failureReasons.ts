@@ -26,6 +26,8 @@ export type FailureReasonCode = (typeof FailureReason)[keyof typeof FailureReaso
 
 /** A refused instance: a DICOM failure reason plus a sentence a person can act on. */
 export class InstanceRejectedError extends Error {
+  /** the instance's UIDs as far as they could be read before the refusal (FailedSOPSequence items carry them) */
+  ids?: { sopClassUID?: string; sopInstanceUID?: string };
   constructor(readonly reason: FailureReasonCode, message: string) {
     super(message);
     this.name = "InstanceRejectedError";

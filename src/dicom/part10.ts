@@ -22,7 +22,7 @@ import { FailureReason, InstanceRejectedError } from "./failureReasons.ts";
 import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type DicomJsonDataset, type ParsedInstance, type PixelDataLocation } from "./types.ts";
 import { transferSyntaxInfo, type TransferSyntaxInfo } from "./transferSyntax.ts";
 import { dictionaryVR } from "./dictionary.ts";
-import { chooseCharset, sortDicomJson, toDicomJson, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
+import { chooseCharset, decodeJisX0201WithExtensions, needsJisX0201, sortDicomJson, toDicomJson, toDicomJsonAttribute, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
 import { isValidUid, TransferSyntaxUID } from "./uids.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -73,6 +73,8 @@ export interface ReadPart10Options {
 // Errors
 // ---------------------------------------------------------------------------------------------
 
+/** Media Storage Directory Storage: the SOP class of a DICOMDIR */
+const MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10";
 const cannotUnderstand = (msg: string) => new InstanceRejectedError(FailureReason.CannotUnderstand, msg);
 const doesNotMatch = (msg: string) => new InstanceRejectedError(FailureReason.DataSetDoesNotMatchSOPClass, msg);
 const tagName = (tag: number) => `(${(tag >>> 16).toString(16).toUpperCase().padStart(4, "0")},${(tag & 0xffff).toString(16).toUpperCase().padStart(4, "0")})`;
@@ -114,6 +116,8 @@ const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", 
 const BINARY_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 /** VRs dcmjs does not know; handed to it as UN and converted here (top level) */
 const FOREIGN_VRS = new Set(["SV", "OL", "OV"]);
+/** text VRs whose values follow SpecificCharacterSet */
+const JAPANESE_TEXT_VRS = new Set(["PN", "LO", "SH", "LT", "ST", "UT", "UC"]);
 /** byte size of one value, for swapping big endian values */
 const SWAP_UNIT: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 2, UL: 4, SL: 4, FL: 4, OF: 4, OL: 4, FD: 8, OD: 8, SV: 8, UV: 8, OV: 8 };
 
@@ -538,6 +542,8 @@ class Sink {
   }
 }
 
+/** (FFFE,E000) Item as its first 4 bytes read little endian */
+const ITEM_LE = 0xe000fffe;
 const EMPTY_ITEM_MARKER = Buffer.from([0, 0, 0, 0, 0x55, 0x4c, 4, 0, 0, 0, 0, 0]); // (0000,0000) UL 0
 
 interface TranscodeContext { pixelRepresentation: number }
@@ -555,6 +561,12 @@ function swapped(value: Buffer, vr: string): Buffer {
 /** Writes one element (value in encoding `enc`) as explicit VR LE. */
 function transcodeElement(out: Sink, tag: number, vr: string, value: Buffer, undefinedLength: boolean, enc: Encoding, nested: Encoding, ctx: TranscodeContext, depth: number): void {
   if (depth > MAX_DEPTH) throw cannotUnderstand(`sequences are nested more than ${MAX_DEPTH} deep`);
+  if (vr === "UN" && !undefinedLength && dictionaryVR(tag) === "SQ" && value.length >= 8 && value.readUInt32LE(0) === ITEM_LE) {
+    // a sequence written as UN with a defined length (some converters): its items are implicit VR LE (PS3.5 6.2.2);
+    // handed to dcmjs as UN, it read them as explicit VR and failed ("Cannot create a string longer than ...")
+    transcodeElement(out, tag, "SQ", value, false, enc, IMPLICIT_LE, ctx, depth);
+    return;
+  }
   if (vr === "SQ" || (undefinedLength && vr !== "OB")) {
     out.header(tag, "SQ", UNDEFINED);
     for (const item of itemsOf(value, nested, undefinedLength, depth)) {
@@ -692,9 +704,12 @@ function nativeFrames(px: RawPixelData, ds: DicomJsonDataset): ByteRange[][] {
   const bits = px.tag === FLOAT_PIXEL_DATA ? 32 : px.tag === DOUBLE_PIXEL_DATA ? 64 : numberAt(ds, "00280100");
   const frames = Math.max(1, Math.floor(numberAt(ds, "00280008") ?? 1));
   if (!rows || !columns || !bits || px.length === 0) return px.length ? [[{ offset: px.offset, length: px.length }]] : [];
-  const frameBits = rows * columns * samples * bits;
+  // YBR_FULL_422 native: two luminance values and one Cb, Cr pair per two pixels (PS3.3 C.7.6.3.1.2), 2 values a pixel
+  const ybr422 = samples === 3 && String(ds["00280004"]?.Value?.[0] ?? "").trim() === "YBR_FULL_422";
+  const perPixel = ybr422 ? 2 : samples;
+  const frameBits = rows * columns * perPixel * bits;
   if (Math.ceil((frameBits * frames) / 8) > px.length) {
-    throw doesNotMatch(`PixelData is ${px.length} bytes but Rows ${rows} x Columns ${columns} x SamplesPerPixel ${samples} x BitsAllocated ${bits} x NumberOfFrames ${frames} needs ${Math.ceil((frameBits * frames) / 8)}`);
+    throw doesNotMatch(`PixelData is ${px.length} bytes but Rows ${rows} x Columns ${columns} x ${ybr422 ? "2 values a pixel (YBR_FULL_422)" : `SamplesPerPixel ${samples}`} x BitsAllocated ${bits} x NumberOfFrames ${frames} needs ${Math.ceil((frameBits * frames) / 8)}`);
   }
   const out: ByteRange[][] = [];
   for (let i = 0; i < frames; i++) {
@@ -764,12 +779,32 @@ function checkUid(kept: Map<number, KeptElement>, tag: number, name: string): st
   return uid;
 }
 
+/**
+ * A refusal carries the SOP class and instance UIDs as far as they could be read (the data set's when valid, else
+ * the file meta's), so a sender can match each failure to its file.
+ */
 export async function readPart10(src: RandomAccessSource, opts: ReadPart10Options): Promise<ParsedInstance> {
+  const known: { sopClassUID?: string; sopInstanceUID?: string } = {};
+  try {
+    return await readPart10Checked(src, opts, known);
+  } catch (err) {
+    if (err instanceof InstanceRejectedError && !err.ids && (known.sopClassUID || known.sopInstanceUID)) err.ids = { ...known };
+    throw err;
+  }
+}
+
+async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Options, known: { sopClassUID?: string; sopInstanceUID?: string }): Promise<ParsedInstance> {
   const win = new Window(src, src.size);
   const head = await win.upTo(0, Math.min(CHUNK, src.size));
   if (src.size < 132 || head.subarray(128, 132).toString("latin1") !== "DICM") refuseNonDicom(Buffer.from(head.subarray(0, 512)), src.size);
 
   const meta = await readFileMeta(win, opts.maxHeaderBytes);
+  if (meta.mediaStorageSOPClassUID && isValidUid(meta.mediaStorageSOPClassUID)) known.sopClassUID = meta.mediaStorageSOPClassUID;
+  if (meta.mediaStorageSOPInstanceUID && isValidUid(meta.mediaStorageSOPInstanceUID)) known.sopInstanceUID = meta.mediaStorageSOPInstanceUID;
+  if (meta.mediaStorageSOPClassUID === MEDIA_STORAGE_DIRECTORY) {
+    // a DICOMDIR lists the files of a CD or folder; it is no instance and has no study of its own
+    throw doesNotMatch("this is a DICOMDIR (the index of a CD or folder), not an image or document; send the DICOM files it lists, or the whole folder");
+  }
   const tsUid = meta.transferSyntaxUID;
   const ts = transferSyntaxInfo(tsUid);
   if (!ts) {
@@ -793,14 +828,21 @@ export async function readPart10(src: RandomAccessSource, opts: ReadPart10Option
 
   const kept = new Map(walk.kept.map((k) => [k.tag, k]));
   const sopClassUID = checkUid(kept, UID_ATTRIBUTES[0]![0], UID_ATTRIBUTES[0]![1]);
+  known.sopClassUID = sopClassUID;
   const sopInstanceUID = checkUid(kept, UID_ATTRIBUTES[1]![0], UID_ATTRIBUTES[1]![1]);
+  known.sopInstanceUID = sopInstanceUID;
   const studyInstanceUID = checkUid(kept, UID_ATTRIBUTES[2]![0], UID_ATTRIBUTES[2]![1]);
   const seriesInstanceUID = checkUid(kept, UID_ATTRIBUTES[3]![0], UID_ATTRIBUTES[3]![1]);
   if (meta.mediaStorageSOPClassUID && meta.mediaStorageSOPClassUID !== sopClassUID) {
     throw doesNotMatch(`the file meta MediaStorageSOPClassUID (0002,0002) "${meta.mediaStorageSOPClassUID.slice(0, 64)}" differs from the data set's SOPClassUID "${sopClassUID}"; the data set does not match the SOP class it was sent as`);
   }
+  const warnings: string[] = [];
+  // RT dose/plan exports and anonymisers often leave the old UID in the file meta; Orthanc, dcmtk and pydicom
+  // read such files, and C-STORE (whose meta is built from the command) never sees the difference: the data set
+  // is the instance, the bytes stay unchanged, the sender is told (issue 16)
   if (meta.mediaStorageSOPInstanceUID && meta.mediaStorageSOPInstanceUID !== sopInstanceUID) {
-    throw doesNotMatch(`the file meta MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64)}" differs from the data set's SOPInstanceUID "${sopInstanceUID}"; the file was altered without updating its meta information`);
+    // the first words fit an Error Comment (LO, 64 characters): the rest is for the log and the Warning header
+    warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
   const { dataset, parsedMeta } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements);
@@ -832,6 +874,7 @@ export async function readPart10(src: RandomAccessSource, opts: ReadPart10Option
     fileMeta: sortDicomJson(fileMeta),
     pixelData,
     bulkData: walk.bulk,
+    warnings,
   };
 }
 
@@ -868,6 +911,16 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
   const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
   const dataset: DicomJsonDataset = { ...toDicomJson(parsed.dict, jsonOpts), ...direct };
+  if (charset && needsJisX0201(charset)) {
+    // half-width katakana (GR bytes) of ISO 2022 IR 13: decoded here, dcmjs's single decoder cannot (top level)
+    for (const k of walk.kept) {
+      const vr = sourceEnc.explicit ? k.vr : implicitVR(k.tag, 0);
+      if (!JAPANESE_TEXT_VRS.has(vr) || !k.value.some((b) => b >= 0xa1 && b <= 0xdf)) continue;
+      const text = decodeJisX0201WithExtensions(k.value).replace(/[\0 ]+$/, "");
+      const values = vr === "LT" || vr === "ST" || vr === "UT" ? [text] : text.split("\\");
+      dataset[hex8(k.tag)] = toDicomJsonAttribute({ vr, Value: values });
+    }
+  }
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
   }

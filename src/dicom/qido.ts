@@ -303,6 +303,7 @@ export function parseQidoQuery(level: QidoLevel, path: QidoPathUids, params: URL
   const includeFields: string[] = [];
   const filters: QidoFilter[] = [];
   const unsupportedKeys: string[] = [];
+  const ignoredParameters: string[] = [];
   const given = new Map<string, { name: string; value: string }>();
   const reservedSeen = new Map<string, string>();
 
@@ -333,6 +334,11 @@ export function parseQidoQuery(level: QidoLevel, path: QidoPathUids, params: URL
       else throw new QidoQueryError(`fuzzymatching must be true or false, not "${short(value)}"`);
       continue;
     }
+    if (!looksLikeDicomKey(name)) {
+      // a browser's cache-buster (_=...), a JSONP callback, a proxy's own parameter: PS3.18 8.3.4 says ignore with a warning
+      if (!ignoredParameters.includes(name)) ignoredParameters.push(short(name));
+      continue;
+    }
     const key = resolveKey(name, "query key");
     const id = key.nested ? key.keyword : key.tag;
     const before = given.get(id);
@@ -360,7 +366,17 @@ export function parseQidoQuery(level: QidoLevel, path: QidoPathUids, params: URL
     limit,
     offset,
     unsupportedKeys,
+    ignoredParameters,
   };
+}
+
+/**
+ * DICOM keywords start with a capital letter, tags with a hex digit: a parameter that starts otherwise (`_`,
+ * `callback`, `access_token`) is no attempt at a DICOM key and is ignored; one that does but names nothing
+ * (`PatientNmae`) is a mistake that would widen the search, so it stays a 400.
+ */
+function looksLikeDicomKey(name: string): boolean {
+  return /^[A-Z0-9]/.test(name);
 }
 
 // ---- what a match returns ----

@@ -44,4 +44,6 @@ export interface QidoQuery {
   offset: number;
   /** keys that were given but that this server does not match on (reported in a Warning header) */
   unsupportedKeys: string[];
+  /** parameters that are no DICOM key nor a QIDO parameter (a cache-buster `_`): ignored, reported in a Warning header */
+  ignoredParameters: string[];
 }

@@ -45,6 +45,8 @@ export interface ParsedInstance {
   fileMeta: DicomJsonDataset;
   pixelData: PixelDataLocation | null;
   bulkData: BulkDataLocation[];
+  /** stored anyway, but the sender should know (a file meta UID that contradicts the data set); sentences */
+  warnings: string[];
 }
 
 /**

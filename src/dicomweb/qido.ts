@@ -31,9 +31,15 @@ export function qidoRoutes(svc: DicomwebServices): Router {
       throw err;
     }
     const result = await svc.index.search(query, { allowedStudies: access.allowedStudies });
+    const warnings: string[] = [];
     if (query.unsupportedKeys.length) {
-      res.set("Warning", `299 dicom-relay "The following attributes are not supported for matching and were ignored: ${query.unsupportedKeys.join(", ")}"`);
+      warnings.push(`299 dicom-relay "The following attributes are not supported for matching and were ignored: ${query.unsupportedKeys.join(", ")}"`);
     }
+    if (query.ignoredParameters.length) {
+      const names = query.ignoredParameters.map((n) => n.replace(/["\\\x00-\x1f\x7f-\uffff]/g, "?")).join(", ");
+      warnings.push(`299 dicom-relay "The following query parameters are not DICOM attributes or QIDO-RS parameters and were ignored: ${names}"`);
+    }
+    if (warnings.length) res.set("Warning", warnings);
     const root = dicomwebRoot(req, svc.config);
     res.status(200).type("application/dicom+json").send(withRoot(JSON.stringify(result.matches), root));
   };

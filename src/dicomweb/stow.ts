@@ -78,15 +78,23 @@ export function stowRoutes(svc: DicomwebServices): Router {
     const body = stowResponse(results, root, expectedStudy);
     const ok = results.filter((x) => x.status !== "failed").length;
     const failed = results.length - ok;
-    let status = failed === 0 ? 200 : ok > 0 ? 202 : 409;
+    const warned = results.filter((x) => x.status !== "failed" && x.warnings?.length);
+    // PS3.18 10.5.3: 202 when some instances were stored with warnings or failed
+    let status = failed === 0 && warned.length === 0 ? 200 : ok > 0 ? 202 : 409;
     if (ok === 0 && results.some((x) => x.status === "failed" && x.retryable)) {
       status = 503;
       res.set("Retry-After", RETRY_AFTER_SECONDS);
     }
+    const warningHeaders: string[] = [];
     if (failed > 0) {
       const first = results.find((x) => x.status === "failed") as Extract<IngestResult, { status: "failed" }>;
-      res.set("Warning", `299 dicom-relay "${failed} of ${results.length} instance(s) failed; first: ${first.message.replace(/"/g, "'")}"`);
+      warningHeaders.push(`299 dicom-relay "${failed} of ${results.length} instance(s) failed; first: ${first.message.replace(/"/g, "'")}"`);
     }
+    if (warned.length > 0) {
+      const first = (warned[0] as { warnings: string[] }).warnings[0]!;
+      warningHeaders.push(`299 dicom-relay "${warned.length} of ${results.length} instance(s) stored with a warning; first: ${first.replace(/"/g, "'")}"`);
+    }
+    if (warningHeaders.length) res.set("Warning", warningHeaders);
     svc.log.info({ stored: ok, failed, study: expectedStudy }, "STOW-RS request done");
     // the whole sentences: the response's Error Comments are cut to LO's 64 characters
     for (const x of results) if (x.status === "failed") svc.log.warn({ sopInstanceUID: x.sopInstanceUID ?? null, reason: `0x${x.reason.toString(16).toUpperCase().padStart(4, "0")}`, message: x.message }, "STOW-RS instance refused");
@@ -113,7 +121,12 @@ export function stowResponse(results: IngestResult[], root: string, expectedStud
           "00081155": { vr: "UI", Value: [x.sopInstanceUID] },
           "00081190": { vr: "UR", Value: [`${root}/studies/${x.studyInstanceUID}/series/${x.seriesInstanceUID}/instances/${x.sopInstanceUID}`] },
         };
-        if (x.status === "already-stored") {
+        if (x.warnings?.length) {
+          // 0xB007: the warning form of 0xA900 (a file meta UID contradicting the data set was refused with 0xA900)
+          item["00081196"] = { vr: "US", Value: [0xb007] };
+          // a warning's words before the first ": " are its short form (LO holds 64 characters)
+          item["00000902"] = { vr: "LO", Value: [errorComment(x.warnings[0]!.split(": ")[0]!)] };
+        } else if (x.status === "already-stored") {
           // Warning Reason 0xB000 would mean coercion; an identical duplicate is plain success, noted in a comment
           // keep-first with other bytes: still success (the policy), but the sender learns its bytes were not kept
           item["00000902"] = { vr: "LO", Value: [x.keptOther ? "different bytes were stored before; kept those (keep-first)" : "already stored: identical bytes, nothing written"] };

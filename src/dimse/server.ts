@@ -329,12 +329,20 @@ export class DimseServer {
       if (page.matches.length < pageSize) break;
     }
     session.cancelled.delete(c.messageId ?? -1);
+    // a peer that sees only granted studies and finds nothing is told why in the log and the audit (issue 16)
+    let hidden = "";
+    if (sent === 0 && allowedStudies !== null) {
+      hidden = allowedStudies.length === 0
+        ? `; ${session.peer.aeTitle} sees only studies granted to it (dimse.peers[].studies = "granted") and none is granted: dicom-relay token share --study UID --peer ${session.peer.aeTitle}`
+        : `; ${session.peer.aeTitle} sees only the ${allowedStudies.length} study(ies) granted to it, and none of them matches`;
+      this.deps.log.info({ callingAE: a.callingAE, level: plan.level }, `C-FIND found nothing${hidden}`);
+    }
     const study = plan.query.filters.find((f) => f.tag === "0020000D" && f.match.kind === "single");
     this.audit({
       action: "dimse.find",
       outcome: status === Status.Success || status === Status.Cancel ? "success" : "failure",
       studyInstanceUID: study && study.match.kind === "single" ? study.match.value : null,
-      detail: `level ${plan.level}; keys ${plan.query.filters.map((f) => f.keyword).join(",") || "(none)"}; ${sent} match(es)${status === Status.Cancel ? "; cancelled" : ""}`,
+      detail: `level ${plan.level}; keys ${plan.query.filters.map((f) => f.keyword).join(",") || "(none)"}; ${sent} match(es)${status === Status.Cancel ? "; cancelled" : ""}${hidden}`,
     }, a);
     await final(status, comment);
   }

@@ -20,6 +20,8 @@ export interface StoreOutcome {
 
 /** DIMSE C-STORE status for an ingest result (PS3.4 B.2.3). */
 export function storeStatus(result: IngestResult): StoreOutcome {
+  // 0xB007 Data Set does not match SOP Class (warning): stored under the data set's UIDs, as STOW-RS says
+  if (result.status !== "failed" && result.warnings?.length) return { status: 0xb007, errorComment: result.warnings[0]!.split(": ")[0], result };
   if (result.status === "stored" || result.status === "replaced") return { status: Status.Success, result };
   if (result.status === "already-stored") {
     // keep-first: other bytes under a stored SOPInstanceUID were ignored; the sender should know (LO: 64 characters)

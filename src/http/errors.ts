@@ -6,7 +6,8 @@ import type { RelayMetrics } from "../metrics/metrics.ts";
 
 /** An error with an HTTP status and a sentence for the person on the other end. */
 export class HttpError extends Error {
-  constructor(readonly status: number, message: string, readonly headers: Record<string, string> = {}) {
+  /** a header given as an array is sent once per value (e.g. two WWW-Authenticate challenges) */
+  constructor(readonly status: number, message: string, readonly headers: Record<string, string | string[]> = {}) {
     super(message);
     this.name = "HttpError";
   }
@@ -19,7 +20,7 @@ export function errorHandler(log: Logger, metrics?: Pick<RelayMetrics, "backendE
   return (err: unknown, req: Request, res: Response, _next: NextFunction) => {
     let status = 500;
     let message = "the relay hit an unexpected error; it was logged";
-    let headers: Record<string, string> = {};
+    let headers: Record<string, string | string[]> = {};
     const e = err as { status?: number; statusCode?: number; message?: string; type?: string };
     if (err instanceof HttpError) {
       status = err.status;

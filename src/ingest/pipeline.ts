@@ -119,7 +119,7 @@ export class IngestPipeline implements Ingestor {
         bulkDataThreshold: this.deps.config.bulkDataThreshold,
       });
     } catch (err) {
-      if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { sha256, size });
+      if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { ...err.ids, sha256, size });
       log.error({ err, source: opts.source }, "unexpected error while reading an instance");
       return this.fail(opts, FailureReason.CannotUnderstand, `the file could not be read as DICOM: ${(err as Error).message}`, { sha256, size });
     } finally {
@@ -132,6 +132,8 @@ export class IngestPipeline implements Ingestor {
       sopInstanceUID: parsed.sopInstanceUID,
       sopClassUID: parsed.sopClassUID,
     };
+    const warned = parsed.warnings.length ? { warnings: parsed.warnings } : {};
+    for (const w of parsed.warnings) log.warn({ source: opts.source, sopInstanceUID: parsed.sopInstanceUID, warning: w }, "instance accepted with a warning");
     if (opts.expectedStudyInstanceUID && opts.expectedStudyInstanceUID !== parsed.studyInstanceUID) {
       return this.fail(opts, FailureReason.StudyInstanceUIDMismatch,
         `the instance belongs to study ${parsed.studyInstanceUID}, not to study ${opts.expectedStudyInstanceUID} named in the request URL`,
@@ -148,7 +150,7 @@ export class IngestPipeline implements Ingestor {
       return this.fail(opts, FailureReason.OutOfResources, INDEX_UNAVAILABLE, { ...ids, sha256, size, retryable: true });
     }
     if (existing && existing.sha256 === sha256) {
-      return { status: "already-stored", ...ids, sha256, size };
+      return { status: "already-stored", ...ids, sha256, size, ...warned };
     }
     if (existing && this.deps.config.conflictPolicy !== "replace") {
       return this.conflict(opts, ids, sha256, size, existing);
@@ -190,12 +192,12 @@ export class IngestPipeline implements Ingestor {
             await deleteBlobIfUnreferenced(index, store, old.blobKey).catch((err) => log.warn({ err, key: old.blobKey }, "old blob not removed; fsck will"));
           }
           log.warn({ sopInstanceUID: parsed.sopInstanceUID, old: existing.sha256, new: sha256 }, "instance replaced by different bytes (conflict policy replace)");
-          return { status: "replaced", ...ids, sha256, size };
+          return { status: "replaced", ...ids, sha256, size, ...warned };
         }
         const outcome = await index.insertInstance(record);
-        if (outcome.outcome === "inserted") return { status: "stored", ...ids, sha256, size };
+        if (outcome.outcome === "inserted") return { status: "stored", ...ids, sha256, size, ...warned };
         // lost a race with a concurrent ingest of the same SOPInstanceUID: the unique constraint decided
-        if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size };
+        if (outcome.outcome === "duplicate") return { status: "already-stored", ...ids, sha256, size, ...warned };
         await this.removeUnreferenced(blobKey);
         return this.conflict(opts, ids, sha256, size, outcome.existing);
       } catch (err) {

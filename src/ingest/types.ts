@@ -14,6 +14,8 @@ export type IngestResult =
       size: number;
       /** already-stored under conflict policy keep-first: the sender's bytes differed and were not kept */
       keptOther?: true;
+      /** stored, but the sender should know: sentences (STOW-RS Warning Reason 0xB007, C-STORE status 0xB007) */
+      warnings?: string[];
     }
   | {
       status: "failed";

@@ -524,6 +524,28 @@ export function indexContract(name: string, make: () => Promise<Index>, cleanup?
       });
     });
 
+    describe("attributes present with an empty value (PS3.18 F.2.5)", () => {
+      it("are returned as {vr} without Value at study and series level; absent ones stay absent; a later value fills them", async () => {
+        const study = newUid();
+        const series = newUid();
+        const empty = { "00100040": { vr: "CS" }, "00200010": { vr: "SH" }, "00080050": { vr: "SH" }, "0008103E": { vr: "LO" } };
+        await insert({ study, series, extra: empty });
+        const [s] = await search("study", { StudyInstanceUID: study, includefield: "00100040" });
+        expect(s!["00100040"]).toEqual({ vr: "CS" });
+        expect(s!["00200010"]).toEqual({ vr: "SH" });
+        expect(s!["00080050"]).toEqual({ vr: "SH" });
+        // never given: not invented
+        expect(s!["00100030"]).toBeUndefined();
+        expect(s!["00081030"]).toBeUndefined();
+        const [se] = await search("series", {}, { studyInstanceUID: study });
+        expect(se!["0008103E"]).toEqual({ vr: "LO" });
+        await insert({ study, series, accession: "LATER-1" });
+        const [again] = await search("study", { StudyInstanceUID: study });
+        expect(again!["00080050"]).toEqual({ vr: "SH", Value: ["LATER-1"] });
+        expect(again!["00200010"]).toEqual({ vr: "SH" });
+      });
+    });
+
     describe("search: series and instance levels", () => {
       it("lists a study's series by SeriesNumber with their own attributes and counts", async () => {
         const study = newUid();

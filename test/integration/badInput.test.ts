@@ -112,6 +112,29 @@ describe("bad input over raw HTTP", () => {
     expect(reasonOf(res.body)).toBe(0xc122);
   });
 
+  it("FailedSOPSequence items carry ReferencedSOPClassUID and ReferencedSOPInstanceUID whenever they could be read (issue 16)", async () => {
+    const [a, b, d] = [newUid(), newUid(), newUid()];
+    const truncated = makeInstance({ rows: 16, columns: 16, sopInstanceUID: d });
+    const parts = [
+      makeInstance({ rows: 8, columns: 8, sopInstanceUID: a, transferSyntaxUID: "1.2.3.4.5.6.7" }), // refused after the file meta
+      makeInstance({ rows: 8, columns: 8, sopInstanceUID: b, studyInstanceUID: "1.2.abc" }), // after the data set's SOP UIDs
+      makeInstance({ rows: 8, columns: 8, sopInstanceUID: "1.2.abc.4" }), // the instance UID itself is bad: class only
+      truncated.subarray(0, truncated.length - 100), // the walk fails: the file meta's UIDs
+      crypto.randomBytes(2048), // nothing readable: no UIDs
+    ];
+    const res = await stow(multipart(parts.map((body) => ({ body }))));
+    expect(res.status).toBe(409);
+    type Item = Record<string, { Value: unknown[] }>;
+    const items = (res.body["00081198"]?.Value ?? []) as Item[];
+    expect(items).toHaveLength(5);
+    const sopOf = (i: Item) => i["00081155"]?.Value[0];
+    expect(items.map(sopOf)).toEqual([a, b, undefined, d, undefined]);
+    for (const i of items.slice(0, 4)) expect(i["00081150"]?.Value[0], JSON.stringify(i)).toMatch(/^1\.2\.840\.10008\.5\.1\.4\.1\.1\./);
+    expect(items[4]!["00081150"]).toBeUndefined();
+    expect(items.map((i) => i["00081197"]?.Value[0])).toEqual([0xc122, 0xa900, 0xa900, 0xc000, 0xc000]);
+    expect(await indexedCount()).toBe(0);
+  });
+
   it("an instance of another study than the one in the URL: refused, the rest stored (202)", async () => {
     const study = newUid();
     const mine = makeInstance({ rows: 8, columns: 8, studyInstanceUID: study });

@@ -302,6 +302,10 @@ describe("DIMSE node with dcmtk peers", () => {
       await fsp.mkdir(before);
       await dcmtk("findscu", ["-S", "-X", "-od", before, ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"])]);
       expect(await fsp.readdir(before)).toEqual([]);
+      // ... and the relay says why (audit and log), instead of an unexplained empty answer
+      const finds = await relay.services.access!.audit.query({ action: "dimse.find", actor: "ae:HOMEPACS" });
+      expect(finds.length).toBeGreaterThan(0);
+      expect(finds.map((r) => r.detail).find((d) => /granted/.test(d ?? ""))).toMatch(/0 match\(es\); HOMEPACS sees only studies granted to it \(dimse\.peers\[\]\.studies = "granted"\) and none is granted: dicom-relay token share --study UID --peer HOMEPACS$/);
       const refused = await dcmtk("movescu", ["-v", "-S", ...args("HOMEPACS", ["-aem", "HOMEPACS", "-k", "QueryRetrieveLevel=STUDY", "-k", `StudyInstanceUID=${study.studyInstanceUID}`])]);
       expect(refused.stdout + refused.stderr).toMatch(/Move Response.*(0xc000|Failed)|Unable to process/i);
       expect(await filesUnder(out)).toEqual([]);

@@ -97,3 +97,13 @@ export function rleDecodeFrame(encoded: Buffer, shape: { rows: number; columns: 
   }
   return out;
 }
+
+/** PS3.5 H.3.1: "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう" in ISO 2022 IR 13 \\ ISO 2022 IR 87 */
+export const H31_YAMADA = Buffer.from(
+  [
+    "d4cfc0de", "5e", "c0dbb3", "3d", // ﾔﾏﾀﾞ^ﾀﾛｳ=
+    "1b2442", "3b334544", "1b284a", "5e", "1b2442", "42404f3a", "1b284a", "3d", // 山田^太郎=
+    "1b2442", "2464245e2440", "1b284a", "5e", "1b2442", "243f246d2426", "1b284a", // やまだ^たろう
+  ].join(""),
+  "hex",
+);

@@ -47,9 +47,18 @@ export interface Orthanc {
 /**
  * relayPort: where Orthanc reaches the relay as a DICOM modality (C-MOVE from Orthanc, storage commitment reports);
  * dicomPort: Orthanc's own, when the relay must know it before Orthanc starts; acceptedTransferSyntaxes: what Orthanc's
- * storage SCP accepts; storageCommitment: Orthanc may send the relay storage commitment reports.
+ * storage SCP accepts; storageCommitment: Orthanc may send the relay storage commitment reports; dicomwebServers:
+ * Orthanc's DicomWeb.Servers (Orthanc as a DICOMweb client of the relay), written into its configuration as given.
  */
-export async function startOrthanc(opts: { aeTitle: string; relayAE: string; relayPort?: number; dicomPort?: number; acceptedTransferSyntaxes?: string[]; storageCommitment?: boolean }): Promise<Orthanc> {
+export async function startOrthanc(opts: {
+  aeTitle: string;
+  relayAE: string;
+  relayPort?: number;
+  dicomPort?: number;
+  acceptedTransferSyntaxes?: string[];
+  storageCommitment?: boolean;
+  dicomwebServers?: Record<string, unknown>;
+}): Promise<Orthanc> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "orthanc-test-"));
   const dicomPort = opts.dicomPort ?? (await freePort());
   const httpPort = await freePort();
@@ -73,7 +82,7 @@ export async function startOrthanc(opts: { aeTitle: string; relayAE: string; rel
     },
     ...(opts.acceptedTransferSyntaxes ? { AcceptedTransferSyntaxes: opts.acceptedTransferSyntaxes } : {}),
     Plugins: [plugin],
-    DicomWeb: { Enable: true, Root: "/dicom-web/" },
+    DicomWeb: { Enable: true, Root: "/dicom-web/", ...(opts.dicomwebServers ? { Servers: opts.dicomwebServers } : {}) },
     StableAge: 1,
     ConcurrentJobs: 1,
     HttpTimeout: 60,

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { chooseCharset, firstNumber, firstString, sortDicomJson, toDicomJson, toDicomJsonAttribute } from "../../src/dicom/dicomJson.ts";
+import { chooseCharset, decodeJisX0201WithExtensions, firstNumber, firstString, needsJisX0201, sortDicomJson, toDicomJson, toDicomJsonAttribute } from "../../src/dicom/dicomJson.ts";
+import { H31_YAMADA } from "../support/fixtures.ts";
 
 describe("toDicomJson", () => {
   it("converts each VR family the way PS3.18 F.2 says, without dcmjs internals", () => {
@@ -85,5 +86,19 @@ describe("chooseCharset", () => {
   it("falls back instead of failing on values it does not know", () => {
     expect(chooseCharset(["ISO_IR 999"])).toMatchObject({ decoder: "windows-1252", dcmjsTerm: "ISO_IR 100", unsupported: ["ISO_IR 999"] });
     expect(chooseCharset(["KLINGON", "GB18030"])).toMatchObject({ decoder: "gb18030", unsupported: ["KLINGON"] });
+  });
+});
+
+describe("ISO 2022 IR 13 with code extensions (half-width katakana)", () => {
+  it("decodes the PS3.5 H.3.1 example: JIS X 0201 katakana in GR, JIS X 0208 after ESC $ B, escapes removed", () => {
+    expect(decodeJisX0201WithExtensions(H31_YAMADA)).toBe("ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう");
+    // the single decoder used before gives replacement characters for the katakana
+    expect(new TextDecoder("iso-2022-jp").decode(H31_YAMADA)).toContain("\ufffd");
+  });
+
+  it("is used only for IR 13 beside a two-byte set", () => {
+    expect(needsJisX0201(chooseCharset(["ISO 2022 IR 13", "ISO 2022 IR 87"]))).toBe(true);
+    expect(needsJisX0201(chooseCharset(["ISO 2022 IR 13"]))).toBe(false);
+    expect(needsJisX0201(chooseCharset(["", "ISO 2022 IR 87"]))).toBe(false);
   });
 });

@@ -185,6 +185,9 @@ describe("C-STORE status of an ingest result", () => {
     expect(storeStatus({ status: "stored", ...ids, sha256: "a" }).status).toBe(0);
     expect(storeStatus({ status: "already-stored", ...ids, sha256: "a" }).status).toBe(0);
     expect(storeStatus({ status: "already-stored", ...ids, sha256: "a", keptOther: true }).status).toBe(0xb000);
+    // stored under the data set's UID while the command (the file meta) named another: warning 0xB007, its short form
+    const warned = storeStatus({ status: "stored", ...ids, sha256: "a", warnings: ["file meta SOPInstanceUID differs; stored as the data set's UID: long details"] });
+    expect(warned).toMatchObject({ status: 0xb007, errorComment: "file meta SOPInstanceUID differs; stored as the data set's UID" });
     expect(storeStatus({ status: "failed", reason: FailureReason.OutOfResources, message: "big" }).status).toBe(0xa700);
     expect(storeStatus({ status: "failed", reason: FailureReason.ProcessingFailure, message: "down", retryable: true }).status).toBe(0xa700);
     expect(storeStatus({ status: "failed", reason: FailureReason.DataSetDoesNotMatchSOPClass, message: "x" }).status).toBe(0xa900);

@@ -9,7 +9,7 @@ import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
 import { encodeDataset, encodeFileMeta, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
-import { countingSource, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
+import { countingSource, H31_YAMADA, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
 
 const TS = {
   explicitLE: "1.2.840.10008.1.2.1",
@@ -90,6 +90,17 @@ describe("readPart10: encodings", () => {
     expect(p.pixelData!.frames).toHaveLength(2);
   });
 
+  it("reads a sequence written as UN with a defined length (implicit VR items; gdcmconv output, issue 16)", async () => {
+    const inner = encodeDataset([{ tag: tagOf(0x0008, 0x1150), vr: "UI", value: "1.2.840.10008.5.1.4.1.1.481.5" }, { tag: tagOf(0x0008, 0x1155), vr: "UI", value: "1.2.3.4" }], { explicitVR: false, littleEndian: true });
+    const item = Buffer.alloc(8);
+    item.writeUInt32LE(0xe000fffe, 0);
+    item.writeUInt32LE(inner.length, 4);
+    // ReferencedRTPlanSequence (300C,0002), dictionary VR SQ, written as UN with the items' length
+    const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x300c, 0x0002), vr: "UN", value: Buffer.concat([item, inner]) }];
+    const p = await parse(handMade(els));
+    expect(p.dataset["300C0002"]).toEqual({ vr: "SQ", Value: [{ "00081150": { vr: "UI", Value: ["1.2.840.10008.5.1.4.1.1.481.5"] }, "00081155": { vr: "UI", Value: ["1.2.3.4"] } }] });
+  });
+
   it("reads a UN element of undefined length (an implicit VR sequence inside an explicit data set)", async () => {
     const inner = encodeDataset([{ tag: tagOf(0x0011, 0x0010), vr: "LO", value: "PRIVATE" }], { explicitVR: false, littleEndian: true });
     const item = Buffer.alloc(8);
@@ -121,6 +132,21 @@ describe("readPart10: encodings", () => {
 });
 
 describe("readPart10: character sets", () => {
+  it("decodes ISO 2022 IR 13 half-width katakana beside JIS X 0208 (PS3.5 H.3.1), in PN and LO, implicit VR too", async () => {
+    for (const explicitVR of [true, false]) {
+      const els: WriterElement[] = [
+        { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] },
+        ...minimalElements().filter((e) => e.tag !== tagOf(0x0010, 0x0020)),
+        { tag: tagOf(0x0010, 0x0010), vr: "PN", value: H31_YAMADA },
+        { tag: tagOf(0x0010, 0x0020), vr: "LO", value: Buffer.from("d4cfc0de", "hex") },
+      ].sort((x, y) => x.tag - y.tag);
+      const p = await parse(handMade(els, { explicitVR }));
+      expect(p.dataset["00100010"], `explicit ${explicitVR}`).toEqual({ vr: "PN", Value: [{ Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" }] });
+      expect(p.dataset["00100020"]).toEqual({ vr: "LO", Value: ["ﾔﾏﾀﾞ"] });
+      expect(JSON.stringify(p.dataset)).not.toContain("\ufffd");
+    }
+  });
+
   const cases = [
     { charset: "GB18030" as const, name: "Zhang^San=张^三", bytes: iconv.encode("张", "gb18030") },
     { charset: "GBK" as const, name: "Li^Na=李^娜", bytes: iconv.encode("李", "gbk") },
@@ -325,10 +351,13 @@ describe("readPart10: refusals", () => {
     });
   }
 
-  it("refuses a MediaStorageSOPInstanceUID that differs from SOPInstanceUID (0xA900)", async () => {
-    const err = await rejection(makeInstance({ rows: 4, columns: 4, mediaStorageSOPInstanceUID: newUid() }));
-    expect(err.reason).toBe(FailureReason.DataSetDoesNotMatchSOPClass);
-    expect(err.message).toMatch(/MediaStorageSOPInstanceUID \(0002,0003\).*differs/);
+  it("accepts a MediaStorageSOPInstanceUID that differs from SOPInstanceUID, under the data set's UID, with a warning", async () => {
+    const sop = newUid();
+    const p = await parse(makeInstance({ rows: 4, columns: 4, sopInstanceUID: sop, mediaStorageSOPInstanceUID: newUid() }));
+    expect(p.sopInstanceUID).toBe(sop);
+    expect(p.warnings).toHaveLength(1);
+    expect(p.warnings[0]).toMatch(/^file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID \(0002,0003\) ".+", data set SOPInstanceUID .+; the bytes are stored unchanged$/);
+    expect((await parse(makeInstance({ rows: 4, columns: 4 }))).warnings).toEqual([]);
   });
 
   it("refuses an unknown transfer syntax (0xC122) and a file meta without one (0xC000)", async () => {

@@ -39,8 +39,17 @@ describe("parseQidoQuery: keys", () => {
     const q = parse("", "series", { studyInstanceUID: "1.2.3" });
     expect(q).toEqual({
       level: "series", studyInstanceUID: "1.2.3", filters: [], includeFields: [], includeAll: false, fuzzyMatching: false,
-      limit: 100, offset: 0, unsupportedKeys: [],
+      limit: 100, offset: 0, unsupportedKeys: [], ignoredParameters: [],
     });
+  });
+
+  it("ignores parameters that are no attempt at a DICOM key (a cache-buster, a callback, a credential) and lists them", () => {
+    const q = parse("_=1733412345678&PatientID=X1&callback=cb&access_token=abc&_=2");
+    expect(q.filters.map((f) => f.keyword)).toEqual(["PatientID"]);
+    expect(q.ignoredParameters).toEqual(["_", "callback", "access_token"]);
+    // a capitalised name or a hex start is an attempt at a key: a typo would widen the search, so it stays an error
+    fails("PatientNmae=x", /"PatientNmae" is not a DICOM attribute keyword/);
+    fails("0010002=x", /"0010002"/);
   });
 
   it("refuses an unknown keyword with a sentence naming it", () => {
