@@ -396,11 +396,17 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
     }
   }
 
+  /** Ids of the uploads in the bucket (those with an info object). */
+  private async uploadIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const { key } of this.listKeys()) if (key.endsWith(".info")) ids.push(key.slice(0, -".info".length));
+    return ids;
+  }
+
+  /** Uploads still receiving bytes, and partials not joined into a final yet (a study's deletion removes them). */
   async listUnfinished(): Promise<Upload[]> {
-    const infos: string[] = [];
-    for await (const { key } of this.listKeys()) if (key.endsWith(".info")) infos.push(key.slice(0, -".info".length));
     const out: Upload[] = [];
-    for (const id of infos) {
+    for (const id of await this.uploadIds()) {
       try {
         const meta = await this.getMetadata(id);
         if (isFinal(meta.file) || (isPartial(meta.file) && meta.file.metadata?.[FINAL_KEY])) continue;
@@ -415,10 +421,8 @@ export class RelayS3Store extends S3Store implements UploadResultStore {
 
   /** Uploads whose bytes are complete and still there (not ingested yet): ingest recovery. */
   async listComplete(): Promise<Upload[]> {
-    const infos: string[] = [];
-    for await (const { key } of this.listKeys()) if (key.endsWith(".info")) infos.push(key.slice(0, -".info".length));
     const out: Upload[] = [];
-    for (const id of infos) {
+    for (const id of await this.uploadIds()) {
       try {
         const meta = await this.getMetadata(id);
         // a partial alone is never ingested; a final is, while its partials' bytes are there

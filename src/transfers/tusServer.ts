@@ -234,14 +234,17 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     await fsp.rm(path.join(this.directory, id), { force: true });
   }
 
-  /** Uploads whose bytes are complete (offset == size) and whose data is still there; never a partial alone. */
+  /** Ids of the uploads in the folder (those with an info file). */
+  private async uploadIds(): Promise<string[]> {
+    const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith(".json")).map((n) => n.slice(0, -".json".length));
+  }
+
+  /** Uploads still receiving bytes, and partials not joined into a final yet (a study's deletion removes them). */
   async listUnfinished(): Promise<Upload[]> {
     const out: Upload[] = [];
-    const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
-    for (const name of names) {
-      if (!name.endsWith(".json")) continue;
+    for (const id of await this.uploadIds()) {
       try {
-        const id = name.slice(0, -".json".length);
         const info = await this.info(id);
         if (!info || isFinal(info) || (isPartial(info) && info.metadata?.[FINAL_KEY])) continue;
         const u = await super.getUpload(id);
@@ -253,13 +256,11 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
     return out;
   }
 
+  /** Uploads whose bytes are complete (offset == size) and whose data is still there; never a partial alone. */
   async listComplete(): Promise<Upload[]> {
     const out: Upload[] = [];
-    const names = await fsp.readdir(this.directory).catch(() => [] as string[]);
-    for (const name of names) {
-      if (!name.endsWith(".json")) continue;
+    for (const id of await this.uploadIds()) {
       try {
-        const id = name.slice(0, -".json".length);
         const info = await this.info(id);
         if (!info || isPartial(info)) continue;
         if (isFinal(info)) {

@@ -70,6 +70,14 @@ async function waitFor<T>(what: string, probe: () => Promise<T | null | undefine
   }
 }
 
+/** The study's forwarding jobs once none is pending any more (waited for up to timeoutMs). */
+function settledJobs(relay: TestRelay, uid: string, what: string, timeoutMs?: number): Promise<ForwardJob[]> {
+  return waitFor(what, async () => {
+    const j = await jobs(relay, `study=${uid}`);
+    return j.length && j[0]!.state !== "pending" ? j : null;
+  }, timeoutMs);
+}
+
 describe("auto-forwarding to an Orthanc home PACS", () => {
   let orthanc: Orthanc;
   const relays: TestRelay[] = [];
@@ -106,10 +114,7 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
     expect(await orthanc.studyInstances(uid)).toEqual([]);
 
     await tusUpload(`${relay.url}/api/uploads`, await tgz(study.slice(3)), { transferId, filename: "part2.tgz" });
-    const [job] = await waitFor("the forwarding job to finish", async () => {
-      const j = await jobs(relay, `study=${uid}`);
-      return j.length && j[0]!.state !== "pending" ? j : null;
-    });
+    const [job] = await settledJobs(relay, uid, "the forwarding job to finish");
     expect(job).toMatchObject({ rule: "home-dimse", transferId, studyInstanceUID: uid, state: "done", counts: { pending: 0, sent: 5, failed: 0 } });
     const atPacs = await orthanc.studyInstances(uid);
     expect(atPacs.map((i) => i.sopInstanceUID).sort()).toEqual(study.map((i) => i.sopInstanceUID).sort());
@@ -164,10 +169,7 @@ describe("auto-forwarding to an Orthanc home PACS", () => {
     const uid = study[0]!.studyInstanceUID;
     const transferId = await createTransfer(relay, study);
     await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
-    const [job] = await waitFor("the flaky forwarding to complete", async () => {
-      const j = await jobs(relay, `study=${uid}`);
-      return j.length && j[0]!.state !== "pending" ? j : null;
-    }, 150_000);
+    const [job] = await settledJobs(relay, uid, "the flaky forwarding to complete", 150_000);
     expect(job).toMatchObject({ state: "done", counts: { pending: 0, sent: 8, failed: 0 } });
     expect(job!.attempts).toBeGreaterThan(1);
     expect(proxy.stats().resets).toBeGreaterThan(0);
@@ -251,10 +253,7 @@ describe("auto-forwarding by STOW-RS to a second relay that checks bearer tokens
     expect(await atHome(uid)).toEqual([]);
     const transferId = await createTransfer(relay, study);
     await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
-    const [job] = await waitFor("the forwarding job to finish", async () => {
-      const j = await jobs(relay, `study=${uid}`);
-      return j.length && j[0]!.state !== "pending" ? j : null;
-    }, 60_000);
+    const [job] = await settledJobs(relay, uid, "the forwarding job to finish", 60_000);
     expect(job, JSON.stringify(job)).toMatchObject({ rule: "home-relay", state: "done", lastError: null, counts: { pending: 0, sent: 4, failed: 0 } });
     expect(await atHome(uid)).toEqual(study.map((i) => i.sopInstanceUID).sort());
     // the stored bytes at home are the bytes sent
@@ -339,10 +338,7 @@ describe("auto-forwarding by STOW-RS to a second relay that checks bearer tokens
       const uid = study[0]!.studyInstanceUID;
       const transferId = await createTransfer(relay, study);
       await tusUpload(`${relay.url}/api/uploads`, await tgz(study), { transferId, filename: "all.tgz" });
-      const [job] = await waitFor("the forwarding job to finish", async () => {
-        const j = await jobs(relay, `study=${uid}`);
-        return j.length && j[0]!.state !== "pending" ? j : null;
-      }, 60_000);
+      const [job] = await settledJobs(relay, uid, "the forwarding job to finish", 60_000);
       expect(job, JSON.stringify(job)).toMatchObject({ state: "done", counts: { pending: 0, sent: 12, failed: 0 } });
       expect(job!.attempts).toBeGreaterThanOrEqual(2); // the 503 made a second attempt
       expect(maxInFlight).toBeGreaterThan(1);
