@@ -12,11 +12,11 @@
  *
  * Choices: a file without the 128-byte preamble and "DICM" is refused, even when it is a bare data set
  * that would parse, because WADO-RS serves stored bytes as application/dicom, which must be Part 10.
- * A deflated data set is inflated in memory (at most maxHeaderBytes) and refused if it holds pixel
- * data, because its frames are not byte ranges of the stored file.
+ * A deflated data set is inflated as a stream while it is walked (src/dicom/deflate.ts); its pixel data is located
+ * in the inflated data set (inflatedFrom), so frames are served by inflating, the stored bytes stay as received.
  */
 import type { FileHandle } from "node:fs/promises";
-import zlib from "node:zlib";
+import { inflate, InflatedSource, sourceStream } from "./deflate.ts";
 import { createRequire } from "node:module";
 import { FailureReason, InstanceRejectedError } from "./failureReasons.ts";
 import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type DicomJsonDataset, type ParsedInstance, type PixelDataLocation } from "./types.ts";
@@ -67,7 +67,11 @@ export interface ReadPart10Options {
   maxHeaderBytes: number;
   /** binary top-level values at least this long are bulk data */
   bulkDataThreshold: number;
+  /** largest inflated data set of a Deflated Explicit VR Little Endian file, bytes (default 4 GiB) */
+  maxInflatedBytes?: number;
 }
+
+const DEFAULT_MAX_INFLATED = 4 * 1024 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -814,8 +818,10 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
 
   let enc: Encoding = { explicit: ts.explicitVR, le: ts.littleEndian };
   let walk: Walk;
+  let inflatedFrom: number | undefined;
   if (ts.deflated) {
-    walk = await walkDeflated(win, meta.end, opts);
+    walk = await walkDeflated(src, meta.end, opts);
+    inflatedFrom = meta.end;
   } else {
     // some writers label implicit VR data sets as explicit: trust the bytes when they say so
     if (enc.explicit && enc.le && meta.end + 8 <= src.size) {
@@ -852,6 +858,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
   // bulk data: placeholders in the metadata, locations for WADO
   const base = `${BULK_ROOT_PLACEHOLDER}/studies/${studyInstanceUID}/series/${seriesInstanceUID}/instances/${sopInstanceUID}/bulkdata`;
   for (const b of walk.bulk) dataset[b.tag] = { vr: b.vr, BulkDataURI: `${base}/${b.tag}` };
+  const inflated = inflatedFrom === undefined ? {} : { inflatedFrom };
 
   let pixelData: PixelDataLocation | null = null;
   if (walk.pixel && walk.pixel.length > 0) {
@@ -861,6 +868,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
       length: px.length,
       encapsulated: px.encapsulated,
       frames: px.encapsulated ? encapsulatedFrames(px, dataset, walk.eot, ts) : nativeFrames(px, dataset),
+      ...inflated,
     };
   }
 
@@ -873,7 +881,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     dataset: sortDicomJson(dataset),
     fileMeta: sortDicomJson(fileMeta),
     pixelData,
-    bulkData: walk.bulk,
+    bulkData: walk.bulk.map((b) => ({ ...b, ...inflated })),
     warnings,
   };
 }
@@ -951,24 +959,37 @@ function foreignToJson(vr: string, le: Buffer): DicomJsonDataset[string] {
   return values.length ? { vr, Value: values } : { vr };
 }
 
-/** Deflated data set: inflated in memory (bounded), every value inline, no pixel data accepted. */
-async function walkDeflated(win: Window, start: number, opts: ReadPart10Options): Promise<Walk> {
-  const compressedLength = win.end - start;
-  const tooLarge = () => new InstanceRejectedError(FailureReason.OutOfResources,
-    `the deflated data set is larger than the relay inflates in memory (${opts.maxHeaderBytes} bytes)`);
-  if (compressedLength > opts.maxHeaderBytes) throw tooLarge();
-  const compressed = await win.bytes(start, compressedLength, "the deflated data set");
-  let inflated: Buffer;
+/**
+ * Deflated data set: inflated as a stream, twice. The first pass only counts the inflated bytes (bounded by
+ * maxInflatedBytes, so a deflate bomb costs CPU, never memory), because the walker needs the data set's end; the
+ * second walks it forward like a stored one, the header bounded by maxHeaderBytes as ever. Values other than pixel
+ * data stay inline (they are not byte ranges of the stored file); pixel data is located in the inflated data set.
+ */
+async function walkDeflated(src: RandomAccessSource, start: number, opts: ReadPart10Options): Promise<Walk & { inflatedSize: number }> {
+  const limit = opts.maxInflatedBytes ?? DEFAULT_MAX_INFLATED;
+  const damaged = (err: unknown) => cannotUnderstand(`the deflated data set could not be inflated (${(err as Error).message}); the file is damaged or truncated`);
+  const compressed = () => sourceStream((p, n) => src.read(p, n), start, src.size);
+  let size = 0;
   try {
-    inflated = zlib.inflateRawSync(compressed, { maxOutputLength: opts.maxHeaderBytes });
+    for await (const c of inflate(compressed())) {
+      size += c.length;
+      if (size > limit) {
+        throw new InstanceRejectedError(FailureReason.OutOfResources,
+          `the deflated data set inflates to more than the relay accepts (${limit} bytes)`);
+      }
+    }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ERR_BUFFER_TOO_LARGE" || err instanceof RangeError) throw tooLarge();
-    throw cannotUnderstand(`the deflated data set could not be inflated (${(err as Error).message}); the file is damaged or truncated`);
+    if (err instanceof InstanceRejectedError) throw err;
+    throw damaged(err);
   }
-  const walk = await walkDataset(new Window(bufferSource(inflated), inflated.length), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: Infinity });
-  if (walk.pixel) {
-    throw new InstanceRejectedError(FailureReason.TransferSyntaxNotSupported,
-      "pixel data in a Deflated Explicit VR Little Endian data set is not supported (its frames cannot be served by byte range); export it in Explicit VR Little Endian (1.2.840.10008.1.2.1)");
+  const inflated = new InflatedSource(inflate(compressed()), size);
+  try {
+    const walk = await walkDataset(new Window(inflated, size), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: Infinity });
+    return { ...walk, inflatedSize: size };
+  } catch (err) {
+    if (err instanceof InstanceRejectedError) throw err;
+    throw damaged(err);
+  } finally {
+    await inflated.close();
   }
-  return { ...walk, bulk: [] };
 }

@@ -1,3 +1,4 @@
+import crypto from "node:crypto";
 import fsp from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -113,15 +114,50 @@ describe("readPart10: encodings", () => {
     expect(p.dataset["00111001"]).toEqual({ vr: "SQ", Value: [{ "00110010": { vr: "LO", Value: ["PRIVATE"] } }] });
   });
 
-  it("accepts a deflated data set without pixel data and refuses one with pixel data (0xC122)", async () => {
+  it("accepts a deflated data set and locates its pixel data in the inflated data set", async () => {
     const ok = await parse(makeInstance({ ...common, transferSyntaxUID: TS.deflated, noPixelData: true }));
     expect(ok.transferSyntaxUID).toBe(TS.deflated);
     expect(value(ok.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
     expect(ok.pixelData).toBeNull();
     expect(ok.bulkData).toEqual([]);
-    const err = await rejection(makeInstance({ ...common, transferSyntaxUID: TS.deflated }));
-    expect(err.reason).toBe(FailureReason.TransferSyntaxNotSupported);
-    expect(err.message).toMatch(/Deflated/);
+
+    const file = makeInstance({ ...common, transferSyntaxUID: TS.deflated });
+    const plain = makeInstance({ ...common, transferSyntaxUID: TS.explicitLE });
+    const p = await parse(file);
+    const q = await parse(plain);
+    const metaEnd = file.indexOf(Buffer.from("DICOMRELAY_01")) + "DICOMRELAY_01".length + 1;
+    const inflated = zlib.inflateRawSync(file.subarray(metaEnd));
+    expect(p.pixelData!.inflatedFrom).toBe(metaEnd);
+    expect(p.pixelData!.frames).toHaveLength(2);
+    // the frames, read from the inflated data set, are those of the same instance written uncompressed
+    expect(frameBytes(inflated, p.pixelData!.frames)).toEqual(frameBytes(plain, q.pixelData!.frames));
+    expect(p.bulkData).toEqual([expect.objectContaining({ tag: "7FE00010", inflatedFrom: metaEnd })]);
+    expect(p.dataset["7FE00010"]!.BulkDataURI).toMatch(/\/bulkdata\/7FE00010$/);
+    expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
+  });
+
+  it("bounds a deflated data set: its inflated size (0xA700) and its header (0xA700); a damaged stream is 0xC000", async () => {
+    const file = makeInstance({ ...common, rows: 64, columns: 64, transferSyntaxUID: TS.deflated });
+    const big = await rejection(file, { maxInflatedBytes: 8 * 1024 });
+    expect(big.reason).toBe(FailureReason.OutOfResources);
+    expect(big.message).toMatch(/inflates to more than the relay accepts \(8192 bytes\)/);
+    const header = await rejection(file, { maxHeaderBytes: 256 });
+    expect(header.reason).toBe(FailureReason.OutOfResources);
+    expect(header.message).toMatch(/header .* is larger than the relay parses in memory \(256 bytes\)/);
+    const cut = await rejection(file.subarray(0, file.length - 200));
+    expect(cut.reason).toBe(FailureReason.CannotUnderstand);
+    expect(cut.message).toMatch(/the deflated data set could not be inflated .*damaged or truncated/);
+  });
+
+  it("reads pydicom's image_dfl.dcm (Deflated Explicit VR LE with pixel data) as pydicom does", async () => {
+    const file = await fsp.readFile("/usr/lib/python3/dist-packages/pydicom/data/test_files/image_dfl.dcm");
+    const p = await parse(file);
+    expect(p).toMatchObject({ transferSyntaxUID: TS.deflated, sopInstanceUID: "1.3.6.1.4.1.5962.1.1.0.0.0.977067309.6001.0" });
+    expect(value(p.dataset, "00280010")).toEqual([512]);
+    const metaEnd = p.pixelData!.inflatedFrom!;
+    const pixels = frameBytes(zlib.inflateRawSync(file.subarray(metaEnd)), p.pixelData!.frames)[0]!;
+    // sha256 of pydicom's ds.PixelData (pydicom 2.3.1)
+    expect(crypto.createHash("sha256").update(pixels).digest("hex")).toBe("1f5f1b1c1a57606a55d7e4212ee2655c8205b45e264bd55057f7388c258deef8");
   });
 
   it("trusts the bytes when an implicit VR data set is labelled explicit", async () => {
