@@ -350,6 +350,8 @@ interface KeptElement {
   undefinedLength: boolean;
   /** encoding of nested items */
   nested: Encoding;
+  /** position of the value in the (inflated) data set's file coordinates */
+  offset: number;
 }
 
 interface RawPixelData {
@@ -428,7 +430,7 @@ async function walkDataset(win: Window, start: number, enc: Encoding, opts: Read
       headerBytes += h.headerLength + end;
       if (headerBytes > opts.maxHeaderBytes) throw tooLarge();
       const value = Buffer.from(await win.bytes(valueAt, end - 8, `element ${tagName(h.tag)}`));
-      out.kept.push({ tag: h.tag, vr: "SQ", value, undefinedLength: true, nested });
+      out.kept.push({ tag: h.tag, vr: "SQ", value, undefinedLength: true, nested, offset: valueAt });
       pos = valueAt + end;
       continue;
     }
@@ -468,7 +470,7 @@ async function walkDataset(win: Window, start: number, enc: Encoding, opts: Read
       const value = Buffer.from(await win.bytes(valueAt, h.length, `element ${tagName(h.tag)}`));
       if (h.tag === PIXEL_REPRESENTATION && value.length >= 2) pixelRepresentation = enc.le ? value.readUInt16LE(0) : value.readUInt16BE(0);
       if (h.tag === SPECIFIC_CHARACTER_SET) out.specificCharacterSet = value;
-      out.kept.push({ tag: h.tag, vr, value, undefinedLength: false, nested: enc });
+      out.kept.push({ tag: h.tag, vr, value, undefinedLength: false, nested: enc, offset: valueAt });
     }
     pos = valueEnd;
   }
@@ -550,7 +552,30 @@ class Sink {
 const ITEM_LE = 0xe000fffe;
 const EMPTY_ITEM_MARKER = Buffer.from([0, 0, 0, 0, 0x55, 0x4c, 4, 0, 0, 0, 0, 0]); // (0000,0000) UL 0
 
-interface TranscodeContext { pixelRepresentation: number }
+/** A binary value inside a sequence item, left out of the metadata and served by its BulkDataURI. */
+interface NestedBulk {
+  /** sequence tag, item index (0-based), ..., element tag: e.g. ["54000100", 0, "54001010"] */
+  path: Array<string | number>;
+  vr: string;
+  offset: number;
+  length: number;
+}
+
+interface TranscodeContext {
+  pixelRepresentation: number;
+  /** nested binary values at least `threshold` long are recorded here instead of being decoded */
+  nestedBulk?: {
+    threshold: number;
+    /** the top-level value being transcoded and its position in the file: offsets of values inside it */
+    root: Buffer;
+    rootOffset: number;
+    path: Array<string | number>;
+    found: NestedBulk[];
+  };
+}
+
+/** Binary VRs whose nested values may be bulk data (UN is left out: a defined-length UN may be a sequence). */
+const NESTED_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW"]);
 
 function swapped(value: Buffer, vr: string): Buffer {
   const unit = SWAP_UNIT[vr];
@@ -573,12 +598,16 @@ function transcodeElement(out: Sink, tag: number, vr: string, value: Buffer, und
   }
   if (vr === "SQ" || (undefinedLength && vr !== "OB")) {
     out.header(tag, "SQ", UNDEFINED);
-    for (const item of itemsOf(value, nested, undefinedLength, depth)) {
+    const items = itemsOf(value, nested, undefinedLength, depth);
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!;
       out.delimiter(ITEM, UNDEFINED);
       // dcmjs drops empty items, which would renumber the rest: a command-group element keeps the place
       // (group 0000 never belongs in a data set, and toDicomJson leaves it out)
       if (item.length === 0) out.push(EMPTY_ITEM_MARKER);
+      ctx.nestedBulk?.path.push(hex8(tag), i);
       transcodeItem(out, item, nested, ctx, depth + 1);
+      ctx.nestedBulk?.path.splice(-2);
       out.delimiter(ITEM_END);
     }
     out.delimiter(SEQ_END);
@@ -638,6 +667,15 @@ function transcodeItem(out: Sink, item: Buffer, enc: Encoding, ctx: TranscodeCon
       p = end;
     } else {
       if (valueAt + h.length > item.length) throw cannotUnderstand(`element ${tagName(h.tag)} runs past the end of its sequence item; the data set is damaged`);
+      const nb = ctx.nestedBulk;
+      if (nb && NESTED_BULK_VRS.has(vr) && h.length > 0 && h.length >= nb.threshold) {
+        // waveform data and the like: located (the item is a view of the kept value), handed to dcmjs empty
+        const at = nb.rootOffset + (item.byteOffset - nb.root.byteOffset) + valueAt;
+        nb.found.push({ path: [...nb.path, hex8(h.tag)], vr, offset: at, length: h.length });
+        out.header(h.tag, vr, 0);
+        p = valueAt + h.length;
+        continue;
+      }
       transcodeElement(out, h.tag, vr, item.subarray(valueAt, valueAt + h.length), false, enc, enc, ctx, depth);
       p = valueAt + h.length;
     }
@@ -851,7 +889,8 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
-  const { dataset, parsedMeta } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements);
+  // nested bulk data of a deflated data set stays inline, as its top-level binary values do
+  const { dataset, parsedMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, ts.deflated ? Infinity : opts.bulkDataThreshold);
   const fileMeta = toDicomJson(parsedMeta);
   fileMeta["00020010"] = { vr: "UI", Value: [tsUid] };
 
@@ -859,6 +898,15 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
   const base = `${BULK_ROOT_PLACEHOLDER}/studies/${studyInstanceUID}/series/${seriesInstanceUID}/instances/${sopInstanceUID}/bulkdata`;
   for (const b of walk.bulk) dataset[b.tag] = { vr: b.vr, BulkDataURI: `${base}/${b.tag}` };
   const inflated = inflatedFrom === undefined ? {} : { inflatedFrom };
+  // bulk data inside sequence items (waveform data): the URI names the path, e.g. .../bulkdata/54000100/0/54001010
+  const nestedLocations: BulkDataLocation[] = [];
+  for (const b of nestedBulk) {
+    const at = attributeAt(dataset, b.path);
+    if (!at) continue;
+    const path = b.path.join("/");
+    at.parent[at.key] = { vr: b.vr, BulkDataURI: `${base}/${path}` };
+    nestedLocations.push({ tag: path, vr: b.vr, offset: b.offset, length: b.length, ...inflated });
+  }
 
   let pixelData: PixelDataLocation | null = null;
   if (walk.pixel && walk.pixel.length > 0) {
@@ -881,13 +929,13 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     dataset: sortDicomJson(dataset),
     fileMeta: sortDicomJson(fileMeta),
     pixelData,
-    bulkData: walk.bulk.map((b) => ({ ...b, ...inflated })),
+    bulkData: [...walk.bulk.map((b) => ({ ...b, ...inflated })), ...nestedLocations],
     warnings,
   };
 }
 
 /** Decode the kept (non-bulk) elements of a walk: character set, then dcmjs, then DICOM JSON. */
-function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"]): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict } {
+function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"], nestedBulkThreshold = Infinity): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict; nestedBulk: NestedBulk[] } {
   // character set: one decoder dcmjs knows, the original values restored afterwards
   let charset: CharsetChoice | undefined;
   if (walk.specificCharacterSet) {
@@ -897,6 +945,7 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
 
   const sink = new Sink();
   const ctx: TranscodeContext = { pixelRepresentation: 0 };
+  const nestedBulk: NestedBulk[] = [];
   const direct: DicomJsonDataset = {};
   for (const k of walk.kept) {
     if (k.tag === PIXEL_REPRESENTATION && k.value.length >= 2) ctx.pixelRepresentation = sourceEnc.le ? k.value.readUInt16LE(0) : k.value.readUInt16BE(0);
@@ -913,7 +962,9 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
       sink.header(k.tag, k.vr, k.value.length);
       sink.push(k.value);
     } else {
+      ctx.nestedBulk = Number.isFinite(nestedBulkThreshold) ? { threshold: nestedBulkThreshold, root: k.value, rootOffset: k.offset, path: [], found: nestedBulk } : undefined;
       transcodeElement(sink, k.tag, k.vr, k.value, k.undefinedLength, sourceEnc, k.nested, ctx, 0);
+      ctx.nestedBulk = undefined;
     }
   }
   const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
@@ -932,7 +983,19 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
   }
-  return { dataset, parsedMeta: parsed.meta };
+  return { dataset, parsedMeta: parsed.meta, nestedBulk };
+}
+
+/** The attribute at `path` (sequence tag, item index, ..., tag) of a DICOM JSON data set, if it is there. */
+function attributeAt(ds: DicomJsonDataset, path: Array<string | number>): { parent: DicomJsonDataset; key: string } | null {
+  let cur: DicomJsonDataset = ds;
+  for (let i = 0; i + 1 < path.length; i += 2) {
+    const item = cur[path[i] as string]?.Value?.[path[i + 1] as number];
+    if (!item || typeof item !== "object") return null;
+    cur = item as DicomJsonDataset;
+  }
+  const key = path[path.length - 1] as string;
+  return key in cur ? { parent: cur, key } : null;
 }
 
 /**

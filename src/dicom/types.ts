@@ -30,9 +30,12 @@ export interface PixelDataLocation {
   inflatedFrom?: number;
 }
 
-/** A top-level bulk data element left out of the metadata and served by its BulkDataURI. */
+/** A bulk data element left out of the metadata and served by its BulkDataURI. */
 export interface BulkDataLocation extends ByteRange {
-  /** tag as 8 hex digits, e.g. "7FE00010", "00420011" */
+  /**
+   * tag as 8 hex digits, e.g. "7FE00010", "00420011"; inside sequence items the path of sequence tags, item
+   * indexes (0-based) and the tag, e.g. "54000100/0/54001010" (waveform data)
+   */
   tag: string;
   vr: string;
   /** as PixelDataLocation.inflatedFrom: the offset is a position in the inflated data set */

@@ -198,10 +198,14 @@ export function wadoRoutes(svc: DicomwebServices): Router {
   });
 
   // ---- bulk data ----
-  r.get("/studies/:study/series/:series/instances/:instance/bulkdata/:tag", async (req, res) => {
+  // a top-level tag (.../bulkdata/7FE00010) or a path into sequence items (.../bulkdata/54000100/0/54001010)
+  r.get("/studies/:study/series/:series/instances/:instance/bulkdata/*path", async (req, res) => {
     const scope = scopeOf(req, res);
-    const tag = String(req.params.tag).toUpperCase();
-    if (!/^[0-9A-F]{8}$/.test(tag)) throw new HttpError(400, `bulk data tag "${tag}" must be 8 hexadecimal digits`);
+    const raw = (req.params as unknown as { path: string[] }).path;
+    const tag = (Array.isArray(raw) ? raw.join("/") : String(raw)).toUpperCase();
+    if (!/^[0-9A-F]{8}(\/[0-9]{1,9}\/[0-9A-F]{8}){0,64}$/.test(tag)) {
+      throw new HttpError(400, `bulk data "${tag.slice(0, 80)}" must be a tag of 8 hexadecimal digits, or a path of sequence tag / item index / tag (e.g. 54000100/0/54001010)`);
+    }
     const [inst] = await instancesOrNotFound(svc, scope);
     const store = svc.store;
     const accept = parseAccept(req.get("accept"));

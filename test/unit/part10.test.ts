@@ -91,6 +91,28 @@ describe("readPart10: encodings", () => {
     expect(p.pixelData!.frames).toHaveLength(2);
   });
 
+  it("locates binary values inside sequence items (waveform data) as bulk data with a path; small ones stay inline", async () => {
+    const wave = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * seed) & 0xff));
+    for (const [explicitVR, undefinedLength] of [[true, false], [true, true], [false, true]] as const) {
+      const big0 = wave(3000, 7), big1 = wave(2048, 13), small = wave(16, 3);
+      const item = (data: Buffer) => [{ tag: tagOf(0x003a, 0x0005), vr: "US", value: 1 }, { tag: tagOf(0x5400, 0x1010), vr: "OW", value: data }];
+      const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x5400, 0x0100), vr: "SQ", value: [item(big0), item(small), item(big1)], undefinedLength }];
+      const file = handMade(els, explicitVR ? {} : { transferSyntaxUID: TS.implicitLE, explicitVR: false });
+      const p = await parse(file);
+      const what = `explicit ${explicitVR}, undefined length ${undefinedLength}`;
+      const items = p.dataset["54000100"]!.Value as DicomJsonDataset[];
+      expect(items, what).toHaveLength(3);
+      expect(items[0]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/0\/54001010$/);
+      expect(items[2]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/2\/54001010$/);
+      expect(items[1]!["54001010"]!.InlineBinary, what).toBe(small.toString("base64"));
+      expect(items[0]!["003A0005"]!.Value, what).toEqual([1]);
+      const located = Object.fromEntries(p.bulkData.map((b) => [b.tag, file.subarray(b.offset, b.offset + b.length)]));
+      expect(located["54000100/0/54001010"], what).toEqual(big0);
+      expect(located["54000100/2/54001010"], what).toEqual(big1);
+      expect(Object.keys(located), what).not.toContain("54000100/1/54001010");
+    }
+  });
+
   it("reads a sequence written as UN with a defined length (implicit VR items; gdcmconv output, issue 16)", async () => {
     const inner = encodeDataset([{ tag: tagOf(0x0008, 0x1150), vr: "UI", value: "1.2.840.10008.5.1.4.1.1.481.5" }, { tag: tagOf(0x0008, 0x1155), vr: "UI", value: "1.2.3.4" }], { explicitVR: false, littleEndian: true });
     const item = Buffer.alloc(8);
