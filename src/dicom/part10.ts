@@ -7,13 +7,16 @@
  *    syntax's encoding. Pixel data and binary elements at least `bulkDataThreshold` long are only
  *    located (offset, length; encapsulated pixel data fragment by fragment), never read.
  * 3. Re-encode the remaining elements (the "header") as explicit VR little endian, with every sequence
- *    and item of undefined length, and let dcmjs decode the values and character sets.
+ *    and item of undefined length, and let dcmjs decode the values and character sets. Binary values
+ *    inside sequence items at least `bulkDataThreshold` long (waveform data) are located here, from the
+ *    kept sequence's position, and handed to dcmjs empty.
  * 4. Convert to DICOM JSON, add BulkDataURIs, check the UIDs.
  *
  * Choices: a file without the 128-byte preamble and "DICM" is refused, even when it is a bare data set
  * that would parse, because WADO-RS serves stored bytes as application/dicom, which must be Part 10.
- * A deflated data set is inflated as a stream while it is walked (src/dicom/deflate.ts); its pixel data is located
- * in the inflated data set (inflatedFrom), so frames are served by inflating, the stored bytes stay as received.
+ * A deflated data set is inflated as a stream while it is walked (src/dicom/deflate.ts); its pixel data and bulk
+ * data are located in the inflated data set (inflatedFrom), so they are served by inflating, the stored bytes stay
+ * as received.
  */
 import type { FileHandle } from "node:fs/promises";
 import { inflate, InflatedSource, sourceStream } from "./deflate.ts";
@@ -889,8 +892,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
-  // nested bulk data of a deflated data set stays inline, as its top-level binary values do
-  const { dataset, parsedMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, ts.deflated ? Infinity : opts.bulkDataThreshold);
+  const { dataset, parsedMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, opts.bulkDataThreshold);
   const fileMeta = toDicomJson(parsedMeta);
   fileMeta["00020010"] = { vr: "UI", Value: [tsUid] };
 
@@ -1025,8 +1027,8 @@ function foreignToJson(vr: string, le: Buffer): DicomJsonDataset[string] {
 /**
  * Deflated data set: inflated as a stream, twice. The first pass only counts the inflated bytes (bounded by
  * maxInflatedBytes, so a deflate bomb costs CPU, never memory), because the walker needs the data set's end; the
- * second walks it forward like a stored one, the header bounded by maxHeaderBytes as ever. Values other than pixel
- * data stay inline (they are not byte ranges of the stored file); pixel data is located in the inflated data set.
+ * second walks it forward like a stored one, the header bounded by maxHeaderBytes as ever. Pixel data and bulk
+ * data are located in the inflated data set (positions there, not in the stored file: inflatedFrom says so).
  */
 async function walkDeflated(src: RandomAccessSource, start: number, opts: ReadPart10Options): Promise<Walk & { inflatedSize: number }> {
   const limit = opts.maxInflatedBytes ?? DEFAULT_MAX_INFLATED;
@@ -1047,7 +1049,7 @@ async function walkDeflated(src: RandomAccessSource, start: number, opts: ReadPa
   }
   const inflated = new InflatedSource(inflate(compressed()), size);
   try {
-    const walk = await walkDataset(new Window(inflated, size), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: Infinity });
+    const walk = await walkDataset(new Window(inflated, size), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: opts.bulkDataThreshold });
     return { ...walk, inflatedSize: size };
   } catch (err) {
     if (err instanceof InstanceRejectedError) throw err;

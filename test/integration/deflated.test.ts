@@ -9,8 +9,9 @@ import fs from "node:fs";
 import { promisify } from "node:util";
 import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
-import { makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
-import { parse } from "../support/fixtures.ts";
+import zlib from "node:zlib";
+import { makeInstance, newUid, tagOf } from "../../scripts/lib/synthetic.ts";
+import { handMade, minimalElements, parse } from "../support/fixtures.ts";
 
 const FILE = "/usr/lib/python3/dist-packages/pydicom/data/test_files/image_dfl.dcm";
 const DEFLATED = "1.2.840.10008.1.2.1.99";
@@ -97,5 +98,22 @@ describe("Deflated Explicit VR Little Endian with pixel data", () => {
     await client.storeInstances({ datasets: [toArrayBuffer(file)] });
     const frames = await client.retrieveInstanceFrames({ studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop, frameNumbers: [3, 1] });
     expect(frames.map((f) => Buffer.from(f))).toEqual([frameOf(3), frameOf(1)]);
+  }, 60_000);
+
+  it("a deflated instance's bulk data (waveform data in a sequence) is served by inflating", async () => {
+    const study = newUid(), series = newUid(), sop = newUid();
+    const wave = Buffer.from(Array.from({ length: 5000 }, (_, i) => (i * 31) & 0xff));
+    const plain = handMade([...minimalElements({ study, series, sop }),
+      { tag: tagOf(0x5400, 0x0100), vr: "SQ", value: [[{ tag: tagOf(0x5400, 0x1010), vr: "OW", value: wave }]], undefinedLength: true }], { transferSyntaxUID: DEFLATED });
+    const metaEnd = 144 + plain.readUInt32LE(140);
+    const file = Buffer.concat([plain.subarray(0, metaEnd), zlib.deflateRawSync(plain.subarray(metaEnd))]);
+    await client.storeInstances({ datasets: [toArrayBuffer(file)] });
+    const ids = { studyInstanceUID: study, seriesInstanceUID: series, sopInstanceUID: sop };
+    const [meta] = (await client.retrieveInstanceMetadata(ids)) as Array<Record<string, { Value?: Array<Record<string, { BulkDataURI?: string }>> }>>;
+    const uri = meta!["54000100"]!.Value![0]!["54001010"]!.BulkDataURI!;
+    expect(uri).toMatch(/\/bulkdata\/54000100\/0\/54001010$/);
+    const [bulk] = await client.retrieveBulkData({ BulkDataURI: uri });
+    expect(Buffer.from(bulk!).equals(wave)).toBe(true);
+    expect(Buffer.from(await client.retrieveInstance(ids)).equals(file)).toBe(true);
   }, 60_000);
 });

@@ -23,6 +23,13 @@ const TS = {
 
 const value = (ds: DicomJsonDataset, tag: string) => ds[tag]?.Value;
 
+/** A Deflated Explicit VR Little Endian file of these elements (raw deflate after the file meta, PS3.5 A.5). */
+function deflatedFile(elements: WriterElement[]): Buffer {
+  const f = handMade(elements, { transferSyntaxUID: TS.deflated });
+  const metaEnd = 144 + f.readUInt32LE(140); // after (0002,0000) UL and the group it counts
+  return Buffer.concat([f.subarray(0, metaEnd), zlib.deflateRawSync(f.subarray(metaEnd))]);
+}
+
 /** The bytes of every frame, read back through the locations the reader reported. */
 function frameBytes(file: Buffer, frames: Array<Array<{ offset: number; length: number }>>): Buffer[] {
   return frames.map((runs) => Buffer.concat(runs.map((r) => file.subarray(r.offset, r.offset + r.length))));
@@ -93,20 +100,23 @@ describe("readPart10: encodings", () => {
 
   it("locates binary values inside sequence items (waveform data) as bulk data with a path; small ones stay inline", async () => {
     const wave = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * seed) & 0xff));
-    for (const [explicitVR, undefinedLength] of [[true, false], [true, true], [false, true]] as const) {
+    for (const [explicitVR, undefinedLength, deflated] of [[true, false, false], [true, true, false], [false, true, false], [true, true, true]] as const) {
       const big0 = wave(3000, 7), big1 = wave(2048, 13), small = wave(16, 3);
       const item = (data: Buffer) => [{ tag: tagOf(0x003a, 0x0005), vr: "US", value: 1 }, { tag: tagOf(0x5400, 0x1010), vr: "OW", value: data }];
       const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x5400, 0x0100), vr: "SQ", value: [item(big0), item(small), item(big1)], undefinedLength }];
-      const file = handMade(els, explicitVR ? {} : { transferSyntaxUID: TS.implicitLE, explicitVR: false });
+      const file = deflated ? deflatedFile(els) : handMade(els, explicitVR ? {} : { transferSyntaxUID: TS.implicitLE, explicitVR: false });
       const p = await parse(file);
-      const what = `explicit ${explicitVR}, undefined length ${undefinedLength}`;
+      const what = `explicit ${explicitVR}, undefined length ${undefinedLength}, deflated ${deflated}`;
+      // positions of a deflated data set are in the inflated data set
+      const data = deflated ? Buffer.concat([file.subarray(0, p.bulkData[0]!.inflatedFrom!), zlib.inflateRawSync(file.subarray(p.bulkData[0]!.inflatedFrom!))]) : file;
+      if (deflated) expect(p.bulkData.every((b) => b.inflatedFrom !== undefined), what).toBe(true);
       const items = p.dataset["54000100"]!.Value as DicomJsonDataset[];
       expect(items, what).toHaveLength(3);
       expect(items[0]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/0\/54001010$/);
       expect(items[2]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/2\/54001010$/);
       expect(items[1]!["54001010"]!.InlineBinary, what).toBe(small.toString("base64"));
       expect(items[0]!["003A0005"]!.Value, what).toEqual([1]);
-      const located = Object.fromEntries(p.bulkData.map((b) => [b.tag, file.subarray(b.offset, b.offset + b.length)]));
+      const located = Object.fromEntries(p.bulkData.map((b) => [b.tag, deflated ? data.subarray(b.inflatedFrom! + b.offset, b.inflatedFrom! + b.offset + b.length) : data.subarray(b.offset, b.offset + b.length)]));
       expect(located["54000100/0/54001010"], what).toEqual(big0);
       expect(located["54000100/2/54001010"], what).toEqual(big1);
       expect(Object.keys(located), what).not.toContain("54000100/1/54001010");
