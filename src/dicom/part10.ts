@@ -7,16 +7,19 @@
  *    syntax's encoding. Pixel data and binary elements at least `bulkDataThreshold` long are only
  *    located (offset, length; encapsulated pixel data fragment by fragment), never read.
  * 3. Re-encode the remaining elements (the "header") as explicit VR little endian, with every sequence
- *    and item of undefined length, and let dcmjs decode the values and character sets.
+ *    and item of undefined length, and let dcmjs decode the values and character sets. Binary values
+ *    inside sequence items at least `bulkDataThreshold` long (waveform data) are located here, from the
+ *    kept sequence's position, and handed to dcmjs empty.
  * 4. Convert to DICOM JSON, add BulkDataURIs, check the UIDs.
  *
  * Choices: a file without the 128-byte preamble and "DICM" is refused, even when it is a bare data set
  * that would parse, because WADO-RS serves stored bytes as application/dicom, which must be Part 10.
- * A deflated data set is inflated in memory (at most maxHeaderBytes) and refused if it holds pixel
- * data, because its frames are not byte ranges of the stored file.
+ * A deflated data set is inflated as a stream while it is walked (src/dicom/deflate.ts); its pixel data and bulk
+ * data are located in the inflated data set (inflatedFrom), so they are served by inflating, the stored bytes stay
+ * as received.
  */
 import type { FileHandle } from "node:fs/promises";
-import zlib from "node:zlib";
+import { inflate, InflatedSource, sourceStream } from "./deflate.ts";
 import { createRequire } from "node:module";
 import { FailureReason, InstanceRejectedError } from "./failureReasons.ts";
 import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type DicomJsonDataset, type ParsedInstance, type PixelDataLocation } from "./types.ts";
@@ -67,7 +70,11 @@ export interface ReadPart10Options {
   maxHeaderBytes: number;
   /** binary top-level values at least this long are bulk data */
   bulkDataThreshold: number;
+  /** largest inflated data set of a Deflated Explicit VR Little Endian file, bytes (default 4 GiB) */
+  maxInflatedBytes?: number;
 }
+
+const DEFAULT_MAX_INFLATED = 4 * 1024 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -346,6 +353,8 @@ interface KeptElement {
   undefinedLength: boolean;
   /** encoding of nested items */
   nested: Encoding;
+  /** position of the value in the (inflated) data set's file coordinates */
+  offset: number;
 }
 
 interface RawPixelData {
@@ -424,7 +433,7 @@ async function walkDataset(win: Window, start: number, enc: Encoding, opts: Read
       headerBytes += h.headerLength + end;
       if (headerBytes > opts.maxHeaderBytes) throw tooLarge();
       const value = Buffer.from(await win.bytes(valueAt, end - 8, `element ${tagName(h.tag)}`));
-      out.kept.push({ tag: h.tag, vr: "SQ", value, undefinedLength: true, nested });
+      out.kept.push({ tag: h.tag, vr: "SQ", value, undefinedLength: true, nested, offset: valueAt });
       pos = valueAt + end;
       continue;
     }
@@ -464,7 +473,7 @@ async function walkDataset(win: Window, start: number, enc: Encoding, opts: Read
       const value = Buffer.from(await win.bytes(valueAt, h.length, `element ${tagName(h.tag)}`));
       if (h.tag === PIXEL_REPRESENTATION && value.length >= 2) pixelRepresentation = enc.le ? value.readUInt16LE(0) : value.readUInt16BE(0);
       if (h.tag === SPECIFIC_CHARACTER_SET) out.specificCharacterSet = value;
-      out.kept.push({ tag: h.tag, vr, value, undefinedLength: false, nested: enc });
+      out.kept.push({ tag: h.tag, vr, value, undefinedLength: false, nested: enc, offset: valueAt });
     }
     pos = valueEnd;
   }
@@ -546,7 +555,30 @@ class Sink {
 const ITEM_LE = 0xe000fffe;
 const EMPTY_ITEM_MARKER = Buffer.from([0, 0, 0, 0, 0x55, 0x4c, 4, 0, 0, 0, 0, 0]); // (0000,0000) UL 0
 
-interface TranscodeContext { pixelRepresentation: number }
+/** A binary value inside a sequence item, left out of the metadata and served by its BulkDataURI. */
+interface NestedBulk {
+  /** sequence tag, item index (0-based), ..., element tag: e.g. ["54000100", 0, "54001010"] */
+  path: Array<string | number>;
+  vr: string;
+  offset: number;
+  length: number;
+}
+
+interface TranscodeContext {
+  pixelRepresentation: number;
+  /** nested binary values at least `threshold` long are recorded here instead of being decoded */
+  nestedBulk?: {
+    threshold: number;
+    /** the top-level value being transcoded and its position in the file: offsets of values inside it */
+    root: Buffer;
+    rootOffset: number;
+    path: Array<string | number>;
+    found: NestedBulk[];
+  };
+}
+
+/** Binary VRs whose nested values may be bulk data (UN is left out: a defined-length UN may be a sequence). */
+const NESTED_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW"]);
 
 function swapped(value: Buffer, vr: string): Buffer {
   const unit = SWAP_UNIT[vr];
@@ -569,12 +601,16 @@ function transcodeElement(out: Sink, tag: number, vr: string, value: Buffer, und
   }
   if (vr === "SQ" || (undefinedLength && vr !== "OB")) {
     out.header(tag, "SQ", UNDEFINED);
-    for (const item of itemsOf(value, nested, undefinedLength, depth)) {
+    const items = itemsOf(value, nested, undefinedLength, depth);
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!;
       out.delimiter(ITEM, UNDEFINED);
       // dcmjs drops empty items, which would renumber the rest: a command-group element keeps the place
       // (group 0000 never belongs in a data set, and toDicomJson leaves it out)
       if (item.length === 0) out.push(EMPTY_ITEM_MARKER);
+      ctx.nestedBulk?.path.push(hex8(tag), i);
       transcodeItem(out, item, nested, ctx, depth + 1);
+      ctx.nestedBulk?.path.splice(-2);
       out.delimiter(ITEM_END);
     }
     out.delimiter(SEQ_END);
@@ -634,6 +670,15 @@ function transcodeItem(out: Sink, item: Buffer, enc: Encoding, ctx: TranscodeCon
       p = end;
     } else {
       if (valueAt + h.length > item.length) throw cannotUnderstand(`element ${tagName(h.tag)} runs past the end of its sequence item; the data set is damaged`);
+      const nb = ctx.nestedBulk;
+      if (nb && NESTED_BULK_VRS.has(vr) && h.length > 0 && h.length >= nb.threshold) {
+        // waveform data and the like: located (the item is a view of the kept value), handed to dcmjs empty
+        const at = nb.rootOffset + (item.byteOffset - nb.root.byteOffset) + valueAt;
+        nb.found.push({ path: [...nb.path, hex8(h.tag)], vr, offset: at, length: h.length });
+        out.header(h.tag, vr, 0);
+        p = valueAt + h.length;
+        continue;
+      }
       transcodeElement(out, h.tag, vr, item.subarray(valueAt, valueAt + h.length), false, enc, enc, ctx, depth);
       p = valueAt + h.length;
     }
@@ -814,8 +859,10 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
 
   let enc: Encoding = { explicit: ts.explicitVR, le: ts.littleEndian };
   let walk: Walk;
+  let inflatedFrom: number | undefined;
   if (ts.deflated) {
-    walk = await walkDeflated(win, meta.end, opts);
+    walk = await walkDeflated(src, meta.end, opts);
+    inflatedFrom = meta.end;
   } else {
     // some writers label implicit VR data sets as explicit: trust the bytes when they say so
     if (enc.explicit && enc.le && meta.end + 8 <= src.size) {
@@ -845,13 +892,23 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
-  const { dataset, parsedMeta } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements);
+  const { dataset, parsedMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, opts.bulkDataThreshold);
   const fileMeta = toDicomJson(parsedMeta);
   fileMeta["00020010"] = { vr: "UI", Value: [tsUid] };
 
   // bulk data: placeholders in the metadata, locations for WADO
   const base = `${BULK_ROOT_PLACEHOLDER}/studies/${studyInstanceUID}/series/${seriesInstanceUID}/instances/${sopInstanceUID}/bulkdata`;
   for (const b of walk.bulk) dataset[b.tag] = { vr: b.vr, BulkDataURI: `${base}/${b.tag}` };
+  const inflated = inflatedFrom === undefined ? {} : { inflatedFrom };
+  // bulk data inside sequence items (waveform data): the URI names the path, e.g. .../bulkdata/54000100/0/54001010
+  const nestedLocations: BulkDataLocation[] = [];
+  for (const b of nestedBulk) {
+    const at = attributeAt(dataset, b.path);
+    if (!at) continue;
+    const path = b.path.join("/");
+    at.parent[at.key] = { vr: b.vr, BulkDataURI: `${base}/${path}` };
+    nestedLocations.push({ tag: path, vr: b.vr, offset: b.offset, length: b.length, ...inflated });
+  }
 
   let pixelData: PixelDataLocation | null = null;
   if (walk.pixel && walk.pixel.length > 0) {
@@ -861,6 +918,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
       length: px.length,
       encapsulated: px.encapsulated,
       frames: px.encapsulated ? encapsulatedFrames(px, dataset, walk.eot, ts) : nativeFrames(px, dataset),
+      ...inflated,
     };
   }
 
@@ -873,13 +931,13 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     dataset: sortDicomJson(dataset),
     fileMeta: sortDicomJson(fileMeta),
     pixelData,
-    bulkData: walk.bulk,
+    bulkData: [...walk.bulk.map((b) => ({ ...b, ...inflated })), ...nestedLocations],
     warnings,
   };
 }
 
 /** Decode the kept (non-bulk) elements of a walk: character set, then dcmjs, then DICOM JSON. */
-function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"]): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict } {
+function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"], nestedBulkThreshold = Infinity): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict; nestedBulk: NestedBulk[] } {
   // character set: one decoder dcmjs knows, the original values restored afterwards
   let charset: CharsetChoice | undefined;
   if (walk.specificCharacterSet) {
@@ -889,6 +947,7 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
 
   const sink = new Sink();
   const ctx: TranscodeContext = { pixelRepresentation: 0 };
+  const nestedBulk: NestedBulk[] = [];
   const direct: DicomJsonDataset = {};
   for (const k of walk.kept) {
     if (k.tag === PIXEL_REPRESENTATION && k.value.length >= 2) ctx.pixelRepresentation = sourceEnc.le ? k.value.readUInt16LE(0) : k.value.readUInt16BE(0);
@@ -905,7 +964,9 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
       sink.header(k.tag, k.vr, k.value.length);
       sink.push(k.value);
     } else {
+      ctx.nestedBulk = Number.isFinite(nestedBulkThreshold) ? { threshold: nestedBulkThreshold, root: k.value, rootOffset: k.offset, path: [], found: nestedBulk } : undefined;
       transcodeElement(sink, k.tag, k.vr, k.value, k.undefinedLength, sourceEnc, k.nested, ctx, 0);
+      ctx.nestedBulk = undefined;
     }
   }
   const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
@@ -924,7 +985,19 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
   }
-  return { dataset, parsedMeta: parsed.meta };
+  return { dataset, parsedMeta: parsed.meta, nestedBulk };
+}
+
+/** The attribute at `path` (sequence tag, item index, ..., tag) of a DICOM JSON data set, if it is there. */
+function attributeAt(ds: DicomJsonDataset, path: Array<string | number>): { parent: DicomJsonDataset; key: string } | null {
+  let cur: DicomJsonDataset = ds;
+  for (let i = 0; i + 1 < path.length; i += 2) {
+    const item = cur[path[i] as string]?.Value?.[path[i + 1] as number];
+    if (!item || typeof item !== "object") return null;
+    cur = item as DicomJsonDataset;
+  }
+  const key = path[path.length - 1] as string;
+  return key in cur ? { parent: cur, key } : null;
 }
 
 /**
@@ -951,24 +1024,37 @@ function foreignToJson(vr: string, le: Buffer): DicomJsonDataset[string] {
   return values.length ? { vr, Value: values } : { vr };
 }
 
-/** Deflated data set: inflated in memory (bounded), every value inline, no pixel data accepted. */
-async function walkDeflated(win: Window, start: number, opts: ReadPart10Options): Promise<Walk> {
-  const compressedLength = win.end - start;
-  const tooLarge = () => new InstanceRejectedError(FailureReason.OutOfResources,
-    `the deflated data set is larger than the relay inflates in memory (${opts.maxHeaderBytes} bytes)`);
-  if (compressedLength > opts.maxHeaderBytes) throw tooLarge();
-  const compressed = await win.bytes(start, compressedLength, "the deflated data set");
-  let inflated: Buffer;
+/**
+ * Deflated data set: inflated as a stream, twice. The first pass only counts the inflated bytes (bounded by
+ * maxInflatedBytes, so a deflate bomb costs CPU, never memory), because the walker needs the data set's end; the
+ * second walks it forward like a stored one, the header bounded by maxHeaderBytes as ever. Pixel data and bulk
+ * data are located in the inflated data set (positions there, not in the stored file: inflatedFrom says so).
+ */
+async function walkDeflated(src: RandomAccessSource, start: number, opts: ReadPart10Options): Promise<Walk & { inflatedSize: number }> {
+  const limit = opts.maxInflatedBytes ?? DEFAULT_MAX_INFLATED;
+  const damaged = (err: unknown) => cannotUnderstand(`the deflated data set could not be inflated (${(err as Error).message}); the file is damaged or truncated`);
+  const compressed = () => sourceStream((p, n) => src.read(p, n), start, src.size);
+  let size = 0;
   try {
-    inflated = zlib.inflateRawSync(compressed, { maxOutputLength: opts.maxHeaderBytes });
+    for await (const c of inflate(compressed())) {
+      size += c.length;
+      if (size > limit) {
+        throw new InstanceRejectedError(FailureReason.OutOfResources,
+          `the deflated data set inflates to more than the relay accepts (${limit} bytes)`);
+      }
+    }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ERR_BUFFER_TOO_LARGE" || err instanceof RangeError) throw tooLarge();
-    throw cannotUnderstand(`the deflated data set could not be inflated (${(err as Error).message}); the file is damaged or truncated`);
+    if (err instanceof InstanceRejectedError) throw err;
+    throw damaged(err);
   }
-  const walk = await walkDataset(new Window(bufferSource(inflated), inflated.length), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: Infinity });
-  if (walk.pixel) {
-    throw new InstanceRejectedError(FailureReason.TransferSyntaxNotSupported,
-      "pixel data in a Deflated Explicit VR Little Endian data set is not supported (its frames cannot be served by byte range); export it in Explicit VR Little Endian (1.2.840.10008.1.2.1)");
+  const inflated = new InflatedSource(inflate(compressed()), size);
+  try {
+    const walk = await walkDataset(new Window(inflated, size), 0, EXPLICIT_LE, { maxHeaderBytes: opts.maxHeaderBytes, bulkDataThreshold: opts.bulkDataThreshold });
+    return { ...walk, inflatedSize: size };
+  } catch (err) {
+    if (err instanceof InstanceRejectedError) throw err;
+    throw damaged(err);
+  } finally {
+    await inflated.close();
   }
-  return { ...walk, bulk: [] };
 }

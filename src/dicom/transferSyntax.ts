@@ -111,8 +111,8 @@ export const LEGACY_FRAME_MEDIA_TYPES: Readonly<Record<string, string>> = {
 /**
  * Can the ingest pipeline store an instance in this transfer syntax? The one answer DIMSE association negotiation
  * derives its accepted storage contexts from, so a context is never accepted whose every C-STORE would fail.
- * Deflated data sets are left out while the Part-10 reader refuses pixel data in them (a deflated image would be
- * accepted, then refused instance by instance); when it reads them, this is where that becomes true.
+ * Deflated data sets are left out: the Part-10 reader reads them (STOW, tus), but storing a C-STORE data set
+ * received in a Deflate context has no test with a real peer yet; when it has, this is where that becomes true.
  */
 export function ingestAccepts(uid: string): boolean {
   const t = BY_UID.get(uid);

@@ -23,13 +23,23 @@ export interface PixelDataLocation {
   encapsulated: boolean;
   /** per frame (1-based frame n is frames[n-1]), the byte runs that make it up, in order */
   frames: ByteRange[][];
+  /**
+   * Deflated Explicit VR Little Endian: the stored byte at which the deflated data set starts. Then every offset
+   * here is a position in the inflated data set, and the bytes are read by inflating from this byte on.
+   */
+  inflatedFrom?: number;
 }
 
-/** A top-level bulk data element left out of the metadata and served by its BulkDataURI. */
+/** A bulk data element left out of the metadata and served by its BulkDataURI. */
 export interface BulkDataLocation extends ByteRange {
-  /** tag as 8 hex digits, e.g. "7FE00010", "00420011" */
+  /**
+   * tag as 8 hex digits, e.g. "7FE00010", "00420011"; inside sequence items the path of sequence tags, item
+   * indexes (0-based) and the tag, e.g. "54000100/0/54001010" (waveform data)
+   */
   tag: string;
   vr: string;
+  /** as PixelDataLocation.inflatedFrom: the offset is a position in the inflated data set */
+  inflatedFrom?: number;
 }
 
 /** What the Part-10 reader learns from one file without holding its bulk data in memory. */

@@ -1,6 +1,7 @@
 /**
  * WADO-RS (PS3.18 10.4): instances streamed from storage as multipart/related, metadata from the
- * index alone, frames and bulk data by ranged reads of the stored file. A transfer syntax other than the
+ * index alone, frames and bulk data by ranged reads of the stored file (of a deflated data set: by inflating it
+ * up to them, the stored file staying as received). A transfer syntax other than the
  * stored one is made a frame at a time (src/imaging/transcode.ts); one the relay cannot make is 406 with a
  * sentence naming what it can, never wrong bytes.
  */
@@ -15,7 +16,7 @@ import { HttpError } from "../http/errors.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
-import { frameIn, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
+import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
 import { CodecError, canDecode, canEncode, UNCOMPRESSED } from "../imaging/codecs.ts";
 import { accessOf, assertStudyVisible, dicomwebRoot, recipientOf, uidParam, withRoot, type DicomwebServices } from "./context.ts";
 
@@ -46,19 +47,6 @@ async function instancesOrNotFound(svc: DicomwebServices, scope: InstanceScope):
   const list = await svc.index.listInstances(scope);
   if (!list.length) throw new HttpError(404, `no ${describe(scope)} on this relay`);
   return list;
-}
-
-/** Bytes of several ranges of one blob, read one after the other (a frame split over fragments). */
-function rangesStream(store: BlobStore, key: string, ranges: ByteRange[]): Readable {
-  return Readable.from(
-    (async function* () {
-      for (const r of ranges) {
-        if (r.length === 0) continue;
-        const s = await store.get(key, { start: r.offset, end: r.offset + r.length - 1 });
-        for await (const chunk of s) yield chunk as Buffer;
-      }
-    })(),
-  );
 }
 
 async function sendMultipart(
@@ -178,10 +166,12 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       if (n > px.frames.length) throw new HttpError(404, `frame ${n} does not exist: instance ${scope.sopInstanceUID} has ${px.frames.length} frame(s)`);
     }
     const pm = await pixelModuleFor(svc, inst!);
-    const { partType, transferSyntax } = negotiateFrames(req, inst!.transferSyntaxUID, px.encapsulated, typeof pm === "object" ? pm : null);
+    // an inflated frame of a deflated data set is native pixels: Explicit VR Little Endian (PS3.18 8.7.3.5.2)
+    const frameSyntax = px.inflatedFrom !== undefined ? TS_ELE : inst!.transferSyntaxUID;
+    const { partType, transferSyntax } = negotiateFrames(req, frameSyntax, px.encapsulated, typeof pm === "object" ? pm : null);
     const store = svc.store;
     const tsParam = `; transfer-syntax=${transferSyntax}`;
-    if (transferSyntax !== inst!.transferSyntaxUID) {
+    if (transferSyntax !== frameSyntax) {
       const why = whyNotTranscodable(inst!, pm, transferSyntax);
       if (why) throw new HttpError(406, `frames of instance ${scope.sopInstanceUID} cannot be sent in ${transferSyntax}: ${why}`);
       // the first frame is made before the status line, so a frame that cannot be decoded is an error, not a cut response
@@ -201,17 +191,21 @@ export function wadoRoutes(svc: DicomwebServices): Router {
         yield {
           contentType: partType + tsParam,
           headers: { "Content-Length": String(ranges.reduce((a, b) => a + b.length, 0)) },
-          body: rangesStream(store, inst!.blobKey, ranges),
+          body: storedRanges(store, inst!.blobKey, ranges, { inflatedFrom: px.inflatedFrom, size: inst!.size }),
         };
       }
     })());
   });
 
   // ---- bulk data ----
-  r.get("/studies/:study/series/:series/instances/:instance/bulkdata/:tag", async (req, res) => {
+  // a top-level tag (.../bulkdata/7FE00010) or a path into sequence items (.../bulkdata/54000100/0/54001010)
+  r.get("/studies/:study/series/:series/instances/:instance/bulkdata/*path", async (req, res) => {
     const scope = scopeOf(req, res);
-    const tag = String(req.params.tag).toUpperCase();
-    if (!/^[0-9A-F]{8}$/.test(tag)) throw new HttpError(400, `bulk data tag "${tag}" must be 8 hexadecimal digits`);
+    const raw = (req.params as unknown as { path: string[] }).path;
+    const tag = (Array.isArray(raw) ? raw.join("/") : String(raw)).toUpperCase();
+    if (!/^[0-9A-F]{8}(\/[0-9]{1,9}\/[0-9A-F]{8}){0,64}$/.test(tag)) {
+      throw new HttpError(400, `bulk data "${tag.slice(0, 80)}" must be a tag of 8 hexadecimal digits, or a path of sequence tag / item index / tag (e.g. 54000100/0/54001010)`);
+    }
     const [inst] = await instancesOrNotFound(svc, scope);
     const store = svc.store;
     const accept = parseAccept(req.get("accept"));
@@ -223,21 +217,21 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       }
       await sendMultipart(res, partType, (async function* () {
         for (const ranges of px.frames) {
-          yield { contentType: `${partType}; transfer-syntax=${inst!.transferSyntaxUID}`, body: rangesStream(store, inst!.blobKey, ranges) };
+          yield { contentType: `${partType}; transfer-syntax=${inst!.transferSyntaxUID}`, body: storedRanges(store, inst!.blobKey, ranges, { inflatedFrom: px.inflatedFrom, size: inst!.size }) };
         }
       })());
       return;
     }
-    let range: ByteRange | undefined =
-      tag === "7FE00010" && inst!.pixelData ? { offset: inst!.pixelData.offset, length: inst!.pixelData.length } : inst!.bulkData.find((b) => b.tag === tag);
+    let range: (ByteRange & { inflatedFrom?: number }) | undefined =
+      tag === "7FE00010" && inst!.pixelData ? { offset: inst!.pixelData.offset, length: inst!.pixelData.length, inflatedFrom: inst!.pixelData.inflatedFrom } : inst!.bulkData.find((b) => b.tag === tag);
     if (!range) throw new HttpError(404, `instance ${scope.sopInstanceUID} has no bulk data element ${tag}`);
     if (tag === "00420011") range = await trimToDocumentLength(svc, scope, range);
     const mediaType = bulkMediaType(inst!, tag);
     const single = accept.find((a) => a.mediaType === mediaType || (a.mediaType === "application/octet-stream"));
     if (single && accept[0] === single) {
       res.status(200).type(single.mediaType).setHeader("Content-Length", String(range.length));
-      const body = await store.get(inst!.blobKey, range.length ? { start: range.offset, end: range.offset + range.length - 1 } : undefined);
       if (!range.length) return void res.end();
+      const body = storedRanges(store, inst!.blobKey, [range], { inflatedFrom: range.inflatedFrom, size: inst!.size });
       body.pipe(res);
       await new Promise<void>((resolve, reject) => { body.on("end", resolve); body.on("error", reject); });
       return;
@@ -247,7 +241,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
       throw new HttpError(406, `bulk data ${tag} is available as ${mediaType}`);
     }
     await sendMultipart(res, mediaType, (async function* () {
-      yield { contentType: mediaType, headers: { "Content-Length": String(range.length) }, body: rangesStream(store, inst!.blobKey, [range]) };
+      yield { contentType: mediaType, headers: { "Content-Length": String(range.length) }, body: storedRanges(store, inst!.blobKey, [range], { inflatedFrom: range.inflatedFrom, size: inst!.size }) };
     })());
   });
 
@@ -261,7 +255,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
 async function trimToDocumentLength(svc: DicomwebServices, scope: InstanceScope, range: ByteRange): Promise<ByteRange> {
   const [json] = await svc.index.listMetadata(scope);
   const declared = json ? (JSON.parse(json) as Record<string, { Value?: unknown[] }>)["00420015"]?.Value?.[0] : undefined;
-  return typeof declared === "number" && declared >= 0 && declared < range.length ? { offset: range.offset, length: declared } : range;
+  return typeof declared === "number" && declared >= 0 && declared < range.length ? { ...range, length: declared } : range;
 }
 
 /** The stored transfer syntax can satisfy this choice (no transcoding). */

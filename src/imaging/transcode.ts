@@ -4,7 +4,11 @@
  * compressed, and written before the next frame is read. Memory holds the header and one frame, whatever the size
  * of the instance.
  */
+import { Readable } from "node:stream";
 import type { BlobStore } from "../storage/blobStore.ts";
+import type { ByteRange } from "../dicom/types.ts";
+import { inflatedRanges } from "../dicom/deflate.ts";
+import { TransferSyntaxUID } from "../dicom/uids.ts";
 import type { InstanceLocation } from "../catalog/index.ts";
 import { transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { canDecode, canEncode, decodeFrame, encodeFrame, encodableSyntaxes, loadCodecs, UNCOMPRESSED, type DecodedFrame } from "./codecs.ts";
@@ -53,19 +57,40 @@ async function readAll(store: BlobStore, key: string, start: number, end: number
   return Buffer.concat(chunks);
 }
 
-/** The stored bytes of frame n (1-based), concatenated from its fragments. */
+/**
+ * The bytes of `ranges` of a stored instance, one after the other, as a stream: ranged reads of the stored file, or
+ * for a deflated data set (inflatedFrom set) inflated from its start up to the last range.
+ */
+export function storedRanges(store: BlobStore, key: string, ranges: ByteRange[], deflated?: { inflatedFrom?: number; size: number }): Readable {
+  const inflatedFrom = deflated?.inflatedFrom;
+  if (inflatedFrom !== undefined) {
+    return Readable.from((async function* () {
+      yield* inflatedRanges(await store.get(key, { start: inflatedFrom, end: deflated!.size - 1 }), ranges);
+    })(), { objectMode: false });
+  }
+  return Readable.from((async function* () {
+    for (const r of ranges) {
+      if (r.length === 0) continue;
+      for await (const chunk of await store.get(key, { start: r.offset, end: r.offset + r.length - 1 })) yield chunk as Buffer;
+    }
+  })(), { objectMode: false });
+}
+
+/** The stored bytes of frame n (1-based), concatenated from its fragments (inflated for a deflated data set). */
 export async function storedFrame(store: BlobStore, loc: Located, n: number): Promise<Buffer> {
   const ranges = loc.pixelData?.frames[n - 1];
   if (!ranges) throw new Error(`frame ${n} does not exist`);
   const parts: Buffer[] = [];
-  for (const r of ranges) parts.push(await readAll(store, loc.blobKey, r.offset, r.offset + r.length));
+  for await (const c of storedRanges(store, loc.blobKey, ranges, { inflatedFrom: loc.pixelData!.inflatedFrom, size: loc.size })) parts.push(c as Buffer);
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 }
 
 /** Frame n decoded to native pixels. */
 export async function decodedFrame(store: BlobStore, loc: Located, pm: PixelModule, n: number): Promise<DecodedFrame> {
   await loadCodecs();
-  return decodeFrame(loc.transferSyntaxUID, await storedFrame(store, loc, n), pm);
+  // an inflated frame of a deflated data set is native pixels, as in Explicit VR Little Endian
+  const ts = transferSyntaxInfo(loc.transferSyntaxUID)?.deflated ? TransferSyntaxUID.ExplicitVRLittleEndian : loc.transferSyntaxUID;
+  return decodeFrame(ts, await storedFrame(store, loc, n), pm);
 }
 
 /** Frame n in the target transfer syntax (native bytes for the uncompressed ones). */

@@ -117,6 +117,8 @@ export class IngestPipeline implements Ingestor {
       parsed = await readPart10(fileSource(handle, size), {
         maxHeaderBytes: this.deps.config.maxHeaderBytes,
         bulkDataThreshold: this.deps.config.bulkDataThreshold,
+        // a deflated data set may inflate to no more than an instance may be
+        maxInflatedBytes: this.deps.config.maxInstanceBytes,
       });
     } catch (err) {
       if (err instanceof InstanceRejectedError) return this.fail(opts, err.reason, err.message, { ...err.ids, sha256, size });

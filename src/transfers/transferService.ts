@@ -821,6 +821,7 @@ export class TransferService {
       const parsed = await readPart10(fileSource(handle, size), {
         maxHeaderBytes: this.deps.config.ingest.maxHeaderBytes,
         bulkDataThreshold: this.deps.config.ingest.bulkDataThreshold,
+        maxInflatedBytes: this.deps.config.ingest.maxInstanceBytes,
       });
       return { sopInstanceUID: parsed.sopInstanceUID };
     } catch (err) {

@@ -46,8 +46,7 @@ const EXPECTED: Record<string, Expect> = {
   "00191113.dcm": { refused: 0xa900, why: /StudyInstanceUID \(0020,000D\) '999\.999\.2\.19940822\.083000' is not a valid UID/ },
   // dcmdump fails on it too (a VR of two spaces, then a 1.3 GB element)
   "test_files/SC_rgb_jpeg.dcm": { refused: 0xc000, why: /runs past the end of its sequence item/ },
-  // not yet: pixel data in Deflated Explicit VR LE (issue 16 asks to inflate it; docs/conformance.md)
-  "test_files/image_dfl.dcm": { refused: 0xc122, why: /pixel data in a Deflated Explicit VR Little Endian data set is not supported/ },
+  // image_dfl.dcm (Deflated Explicit VR LE with pixel data) is inflated while read: stored (test/integration/deflated.test.ts)
   // the file meta names another SOP instance (RT exports): stored under the data set's UID, the sender told
   "charset_files/chrJapMulti.dcm": META_UID,
   "charset_files/chrJapMultiExplicitIR6.dcm": META_UID,

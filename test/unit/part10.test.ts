@@ -1,3 +1,4 @@
+import crypto from "node:crypto";
 import fsp from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -21,6 +22,13 @@ const TS = {
 };
 
 const value = (ds: DicomJsonDataset, tag: string) => ds[tag]?.Value;
+
+/** A Deflated Explicit VR Little Endian file of these elements (raw deflate after the file meta, PS3.5 A.5). */
+function deflatedFile(elements: WriterElement[]): Buffer {
+  const f = handMade(elements, { transferSyntaxUID: TS.deflated });
+  const metaEnd = 144 + f.readUInt32LE(140); // after (0002,0000) UL and the group it counts
+  return Buffer.concat([f.subarray(0, metaEnd), zlib.deflateRawSync(f.subarray(metaEnd))]);
+}
 
 /** The bytes of every frame, read back through the locations the reader reported. */
 function frameBytes(file: Buffer, frames: Array<Array<{ offset: number; length: number }>>): Buffer[] {
@@ -90,6 +98,31 @@ describe("readPart10: encodings", () => {
     expect(p.pixelData!.frames).toHaveLength(2);
   });
 
+  it("locates binary values inside sequence items (waveform data) as bulk data with a path; small ones stay inline", async () => {
+    const wave = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * seed) & 0xff));
+    for (const [explicitVR, undefinedLength, deflated] of [[true, false, false], [true, true, false], [false, true, false], [true, true, true]] as const) {
+      const big0 = wave(3000, 7), big1 = wave(2048, 13), small = wave(16, 3);
+      const item = (data: Buffer) => [{ tag: tagOf(0x003a, 0x0005), vr: "US", value: 1 }, { tag: tagOf(0x5400, 0x1010), vr: "OW", value: data }];
+      const els: WriterElement[] = [...minimalElements(), { tag: tagOf(0x5400, 0x0100), vr: "SQ", value: [item(big0), item(small), item(big1)], undefinedLength }];
+      const file = deflated ? deflatedFile(els) : handMade(els, explicitVR ? {} : { transferSyntaxUID: TS.implicitLE, explicitVR: false });
+      const p = await parse(file);
+      const what = `explicit ${explicitVR}, undefined length ${undefinedLength}, deflated ${deflated}`;
+      // positions of a deflated data set are in the inflated data set
+      const data = deflated ? Buffer.concat([file.subarray(0, p.bulkData[0]!.inflatedFrom!), zlib.inflateRawSync(file.subarray(p.bulkData[0]!.inflatedFrom!))]) : file;
+      if (deflated) expect(p.bulkData.every((b) => b.inflatedFrom !== undefined), what).toBe(true);
+      const items = p.dataset["54000100"]!.Value as DicomJsonDataset[];
+      expect(items, what).toHaveLength(3);
+      expect(items[0]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/0\/54001010$/);
+      expect(items[2]!["54001010"]!.BulkDataURI, what).toMatch(/\/bulkdata\/54000100\/2\/54001010$/);
+      expect(items[1]!["54001010"]!.InlineBinary, what).toBe(small.toString("base64"));
+      expect(items[0]!["003A0005"]!.Value, what).toEqual([1]);
+      const located = Object.fromEntries(p.bulkData.map((b) => [b.tag, deflated ? data.subarray(b.inflatedFrom! + b.offset, b.inflatedFrom! + b.offset + b.length) : data.subarray(b.offset, b.offset + b.length)]));
+      expect(located["54000100/0/54001010"], what).toEqual(big0);
+      expect(located["54000100/2/54001010"], what).toEqual(big1);
+      expect(Object.keys(located), what).not.toContain("54000100/1/54001010");
+    }
+  });
+
   it("reads a sequence written as UN with a defined length (implicit VR items; gdcmconv output, issue 16)", async () => {
     const inner = encodeDataset([{ tag: tagOf(0x0008, 0x1150), vr: "UI", value: "1.2.840.10008.5.1.4.1.1.481.5" }, { tag: tagOf(0x0008, 0x1155), vr: "UI", value: "1.2.3.4" }], { explicitVR: false, littleEndian: true });
     const item = Buffer.alloc(8);
@@ -113,15 +146,50 @@ describe("readPart10: encodings", () => {
     expect(p.dataset["00111001"]).toEqual({ vr: "SQ", Value: [{ "00110010": { vr: "LO", Value: ["PRIVATE"] } }] });
   });
 
-  it("accepts a deflated data set without pixel data and refuses one with pixel data (0xC122)", async () => {
+  it("accepts a deflated data set and locates its pixel data in the inflated data set", async () => {
     const ok = await parse(makeInstance({ ...common, transferSyntaxUID: TS.deflated, noPixelData: true }));
     expect(ok.transferSyntaxUID).toBe(TS.deflated);
     expect(value(ok.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
     expect(ok.pixelData).toBeNull();
     expect(ok.bulkData).toEqual([]);
-    const err = await rejection(makeInstance({ ...common, transferSyntaxUID: TS.deflated }));
-    expect(err.reason).toBe(FailureReason.TransferSyntaxNotSupported);
-    expect(err.message).toMatch(/Deflated/);
+
+    const file = makeInstance({ ...common, transferSyntaxUID: TS.deflated });
+    const plain = makeInstance({ ...common, transferSyntaxUID: TS.explicitLE });
+    const p = await parse(file);
+    const q = await parse(plain);
+    const metaEnd = file.indexOf(Buffer.from("DICOMRELAY_01")) + "DICOMRELAY_01".length + 1;
+    const inflated = zlib.inflateRawSync(file.subarray(metaEnd));
+    expect(p.pixelData!.inflatedFrom).toBe(metaEnd);
+    expect(p.pixelData!.frames).toHaveLength(2);
+    // the frames, read from the inflated data set, are those of the same instance written uncompressed
+    expect(frameBytes(inflated, p.pixelData!.frames)).toEqual(frameBytes(plain, q.pixelData!.frames));
+    expect(p.bulkData).toEqual([expect.objectContaining({ tag: "7FE00010", inflatedFrom: metaEnd })]);
+    expect(p.dataset["7FE00010"]!.BulkDataURI).toMatch(/\/bulkdata\/7FE00010$/);
+    expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Zhang^San", Ideographic: "张^三" }]);
+  });
+
+  it("bounds a deflated data set: its inflated size (0xA700) and its header (0xA700); a damaged stream is 0xC000", async () => {
+    const file = makeInstance({ ...common, rows: 64, columns: 64, transferSyntaxUID: TS.deflated });
+    const big = await rejection(file, { maxInflatedBytes: 8 * 1024 });
+    expect(big.reason).toBe(FailureReason.OutOfResources);
+    expect(big.message).toMatch(/inflates to more than the relay accepts \(8192 bytes\)/);
+    const header = await rejection(file, { maxHeaderBytes: 256 });
+    expect(header.reason).toBe(FailureReason.OutOfResources);
+    expect(header.message).toMatch(/header .* is larger than the relay parses in memory \(256 bytes\)/);
+    const cut = await rejection(file.subarray(0, file.length - 200));
+    expect(cut.reason).toBe(FailureReason.CannotUnderstand);
+    expect(cut.message).toMatch(/the deflated data set could not be inflated .*damaged or truncated/);
+  });
+
+  it("reads pydicom's image_dfl.dcm (Deflated Explicit VR LE with pixel data) as pydicom does", async () => {
+    const file = await fsp.readFile("/usr/lib/python3/dist-packages/pydicom/data/test_files/image_dfl.dcm");
+    const p = await parse(file);
+    expect(p).toMatchObject({ transferSyntaxUID: TS.deflated, sopInstanceUID: "1.3.6.1.4.1.5962.1.1.0.0.0.977067309.6001.0" });
+    expect(value(p.dataset, "00280010")).toEqual([512]);
+    const metaEnd = p.pixelData!.inflatedFrom!;
+    const pixels = frameBytes(zlib.inflateRawSync(file.subarray(metaEnd)), p.pixelData!.frames)[0]!;
+    // sha256 of pydicom's ds.PixelData (pydicom 2.3.1)
+    expect(crypto.createHash("sha256").update(pixels).digest("hex")).toBe("1f5f1b1c1a57606a55d7e4212ee2655c8205b45e264bd55057f7388c258deef8");
   });
 
   it("trusts the bytes when an implicit VR data set is labelled explicit", async () => {
