@@ -4,10 +4,10 @@
  * Part-10 reader by positional reads (bulk data is never read); the SHA-256 of each instance is streamed.
  */
 import crypto from "node:crypto";
+import { forEachBounded } from "../../bounded.ts";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
-import { pipeline } from "node:stream/promises";
 import { fileSource, readPart10 } from "../../dicom/part10.ts";
 import { InstanceRejectedError } from "../../dicom/failureReasons.ts";
 import type { DicomJsonDataset } from "../../dicom/types.ts";
@@ -174,9 +174,26 @@ const str = (ds: DicomJsonDataset, tag: string): string => {
 
 const HEADER_OPTS = { maxHeaderBytes: 64 * 1024 * 1024, bulkDataThreshold: 1024 };
 
-export async function sha256File(file: string): Promise<string> {
+/** Files examined at once: reads wait on the disk, hashing and parsing on the CPU; several overlap the two. */
+const SCAN_CONCURRENCY = 4;
+const HASH_CHUNK = 1024 * 1024;
+/** read buffers reused across files (one per file being examined): no garbage per chunk */
+const hashBuffers: Buffer[] = [];
+
+/** SHA-256 of an open file, read in place through a reused buffer. */
+async function sha256Open(fd: fsp.FileHandle, size: number): Promise<string> {
   const h = crypto.createHash("sha256");
-  await pipeline(fs.createReadStream(file, { highWaterMark: 1024 * 1024 }), h);
+  const buf = hashBuffers.pop() ?? Buffer.allocUnsafe(HASH_CHUNK);
+  try {
+    for (let pos = 0; pos < size; ) {
+      const { bytesRead } = await fd.read(buf, 0, Math.min(HASH_CHUNK, size - pos), pos);
+      if (bytesRead === 0) throw new Error("the file became shorter while it was read");
+      h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    hashBuffers.push(buf);
+  }
   return h.digest("hex");
 }
 
@@ -203,7 +220,7 @@ async function examine(file: string, st: fs.Stats, documents: boolean): Promise<
         path: file,
         size: st.size,
         mtimeMs: st.mtimeMs,
-        sha256: await sha256File(file),
+        sha256: await sha256Open(fd, st.size),
         sopInstanceUID: parsed.sopInstanceUID,
         sopClassUID: parsed.sopClassUID,
         transferSyntaxUID: parsed.transferSyntaxUID,
@@ -260,32 +277,48 @@ export interface ScanOptions {
   signal?: AbortSignal;
 }
 
+/** One file's verdict: from the cache of an earlier run when size and mtime are unchanged, else read. */
+async function examineCached(file: string, opts: ScanOptions): Promise<{ st: fs.Stats; verdict: FileVerdict } | { unreadable: string }> {
+  let st: fs.Stats;
+  try {
+    st = await fsp.stat(file);
+  } catch (err) {
+    return { unreadable: `could not be read: ${(err as Error).message}` };
+  }
+  const old = opts.cache?.[file];
+  if (old && old.size === st.size && old.mtimeMs === st.mtimeMs && (old.instance || old.other || old.broken || old.dicomdir)) {
+    return { st, verdict: old.instance ? { instance: old.instance } : old.other ? { other: { ...old.other, sentence: otherSentence(old.other.kind, opts.documents) } } : old.broken ? { broken: old.broken } : { dicomdir: true } };
+  }
+  try {
+    return { st, verdict: await examine(file, st, opts.documents) };
+  } catch (err) {
+    return { st, verdict: { broken: { path: file, size: st.size, reason: `could not be read: ${(err as Error).message}` } } };
+  }
+}
+
 /** Reads a folder (or the folder of a DICOMDIR). Never throws for a bad file: it is listed with its reason. */
 export async function scanFolder(root: string, opts: ScanOptions): Promise<{ result: ScanResult; cache: ScanCache }> {
   const { files, hidden } = await listFiles(root);
   const cache: ScanCache = {};
   const result: ScanResult = { root, instances: [], dicomdirs: [], missingFromDicomdir: [], others: [], broken: [], duplicates: [], hiddenSkipped: hidden };
   const bySop = new Map<string, FoundInstance>();
+  // examined several at a time; the verdicts are then taken in the files' order (the first of two copies wins)
+  const examined: Array<{ st: fs.Stats; verdict: FileVerdict } | { unreadable: string }> = new Array(files.length);
+  let done = 0;
+  const indexes = files.map((_, i) => i);
+  await forEachBounded(indexes, SCAN_CONCURRENCY, async (i) => {
+    const file = files[i]!;
+    examined[i] = await examineCached(file, opts);
+    opts.onFile?.(++done, files.length);
+  }, () => !!opts.signal?.aborted);
+  opts.signal?.throwIfAborted();
   for (const [i, file] of files.entries()) {
-    opts.signal?.throwIfAborted();
-    let st: fs.Stats;
-    try {
-      st = await fsp.stat(file);
-    } catch (err) {
-      result.broken.push({ path: file, size: 0, reason: `could not be read: ${(err as Error).message}` });
+    const e = examined[i]!;
+    if ("unreadable" in e) {
+      result.broken.push({ path: file, size: 0, reason: e.unreadable });
       continue;
     }
-    const old = opts.cache?.[file];
-    let verdict: FileVerdict;
-    if (old && old.size === st.size && old.mtimeMs === st.mtimeMs && (old.instance || old.other || old.broken || old.dicomdir)) {
-      verdict = old.instance ? { instance: old.instance } : old.other ? { other: { ...old.other, sentence: otherSentence(old.other.kind, opts.documents) } } : old.broken ? { broken: old.broken } : { dicomdir: true };
-    } else {
-      try {
-        verdict = await examine(file, st, opts.documents);
-      } catch (err) {
-        verdict = { broken: { path: file, size: st.size, reason: `could not be read: ${(err as Error).message}` } };
-      }
-    }
+    const { st, verdict } = e;
     cache[file] = { size: st.size, mtimeMs: st.mtimeMs, ...verdict };
     if ("dicomdir" in verdict) result.dicomdirs.push(file);
     else if ("other" in verdict) result.others.push(verdict.other);
@@ -302,7 +335,6 @@ export async function scanFolder(root: string, opts: ScanOptions): Promise<{ res
         result.broken.push({ path: file, size: st.size, reason: `has the same SOPInstanceUID as ${path.relative(root, first.path)} but different content; only the first is sent` });
       }
     }
-    opts.onFile?.(i + 1, files.length);
   }
   // the DICOMDIR is a table of contents: check it against what is on the medium
   for (const dd of result.dicomdirs) {
