@@ -4,40 +4,29 @@
  * stored file) is pydicom's PixelData. A synthetic multi-frame deflated instance checks frames asked out of order.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { execFile } from "node:child_process";
 import fs from "node:fs";
-import { promisify } from "node:util";
 import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { PYDICOM_TEST_FILES, pydicomRead, toArrayBuffer } from "../support/pydicom.ts";
 import zlib from "node:zlib";
 import { makeInstance, newUid, tagOf } from "../../scripts/lib/synthetic.ts";
 import { handMade, minimalElements, parse } from "../support/fixtures.ts";
 
-const FILE = "/usr/lib/python3/dist-packages/pydicom/data/test_files/image_dfl.dcm";
+const FILE = `${PYDICOM_TEST_FILES}/image_dfl.dcm`;
 const DEFLATED = "1.2.840.10008.1.2.1.99";
 const ELE = "1.2.840.10008.1.2.1";
-const toArrayBuffer = (b: Buffer) => b.buffer.slice(b.byteOffset, b.byteOffset + b.length) as ArrayBuffer;
 
 interface Oracle { sop: string; study: string; series: string; sopClass: string; rows: number; columns: number; bits: number; photometric: string; comments: string; pixels: string }
 
-/** What pydicom (Debian's python3-pydicom, installed by scripts/test-prereqs.sh) reads from the file. */
-async function pydicomOracle(): Promise<Oracle> {
-  const script = `
-import base64, json, sys, pydicom
-d = pydicom.dcmread(sys.argv[1])
-print(json.dumps({"sop": d.SOPInstanceUID, "study": d.StudyInstanceUID, "series": d.SeriesInstanceUID, "sopClass": d.SOPClassUID,
-  "rows": d.Rows, "columns": d.Columns, "bits": d.BitsAllocated, "photometric": d.PhotometricInterpretation,
-  "comments": d.ImageComments, "pixels": base64.b64encode(d.PixelData).decode()}))`;
-  const { stdout } = await promisify(execFile)("/usr/bin/python3", ["-c", script, FILE], { timeout: 30_000, maxBuffer: 4 << 20 });
-  return JSON.parse(stdout) as Oracle;
-}
+/** What pydicom reads from the file. */
+const pydicomOracle = () =>
+  pydicomRead<Oracle>(FILE, `{"sop": d.SOPInstanceUID, "study": d.StudyInstanceUID, "series": d.SeriesInstanceUID, "sopClass": d.SOPClassUID, "rows": d.Rows, "columns": d.Columns, "bits": d.BitsAllocated, "photometric": d.PhotometricInterpretation, "comments": d.ImageComments, "pixels": base64.b64encode(d.PixelData).decode()}`);
 
 let relay: TestRelay;
 let client: DicomwebClient;
 let oracle: Oracle;
 
 beforeAll(async () => {
-  if (!fs.existsSync(FILE)) throw new Error(`${FILE} is missing: scripts/test-prereqs.sh installs python3-pydicom`);
   oracle = await pydicomOracle();
   relay = await startTestRelay();
   client = dicomwebClient(relay.dicomwebUrl);

@@ -4,35 +4,24 @@
  * dicomweb-client retrieves each as the bytes pydicom reads. Bad and unknown paths get 400 / 404 sentences.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { execFile } from "node:child_process";
 import fs from "node:fs";
-import { promisify } from "node:util";
 import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
+import { PYDICOM_TEST_FILES, pydicomRead, toArrayBuffer } from "../support/pydicom.ts";
 
-const FILE = "/usr/lib/python3/dist-packages/pydicom/data/test_files/waveform_ecg.dcm";
-const toArrayBuffer = (b: Buffer) => b.buffer.slice(b.byteOffset, b.byteOffset + b.length) as ArrayBuffer;
+const FILE = `${PYDICOM_TEST_FILES}/waveform_ecg.dcm`;
 
 interface Oracle { sop: string; study: string; series: string; channels: number[]; waves: string[] }
 
-/** What pydicom (Debian's python3-pydicom, installed by scripts/test-prereqs.sh) reads from the file. */
-async function pydicomOracle(): Promise<Oracle> {
-  const script = `
-import base64, json, sys, pydicom
-d = pydicom.dcmread(sys.argv[1])
-print(json.dumps({"sop": d.SOPInstanceUID, "study": d.StudyInstanceUID, "series": d.SeriesInstanceUID,
-  "channels": [i.NumberOfWaveformChannels for i in d.WaveformSequence],
-  "waves": [base64.b64encode(i.WaveformData).decode() for i in d.WaveformSequence]}))`;
-  const { stdout } = await promisify(execFile)("/usr/bin/python3", ["-c", script, FILE], { timeout: 30_000, maxBuffer: 4 << 20 });
-  return JSON.parse(stdout) as Oracle;
-}
+/** What pydicom reads from the file. */
+const pydicomOracle = () =>
+  pydicomRead<Oracle>(FILE, `{"sop": d.SOPInstanceUID, "study": d.StudyInstanceUID, "series": d.SeriesInstanceUID, "channels": [i.NumberOfWaveformChannels for i in d.WaveformSequence], "waves": [base64.b64encode(i.WaveformData).decode() for i in d.WaveformSequence]}`);
 
 let relay: TestRelay;
 let client: DicomwebClient;
 let oracle: Oracle;
 
 beforeAll(async () => {
-  if (!fs.existsSync(FILE)) throw new Error(`${FILE} is missing: scripts/test-prereqs.sh installs python3-pydicom`);
   oracle = await pydicomOracle();
   relay = await startTestRelay();
   client = dicomwebClient(relay.dicomwebUrl);
