@@ -66,9 +66,15 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const maxFlows = o.maxFlows ?? 64;
   const controller = o.parallel
     ? new FixedFlows(o.parallel)
-    : new FlowController({ min: 1, max: maxFlows, initial: Math.min(8, maxFlows), windowMs: Math.max(1000, 5 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
+    : new FlowController({ min: 1, max: maxFlows, initial: Math.min(16, maxFlows), windowMs: Math.max(2000, 6 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
   let fatal: Error | null = null;
   let wire = 0;
+  /**
+   * bytes the relay has confirmed (pieces whose upload answered): what the flow controller judges by. The bytes
+   * written to sockets (wire) run ahead of the link by whatever the socket buffers hold, in bursts; judged by them,
+   * a window could read 0 or twice the link's rate and the controller chose at random
+   */
+  let confirmed = 0;
   let errors = 0;
   let firstByteAt: number | null = null;
   let flowsMax = 0;
@@ -113,7 +119,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const t = Date.now();
     wireMeter.add(t, wire);
     const before = flowsNow();
-    controller.sample({ t, bytes: wire, busy: active, errors });
+    controller.sample({ t, bytes: confirmed, busy: active, errors });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
       o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length})`);
@@ -325,6 +331,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         log: o.log,
       });
       onDisk -= length;
+      confirmed += length;
       rawSent += (b.rawBytes * length) / Math.max(1, b.size!);
       if (p) {
         p.done = true;
