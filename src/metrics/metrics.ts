@@ -50,42 +50,23 @@ export class RelayMetrics {
     this.backendErrors = new client.Counter({ name: `${PREFIX}backend_errors_total`, help: "requests that failed because the index database or the blob storage was unavailable", labelNames: ["backend"], registers });
 
     const self = this;
-    new client.Gauge({
-      name: `${PREFIX}transfers`,
-      help: "transfers by state (open, released, complete, cancelled)",
-      labelNames: ["state"],
-      registers,
-      async collect() {
-        const by = (await self.sources.transfersByState?.()) ?? null;
-        this.reset();
-        if (!by) return;
-        for (const state of ["open", "released", "complete", "cancelled"]) this.set({ state }, by[state] ?? 0);
-      },
-    });
-    new client.Gauge({
-      name: `${PREFIX}forwarding_jobs`,
-      help: "forwarding jobs (one per rule and study of a completed transfer) by state (pending, done, failed)",
-      labelNames: ["state"],
-      registers,
-      collect() {
-        const by = self.sources.forwardingByState?.() ?? null;
-        this.reset();
-        if (!by) return;
-        for (const state of ["pending", "done", "failed"]) this.set({ state }, by.jobs[state] ?? 0);
-      },
-    });
-    new client.Gauge({
-      name: `${PREFIX}forwarding_instances`,
-      help: "instances in the forwarding queue by state: pending is the queue depth, failed the instances a peer refused for good",
-      labelNames: ["state"],
-      registers,
-      collect() {
-        const by = self.sources.forwardingByState?.() ?? null;
-        this.reset();
-        if (!by) return;
-        for (const state of ["pending", "sent", "failed"]) this.set({ state }, by.items[state] ?? 0);
-      },
-    });
+    // gauges of counts by state, read from a source when scraped (no source, or nothing yet: no samples)
+    const byState = (name: string, help: string, states: readonly string[], read: () => Promise<Record<string, number> | null | undefined> | Record<string, number> | null | undefined) =>
+      new client.Gauge({
+        name: `${PREFIX}${name}`,
+        help,
+        labelNames: ["state"],
+        registers,
+        async collect() {
+          const by = (await read()) ?? null;
+          this.reset();
+          if (!by) return;
+          for (const state of states) this.set({ state }, by[state] ?? 0);
+        },
+      });
+    byState("transfers", "transfers by state (open, released, complete, cancelled)", ["open", "released", "complete", "cancelled"], () => self.sources.transfersByState?.());
+    byState("forwarding_jobs", "forwarding jobs (one per rule and study of a completed transfer) by state (pending, done, failed)", ["pending", "done", "failed"], () => self.sources.forwardingByState?.()?.jobs);
+    byState("forwarding_instances", "instances in the forwarding queue by state: pending is the queue depth, failed the instances a peer refused for good", ["pending", "sent", "failed"], () => self.sources.forwardingByState?.()?.items);
     new client.Gauge({
       name: `${PREFIX}storage_filesystem_bytes`,
       help: "size and free bytes of the file system that holds the blobs (storage.kind fs only)",
