@@ -1,7 +1,7 @@
 import type { Request, Response } from "express";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
-import type { Index } from "../catalog/index.ts";
+import type { Index, InstanceScope } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { Ingestor } from "../ingest/types.ts";
 import { BULK_ROOT_PLACEHOLDER } from "../dicom/types.ts";
@@ -61,6 +61,19 @@ export function assertStudyVisible(access: AccessScope, studyInstanceUID: string
   if (access.allowedStudies && !access.allowedStudies.includes(studyInstanceUID)) {
     throw new HttpError(404, `no study ${studyInstanceUID} on this relay`);
   }
+}
+
+/** The study / series / instance a retrieve names, checked against what the caller may see. */
+export function scopeOf(req: Request, res: Response): InstanceScope {
+  const access = accessOf(res);
+  const studyInstanceUID = uidParam(req, "study");
+  assertStudyVisible(access, studyInstanceUID);
+  return {
+    studyInstanceUID,
+    seriesInstanceUID: req.params.series !== undefined ? uidParam(req, "series") : undefined,
+    sopInstanceUID: req.params.instance !== undefined ? uidParam(req, "instance") : undefined,
+    allowedStudies: access.allowedStudies,
+  };
 }
 
 /**

@@ -15,7 +15,7 @@ import { CodecError } from "../imaging/codecs.ts";
 import type { PixelModule } from "../imaging/pixelModule.ts";
 import { parseQuality, parseViewport, parseWindow, renderFrame, RenderError, type RenderParams } from "../imaging/render.ts";
 import { decodedFrame } from "../imaging/transcode.ts";
-import { accessOf, assertStudyVisible, uidParam, type DicomwebServices } from "./context.ts";
+import { scopeOf, type DicomwebServices } from "./context.ts";
 import { parseFrameList, pixelModuleFor } from "./wado.ts";
 
 const THUMBNAIL_SIZE = 128;
@@ -52,17 +52,6 @@ function paramsOf(req: Request, thumbnail: boolean): RenderParams {
   }
 }
 
-function scopeOf(req: Request, res: Response): InstanceScope {
-  const access = accessOf(res);
-  const studyInstanceUID = uidParam(req, "study");
-  assertStudyVisible(access, studyInstanceUID);
-  return {
-    studyInstanceUID,
-    seriesInstanceUID: req.params.series !== undefined ? uidParam(req, "series") : undefined,
-    sopInstanceUID: req.params.instance !== undefined ? uidParam(req, "instance") : undefined,
-    allowedStudies: access.allowedStudies,
-  };
-}
 
 async function render(svc: DicomwebServices, inst: InstanceLocation, n: number, params: RenderParams): Promise<Buffer> {
   const px = inst.pixelData;

@@ -18,24 +18,13 @@ import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
 import { CodecError, canDecode, canEncode, UNCOMPRESSED } from "../imaging/codecs.ts";
-import { accessOf, assertStudyVisible, dicomwebRoot, recipientOf, uidParam, withRoot, type DicomwebServices } from "./context.ts";
+import { scopeOf, dicomwebRoot, recipientOf, withRoot, type DicomwebServices } from "./context.ts";
 
 const ANY_TS = "*";
 
 /** blobs opened ahead of the part being sent in a study/series retrieve */
 const WADO_READ_AHEAD = 4;
 
-function scopeOf(req: Request, res: Response): InstanceScope {
-  const access = accessOf(res);
-  const studyInstanceUID = uidParam(req, "study");
-  assertStudyVisible(access, studyInstanceUID);
-  return {
-    studyInstanceUID,
-    seriesInstanceUID: req.params.series !== undefined ? uidParam(req, "series") : undefined,
-    sopInstanceUID: req.params.instance !== undefined ? uidParam(req, "instance") : undefined,
-    allowedStudies: access.allowedStudies,
-  };
-}
 
 function describe(scope: InstanceScope): string {
   if (scope.sopInstanceUID) return `instance ${scope.sopInstanceUID}`;
