@@ -1,7 +1,8 @@
 /**
  * The durable forwarding queue (dataDir/forwarding.sqlite): one job per rule, transfer and study, one row per
  * instance with its own state, so work resumes after a stop or an outage without sending again what the peer
- * already confirmed. Enqueueing is idempotent (a completion hook run twice after a crash adds nothing).
+ * already confirmed. Enqueueing is idempotent (a completion hook run twice after a crash adds nothing), and a later
+ * transfer naming instances a rule already delivered queues only the others.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -63,6 +64,7 @@ CREATE TABLE IF NOT EXISTS items (
   sent_at TEXT,
   PRIMARY KEY (job_id, sop_instance_uid)
 );
+CREATE INDEX IF NOT EXISTS items_sop ON items(sop_instance_uid);
 `;
 
 interface JobRow {
@@ -108,10 +110,19 @@ export class ForwardingStore {
       "INSERT OR IGNORE INTO jobs (rule, transfer_id, study_instance_uid, state, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
     );
     const insItem = this.db.prepare("INSERT OR IGNORE INTO items (job_id, sop_instance_uid, state) VALUES (?, ?, 'pending')");
+    // an instance this rule's peer already confirmed, or that another job of the rule is still sending, is not sent
+    // again when a later transfer names it too (a study sent twice, a page reloaded and the folder dropped again)
+    const taken = this.db.prepare(
+      `SELECT 1 FROM items i JOIN jobs j ON j.id = i.job_id
+       WHERE i.sop_instance_uid = ? AND j.rule = ? AND j.transfer_id <> ? AND (i.state = 'sent' OR (i.state = 'pending' AND j.state = 'pending'))
+       LIMIT 1`,
+    );
     const created: number[] = [];
     this.db.transaction(() => {
       for (const rule of rules) {
-        for (const [study, sops] of byStudy) {
+        for (const [study, all] of byStudy) {
+          const sops = all.filter((sop) => !taken.get(sop, rule, transferId));
+          if (!sops.length) continue;
           const r = insJob.run(rule, transferId, study, now, now, now);
           if (r.changes === 0) continue;
           const id = Number(r.lastInsertRowid);

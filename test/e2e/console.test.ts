@@ -198,8 +198,12 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
 
     // the page is reloaded mid-way: it still knows the transfer and asks for the same folder again
     await page.reload();
-    // what reached the relay (the page's own progress also counts bytes still queued on the way)
+    // the link drops with the reload: what the old page had handed to it (its progress counts bytes still queued on
+    // the way, up to the whole study) never arrives, so the relay has part of the study, not all of it
+    proxy.cutUnfinishedUploads();
     const deliveredBeforeReload = proxy.stats().bytesUp - upAtStart;
+    const afterCut = await (await fetch(`${relay.url}/api/transfers/${saved!.id}?instances=none`, { headers: { Authorization: `Bearer ${admin}` } })).json() as { complete: boolean };
+    expect(afterCut.complete).toBe(false);
     await expect.poll(() => page.locator("#resume-banner").textContent()).toContain("A transfer was interrupted");
     await page.screenshot({ path: artifactPath("console-send-interrupted.png"), fullPage: true });
     proxy.setFaults({ bandwidthBytesPerSec: 2_000_000 });
@@ -233,6 +237,27 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     expect(await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))).toBeNull();
     await context.close();
   }, 300_000);
+
+  it("a transfer that completed while the page was away is shown complete when the folder comes again, not opened twice", async () => {
+    const list = async () => ((await (await fetch(`${relay.url}/api/transfers?limit=1000`, { headers: { Authorization: `Bearer ${admin}` } })).json()) as { transfers: Array<{ id: string; state: string }> }).transfers;
+    const before = await list();
+    const done = before.find((t) => t.state === "complete");
+    expect(done).toBeDefined();
+    const page = await tb.browser.newPage({ viewport: { width: 1366, height: 768 } });
+    await signIn(page, admin);
+    await page.getByRole("link", { name: "Send a study" }).click();
+    await expect.poll(() => page.locator("#send").isVisible()).toBe(true);
+    // the page had said "interrupted"; the last bytes, still on the link, then arrived and the transfer completed
+    await page.evaluate((id) => localStorage.setItem("dicom-relay.transfer", JSON.stringify({ id, ids: [id], files: 6, at: new Date().toISOString() })), done!.id);
+    await page.locator("#pick-folder").setInputFiles(workDir);
+    await page.locator("#plan-send").click();
+    await expect.poll(() => page.locator("#transfer-summary").getAttribute("data-complete"), { timeout: 60_000 }).not.toBeNull();
+    const summary = await page.locator("#transfer-summary").textContent();
+    expect(summary).toContain(`Transfer ${done!.id}`);
+    expect(summary).toContain("Complete");
+    expect((await list()).map((t) => t.id).sort()).toEqual(before.map((t) => t.id).sort());
+    await page.close();
+  }, 120_000);
 
   it("lists studies with non-Latin names, filters them, shows documents and attaches one", async () => {
     proxy.setFaults({ bandwidthBytesPerSec: 0 });

@@ -92,6 +92,11 @@ export interface FaultProxy {
   linkStats(): LinkStats;
   /** zero the counters and the series (the settings stay); open connections stay open and count again */
   resetCounters(): void;
+  /**
+   * reset now every connection whose client has closed its side or that still holds bytes on their way to the
+   * server: those bytes never arrive (the link drops as a page is reloaded). Returns how many were reset.
+   */
+  cutUnfinishedUploads(): number;
   /** change faults from now on; rates apply at once, resetAfterBytes to connections opened after the change */
   setFaults(partial: Partial<FaultSettings>): void;
   close(): Promise<void>;
@@ -157,6 +162,16 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     resetCounters() {
       shared.stats = { bytesUp: 0, bytesDown: 0, connections: 0, resets: 0, stalls: 0 };
       shared.meter = new Meter(() => conns.size);
+    },
+    cutUnfinishedUploads() {
+      let n = 0;
+      for (const c of [...conns]) {
+        if (c.carriesUpload()) {
+          c.reset();
+          n++;
+        }
+      }
+      return n;
     },
     setFaults(partial) {
       Object.assign(settings, partial);
@@ -377,6 +392,11 @@ class Connection {
     return true;
   }
 
+  /** the client has closed its side, or bytes towards the server are still queued here */
+  carriesUpload(): boolean {
+    return !this.done && (this.up.hasUnsent() || this.up.hasEnded() || this.client.readableEnded);
+  }
+
   reset(): void {
     if (this.done || this.client.destroyed) return;
     this.shared.stats.resets++;
@@ -447,6 +467,10 @@ class Direction {
       this.maybeResume();
       if (this.unsentBytes) this.link.add(this);
     });
+  }
+
+  hasEnded(): boolean {
+    return this.ended;
   }
 
   hasUnsent(): boolean {

@@ -20,6 +20,30 @@ describe("forwarding queue", () => {
     q.close();
   });
 
+  it("a later transfer naming instances a rule already delivered (or is still sending) queues only the others, per rule", () => {
+    const q = new ForwardingStore(":memory:");
+    const [a1, b1] = q.enqueue(["a", "b"], "t1", items.slice(0, 2));
+    // rule a's peer confirmed 1.1.1; 1.1.2 is still pending in a pending job; rule b sent nothing yet but failed 1.1.1
+    q.markSent(a1!, "1.1.1", 200);
+    q.markItemFailed(b1!, "1.1.1", 0xc000, "refused");
+    q.markSent(b1!, "1.1.2", 200);
+    const later = q.enqueue(["a", "b"], "t2", [...items, { studyInstanceUID: "1.1", sopInstanceUID: "1.1.3" }]);
+    const jobs = q.listJobs().filter((j) => j.transferId === "t2");
+    expect(later).toHaveLength(jobs.length);
+    const itemsOf = (rule: string, study: string) => {
+      const job = jobs.find((j) => j.rule === rule && j.studyInstanceUID === study);
+      return job ? q.items(job.id).map((i) => i.sopInstanceUID).sort() : null;
+    };
+    expect(itemsOf("a", "1.1")).toEqual(["1.1.3"]);
+    expect(itemsOf("a", "1.2")).toEqual(["1.2.1"]);
+    // a refusal is not a delivery: 1.1.1 goes again to b; 1.1.2 (confirmed) does not
+    expect(itemsOf("b", "1.1")).toEqual(["1.1.1", "1.1.3"]);
+    // a transfer whose every instance the rule already delivered makes no job at all
+    q.markSent(a1!, "1.1.2", 200);
+    expect(q.enqueue(["a"], "t3", items.slice(0, 2))).toEqual([]);
+    q.close();
+  });
+
   it("keeps per-instance state across attempts: sent stays sent, a retry waits, refusals end the job failed", () => {
     const q = new ForwardingStore(":memory:");
     const [id] = q.enqueue(["a"], "t1", items.slice(0, 2));

@@ -76,7 +76,9 @@ export async function openTransfers(groups, savedIds) {
   const saved = [];
   for (const id of savedIds) {
     const t = await api(`/api/transfers/${encodeURIComponent(id)}?instances=all`).catch(() => null);
-    if (t && t.state === "open") saved.push(t);
+    // a transfer that completed while the page was away (its last bytes were still on the link at a reload) is the
+    // same transfer: reusing it shows it complete instead of opening a second one for the same files
+    if (t && ["open", "complete", "released"].includes(t.state)) saved.push(t);
   }
   const out = [];
   for (const g of groups) {
