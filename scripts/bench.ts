@@ -56,7 +56,9 @@ interface Server {
 
 export async function startServer(dataDir: string, env: Record<string, string> = {}): Promise<Server> {
   const port = await freePort();
-  const proc = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
+  // BENCH_CPU_PROF_DIR: each relay the bench starts writes a V8 CPU profile there when it stops (where the time goes)
+  const profile = process.env.BENCH_CPU_PROF_DIR ? ["--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF_DIR] : [];
+  const proc = spawn(process.execPath, [...profile, "--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,

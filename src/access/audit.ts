@@ -119,8 +119,11 @@ export function auditRowOf(e: AuditEntry, at = new Date()): Record<(typeof FIELD
 }
 
 export class AuditLog implements AuditTrail {
-  private readonly insert;
+  private readonly insertRows;
   private readonly last;
+  /** entries recorded in this turn of the event loop: written together, in order, in one transaction */
+  private pending: { row: ReturnType<typeof auditRowOf>; entry: AuditEntry }[] = [];
+  private scheduled: NodeJS.Immediate | null = null;
 
   constructor(private readonly db: AccessDb, private readonly onError: (err: unknown, entry: AuditEntry) => void = () => {}) {
     this.last = db.prepare("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1");
@@ -128,31 +131,53 @@ export class AuditLog implements AuditTrail {
       `INSERT INTO audit (${FIELDS.join(", ")}, hash) VALUES (${FIELDS.map(() => "?").join(", ")}, ?)`,
     );
     // read the previous hash and append in one write transaction: other processes (the CLI) append too
-    this.insert = db.transaction((row: Record<(typeof FIELDS)[number], unknown>) => {
-      const prev = (this.last.get() as { hash: string } | undefined)?.hash ?? GENESIS;
-      ins.run(...FIELDS.map((f) => row[f] ?? null), rowHash(prev, row));
+    this.insertRows = db.transaction((rows: Record<(typeof FIELDS)[number], unknown>[]) => {
+      let prev = (this.last.get() as { hash: string } | undefined)?.hash ?? GENESIS;
+      for (const row of rows) {
+        const hash = rowHash(prev, row);
+        ins.run(...FIELDS.map((f) => row[f] ?? null), hash);
+        prev = hash;
+      }
     });
   }
 
-  /** Append one entry. Never throws: a failing audit write is reported to onError (logged as an error). */
+  /**
+   * Append one entry. Never throws: a failing audit write is reported to onError (logged as an error).
+   * The entries of one turn of the event loop (a STOW of many instances records one per instance) share one
+   * transaction, written right after the turn; query, verifyChain and flush write what is pending first.
+   */
   record(e: AuditEntry): void {
-    const row = auditRowOf(e);
+    this.pending.push({ row: auditRowOf(e), entry: e });
+    if (this.pending.length >= 256) this.writePending();
+    else this.scheduled ??= setImmediate(() => this.writePending());
+  }
+
+  private writePending(): void {
+    if (this.scheduled) clearImmediate(this.scheduled);
+    this.scheduled = null;
+    if (!this.pending.length) return;
+    const batch = this.pending;
+    this.pending = [];
     try {
-      this.insert.immediate(row);
+      this.insertRows.immediate(batch.map((b) => b.row));
     } catch (err) {
-      this.onError(err, e);
+      for (const b of batch) this.onError(err, b.entry);
     }
   }
 
   query(q: AuditQuery = {}): AuditRecord[] {
+    this.writePending();
     const { sql, args } = auditSelect(q, () => "?");
     return (this.db.prepare(sql).all(...args) as AuditRow[]).map(toRecord);
   }
 
   /** Recompute the hash chain; the first row that does not match shows where the file was edited. */
-  async flush(): Promise<void> {}
+  async flush(): Promise<void> {
+    this.writePending();
+  }
 
   verifyChain(): ChainCheck {
+    this.writePending();
     let prev = GENESIS;
     let checked = 0;
     // iterate() streams rows: the log can be millions of rows

@@ -68,7 +68,8 @@ export function startAccess(deps: { config: RelayConfig; log: Logger }): AccessC
   const audit = new AuditLog(db, auditErrorLogger(log));
   const created = null;
   const makeInitial = async () => (config.auth.enabled && tokens.count() === 0 ? tokens.create(INITIAL_TOKEN) : null);
-  return assemble({ config, log, db, tokens, audit, peerGrants: new PeerGrants(db), created, makeInitial }, () => {
+  return assemble({ config, log, db, tokens, audit, peerGrants: new PeerGrants(db), created, makeInitial }, async () => {
+    await audit.flush();
     db.close();
   });
 }
@@ -133,10 +134,12 @@ export async function openAccessStores(config: RelayConfig, onAuditError: (err: 
     };
   }
   const db = openAccessDb(accessDbPath(config.dataDir));
+  const audit = new AuditLog(db, onAuditError);
   return {
     tokens: new TokenStore(db),
-    audit: new AuditLog(db, onAuditError),
+    audit,
     async close() {
+      await audit.flush();
       db.close();
     },
   };

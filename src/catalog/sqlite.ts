@@ -81,6 +81,8 @@ export class SqliteIndex implements Index {
         db.pragma("journal_mode = WAL");
         db.pragma("synchronous = NORMAL"); // and syncWal() after every write: see the top of the file
         db.pragma("foreign_keys = ON");
+        // the statement journals of the group commit's savepoints in memory, not in temporary files (6 writes an instance)
+        db.pragma("temp_store = MEMORY");
         db.pragma(`busy_timeout = ${Math.max(0, Math.floor(this.options.busyTimeoutMs ?? 5000))}`);
       } catch (err) {
         db.close();

@@ -84,10 +84,12 @@ export class IngestPipeline implements Ingestor {
 
   /** Second half of ingestStream: parse, validate, de-duplicate, store, index; the spool file is consumed. */
   async ingestSpool(spooled: SpooledInstance, opts: IngestOptions = {}): Promise<IngestResult> {
+    const moved = { intoStorage: false };
     try {
-      return await this.ingestSpooled(spooled.path, spooled.sha256, spooled.size, opts, true);
+      return await this.ingestSpooled(spooled.path, spooled.sha256, spooled.size, opts, true, moved);
     } finally {
-      await fsp.rm(spooled.path, { force: true });
+      // a spool file renamed into storage is gone already: no lstat and unlink for nothing
+      if (!moved.intoStorage) await fsp.rm(spooled.path, { force: true });
     }
   }
 
@@ -103,7 +105,7 @@ export class IngestPipeline implements Ingestor {
   }
 
   /** The file at spoolPath is complete and hashed; ownsFile: it may be moved into storage. */
-  private async ingestSpooled(spoolPath: string, sha256: string, size: number, opts: IngestOptions, ownsFile: boolean): Promise<IngestResult> {
+  private async ingestSpooled(spoolPath: string, sha256: string, size: number, opts: IngestOptions, ownsFile: boolean, moved?: { intoStorage: boolean }): Promise<IngestResult> {
     const { index, store, log } = this.deps;
     if (opts.expectedSha256 && opts.expectedSha256.toLowerCase() !== sha256) {
       return this.fail(opts, FailureReason.ProcessingFailure,
@@ -163,7 +165,10 @@ export class IngestPipeline implements Ingestor {
     // of the same content-addressed key cannot remove the blob between the put and the insert
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
-        if (ownsFile) await store.putFile(blobKey, spoolPath);
+        if (ownsFile) {
+          await store.putFile(blobKey, spoolPath);
+          if (moved) moved.intoStorage = true;
+        }
         else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");

@@ -85,9 +85,26 @@ export class RetentionService {
 
   constructor(private readonly deps: RetentionDeps) {}
 
+  /** arrivals noted in this turn of the event loop, newest time per study: a STOW of many instances writes once per study */
+  private arrivalsDue = new Map<string, string>();
+  private arrivalsFlush: NodeJS.Immediate | null = null;
+
   /** An instance was stored: the study's arrival clock. */
   noteArrival(studyInstanceUID: string, at = new Date()): void {
-    void this.deps.deliveries.recordArrival(studyInstanceUID, at.toISOString()).catch((err: unknown) => this.deps.log.error({ err }, "retention: arrival not recorded"));
+    const iso = at.toISOString();
+    const known = this.arrivalsDue.get(studyInstanceUID);
+    if (!known || known < iso) this.arrivalsDue.set(studyInstanceUID, iso);
+    this.arrivalsFlush ??= setImmediate(() => void this.writeArrivals());
+  }
+
+  /** Writes the arrivals noted so far (also before anything reads them). */
+  private async writeArrivals(): Promise<void> {
+    if (this.arrivalsFlush) clearImmediate(this.arrivalsFlush);
+    this.arrivalsFlush = null;
+    const due = [...this.arrivalsDue];
+    this.arrivalsDue.clear();
+    await Promise.all(due.map(([study, iso]) =>
+      this.deps.deliveries.recordArrival(study, iso).catch((err: unknown) => this.deps.log.error({ err }, "retention: arrival not recorded"))));
   }
 
   /** Instances left the relay whole for a recipient. Never throws: delivery tracking must not fail a retrieve. */
@@ -116,6 +133,7 @@ export class RetentionService {
     const instances = await this.deps.index.listInstances({ studyInstanceUID, includePending: true });
     if (!instances.length) return null;
     const rows = await this.deps.deliveries.deliveriesOf(studyInstanceUID);
+    await this.writeArrivals();
     const arrival = await this.deps.deliveries.arrivalOf(studyInstanceUID);
     const done = deliveredAt(instances.map((i) => i.sopInstanceUID), rows);
     const byRecipient = new Map<string, StudyDelivery["recipients"][number]>();
@@ -156,6 +174,7 @@ export class RetentionService {
   private async sweepOnce(opts: { dryRun: boolean; now?: Date; actor?: string }): Promise<SweepResult> {
     const now = opts.now ?? new Date();
     const result: SweepResult = { dryRun: opts.dryRun, now: now.toISOString(), studies: [] };
+    await this.writeArrivals();
     for (const arrival of await this.deps.deliveries.arrivals()) {
       const report = await this.delivery(arrival.studyInstanceUID);
       if (!report) {
@@ -229,6 +248,7 @@ export class RetentionService {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.running) await this.running.catch(() => {});
+    await this.writeArrivals();
     await this.deps.deliveries.close();
   }
 }

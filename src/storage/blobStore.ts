@@ -30,7 +30,7 @@ export interface BlobStore {
   put(key: string, body: Readable, opts?: { size?: number }): Promise<BlobStat>;
   /**
    * Store a local file under key. Same guarantees as put(); an implementation may move the file
-   * (fs: rename) instead of copying, so the caller must not use sourcePath afterwards.
+   * (fs: rename) instead of copying. Once it resolves, sourcePath no longer exists (moved or removed).
    */
   putFile(key: string, sourcePath: string): Promise<BlobStat>;
   /** Stream the object (or an inclusive byte range of it). Rejects with BlobNotFoundError. */

@@ -73,12 +73,13 @@ export function blobStoreContract(name: string, make: () => Promise<BlobStore>, 
       expect((await readAll(await store.get(`${prefix}/over`))).toString()).toBe("second!");
     });
 
-    it("putFile stores a local file", async () => {
+    it("putFile stores a local file, which is gone afterwards (the ingest pipeline does not remove it again)", async () => {
       const tmp = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "blob-")), "f.dcm");
       const data = crypto.randomBytes(70_000);
       fs.writeFileSync(tmp, data);
       const st = await store.putFile(`${prefix}/file.dcm`, tmp);
       expect(st.size).toBe(data.length);
+      expect(fs.existsSync(tmp)).toBe(false);
       expect(await readAll(await store.get(`${prefix}/file.dcm`))).toEqual(data);
     });
 
