@@ -1,6 +1,6 @@
 /**
  * Patient Root Query/Retrieve (issue 16) against real peers: dcmtk findscu -P at PATIENT and STUDY levels,
- * getscu -P at PATIENT level, and Orthanc 1.10 as a DIMSE peer doing its patient-level query (which uses Patient
+ * getscu -P and movescu -P at PATIENT level, and Orthanc 1.10 as a DIMSE peer doing its patient-level query (which uses Patient
  * Root). Patients are told apart as the catalogue keeps them: the same PatientID with another name is another
  * patient, and anonymised studies (no ID, issuer or name) are never one patient. A peer with studies: "granted"
  * is answered from its granted studies only, and when that hides everything the log line says why.
@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig, type DeepPartial, type RelayConfig } from "../../src/config.ts";
 import { startRelay, type RunningRelay } from "../../src/relay.ts";
 import { createLogger } from "../../src/logger.ts";
-import { dcmtk } from "../support/dcmtk.ts";
+import { dcmtk, startStorescp } from "../support/dcmtk.ts";
 import { dicomwebClient } from "../support/dicomwebClient.ts";
 import { startOrthanc, orthancAvailable, type Orthanc } from "../support/orthanc.ts";
 import { freePort } from "../../scripts/lib/net.ts";
@@ -49,6 +49,7 @@ describe("Patient Root C-FIND / C-GET with dcmtk and Orthanc", () => {
   const studies: Record<"janeA" | "janeB" | "rita" | "anon1" | "anon2", string> = { janeA: "", janeB: "", rita: "", anon1: "", anon2: "" };
   const args = (aet: string, extra: string[]) => ["-aet", aet, "-aec", RELAY_AE, ...extra, "127.0.0.1", String(relay.dimsePort)];
   let runs = 0;
+  let homePort = 0;
   /** findscu -P (Patient Root), the answers read back */
   const findP = async (aet: string, keys: string[]): Promise<DicomJsonDataset[]> => {
     const out = path.join(work, `find-${++runs}`);
@@ -63,7 +64,7 @@ describe("Patient Root C-FIND / C-GET with dcmtk and Orthanc", () => {
     work = fs.mkdtempSync(path.join(os.tmpdir(), "patient-root-"));
     dataDir = path.join(work, "data");
     const orthancPort = await freePort();
-    const getPort = await freePort();
+    homePort = await freePort();
     const config = loadConfig({
       env: {},
       overrides: {
@@ -77,7 +78,7 @@ describe("Patient Root C-FIND / C-GET with dcmtk and Orthanc", () => {
           aeTitle: RELAY_AE,
           peers: [
             { aeTitle: "ADMINWS", host: "127.0.0.1", port: 0, studies: "all", store: false },
-            { aeTitle: "HOMEPACS", host: "127.0.0.1", port: getPort, studies: "granted", store: false },
+            { aeTitle: "HOMEPACS", host: "127.0.0.1", port: homePort, studies: "granted", store: false },
             { aeTitle: "ORTHANC", host: "127.0.0.1", port: orthancPort, studies: "all", store: false },
           ],
         },
@@ -152,7 +153,7 @@ describe("Patient Root C-FIND / C-GET with dcmtk and Orthanc", () => {
     expect(answers.map((a) => [a.PatientID, a.PatientName, a.NumberOfPatientRelatedStudies]).sort()).toEqual([["P-1", "Doe^Jane", "2"], ["P-1", "Roe^Rita", "1"]]);
   }, 60_000);
 
-  it("a granted-only peer: nothing granted is explained in the log; then it counts and retrieves only what it may see (getscu -P PATIENT)", async () => {
+  it("a granted-only peer: nothing granted is explained in the log; then it counts and retrieves only what it may see (getscu -P, movescu -P at PATIENT level)", async () => {
     const none = await findP("HOMEPACS", ["QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies"]);
     expect(none).toEqual([]);
     const line = logLines.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { msg: string; callingAE?: string; level: unknown }).find((l) => l.callingAE === "HOMEPACS" && /C-FIND found nothing/.test(l.msg));
@@ -170,6 +171,18 @@ describe("Patient Root C-FIND / C-GET with dcmtk and Orthanc", () => {
     expect(got.code, got.stderr).toBe(0);
     const files = await readAnswers(out);
     expect(files.map((f) => value(f, "0020000D"))).toEqual([studies.janeA, studies.janeA, studies.janeA]);
+
+    // the same by C-MOVE (movescu -P) into HOMEPACS's own storage SCP
+    const moved = path.join(work, "move-home");
+    await fsp.mkdir(moved);
+    const scp = await startStorescp(homePort, "HOMEPACS", moved);
+    try {
+      const m = await dcmtk("movescu", ["-P", "-aem", "HOMEPACS", ...args("HOMEPACS", ["-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P-1"])]);
+      expect(m.code, m.stderr).toBe(0);
+    } finally {
+      await scp.stop();
+    }
+    expect((await readAnswers(moved)).map((f) => value(f, "0020000D"))).toEqual([studies.janeA, studies.janeA, studies.janeA]);
 
     // ADMINWS sees both people under P-1: a PATIENT level retrieve would mix patients, so it is refused
     const out2 = path.join(work, "get-admin");
