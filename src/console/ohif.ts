@@ -123,7 +123,10 @@ export function ohifAppConfig(opts: ViewerConfigOptions): Record<string, unknown
           wadoRoot: opts.dicomwebPath,
           qidoSupportsIncludeField: false,
           imageRendering: "wadors",
-          thumbnailRendering: "wadors",
+          // series thumbnails are the relay's own /thumbnail (PS3.18 10.4.1.1.4, a JPEG rendered on the server) fetched
+          // with a plain GET (Accept: image/jpeg), so the browser decodes no frame for them; "wadors" would
+          thumbnailRendering: "thumbnail",
+          thumbnailRequestStrategy: "fetch",
           enableStudyLazyLoad: true,
           supportsFuzzyMatching: false,
           supportsWildcard: true,

@@ -3,7 +3,7 @@
  *
  * Only configured peers associate: the calling AE title must be configured, the connection must come
  * from that peer's host, and the called AE title must be the relay's. Presentation contexts: Verification,
- * Study Root Query/Retrieve FIND/MOVE/GET (Implicit or Explicit VR Little Endian), and storage SOP classes
+ * Study Root and Patient Root Query/Retrieve FIND/MOVE/GET (Implicit or Explicit VR Little Endian), and storage SOP classes
  * in any transfer syntax the ingest pipeline stores (ingestAccepts; stored as received): to be stored when the
  * peer may store, or as the destination of a C-GET when the peer proposes the SCP role for them.
  */
@@ -18,12 +18,23 @@ export const SopClassUID = {
   StudyRootFind: "1.2.840.10008.5.1.4.1.2.2.1",
   StudyRootMove: "1.2.840.10008.5.1.4.1.2.2.2",
   StudyRootGet: "1.2.840.10008.5.1.4.1.2.2.3",
+  PatientRootFind: "1.2.840.10008.5.1.4.1.2.1.1",
+  PatientRootMove: "1.2.840.10008.5.1.4.1.2.1.2",
+  PatientRootGet: "1.2.840.10008.5.1.4.1.2.1.3",
   /** PS3.4 J: Storage Commitment Push Model SOP Class, and its one well-known SOP instance */
   StorageCommitmentPushModel: "1.2.840.10008.1.20.1",
   StorageCommitmentPushModelInstance: "1.2.840.10008.1.20.1.1",
 } as const;
 
-const QUERY_RETRIEVE: ReadonlySet<string> = new Set([SopClassUID.StudyRootFind, SopClassUID.StudyRootMove, SopClassUID.StudyRootGet]);
+/** Query/Retrieve SOP classes: the operation and the information model of each */
+export const QUERY_RETRIEVE: ReadonlyMap<string, { op: "find" | "move" | "get"; model: "study" | "patient" }> = new Map([
+  [SopClassUID.StudyRootFind, { op: "find", model: "study" }],
+  [SopClassUID.StudyRootMove, { op: "move", model: "study" }],
+  [SopClassUID.StudyRootGet, { op: "get", model: "study" }],
+  [SopClassUID.PatientRootFind, { op: "find", model: "patient" }],
+  [SopClassUID.PatientRootMove, { op: "move", model: "patient" }],
+  [SopClassUID.PatientRootGet, { op: "get", model: "patient" }],
+] as const);
 const UNCOMPRESSED_LE: ReadonlySet<string> = new Set([TransferSyntaxUID.ImplicitVRLittleEndian, TransferSyntaxUID.ExplicitVRLittleEndian]);
 
 /** Storage SOP classes (PS3.4 B.5): 1.2.840.10008.5.1.4.1.1.x, and the few outside that arc. */

@@ -9,7 +9,8 @@ import { Readable } from "node:stream";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
-import { isUid } from "../dicom/qido.ts";
+import { isUid, parseQidoQuery, QidoQueryError, type QidoLimits } from "../dicom/qido.ts";
+import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { CommandField, Status, type Command } from "./command.ts";
 import { datasetOffset } from "./dataset.ts";
 import type { Association } from "./association.ts";
@@ -131,7 +132,38 @@ export function retrieveScopes(identifier: DicomJsonDataset, allowedStudies: rea
       if (studies.length !== 1 || series.length !== 1 || !sops.length) throw new IdentifierError("an IMAGE level retrieve needs one StudyInstanceUID, one SeriesInstanceUID and SOPInstanceUID(s)");
       return sops.map((s) => ({ ...base, studyInstanceUID: studies[0]!, seriesInstanceUID: series[0]!, sopInstanceUID: s }));
     default:
-      throw new IdentifierError(level ? `QueryRetrieveLevel "${level.slice(0, 16)}" is not supported: use STUDY, SERIES or IMAGE` : "the identifier has no QueryRetrieveLevel (0008,0052)");
+      throw new IdentifierError(level ? `QueryRetrieveLevel "${level.slice(0, 16)}" is not supported: use STUDY, SERIES or IMAGE${level === "PATIENT" ? " (PATIENT is Patient Root's)" : ""}` : "the identifier has no QueryRetrieveLevel (0008,0052)");
+  }
+}
+
+export type RetrievePlan =
+  | { scopes: InstanceScope[] }
+  /** Patient Root, PATIENT level: the studies of one patient, found by this study search (grouped by the caller) */
+  | { patient: { patientID: string; query: QidoQuery } };
+
+const textOf = (ds: DicomJsonDataset, tag: string): string => String(ds[tag]?.Value?.[0] ?? "").trim();
+
+/**
+ * What a C-MOVE / C-GET identifier names under its information model. STUDY / SERIES / IMAGE are the same
+ * under both (the Patient Root's PatientID is an upper-level key; the study UIDs name the instances). PATIENT
+ * (Patient Root only) names one patient by PatientID, with IssuerOfPatientID when given: a single value, never
+ * a wildcard, since a retrieve must not reach further than the one patient it names.
+ */
+export function planRetrieve(identifier: DicomJsonDataset, allowedStudies: readonly string[] | null, model: "study" | "patient", limits: QidoLimits): RetrievePlan {
+  const level = textOf(identifier, "00080052").toUpperCase();
+  if (level !== "PATIENT" || model !== "patient") return { scopes: retrieveScopes(identifier, allowedStudies) };
+  const patientID = textOf(identifier, "00100020");
+  const issuer = textOf(identifier, "00100021");
+  if (!patientID) throw new IdentifierError("a PATIENT level retrieve needs PatientID (0010,0020)");
+  if (/[*?\\]/.test(patientID + issuer) || (identifier["00100020"]?.Value?.length ?? 0) > 1) throw new IdentifierError("a PATIENT level retrieve names one patient: PatientID without wildcards or lists");
+  const params = new URLSearchParams({ PatientID: patientID });
+  if (issuer) params.set("IssuerOfPatientID", issuer);
+  params.set("includefield", "PatientID,IssuerOfPatientID,PatientName");
+  try {
+    return { patient: { patientID, query: parseQidoQuery("study", {}, params, limits) } };
+  } catch (err) {
+    if (err instanceof QidoQueryError) throw new IdentifierError(err.message);
+    throw err;
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * The relay's DICOM node: a TCP (or DICOM TLS) listener on dimse.host:dimse.port that accepts associations
- * from configured peers only and answers C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET (Study Root) from the
+ * from configured peers only and answers C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET (Study Root and Patient Root) from the
  * same ingest pipeline, index and blob store as DICOMweb. Every association and operation is audited.
  */
 import net from "node:net";
@@ -9,7 +9,7 @@ import fs from "node:fs";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import type { RelayConfig, DimsePeerConfig } from "../config.ts";
-import type { Index, InstanceLocation } from "../catalog/index.ts";
+import type { Index, InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
 import type { Ingestor } from "../ingest/types.ts";
 import { auditContext, type AuditEntry, type AuditTrail } from "../access/audit.ts";
@@ -20,11 +20,11 @@ import type { DicomJsonDataset } from "../dicom/types.ts";
 import { Association, AssociationError, peerTlsOptions, type IncomingMessage } from "./association.ts";
 import { CommandField, Status, type Command } from "./command.ts";
 import { encodeDataset, isExplicit } from "./dataset.ts";
-import { decideAssociation, hostIsAddress, isStorageSopClass, SopClassUID } from "./peers.ts";
+import { decideAssociation, hostIsAddress, isStorageSopClass, QUERY_RETRIEVE, SopClassUID } from "./peers.ts";
 import { isUid } from "../dicom/qido.ts";
-import { IdentifierError, planFind, responseIdentifier } from "./find.ts";
+import { IdentifierError, PatientAnswers, planFind, responseIdentifier, type FindPlan } from "./find.ts";
 import { storeSink } from "./store.ts";
-import { retrieveScopes, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
+import { planRetrieve, storageContexts, storeInstance, SubOperations } from "./retrieve.ts";
 import { Reject } from "./pdu.ts";
 import { RevocationList } from "../access/tls.ts";
 import type { RelayMetrics } from "../metrics/metrics.ts";
@@ -248,13 +248,13 @@ export class DimseServer {
         await a.send(msg.contextId, { commandField: CommandField.CEchoRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: SopClassUID.Verification, status: Status.Success, hasDataset: false });
         return;
       case CommandField.CFindRQ:
-        if (ctx.abstractSyntax !== SopClassUID.StudyRootFind) return this.refuse(a, msg, CommandField.CFindRSP);
+        if (QUERY_RETRIEVE.get(ctx.abstractSyntax)?.op !== "find") return this.refuse(a, msg, CommandField.CFindRSP);
         return this.find(a, session, msg);
       case CommandField.CMoveRQ:
-        if (ctx.abstractSyntax !== SopClassUID.StudyRootMove) return this.refuse(a, msg, CommandField.CMoveRSP);
+        if (QUERY_RETRIEVE.get(ctx.abstractSyntax)?.op !== "move") return this.refuse(a, msg, CommandField.CMoveRSP);
         return this.retrieve(a, session, msg, "move");
       case CommandField.CGetRQ:
-        if (ctx.abstractSyntax !== SopClassUID.StudyRootGet) return this.refuse(a, msg, CommandField.CGetRSP);
+        if (QUERY_RETRIEVE.get(ctx.abstractSyntax)?.op !== "get") return this.refuse(a, msg, CommandField.CGetRSP);
         return this.retrieve(a, session, msg, "get");
       case CommandField.NEventReportRQ:
         if (ctx.abstractSyntax !== SopClassUID.StorageCommitmentPushModel) return this.refuse(a, msg, CommandField.NEventReportRSP);
@@ -290,14 +290,15 @@ export class DimseServer {
 
   private async find(a: Association, session: Session, msg: IncomingMessage): Promise<void> {
     const c = msg.command;
-    const ts = a.contexts.get(msg.contextId)!.transferSyntax;
-    const base = { commandField: CommandField.CFindRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: SopClassUID.StudyRootFind };
+    const ctx = a.contexts.get(msg.contextId)!;
+    const model = QUERY_RETRIEVE.get(ctx.abstractSyntax)!.model;
+    const base = { commandField: CommandField.CFindRSP, messageIdBeingRespondedTo: c.messageId, affectedSOPClassUID: ctx.abstractSyntax };
     const final = (status: number, errorComment?: string) => a.send(msg.contextId, { ...base, status, errorComment: errorComment?.slice(0, 64), hasDataset: false });
-    let plan;
+    let plan: FindPlan;
     let identifier: DicomJsonDataset;
     try {
       identifier = await this.identifier(a, msg);
-      plan = planFind(identifier, { defaultLimit: this.deps.config.dicomweb.maxLimit, maxLimit: this.deps.config.dicomweb.maxLimit });
+      plan = planFind(identifier, { defaultLimit: this.deps.config.dicomweb.maxLimit, maxLimit: this.deps.config.dicomweb.maxLimit }, model);
     } catch (err) {
       if (!(err instanceof IdentifierError)) throw err;
       this.audit({ action: "dimse.find", outcome: "failure", detail: err.message }, a);
@@ -306,27 +307,49 @@ export class DimseServer {
     }
     const pageSize = Math.min(1000, this.deps.config.dicomweb.maxLimit);
     const allowedStudies = this.allowedStudies(session.peer);
-    const explicit = isExplicit(ts);
+    const explicit = isExplicit(ctx.transferSyntax);
+    const cancelled = () => session.cancelled.has(c.messageId ?? -1);
     let sent = 0;
     let status: number = Status.Success;
     let comment: string | undefined;
+    const tooMany = () => {
+      status = Status.OutOfResources;
+      comment = `more than ${this.cfg.maxFindResults} matches; narrow the query`;
+    };
+    // PATIENT level: every matching study is read (the counts need them all) before the first patient is answered
+    const patients = plan.level === "patient" ? new PatientAnswers(this.cfg.maxFindResults) : null;
     outer: for (let offset = 0; ; offset += pageSize) {
       const page = await this.deps.index.search({ ...plan.query, limit: pageSize, offset }, { allowedStudies });
       for (const m of page.matches) {
-        if (session.cancelled.has(c.messageId ?? -1)) {
+        if (cancelled()) {
           status = Status.Cancel;
           break outer;
         }
+        if (patients) {
+          if (!patients.add(m)) {
+            tooMany();
+            break outer;
+          }
+          continue;
+        }
         if (sent >= this.cfg.maxFindResults) {
-          status = Status.OutOfResources;
-          comment = `more than ${this.cfg.maxFindResults} matches; narrow the query`;
+          tooMany();
           break outer;
         }
-        const ds = encodeDataset(responseIdentifier(plan, m, this.cfg.aeTitle), { explicit });
-        await a.send(msg.contextId, { ...base, status: Status.Pending, hasDataset: true }, ds);
+        await a.send(msg.contextId, { ...base, status: Status.Pending, hasDataset: true }, encodeDataset(responseIdentifier(plan, m, this.cfg.aeTitle), { explicit }));
         sent++;
       }
       if (page.matches.length < pageSize) break;
+    }
+    if (patients && status === Status.Success) {
+      for (const rsp of patients.responses(plan, this.cfg.aeTitle)) {
+        if (cancelled()) {
+          status = Status.Cancel;
+          break;
+        }
+        await a.send(msg.contextId, { ...base, status: Status.Pending, hasDataset: true }, encodeDataset(rsp, { explicit }));
+        sent++;
+      }
     }
     session.cancelled.delete(c.messageId ?? -1);
     // a peer that sees only granted studies and finds nothing is told why in the log and the audit (issue 16)
@@ -342,14 +365,39 @@ export class DimseServer {
       action: "dimse.find",
       outcome: status === Status.Success || status === Status.Cancel ? "success" : "failure",
       studyInstanceUID: study && study.match.kind === "single" ? study.match.value : null,
-      detail: `level ${plan.level}; keys ${plan.query.filters.map((f) => f.keyword).join(",") || "(none)"}; ${sent} match(es)${status === Status.Cancel ? "; cancelled" : ""}${hidden}`,
+      detail: `${model === "patient" ? "Patient Root, " : ""}level ${plan.level}; keys ${plan.query.filters.map((f) => f.keyword).join(",") || "(none)"}; ${sent} match(es)${status === Status.Cancel ? "; cancelled" : ""}${hidden}`,
     }, a);
     await final(status, comment);
   }
 
+  /**
+   * The studies of the one patient a Patient Root PATIENT level retrieve names, that this peer may see. A
+   * PatientID shared by patients the catalogue keeps apart (another issuer or name) is refused: a retrieve
+   * never mixes patients.
+   */
+  private async patientStudies(p: { patientID: string; query: FindPlan["query"] }, allowedStudies: readonly string[] | null): Promise<InstanceScope[]> {
+    const pageSize = Math.min(1000, this.deps.config.dicomweb.maxLimit);
+    const keys = new Set<string>();
+    const scopes: InstanceScope[] = [];
+    for (let offset = 0; ; offset += pageSize) {
+      const page = await this.deps.index.search({ ...p.query, limit: pageSize, offset }, { allowedStudies });
+      for (const m of page.matches) {
+        keys.add(PatientAnswers.keyOf(m));
+        const uid = m["0020000D"]?.Value?.[0];
+        if (typeof uid === "string") scopes.push({ studyInstanceUID: uid, allowedStudies });
+      }
+      if (page.matches.length < pageSize) break;
+    }
+    if (keys.size > 1) {
+      throw new IdentifierError(`PatientID ${p.patientID.slice(0, 16)} names ${keys.size} patients (other issuer or name): retrieve by study`);
+    }
+    return scopes;
+  }
+
   private async retrieve(a: Association, session: Session, msg: IncomingMessage, kind: "move" | "get"): Promise<void> {
     const c = msg.command;
-    const sopClass = kind === "move" ? SopClassUID.StudyRootMove : SopClassUID.StudyRootGet;
+    const sopClass = a.contexts.get(msg.contextId)!.abstractSyntax;
+    const model = QUERY_RETRIEVE.get(sopClass)!.model;
     const rspField = kind === "move" ? CommandField.CMoveRSP : CommandField.CGetRSP;
     const respond = (status: number, ops?: SubOperations, errorComment?: string) =>
       a.send(msg.contextId, {
@@ -366,7 +414,9 @@ export class DimseServer {
     let studyUid: string | null = null;
     try {
       const identifier = await this.identifier(a, msg);
-      const scopes = retrieveScopes(identifier, this.allowedStudies(session.peer));
+      const allowedStudies = this.allowedStudies(session.peer);
+      const plan = planRetrieve(identifier, allowedStudies, model, { defaultLimit: this.deps.config.dicomweb.maxLimit, maxLimit: this.deps.config.dicomweb.maxLimit });
+      const scopes = "scopes" in plan ? plan.scopes : await this.patientStudies(plan.patient, allowedStudies);
       studyUid = scopes[0]?.studyInstanceUID ?? null;
       for (const s of scopes) instances.push(...(await this.deps.index.listInstances(s)));
     } catch (err) {

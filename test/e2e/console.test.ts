@@ -46,6 +46,24 @@ async function litPixels(page: Page): Promise<number> {
   });
 }
 
+/** Lit pixels of each of OHIF's series thumbnails (its study browser), as drawn: 0 for one without a loaded image. */
+async function thumbnailLitPixels(page: Page): Promise<number[]> {
+  return page.evaluate(() =>
+    Array.from(document.querySelectorAll<HTMLElement>('[data-cy="study-browser-thumbnail"]')).map((t) => {
+      const img = t.querySelector("img");
+      if (!img || !img.complete || img.naturalWidth === 0) return 0;
+      const c = document.createElement("canvas");
+      c.width = img.naturalWidth;
+      c.height = img.naturalHeight;
+      const ctx = c.getContext("2d")!;
+      ctx.drawImage(img, 0, 0);
+      const data = ctx.getImageData(0, 0, c.width, c.height).data;
+      let lit = 0;
+      for (let i = 0; i < data.length; i += 4) if (data[i]! + data[i + 1]! + data[i + 2]! > 30) lit++;
+      return lit;
+    }));
+}
+
 /** Drags a folder from the disk onto an element, as a person does from a file manager (Chromium DevTools protocol). */
 async function dropFolder(page: Page, selector: string, dir: string): Promise<void> {
   const target = page.locator(selector);
@@ -353,10 +371,15 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     const context = await tb.browser.newContext({ viewport: { width: 1280, height: 800 } });
     const viewer = await context.newPage();
     const requests: string[] = [];
+    const thumbnailStatuses: number[] = [];
     viewer.on("request", (r) => requests.push(new URL(r.url()).pathname));
+    viewer.on("response", (r) => new URL(r.url()).pathname.endsWith("/thumbnail") && thumbnailStatuses.push(r.status()));
     await viewer.goto(shareViewerUrl);
     expect(new URL(viewer.url()).searchParams.get("StudyInstanceUIDs")).toBe(studyUID);
     await expect.poll(() => litPixels(viewer), { timeout: 120_000, interval: 2000 }).toBeGreaterThan(1000);
+    // OHIF's own series thumbnails: one per series (2), each an image with lit pixels, rendered by the relay
+    // (/thumbnail, a JPEG) rather than decoded from frames in the browser
+    await expect.poll(async () => (await thumbnailLitPixels(viewer)).filter((n) => n > 100).length, { timeout: 30_000, interval: 1000 }).toBe(2);
     await viewer.screenshot({ path: artifactPath("viewer-share.png") });
 
     const scoped = `/share/${token}/dicom-web/`;
@@ -365,6 +388,10 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     expect(dataRequests.every((p) => p.startsWith(scoped))).toBe(true);
     expect(dataRequests.some((p) => p.startsWith(`${scoped}studies/${studyUID}/series`))).toBe(true);
     expect(dataRequests.some((p) => /\/frames\/|\/metadata$/.test(p))).toBe(true);
+    const thumbnails = dataRequests.filter((p) => p.endsWith("/thumbnail"));
+    expect(new Set(thumbnails.map((p) => /\/series\/([^/]+)\//.exec(p)?.[1])).size).toBe(2);
+    expect(thumbnailStatuses.length).toBe(thumbnails.length);
+    expect(thumbnailStatuses.every((s) => s === 200)).toBe(true);
 
     // from the shared page: the scoped root lists the shared study only; the other study and the plain root are closed
     const probe = await viewer.evaluate(async ({ scoped, other }) => {

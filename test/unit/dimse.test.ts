@@ -5,9 +5,9 @@ import {
 import { CommandError, CommandField, decodeCommand, encodeCommand, Status } from "../../src/dimse/command.ts";
 import { decideAssociation, sameHost, SopClassUID } from "../../src/dimse/peers.ts";
 import { ingestAccepts } from "../../src/dicom/transferSyntax.ts";
-import { IdentifierError, planFind, responseIdentifier } from "../../src/dimse/find.ts";
+import { IdentifierError, PatientAnswers, planFind, responseIdentifier } from "../../src/dimse/find.ts";
 import { storeStatus } from "../../src/dimse/store.ts";
-import { retrieveScopes, storageContexts, SubOperations } from "../../src/dimse/retrieve.ts";
+import { planRetrieve, retrieveScopes, storageContexts, SubOperations } from "../../src/dimse/retrieve.ts";
 import { datasetOffset, encodeDataset, encodeFileMeta } from "../../src/dimse/dataset.ts";
 import { readBareDataset } from "../../src/dicom/part10.ts";
 import { FailureReason } from "../../src/dicom/failureReasons.ts";
@@ -163,7 +163,7 @@ describe("C-FIND identifiers", () => {
 
   it("refuses a missing or Patient Root level and a bad value with a sentence", () => {
     expect(() => planFind({}, LIMITS)).toThrow(IdentifierError);
-    expect(() => planFind({ "00080052": { vr: "CS", Value: ["PATIENT"] } }, LIMITS)).toThrow(/STUDY, SERIES or IMAGE/);
+    expect(() => planFind({ "00080052": { vr: "CS", Value: ["PATIENT"] } }, LIMITS)).toThrow(/STUDY, SERIES or IMAGE \(Study Root\)/);
     expect(() => planFind({ "00080052": { vr: "CS", Value: ["STUDY"] }, "00080020": { vr: "DA", Value: ["2024-01-01"] } }, LIMITS)).toThrow(/StudyDate/);
   });
 
@@ -176,6 +176,88 @@ describe("C-FIND identifiers", () => {
       expect(back["00100010"]!.Value![0]).toMatchObject({ Alphabetic: "Wang^XiaoDong", Ideographic: "王^小东" });
       expect(back["00201208"]!.Value).toEqual([6]);
     }
+  });
+});
+
+describe("C-FIND Patient Root", () => {
+  const level = (l: string) => ({ "00080052": { vr: "CS", Value: [l] } });
+  const study = (uid: string, patient: { id?: string; issuer?: string; name?: string; sex?: string; birth?: string }, series: number, instances: number) => ({
+    "0020000D": { vr: "UI", Value: [uid] },
+    ...(patient.id !== undefined ? { "00100020": { vr: "LO", Value: [patient.id] } } : {}),
+    ...(patient.issuer !== undefined ? { "00100021": { vr: "LO", Value: [patient.issuer] } } : {}),
+    ...(patient.name !== undefined ? { "00100010": { vr: "PN", Value: [{ Alphabetic: patient.name }] } } : {}),
+    ...(patient.sex !== undefined ? { "00100040": { vr: "CS", Value: [patient.sex] } } : { "00100040": { vr: "CS" } }),
+    ...(patient.birth !== undefined ? { "00100030": { vr: "DA", Value: [patient.birth] } } : {}),
+    "00201206": { vr: "IS", Value: [series] },
+    "00201208": { vr: "IS", Value: [instances] },
+    "00081190": { vr: "UR", Value: [`http://x/studies/${uid}`] },
+  });
+
+  it("a PATIENT level identifier becomes a study search on the patient keys, reading what grouping needs", () => {
+    const plan = planFind({
+      ...level("PATIENT"),
+      "00100020": { vr: "LO", Value: ["P-1"] },
+      "00100010": { vr: "PN", Value: [{ Alphabetic: "Doe*" }] },
+      "00100030": { vr: "DA" },
+      "00201200": { vr: "IS" },
+      "00201204": { vr: "IS" },
+      "0020000D": { vr: "UI" },
+    }, LIMITS, "patient");
+    expect(plan.level).toBe("patient");
+    expect(plan.query.level).toBe("study");
+    expect(plan.query.filters.map((f) => [f.keyword, f.match.kind])).toEqual([["PatientID", "single"], ["PatientName", "wildcard"], ["PatientBirthDate", "universal"]]);
+    expect(plan.query.includeFields).toEqual(expect.arrayContaining(["00100020", "00100021", "00100010", "00201206", "00201208"]));
+    // a key below the PATIENT level is returned zero-length when empty, refused when it carries a value
+    expect(plan.keys.map((k) => k.tag)).toContain("0020000D");
+    expect(() => planFind({ ...level("PATIENT"), "00080020": { vr: "DA", Value: ["20240101"] } }, LIMITS, "patient")).toThrow(/StudyDate is a study key/);
+    // the lower levels work as under Study Root, the patient's keys matched as upper-level keys
+    const series = planFind({ ...level("SERIES"), "00100020": { vr: "LO", Value: ["P-1"] }, "0020000D": { vr: "UI", Value: ["1.2.3"] }, "00080060": { vr: "CS" } }, LIMITS, "patient");
+    expect(series.level).toBe("series");
+    expect(series.query.filters.map((f) => f.keyword)).toEqual(["PatientID", "StudyInstanceUID", "Modality"]);
+    expect(() => planFind(level("WARD"), LIMITS, "patient")).toThrow(/PATIENT, STUDY, SERIES or IMAGE \(Patient Root\)/);
+  });
+
+  it("groups studies into patients as the catalogue does: counts summed, anonymous studies never one patient", () => {
+    const plan = planFind({ ...level("PATIENT"), "00100020": { vr: "LO" }, "00100010": { vr: "PN" }, "00100040": { vr: "CS" }, "00100030": { vr: "DA" }, "00201200": { vr: "IS" }, "00201202": { vr: "IS" }, "00201204": { vr: "IS" }, "00201206": { vr: "IS" }, "00081190": { vr: "UR" } }, LIMITS, "patient");
+    const answers = new PatientAnswers(10);
+    expect(answers.add(study("1.1", { id: "P-1", name: "Doe^Jane", sex: "F" }, 2, 5))).toBe(true);
+    answers.add(study("1.2", { id: "P-1", name: "Doe^Jane", birth: "19700101" }, 1, 3));
+    answers.add(study("1.3", { id: "P-1", name: "Roe^Rita" }, 1, 1)); // same ID, another person
+    answers.add(study("1.4", {}, 1, 2)); // anonymised: no ID, issuer or name
+    answers.add(study("1.5", { name: "" }, 3, 4, ));
+    const out = [...answers.responses(plan, "RELAY")];
+    expect(out).toHaveLength(4);
+    const [jane, rita, anon1, anon2] = out;
+    expect(jane!["00080052"]!.Value).toEqual(["PATIENT"]);
+    expect(jane!["00100020"]!.Value).toEqual(["P-1"]);
+    expect(jane!["00100040"]!.Value).toEqual(["F"]);
+    expect(jane!["00100030"]!.Value).toEqual(["19700101"]); // the same patient's blank filled from its other study
+    expect([jane, rita, anon1, anon2].map((r) => [r!["00201200"]!.Value![0], r!["00201202"]!.Value![0], r!["00201204"]!.Value![0]])).toEqual([[2, 3, 8], [1, 1, 1], [1, 1, 2], [1, 3, 4]]);
+    // no study's own values leak into a patient's answer, and anonymous patients get no attributes of others
+    expect(jane!["00201206"]).toEqual({ vr: "IS" });
+    expect(jane!["00081190"]).toEqual({ vr: "UR" });
+    expect(anon1!["00100040"]).toEqual({ vr: "CS" });
+    expect(anon1!["00100030"]).toEqual({ vr: "DA" });
+    // bounded: a patient past the limit is refused, the known ones still count
+    const small = new PatientAnswers(1);
+    expect(small.add(study("2.1", { id: "A" }, 1, 1))).toBe(true);
+    expect(small.add(study("2.2", { id: "A" }, 1, 1))).toBe(true);
+    expect(small.add(study("2.3", { id: "B" }, 1, 1))).toBe(false);
+  });
+
+  it("a PATIENT level retrieve names one patient by PatientID; the other levels are scopes as under Study Root", () => {
+    const p = planRetrieve({ ...level("PATIENT"), "00100020": { vr: "LO", Value: ["P-1"] }, "00100021": { vr: "LO", Value: ["HOSP"] } }, null, "patient", LIMITS);
+    expect("patient" in p && p.patient.query.filters.map((f) => [f.keyword, f.match])).toEqual([["PatientID", { kind: "single", value: "P-1" }], ["IssuerOfPatientID", { kind: "single", value: "HOSP" }]]);
+    expect(() => planRetrieve(level("PATIENT"), null, "patient", LIMITS)).toThrow(/needs PatientID/);
+    expect(() => planRetrieve({ ...level("PATIENT"), "00100020": { vr: "LO", Value: ["P*"] } }, null, "patient", LIMITS)).toThrow(/without wildcards/);
+    expect(() => planRetrieve({ ...level("PATIENT"), "00100020": { vr: "LO", Value: ["P-1"] } }, null, "study", LIMITS)).toThrow(/PATIENT is Patient Root's/);
+    expect(planRetrieve({ ...level("STUDY"), "00100020": { vr: "LO", Value: ["P-1"] }, "0020000D": { vr: "UI", Value: ["1.2"] } }, ["1.2"], "patient", LIMITS)).toEqual({ scopes: [{ allowedStudies: ["1.2"], studyInstanceUID: "1.2" }] });
+  });
+
+  it("Patient Root FIND / MOVE / GET are accepted in association negotiation", () => {
+    const cfg = { aeTitle: "DICOM_RELAY", peers: [{ aeTitle: "HOMEPACS", host: "127.0.0.1", port: 104, studies: "all" as const, store: false, tls: false, storageCommitment: false }] };
+    const d = decideAssociation(rq({ roles: [], contexts: [SopClassUID.PatientRootFind, SopClassUID.PatientRootMove, SopClassUID.PatientRootGet, "1.2.840.10008.5.1.4.1.2.3.1"].map((abstractSyntax, i) => ({ id: 2 * i + 1, abstractSyntax, transferSyntaxes: [EXPLICIT] })) }), "127.0.0.1", cfg);
+    expect(d.ok && d.contexts.map((c) => c.result)).toEqual([PcResult.acceptance, PcResult.acceptance, PcResult.acceptance, PcResult.abstractSyntaxNotSupported]);
   });
 });
 

@@ -59,7 +59,7 @@ describe("OHIF's build served under the relay's paths", () => {
     expect(c.dataSources).toHaveLength(1);
     expect(c.dataSources[0]!.configuration).toMatchObject({
       qidoRoot: "/share/drs_x/dicom-web", wadoRoot: "/share/drs_x/dicom-web", wadoUriRoot: "/share/drs_x/dicom-web",
-      imageRendering: "wadors", thumbnailRendering: "wadors", supportsFuzzyMatching: false,
+      imageRendering: "wadors", thumbnailRendering: "thumbnail", thumbnailRequestStrategy: "fetch", supportsFuzzyMatching: false,
     });
     const script = ohifAppConfigScript({ routerBasename: "/share/</script>", dicomwebPath: "/d" });
     expect(script).not.toContain("</script>");
