@@ -1,6 +1,22 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (no build step) through tsx's loader.
-import { register } from "tsx/esm/api";
-register();
-const { main } = await import("../src/main.ts");
+// Runs dist/relay.mjs, built from the TypeScript sources by scripts/build-relay.mjs whenever it is missing or older
+// than a source (about a second). Where it cannot be built (no esbuild, a read-only install without the file) or
+// DICOM_RELAY_FROM_SOURCE=1 is set, the sources run through tsx's loader instead: same behaviour, slower start and
+// more memory.
+import { pathToFileURL } from "node:url";
+
+let main;
+if (process.env.DICOM_RELAY_FROM_SOURCE !== "1") {
+  try {
+    const { ensureRelayBuild } = await import("../scripts/build-relay.mjs");
+    ({ main } = await import(pathToFileURL(await ensureRelayBuild()).href));
+  } catch (err) {
+    process.stderr.write(`dicom-relay: running from the sources (the built file could not be made: ${err?.message ?? err})\n`);
+  }
+}
+if (!main) {
+  const { register } = await import("tsx/esm/api");
+  register();
+  ({ main } = await import("../src/main.ts"));
+}
 process.exitCode = await main(process.argv.slice(2));

@@ -58,7 +58,8 @@ export async function startServer(dataDir: string, env: Record<string, string> =
   const port = await freePort();
   // BENCH_CPU_PROF_DIR: each relay the bench starts writes a V8 CPU profile there when it stops (where the time goes)
   const profile = process.env.BENCH_CPU_PROF_DIR ? ["--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF_DIR] : [];
-  const proc = spawn(process.execPath, [...profile, "--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
+  // as `npm start` runs it: the built dist/relay.mjs (bin/dicom-relay.js builds it when a source is newer)
+  const proc = spawn(process.execPath, [...profile, path.join(ROOT, "bin/dicom-relay.js"), "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,

@@ -1,0 +1,69 @@
+/**
+ * `npm start` and the CLI run dist/relay.mjs, built from the sources when missing or stale (bin/dicom-relay.js,
+ * scripts/build-relay.mjs), not the sources through a TypeScript loader; DICOM_RELAY_FROM_SOURCE=1 keeps the loader.
+ */
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { RELAY_BUILD } from "../../scripts/build-relay.mjs";
+
+const ROOT = path.resolve(import.meta.dirname, "../..");
+const BIN = path.join(ROOT, "bin/dicom-relay.js");
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** `dicom-relay serve` until it says where it listens; then one DICOMweb request, then SIGTERM. */
+async function serveOnce(env: Record<string, string>): Promise<{ status: number; stderr: string }> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-start-"));
+  dirs.push(dataDir);
+  const p = spawn(process.execPath, [BIN, "serve"], {
+    env: { PATH: process.env.PATH ?? "", HOME: os.homedir(), DICOM_RELAY_DATA_DIR: dataDir, DICOM_RELAY_SERVER_HOST: "127.0.0.1", DICOM_RELAY_SERVER_PORT: "0", DICOM_RELAY_LOG_LEVEL: "warn", DICOM_RELAY_AUTH_ENABLED: "false", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    cwd: ROOT,
+  });
+  let stdout = "";
+  let stderr = "";
+  p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  try {
+    const root = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no "listening" line in 60 s: ${stdout} ${stderr}`)), 60_000);
+      p.stdout.on("data", () => {
+        const m = /DICOMweb root: (\S+)/.exec(stdout);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]!);
+        }
+      });
+      p.once("exit", (code) => reject(new Error(`exited with ${code}: ${stderr}`)));
+    });
+    const res = await fetch(`${root}/studies`, { headers: { Accept: "application/dicom+json" } });
+    return { status: res.status, stderr };
+  } finally {
+    p.kill("SIGTERM");
+    await new Promise((r) => (p.exitCode !== null ? r(null) : p.once("exit", r)));
+  }
+}
+
+describe("production start", () => {
+  it("runs the built file, rebuilt when it is older than a source, and answers DICOMweb", async () => {
+    // a stale build (older than every source): the next start builds it again
+    if (fs.existsSync(RELAY_BUILD)) fs.utimesSync(RELAY_BUILD, new Date(0), new Date(0));
+    const r = await serveOnce({});
+    expect(r.status).toBe(200);
+    expect(r.stderr).not.toContain("running from the sources");
+    expect(fs.statSync(RELAY_BUILD).mtimeMs).toBeGreaterThan(Date.now() - 120_000);
+    const built = fs.readFileSync(RELAY_BUILD, "utf8");
+    expect(built).toContain("built by scripts/build-relay.mjs");
+    expect(built).toMatch(/DICOMweb root:/);
+  }, 120_000);
+
+  it("DICOM_RELAY_FROM_SOURCE=1 runs the sources through tsx, with the same answers", async () => {
+    const r = await serveOnce({ DICOM_RELAY_FROM_SOURCE: "1" });
+    expect(r.status).toBe(200);
+  }, 120_000);
+});
