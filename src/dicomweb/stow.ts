@@ -56,7 +56,8 @@ export function stowRoutes(svc: DicomwebServices): Router {
           pending.push(Promise.resolve(spooled));
           continue;
         }
-        while (inflight.size >= STOW_CONCURRENCY) await Promise.race(inflight);
+        // never throws here: a spooled part must reach ingestSpool (which frees it); failures surface from pending
+        while (inflight.size >= STOW_CONCURRENCY) await Promise.race(inflight).catch(() => undefined);
         const p = svc.ingest.ingestSpool(spooled, opts);
         const tracked = p.finally(() => inflight.delete(tracked));
         inflight.add(tracked);

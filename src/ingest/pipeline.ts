@@ -9,20 +9,30 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
-import { Transform, type Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { once } from "node:events";
+import { Readable } from "node:stream";
+import { finished, pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { isIndexUnavailable, type Index, type InstanceRecord } from "../catalog/index.ts";
 import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../storage/blobStore.ts";
 import { deleteBlobIfUnreferenced, withBlobLock } from "../storage/blobLocks.ts";
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
-import { fileSource, readPart10 } from "../dicom/part10.ts";
+import { bufferSource, fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
 import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "./types.ts";
 
 // short enough for a DICOM Error Comment (LO, 64 characters)
 const INDEX_UNAVAILABLE = "index database is unavailable; nothing was stored; retry later";
+
+/**
+ * An instance up to this size is held in memory between arrival and storage instead of going through a spool
+ * file (a CT slice is ~0.5 MB; most instances of a study are smaller): no spool file to create, read back and
+ * remove. All instances so held take at most IN_MEMORY_BUDGET_BYTES together; past it they are spooled as before,
+ * so memory stays bounded whatever the number of requests.
+ */
+const IN_MEMORY_INSTANCE_BYTES = 1024 * 1024;
+const IN_MEMORY_BUDGET_BYTES = 32 * 1024 * 1024;
 
 export interface IngestDeps {
   index: Index;
@@ -31,6 +41,8 @@ export interface IngestDeps {
   /** directory for spooled uploads; must be on local disk */
   tmpDir: string;
   log: Logger;
+  /** instances held in memory instead of a spool file (defaults: up to 1 MiB each, 32 MiB together) */
+  inMemory?: { instanceBytes: number; budgetBytes: number };
 }
 
 export class IngestPipeline implements Ingestor {
@@ -48,45 +60,100 @@ export class IngestPipeline implements Ingestor {
     return "status" in spooled ? spooled : this.ingestSpool(spooled, opts);
   }
 
+  /** bytes of instances held in memory right now (at most IN_MEMORY_BUDGET_BYTES) */
+  private inMemoryBytes = 0;
+
+  /** Bytes held in memory now, for tests and metrics. */
+  get heldInMemoryBytes(): number {
+    return this.inMemoryBytes;
+  }
+
   /**
-   * First half of ingestStream: the stream lands in a local spool file, hashed and counted on the way.
-   * Split out so a multipart reader can read part N+1 while part N is being stored and indexed.
+   * First half of ingestStream: the stream is hashed and counted, kept in memory when small (within the budget),
+   * else written to a local spool file. Split out so a multipart reader can read part N+1 while part N is stored.
    */
   async spool(body: Readable, opts: IngestOptions = {}): Promise<SpooledInstance | IngestResult> {
-    const spool = path.join(this.deps.tmpDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
     const hash = crypto.createHash("sha256");
     let size = 0;
     let tooLarge = false;
     const max = this.deps.config.maxInstanceBytes;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
+    // in memory while it fits; the first chunk that does not fit opens the spool file and everything goes there
+    const limits = this.deps.inMemory ?? { instanceBytes: IN_MEMORY_INSTANCE_BYTES, budgetBytes: IN_MEMORY_BUDGET_BYTES };
+    let held: Buffer[] = [];
+    let heldBytes = 0;
+    let spool: string | null = null;
+    let out: fs.WriteStream | null = null;
+    let written: Promise<void> | null = null;
+    const write = async (chunk: Buffer) => {
+      if (!out!.write(chunk)) await Promise.race([once(out!, "drain"), written]);
+    };
+    const dropHeld = () => {
+      this.inMemoryBytes -= heldBytes;
+      held = [];
+      heldBytes = 0;
+    };
+    try {
+      // a plain loop, not stream.pipeline with a function stage: that costs an AbortController and an abort (a
+      // DOMException with its stack) per instance
+      for await (const chunk of body as AsyncIterable<Buffer>) {
         size += chunk.length;
         // past the limit, keep reading (so a multipart body can move on to its next part) but keep nothing
         if (size > max) tooLarge = true;
-        if (tooLarge) return done();
+        if (tooLarge) continue;
         hash.update(chunk);
-        done(null, chunk);
-      },
-    });
-    try {
-      await pipeline(body, meter, fs.createWriteStream(spool, { flags: "wx" }));
+        if (!out) {
+          if (heldBytes + chunk.length <= limits.instanceBytes && this.inMemoryBytes + chunk.length <= limits.budgetBytes) {
+            held.push(chunk);
+            heldBytes += chunk.length;
+            this.inMemoryBytes += chunk.length;
+            continue;
+          }
+          spool = path.join(this.deps.tmpDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
+          out = fs.createWriteStream(spool, { flags: "wx" });
+          written = finished(out);
+          written.catch(() => undefined); // awaited below; never an unhandled rejection
+          const earlier = held;
+          dropHeld();
+          for (const c of earlier) await write(c);
+        }
+        await write(chunk);
+      }
+      if (out) {
+        (out as fs.WriteStream).end();
+        await written;
+      }
     } catch (err) {
-      await fsp.rm(spool, { force: true });
+      dropHeld();
+      (out as fs.WriteStream | null)?.destroy();
+      if (spool) await fsp.rm(spool, { force: true });
       throw err;
     }
     if (tooLarge) {
-      await fsp.rm(spool, { force: true });
+      dropHeld();
+      if (spool) {
+        (out as fs.WriteStream | null)?.destroy();
+        await fsp.rm(spool, { force: true });
+      }
       return this.fail(opts, FailureReason.OutOfResources,
         `the instance is larger than the relay accepts (${max} bytes); ask the administrator to raise ingest.maxInstanceBytes`);
     }
-    return { path: spool, sha256: hash.digest("hex"), size };
+    if (spool) return { path: spool, sha256: hash.digest("hex"), size };
+    // one compact buffer (the chunks may be views into the socket's larger reads); the budget counts it until ingestSpool
+    return { path: null, bytes: held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes), sha256: hash.digest("hex"), size };
   }
 
-  /** Second half of ingestStream: parse, validate, de-duplicate, store, index; the spool file is consumed. */
+  /** Second half of ingestStream: parse, validate, de-duplicate, store, index; the spool file or memory is freed. */
   async ingestSpool(spooled: SpooledInstance, opts: IngestOptions = {}): Promise<IngestResult> {
+    if (spooled.path === null) {
+      try {
+        return await this.ingestSpooled({ bytes: spooled.bytes! }, spooled.sha256, spooled.size, opts);
+      } finally {
+        this.inMemoryBytes -= spooled.size;
+      }
+    }
     const moved = { intoStorage: false };
     try {
-      return await this.ingestSpooled(spooled.path, spooled.sha256, spooled.size, opts, true, moved);
+      return await this.ingestSpooled({ path: spooled.path, owned: true, moved }, spooled.sha256, spooled.size, opts);
     } finally {
       // a spool file renamed into storage is gone already: no lstat and unlink for nothing
       if (!moved.intoStorage) await fsp.rm(spooled.path, { force: true });
@@ -101,11 +168,19 @@ export class IngestPipeline implements Ingestor {
     }
     const hash = crypto.createHash("sha256");
     await pipeline(fs.createReadStream(filePath, { highWaterMark: 1 << 20 }), hash);
-    return this.ingestSpooled(filePath, hash.digest("hex"), st.size, opts, false);
+    return this.ingestSpooled({ path: filePath, owned: false }, hash.digest("hex"), st.size, opts);
   }
 
-  /** The file at spoolPath is complete and hashed; ownsFile: it may be moved into storage. */
-  private async ingestSpooled(spoolPath: string, sha256: string, size: number, opts: IngestOptions, ownsFile: boolean, moved?: { intoStorage: boolean }): Promise<IngestResult> {
+  /**
+   * The instance is complete and hashed: in memory, or in a file (owned: it may be moved into storage, and then
+   * moved.intoStorage says so).
+   */
+  private async ingestSpooled(
+    from: { bytes: Buffer } | { path: string; owned: boolean; moved?: { intoStorage: boolean } },
+    sha256: string,
+    size: number,
+    opts: IngestOptions,
+  ): Promise<IngestResult> {
     const { index, store, log } = this.deps;
     if (opts.expectedSha256 && opts.expectedSha256.toLowerCase() !== sha256) {
       return this.fail(opts, FailureReason.ProcessingFailure,
@@ -114,9 +189,9 @@ export class IngestPipeline implements Ingestor {
     }
 
     let parsed: ParsedInstance;
-    const handle = await fsp.open(spoolPath, "r");
+    const handle = "bytes" in from ? null : await fsp.open(from.path, "r");
     try {
-      parsed = await readPart10(fileSource(handle, size), {
+      parsed = await readPart10(handle ? fileSource(handle, size) : bufferSource((from as { bytes: Buffer }).bytes), {
         maxHeaderBytes: this.deps.config.maxHeaderBytes,
         bulkDataThreshold: this.deps.config.bulkDataThreshold,
         // a deflated data set may inflate to no more than an instance may be
@@ -127,7 +202,7 @@ export class IngestPipeline implements Ingestor {
       log.error({ err, source: opts.source }, "unexpected error while reading an instance");
       return this.fail(opts, FailureReason.CannotUnderstand, `the file could not be read as DICOM: ${(err as Error).message}`, { sha256, size });
     } finally {
-      await handle.close();
+      await handle?.close();
     }
 
     const ids = {
@@ -165,11 +240,11 @@ export class IngestPipeline implements Ingestor {
     // of the same content-addressed key cannot remove the blob between the put and the insert
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
-        if (ownsFile) {
-          await store.putFile(blobKey, spoolPath);
-          if (moved) moved.intoStorage = true;
-        }
-        else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
+        if ("bytes" in from) await store.put(blobKey, Readable.from([from.bytes]), { size });
+        else if (from.owned) {
+          await store.putFile(blobKey, from.path);
+          if (from.moved) from.moved.intoStorage = true;
+        } else await store.put(blobKey, fs.createReadStream(from.path, { highWaterMark: 1 << 20 }), { size });
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
         const unavailable = err instanceof StorageUnavailableError;

@@ -49,9 +49,14 @@ export interface IngestOptions {
   bundleEntry?: boolean;
 }
 
-/** An instance's bytes landed in a local spool file, hashed and counted; not yet parsed or stored. */
+/**
+ * An instance's bytes, hashed and counted, not yet parsed or stored: in a local spool file, or (a small instance,
+ * within the relay's in-memory budget) in memory. Whoever gets one must hand it to ingestSpool, which frees it.
+ */
 export interface SpooledInstance {
-  path: string;
+  /** the spool file, or null when the bytes are in memory */
+  path: string | null;
+  bytes?: Buffer;
   sha256: string;
   size: number;
 }

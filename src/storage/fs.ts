@@ -50,8 +50,10 @@ export class FsBlobStore implements BlobStore {
     const dest = this.pathOf(key);
     const tmp = this.tempPath();
     try {
-      await pipeline(body, fs.createWriteStream(tmp, { flags: "wx" }));
-      return await this.commit(tmp, dest, key, await fsyncFile(tmp));
+      // flush: fsync on the stream's own descriptor before it closes (no second open just to fsync)
+      const out = fs.createWriteStream(tmp, { flags: "wx", flush: true });
+      await pipeline(body, out);
+      return await this.commit(tmp, dest, key, out.bytesWritten);
     } catch (err) {
       await fsp.rm(tmp, { force: true });
       throw wrapFsError(err);

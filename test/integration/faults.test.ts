@@ -48,7 +48,8 @@ function send(endpoint: string, bytes: Buffer, opts: { metadata?: Record<string,
       endpoint,
       metadata: opts.metadata ?? {},
       chunkSize: Number.POSITIVE_INFINITY,
-      retryDelays: Array.from({ length: 40 }, (_, i) => (i === 0 ? 0 : 250)),
+      // ~30 s of retries: a relay restarting on a busy machine can take that long to listen again
+      retryDelays: Array.from({ length: 120 }, (_, i) => (i === 0 ? 0 : 250)),
       storeFingerprintForResuming: false,
       onShouldRetry: () => {
         retries++;
@@ -152,7 +153,8 @@ async function countBlobs(relay: TestRelay): Promise<number> {
 
 
 function spawnRelay(dataDir: string, port: number): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
+  // as `npm start` runs it (the built dist/relay.mjs)
+  const proc = spawn(process.execPath, [path.join(ROOT, "bin/dicom-relay.js"), "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,
@@ -165,7 +167,7 @@ function spawnRelay(dataDir: string, port: number): Promise<ChildProcess> {
     stdio: ["ignore", "pipe", "inherit"],
   });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("relay did not start within 30 s")), 30_000);
+    const timer = setTimeout(() => reject(new Error("relay did not start within 60 s")), 60_000);
     proc.stdout!.on("data", (d: Buffer) => {
       if (d.toString().includes("listening")) {
         clearTimeout(timer);

@@ -139,8 +139,9 @@ describe("body idle timeout, refused bodies and the upload cap (in process)", ()
   it("a silent STOW body ends its request and removes its spool; a silent tus PATCH keeps what arrived", async () => {
     relay = await startTestRelay({ auth: { enabled: true }, server: { bodyIdleTimeoutSeconds: 1, maxConcurrentUploadsPerToken: 2 } });
     admin = relay.initialAdminToken!;
-    const s = stalled(relay.port, stowHead(relay.port, admin, 1_000_000), STOW_START + "x".repeat(5000));
-    await sleep(300);
+    // more than the 1 MiB an instance may be held in memory: it is being spooled to a file when the sender goes silent
+    const s = stalled(relay.port, stowHead(relay.port, admin, 3_000_000), STOW_START + "x".repeat(1_200_000));
+    for (let i = 0; i < 20 && !spoolFiles(relay.dataDir).length; i++) await sleep(100);
     expect(spoolFiles(relay.dataDir).length).toBe(1);
     const ms = await Promise.race([s.closed, sleep(5000).then(() => -1)]);
     expect(ms).toBeGreaterThan(0);
