@@ -410,6 +410,25 @@ async function benchS3(workDir: string) {
   }
 }
 
+/**
+ * The core workload with PostgreSQL as the index (blobs on local disk): a PostgreSQL server started for the run,
+ * durable as in production (fsync, synchronous_commit and full_page_writes on).
+ */
+async function benchPostgres(workDir: string) {
+  const { startPostgres } = await import("../test/support/postgres.ts");
+  const pg = await startPostgres({ durable: true });
+  try {
+    const server = await startServer(path.join(workDir, "pg-core"), { DICOM_RELAY_INDEX_KIND: "postgres", DICOM_RELAY_INDEX_POSTGRES_URL: pg.url });
+    try {
+      return { index: "postgres (local server, fsync on)", core: await measureDicomweb(server) };
+    } finally {
+      await server.stop();
+    }
+  } finally {
+    await pg.stop();
+  }
+}
+
 /** The same core workload against Orthanc + its DICOMweb plugin, when installed. */
 async function benchPeer(workDir: string) {
   const found = orthancAvailable();
@@ -422,7 +441,7 @@ async function benchPeer(workDir: string) {
   }
 }
 
-/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, transfers, crossborder, peer, index100k, dimse). */
+/** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, postgres, transfers, crossborder, peer, index100k, dimse). */
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
 const wanted = (section: string) => !ONLY || ONLY.has(section);
 const notSelected = { skipped: `not in BENCH_ONLY=${process.env.BENCH_ONLY ?? ""}` };
@@ -435,6 +454,7 @@ async function main() {
     const large = wanted("largeInstance") ? await benchLargeInstance(workDir) : null;
     const documents = wanted("documents") ? await benchDocuments(workDir) : null;
     const s3 = wanted("s3") ? await benchS3(workDir) : notSelected;
+    const postgres = wanted("postgres") ? await benchPostgres(workDir) : notSelected;
     const transfers = wanted("transfers") ? await benchTransfers(workDir) : notSelected;
     const crossborder = wanted("crossborder") ? await benchCrossborder(workDir) : notSelected;
     const peer = wanted("peer") ? await benchPeer(workDir) : notSelected;
@@ -449,6 +469,7 @@ async function main() {
       largeInstance: large ?? notSelected,
       documents: documents ?? notSelected,
       s3,
+      postgres,
       transfers,
       crossborder,
       peer,

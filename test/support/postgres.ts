@@ -40,6 +40,8 @@ export interface PostgresOptions {
   startTimeoutMs?: number;
   /** keep the server log on stderr of the test run (default: shown only when start fails) */
   verbose?: boolean;
+  /** fsync, synchronous commit and full page writes on, as in production (the bench); tests run without them */
+  durable?: boolean;
 }
 
 const USER = "relay";
@@ -178,7 +180,7 @@ export async function startPostgres(opts: PostgresOptions = {}): Promise<Running
     const guard = '"$@" </dev/null & child=$!; cat >/dev/null; kill -INT "$child" 2>/dev/null; wait "$child"';
     const proc = spawn("sh", ["-c", guard, "postgres-guard", path.join(bin, "postgres"),
       "-D", dataDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", `unix_socket_directories=${socketDir}`,
-      "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=60",
+      ...(opts.durable ? [] : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]), "-c", "max_connections=60",
       "-c", "shared_buffers=64MB", "-c", "logging_collector=off"], {
       ...asServer,
       detached: true, // own process group: one signal reaches sh, cat, the postmaster and its backends
