@@ -65,6 +65,42 @@ export function bufferSource(buf: Buffer): RandomAccessSource {
   };
 }
 
+/** A source over bytes held as a list of buffers (as they arrived), without joining them first. */
+export function chunksSource(chunks: readonly Buffer[]): RandomAccessSource {
+  const starts: number[] = [];
+  let size = 0;
+  for (const c of chunks) {
+    starts.push(size);
+    size += c.length;
+  }
+  return {
+    size,
+    async read(position, length) {
+      const end = Math.min(size, position + length);
+      if (end <= position) return Buffer.alloc(0);
+      // the chunk holding `position`: binary search over the start offsets
+      let lo = 0;
+      let hi = chunks.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (starts[mid]! <= position) lo = mid;
+        else hi = mid - 1;
+      }
+      const first = chunks[lo]!;
+      const from = position - starts[lo]!;
+      if (end - starts[lo]! <= first.length) return first.subarray(from, end - starts[lo]!);
+      const out = Buffer.allocUnsafe(end - position);
+      let filled = 0;
+      for (let i = lo; filled < out.length; i++) {
+        const c = chunks[i]!;
+        const off = i === lo ? from : 0;
+        filled += c.copy(out, filled, off, Math.min(c.length, off + out.length - filled));
+      }
+      return out;
+    },
+  };
+}
+
 export interface ReadPart10Options {
   /** largest header (everything but bulk data) parsed into memory, bytes */
   maxHeaderBytes: number;

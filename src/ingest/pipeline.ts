@@ -18,7 +18,7 @@ import { isIndexUnavailable, type Index, type InstanceRecord } from "../catalog/
 import { instanceBlobKey, StorageUnavailableError, type BlobStore } from "../storage/blobStore.ts";
 import { deleteBlobIfUnreferenced, withBlobLock } from "../storage/blobLocks.ts";
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
-import { bufferSource, fileSource, readPart10 } from "../dicom/part10.ts";
+import { chunksSource, fileSource, readPart10 } from "../dicom/part10.ts";
 import type { ParsedInstance } from "../dicom/types.ts";
 import type { IngestOptions, IngestResult, Ingestor, SpooledInstance } from "./types.ts";
 
@@ -138,15 +138,15 @@ export class IngestPipeline implements Ingestor {
         `the instance is larger than the relay accepts (${max} bytes); ask the administrator to raise ingest.maxInstanceBytes`);
     }
     if (spool) return { path: spool, sha256: hash.digest("hex"), size };
-    // one compact buffer (the chunks may be views into the socket's larger reads); the budget counts it until ingestSpool
-    return { path: null, bytes: held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes), sha256: hash.digest("hex"), size };
+    // the chunks as they arrived (views into the socket's reads: no copy); the budget counts them until ingestSpool
+    return { path: null, chunks: held, sha256: hash.digest("hex"), size };
   }
 
   /** Second half of ingestStream: parse, validate, de-duplicate, store, index; the spool file or memory is freed. */
   async ingestSpool(spooled: SpooledInstance, opts: IngestOptions = {}): Promise<IngestResult> {
     if (spooled.path === null) {
       try {
-        return await this.ingestSpooled({ bytes: spooled.bytes! }, spooled.sha256, spooled.size, opts);
+        return await this.ingestSpooled({ chunks: spooled.chunks! }, spooled.sha256, spooled.size, opts);
       } finally {
         this.inMemoryBytes -= spooled.size;
       }
@@ -176,7 +176,7 @@ export class IngestPipeline implements Ingestor {
    * moved.intoStorage says so).
    */
   private async ingestSpooled(
-    from: { bytes: Buffer } | { path: string; owned: boolean; moved?: { intoStorage: boolean } },
+    from: { chunks: Buffer[] } | { path: string; owned: boolean; moved?: { intoStorage: boolean } },
     sha256: string,
     size: number,
     opts: IngestOptions,
@@ -189,9 +189,9 @@ export class IngestPipeline implements Ingestor {
     }
 
     let parsed: ParsedInstance;
-    const handle = "bytes" in from ? null : await fsp.open(from.path, "r");
+    const handle = "chunks" in from ? null : await fsp.open(from.path, "r");
     try {
-      parsed = await readPart10(handle ? fileSource(handle, size) : bufferSource((from as { bytes: Buffer }).bytes), {
+      parsed = await readPart10(handle ? fileSource(handle, size) : chunksSource((from as { chunks: Buffer[] }).chunks), {
         maxHeaderBytes: this.deps.config.maxHeaderBytes,
         bulkDataThreshold: this.deps.config.bulkDataThreshold,
         // a deflated data set may inflate to no more than an instance may be
@@ -240,7 +240,7 @@ export class IngestPipeline implements Ingestor {
     // of the same content-addressed key cannot remove the blob between the put and the insert
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
-        if ("bytes" in from) await store.put(blobKey, Readable.from([from.bytes]), { size });
+        if ("chunks" in from) await store.put(blobKey, Readable.from(from.chunks), { size });
         else if (from.owned) {
           await store.putFile(blobKey, from.path);
           if (from.moved) from.moved.intoStorage = true;

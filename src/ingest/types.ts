@@ -56,7 +56,8 @@ export interface IngestOptions {
 export interface SpooledInstance {
   /** the spool file, or null when the bytes are in memory */
   path: string | null;
-  bytes?: Buffer;
+  /** the bytes in memory, as they arrived (not joined into one buffer: no copy) */
+  chunks?: Buffer[];
   sha256: string;
   size: number;
 }

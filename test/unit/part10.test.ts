@@ -5,7 +5,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import iconv from "iconv-lite";
 import { describe, expect, it } from "vitest";
-import { fileSource, readPart10 } from "../../src/dicom/part10.ts";
+import { chunksSource, fileSource, readPart10 } from "../../src/dicom/part10.ts";
 import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
@@ -507,5 +507,48 @@ describe("readPart10: encapsulated reads", () => {
     const p = await readPart10(c.source, READ_OPTS);
     expect(p.pixelData!.frames).toHaveLength(6);
     expect(c.bytesRead()).toBeLessThan(70 * 1024); // the first window plus 8-byte item headers
+  });
+});
+
+describe("chunksSource (an instance held in memory as the chunks it arrived in)", () => {
+  it("reads any range, within a chunk or across many, as the joined bytes would give it", async () => {
+    const whole = crypto.randomBytes(10_000);
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < whole.length;) {
+      const n = 1 + (i % 997) % 700; // uneven sizes, some of one byte
+      chunks.push(whole.subarray(i, i + n));
+      i += n;
+    }
+    const src = chunksSource(chunks);
+    expect(src.size).toBe(whole.length);
+    for (const [pos, len] of [[0, 1], [0, 10_000], [5, 3000], [699, 2], [9_990, 50], [10_000, 5], [4321, 0], [1234, 5678]] as const) {
+      expect(Buffer.compare(await src.read(pos, len), whole.subarray(pos, Math.min(whole.length, pos + len)))).toBe(0);
+    }
+    for (let k = 0; k < 200; k++) {
+      const pos = (k * 7919) % whole.length;
+      const len = (k * 104729) % 4000;
+      expect(Buffer.compare(await src.read(pos, len), whole.subarray(pos, Math.min(whole.length, pos + len)))).toBe(0);
+    }
+  });
+
+  it("parses a Part-10 instance from its chunks as from the file", async () => {
+    const bytes = makeInstance({ rows: 32, columns: 32, seed: 5 });
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < bytes.length; i += 333) chunks.push(bytes.subarray(i, i + 333));
+    const opts = { maxHeaderBytes: 1 << 20, bulkDataThreshold: 1024, maxInflatedBytes: 1 << 30 };
+    const fromChunks = await readPart10(chunksSource(chunks), opts);
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "chunks-"));
+    const file = path.join(dir, "i.dcm");
+    await fsp.writeFile(file, bytes);
+    const handle = await fsp.open(file, "r");
+    try {
+      const fromFile = await readPart10(fileSource(handle, bytes.length), opts);
+      expect(fromChunks.dataset).toEqual(fromFile.dataset);
+      expect(fromChunks.pixelData).toEqual(fromFile.pixelData);
+      expect(fromChunks.sopInstanceUID).toBe(fromFile.sopInstanceUID);
+    } finally {
+      await handle.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
   });
 });
