@@ -14,7 +14,12 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import forge from "node-forge";
+import { createRequire } from "node:module";
+import type Forge from "node-forge";
+
+// node-forge (~12 MB resident) is needed only to make certificates and PKCS#12 files (the CLI), not by a running relay
+let forgeModule: typeof Forge | undefined;
+const forgeLib = (): typeof Forge => (forgeModule ??= createRequire(import.meta.url)("node-forge") as typeof Forge);
 
 export interface PkiPaths {
   dir: string;
@@ -76,11 +81,11 @@ function randomSerial(): string {
   return b.toString("hex");
 }
 
-function rsaKeyPair(bits: number): { forgeKey: forge.pki.rsa.PrivateKey; forgePublic: forge.pki.rsa.PublicKey; pem: string } {
+function rsaKeyPair(bits: number): { forgeKey: Forge.pki.rsa.PrivateKey; forgePublic: Forge.pki.rsa.PublicKey; pem: string } {
   const { privateKey } = crypto.generateKeyPairSync("rsa", { modulusLength: bits, publicExponent: 0x10001 });
   const pem = privateKey.export({ type: "pkcs1", format: "pem" }) as string;
-  const forgeKey = forge.pki.privateKeyFromPem(pem) as forge.pki.rsa.PrivateKey;
-  return { forgeKey, forgePublic: forge.pki.setRsaPublicKey(forgeKey.n, forgeKey.e), pem };
+  const forgeKey = forgeLib().pki.privateKeyFromPem(pem) as Forge.pki.rsa.PrivateKey;
+  return { forgeKey, forgePublic: forgeLib().pki.setRsaPublicKey(forgeKey.n, forgeKey.e), pem };
 }
 
 function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): void {
@@ -90,7 +95,7 @@ function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): voi
   fs.renameSync(tmp, file);
 }
 
-function validity(cert: forge.pki.Certificate, days: number): void {
+function validity(cert: Forge.pki.Certificate, days: number): void {
   const now = new Date();
   // a little slack for clocks that are slightly behind
   cert.validity.notBefore = new Date(now.getTime() - 5 * 60 * 1000);
@@ -101,13 +106,13 @@ export function subjectString(attrs: { shortName?: string; value?: unknown }[]):
   return attrs.map((a) => `${a.shortName}=${String(a.value)}`).join(",");
 }
 
-function loadCa(p: PkiPaths): { key: forge.pki.rsa.PrivateKey; cert: forge.pki.Certificate } {
+function loadCa(p: PkiPaths): { key: Forge.pki.rsa.PrivateKey; cert: Forge.pki.Certificate } {
   if (!fs.existsSync(p.caKey) || !fs.existsSync(p.caCert)) {
     throw new PkiError(`no relay CA in ${p.dir}: run "dicom-relay pki init" first (or give --dir where the CA key is)`);
   }
   return {
-    key: forge.pki.privateKeyFromPem(fs.readFileSync(p.caKey, "utf8")) as forge.pki.rsa.PrivateKey,
-    cert: forge.pki.certificateFromPem(fs.readFileSync(p.caCert, "utf8")),
+    key: forgeLib().pki.privateKeyFromPem(fs.readFileSync(p.caKey, "utf8")) as Forge.pki.rsa.PrivateKey,
+    cert: forgeLib().pki.certificateFromPem(fs.readFileSync(p.caCert, "utf8")),
   };
 }
 
@@ -128,7 +133,7 @@ export function initPki(p: PkiPaths, opts: InitOptions = {}): { caSubject: strin
   }
   fs.mkdirSync(p.dir, { recursive: true, mode: 0o700 });
   const ca = rsaKeyPair(3072);
-  const caCert = forge.pki.createCertificate();
+  const caCert = forgeLib().pki.createCertificate();
   caCert.publicKey = ca.forgePublic;
   caCert.serialNumber = randomSerial();
   validity(caCert, opts.caDays ?? 3650);
@@ -140,9 +145,9 @@ export function initPki(p: PkiPaths, opts: InitOptions = {}): { caSubject: strin
     { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
     { name: "subjectKeyIdentifier" },
   ]);
-  caCert.sign(ca.forgeKey, forge.md.sha256.create());
+  caCert.sign(ca.forgeKey, forgeLib().md.sha256.create());
   writeFileAtomic(p.caKey, ca.pem, 0o600);
-  writeFileAtomic(p.caCert, forge.pki.certificateToPem(caCert));
+  writeFileAtomic(p.caCert, forgeLib().pki.certificateToPem(caCert));
   if (opts.force) {
     // a new CA: certificates of the old one no longer chain, and their serials mean nothing
     writeFileAtomic(p.issued, "[]\n");
@@ -157,7 +162,7 @@ export function issueServerCert(p: PkiPaths, opts: { hosts?: string[]; days?: nu
   const ca = loadCa(p);
   const hosts = [...new Set((opts.hosts?.length ? opts.hosts : ["localhost", "127.0.0.1", "::1"]).map((h) => h.trim()).filter(Boolean))];
   const key = rsaKeyPair(2048);
-  const cert = forge.pki.createCertificate();
+  const cert = forgeLib().pki.createCertificate();
   cert.publicKey = key.forgePublic;
   cert.serialNumber = randomSerial();
   // public TLS clients refuse server certificates valid for more than ~398 days
@@ -173,9 +178,9 @@ export function issueServerCert(p: PkiPaths, opts: { hosts?: string[]; days?: nu
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
   ]);
-  cert.sign(ca.key, forge.md.sha256.create());
+  cert.sign(ca.key, forgeLib().md.sha256.create());
   writeFileAtomic(p.serverKey, key.pem, 0o600);
-  writeFileAtomic(p.serverCert, forge.pki.certificateToPem(cert));
+  writeFileAtomic(p.serverCert, forgeLib().pki.certificateToPem(cert));
   return { subject: subjectString(cert.subject.attributes), hosts, serial: cert.serialNumber };
 }
 
@@ -197,7 +202,7 @@ export function issueClientCert(p: PkiPaths, opts: IssueOptions): { p12: Buffer;
   if (opts.password.length < 8) throw new PkiError("the PKCS#12 password must be at least 8 characters");
   const ca = loadCa(p);
   const key = rsaKeyPair(2048);
-  const cert = forge.pki.createCertificate();
+  const cert = forgeLib().pki.createCertificate();
   cert.publicKey = key.forgePublic;
   cert.serialNumber = randomSerial();
   validity(cert, opts.days ?? 825);
@@ -211,13 +216,13 @@ export function issueClientCert(p: PkiPaths, opts: IssueOptions): { p12: Buffer;
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
   ]);
-  cert.sign(ca.key, forge.md.sha256.create());
-  const asn1 = forge.pkcs12.toPkcs12Asn1(key.forgeKey, [cert, ca.cert], opts.password, {
+  cert.sign(ca.key, forgeLib().md.sha256.create());
+  const asn1 = forgeLib().pkcs12.toPkcs12Asn1(key.forgeKey, [cert, ca.cert], opts.password, {
     algorithm: "aes256",
     count: Math.min(opts.iterations ?? 50_000, 65_535),
     friendlyName: name,
   });
-  const p12 = Buffer.from(forge.asn1.toDer(asn1).getBytes(), "binary");
+  const p12 = Buffer.from(forgeLib().asn1.toDer(asn1).getBytes(), "binary");
   const issued: IssuedCert = {
     serial: normalizeSerial(cert.serialNumber),
     subject: subjectString(cert.subject.attributes),
@@ -229,7 +234,7 @@ export function issueClientCert(p: PkiPaths, opts: IssueOptions): { p12: Buffer;
     revocationReason: null,
   };
   writeFileAtomic(p.issued, JSON.stringify([...listIssued(p), issued], null, 2) + "\n");
-  return { p12, cert: issued, certPem: forge.pki.certificateToPem(cert) };
+  return { p12, cert: issued, certPem: forgeLib().pki.certificateToPem(cert) };
 }
 
 export function listIssued(p: PkiPaths): IssuedCert[] {

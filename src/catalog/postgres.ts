@@ -22,7 +22,7 @@
  *   response agree even while other nodes write.
  */
 import crypto from "node:crypto";
-import pg from "pg";
+import type pg from "pg";
 import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
@@ -94,9 +94,14 @@ function lockKey(name: string): number {
 
 /** int8 (BIGINT, COUNT(*)) as a JS number: keys, sizes and counts stay far below 2^53. */
 const INT8_OID = 20;
+// pg (~16 MB resident) is loaded when a PostgreSQL index is opened, not by every relay that imports this file
+let pgModule: typeof pg | undefined;
+export async function loadPg(): Promise<typeof pg> {
+  return (pgModule ??= (await import("pg")).default);
+}
 const types = {
   getTypeParser: ((oid: number, format?: "text" | "binary") =>
-    oid === INT8_OID && format !== "binary" ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+    oid === INT8_OID && format !== "binary" ? (v: string) => Number(v) : pgModule!.types.getTypeParser(oid, format)) as pg.CustomTypesConfig["getTypeParser"],
 };
 
 type Client = pg.PoolClient;
@@ -123,6 +128,7 @@ export class PostgresIndex implements Index {
 
   async init(): Promise<void> {
     if (!this.pool) {
+      const pg = await loadPg();
       const pool = new pg.Pool({
         connectionString: this.options.url,
         max: Math.max(1, Math.floor(this.options.poolSize ?? 10)),

@@ -71,7 +71,10 @@ export async function pkiCommand(args: string[]): Promise<number> {
   const record = (e: Omit<AuditEntry, "actor">) => {
     const db = openAccessDb(accessDbPath(config.dataDir));
     try {
-      new AuditLog(db, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`)).record({ actor, ...e });
+      const log = new AuditLog(db, (err) => process.stderr.write(`dicom-relay: could not write the audit entry: ${(err as Error).message}\n`));
+      log.record({ actor, ...e });
+      // written now (flush writes synchronously for the SQLite log), before the database is closed
+      void log.flush();
     } finally {
       db.close();
     }

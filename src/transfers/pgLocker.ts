@@ -14,7 +14,8 @@
  *   the node then asks its own holders to stop, so two writers never go on for long, and reconnects on the next lock.
  */
 import crypto from "node:crypto";
-import pg from "pg";
+import type pg from "pg";
+import { loadPg } from "../catalog/postgres.ts";
 import type { Logger } from "pino";
 import { ERRORS, type Lock, type Locker, type RequestRelease } from "@tus/server";
 
@@ -86,7 +87,8 @@ export class PgLocker implements Locker {
     if (this.closed) throw new LockUnavailableError("the tus locker is closed");
     if (this.session) return this.session;
     this.connecting ??= (async () => {
-      const client = new pg.Client({
+      const { Client } = await loadPg();
+      const client = new Client({
         connectionString: this.options.url,
         application_name: this.options.applicationName ?? "dicom-relay-tus-locks",
         connectionTimeoutMillis: 5_000,
