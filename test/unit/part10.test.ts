@@ -5,7 +5,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import iconv from "iconv-lite";
 import { describe, expect, it } from "vitest";
-import { fileSource, readPart10 } from "../../src/dicom/part10.ts";
+import { fileSource, readBareDataset, readPart10 } from "../../src/dicom/part10.ts";
 import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
@@ -256,6 +256,20 @@ describe("readPart10: character sets", () => {
         expect(plain!["00401001"], label).toEqual({ vr: "SH", Value: ["Müller"] });
         expect(b.dataset["00080005"]).toBeUndefined();
       }
+    }
+  });
+
+  it("decodes pydicom's chrSQEncoding*.dcm: IR 13 \\ IR 87 in a sequence item, as the item's own set (data set UTF-8) and as the data set's", async () => {
+    const yamada = { Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" };
+    for (const [name, itemCharset] of [["chrSQEncoding.dcm", true], ["chrSQEncoding1.dcm", false]] as const) {
+      const file = await fsp.readFile(`/usr/lib/python3/dist-packages/pydicom/data/charset_files/${name}`);
+      // fragments without SOP class or UIDs (STOW refuses them): read as a bare data set, the same decoding
+      const ds = await readBareDataset(file.subarray(144 + file.readUInt32LE(140)), TS.explicitLE, READ_OPTS);
+      expect(value(ds, "00080005"), name).toEqual(itemCharset ? ["ISO_IR 192"] : ["ISO 2022 IR 13", "ISO 2022 IR 87"]);
+      expect(value(ds, "00321032"), name).toEqual([{ Alphabetic: "Doctor^Who^^MD" }]);
+      const item = value(ds, "00321064")![0] as DicomJsonDataset;
+      expect(item["00100010"], name).toEqual({ vr: "PN", Value: [yamada] });
+      expect(item["00080005"], name).toEqual(itemCharset ? { vr: "CS", Value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] } : undefined);
     }
   });
 
