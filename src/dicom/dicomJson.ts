@@ -288,6 +288,8 @@ export function textAttribute(vr: string, bytes: Buffer, choice: CharsetChoice):
     if (!d) decoders.set(choice.decoder, (d = new TextDecoder(choice.decoder)));
     text = d.decode(bytes);
   }
-  const values = SINGLE_VALUE_TEXT_VRS.has(vr) ? [text] : text.split("\\");
+  let values = SINGLE_VALUE_TEXT_VRS.has(vr) ? [text] : text.split("\\");
+  // leading spaces are not significant in SH and LO (PS3.5 6.2); dcmjs trims them at the top level too
+  if (vr === "SH" || vr === "LO") values = values.map((v) => v.trim());
   return toDicomJsonAttribute({ vr, Value: values }, { stripIso2022Escapes: choice.iso2022 });
 }

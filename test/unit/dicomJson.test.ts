@@ -110,7 +110,8 @@ describe("textAttribute (raw text decoded in a character set)", () => {
   });
   it("splits multi-valued text on backslash, keeps LT whole, drops padding", () => {
     const katakana = Buffer.from("d4cfc0de5ec0dbb3", "hex"); // ﾔﾏﾀﾞ^ﾀﾛｳ
-    expect(textAttribute("LO", Buffer.concat([katakana, Buffer.from("\\AB ")]), ir13)).toEqual({ vr: "LO", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ", "AB"] });
+    expect(textAttribute("LO", Buffer.concat([katakana, Buffer.from("\\ AB ")]), ir13)).toEqual({ vr: "LO", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ", "AB"] });
+    expect(textAttribute("ST", Buffer.from(" a "), ir13)).toEqual({ vr: "ST", Value: [" a"] }); // leading spaces count in ST
     expect(textAttribute("LT", Buffer.from("a\\b\0"), chooseCharset(["ISO_IR 192"]))).toEqual({ vr: "LT", Value: ["a\\b"] });
     // ISO_IR 13 alone: Shift_JIS reads the katakana; ISO 2022 IR 149: escapes removed
     expect(textAttribute("SH", katakana, chooseCharset(["ISO_IR 13"]))).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ"] });
