@@ -319,6 +319,10 @@ describe("readPart10: character sets", () => {
     const p = await parse(handMade(els));
     expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Doe^Jane" }]);
     expect(value(p.dataset, "00080005")).toEqual(["ISO_IR 999", "WHATEVER"]);
+    // in a sequence item too (dcmjs, given it, would refuse the data set): Latin-1 there, the value kept as written
+    const nested = await parse(handMade([...minimalElements(), { tag: tagOf(0x0008, 0x1120), vr: "SQ", value: [[
+      { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO_IR 999", "WHATEVER"] }, { tag: tagOf(0x0010, 0x0010), vr: "PN", value: Buffer.from("J\xe9r\xf4me", "latin1") }]] }]));
+    expect(value(nested.dataset, "00081120")).toEqual([{ "00080005": { vr: "CS", Value: ["ISO_IR 999", "WHATEVER"] }, "00100010": { vr: "PN", Value: [{ Alphabetic: "Jérôme" }] } }]);
   });
 });
 
