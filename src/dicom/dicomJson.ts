@@ -270,3 +270,26 @@ export function decodeJisX0201WithExtensions(bytes: Buffer): string {
   flush(bytes.length);
   return out;
 }
+
+/** Text VRs whose value is one string (backslash is a character, not a value delimiter: PS3.5 6.2). */
+const SINGLE_VALUE_TEXT_VRS = new Set(["LT", "ST", "UT"]);
+const decoders = new Map<string, TextDecoder>();
+
+/**
+ * The raw value of a text attribute (SH, LO, ST, LT, PN, UC, UT) decoded in a character set, as DICOM JSON. Used where
+ * dcmjs cannot decode: JIS X 0201 katakana beside code extensions, and text inside sequence items, which dcmjs
+ * always reads as Latin-1 whatever the SpecificCharacterSet.
+ */
+export function textAttribute(vr: string, bytes: Buffer, choice: CharsetChoice): DicomJsonAttribute {
+  let text: string;
+  if (needsJisX0201(choice)) text = decodeJisX0201WithExtensions(bytes);
+  else {
+    let d = decoders.get(choice.decoder);
+    if (!d) decoders.set(choice.decoder, (d = new TextDecoder(choice.decoder)));
+    text = d.decode(bytes);
+  }
+  let values = SINGLE_VALUE_TEXT_VRS.has(vr) ? [text] : text.split("\\");
+  // leading spaces are not significant in SH and LO (PS3.5 6.2); dcmjs trims them at the top level too
+  if (vr === "SH" || vr === "LO") values = values.map((v) => v.trim());
+  return toDicomJsonAttribute({ vr, Value: values }, { stripIso2022Escapes: choice.iso2022 });
+}

@@ -25,7 +25,7 @@ import { FailureReason, InstanceRejectedError } from "./failureReasons.ts";
 import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type DicomJsonDataset, type ParsedInstance, type PixelDataLocation } from "./types.ts";
 import { transferSyntaxInfo, type TransferSyntaxInfo } from "./transferSyntax.ts";
 import { dictionaryVR } from "./dictionary.ts";
-import { chooseCharset, decodeJisX0201WithExtensions, needsJisX0201, sortDicomJson, toDicomJson, toDicomJsonAttribute, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
+import { chooseCharset, needsJisX0201, sortDicomJson, textAttribute, toDicomJson, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
 import { isValidUid, TransferSyntaxUID } from "./uids.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ const BINARY_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 /** VRs dcmjs does not know; handed to it as UN and converted here (top level) */
 const FOREIGN_VRS = new Set(["SV", "OL", "OV"]);
 /** text VRs whose values follow SpecificCharacterSet */
-const JAPANESE_TEXT_VRS = new Set(["PN", "LO", "SH", "LT", "ST", "UT", "UC"]);
+const CHARSET_TEXT_VRS = new Set(["PN", "LO", "SH", "LT", "ST", "UT", "UC"]);
 /** byte size of one value, for swapping big endian values */
 const SWAP_UNIT: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 2, UL: 4, SL: 4, FL: 4, OF: 4, OL: 4, FD: 8, OD: 8, SV: 8, UV: 8, OV: 8 };
 
@@ -600,15 +600,30 @@ interface NestedBulk {
   length: number;
 }
 
+/** A text value inside a sequence item, decoded after dcmjs in the character set in effect there. */
+interface NestedText {
+  path: Array<string | number>;
+  vr: string;
+  value: Buffer;
+  charset: CharsetChoice;
+}
+
 interface TranscodeContext {
   pixelRepresentation: number;
+  /** where the element being transcoded sits: sequence tag, item index (0-based), ... (a DICOM JSON path) */
+  path: Array<string | number>;
+  /** the character set in effect in the current item: its own SpecificCharacterSet, else the enclosing one's (PS3.5 7.5.3) */
+  charset?: CharsetChoice;
+  /** nested text dcmjs decodes wrongly (it reads every item as Latin-1): decoded again from these bytes */
+  nestedText: NestedText[];
+  /** SpecificCharacterSet of items as written (dcmjs is given ISO_IR 100 there) */
+  nestedCharsets: Array<{ path: Array<string | number>; terms: string[] }>;
   /** nested binary values at least `threshold` long are recorded here instead of being decoded */
   nestedBulk?: {
     threshold: number;
     /** the top-level value being transcoded and its position in the file: offsets of values inside it */
     root: Buffer;
     rootOffset: number;
-    path: Array<string | number>;
     found: NestedBulk[];
   };
 }
@@ -644,9 +659,11 @@ function transcodeElement(out: Sink, tag: number, vr: string, value: Buffer, und
       // dcmjs drops empty items, which would renumber the rest: a command-group element keeps the place
       // (group 0000 never belongs in a data set, and toDicomJson leaves it out)
       if (item.length === 0) out.push(EMPTY_ITEM_MARKER);
-      ctx.nestedBulk?.path.push(hex8(tag), i);
+      ctx.path.push(hex8(tag), i);
+      const enclosing = ctx.charset;
       transcodeItem(out, item, nested, ctx, depth + 1);
-      ctx.nestedBulk?.path.splice(-2);
+      ctx.charset = enclosing;
+      ctx.path.splice(-2);
       out.delimiter(ITEM_END);
     }
     out.delimiter(SEQ_END);
@@ -710,13 +727,27 @@ function transcodeItem(out: Sink, item: Buffer, enc: Encoding, ctx: TranscodeCon
       if (nb && NESTED_BULK_VRS.has(vr) && h.length > 0 && h.length >= nb.threshold) {
         // waveform data and the like: located (the item is a view of the kept value), handed to dcmjs empty
         const at = nb.rootOffset + (item.byteOffset - nb.root.byteOffset) + valueAt;
-        nb.found.push({ path: [...nb.path, hex8(h.tag)], vr, offset: at, length: h.length });
+        nb.found.push({ path: [...ctx.path, hex8(h.tag)], vr, offset: at, length: h.length });
         out.header(h.tag, vr, 0);
         p = valueAt + h.length;
         continue;
       }
-      transcodeElement(out, h.tag, vr, item.subarray(valueAt, valueAt + h.length), false, enc, enc, ctx, depth);
+      const value = item.subarray(valueAt, valueAt + h.length);
       p = valueAt + h.length;
+      if (h.tag === SPECIFIC_CHARACTER_SET) {
+        // the item's own character set (PS3.5 7.5.3) applies to this item and the items nested in it; dcmjs is
+        // told Latin-1, which it uses in items anyway, so an unknown or multi-valued set cannot stop it
+        ctx.charset = chooseCharset(value.toString("latin1").replace(/[\0 ]+$/, "").split("\\"));
+        ctx.nestedCharsets.push({ path: [...ctx.path, hex8(h.tag)], terms: ctx.charset.terms });
+        out.push(encodeCharsetElement("ISO_IR 100"));
+        continue;
+      }
+      const cs = ctx.charset;
+      // text in plain ASCII reads the same in every set: only 8-bit bytes and escapes need the second decoding
+      if (cs && (cs.decoder !== "windows-1252" || cs.iso2022) && CHARSET_TEXT_VRS.has(vr) && value.some((b) => b >= 0x80 || b === 0x1b)) {
+        ctx.nestedText.push({ path: [...ctx.path, hex8(h.tag)], vr, value, charset: cs });
+      }
+      transcodeElement(out, h.tag, vr, value, false, enc, enc, ctx, depth);
     }
   }
 }
@@ -737,10 +768,7 @@ function parseWithDcmjs(meta: Buffer, dataset: Buffer): { meta: DcmjsDict; dict:
   try {
     return loadDcmjs().data.DicomMessage.readFile(ab, { ignoreErrors: false, noCopy: true, forceStoreRaw: false });
   } catch (err) {
-    // a SpecificCharacterSet inside a sequence item that dcmjs does not know: decode it leniently
-    if (/character set/i.test(String((err as Error)?.message))) {
-      return loadDcmjs().data.DicomMessage.readFile(ab, { ignoreErrors: true, noCopy: true, forceStoreRaw: false });
-    }
+    // (every SpecificCharacterSet dcmjs sees is one it knows: the data set's is replaced by dcmjsTerm, items' by ISO_IR 100)
     throw cannotUnderstand(`the data set could not be decoded: ${(err as Error)?.message ?? String(err)}`);
   }
 }
@@ -982,7 +1010,7 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   }
 
   const sink = new Sink();
-  const ctx: TranscodeContext = { pixelRepresentation: 0 };
+  const ctx: TranscodeContext = { pixelRepresentation: 0, path: [], charset, nestedText: [], nestedCharsets: [] };
   const nestedBulk: NestedBulk[] = [];
   const direct: DicomJsonDataset = {};
   for (const k of walk.kept) {
@@ -1000,7 +1028,7 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
       sink.header(k.tag, k.vr, k.value.length);
       sink.push(k.value);
     } else {
-      ctx.nestedBulk = Number.isFinite(nestedBulkThreshold) ? { threshold: nestedBulkThreshold, root: k.value, rootOffset: k.offset, path: [], found: nestedBulk } : undefined;
+      ctx.nestedBulk = Number.isFinite(nestedBulkThreshold) ? { threshold: nestedBulkThreshold, root: k.value, rootOffset: k.offset, found: nestedBulk } : undefined;
       transcodeElement(sink, k.tag, k.vr, k.value, k.undefinedLength, sourceEnc, k.nested, ctx, 0);
       ctx.nestedBulk = undefined;
     }
@@ -1012,11 +1040,18 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
     // half-width katakana (GR bytes) of ISO 2022 IR 13: decoded here, dcmjs's single decoder cannot (top level)
     for (const k of walk.kept) {
       const vr = sourceEnc.explicit ? k.vr : implicitVR(k.tag, 0);
-      if (!JAPANESE_TEXT_VRS.has(vr) || !k.value.some((b) => b >= 0xa1 && b <= 0xdf)) continue;
-      const text = decodeJisX0201WithExtensions(k.value).replace(/[\0 ]+$/, "");
-      const values = vr === "LT" || vr === "ST" || vr === "UT" ? [text] : text.split("\\");
-      dataset[hex8(k.tag)] = toDicomJsonAttribute({ vr, Value: values });
+      if (!CHARSET_TEXT_VRS.has(vr) || !k.value.some((b) => b >= 0xa1 && b <= 0xdf)) continue;
+      dataset[hex8(k.tag)] = textAttribute(vr, k.value, charset);
     }
+  }
+  // text in sequence items: dcmjs read it as Latin-1; decoded here in the set in effect in its item
+  for (const t of ctx.nestedText) {
+    const at = attributeAt(dataset, t.path);
+    if (at) at.parent[at.key] = textAttribute(t.vr, t.value, t.charset);
+  }
+  for (const c of ctx.nestedCharsets) {
+    const at = attributeAt(dataset, c.path);
+    if (at) at.parent[at.key] = { vr: "CS", Value: c.terms.map((t) => (t === "" ? null : t)) };
   }
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };

@@ -6,7 +6,8 @@ import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import crypto from "node:crypto";
 import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
-import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
+import { generateStudy, makeInstance, newUid, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
+import { H31_YAMADA, handMade, minimalElements } from "../support/fixtures.ts";
 
 const toArrayBuffer = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
 const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
@@ -119,6 +120,34 @@ describe("DICOMweb round trip with dicomweb-client", () => {
       expect(bytes.includes(b)).toBe(true);
     }
     expect(Buffer.from(frames[0]!).equals(Buffer.from(frames[1]!))).toBe(false);
+  });
+
+  it("keeps half-width katakana (ISO 2022 IR 13 \\ IR 87) decoded inside sequence items: STOW-RS, then QIDO-RS and /metadata", async () => {
+    const study = newUid(), series = newUid();
+    const yamada = { Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" };
+    const ir13: WriterElement = { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] };
+    const pn: WriterElement = { tag: tagOf(0x0010, 0x0010), vr: "PN", value: H31_YAMADA };
+    const sh: WriterElement = { tag: tagOf(0x0040, 0x1001), vr: "SH", value: Buffer.from("d4cfc0de", "hex") }; // ﾔﾏﾀﾞ
+    // the data set in IR 13 \ IR 87 (an item, an item of an item); and one without, whose item has its own
+    const inDataSet = handMade([ir13, ...minimalElements({ study, series }), pn,
+      { tag: tagOf(0x0040, 0x0275), vr: "SQ", value: [[sh, { tag: tagOf(0x0008, 0x1110), vr: "SQ", value: [[pn]] }]] }]);
+    const ownSop = newUid();
+    const inItem = handMade([...minimalElements({ study, series, sop: ownSop }), { tag: tagOf(0x0008, 0x1120), vr: "SQ", value: [[ir13, pn]] }]);
+    await client.storeInstances({ datasets: [toArrayBuffer(inDataSet), toArrayBuffer(inItem)], studyInstanceUID: study });
+
+    const found = await client.searchForStudies({ queryParams: { StudyInstanceUID: study } });
+    expect(value(found[0]!, "00100010")).toEqual(yamada);
+    const meta = await client.retrieveStudyMetadata({ studyInstanceUID: study });
+    expect(meta).toHaveLength(2);
+    type Ds = Record<string, { vr: string; Value?: unknown[] }>;
+    const a = meta.find((m) => value(m, "00080018") !== ownSop)! as Ds;
+    const req = a["00400275"]!.Value![0] as Ds;
+    expect(req["00401001"]).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ"] });
+    expect((req["00081110"]!.Value![0] as Ds)["00100010"]).toEqual({ vr: "PN", Value: [yamada] });
+    const b = meta.find((m) => value(m, "00080018") === ownSop)! as Ds;
+    expect(b["00080005"]).toBeUndefined();
+    expect(b["00081120"]!.Value![0]).toEqual({ "00080005": { vr: "CS", Value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] }, "00100010": { vr: "PN", Value: [yamada] } });
+    expect(JSON.stringify(meta)).not.toContain("\ufffd");
   });
 });
 

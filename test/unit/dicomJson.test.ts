@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { chooseCharset, decodeJisX0201WithExtensions, firstNumber, firstString, needsJisX0201, sortDicomJson, toDicomJson, toDicomJsonAttribute } from "../../src/dicom/dicomJson.ts";
+import { chooseCharset, decodeJisX0201WithExtensions, firstNumber, firstString, needsJisX0201, sortDicomJson, textAttribute, toDicomJson, toDicomJsonAttribute } from "../../src/dicom/dicomJson.ts";
 import { H31_YAMADA } from "../support/fixtures.ts";
 
 describe("toDicomJson", () => {
@@ -100,5 +100,22 @@ describe("ISO 2022 IR 13 with code extensions (half-width katakana)", () => {
     expect(needsJisX0201(chooseCharset(["ISO 2022 IR 13", "ISO 2022 IR 87"]))).toBe(true);
     expect(needsJisX0201(chooseCharset(["ISO 2022 IR 13"]))).toBe(false);
     expect(needsJisX0201(chooseCharset(["", "ISO 2022 IR 87"]))).toBe(false);
+  });
+});
+
+describe("textAttribute (raw text decoded in a character set)", () => {
+  const ir13 = chooseCharset(["ISO 2022 IR 13", "ISO 2022 IR 87"]);
+  it("decodes PN component groups of ISO 2022 IR 13 \\ IR 87 (katakana, kanji, hiragana)", () => {
+    expect(textAttribute("PN", H31_YAMADA, ir13)).toEqual({ vr: "PN", Value: [{ Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" }] });
+  });
+  it("splits multi-valued text on backslash, keeps LT whole, drops padding", () => {
+    const katakana = Buffer.from("d4cfc0de5ec0dbb3", "hex"); // ﾔﾏﾀﾞ^ﾀﾛｳ
+    expect(textAttribute("LO", Buffer.concat([katakana, Buffer.from("\\ AB ")]), ir13)).toEqual({ vr: "LO", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ", "AB"] });
+    expect(textAttribute("ST", Buffer.from(" a "), ir13)).toEqual({ vr: "ST", Value: [" a"] }); // leading spaces count in ST
+    expect(textAttribute("LT", Buffer.from("a\\b\0"), chooseCharset(["ISO_IR 192"]))).toEqual({ vr: "LT", Value: ["a\\b"] });
+    // ISO_IR 13 alone: Shift_JIS reads the katakana; ISO 2022 IR 149: escapes removed
+    expect(textAttribute("SH", katakana, chooseCharset(["ISO_IR 13"]))).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ"] });
+    const hangul = Buffer.concat([Buffer.from([0x1b, 0x24, 0x29, 0x43]), Buffer.from("c8abb1e6b5bf", "hex")]);
+    expect(textAttribute("LO", hangul, chooseCharset(["", "ISO 2022 IR 149"]))).toEqual({ vr: "LO", Value: ["홍길동"] });
   });
 });

@@ -5,7 +5,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import iconv from "iconv-lite";
 import { describe, expect, it } from "vitest";
-import { chunksSource, fileSource, readPart10 } from "../../src/dicom/part10.ts";
+import { chunksSource, fileSource, readBareDataset, readPart10 } from "../../src/dicom/part10.ts";
 import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
@@ -215,6 +215,75 @@ describe("readPart10: character sets", () => {
     }
   });
 
+  it("decodes text inside sequence items at any depth in the data set's character set, and an item's own SpecificCharacterSet within that item (PS3.5 7.5.3)", async () => {
+    const katakana = Buffer.from("d4cfc0de5ec0dbb3", "hex"); // ﾔﾏﾀﾞ^ﾀﾛｳ
+    const yamada = { Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" };
+    const pn = (v: Buffer): WriterElement => ({ tag: tagOf(0x0010, 0x0010), vr: "PN", value: v });
+    const lo = (v: Buffer): WriterElement => ({ tag: tagOf(0x0040, 0x1001), vr: "SH", value: v }); // RequestedProcedureID
+    const sq = (g: number, e: number, items: WriterElement[][]): WriterElement => ({ tag: tagOf(g, e), vr: "SQ", value: items });
+    const ir13 = { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] };
+    for (const explicitVR of [true, false]) {
+      for (const undefinedLengthSequences of [false, true]) {
+        const label = `explicit ${explicitVR}, undefined lengths ${undefinedLengthSequences}`;
+        // the data set in IR 13 \ IR 87: an item (ReferencedPatientSequence), an item of an item (RequestAttributesSequence > ReferencedStudySequence)
+        const inDataSet: WriterElement[] = [ir13, ...minimalElements(), pn(H31_YAMADA),
+          sq(0x0008, 0x1120, [[pn(H31_YAMADA), lo(katakana)]]),
+          sq(0x0040, 0x0275, [[lo(katakana), sq(0x0008, 0x1110, [[pn(H31_YAMADA)]])]])];
+        const a = await parse(Buffer.concat([encodeFileMeta({ sopClassUID: "1.2.840.10008.5.1.4.1.1.7", sopInstanceUID: "1.2.3", transferSyntaxUID: explicitVR ? TS.explicitLE : TS.implicitLE }),
+          encodeDataset(inDataSet, { explicitVR, littleEndian: true, undefinedLengthSequences })]));
+        expect(value(a.dataset, "00100010"), label).toEqual([yamada]);
+        const ref = value(a.dataset, "00081120")![0] as DicomJsonDataset;
+        expect(ref["00100010"], label).toEqual({ vr: "PN", Value: [yamada] });
+        expect(ref["00401001"], label).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ"] });
+        const req = value(a.dataset, "00400275")![0] as DicomJsonDataset;
+        expect(req["00401001"], label).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ"] });
+        expect(((req["00081110"]!.Value![0] as DicomJsonDataset)["00100010"]), label).toEqual({ vr: "PN", Value: [yamada] });
+        expect(JSON.stringify(a.dataset), label).not.toMatch(/\ufffd|\u00d4/);
+
+        // no SpecificCharacterSet in the data set; the first item has its own, which also applies to its nested item;
+        // the second item has none: Latin-1 there (PS3.5 7.5.3)
+        const inItem: WriterElement[] = [...minimalElements(),
+          sq(0x0040, 0x0275, [
+            [ir13, pn(H31_YAMADA), sq(0x0008, 0x1110, [[lo(katakana)]])],
+            [lo(Buffer.from("M\xfcller", "latin1"))],
+          ])];
+        const b = await parse(Buffer.concat([encodeFileMeta({ sopClassUID: "1.2.840.10008.5.1.4.1.1.7", sopInstanceUID: "1.2.3", transferSyntaxUID: explicitVR ? TS.explicitLE : TS.implicitLE }),
+          encodeDataset(inItem, { explicitVR, littleEndian: true, undefinedLengthSequences })]));
+        const [own, plain] = value(b.dataset, "00400275") as DicomJsonDataset[];
+        expect(own!["00080005"], label).toEqual({ vr: "CS", Value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] });
+        expect(own!["00100010"], label).toEqual({ vr: "PN", Value: [yamada] });
+        expect((own!["00081110"]!.Value![0] as DicomJsonDataset)["00401001"], label).toEqual({ vr: "SH", Value: ["ﾔﾏﾀﾞ^ﾀﾛｳ"] });
+        expect(plain!["00401001"], label).toEqual({ vr: "SH", Value: ["Müller"] });
+        expect(b.dataset["00080005"]).toBeUndefined();
+      }
+    }
+  });
+
+  it("decodes pydicom's chrSQEncoding*.dcm: IR 13 \\ IR 87 in a sequence item, as the item's own set (data set UTF-8) and as the data set's", async () => {
+    const yamada = { Alphabetic: "ﾔﾏﾀﾞ^ﾀﾛｳ", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう" };
+    for (const [name, itemCharset] of [["chrSQEncoding.dcm", true], ["chrSQEncoding1.dcm", false]] as const) {
+      const file = await fsp.readFile(`/usr/lib/python3/dist-packages/pydicom/data/charset_files/${name}`);
+      // fragments without SOP class or UIDs (STOW refuses them): read as a bare data set, the same decoding
+      const ds = await readBareDataset(file.subarray(144 + file.readUInt32LE(140)), TS.explicitLE, READ_OPTS);
+      expect(value(ds, "00080005"), name).toEqual(itemCharset ? ["ISO_IR 192"] : ["ISO 2022 IR 13", "ISO 2022 IR 87"]);
+      expect(value(ds, "00321032"), name).toEqual([{ Alphabetic: "Doctor^Who^^MD" }]);
+      const item = value(ds, "00321064")![0] as DicomJsonDataset;
+      expect(item["00100010"], name).toEqual({ vr: "PN", Value: [yamada] });
+      expect(item["00080005"], name).toEqual(itemCharset ? { vr: "CS", Value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] } : undefined);
+    }
+  });
+
+  it("decodes UTF-8 and GB18030 text inside sequence items (dcmjs alone reads items as Latin-1)", async () => {
+    for (const [charset, text] of [["ISO_IR 192", "Müller^陈"], ["GB18030", "张^三"]] as const) {
+      const els: WriterElement[] = [{ tag: tagOf(0x0008, 0x0005), vr: "CS", value: charset }, ...minimalElements(),
+        { tag: tagOf(0x0008, 0x1120), vr: "SQ", value: [[{ tag: tagOf(0x0010, 0x0010), vr: "PN", value: text }, { tag: tagOf(0x0010, 0x0020), vr: "LO", value: ["ID-1", "ASCII only"] }]] }];
+      const p = await parse(handMade(els, { charset }));
+      const item = value(p.dataset, "00081120")![0] as DicomJsonDataset;
+      expect(item["00100010"], charset).toEqual({ vr: "PN", Value: [{ Alphabetic: text }] });
+      expect(item["00100020"], charset).toEqual({ vr: "LO", Value: ["ID-1", "ASCII only"] });
+    }
+  });
+
   const cases = [
     { charset: "GB18030" as const, name: "Zhang^San=张^三", bytes: iconv.encode("张", "gb18030") },
     { charset: "GBK" as const, name: "Li^Na=李^娜", bytes: iconv.encode("李", "gbk") },
@@ -250,6 +319,10 @@ describe("readPart10: character sets", () => {
     const p = await parse(handMade(els));
     expect(value(p.dataset, "00100010")).toEqual([{ Alphabetic: "Doe^Jane" }]);
     expect(value(p.dataset, "00080005")).toEqual(["ISO_IR 999", "WHATEVER"]);
+    // in a sequence item too (dcmjs, given it, would refuse the data set): Latin-1 there, the value kept as written
+    const nested = await parse(handMade([...minimalElements(), { tag: tagOf(0x0008, 0x1120), vr: "SQ", value: [[
+      { tag: tagOf(0x0008, 0x0005), vr: "CS", value: ["ISO_IR 999", "WHATEVER"] }, { tag: tagOf(0x0010, 0x0010), vr: "PN", value: Buffer.from("J\xe9r\xf4me", "latin1") }]] }]));
+    expect(value(nested.dataset, "00081120")).toEqual([{ "00080005": { vr: "CS", Value: ["ISO_IR 999", "WHATEVER"] }, "00100010": { vr: "PN", Value: [{ Alphabetic: "Jérôme" }] } }]);
   });
 });
 
