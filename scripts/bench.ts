@@ -5,6 +5,7 @@
  *   BENCH_QUICK=1 npm run bench            smaller sizes (for a smoke run)
  *   BENCH_ONLY=index100k npm run bench     only the named sections (comma-separated)
  *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_CROSSBORDER=1, BENCH_SKIP_DIMSE=1   leave one out
+ *   BENCH_RELAY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"   extra node options of the relay processes (profiling)
  *   BENCH_CROSSBORDER_BIG_PROFILES=all|none|40/4/200,...   the large study's link profiles (scripts/bench-crossborder.ts)
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -56,7 +57,8 @@ interface Server {
 
 export async function startServer(dataDir: string, env: Record<string, string> = {}): Promise<Server> {
   const port = await freePort();
-  const proc = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
+  const nodeArgs = (process.env.BENCH_RELAY_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+  const proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", path.join(ROOT, "src/main.ts"), "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,

@@ -163,8 +163,9 @@ export class IngestPipeline implements Ingestor {
     // of the same content-addressed key cannot remove the blob between the put and the insert
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
-        if (ownsFile) await store.putFile(blobKey, spoolPath);
-        else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size });
+        // the hash is the one computed while spooling: S3 checks the bytes against it instead of hashing again
+        if (ownsFile) await store.putFile(blobKey, spoolPath, { sha256 });
+        else await store.put(blobKey, fs.createReadStream(spoolPath, { highWaterMark: 1 << 20 }), { size, sha256 });
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
         const unavailable = err instanceof StorageUnavailableError;
