@@ -7,8 +7,11 @@
  * upload behind; it also resumes any unfinished upload of the same key, so two concurrent puts of
  * one key would share parts. Here one part (partSize bytes) is filled while the previous one is sent:
  * memory is two parts per put whatever the object size; an object smaller than one part is a single
- * PUT (from one buffer of the object's size when the size is known). Either way S3 makes the object visible only whole (PUT or CompleteMultipartUpload), and a
- * failed put aborts its multipart upload.
+ * PUT from one buffer of the object's size (putSingle). Either way S3 makes the object visible only whole
+ * (PUT or CompleteMultipartUpload), and a failed put aborts its multipart upload.
+ *
+ * Connections are kept alive, in two bounded pools: object downloads (held as long as the downstream
+ * reader takes) and everything else, so slow readers never starve uploads.
  *
  * Calls fail fast when the backend is gone: connect and idle timeouts on every request (see
  * timedTransport), no client-side retries (the caller answers 503 + Retry-After and the sender
@@ -45,8 +48,10 @@ export interface S3BlobStoreOptions {
 }
 
 /**
- * Connections to the backend per store. A WADO download holds one for as long as the downstream client
- * takes to read (minutes on a slow link), so the bound is high; requests beyond it wait for a free one.
+ * Default of storage.s3.maxConnections: kept-alive connections to the backend per pool. A WADO download
+ * holds one for as long as the downstream client takes to read (minutes on a slow link), so the bound is
+ * high; requests beyond it wait for a free one. Object downloads have a pool of their own, so slow
+ * readers never hold the connections that uploads (ingest) need.
  */
 export const S3_MAX_SOCKETS = 256;
 
@@ -78,9 +83,10 @@ class RequestTimeoutError extends Error {
  * pace of the downstream client, which may pause for long (backpressure) without the backend being
  * at fault.
  */
-function timedTransport(mod: typeof http | typeof https, connectMs: number, idleMs: number): Pick<typeof http, "request"> {
+function timedTransport(mod: typeof http | typeof https, connectMs: number, idleMs: number, downloadAgent: http.Agent): Pick<typeof http, "request"> {
   const request = (options: http.RequestOptions, callback?: (res: http.IncomingMessage) => void): http.ClientRequest => {
-    const req = mod.request(options, callback);
+    const isObjectDownload = (options.method ?? "GET") === "GET" && !String(options.path ?? "").includes("?");
+    const req = mod.request(isObjectDownload ? { ...options, agent: downloadAgent } : options, callback);
     const label = `${options.method ?? "GET"} ${String(options.path ?? "/").split("?")[0]}`;
     req.setTimeout(idleMs, () => req.destroy(new RequestTimeoutError(label, idleMs)));
     req.once("socket", (socket) => {
@@ -89,7 +95,6 @@ function timedTransport(mod: typeof http | typeof https, connectMs: number, idle
       socket.once("connect", () => clearTimeout(timer));
       req.once("close", () => clearTimeout(timer));
     });
-    const isObjectDownload = (options.method ?? "GET") === "GET" && !String(options.path ?? "").includes("?");
     req.once("response", (res) => {
       // the client throws on these statuses without reading the body: drain it, or the keep-alive
       // socket stays busy for ever
@@ -122,6 +127,7 @@ export class S3BlobStore implements BlobStore {
   readonly kind = "s3";
   private readonly client: Minio.Client;
   private readonly agent: http.Agent;
+  private readonly downloadAgent: http.Agent;
   private readonly bucket: string;
   /** "" or "some/prefix/" */
   private readonly prefix: string;
@@ -162,8 +168,11 @@ export class S3BlobStore implements BlobStore {
     const useSSL = url.protocol === "https:";
     const connectMs = opts.connectTimeoutMs ?? 5_000;
     const idleMs = opts.idleTimeoutMs ?? 30_000;
-    const agentOptions = { keepAlive: true, maxSockets: S3_MAX_SOCKETS, maxFreeSockets: 32 };
+    // keep-alive: a PUT or GET per instance must not pay a TCP (and TLS) handshake each
+    const maxSockets = settings.maxConnections ?? S3_MAX_SOCKETS;
+    const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: Math.min(maxSockets, 32) };
     this.agent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
+    this.downloadAgent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
     this.client = new Minio.Client({
       endPoint: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : useSSL ? 443 : 80,
@@ -173,7 +182,7 @@ export class S3BlobStore implements BlobStore {
       region: settings.region,
       pathStyle: settings.pathStyle,
       partSize: settings.partSize,
-      transport: timedTransport(useSSL ? https : http, connectMs, idleMs),
+      transport: timedTransport(useSSL ? https : http, connectMs, idleMs, this.downloadAgent),
       transportAgent: this.agent,
       // no hidden retries (they also print to the console): failures surface as 503 to the sender
       retryOptions: { disableRetry: true },
@@ -432,5 +441,6 @@ export class S3BlobStore implements BlobStore {
 
   async close(): Promise<void> {
     this.agent.destroy();
+    this.downloadAgent.destroy();
   }
 }

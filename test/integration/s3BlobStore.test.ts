@@ -41,6 +41,7 @@ function settings(m: RunningMinio, over: Partial<S3Settings> = {}): S3Settings {
     pathStyle: true,
     createBucket: true,
     partSize: 5 * MiB,
+    maxConnections: S3_MAX_SOCKETS,
     ...over,
   };
 }
@@ -341,6 +342,25 @@ describe("S3BlobStore requests to the backend", () => {
     }
     expect(peak - before).toBeLessThan(32 * MiB);
     await big.close();
+  });
+
+  it("downloads held open by slow readers use a pool of their own: uploads still get connections", async () => {
+    const small = new S3BlobStore(settings(minio, { bucket: "requests", maxConnections: 2 }));
+    const size = 8 * MiB;
+    await small.put("held/big", patternStream(size, 6), { size });
+    // two downloads nobody reads: each keeps its connection for as long as its reader waits
+    const held = [await small.get("held/big"), await small.get("held/big")];
+    const third = small.get("held/big");
+    const put = await within(10_000, small.put("held/other", Readable.from([Buffer.from("stored meanwhile")])));
+    expect(put.error).toBeUndefined();
+    expect(await small.stat("held/other")).toEqual({ key: "held/other", size: 16 });
+    // the third download waits for a download connection, and gets one when a reader lets go
+    held[0]!.destroy();
+    const body = await within(10_000, third);
+    expect(body.error).toBeUndefined();
+    expect(await sha256(body.value!)).toBe(await sha256(patternStream(size, 6)));
+    held[1]!.destroy();
+    await small.close();
   });
 
   it("a SHA-256 that does not match the bytes is refused by the backend: nothing stored, the old object kept", async () => {
