@@ -421,6 +421,18 @@ async function benchPeer(workDir: string) {
   }
 }
 
+/** S3 figures over the disk figures of the same run (issue 17 target: >= 0.8 each), when both sections ran. */
+function s3VersusDisk(core: Awaited<ReturnType<typeof benchCore>> | null, s3: unknown) {
+  const onS3 = (s3 as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
+  if (!core || !onS3) return null;
+  const r = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+  return {
+    stowCt: r(onS3.stowCt.instancesPerSecond, core.stowCt.instancesPerSecond),
+    stowSmall: r(onS3.stowSmall.instancesPerSecond, core.stowSmall.instancesPerSecond),
+    wadoRetrieveStudy: r(onS3.wadoRetrieveStudy.mbPerSecond, core.wadoRetrieveStudy.mbPerSecond),
+  };
+}
+
 /** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, transfers, crossborder, peer, index100k, dimse). */
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
 const wanted = (section: string) => !ONLY || ONLY.has(section);
@@ -448,6 +460,7 @@ async function main() {
       largeInstance: large ?? notSelected,
       documents: documents ?? notSelected,
       s3,
+      s3VersusDisk: s3VersusDisk(core, s3) ?? notSelected,
       transfers,
       crossborder,
       peer,
@@ -457,6 +470,9 @@ async function main() {
         ...(core && {
           "qido p95 < 20 ms": core.qidoMs.p95 < 20,
           "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
+        }),
+        ...(s3VersusDisk(core, s3) && {
+          "MinIO (loopback) STOW-RS and WADO-RS >= 0.8x the disk path, CT and small set": Object.values(s3VersusDisk(core, s3)!).every((x) => x >= 0.8),
         }),
         ...(large && {
           "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,
