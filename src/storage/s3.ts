@@ -21,7 +21,6 @@ import crypto from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import fsp from "node:fs/promises";
-import fs from "node:fs";
 import type { Readable } from "node:stream";
 import { finished } from "node:stream/promises";
 import * as Minio from "minio";
