@@ -5,6 +5,7 @@
  *   BENCH_QUICK=1 npm run bench            smaller sizes (for a smoke run)
  *   BENCH_ONLY=index100k npm run bench     only the named sections (comma-separated)
  *   BENCH_SKIP_S3=1, BENCH_SKIP_PEER=1, BENCH_SKIP_INDEX100K=1, BENCH_SKIP_CROSSBORDER=1, BENCH_SKIP_DIMSE=1   leave one out
+ *   BENCH_RELAY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"   extra node options of the relay processes (profiling)
  *   BENCH_CROSSBORDER_BIG_PROFILES=all|none|40/4/200,...   the large study's link profiles (scripts/bench-crossborder.ts)
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -56,10 +57,12 @@ interface Server {
 
 export async function startServer(dataDir: string, env: Record<string, string> = {}): Promise<Server> {
   const port = await freePort();
-  // BENCH_CPU_PROF_DIR: each relay the bench starts writes a V8 CPU profile there when it stops (where the time goes)
-  const profile = process.env.BENCH_CPU_PROF_DIR ? ["--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF_DIR] : [];
+  // BENCH_RELAY_NODE_ARGS: node options for every relay the bench starts; BENCH_CPU_PROF_DIR: each writes a V8 CPU
+  // profile there when it stops (where the time goes)
+  const nodeArgs = (process.env.BENCH_RELAY_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+  if (process.env.BENCH_CPU_PROF_DIR) nodeArgs.push("--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF_DIR);
   // as `npm start` runs it: the built dist/relay.mjs (bin/dicom-relay.js builds it when a source is newer)
-  const proc = spawn(process.execPath, [...profile, path.join(ROOT, "bin/dicom-relay.js"), "serve"], {
+  const proc = spawn(process.execPath, [...nodeArgs, path.join(ROOT, "bin/dicom-relay.js"), "serve"], {
     cwd: ROOT,
     env: {
       ...process.env,
@@ -441,6 +444,18 @@ async function benchPeer(workDir: string) {
   }
 }
 
+/** S3 figures over the disk figures of the same run (issue 17 target: >= 0.8 each), when both sections ran. */
+function s3VersusDisk(core: Awaited<ReturnType<typeof benchCore>> | null, s3: unknown) {
+  const onS3 = (s3 as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
+  if (!core || !onS3) return null;
+  const r = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+  return {
+    stowCt: r(onS3.stowCt.instancesPerSecond, core.stowCt.instancesPerSecond),
+    stowSmall: r(onS3.stowSmall.instancesPerSecond, core.stowSmall.instancesPerSecond),
+    wadoRetrieveStudy: r(onS3.wadoRetrieveStudy.mbPerSecond, core.wadoRetrieveStudy.mbPerSecond),
+  };
+}
+
 /** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, postgres, transfers, crossborder, peer, index100k, dimse). */
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim()).filter(Boolean)) : null;
 const wanted = (section: string) => !ONLY || ONLY.has(section);
@@ -469,6 +484,7 @@ async function main() {
       largeInstance: large ?? notSelected,
       documents: documents ?? notSelected,
       s3,
+      s3VersusDisk: s3VersusDisk(core, s3) ?? notSelected,
       postgres,
       transfers,
       crossborder,
@@ -479,6 +495,9 @@ async function main() {
         ...(core && {
           "qido p95 < 20 ms": core.qidoMs.p95 < 20,
           "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
+        }),
+        ...(s3VersusDisk(core, s3) && {
+          "MinIO (loopback) STOW-RS and WADO-RS >= 0.8x the disk path, CT and small set": Object.values(s3VersusDisk(core, s3)!).every((x) => x >= 0.8),
         }),
         ...(large && {
           "peak RSS < 300 MB while a 500 MB instance is stored and retrieved": Math.max(large.stow.serverPeakRssMB, large.wado.serverPeakRssMB) < 300,

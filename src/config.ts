@@ -89,6 +89,8 @@ export const configSchema = z
             createBucket: z.boolean(),
             /** part size for multipart uploads, bytes */
             partSize: z.number().int().min(5 * 1024 * 1024),
+            /** kept-alive connections to the backend per pool (object downloads; everything else), at most */
+            maxConnections: z.number().int().min(1).max(4096),
           })
           .strict(),
       })
@@ -399,6 +401,7 @@ export function defaultConfig(): RelayConfig {
         pathStyle: true,
         createBucket: true,
         partSize: 16 * 1024 * 1024,
+        maxConnections: 256,
       },
     },
     index: { kind: "sqlite", sqlite: { path: "" }, postgres: { url: "", poolSize: 10 } },

@@ -240,11 +240,12 @@ export class IngestPipeline implements Ingestor {
     // of the same content-addressed key cannot remove the blob between the put and the insert
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
-        if ("chunks" in from) await store.put(blobKey, Readable.from(from.chunks), { size });
+        // the hash is the one computed while spooling: S3 checks the bytes against it instead of hashing again
+        if ("chunks" in from) await store.put(blobKey, Readable.from(from.chunks), { size, sha256 });
         else if (from.owned) {
-          await store.putFile(blobKey, from.path);
+          await store.putFile(blobKey, from.path, { sha256 });
           if (from.moved) from.moved.intoStorage = true;
-        } else await store.put(blobKey, fs.createReadStream(from.path, { highWaterMark: 1 << 20 }), { size });
+        } else await store.put(blobKey, fs.createReadStream(from.path, { highWaterMark: 1 << 20 }), { size, sha256 });
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
         const unavailable = err instanceof StorageUnavailableError;

@@ -13,6 +13,17 @@ export interface ByteRangeRequest {
   end: number;
 }
 
+export interface PutOptions {
+  /** the body's length in bytes, when known: a body of another length stores nothing */
+  size?: number;
+  /**
+   * hex SHA-256 of the body, when the caller already computed it. A store may use it instead of hashing
+   * again (S3 over http: the signed payload hash) and then refuses a body that does not match it,
+   * storing nothing; a store may also ignore it (fs).
+   */
+  sha256?: string;
+}
+
 /**
  * One extension point for where instance bytes live (local disk by default, S3/MinIO at scale).
  * Keys are opaque, chosen by the ingest pipeline (never a raw UID or a client-supplied name);
@@ -27,12 +38,12 @@ export interface BlobStore {
    * Store a stream under key. Atomic: readers see either no object or the whole object, never a
    * partial one, even if the process dies mid-write. Overwrites an existing object.
    */
-  put(key: string, body: Readable, opts?: { size?: number }): Promise<BlobStat>;
+  put(key: string, body: Readable, opts?: PutOptions): Promise<BlobStat>;
   /**
    * Store a local file under key. Same guarantees as put(); an implementation may move the file
    * (fs: rename) instead of copying. Once it resolves, sourcePath no longer exists (moved or removed).
    */
-  putFile(key: string, sourcePath: string): Promise<BlobStat>;
+  putFile(key: string, sourcePath: string, opts?: Pick<PutOptions, "sha256">): Promise<BlobStat>;
   /** Stream the object (or an inclusive byte range of it). Rejects with BlobNotFoundError. */
   get(key: string, range?: ByteRangeRequest): Promise<Readable>;
   /** Size of the object, or null when it does not exist. */

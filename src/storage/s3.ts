@@ -7,18 +7,22 @@
  * upload behind; it also resumes any unfinished upload of the same key, so two concurrent puts of
  * one key would share parts. Here one part (partSize bytes) is filled while the previous one is sent:
  * memory is two parts per put whatever the object size; an object smaller than one part is a single
- * PUT (from one buffer of the object's size when the size is known). Either way S3 makes the object visible only whole (PUT or CompleteMultipartUpload), and a
- * failed put aborts its multipart upload.
+ * PUT from one buffer of the object's size (putSingle). Either way S3 makes the object visible only whole
+ * (PUT or CompleteMultipartUpload), and a failed put aborts its multipart upload.
+ *
+ * Connections are kept alive, in two bounded pools: object downloads (held as long as the downstream
+ * reader takes) and everything else, so slow readers never starve uploads.
  *
  * Calls fail fast when the backend is gone: connect and idle timeouts on every request (see
  * timedTransport), no client-side retries (the caller answers 503 + Retry-After and the sender
  * retries), and network errors / 5xx mapped to StorageUnavailableError.
  */
+import crypto from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import fsp from "node:fs/promises";
-import fs from "node:fs";
 import type { Readable } from "node:stream";
+import { finished } from "node:stream/promises";
 import * as Minio from "minio";
 import type { Logger } from "pino";
 import {
@@ -28,6 +32,7 @@ import {
   type BlobStat,
   type BlobStore,
   type ByteRangeRequest,
+  type PutOptions,
 } from "./blobStore.ts";
 import { ConfigError, type RelayConfig } from "../config.ts";
 
@@ -42,8 +47,10 @@ export interface S3BlobStoreOptions {
 }
 
 /**
- * Connections to the backend per store. A WADO download holds one for as long as the downstream client
- * takes to read (minutes on a slow link), so the bound is high; requests beyond it wait for a free one.
+ * Default of storage.s3.maxConnections: kept-alive connections to the backend per pool. A WADO download
+ * holds one for as long as the downstream client takes to read (minutes on a slow link), so the bound is
+ * high; requests beyond it wait for a free one. Object downloads have a pool of their own, so slow
+ * readers never hold the connections that uploads (ingest) need.
  */
 export const S3_MAX_SOCKETS = 256;
 
@@ -75,9 +82,10 @@ class RequestTimeoutError extends Error {
  * pace of the downstream client, which may pause for long (backpressure) without the backend being
  * at fault.
  */
-function timedTransport(mod: typeof http | typeof https, connectMs: number, idleMs: number): Pick<typeof http, "request"> {
+function timedTransport(mod: typeof http | typeof https, connectMs: number, idleMs: number, downloadAgent: http.Agent): Pick<typeof http, "request"> {
   const request = (options: http.RequestOptions, callback?: (res: http.IncomingMessage) => void): http.ClientRequest => {
-    const req = mod.request(options, callback);
+    const isObjectDownload = (options.method ?? "GET") === "GET" && !String(options.path ?? "").includes("?");
+    const req = mod.request(isObjectDownload ? { ...options, agent: downloadAgent } : options, callback);
     const label = `${options.method ?? "GET"} ${String(options.path ?? "/").split("?")[0]}`;
     req.setTimeout(idleMs, () => req.destroy(new RequestTimeoutError(label, idleMs)));
     req.once("socket", (socket) => {
@@ -86,7 +94,6 @@ function timedTransport(mod: typeof http | typeof https, connectMs: number, idle
       socket.once("connect", () => clearTimeout(timer));
       req.once("close", () => clearTimeout(timer));
     });
-    const isObjectDownload = (options.method ?? "GET") === "GET" && !String(options.path ?? "").includes("?");
     req.once("response", (res) => {
       // the client throws on these statuses without reading the body: drain it, or the keep-alive
       // socket stays busy for ever
@@ -98,6 +105,18 @@ function timedTransport(mod: typeof http | typeof https, connectMs: number, idle
   return { request } as unknown as Pick<typeof http, "request">;
 }
 
+/** The first size bytes of an open file; fails when the file is shorter (it changed under us). */
+async function readExactly(handle: fsp.FileHandle, size: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(size);
+  let filled = 0;
+  while (filled < size) {
+    const { bytesRead } = await handle.read(buf, filled, size - filled, filled);
+    if (bytesRead === 0) throw new Error(`file shrank while being read: expected ${size} bytes, got ${filled}`);
+    filled += bytesRead;
+  }
+  return buf;
+}
+
 function errorCode(err: unknown): string {
   const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
   return String(e?.code ?? e?.cause?.code ?? "");
@@ -107,6 +126,7 @@ export class S3BlobStore implements BlobStore {
   readonly kind = "s3";
   private readonly client: Minio.Client;
   private readonly agent: http.Agent;
+  private readonly downloadAgent: http.Agent;
   private readonly bucket: string;
   /** "" or "some/prefix/" */
   private readonly prefix: string;
@@ -147,8 +167,11 @@ export class S3BlobStore implements BlobStore {
     const useSSL = url.protocol === "https:";
     const connectMs = opts.connectTimeoutMs ?? 5_000;
     const idleMs = opts.idleTimeoutMs ?? 30_000;
-    const agentOptions = { keepAlive: true, maxSockets: S3_MAX_SOCKETS, maxFreeSockets: 32 };
+    // keep-alive: a PUT or GET per instance must not pay a TCP (and TLS) handshake each
+    const maxSockets = settings.maxConnections ?? S3_MAX_SOCKETS;
+    const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: Math.min(maxSockets, 32) };
     this.agent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
+    this.downloadAgent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
     this.client = new Minio.Client({
       endPoint: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : useSSL ? 443 : 80,
@@ -158,7 +181,7 @@ export class S3BlobStore implements BlobStore {
       region: settings.region,
       pathStyle: settings.pathStyle,
       partSize: settings.partSize,
-      transport: timedTransport(useSSL ? https : http, connectMs, idleMs),
+      transport: timedTransport(useSSL ? https : http, connectMs, idleMs, this.downloadAgent),
       transportAgent: this.agent,
       // no hidden retries (they also print to the console): failures surface as 503 to the sender
       retryOptions: { disableRetry: true },
@@ -210,7 +233,7 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async put(key: string, body: Readable, opts: { size?: number } = {}): Promise<BlobStat> {
+  async put(key: string, body: Readable, opts: PutOptions = {}): Promise<BlobStat> {
     let name: string;
     try {
       name = this.name(key);
@@ -219,7 +242,7 @@ export class S3BlobStore implements BlobStore {
       throw err;
     }
     try {
-      return { key, size: await this.upload(name, body, opts.size) };
+      return { key, size: await this.upload(name, body, opts.size, opts.sha256) };
     } catch (err) {
       body.destroy();
       throw this.mapError(err, key);
@@ -227,7 +250,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** Streams body into the object; returns its size. Nothing is committed when expectedSize differs. */
-  private async upload(name: string, body: Readable, expectedSize?: number): Promise<number> {
+  private async upload(name: string, body: Readable, expectedSize?: number, sha256?: string): Promise<number> {
     const partSize = this.partSize;
     // an object of known size below one part gets one buffer of its own size (one PUT), not two
     // partSize buffers; part buffers are allocated only when a part is actually filled
@@ -281,7 +304,7 @@ export class S3BlobStore implements BlobStore {
       }
       if (uploadId === null && inFlight === null) {
         // smaller than one part: a single PUT
-        await this.client.putObject(this.bucket, name, (buffers[current] ?? Buffer.alloc(0)).subarray(0, filled), filled);
+        await this.putSingle(name, (buffers[current] ?? Buffer.alloc(0)).subarray(0, filled), sha256);
         return total;
       }
       if (filled > 0) await sendPart();
@@ -301,12 +324,53 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async putFile(key: string, sourcePath: string): Promise<BlobStat> {
-    this.name(key);
-    const size = (await fsp.stat(sourcePath)).size;
-    const stat = await this.put(key, fs.createReadStream(sourcePath, { highWaterMark: 1024 * 1024 }), { size });
+  /**
+   * One PUT of a whole object held in memory (smaller than one part). Over http the request is signed
+   * with the payload's SHA-256 and MinIO / S3 refuses a body that does not match it: the hash the caller
+   * already has (the instance's, computed while it was spooled) is used as is, else it is computed here,
+   * once (putObject would also copy the buffer and compute an MD5 nobody checks over http). Over https
+   * the client's putObject (unsigned payload + Content-MD5) is kept.
+   */
+  private async putSingle(name: string, body: Buffer, sha256?: string): Promise<void> {
+    if (!this.client.enableSHA256) {
+      await this.client.putObject(this.bucket, name, body, body.length);
+      return;
+    }
+    const payloadHash = sha256 && /^[0-9a-f]{64}$/.test(sha256) ? sha256 : crypto.createHash("sha256").update(body).digest("hex");
+    const res = await this.client.makeRequestStreamAsync(
+      { method: "PUT", bucketName: this.bucket, objectName: name, headers: { "Content-Length": String(body.length) } },
+      body, payloadHash, [200], "",
+    );
+    res.resume(); // an empty body; reading it frees the keep-alive socket
+    await finished(res);
+  }
+
+  async putFile(key: string, sourcePath: string, opts: Pick<PutOptions, "sha256"> = {}): Promise<BlobStat> {
+    const name = this.name(key);
+    let stat: BlobStat;
+    const handle = await fsp.open(sourcePath, "r");
+    try {
+      const size = (await handle.stat()).size;
+      if (size < this.partSize) {
+        // one read into a buffer of the object's size and one PUT: a read stream would allocate its
+        // 1 MiB highWaterMark per read (and copy short reads), which cost more CPU than the PUT itself
+        const body = await readExactly(handle, size);
+        try {
+          await this.putSingle(name, body, opts.sha256);
+        } catch (err) {
+          throw this.mapError(err, key);
+        }
+        stat = { key, size };
+      } else {
+        stat = await this.put(key, handle.createReadStream({ highWaterMark: 1024 * 1024, autoClose: false }), { size });
+      }
+    } finally {
+      await handle.close();
+    }
     // same contract as fs (which moves the file): the caller never reuses sourcePath
-    await fsp.rm(sourcePath, { force: true });
+    await fsp.unlink(sourcePath).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "ENOENT") throw err;
+    });
     return stat;
   }
 
@@ -376,5 +440,6 @@ export class S3BlobStore implements BlobStore {
 
   async close(): Promise<void> {
     this.agent.destroy();
+    this.downloadAgent.destroy();
   }
 }

@@ -83,6 +83,17 @@ export function blobStoreContract(name: string, make: () => Promise<BlobStore>, 
       expect(await readAll(await store.get(`${prefix}/file.dcm`))).toEqual(data);
     });
 
+    it("put and putFile with the body's SHA-256 (as the ingest pipeline calls them) store the bytes", async () => {
+      const data = crypto.randomBytes(90_000);
+      const digest = crypto.createHash("sha256").update(data).digest("hex");
+      const tmp = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "blob-")), "f.dcm");
+      fs.writeFileSync(tmp, data);
+      expect(await store.putFile(`${prefix}/hashed-file.dcm`, tmp, { sha256: digest })).toEqual({ key: `${prefix}/hashed-file.dcm`, size: data.length });
+      expect(await store.put(`${prefix}/hashed.dcm`, Readable.from([data]), { size: data.length, sha256: digest })).toEqual({ key: `${prefix}/hashed.dcm`, size: data.length });
+      expect(await sha256(await store.get(`${prefix}/hashed-file.dcm`))).toBe(digest);
+      expect(await sha256(await store.get(`${prefix}/hashed.dcm`))).toBe(digest);
+    });
+
     it("a large object streams in and out with the same digest", async () => {
       const size = 24 * 1024 * 1024 + 12345;
       const expected = await sha256(patternStream(size, 7));

@@ -269,6 +269,7 @@ fsckSuite("S3BlobStore on MinIO", {
       pathStyle: true,
       createBucket: true,
       partSize: 5 * 1024 * 1024,
+      maxConnections: 16,
     }),
   outage: { down: () => minio.stop(), up: () => minio.restart() },
 });

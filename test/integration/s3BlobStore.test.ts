@@ -41,6 +41,7 @@ function settings(m: RunningMinio, over: Partial<S3Settings> = {}): S3Settings {
     pathStyle: true,
     createBucket: true,
     partSize: 5 * MiB,
+    maxConnections: S3_MAX_SOCKETS,
     ...over,
   };
 }
@@ -250,6 +251,130 @@ describe("S3BlobStore specifics", () => {
     await store.delete("instances/00/00/large.dcm");
     await store.close();
   }, 180_000);
+});
+
+/**
+ * A pass-through HTTP proxy in front of the real MinIO that records each request (method, sub-resource
+ * query, body length) and counts TCP connections: what the store sends is seen, MinIO still answers.
+ */
+async function countingProxy(m: RunningMinio) {
+  const requests: { method: string; query: string; bytes: number }[] = [];
+  let connections = 0;
+  const agent = new http.Agent({ keepAlive: true });
+  const server = http.createServer((req, res) => {
+    const query = [...new URL(req.url!, "http://x").searchParams.keys()].sort().join("&");
+    const entry = { method: req.method!, query, bytes: 0 };
+    requests.push(entry);
+    req.on("data", (c: Buffer) => (entry.bytes += c.length));
+    const up = http.request({ host: "127.0.0.1", port: m.port, path: req.url, method: req.method, headers: req.headers, agent }, (r) => {
+      res.writeHead(r.statusCode!, r.headers);
+      r.pipe(res);
+    });
+    up.on("error", (err) => res.destroy(err));
+    req.pipe(up);
+  });
+  server.on("connection", () => connections++);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    connections: () => connections,
+    reset() {
+      requests.length = 0;
+      connections = 0;
+    },
+    close: () => new Promise<void>((r) => { agent.destroy(); server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+describe("S3BlobStore requests to the backend", () => {
+  let proxy: Awaited<ReturnType<typeof countingProxy>>;
+  let store: S3BlobStore;
+  beforeAll(async () => {
+    proxy = await countingProxy(minio);
+    store = new S3BlobStore({ ...settings(minio, { bucket: "requests", partSize: 5 * MiB }), endpoint: proxy.endpoint });
+    await store.init();
+  });
+  afterAll(async () => {
+    await store.close();
+    await proxy.close();
+  });
+
+  it("an object smaller than one part is one PUT of its own bytes (no multipart), over kept-alive connections", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "s3req-"));
+    const data = crypto.randomBytes(70_000);
+    proxy.reset();
+    for (let i = 0; i < 20; i++) {
+      const src = path.join(dir, `${i}.dcm`);
+      fs.writeFileSync(src, data);
+      await store.putFile(`small/${i}.dcm`, src, { sha256: crypto.createHash("sha256").update(data).digest("hex") });
+    }
+    await store.put("small/stream.dcm", Readable.from([data.subarray(0, 1000), data.subarray(1000)]), { size: data.length });
+    await store.put("small/unsized.dcm", Readable.from([data]));
+    expect(proxy.requests).toEqual(Array.from({ length: 22 }, () => ({ method: "PUT", query: "", bytes: data.length })));
+    // one connection reused (a second may open if the first was still being released)
+    expect(proxy.connections()).toBeLessThanOrEqual(2);
+    expect(await readAll(await store.get("small/19.dcm"))).toEqual(data);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("an object of several parts is a multipart upload: initiate, one PUT per part, complete", async () => {
+    proxy.reset();
+    const size = 12 * MiB + 8;
+    await store.put("large/obj", patternStream(size, 4), { size });
+    expect(proxy.requests.map((r) => `${r.method} ${r.query}`)).toEqual([
+      "POST uploads", "PUT partNumber&uploadId", "PUT partNumber&uploadId", "PUT partNumber&uploadId", "POST uploadId",
+    ]);
+    expect(proxy.requests.filter((r) => r.query.startsWith("partNumber")).map((r) => r.bytes)).toEqual([5 * MiB, 5 * MiB, 2 * MiB + 8]);
+    expect(await sha256(await store.get("large/obj"))).toBe(await sha256(patternStream(size, 4)));
+  });
+
+  it("small puts hold buffers of their own size, not part-sized ones", async () => {
+    const big = new S3BlobStore({ ...settings(minio, { bucket: "requests", partSize: 64 * MiB }), endpoint: proxy.endpoint });
+    const before = process.memoryUsage().arrayBuffers;
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().arrayBuffers)), 2);
+    try {
+      // 16 at once: two 64 MiB part buffers each would be 2 GiB
+      await Promise.all(Array.from({ length: 16 }, (_, i) => big.put(`buffers/${i}`, Readable.from([crypto.randomBytes(10_000)]), { size: 10_000 })));
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(peak - before).toBeLessThan(32 * MiB);
+    await big.close();
+  });
+
+  it("downloads held open by slow readers use a pool of their own: uploads still get connections", async () => {
+    const small = new S3BlobStore(settings(minio, { bucket: "requests", maxConnections: 2 }));
+    const size = 8 * MiB;
+    await small.put("held/big", patternStream(size, 6), { size });
+    // two downloads nobody reads: each keeps its connection for as long as its reader waits
+    const held = [await small.get("held/big"), await small.get("held/big")];
+    const third = small.get("held/big");
+    const put = await within(10_000, small.put("held/other", Readable.from([Buffer.from("stored meanwhile")])));
+    expect(put.error).toBeUndefined();
+    expect(await small.stat("held/other")).toEqual({ key: "held/other", size: 16 });
+    // the third download waits for a download connection, and gets one when a reader lets go
+    held[0]!.destroy();
+    const body = await within(10_000, third);
+    expect(body.error).toBeUndefined();
+    expect(await sha256(body.value!)).toBe(await sha256(patternStream(size, 6)));
+    held[1]!.destroy();
+    await small.close();
+  });
+
+  it("a SHA-256 that does not match the bytes is refused by the backend: nothing stored, the old object kept", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "s3sha-"));
+    const src = path.join(dir, "in.dcm");
+    await store.put("sha/kept", Readable.from([Buffer.from("good bytes")]));
+    fs.writeFileSync(src, "other bytes");
+    const wrong = crypto.createHash("sha256").update("something else").digest("hex");
+    await expect(store.putFile("sha/kept", src, { sha256: wrong })).rejects.toThrow(/SHA256|sha256|checksum/i);
+    await expect(store.put("sha/new", Readable.from([Buffer.from("other bytes")]), { size: 11, sha256: wrong })).rejects.toThrow();
+    expect((await readAll(await store.get("sha/kept"))).toString()).toBe("good bytes");
+    expect(await store.stat("sha/new")).toBeNull();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 });
 
 describe("S3BlobStore when the backend goes away", () => {
