@@ -23,7 +23,12 @@ import https from "node:https";
 import fsp from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { finished } from "node:stream/promises";
-import * as Minio from "minio";
+import { createRequire } from "node:module";
+import type * as Minio from "minio";
+
+// the minio client (~30 MB resident with its dependencies) is loaded when an S3 store is made, not by every relay
+let minioModule: typeof Minio | undefined;
+const minio = (): typeof Minio => (minioModule ??= createRequire(import.meta.url)("minio") as typeof Minio);
 import type { Logger } from "pino";
 import {
   assertSafeKey,
@@ -172,7 +177,7 @@ export class S3BlobStore implements BlobStore {
     const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: Math.min(maxSockets, 32) };
     this.agent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
     this.downloadAgent = useSSL ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
-    this.client = new Minio.Client({
+    this.client = new (minio().Client)({
       endPoint: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : useSSL ? 443 : 80,
       useSSL,
