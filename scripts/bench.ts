@@ -238,7 +238,9 @@ export async function measureDicomweb(server: Target) {
         }
       }
     })();
+    server.resetPeak();
     const smallSeconds = await ingest(server.url, batched(smallGen, 50), 2);
+    const smallPeak = server.peakRss();
 
     // --- QIDO ---
     const queries = [
@@ -286,6 +288,7 @@ export async function measureDicomweb(server: Target) {
       stowSmall: {
         instances: SIZES.smallInstances, bytes: smallBytes, seconds: round(smallSeconds, 2),
         instancesPerSecond: round(SIZES.smallInstances / smallSeconds), mbPerSecond: round(smallBytes / MB / smallSeconds, 2),
+        serverPeakRssMB: round(smallPeak / MB),
       },
       qidoMs: { ...percentiles(qidoMs), queries: queries.length, indexedInstances: SIZES.ctInstances + SIZES.smallInstances },
       studyMetadataMs: { ...percentiles(metaMs), instances: SIZES.ctInstances, responseBytes: metaBytes },
@@ -444,6 +447,22 @@ async function benchPeer(workDir: string) {
   }
 }
 
+/** The relay's figures over Orthanc's of the same run (issue 17 targets: >= 1.2 for STOW and WADO), when both ran. */
+function relayVersusOrthanc(core: Awaited<ReturnType<typeof benchCore>> | null, peer: unknown) {
+  const orthanc = (peer as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
+  if (!core || !orthanc) return null;
+  const r = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+  return {
+    stowCt: r(core.stowCt.instancesPerSecond, orthanc.stowCt.instancesPerSecond),
+    stowSmall: r(core.stowSmall.instancesPerSecond, orthanc.stowSmall.instancesPerSecond),
+    wadoRetrieveStudy: r(core.wadoRetrieveStudy.mbPerSecond, orthanc.wadoRetrieveStudy.mbPerSecond),
+    // lower is better for these two: Orthanc's time (or memory) over the relay's
+    studyMetadataP50: r(orthanc.studyMetadataMs.p50, core.studyMetadataMs.p50),
+    qidoP95: r(orthanc.qidoMs.p95, core.qidoMs.p95),
+    stowCtServerPeakRss: r(orthanc.stowCt.serverPeakRssMB, core.stowCt.serverPeakRssMB),
+  };
+}
+
 /** S3 figures over the disk figures of the same run (issue 17 target: >= 0.8 each), when both sections ran. */
 function s3VersusDisk(core: Awaited<ReturnType<typeof benchCore>> | null, s3: unknown) {
   const onS3 = (s3 as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
@@ -485,6 +504,7 @@ async function main() {
       documents: documents ?? notSelected,
       s3,
       s3VersusDisk: s3VersusDisk(core, s3) ?? notSelected,
+      relayVersusOrthanc: relayVersusOrthanc(core, peer) ?? notSelected,
       postgres,
       transfers,
       crossborder,
@@ -495,6 +515,13 @@ async function main() {
         ...(core && {
           "qido p95 < 20 ms": core.qidoMs.p95 < 20,
           "study metadata (300 instances) p95 < 50 ms": core.studyMetadataMs.p95 < 50,
+        }),
+        ...(core && {
+          "peak RSS <= 120 MB during the small-set STOW-RS": core.stowSmall.serverPeakRssMB <= 120,
+        }),
+        ...(relayVersusOrthanc(core, peer) && {
+          "STOW-RS >= 1.2x Orthanc, CT and small set": relayVersusOrthanc(core, peer)!.stowCt >= 1.2 && relayVersusOrthanc(core, peer)!.stowSmall >= 1.2,
+          "WADO-RS study retrieve >= 1.2x Orthanc": relayVersusOrthanc(core, peer)!.wadoRetrieveStudy >= 1.2,
         }),
         ...(s3VersusDisk(core, s3) && {
           "MinIO (loopback) STOW-RS and WADO-RS >= 0.8x the disk path, CT and small set": Object.values(s3VersusDisk(core, s3)!).every((x) => x >= 0.8),
