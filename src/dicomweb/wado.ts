@@ -7,9 +7,10 @@
  */
 import { Readable } from "node:stream";
 import { Router, type Request, type Response } from "express";
+import { noteAudit } from "../access/middleware.ts";
 import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { ByteRange } from "../dicom/types.ts";
-import { multipartBoundary, writeMultipart } from "../dicom/multipart.ts";
+import { multipartBoundary, writeMultipart, type OutgoingPart } from "../dicom/multipart.ts";
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
@@ -22,8 +23,14 @@ import { scopeOf, dicomwebRoot, recipientOf, withRoot, type DicomwebServices } f
 
 const ANY_TS = "*";
 
-/** blobs opened ahead of the part being sent in a study/series retrieve */
-const WADO_READ_AHEAD = 4;
+/**
+ * Read-ahead of a study/series retrieve, bounded in count and bytes so memory stays flat in study size: the next
+ * instances are read (small ones) or opened (large ones; S3: their GETs sent) while the current part is written.
+ */
+const WADO_READ_AHEAD = 8;
+const WADO_READ_AHEAD_BYTES = 8 * 1024 * 1024;
+/** instances up to this size are read whole ahead of their turn: one ranged read, no stream per instance */
+const WHOLE_READ_MAX = 1024 * 1024;
 
 
 function describe(scope: InstanceScope): string {
@@ -38,17 +45,33 @@ async function instancesOrNotFound(svc: DicomwebServices, scope: InstanceScope):
   return list;
 }
 
-async function sendMultipart(
-  res: Response,
-  type: string,
-  parts: AsyncIterable<{ contentType: string; headers?: Record<string, string>; body: Readable }>,
-  extraParams = "",
-): Promise<void> {
+async function sendMultipart(res: Response, type: string, parts: AsyncIterable<OutgoingPart>, beforeEnd?: () => void): Promise<void> {
   const boundary = multipartBoundary();
   res.status(200);
-  res.setHeader("Content-Type", `multipart/related; type="${type}"; boundary=${boundary}${extraParams}`);
+  res.setHeader("Content-Type", `multipart/related; type="${type}"; boundary=${boundary}`);
   await writeMultipart(res, boundary, parts);
+  beforeEnd?.();
   res.end();
+}
+
+/** A stored instance's bytes, read whole by one ranged read (the index gives its size). */
+async function readWhole(store: BlobStore, inst: InstanceLocation): Promise<Buffer> {
+  if (inst.size === 0) return Buffer.alloc(0);
+  if (store.readWhole) return store.readWhole(inst.blobKey, inst.size);
+  const body = await store.get(inst.blobKey, { start: 0, end: inst.size - 1 });
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    body.on("data", (c: Buffer) => {
+      chunks.push(c);
+      n += c.length;
+    });
+    body.on("error", reject);
+    body.on("end", () => {
+      if (n !== inst.size) reject(new Error(`the stored instance ${inst.sopInstanceUID} has ${n} bytes; the index says ${inst.size}`));
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n));
+    });
+  });
 }
 
 export function wadoRoutes(svc: DicomwebServices): Router {
@@ -66,15 +89,14 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     const instances = await instancesOrNotFound(svc, scope);
     let choice = choices.find((c) => servable(c, instances)) ?? null;
     // not all stored in the syntax asked for: the first one asked for that every instance can be transcoded to
-    const modules = new Map<string, PixelModule | string | null>();
+    let modules = new Map<string, PixelModule | string | null>();
     let refusal = "";
     if (!choice) {
+      // the pixel modules of the whole scope in one index query, not one per instance
+      modules = await pixelModulesOf(svc, scope);
       for (const c of choices) {
         const target = c.transferSyntax!;
-        for (const inst of instances) {
-          if (inst.transferSyntaxUID !== target && !modules.has(inst.sopInstanceUID)) modules.set(inst.sopInstanceUID, await pixelModuleFor(svc, inst));
-        }
-        const why = instances.map((i) => whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? null, target)).find((w) => w !== null);
+        const why = instances.map((i) => (i.transferSyntaxUID === target ? null : whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? "the instance has no metadata", target))).find((w) => w !== null);
         if (!why) {
           choice = c;
           break;
@@ -88,25 +110,36 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     }
     const target = choice.transferSyntax;
     const store = svc.store;
-    // bounded read-ahead: the next stored blobs are opened (S3: their GETs sent) while the current part streams;
-    // instances transcoded a frame at a time read their own ranges
+    // instances transcoded a frame at a time read their own ranges; the others are read ahead (bounded)
     const passThrough = (i: number) => target === null || target === ANY_TS || target === instances[i]!.transferSyntaxUID;
-    const opened: Array<Promise<Readable> | undefined> = [];
-    const open = (i: number) => {
-      const p = store.get(instances[i]!.blobKey);
-      p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
-      opened[i] = p;
+    const ahead: Array<Promise<Readable | Buffer> | undefined> = [];
+    let next = 0; // the first instance not yet read or opened
+    let aheadBytes = 0; // bytes held by whole reads not yet sent
+    const costOf = (i: number) => (instances[i]!.size <= WHOLE_READ_MAX ? instances[i]!.size : 0);
+    const fill = (current: number) => {
+      while (next < instances.length && next <= current + WADO_READ_AHEAD && (next === current || aheadBytes < WADO_READ_AHEAD_BYTES)) {
+        const i = next++;
+        if (!passThrough(i)) continue;
+        const inst = instances[i]!;
+        const p: Promise<Readable | Buffer> = inst.size <= WHOLE_READ_MAX ? readWhole(store, inst) : store.get(inst.blobKey);
+        p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
+        ahead[i] = p;
+        aheadBytes += costOf(i);
+      }
     };
     try {
       await sendMultipart(res, "application/dicom", (async function* () {
         for (let i = 0; i < instances.length; i++) {
-          for (let j = i; j < Math.min(instances.length, i + 1 + WADO_READ_AHEAD); j++) if (!opened[j] && passThrough(j)) open(j);
+          fill(i);
           const inst = instances[i]!;
           if (passThrough(i)) {
+            const body = await ahead[i]!;
+            ahead[i] = undefined;
+            aheadBytes -= costOf(i);
             yield {
               contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
               headers: { "Content-Length": String(inst.size) },
-              body: await opened[i]!,
+              body,
             };
             continue;
           }
@@ -117,11 +150,12 @@ export function wadoRoutes(svc: DicomwebServices): Router {
             body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
           };
         }
-      })());
+      })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
     } finally {
       // a response cut short: close what was opened ahead and not sent
-      for (const p of opened.splice(0)) p?.then((b) => { if (!b.readableEnded) b.destroy(); }, () => undefined);
+      for (const p of ahead.splice(0)) p?.then((b) => { if (b instanceof Readable && !b.readableEnded) b.destroy(); }, () => undefined);
     }
+    // delivery tracking: one batch for the whole response, written after its last byte left
     const recipient = recipientOf(res);
     if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
   };
@@ -293,6 +327,17 @@ const DEFAULT_TS_OF_MEDIA_TYPE: Record<string, string> = {
   "image/jphc": "1.2.840.10008.1.2.4.201",
   "image/dicom-rle": "1.2.840.10008.1.2.5",
 };
+
+/** The pixel modules of every instance of a scope, by SOP Instance UID, from one index query. */
+async function pixelModulesOf(svc: DicomwebServices, scope: InstanceScope): Promise<Map<string, PixelModule | string>> {
+  const out = new Map<string, PixelModule | string>();
+  for (const json of await svc.index.listMetadata(scope)) {
+    const ds = JSON.parse(json) as DicomJsonDataset;
+    const sop = (ds["00080018"]?.Value as unknown[] | undefined)?.[0];
+    if (typeof sop === "string") out.set(sop, pixelModuleOf(ds));
+  }
+  return out;
+}
 
 /** The instance's pixel module from its stored metadata (a sentence when it has none). */
 export async function pixelModuleFor(svc: DicomwebServices, inst: InstanceLocation): Promise<PixelModule | string> {

@@ -159,6 +159,29 @@ export class FsBlobStore implements BlobStore {
     return handle.createReadStream({ highWaterMark: 256 * 1024 });
   }
 
+  /** open, one read, close on the raw descriptor: no FileHandle, no stream, three thread-pool trips */
+  readWhole(key: string, size: number): Promise<Buffer> {
+    const p = this.pathOf(key);
+    return new Promise((resolve, reject) => {
+      fs.open(p, "r", (err, fd) => {
+        if (err) return reject(err.code === "ENOENT" ? new BlobNotFoundError(key) : wrapFsError(err));
+        const buf = Buffer.allocUnsafe(size);
+        const finish = (failure: Error | null) => fs.close(fd, () => (failure ? reject(failure) : resolve(buf)));
+        let got = 0;
+        const more = () => {
+          if (got === size) return finish(null);
+          fs.read(fd, buf, got, size - got, got, (e, n) => {
+            if (e) return finish(wrapFsError(e) as Error);
+            if (n === 0) return finish(new Error(`stored object ${key} has ${got} bytes, fewer than the ${size} expected`));
+            got += n;
+            more();
+          });
+        };
+        more();
+      });
+    });
+  }
+
   async stat(key: string): Promise<BlobStat | null> {
     try {
       const st = await fsp.stat(this.pathOf(key));
