@@ -160,7 +160,7 @@ export class FsBlobStore implements BlobStore {
   }
 
   /** open, one read, close on the raw descriptor: no FileHandle, no stream, three thread-pool trips */
-  readWhole(key: string, size: number): Promise<Buffer> {
+  async readWhole(key: string, size: number): Promise<Buffer> {
     const p = this.pathOf(key);
     return new Promise((resolve, reject) => {
       fs.open(p, "r", (err, fd) => {

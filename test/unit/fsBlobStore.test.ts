@@ -5,6 +5,7 @@ import { describe, it, expect } from "vitest";
 import { Readable } from "node:stream";
 import { blobStoreContract } from "../contracts/blobStore.ts";
 import { FsBlobStore } from "../../src/storage/fs.ts";
+import { BlobNotFoundError } from "../../src/storage/blobStore.ts";
 
 const roots: string[] = [];
 blobStoreContract(
@@ -44,5 +45,19 @@ describe("FsBlobStore specifics", () => {
     await expect(store.put("..", Readable.from([Buffer.from("x")]))).rejects.toThrow(/unsafe/);
     expect(fs.readdirSync(parent)).toEqual(["root"]);
     fs.rmSync(parent, { recursive: true, force: true });
+  });
+
+  it("readWhole gives a small object's bytes in one buffer; a missing or shorter object is an error, not short bytes", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    const bytes = Buffer.from(Array.from({ length: 70_000 }, (_, i) => (i * 7) & 0xff));
+    await store.put("instances/ab/y.dcm", Readable.from([bytes]));
+    expect((await store.readWhole("instances/ab/y.dcm", bytes.length)).equals(bytes)).toBe(true);
+    expect((await store.readWhole("instances/ab/y.dcm", 10)).equals(bytes.subarray(0, 10))).toBe(true);
+    await expect(store.readWhole("instances/ab/none.dcm", 10)).rejects.toBeInstanceOf(BlobNotFoundError);
+    await expect(store.readWhole("instances/ab/y.dcm", bytes.length + 1)).rejects.toThrow(/70000 bytes, fewer than the 70001 expected/);
+    await expect(store.readWhole("../y.dcm", 1)).rejects.toThrow(/unsafe/);
+    fs.rmSync(root, { recursive: true, force: true });
   });
 });
