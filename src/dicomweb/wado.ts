@@ -117,6 +117,8 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     let aheadBytes = 0; // bytes held by whole reads not yet sent
     const costOf = (i: number) => (instances[i]!.size <= WHOLE_READ_MAX ? instances[i]!.size : 0);
     const fill = (current: number) => {
+      // topped up in batches (when half is used), so the reads asked for together go to the store together
+      if (next > current && next - current > WADO_READ_AHEAD / 2) return;
       while (next < instances.length && next <= current + WADO_READ_AHEAD && (next === current || aheadBytes < WADO_READ_AHEAD_BYTES)) {
         const i = next++;
         if (!passThrough(i)) continue;

@@ -12,6 +12,7 @@ import {
   type BlobStore,
   type ByteRangeRequest,
 } from "./blobStore.ts";
+import { WholeFileReader } from "./wholeFileReader.ts";
 
 /**
  * Local-disk BlobStore (the embedded default). Writes go to a temp file in the same file system,
@@ -20,6 +21,7 @@ import {
 export class FsBlobStore implements BlobStore {
   readonly kind = "fs";
   private readonly tmpDir: string;
+  private readonly reader = new WholeFileReader();
 
   constructor(private readonly root: string) {
     this.root = path.resolve(root);
@@ -159,27 +161,18 @@ export class FsBlobStore implements BlobStore {
     return handle.createReadStream({ highWaterMark: 256 * 1024 });
   }
 
-  /** open, one read, close on the raw descriptor: no FileHandle, no stream, three thread-pool trips */
+  /** on a worker thread, batched with the other reads asked for in the same turn (wholeFileReader.ts) */
   async readWhole(key: string, size: number): Promise<Buffer> {
     const p = this.pathOf(key);
-    return new Promise((resolve, reject) => {
-      fs.open(p, "r", (err, fd) => {
-        if (err) return reject(err.code === "ENOENT" ? new BlobNotFoundError(key) : wrapFsError(err));
-        const buf = Buffer.allocUnsafe(size);
-        const finish = (failure: Error | null) => fs.close(fd, () => (failure ? reject(failure) : resolve(buf)));
-        let got = 0;
-        const more = () => {
-          if (got === size) return finish(null);
-          fs.read(fd, buf, got, size - got, got, (e, n) => {
-            if (e) return finish(wrapFsError(e) as Error);
-            if (n === 0) return finish(new Error(`stored object ${key} has ${got} bytes, fewer than the ${size} expected`));
-            got += n;
-            more();
-          });
-        };
-        more();
-      });
-    });
+    let bytes: Buffer;
+    try {
+      bytes = await this.reader.read(p, size);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new BlobNotFoundError(key);
+      throw wrapFsError(err);
+    }
+    if (bytes.length < size) throw new Error(`stored object ${key} has ${bytes.length} bytes, fewer than the ${size} expected`);
+    return bytes;
   }
 
   async stat(key: string): Promise<BlobStat | null> {
@@ -236,7 +229,9 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.reader.close();
+  }
 }
 
 /** fsync a file; returns its size. */

@@ -60,4 +60,19 @@ describe("FsBlobStore specifics", () => {
     await expect(store.readWhole("../y.dcm", 1)).rejects.toThrow(/unsafe/);
     fs.rmSync(root, { recursive: true, force: true });
   });
+
+  it("readWhole: reads asked for together (more than one batch) each come back to their caller; after close they are refused", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    const objects = Array.from({ length: 70 }, (_, i) => ({ key: `instances/${String(i % 7).padStart(2, "0")}/o${i}.dcm`, bytes: Buffer.alloc(100 + i, i) }));
+    for (const o of objects) await store.put(o.key, Readable.from([o.bytes]));
+    // one of them missing: only that one fails
+    const got = await Promise.allSettled([...objects.map((o) => store.readWhole(o.key, o.bytes.length)), store.readWhole("instances/00/missing.dcm", 5)]);
+    got.slice(0, 70).forEach((r, i) => expect(r.status === "fulfilled" && r.value.equals(objects[i]!.bytes), `object ${i}`).toBe(true));
+    expect(got[70]).toMatchObject({ status: "rejected", reason: expect.any(BlobNotFoundError) });
+    await store.close();
+    await expect(store.readWhole(objects[0]!.key, 1)).rejects.toThrow(/closed/);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
 });
