@@ -27,7 +27,7 @@ const ANY_TS = "*";
  * Read-ahead of a study/series retrieve, bounded in count and bytes so memory stays flat in study size: the next
  * instances are read (small ones) or opened (large ones; S3: their GETs sent) while the current part is written.
  */
-const WADO_READ_AHEAD = 8;
+const WADO_READ_AHEAD = 32;
 const WADO_READ_AHEAD_BYTES = 8 * 1024 * 1024;
 /** instances up to this size are read whole ahead of their turn: one ranged read, no stream per instance */
 const WHOLE_READ_MAX = 1024 * 1024;
