@@ -8,7 +8,7 @@
 import { Readable } from "node:stream";
 import { Router, type Request, type Response } from "express";
 import { noteAudit } from "../access/middleware.ts";
-import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
+import type { InstanceBlob, InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { ByteRange } from "../dicom/types.ts";
 import { multipartBoundary, writeMultipart, type OutgoingPart } from "../dicom/multipart.ts";
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
@@ -55,7 +55,7 @@ async function sendMultipart(res: Response, type: string, parts: AsyncIterable<O
 }
 
 /** A stored instance's bytes, read whole by one ranged read (the index gives its size). */
-async function readWhole(store: BlobStore, inst: InstanceLocation): Promise<Buffer> {
+async function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer> {
   if (inst.size === 0) return Buffer.alloc(0);
   if (store.readWhole) return store.readWhole(inst.blobKey, inst.size);
   const body = await store.get(inst.blobKey, { start: 0, end: inst.size - 1 });
@@ -86,17 +86,22 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     if (!choices.length) {
       throw new HttpError(406, 'instances are returned as multipart/related; type="application/dicom"');
     }
-    const instances = await instancesOrNotFound(svc, scope);
+    // the stored bytes of every instance of the scope from one index query (no pixel / bulk data locations parsed)
+    let instances: readonly InstanceBlob[] = await svc.index.listInstanceBlobs(scope);
+    if (!instances.length) throw new HttpError(404, `no ${describe(scope)} on this relay`);
     let choice = choices.find((c) => servable(c, instances)) ?? null;
     // not all stored in the syntax asked for: the first one asked for that every instance can be transcoded to
     let modules = new Map<string, PixelModule | string | null>();
+    let located: InstanceLocation[] | null = null;
     let refusal = "";
     if (!choice) {
-      // the pixel modules of the whole scope in one index query, not one per instance
+      // transcoding needs the pixel data locations and pixel modules: of the whole scope, one query each
+      located = await svc.index.listInstances(scope);
+      instances = located;
       modules = await pixelModulesOf(svc, scope);
       for (const c of choices) {
         const target = c.transferSyntax!;
-        const why = instances.map((i) => (i.transferSyntaxUID === target ? null : whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? "the instance has no metadata", target))).find((w) => w !== null);
+        const why = located.map((i) => (i.transferSyntaxUID === target ? null : whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? "the instance has no metadata", target))).find((w) => w !== null);
         if (!why) {
           choice = c;
           break;
@@ -145,11 +150,11 @@ export function wadoRoutes(svc: DicomwebServices): Router {
             };
             continue;
           }
-          // transcoded a frame at a time: the length is not known in advance
+          // transcoded a frame at a time: the length is not known in advance (located is set whenever transcoding is)
           const pm = modules.get(inst.sopInstanceUID);
           yield {
             contentType: `application/dicom; transfer-syntax=${target}`,
-            body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
+            body: Readable.from(transcodeInstance(store, located![i]!, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
           };
         }
       })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
@@ -284,7 +289,7 @@ async function trimToDocumentLength(svc: DicomwebServices, scope: InstanceScope,
 }
 
 /** The stored transfer syntax can satisfy this choice (no transcoding). */
-function servable(choice: PartNegotiation, instances: InstanceLocation[]): boolean {
+function servable(choice: PartNegotiation, instances: readonly InstanceBlob[]): boolean {
   if (choice.transferSyntax === null || choice.transferSyntax === ANY_TS) return true;
   return instances.every((i) => i.transferSyntaxUID === choice.transferSyntax);
 }
