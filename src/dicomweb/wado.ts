@@ -31,6 +31,8 @@ const WADO_READ_AHEAD = 32;
 const WADO_READ_AHEAD_BYTES = 8 * 1024 * 1024;
 /** instances up to this size are read whole ahead of their turn: one ranged read, no stream per instance */
 const WHOLE_READ_MAX = 1024 * 1024;
+/** larger instances opened ahead (each an open file or, on S3, an open GET) */
+const WADO_STREAMS_AHEAD = 4;
 
 
 function describe(scope: InstanceScope): string {
@@ -120,18 +122,22 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     const ahead: Array<Promise<Readable | Buffer> | undefined> = [];
     let next = 0; // the first instance not yet read or opened
     let aheadBytes = 0; // bytes held by whole reads not yet sent
-    const costOf = (i: number) => (instances[i]!.size <= WHOLE_READ_MAX ? instances[i]!.size : 0);
+    let aheadStreams = 0; // large instances opened and not yet sent
+    const whole = (i: number) => instances[i]!.size <= WHOLE_READ_MAX;
+    const costOf = (i: number) => (whole(i) ? instances[i]!.size : 0);
+    const room = (i: number) => (whole(i) ? aheadBytes < WADO_READ_AHEAD_BYTES : aheadStreams < WADO_STREAMS_AHEAD);
     const fill = (current: number) => {
       // topped up in batches (when half is used), so the reads asked for together go to the store together
       if (next > current && next - current > WADO_READ_AHEAD / 2) return;
-      while (next < instances.length && next <= current + WADO_READ_AHEAD && (next === current || aheadBytes < WADO_READ_AHEAD_BYTES)) {
+      while (next < instances.length && next <= current + WADO_READ_AHEAD && (next === current || !passThrough(next) || room(next))) {
         const i = next++;
         if (!passThrough(i)) continue;
         const inst = instances[i]!;
-        const p: Promise<Readable | Buffer> = inst.size <= WHOLE_READ_MAX ? readWhole(store, inst) : store.get(inst.blobKey);
+        const p: Promise<Readable | Buffer> = whole(i) ? readWhole(store, inst) : store.get(inst.blobKey);
         p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
         ahead[i] = p;
         aheadBytes += costOf(i);
+        if (!whole(i)) aheadStreams++;
       }
     };
     try {
@@ -143,6 +149,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
             const body = await ahead[i]!;
             ahead[i] = undefined;
             aheadBytes -= costOf(i);
+            if (!whole(i)) aheadStreams--;
             yield {
               contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
               headers: { "Content-Length": String(inst.size) },

@@ -137,4 +137,12 @@ describe("WADO-RS retrieve of a study of many small instances", () => {
     // the locations and pixel modules of the whole study in one more query each, not one per instance
     expect(Object.fromEntries(counted.calls)).toEqual({ listInstanceBlobs: 1, listInstances: 1, listMetadata: 1 });
   });
+
+  it("instances over 1 MiB still stream (opened ahead, not read whole) and come back byte for byte", async () => {
+    const large = [...generateStudy({ instances: 3, seriesCount: 1, rows: 800, columns: 800, modality: "CT", seed: 23 })];
+    expect(large[0]!.bytes.length).toBeGreaterThan(1024 * 1024);
+    for (const inst of large) expect((await services.ingest.ingestStream(Readable.from([inst.bytes]))).status).toBe("stored");
+    const r = await get(`${base}/studies/${large[0]!.studyInstanceUID}`, 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    expect(r.parts.map((p, i) => p.body.equals(large[i]!.bytes))).toEqual([true, true, true]);
+  });
 });
