@@ -19,21 +19,10 @@ import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
 import { CodecError, canDecode, canEncode, UNCOMPRESSED } from "../imaging/codecs.ts";
+import { readAhead } from "./readAhead.ts";
 import { scopeOf, dicomwebRoot, recipientOf, withRoot, type DicomwebServices } from "./context.ts";
 
 const ANY_TS = "*";
-
-/**
- * Read-ahead of a study/series retrieve, bounded in count and bytes so memory stays flat in study size: the next
- * instances are read (small ones) or opened (large ones; S3: their GETs sent) while the current part is written.
- */
-const WADO_READ_AHEAD = 32;
-const WADO_READ_AHEAD_BYTES = 8 * 1024 * 1024;
-/** instances up to this size are read whole ahead of their turn: one ranged read, no stream per instance */
-const WHOLE_READ_MAX = 1024 * 1024;
-/** larger instances opened ahead (each an open file or, on S3, an open GET) */
-const WADO_STREAMS_AHEAD = 4;
-
 
 function describe(scope: InstanceScope): string {
   if (scope.sopInstanceUID) return `instance ${scope.sopInstanceUID}`;
@@ -117,58 +106,30 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     }
     const target = choice.transferSyntax;
     const store = svc.store;
-    // instances transcoded a frame at a time read their own ranges; the others are read ahead (bounded)
+    // instances transcoded a frame at a time read their own ranges; the others are read ahead (bounded, readAhead.ts)
     const passThrough = (i: number) => target === null || target === ANY_TS || target === instances[i]!.transferSyntaxUID;
-    const ahead: Array<Promise<Readable | Buffer> | undefined> = [];
-    let next = 0; // the first instance not yet read or opened
-    let aheadBytes = 0; // bytes held by whole reads not yet sent
-    let aheadStreams = 0; // large instances opened and not yet sent
-    const whole = (i: number) => instances[i]!.size <= WHOLE_READ_MAX;
-    const costOf = (i: number) => (whole(i) ? instances[i]!.size : 0);
-    const room = (i: number) => (whole(i) ? aheadBytes < WADO_READ_AHEAD_BYTES : aheadStreams < WADO_STREAMS_AHEAD);
-    const fill = (current: number) => {
-      // topped up in batches (when half is used), so the reads asked for together go to the store together
-      if (next > current && next - current > WADO_READ_AHEAD / 2) return;
-      while (next < instances.length && next <= current + WADO_READ_AHEAD && (next === current || !passThrough(next) || room(next))) {
-        const i = next++;
-        if (!passThrough(i)) continue;
-        const inst = instances[i]!;
-        const p: Promise<Readable | Buffer> = whole(i) ? readWhole(store, inst) : store.get(inst.blobKey);
-        p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
-        ahead[i] = p;
-        aheadBytes += costOf(i);
-        if (!whole(i)) aheadStreams++;
-      }
-    };
-    try {
-      await sendMultipart(res, "application/dicom", (async function* () {
-        for (let i = 0; i < instances.length; i++) {
-          fill(i);
-          const inst = instances[i]!;
-          if (passThrough(i)) {
-            const body = await ahead[i]!;
-            ahead[i] = undefined;
-            aheadBytes -= costOf(i);
-            if (!whole(i)) aheadStreams--;
-            yield {
-              contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
-              headers: { "Content-Length": String(inst.size) },
-              body,
-            };
-            continue;
-          }
-          // transcoded a frame at a time: the length is not known in advance (located is set whenever transcoding is)
-          const pm = modules.get(inst.sopInstanceUID);
-          yield {
-            contentType: `application/dicom; transfer-syntax=${target}`,
-            body: Readable.from(transcodeInstance(store, located![i]!, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
-          };
-        }
-      })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
-    } finally {
+    const parts = readAhead(instances, {
+      skip: (i) => !passThrough(i),
+      read: (inst, whole): Promise<Readable | Buffer> => (whole ? readWhole(store, inst) : store.get(inst.blobKey)),
       // a response cut short: close what was opened ahead and not sent
-      for (const p of ahead.splice(0)) p?.then((b) => { if (b instanceof Readable && !b.readableEnded) b.destroy(); }, () => undefined);
-    }
+      discard: (b) => {
+        if (b instanceof Readable && !b.readableEnded) b.destroy();
+      },
+    });
+    await sendMultipart(res, "application/dicom", (async function* () {
+      for await (const { item: inst, index: i, body } of parts) {
+        if (body !== null) {
+          yield { contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`, headers: { "Content-Length": String(inst.size) }, body };
+          continue;
+        }
+        // transcoded a frame at a time: the length is not known in advance (located is set whenever transcoding is)
+        const pm = modules.get(inst.sopInstanceUID);
+        yield {
+          contentType: `application/dicom; transfer-syntax=${target}`,
+          body: Readable.from(transcodeInstance(store, located![i]!, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
+        };
+      }
+    })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
     // delivery tracking: one batch for the whole response, written after its last byte left
     const recipient = recipientOf(res);
     if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
