@@ -41,6 +41,15 @@ export interface InstanceLocation {
   bulkData: BulkDataLocation[];
 }
 
+/** What a whole-instance retrieve needs of each instance: where its bytes are, how many, in which transfer syntax. */
+export interface InstanceBlob {
+  studyInstanceUID: string;
+  sopInstanceUID: string;
+  transferSyntaxUID: string;
+  size: number;
+  blobKey: string;
+}
+
 /** Scope of a read: which UIDs, and whether instances of unfinished transfers are included. */
 export interface InstanceScope {
   studyInstanceUID: string;
@@ -83,6 +92,11 @@ export interface Index {
   getInstance(sopInstanceUID: string, opts?: { includePending?: boolean; pendingOf?: string }): Promise<InstanceLocation | null>;
   /** Instances in a study / series / single instance, ordered by series then InstanceNumber. */
   listInstances(scope: InstanceScope): Promise<InstanceLocation[]>;
+  /**
+   * listInstances without the pixel / bulk data locations (no JSON parsed per row): what a WADO-RS study retrieve
+   * of stored bytes needs, in one query, same order.
+   */
+  listInstanceBlobs(scope: InstanceScope): Promise<InstanceBlob[]>;
   /** DICOM JSON metadata strings (each a serialized data set) for the scope, same order. */
   listMetadata(scope: InstanceScope): Promise<string[]>;
   /** QIDO-RS search. allowedStudies restricts to a set of studies (share links). */

@@ -23,13 +23,13 @@
  */
 import crypto from "node:crypto";
 import type pg from "pg";
-import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
+import type { Index, InsertOutcome, InstanceBlob, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, STUDY_PATIENT_MIGRATION, pendingMigrations, type Migration } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, postgresDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toBlob, toLocation, BLOB_COLUMNS, type BlobRow, type LocationRow } from "./rows.ts";
 
 export interface PostgresIndexOptions {
   /** postgres://user:password@host:port/database */
@@ -523,6 +523,12 @@ export class PostgresIndex implements Index {
     const where = compileInstanceScope(scope, postgresDialect);
     const res = await this.db.query<LocationRow>(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`, where.params);
     return res.rows.map(toLocation);
+  }
+
+  async listInstanceBlobs(scope: InstanceScope): Promise<InstanceBlob[]> {
+    const where = compileInstanceScope(scope, postgresDialect);
+    const res = await this.db.query<BlobRow>(`SELECT ${BLOB_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`, where.params);
+    return res.rows.map(toBlob);
   }
 
   async listMetadata(scope: InstanceScope): Promise<string[]> {

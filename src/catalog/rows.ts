@@ -2,7 +2,7 @@
  * How index rows are derived from an instance and read back, shared by every Index implementation
  * (sqlite.ts, postgres.ts) so both keep exactly the same semantics.
  */
-import type { InstanceLocation } from "./index.ts";
+import type { InstanceBlob, InstanceLocation } from "./index.ts";
 import type { QidoStudyValues } from "../dicom/qido.ts";
 import type { DicomJsonAttribute, DicomJsonDataset } from "../dicom/types.ts";
 import { TAG, storedTagsOf, type EntityLevel } from "../dicom/attributes.ts";
@@ -41,6 +41,13 @@ export function toLocation(r: Omit<LocationRow, "pk" | "series_pk" | "study_pk">
   };
 }
 
+/** The columns of an InstanceBlob (aliases i, st), and the row they give. */
+export const BLOB_COLUMNS = "i.sop_instance_uid, i.transfer_syntax_uid, i.size, i.blob_key, st.study_instance_uid";
+export type BlobRow = Pick<LocationRow, "sop_instance_uid" | "transfer_syntax_uid" | "size" | "blob_key" | "study_instance_uid">;
+
+export function toBlob(r: BlobRow): InstanceBlob {
+  return { studyInstanceUID: r.study_instance_uid, sopInstanceUID: r.sop_instance_uid, transferSyntaxUID: r.transfer_syntax_uid, size: r.size, blobKey: r.blob_key };
+}
 
 export function hasValue(a: DicomJsonAttribute | undefined): boolean {
   if (!a) return false;

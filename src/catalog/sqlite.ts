@@ -21,13 +21,13 @@ import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
 import Database from "better-sqlite3";
-import type { Index, InsertOutcome, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
+import type { Index, InsertOutcome, InstanceBlob, InstanceLocation, InstanceRecord, InstanceScope, QidoResult } from "./index.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import type { QidoQuery } from "../dicom/qidoQuery.ts";
 import { assembleQidoMatch, qidoReturnPlan, type QidoMatchValues, type QidoSeriesValues, type QidoStudyValues } from "../dicom/qido.ts";
 import { MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, STUDY_PATIENT_MIGRATION, pendingMigrations } from "./migrations.ts";
 import { SCOPE_ORDER, compileInstanceScope, compileQidoSearch, matchColumnValues, sqliteDialect } from "./queryCompiler.ts";
-import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toLocation, type LocationRow } from "./rows.ts";
+import { INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS, fillBlanks, patientKey, pick, studyPatientAttrs, studyValues, toBlob, toLocation, BLOB_COLUMNS, type BlobRow, type LocationRow } from "./rows.ts";
 
 export interface SqliteIndexOptions {
   /** database file, or ":memory:" (tests) */
@@ -427,6 +427,11 @@ export class SqliteIndex implements Index {
     const where = compileInstanceScope(scope, sqliteDialect);
     const rows = this.prep(`SELECT ${LOCATION_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).all(...where.params) as LocationRow[];
     return rows.map(toLocation);
+  }
+
+  async listInstanceBlobs(scope: InstanceScope): Promise<InstanceBlob[]> {
+    const where = compileInstanceScope(scope, sqliteDialect);
+    return (this.prep(`SELECT ${BLOB_COLUMNS} FROM ${INSTANCE_JOINS} WHERE ${where.sql} ORDER BY ${SCOPE_ORDER}`).all(...where.params) as BlobRow[]).map(toBlob);
   }
 
   async listMetadata(scope: InstanceScope): Promise<string[]> {

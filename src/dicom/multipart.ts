@@ -437,8 +437,12 @@ export function multipartBoundary(): string {
 export interface OutgoingPart {
   contentType: string;
   headers?: Record<string, string>;
-  body: Readable;
+  /** a stream, or the bytes of a small part already read (a WADO-RS instance of a few kilobytes) */
+  body: Readable | Buffer;
 }
+
+/** small parts are gathered up to this many bytes and written together: one socket write, not two per part */
+const COALESCE_BYTES = 256 * 1024;
 
 /**
  * Write parts as multipart/related to out, honouring backpressure, ending with the close delimiter. out is not ended
@@ -448,7 +452,18 @@ export interface OutgoingPart {
  */
 export async function writeMultipart(out: Writable, boundary: string, parts: AsyncIterable<OutgoingPart>): Promise<void> {
   let first = true;
+  // part heads and Buffer bodies not yet written (at most COALESCE_BYTES plus one part)
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  const flush = async () => {
+    if (!pending.length) return;
+    const chunks = pending;
+    pending = [];
+    pendingBytes = 0;
+    await writeAll(out, chunks);
+  };
   for await (const part of parts) {
+    const body = part.body;
     try {
       let head = `${first ? "" : "\r\n"}--${boundary}\r\nContent-Type: ${headerValue(part.contentType)}\r\n`;
       for (const [name, value] of Object.entries(part.headers ?? {})) {
@@ -457,13 +472,34 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
         head += `${name}: ${headerValue(value)}\r\n`;
       }
       first = false;
-      await write(out, Buffer.from(`${head}\r\n`, "latin1"));
-      for await (const chunk of part.body) await write(out, chunk as Buffer);
+      const headBytes = Buffer.from(`${head}\r\n`, "latin1");
+      pending.push(headBytes);
+      pendingBytes += headBytes.length;
+      if (Buffer.isBuffer(body)) {
+        pending.push(body);
+        pendingBytes += body.length;
+        if (pendingBytes >= COALESCE_BYTES) await flush();
+        continue;
+      }
+      await flush();
+      for await (const chunk of body) await write(out, chunk as Buffer);
     } finally {
-      if (!part.body.destroyed && !part.body.readableEnded) part.body.destroy();
+      if (!Buffer.isBuffer(body) && !body.destroyed && !body.readableEnded) body.destroy();
     }
   }
-  await write(out, Buffer.from(`${first ? "" : "\r\n"}--${boundary}--\r\n`, "latin1"));
+  pending.push(Buffer.from(`${first ? "" : "\r\n"}--${boundary}--\r\n`, "latin1"));
+  await flush();
+}
+
+/** Several chunks in one socket write (corked), then wait for drain if the socket buffer is full. */
+async function writeAll(out: Writable, chunks: Buffer[]): Promise<void> {
+  if (chunks.length === 1) return write(out, chunks[0]!);
+  if (out.destroyed || out.writableEnded) throw new Error("the response was closed before all parts were written");
+  out.cork();
+  let ok = true;
+  for (const c of chunks) ok = out.write(c);
+  out.uncork();
+  if (!ok) await drained(out);
 }
 
 function headerValue(v: string): string {
@@ -474,7 +510,11 @@ function headerValue(v: string): string {
 async function write(out: Writable, chunk: Buffer): Promise<void> {
   if (out.destroyed || out.writableEnded) throw new Error("the response was closed before all parts were written");
   if (out.write(chunk)) return;
-  await new Promise<void>((resolve, reject) => {
+  await drained(out);
+}
+
+function drained(out: Writable): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     const cleanup = () => {
       out.off("drain", onDrain);
       out.off("close", onClose);

@@ -7,9 +7,10 @@
  */
 import { Readable } from "node:stream";
 import { Router, type Request, type Response } from "express";
-import type { InstanceLocation, InstanceScope } from "../catalog/index.ts";
+import { noteAudit } from "../access/middleware.ts";
+import type { InstanceBlob, InstanceLocation, InstanceScope } from "../catalog/index.ts";
 import type { ByteRange } from "../dicom/types.ts";
-import { multipartBoundary, writeMultipart } from "../dicom/multipart.ts";
+import { multipartBoundary, writeMultipart, type OutgoingPart } from "../dicom/multipart.ts";
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
@@ -18,13 +19,10 @@ import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
 import { CodecError, canDecode, canEncode, UNCOMPRESSED } from "../imaging/codecs.ts";
+import { readAhead } from "./readAhead.ts";
 import { scopeOf, dicomwebRoot, recipientOf, withRoot, type DicomwebServices } from "./context.ts";
 
 const ANY_TS = "*";
-
-/** blobs opened ahead of the part being sent in a study/series retrieve */
-const WADO_READ_AHEAD = 4;
-
 
 function describe(scope: InstanceScope): string {
   if (scope.sopInstanceUID) return `instance ${scope.sopInstanceUID}`;
@@ -38,17 +36,33 @@ async function instancesOrNotFound(svc: DicomwebServices, scope: InstanceScope):
   return list;
 }
 
-async function sendMultipart(
-  res: Response,
-  type: string,
-  parts: AsyncIterable<{ contentType: string; headers?: Record<string, string>; body: Readable }>,
-  extraParams = "",
-): Promise<void> {
+async function sendMultipart(res: Response, type: string, parts: AsyncIterable<OutgoingPart>, beforeEnd?: () => void): Promise<void> {
   const boundary = multipartBoundary();
   res.status(200);
-  res.setHeader("Content-Type", `multipart/related; type="${type}"; boundary=${boundary}${extraParams}`);
+  res.setHeader("Content-Type", `multipart/related; type="${type}"; boundary=${boundary}`);
   await writeMultipart(res, boundary, parts);
+  beforeEnd?.();
   res.end();
+}
+
+/** A stored instance's bytes, read whole by one ranged read (the index gives its size). */
+async function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer> {
+  if (inst.size === 0) return Buffer.alloc(0);
+  if (store.readWhole) return store.readWhole(inst.blobKey, inst.size);
+  const body = await store.get(inst.blobKey, { start: 0, end: inst.size - 1 });
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    body.on("data", (c: Buffer) => {
+      chunks.push(c);
+      n += c.length;
+    });
+    body.on("error", reject);
+    body.on("end", () => {
+      if (n !== inst.size) reject(new Error(`the stored instance ${inst.sopInstanceUID} has ${n} bytes; the index says ${inst.size}`));
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n));
+    });
+  });
 }
 
 export function wadoRoutes(svc: DicomwebServices): Router {
@@ -63,18 +77,22 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     if (!choices.length) {
       throw new HttpError(406, 'instances are returned as multipart/related; type="application/dicom"');
     }
-    const instances = await instancesOrNotFound(svc, scope);
+    // the stored bytes of every instance of the scope from one index query (no pixel / bulk data locations parsed)
+    let instances: readonly InstanceBlob[] = await svc.index.listInstanceBlobs(scope);
+    if (!instances.length) throw new HttpError(404, `no ${describe(scope)} on this relay`);
     let choice = choices.find((c) => servable(c, instances)) ?? null;
     // not all stored in the syntax asked for: the first one asked for that every instance can be transcoded to
-    const modules = new Map<string, PixelModule | string | null>();
+    let modules = new Map<string, PixelModule | string | null>();
+    let located: InstanceLocation[] | null = null;
     let refusal = "";
     if (!choice) {
+      // transcoding needs the pixel data locations and pixel modules: of the whole scope, one query each
+      located = await svc.index.listInstances(scope);
+      instances = located;
+      modules = await pixelModulesOf(svc, scope);
       for (const c of choices) {
         const target = c.transferSyntax!;
-        for (const inst of instances) {
-          if (inst.transferSyntaxUID !== target && !modules.has(inst.sopInstanceUID)) modules.set(inst.sopInstanceUID, await pixelModuleFor(svc, inst));
-        }
-        const why = instances.map((i) => whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? null, target)).find((w) => w !== null);
+        const why = located.map((i) => (i.transferSyntaxUID === target ? null : whyNotTranscodable(i, modules.get(i.sopInstanceUID) ?? "the instance has no metadata", target))).find((w) => w !== null);
         if (!why) {
           choice = c;
           break;
@@ -88,40 +106,31 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     }
     const target = choice.transferSyntax;
     const store = svc.store;
-    // bounded read-ahead: the next stored blobs are opened (S3: their GETs sent) while the current part streams;
-    // instances transcoded a frame at a time read their own ranges
+    // instances transcoded a frame at a time read their own ranges; the others are read ahead (bounded, readAhead.ts)
     const passThrough = (i: number) => target === null || target === ANY_TS || target === instances[i]!.transferSyntaxUID;
-    const opened: Array<Promise<Readable> | undefined> = [];
-    const open = (i: number) => {
-      const p = store.get(instances[i]!.blobKey);
-      p.catch(() => undefined); // observed when its turn comes; never an unhandled rejection
-      opened[i] = p;
-    };
-    try {
-      await sendMultipart(res, "application/dicom", (async function* () {
-        for (let i = 0; i < instances.length; i++) {
-          for (let j = i; j < Math.min(instances.length, i + 1 + WADO_READ_AHEAD); j++) if (!opened[j] && passThrough(j)) open(j);
-          const inst = instances[i]!;
-          if (passThrough(i)) {
-            yield {
-              contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`,
-              headers: { "Content-Length": String(inst.size) },
-              body: await opened[i]!,
-            };
-            continue;
-          }
-          // transcoded a frame at a time: the length is not known in advance
-          const pm = modules.get(inst.sopInstanceUID);
-          yield {
-            contentType: `application/dicom; transfer-syntax=${target}`,
-            body: Readable.from(transcodeInstance(store, inst, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
-          };
-        }
-      })());
-    } finally {
+    const parts = readAhead(instances, {
+      skip: (i) => !passThrough(i),
+      read: (inst, whole): Promise<Readable | Buffer> => (whole ? readWhole(store, inst) : store.get(inst.blobKey)),
       // a response cut short: close what was opened ahead and not sent
-      for (const p of opened.splice(0)) p?.then((b) => { if (!b.readableEnded) b.destroy(); }, () => undefined);
-    }
+      discard: (b) => {
+        if (b instanceof Readable && !b.readableEnded) b.destroy();
+      },
+    });
+    await sendMultipart(res, "application/dicom", (async function* () {
+      for await (const { item: inst, index: i, body } of parts) {
+        if (body !== null) {
+          yield { contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`, headers: { "Content-Length": String(inst.size) }, body };
+          continue;
+        }
+        // transcoded a frame at a time: the length is not known in advance (located is set whenever transcoding is)
+        const pm = modules.get(inst.sopInstanceUID);
+        yield {
+          contentType: `application/dicom; transfer-syntax=${target}`,
+          body: Readable.from(transcodeInstance(store, located![i]!, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
+        };
+      }
+    })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
+    // delivery tracking: one batch for the whole response, written after its last byte left
     const recipient = recipientOf(res);
     if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
   };
@@ -248,7 +257,7 @@ async function trimToDocumentLength(svc: DicomwebServices, scope: InstanceScope,
 }
 
 /** The stored transfer syntax can satisfy this choice (no transcoding). */
-function servable(choice: PartNegotiation, instances: InstanceLocation[]): boolean {
+function servable(choice: PartNegotiation, instances: readonly InstanceBlob[]): boolean {
   if (choice.transferSyntax === null || choice.transferSyntax === ANY_TS) return true;
   return instances.every((i) => i.transferSyntaxUID === choice.transferSyntax);
 }
@@ -293,6 +302,17 @@ const DEFAULT_TS_OF_MEDIA_TYPE: Record<string, string> = {
   "image/jphc": "1.2.840.10008.1.2.4.201",
   "image/dicom-rle": "1.2.840.10008.1.2.5",
 };
+
+/** The pixel modules of every instance of a scope, by SOP Instance UID, from one index query. */
+async function pixelModulesOf(svc: DicomwebServices, scope: InstanceScope): Promise<Map<string, PixelModule | string>> {
+  const out = new Map<string, PixelModule | string>();
+  for (const json of await svc.index.listMetadata(scope)) {
+    const ds = JSON.parse(json) as DicomJsonDataset;
+    const sop = (ds["00080018"]?.Value as unknown[] | undefined)?.[0];
+    if (typeof sop === "string") out.set(sop, pixelModuleOf(ds));
+  }
+  return out;
+}
 
 /** The instance's pixel module from its stored metadata (a sentence when it has none). */
 export async function pixelModuleFor(svc: DicomwebServices, inst: InstanceLocation): Promise<PixelModule | string> {

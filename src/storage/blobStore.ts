@@ -46,6 +46,12 @@ export interface BlobStore {
   putFile(key: string, sourcePath: string, opts?: Pick<PutOptions, "sha256">): Promise<BlobStat>;
   /** Stream the object (or an inclusive byte range of it). Rejects with BlobNotFoundError. */
   get(key: string, range?: ByteRangeRequest): Promise<Readable>;
+  /**
+   * Optional: the first `size` bytes of a small object in one buffer, without a stream (a WADO-RS retrieve of many
+   * small instances pays per stream). Rejects with BlobNotFoundError, or an Error when the object is shorter.
+   * Stores without it are read through get().
+   */
+  readWhole?(key: string, size: number): Promise<Buffer>;
   /** Size of the object, or null when it does not exist. */
   stat(key: string): Promise<BlobStat | null>;
   /** Remove the object; true when something was removed. */

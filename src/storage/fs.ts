@@ -12,6 +12,7 @@ import {
   type BlobStore,
   type ByteRangeRequest,
 } from "./blobStore.ts";
+import { WholeFileReader } from "./wholeFileReader.ts";
 
 /**
  * Local-disk BlobStore (the embedded default). Writes go to a temp file in the same file system,
@@ -20,6 +21,7 @@ import {
 export class FsBlobStore implements BlobStore {
   readonly kind = "fs";
   private readonly tmpDir: string;
+  private readonly reader = new WholeFileReader();
 
   constructor(private readonly root: string) {
     this.root = path.resolve(root);
@@ -161,6 +163,20 @@ export class FsBlobStore implements BlobStore {
     return handle.createReadStream({ highWaterMark: 256 * 1024 });
   }
 
+  /** on a worker thread, batched with the other reads asked for in the same turn (wholeFileReader.ts) */
+  async readWhole(key: string, size: number): Promise<Buffer> {
+    const p = this.pathOf(key);
+    let bytes: Buffer;
+    try {
+      bytes = await this.reader.read(p, size);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new BlobNotFoundError(key);
+      throw wrapFsError(err);
+    }
+    if (bytes.length < size) throw new Error(`stored object ${key} has ${bytes.length} bytes, fewer than the ${size} expected`);
+    return bytes;
+  }
+
   async stat(key: string): Promise<BlobStat | null> {
     try {
       const st = await fsp.stat(this.pathOf(key));
@@ -215,7 +231,9 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.reader.close();
+  }
 }
 
 /** fsync a file; returns its size. */

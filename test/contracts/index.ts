@@ -195,6 +195,28 @@ export function indexContract(name: string, make: () => Promise<Index>, cleanup?
         expect(metadata.map((m) => value(JSON.parse(m), "00080018"))).toEqual(expected);
       });
 
+      it("listInstanceBlobs: the instances of listInstances, same order and scope, with blob key, size and transfer syntax; never pending ones", async () => {
+        const study = newUid();
+        const s1 = newUid();
+        const s2 = newUid();
+        await insert(
+          { study, series: s2, seriesNumber: 2, instanceNumber: 1 },
+          { study, series: s1, seriesNumber: 1, instanceNumber: 2 },
+          { study, series: s1, seriesNumber: 1, instanceNumber: 1 },
+          { study, series: s1, seriesNumber: 1, instanceNumber: 3, pending: newUid() },
+        );
+        const full = await index.listInstances({ studyInstanceUID: study });
+        const blobs = await index.listInstanceBlobs({ studyInstanceUID: study });
+        expect(blobs).toHaveLength(3);
+        expect(blobs).toEqual(full.map((l) => ({ studyInstanceUID: l.studyInstanceUID, sopInstanceUID: l.sopInstanceUID, transferSyntaxUID: l.transferSyntaxUID, size: l.size, blobKey: l.blobKey })));
+        expect(typeof blobs[0]!.size).toBe("number");
+        expect(await index.listInstanceBlobs({ studyInstanceUID: study, seriesInstanceUID: s2 })).toEqual([blobs[2]]);
+        expect(await index.listInstanceBlobs({ studyInstanceUID: study, seriesInstanceUID: s1, sopInstanceUID: blobs[1]!.sopInstanceUID })).toEqual([blobs[1]]);
+        expect(await index.listInstanceBlobs({ studyInstanceUID: study, allowedStudies: [newUid()] })).toEqual([]);
+        expect(await index.listInstanceBlobs({ studyInstanceUID: study, allowedStudies: [study] })).toHaveLength(3);
+        expect(await index.listInstanceBlobs({ studyInstanceUID: study, includePending: true })).toHaveLength(4);
+      });
+
       it("returns the stored metadata JSON of each instance as a string", async () => {
         const [r] = await insert({ study: newUid(), series: newUid(), patientName: { Alphabetic: "Zhang^San", Ideographic: "张^三" } });
         const [text] = await index.listMetadata({ studyInstanceUID: r!.studyInstanceUID });

@@ -5,6 +5,7 @@ import { describe, it, expect } from "vitest";
 import { Readable } from "node:stream";
 import { blobStoreContract } from "../contracts/blobStore.ts";
 import { FsBlobStore } from "../../src/storage/fs.ts";
+import { BlobNotFoundError } from "../../src/storage/blobStore.ts";
 
 const roots: string[] = [];
 blobStoreContract(
@@ -44,5 +45,34 @@ describe("FsBlobStore specifics", () => {
     await expect(store.put("..", Readable.from([Buffer.from("x")]))).rejects.toThrow(/unsafe/);
     expect(fs.readdirSync(parent)).toEqual(["root"]);
     fs.rmSync(parent, { recursive: true, force: true });
+  });
+
+  it("readWhole gives a small object's bytes in one buffer; a missing or shorter object is an error, not short bytes", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    const bytes = Buffer.from(Array.from({ length: 70_000 }, (_, i) => (i * 7) & 0xff));
+    await store.put("instances/ab/y.dcm", Readable.from([bytes]));
+    expect((await store.readWhole("instances/ab/y.dcm", bytes.length)).equals(bytes)).toBe(true);
+    expect((await store.readWhole("instances/ab/y.dcm", 10)).equals(bytes.subarray(0, 10))).toBe(true);
+    await expect(store.readWhole("instances/ab/none.dcm", 10)).rejects.toBeInstanceOf(BlobNotFoundError);
+    await expect(store.readWhole("instances/ab/y.dcm", bytes.length + 1)).rejects.toThrow(/70000 bytes, fewer than the 70001 expected/);
+    await expect(store.readWhole("../y.dcm", 1)).rejects.toThrow(/unsafe/);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it("readWhole: reads asked for together (more than one batch) each come back to their caller; after close they are refused", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    const objects = Array.from({ length: 70 }, (_, i) => ({ key: `instances/${String(i % 7).padStart(2, "0")}/o${i}.dcm`, bytes: Buffer.alloc(100 + i, i) }));
+    for (const o of objects) await store.put(o.key, Readable.from([o.bytes]));
+    // one of them missing: only that one fails
+    const got = await Promise.allSettled([...objects.map((o) => store.readWhole(o.key, o.bytes.length)), store.readWhole("instances/00/missing.dcm", 5)]);
+    got.slice(0, 70).forEach((r, i) => expect(r.status === "fulfilled" && r.value.equals(objects[i]!.bytes), `object ${i}`).toBe(true));
+    expect(got[70]).toMatchObject({ status: "rejected", reason: expect.any(BlobNotFoundError) });
+    await store.close();
+    await expect(store.readWhole(objects[0]!.key, 1)).rejects.toThrow(/closed/);
+    fs.rmSync(root, { recursive: true, force: true });
   });
 });
