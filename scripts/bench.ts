@@ -480,33 +480,38 @@ async function benchPeer(workDir: string) {
   }
 }
 
-/** The relay's figures over Orthanc's of the same run (issue 17 targets: >= 1.2 for STOW and WADO), when both ran. */
-function relayVersusOrthanc(core: Awaited<ReturnType<typeof benchCore>> | null, peer: unknown) {
-  const orthanc = (peer as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
-  if (!core || !orthanc) return null;
-  const r = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+type CoreFigures = Awaited<ReturnType<typeof measureDicomweb>>;
+const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+
+/** Throughput of one run of the core workload over another's (more is better): STOW-RS and WADO-RS. */
+function throughputRatios(top: CoreFigures, bottom: CoreFigures) {
   return {
-    stowCt: r(core.stowCt.instancesPerSecond, orthanc.stowCt.instancesPerSecond),
-    stowSmall: r(core.stowSmall.instancesPerSecond, orthanc.stowSmall.instancesPerSecond),
-    wadoRetrieveStudy: r(core.wadoRetrieveStudy.mbPerSecond, orthanc.wadoRetrieveStudy.mbPerSecond),
-    wadoRetrieveSmallStudy: r(core.wadoRetrieveSmallStudy.mbPerSecond, orthanc.wadoRetrieveSmallStudy.mbPerSecond),
-    // lower is better for these two: Orthanc's time (or memory) over the relay's
-    studyMetadataP50: r(orthanc.studyMetadataMs.p50, core.studyMetadataMs.p50),
-    qidoP95: r(orthanc.qidoMs.p95, core.qidoMs.p95),
-    stowCtServerPeakRss: r(orthanc.stowCt.serverPeakRssMB, core.stowCt.serverPeakRssMB),
+    stowCt: ratio(top.stowCt.instancesPerSecond, bottom.stowCt.instancesPerSecond),
+    stowSmall: ratio(top.stowSmall.instancesPerSecond, bottom.stowSmall.instancesPerSecond),
+    wadoRetrieveStudy: ratio(top.wadoRetrieveStudy.mbPerSecond, bottom.wadoRetrieveStudy.mbPerSecond),
+    wadoRetrieveSmallStudy: ratio(top.wadoRetrieveSmallStudy.mbPerSecond, bottom.wadoRetrieveSmallStudy.mbPerSecond),
+  };
+}
+
+const coreOf = (section: unknown): CoreFigures | undefined => (section as { core?: CoreFigures }).core;
+
+/** The relay's figures over Orthanc's of the same run (issue 17 targets: >= 1.2 for STOW and WADO), when both ran. */
+function relayVersusOrthanc(core: CoreFigures | null, peer: unknown) {
+  const orthanc = coreOf(peer);
+  if (!core || !orthanc) return null;
+  return {
+    ...throughputRatios(core, orthanc),
+    // lower is better for these: Orthanc's time (or memory) over the relay's
+    studyMetadataP50: ratio(orthanc.studyMetadataMs.p50, core.studyMetadataMs.p50),
+    qidoP95: ratio(orthanc.qidoMs.p95, core.qidoMs.p95),
+    stowCtServerPeakRss: ratio(orthanc.stowCt.serverPeakRssMB, core.stowCt.serverPeakRssMB),
   };
 }
 
 /** S3 figures over the disk figures of the same run (issue 17 target: >= 0.8 each), when both sections ran. */
-function s3VersusDisk(core: Awaited<ReturnType<typeof benchCore>> | null, s3: unknown) {
-  const onS3 = (s3 as { core?: Awaited<ReturnType<typeof benchCore>> }).core;
-  if (!core || !onS3) return null;
-  const r = (a: number, b: number) => Math.round((a / b) * 100) / 100;
-  return {
-    stowCt: r(onS3.stowCt.instancesPerSecond, core.stowCt.instancesPerSecond),
-    stowSmall: r(onS3.stowSmall.instancesPerSecond, core.stowSmall.instancesPerSecond),
-    wadoRetrieveStudy: r(onS3.wadoRetrieveStudy.mbPerSecond, core.wadoRetrieveStudy.mbPerSecond),
-  };
+function s3VersusDisk(core: CoreFigures | null, s3: unknown) {
+  const onS3 = coreOf(s3);
+  return core && onS3 ? throughputRatios(onS3, core) : null;
 }
 
 /** BENCH_ONLY=core,index100k runs only the named sections (core, largeInstance, documents, s3, postgres, transfers, crossborder, peer, index100k, dimse). */
