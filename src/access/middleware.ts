@@ -301,11 +301,13 @@ export function accessGuards(deps: GuardDeps): AccessGuards {
 }
 
 /** Let a route say what its audit row should record (e.g. token.create and the new token's id). */
-export function noteAudit(res: Response, what: { action?: string; detail?: string; studyInstanceUID?: string | null }): void {
+export function noteAudit(res: Response, what: { action?: string; detail?: string; addDetail?: string; studyInstanceUID?: string | null }): void {
   const note = res.locals.auditNote as AuditNote | undefined;
   if (!note) return;
   if (what.action) note.action = what.action;
   if (what.detail !== undefined) note.detail = what.detail;
+  // added to what the row already says (e.g. "Basic authentication"), not instead of it
+  if (what.addDetail) note.detail = note.detail ? `${note.detail}; ${what.addDetail}` : what.addDetail;
   if (what.studyInstanceUID !== undefined) note.studyInstanceUID = what.studyInstanceUID;
 }
 

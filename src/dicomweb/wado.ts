@@ -129,7 +129,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
           body: Readable.from(transcodeInstance(store, located![i]!, typeof pm === "object" ? pm : null, target!, { part10: true }), { objectMode: false }),
         };
       }
-    })(), () => noteAudit(res, { detail: `${instances.length} instance(s) sent` }));
+    })(), () => noteAudit(res, { addDetail: `${instances.length} instance(s) sent` }));
     // delivery tracking: one batch for the whole response, written after its last byte left
     const recipient = recipientOf(res);
     if (recipient && svc.retention) svc.retention.noteDelivered(instances, recipient, "wado");
