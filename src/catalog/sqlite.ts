@@ -165,11 +165,21 @@ export class SqliteIndex implements Index {
   }
 
   /**
-   * One IMMEDIATE transaction for the whole group, each insert in its own savepoint (one bad record
-   * rolls back alone). A crash before the commit leaves none of the group's rows: never half-visible.
+   * One IMMEDIATE transaction for the whole group; when a record fails, again with each insert in its own savepoint
+   * (one bad record rolls back alone). A crash before the commit leaves none of the group's rows: never half-visible.
    */
   private insertGroup(records: InstanceRecord[]): ({ ok: InsertOutcome } | { err: unknown })[] {
     const db = this.conn;
+    // the usual group: every insert succeeds (the pipeline looked for the SOP Instance UID first), so first without a
+    // savepoint per record (two statements each); if one fails, everything rolled back and it goes again below
+    try {
+      db.transaction(() => {
+        for (const record of records) this.insertRow(record);
+      }).immediate();
+      return records.map(() => ({ ok: { outcome: "inserted" } }));
+    } catch {
+      // a duplicate (an earlier commit, or another record of this group) or a bad record: one savepoint each
+    }
     const outcomes: ({ ok: InsertOutcome } | { err: unknown })[] = [];
     db.transaction(() => {
       for (const record of records) {

@@ -89,13 +89,14 @@ export class SqliteDeliveryStore implements DeliveryStore {
     this.db.close();
   }
 
+  private arrivalStmt: Database.Statement | null = null;
+
   async recordArrival(study: string, at: string): Promise<void> {
-    this.db
-      .prepare(
-        `INSERT INTO retention_arrivals (study_instance_uid, first_arrived_at, last_arrived_at) VALUES (?, ?, ?)
-         ON CONFLICT (study_instance_uid) DO UPDATE SET last_arrived_at = MAX(last_arrived_at, excluded.last_arrived_at)`,
-      )
-      .run(study, at, at);
+    this.arrivalStmt ??= this.db.prepare(
+      `INSERT INTO retention_arrivals (study_instance_uid, first_arrived_at, last_arrived_at) VALUES (?, ?, ?)
+       ON CONFLICT (study_instance_uid) DO UPDATE SET last_arrived_at = MAX(last_arrived_at, excluded.last_arrived_at)`,
+    );
+    this.arrivalStmt.run(study, at, at);
   }
 
   async recordDeliveries(rows: readonly Delivery[]): Promise<void> {

@@ -62,6 +62,35 @@ describe("SqliteIndex on disk", () => {
     raw.close();
   });
 
+  it("group commit: inserts arriving together share a transaction; a duplicate or a bad record among them fails alone", async () => {
+    const idx = new SqliteIndex({ path: path.join(dir, "group.sqlite") });
+    await idx.init();
+    const study = newUid();
+    const series = newUid();
+    const good = Array.from({ length: 5 }, () => makeRecord({ study, series }));
+    const twin = { ...good[1]! }; // the same instance twice in one group: the second is a duplicate
+    const conflicting = { ...good[2]!, sha256: "f".repeat(64) }; // same SOP Instance UID, other bytes
+    const bad = { ...makeRecord({ study, series }), studyInstanceUID: null as unknown as string }; // NOT NULL refuses it
+    // all issued in one turn: they are committed as one group
+    const outcomes = await Promise.allSettled([...good, twin, conflicting, bad].map((r) => idx.insertInstance(r)));
+    expect(outcomes.slice(0, 5).map((o) => o.status === "fulfilled" && o.value.outcome)).toEqual(["inserted", "inserted", "inserted", "inserted", "inserted"]);
+    expect(outcomes[5]).toMatchObject({ status: "fulfilled", value: { outcome: "duplicate" } });
+    expect(outcomes[6]).toMatchObject({ status: "fulfilled", value: { outcome: "conflict" } });
+    expect(outcomes[7]!.status).toBe("rejected");
+    // what is indexed: the five, once each, counted once on their study
+    const listed = await idx.listInstances({ studyInstanceUID: study });
+    expect(listed.map((l) => l.sopInstanceUID).sort()).toEqual(good.map((g) => g.sopInstanceUID).sort());
+    expect((await idx.getInstance(good[2]!.sopInstanceUID))?.sha256).toBe(good[2]!.sha256);
+    const raw = new Database(path.join(dir, "group.sqlite"), { readonly: true });
+    expect(raw.prepare("SELECT instance_count FROM studies WHERE study_instance_uid = ?").pluck().get(study)).toBe(5);
+    raw.close();
+    // and a group without trouble is all there too
+    const more = Array.from({ length: 4 }, () => makeRecord({ study, series }));
+    expect((await Promise.all(more.map((r) => idx.insertInstance(r)))).map((o) => o.outcome)).toEqual(["inserted", "inserted", "inserted", "inserted"]);
+    expect((await idx.listInstances({ studyInstanceUID: study })).length).toBe(9);
+    await idx.close();
+  });
+
   it("refuses a database written by a newer relay, with a sentence", async () => {
     const file = path.join(dir, "newer.sqlite");
     const a = new SqliteIndex({ path: file });
