@@ -23,46 +23,50 @@ const missing = chromiumMissing();
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 if (missing) console.warn(`skipping the browser tests: ${missing}`);
 
-/** Counts pixels of a viewport canvas that are not (near) black, by copying it onto a 2D canvas in the page. */
-async function litPixels(page: Page): Promise<number> {
-  return page.evaluate(async () => {
-    let best = 0;
-    for (const c of Array.from(document.querySelectorAll("canvas"))) {
-      if (c.width < 64 || c.height < 64) continue;
-      const img = new Image();
-      img.src = c.toDataURL("image/png");
-      await img.decode();
+/**
+ * Pixels that are not (near) black in each element the selector finds (a canvas, or an image once loaded; 0 for one
+ * not drawn yet), counted by copying it onto a 2D canvas in the page. Canvases smaller than minSize are skipped.
+ */
+async function litPixelsOf(page: Page, selector: string, minSize = 0): Promise<number[]> {
+  return page.evaluate(async ({ selector, minSize }) => {
+    const counts: number[] = [];
+    for (const el of Array.from(document.querySelectorAll(selector))) {
+      let source: CanvasImageSource;
+      let width: number;
+      let height: number;
+      if (el instanceof HTMLCanvasElement) {
+        if (el.width < minSize || el.height < minSize) continue;
+        // a WebGL canvas is read through an image of it
+        const img = new Image();
+        img.src = el.toDataURL("image/png");
+        await img.decode();
+        [source, width, height] = [img, el.width, el.height];
+      } else {
+        const img = el instanceof HTMLImageElement ? el : el.querySelector("img");
+        if (!img || !img.complete || img.naturalWidth === 0) {
+          counts.push(0);
+          continue;
+        }
+        [source, width, height] = [img, img.naturalWidth, img.naturalHeight];
+      }
       const copy = document.createElement("canvas");
-      copy.width = c.width;
-      copy.height = c.height;
+      copy.width = width;
+      copy.height = height;
       const ctx = copy.getContext("2d")!;
-      ctx.drawImage(img, 0, 0);
-      const data = ctx.getImageData(0, 0, c.width, c.height).data;
+      ctx.drawImage(source, 0, 0);
+      const data = ctx.getImageData(0, 0, width, height).data;
       let lit = 0;
       for (let i = 0; i < data.length; i += 4) if (data[i]! + data[i + 1]! + data[i + 2]! > 30) lit++;
-      best = Math.max(best, lit);
+      counts.push(lit);
     }
-    return best;
-  });
+    return counts;
+  }, { selector, minSize });
 }
 
+/** Lit pixels of the best-drawn viewport canvas. */
+const litPixels = async (page: Page): Promise<number> => Math.max(0, ...(await litPixelsOf(page, "canvas", 64)));
 /** Lit pixels of each of OHIF's series thumbnails (its study browser), as drawn: 0 for one without a loaded image. */
-async function thumbnailLitPixels(page: Page): Promise<number[]> {
-  return page.evaluate(() =>
-    Array.from(document.querySelectorAll<HTMLElement>('[data-cy="study-browser-thumbnail"]')).map((t) => {
-      const img = t.querySelector("img");
-      if (!img || !img.complete || img.naturalWidth === 0) return 0;
-      const c = document.createElement("canvas");
-      c.width = img.naturalWidth;
-      c.height = img.naturalHeight;
-      const ctx = c.getContext("2d")!;
-      ctx.drawImage(img, 0, 0);
-      const data = ctx.getImageData(0, 0, c.width, c.height).data;
-      let lit = 0;
-      for (let i = 0; i < data.length; i += 4) if (data[i]! + data[i + 1]! + data[i + 2]! > 30) lit++;
-      return lit;
-    }));
-}
+const thumbnailLitPixels = (page: Page): Promise<number[]> => litPixelsOf(page, '[data-cy="study-browser-thumbnail"]');
 
 /** Drags a folder from the disk onto an element, as a person does from a file manager (Chromium DevTools protocol). */
 async function dropFolder(page: Page, selector: string, dir: string): Promise<void> {
