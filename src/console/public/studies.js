@@ -2,7 +2,7 @@
 // audit trail (admin), documents and their completeness, attaching a document.
 import { api, authHeaders, session } from "./api.js";
 import { da, first, personName } from "./dicom.js";
-import { actionWords, deleteStudy, loadDelivery, loadSeries, makeDeidentifiedCopy, whoNames, whoText } from "./studyView.js";
+import { actionWords, deleteStudy, loadDelivery, loadSeries, makeDeidentifiedCopy, shareViewerLink, whoNames, whoText } from "./studyView.js";
 
 const $ = (id) => document.getElementById(id);
 const KIND_NAMES = {
@@ -266,17 +266,10 @@ async function createShare(e) {
       method: "POST",
       json: { studies: [current.uid], expires: String(f.get("expires")), label: String(f.get("label") || "") || undefined },
     });
-    const viewerUrl = `${location.origin}/share/${created.token}/viewer`;
     const p = $("share-created");
     p.replaceChildren();
     p.append("Share link created. Send this address to the radiologist; it opens the study in the viewer and is shown only now: ");
-    const a = document.createElement("a");
-    a.href = viewerUrl;
-    a.id = "share-url";
-    a.textContent = viewerUrl;
-    a.target = "_blank";
-    a.rel = "noopener noreferrer";
-    p.append(a, `. A PACS or DICOMweb client uses ${created.url}`);
+    p.append(shareViewerLink(created.token, "share-url"), `. A PACS or DICOMweb client uses ${created.url}`);
     p.hidden = false;
     await Promise.all([loadShares(), loadAudit()]);
   } catch (err) {

@@ -227,14 +227,7 @@ export async function makeDeidentifiedCopy(studyUID) {
     out.append(`De-identified copy made as “${copy.pseudonym}”: ${copy.copied} instance(s) copied.${left}${failed} Options: ${copy.options.join(", ") || "none"}. Study ${copy.studyInstanceUID}.`);
     if (copy.share) {
       const token = /\/share\/([^/]+)\//.exec(copy.share.url)?.[1];
-      const viewerUrl = `${location.origin}/share/${token}/viewer`;
-      const a = document.createElement("a");
-      a.href = viewerUrl;
-      a.id = "deid-share-url";
-      a.textContent = viewerUrl;
-      a.target = "_blank";
-      a.rel = "noopener noreferrer";
-      out.append(" Send this address to the second-opinion radiologist; it opens the copy only and is shown only now: ", a, `. A PACS or DICOMweb client uses ${copy.share.url}`);
+      out.append(" Send this address to the second-opinion radiologist; it opens the copy only and is shown only now: ", shareViewerLink(token, "deid-share-url"), `. A PACS or DICOMweb client uses ${copy.share.url}`);
     }
     out.hidden = false;
     return copy;
@@ -242,4 +235,16 @@ export async function makeDeidentifiedCopy(studyUID) {
     status.textContent = err.message;
     return null;
   }
+}
+
+/** A link that opens a share link's study in the viewer, in a new tab (shown once, when the link is made). */
+export function shareViewerLink(token, id) {
+  const viewerUrl = `${location.origin}/share/${token}/viewer`;
+  const a = document.createElement("a");
+  a.href = viewerUrl;
+  a.id = id;
+  a.textContent = viewerUrl;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  return a;
 }
