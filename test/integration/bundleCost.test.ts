@@ -33,6 +33,21 @@ function tarHeader(name: string, size: number): Buffer {
 }
 
 /** The bundle, generated here (bounded: 99,999 entries of 10 bytes, about 1 MB of gzip). */
+/** A whole bundle in one tus creation-with-upload POST (the upload is created and filled by one request). */
+function uploadWhole(relayUrl: string, token: string, bundle: Buffer, filename: string): Promise<Response> {
+  return fetch(`${relayUrl}/api/uploads`, {
+    method: "POST",
+    headers: {
+      Authorization: `Bearer ${token}`,
+      "Tus-Resumable": "1.0.0",
+      "Upload-Length": String(bundle.length),
+      "Upload-Metadata": `filename ${Buffer.from(filename).toString("base64")}`,
+      "Content-Type": "application/offset+octet-stream",
+    },
+    body: new Uint8Array(bundle),
+  });
+}
+
 async function junkBundle(count = ENTRIES): Promise<Buffer> {
   const block = Buffer.alloc(512);
   block.write("0123456789");
@@ -67,17 +82,7 @@ describe("bundle cost", () => {
         CREATE TRIGGER test_summary_inserted AFTER INSERT ON upload_results BEGIN INSERT INTO test_writes VALUES ('summary', length(NEW.result), NEW.state); END;
         CREATE TRIGGER test_summary_updated AFTER UPDATE ON upload_results BEGIN INSERT INTO test_writes VALUES ('summary', length(NEW.result), NEW.state); END;`);
       const bundle = await junkBundle(COUNT);
-      const res = await fetch(`${own.url}/api/uploads`, {
-        method: "POST",
-        headers: {
-          Authorization: `Bearer ${own.initialAdminToken!}`,
-          "Tus-Resumable": "1.0.0",
-          "Upload-Length": String(bundle.length),
-          "Upload-Metadata": `filename ${Buffer.from("many.tar.gz").toString("base64")}`,
-          "Content-Type": "application/offset+octet-stream",
-        },
-        body: new Uint8Array(bundle),
-      });
+      const res = await uploadWhole(own.url, own.initialAdminToken!, bundle, "many.tar.gz");
       expect(res.status).toBe(201);
       const finalBody = await res.text();
       const result = JSON.parse(finalBody) as UploadResult;
@@ -115,17 +120,7 @@ describe("bundle cost", () => {
     const rows = () => (db.prepare("SELECT COUNT(*) AS n FROM audit").get() as { n: number }).n;
     const before = rows();
     const rssBefore = process.memoryUsage().rss;
-    const res = await fetch(`${relay.url}/api/uploads`, {
-      method: "POST",
-      headers: {
-        Authorization: `Bearer ${admin}`,
-        "Tus-Resumable": "1.0.0",
-        "Upload-Length": String(bundle.length),
-        "Upload-Metadata": `filename ${Buffer.from("junk.tar.gz").toString("base64")}`,
-        "Content-Type": "application/offset+octet-stream",
-      },
-      body: new Uint8Array(bundle),
-    });
+    const res = await uploadWhole(relay.url, admin, bundle, "junk.tar.gz");
     expect(res.status).toBe(201);
     const result = (await res.json()) as UploadResult;
     const max = relay.config.transfers.bundle.maxFailedEntries;
