@@ -129,11 +129,9 @@ export class IngestPipeline implements Ingestor {
       throw err;
     }
     if (tooLarge) {
+      // the spool file (if any) was written and closed above
       dropHeld();
-      if (spool) {
-        (out as fs.WriteStream | null)?.destroy();
-        await fsp.rm(spool, { force: true });
-      }
+      if (spool) await fsp.rm(spool, { force: true });
       return this.fail(opts, FailureReason.OutOfResources,
         `the instance is larger than the relay accepts (${max} bytes); ask the administrator to raise ingest.maxInstanceBytes`);
     }
