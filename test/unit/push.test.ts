@@ -9,7 +9,7 @@ import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies,
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
 import { FlowController } from "../../src/cli/push/adaptive.ts";
-import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, chooseLevel, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
+import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
 import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
@@ -518,6 +518,20 @@ describe("sizing pieces and compression", () => {
     expect(pieceBytes({ perFlowBytesPerSec: 1000, rttMs: 1, flows: 2, remainingWireBytes: 1e10 })).toBe(MIN_PIECE);
     // 10 MB left for 20 flows: pieces of 512 kB so every flow has one
     expect(pieceBytes({ perFlowBytesPerSec: 5e6, rttMs: 200, flows: 20, remainingWireBytes: 10 * 1024 * 1024 })).toBe(512 * 1024);
+  });
+
+  it("a short push opens a connection per 512 kB share at once (within the bound); a long one starts at 16 and climbs", () => {
+    // 31 MB on the wire (the bench's 120-slice CT): over before a climb from 16 could pay
+    expect(initialFlows(31e6, 64)).toBe(Math.ceil(31e6 / MIN_SHARE));
+    expect(initialFlows(64 * FIRST_PIECE, 64)).toBe(64);
+    expect(initialFlows(31e6, 20)).toBe(20);
+    // a few MB: no fewer than a long push starts with
+    expect(initialFlows(2e6, 64)).toBe(16);
+    expect(initialFlows(2e6, 8)).toBe(8);
+    // a 3 GB study, or anything past one first piece per connection: 16, then the controller climbs
+    expect(initialFlows(64 * FIRST_PIECE + 1, 64)).toBe(16);
+    expect(initialFlows(64 * FIRST_PIECE + 1, 20)).toBe(16);
+    expect(initialFlows(1.5e9, 64)).toBe(16);
   });
 
   it("a large bundle is split in contiguous ranges covering it exactly; small ones and one flow are not", () => {

@@ -15,7 +15,7 @@ import { PUSH_USAGE, UsageError, parsePushArgs, type DocumentSpec, type PushOpti
 import { CouldNotRun, RelayApi, RelayError, errorText } from "./http.ts";
 import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInstance, type ScanResult, type StudySummary } from "./scan.ts";
 import { buildManifest, manifestKey, type ManifestBody } from "./manifest.ts";
-import { acquireLock, loadState, saveState, stateDirFor, LockedError, type PushState, type StudyState } from "./state.ts";
+import { acquireLock, loadState, recordFinishedBundle, saveState, stateDirFor, LockedError, type PushState, type StudyState } from "./state.ts";
 import { Progress, formatBytes } from "./progress.ts";
 import { tusOffer, type TusOffer } from "./upload.ts";
 import { sendStudies, type SendFigures } from "./send.ts";
@@ -47,6 +47,11 @@ interface StudyRun {
 }
 
 const out = (line = "") => process.stdout.write(line + "\n");
+// DICOM_RELAY_PUSH_DEBUG=1: when each phase ended, in the log (where the seconds of a push go)
+const started = performance.now();
+const phase = (what: string) => {
+  if (process.env.DICOM_RELAY_PUSH_DEBUG === "1") process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(2)} s] ${what}\n`);
+};
 
 export async function pushCommand(argv: string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h") || argv[0] === "help") {
@@ -119,6 +124,7 @@ async function push(opts: PushOptions): Promise<number> {
       onFile: tty ? (done, total) => { if (done % 50 === 0 || done === total) process.stderr.write(`\rReading ${root} ... ${done}/${total} files`); } : undefined,
     });
     if (tty) process.stderr.write("\n");
+    phase(`folder read (${result.instances.length} instances)`);
     state.files = cache;
     saveState(stateDir, state, { files: true });
     const studies = groupStudies(result.instances);
@@ -133,7 +139,9 @@ async function push(opts: PushOptions): Promise<number> {
       out("Dry run: nothing was sent.");
       return 0;
     }
-    return await send(api, opts, state, stateDir, result, studies, documents, await checked);
+    const relay = await checked;
+    phase("relay checked");
+    return await send(api, opts, state, stateDir, result, studies, documents, relay);
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -146,14 +154,24 @@ async function push(opts: PushOptions): Promise<number> {
 /** What the relay check found: what its tus endpoint offers, and the round trip to it. */
 interface Checked {
   offer: TusOffer;
-  rttMs: number;
+  /** the round trip, measured on an open connection (settles while the manifest is sent) */
+  rttMs: Promise<number>;
   /** the relay's receipt key as read now (the receipt is checked with it, saving a round trip at the end) */
   key: { pem: string; kid: string } | null;
 }
 
-/** Is this a dicom-relay, and may this token upload? Fails in seconds with a sentence (exit 1). */
+/**
+ * Is this a dicom-relay, and may this token upload? Fails in seconds with a sentence (exit 1). The three questions go
+ * out together: on a long link each round trip costs a third of a second or more, and none depends on another.
+ */
 async function preflight(api: RelayApi, opts: PushOptions): Promise<Checked> {
-  const key = await api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 });
+  const endpoint = `${opts.relay}/api/uploads`;
+  const [key, probe, offer] = await Promise.all([
+    api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 }),
+    // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
+    api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 }),
+    tusOffer(api, endpoint),
+  ]);
   if (key.status !== 200 || !/"kty"/.test(key.text)) {
     throw new CouldNotRun(`${opts.relay} does not look like a dicom-relay (${RECEIPT_KEY_PATH} answered ${key.status}); check the address given with --to`);
   }
@@ -161,26 +179,25 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<Checked> {
   if (relayVersion && withinRange(relayVersion) === false) {
     process.stderr.write(`Note: the relay runs dicom-relay ${relayVersion}; this uploader (${VERSION}) is made for relays ${SPEAKS_TO}. If something fails, ask the relay's administrator for the matching uploader.\n`);
   }
-  // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
-  const probe = await api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 });
   if (probe.status === 401) {
     throw new CouldNotRun(opts.token ? `the relay refused the token (401: ${errorText(probe.text)}); check it with whoever gave it to you` : "the relay needs an access token: add --token <token> (or set DICOM_RELAY_TOKEN)");
   }
   if (probe.status === 403) throw new CouldNotRun(`this token may not send studies (403: ${errorText(probe.text)}); ask for a token with upload scope`);
   if (probe.status !== 400) throw new CouldNotRun(`the relay answered ${probe.status} to a test request (${errorText(probe.text)}); it may be a different version`);
-  // the round trip (the shorter of two small requests on an open connection) sizes the flow controller's window
-  const endpoint = `${opts.relay}/api/uploads`;
-  const t0 = performance.now();
-  const offer = await tusOffer(api, endpoint);
-  const t1 = performance.now();
-  await tusOffer(api, endpoint);
+  // the round trip sizes the flow controller's window: a small request on a connection already open (the first
+  // requests also paid for opening theirs); asked now, it comes back while the manifest is on its way
+  const rttMs = (async () => {
+    const t0 = performance.now();
+    await tusOffer(api, endpoint);
+    return performance.now() - t0;
+  })();
   let pem: { pem: string; kid: string } | null = null;
   try {
     pem = key.json<{ pem: string; kid: string }>();
   } catch {
     // read again with the receipt
   }
-  return { offer, rttMs: Math.min(t1 - t0, performance.now() - t1), key: pem?.pem && pem.kid ? pem : null };
+  return { offer, rttMs, key: pem?.pem && pem.kid ? pem : null };
 }
 
 /** The folder to read: the folder itself, the folder of a DICOMDIR, or a .zip unpacked into the cache. */
@@ -247,6 +264,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     const needed = new Set(view.needed ?? []);
     // bundles of an earlier run: keep the unfinished ones that still carry something needed (same bytes, same upload)
     st.bundles = st.bundles.filter((b) => !b.done && b.members.some((m) => needed.has(m)));
+    st.sent = { bundles: 0, stored: 0, alreadyStored: 0, failed: 0 };
     const covered = new Set(st.bundles.flatMap((b) => b.members));
     // the rest is packed as it is sent (bundles sized to the link): not compressed syntaxes first, in path order
     // (series stay together), then the already compressed ones
@@ -262,6 +280,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     out(`${s.patientName || s.studyInstanceUID} ${formatDicomDate(s.studyDate)}: ${s.instances.length} instances; ${held} already on the relay, ${needed.size} to send${fresh ? "" : " (continuing the earlier transfer)"}.`);
     runs.push({ summary: s, manifest, st, view, bySop, bundleErrors: [], rest });
   }
+  phase("manifests answered");
 
   const totalBytes = runs.reduce((n, r) => n + r.summary.bytes, 0);
   const totalInstances = runs.reduce((n, r) => n + r.summary.instances.length, 0);
@@ -274,7 +293,8 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
   const uploadApi = new RelayApi(opts.relay, opts.token, log);
   if (pendingSops.length) {
     const endpoint = `${opts.relay}/api/uploads`;
-    const { offer, rttMs } = checked;
+    const { offer } = checked;
+    const rttMs = await checked.rttMs;
     // never more connections than the relay lets one token run (beyond, it answers 503 and the push waits)
     const maxFlows = Math.min(64, offer.uploadsPerToken ?? 64);
     let parallel = opts.parallel;
@@ -296,6 +316,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
         rttMs,
         progress,
         save: () => saveState(stateDir, state),
+        finished: (s, b) => recordFinishedBundle(stateDir, runs.find((r) => r.st === s.st)?.summary.studyInstanceUID ?? "", s.st.transferId, b),
         say,
         log,
       });
@@ -304,6 +325,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     }
   }
 
+  phase("every bundle answered");
   // ---- the relay's view, receipts, documents, summary
   let problems = scan.broken.length;
   const thisRun = { sent: 0, already: 0 };
@@ -318,8 +340,8 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     const count = (st: string) => items.filter((i) => i.state === st).length;
     const s = run.summary;
     out(`Result for ${s.patientName || "(no name)"}, ${formatDicomDate(s.studyDate)} ${s.studyDescription}:`);
-    // what this run did: bundles of earlier runs were dropped from the plan, so these are this run's
-    const storedNow = run.st.bundles.reduce((n, b) => n + (b.done ? (b.result?.stored ?? 0) : 0), 0);
+    // what this run did (counted as its bundles finished)
+    const storedNow = run.st.sent?.stored ?? 0;
     const arrived = count("received") + count("present");
     thisRun.sent += storedNow;
     thisRun.already += Math.max(0, arrived - storedNow);

@@ -58,6 +58,24 @@ export function pieceBytes(o: { perFlowBytesPerSec: number; rttMs: number; flows
   return Math.round(Math.max(MIN_PIECE, Math.min(MAX_PIECE, byRate, Math.max(share, MIN_PIECE))));
 }
 
+/** the least wire bytes a connection is opened for when a short push starts wide */
+export const MIN_SHARE = 512 * 1024;
+/** wire bytes up to which a push counts as short: one first piece for each of 64 connections */
+export const SHORT_PUSH = 64 * FIRST_PIECE;
+
+/**
+ * Connections at the start of an adaptive push. The flow controller needs seconds per step (windows of several round
+ * trips, judged by the bytes the relay confirmed), so climbing from 16 to the ~50 connections a 100 Mbit/s path of
+ * 2 Mbit/s flows wants takes 6-9 s. A short push (up to 64 MB on the wire) is over before such a climb could pay: it
+ * opens a connection per 512 kB share at once (at most `max`), and the controller probes down from there. A longer
+ * push starts at 16 and climbs.
+ */
+export function initialFlows(remainingWireBytes: number, max: number): number {
+  const base = Math.min(16, max);
+  if (remainingWireBytes > SHORT_PUSH) return base;
+  return Math.max(base, Math.min(max, Math.ceil(remainingWireBytes / MIN_SHARE)));
+}
+
 /**
  * Byte ranges [start, end) splitting a built bundle into tus partial uploads: one range (no split) unless the bundle
  * is more than twice the piece size and more than one flow runs; at most maxParts.

@@ -5,6 +5,7 @@
  *
  *   <cacheDir>/<key>/state.json      this file, without the per-file scan results
  *   <cacheDir>/<key>/files.json      the per-file scan results (written once per run: it can be large)
+ *   <cacheDir>/<key>/finished.jsonl  a line per bundle the relay has read (its record, taken out of state.json)
  *   <cacheDir>/<key>/bundles/        bundles being sent (deleted once the relay has them)
  *   <cacheDir>/<key>/zip/            a .zip source, unpacked
  *   <cacheDir>/<key>/lock            pid of the push running now
@@ -42,7 +43,12 @@ export interface BundleState {
 export interface StudyState {
   manifestKey: string;
   transferId: string;
+  /** bundles not read by the relay yet (a bundle leaves this list once its result is in: the state stays small) */
   bundles: BundleState[];
+  /** the number of the next bundle (names never repeat within a transfer) */
+  nextBundle?: number;
+  /** what this run's finished bundles carried (the summary's "stored now") */
+  sent?: { bundles: number; stored: number; alreadyStored: number; failed: number };
   receiptFile?: string;
   /** documents attached: file path -> SOPInstanceUID of the document on the relay */
   documents: Record<string, string>;
@@ -115,6 +121,14 @@ export function saveState(dir: string, state: PushState, opts: { files?: boolean
  * connection. What a power cut could lose (the last saves) costs bytes sent again, never correctness: the relay's
  * manifest says what it holds, and an upload URL that was not saved is made again.
  */
+/**
+ * A finished bundle's record, appended once (state.json no longer carries it): what was sent, over which uploads,
+ * with the relay's counts. Read by nothing in the push; kept for whoever looks into a transfer later.
+ */
+export function recordFinishedBundle(dir: string, study: string, transferId: string, bundle: BundleState): void {
+  fs.appendFileSync(path.join(dir, "finished.jsonl"), JSON.stringify({ at: new Date().toISOString(), study, transferId, ...bundle }) + "\n", { mode: 0o600 });
+}
+
 function writeAtomic(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, text, { mode: 0o600 });
