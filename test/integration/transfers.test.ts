@@ -211,6 +211,39 @@ describe("transfers with a manifest", () => {
     expect(receipt.payload.instances.map((i) => i.state)).toEqual(["already-held", "already-held"]);
   });
 
+  it("a large manifest may come gzipped; large views and receipts go gzipped to a client that accepts it, plain to one that does not", async () => {
+    const http = await import("node:http");
+    const zlib = await import("node:zlib");
+    // 400 instances the relay does not hold: the view lists each (over 8 kB of JSON)
+    const instances = Array.from({ length: 400 }, (_, i) => ({ sopInstanceUID: `${newUid()}.${i}`, sha256: sha(Buffer.from(String(i))), size: 1000 + i }));
+    const raw = (method: string, path: string, headers: Record<string, string>, body?: Buffer) =>
+      new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }>((resolve, reject) => {
+        const req = http.request(relay.url + path, { method, headers }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    const json = Buffer.from(JSON.stringify({ instances }));
+    const created = await raw("POST", "/api/transfers", { "Content-Type": "application/json", "Content-Encoding": "gzip", "Accept-Encoding": "gzip" }, zlib.gzipSync(json));
+    expect(created.status).toBe(201);
+    expect(created.headers["content-encoding"]).toBe("gzip");
+    const view = JSON.parse(zlib.gunzipSync(created.body).toString("utf8")) as TransferView;
+    expect(view.needed).toHaveLength(400);
+    expect(created.body.length * 3).toBeLessThan(zlib.gunzipSync(created.body).length);
+    // the same view asked without Accept-Encoding: plain JSON
+    const plain = await raw("GET", `/api/transfers/${view.id}?instances=all`, {});
+    expect(plain.status).toBe(200);
+    expect(plain.headers["content-encoding"]).toBeUndefined();
+    expect((JSON.parse(plain.body.toString("utf8")) as TransferView).instances).toHaveLength(400);
+    // a body that says gzip but is not: 400, nothing created
+    const bad = await raw("POST", "/api/transfers", { "Content-Type": "application/json", "Content-Encoding": "gzip" }, json);
+    expect(bad.status).toBe(400);
+    expect((JSON.parse(bad.body.toString("utf8")) as { error: string }).error).toMatch(/\w+ \w+/);
+  });
+
   it("a receipt attests what the relay stored, not what a lying manifest claims (UIDs, size, SHA-256)", async () => {
     const insts = [...generateStudy({ instances: 2, rows: 8, columns: 8 })] as Inst[];
     await tusUpload(uploads, insts[0]!.bytes);

@@ -488,6 +488,44 @@ describe("adaptive flows", () => {
     expect(c.history.some((h) => /errors/.test(h.why))).toBe(true);
   });
 
+  it("bytes confirmed a whole piece at a time: in a window where a few pieces end it wanders; sized for two dozen it holds the link full", () => {
+    // 40 Mbit/s link, 4 Mbit/s per flow (full at 10 flows), pieces of 2 MB (4 s of one flow), confirmed only when
+    // they end; each connection's piece starts at its own moment (seeded)
+    const run = (windowMs: number) => {
+      const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs, settleMs: 600 });
+      const piece = 2 * MB;
+      let seed = 7;
+      const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+      const progress: number[] = [];
+      let confirmed = 0;
+      let filled = 0;
+      let samples = 0;
+      for (let t = 0; t <= 600_000; t += 250) {
+        const n = c.flows;
+        while (progress.length < n) progress.push(rnd() * piece);
+        progress.length = n;
+        const each = (Math.min(n, 10) * 0.5 * MB * 0.25) / n;
+        for (let i = 0; i < n; i++) {
+          progress[i]! += each;
+          if (progress[i]! >= piece) {
+            progress[i]! -= piece;
+            confirmed += piece;
+          }
+        }
+        c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
+        if (t > 60_000) {
+          samples++;
+          if (c.flows >= 10) filled++;
+        }
+      }
+      return filled / samples;
+    };
+    // two dozen pieces end in 9.6 s at the link's 5 MB/s; 2 s sees about five
+    const sized = run(9600);
+    expect(sized).toBeGreaterThan(0.85);
+    expect(sized).toBeGreaterThan(run(2000));
+  });
+
   it("windows without work for every flow are not judged (the end of a study)", () => {
     const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
     for (let t = 0; t <= 10_000; t += 250) c.sample({ t, bytes: t * 100, busy: 2, errors: 0 });

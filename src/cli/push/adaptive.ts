@@ -43,7 +43,8 @@ export class FlowController {
   readonly min: number;
   readonly max: number;
   private level: number;
-  private readonly windowMs: number;
+  private windowMs: number;
+  private readonly minWindowMs: number;
   private readonly gain: number;
   private readonly probeEvery: number;
   /** doubling until the first step that did not pay, then steps of 25% */
@@ -65,6 +66,7 @@ export class FlowController {
     this.max = Math.max(this.min, Math.floor(o.max));
     this.level = clamp(Math.floor(o.initial), this.min, this.max);
     this.windowMs = Math.max(200, o.windowMs);
+    this.minWindowMs = this.windowMs;
     this.gain = o.gain ?? 0.1;
     this.probeEvery = o.probeEvery ?? 4;
     this.settleMs = Math.max(0, o.settleMs ?? 0);
@@ -73,6 +75,20 @@ export class FlowController {
   /** flows allowed now */
   get flows(): number {
     return this.level;
+  }
+
+  /**
+   * Lengthen (or shorten, never below the window given at construction) the judging window. The rate is judged by
+   * the bytes of pieces the relay confirmed, which arrive whole: a window that sees few pieces end reads the rate
+   * several tens of percent off, and the controller decides by noise. The sender sizes the window so that some two
+   * dozen pieces end in it.
+   */
+  setWindow(ms: number): void {
+    this.windowMs = Math.max(this.minWindowMs, ms);
+  }
+
+  get window(): number {
+    return this.windowMs;
   }
 
   /** Feed a sample (every few hundred ms); returns the flows allowed from now on. */
@@ -112,7 +128,8 @@ export class FlowController {
           this.held = 0;
           this.set(t.from, rate, "more flows did not pay");
         }
-      } else if (rate < t.rate * (1 - this.gain / 2)) {
+      } else if (rate < t.rate * (1 - this.gain / 4)) {
+        // fewer flows must keep (nearly) all of the rate: too many flows cost little, too few cost the link
         this.held = 0;
         this.set(t.from, rate, "fewer flows lost rate");
       } else {

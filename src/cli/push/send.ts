@@ -61,6 +61,9 @@ export interface SendFigures {
 
 type Piece = { study: SendStudy; bundle: BundleState; part: number | null };
 
+/** pieces that should end within one judging window of the flow controller */
+const PIECES_PER_WINDOW = 24;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise<SendFigures> {
@@ -122,6 +125,9 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const t = Date.now();
     wireMeter.add(t, wire);
     const before = flowsNow();
+    // about two dozen pieces ending in each judging window (at most 15 s): fewer, and the rate read is noise
+    const rate = wireMeter.rate();
+    if (controller instanceof FlowController && rate > 0) controller.setWindow(Math.min(15_000, (PIECES_PER_WINDOW * currentPiece() * 1000) / rate));
     controller.sample({ t, bytes: confirmed, busy: active, errors });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
