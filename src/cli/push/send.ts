@@ -131,7 +131,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     controller.sample({ t, bytes: confirmed, busy: active, errors });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
-      o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length})`);
+      o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length}, window ${(controller.window / 1000).toFixed(1)} s)`);
     }
     o.progress.setFlows(active, controller.flows);
     if (controller.flows > before) poke();
