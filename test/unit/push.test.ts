@@ -526,6 +526,44 @@ describe("adaptive flows", () => {
     expect(sized).toBeGreaterThan(run(2000));
   });
 
+  it("a new connection counts once its first piece ends: settling for a piece's time, the climb to 50 flows pays; settling for 3 round trips, it stops at 16", () => {
+    // 100 Mbit/s link, 2 Mbit/s per flow (full at 50), pieces of 1 MB (4 s of one flow), confirmed when they end;
+    // a connection added by a step starts its first piece then
+    const run = (settleMs: number) => {
+      const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs: 2000, settleMs: 900 });
+      c.setSettle(settleMs);
+      const piece = 1024 * 1024;
+      const progress: number[] = [];
+      let seed = 3;
+      const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+      let confirmed = 0;
+      const levels: number[] = [];
+      for (let t = 0; t <= 120_000; t += 250) {
+        const n = c.flows;
+        // the first 16 are under way at random points of their pieces; added ones start from zero
+        while (progress.length < n) progress.push(t === 0 ? rnd() * piece : 0);
+        progress.length = n;
+        const each = (Math.min(n, 50) * 250_000 * 0.25) / n;
+        for (let i = 0; i < n; i++) {
+          progress[i]! += each;
+          if (progress[i]! >= piece) {
+            progress[i]! -= piece;
+            confirmed += piece;
+          }
+        }
+        c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
+        levels.push(c.flows);
+      }
+      return { levels, history: c.history.map((h) => `${h.level} ${h.why}`).join("; ") };
+    };
+    const sized = run(4500);
+    // within the first minute it holds 40 or more (the link is full at 50)
+    expect(Math.min(...sized.levels.slice(60_000 / 250)), sized.history).toBeGreaterThanOrEqual(40);
+    const hasty = run(900);
+    expect(hasty.history).toMatch(/^32 start; 16 more flows did not pay/);
+    expect(sized.history).not.toMatch(/^32 start; 16 more flows did not pay/);
+  });
+
   it("windows without work for every flow are not judged (the end of a study)", () => {
     const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
     for (let t = 0; t <= 10_000; t += 250) c.sample({ t, bytes: t * 100, busy: 2, errors: 0 });

@@ -55,7 +55,8 @@ export class FlowController {
   private trial: { from: number; rate: number; dir: "up" | "down" } | null = null;
   private held = 0;
   private probes = 0;
-  private readonly settleMs: number;
+  private settleMs: number;
+  private readonly minSettleMs: number;
   /** no window starts before this time (a change is settling) */
   private settleUntil = 0;
   /** the decisions taken (the last 50), for the log and tests */
@@ -70,6 +71,7 @@ export class FlowController {
     this.gain = o.gain ?? 0.1;
     this.probeEvery = o.probeEvery ?? 4;
     this.settleMs = Math.max(0, o.settleMs ?? 0);
+    this.minSettleMs = this.settleMs;
   }
 
   /** flows allowed now */
@@ -85,6 +87,15 @@ export class FlowController {
    */
   setWindow(ms: number): void {
     this.windowMs = Math.max(this.minWindowMs, ms);
+  }
+
+  /**
+   * Lengthen (never below the value given at construction) the wait after a change before judging. A connection
+   * added by a step counts in the confirmed bytes only once its first piece ends: judged before, the step looks as if
+   * it did not pay. The sender sets it to a piece's duration on one connection plus a round trip.
+   */
+  setSettle(ms: number): void {
+    this.settleMs = Math.max(this.minSettleMs, ms);
   }
 
   get window(): number {

@@ -127,7 +127,12 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const before = flowsNow();
     // about two dozen pieces ending in each judging window (at most 15 s): fewer, and the rate read is noise
     const rate = wireMeter.rate();
-    if (controller instanceof FlowController && rate > 0) controller.setWindow(Math.min(15_000, (PIECES_PER_WINDOW * currentPiece() * 1000) / rate));
+    if (controller instanceof FlowController && rate > 0) {
+      const piece = currentPiece();
+      controller.setWindow(Math.min(15_000, (PIECES_PER_WINDOW * piece * 1000) / rate));
+      // a new connection's bytes count once its first piece has ended: settle for a piece's time on one connection
+      if (active > 0) controller.setSettle(Math.min(15_000, (piece * 1000) / (rate / active) + o.rttMs));
+    }
     controller.sample({ t, bytes: confirmed, busy: active, errors });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
