@@ -154,9 +154,9 @@ class Scanner {
     this.buf = initial;
   }
 
-  /** Append the next chunk of the source; false at its end. */
-  async more(): Promise<boolean> {
-    if (this.eof) return false;
+  /** The next chunk of the source, not yet appended; null at its end. */
+  async pull(): Promise<Buffer | null> {
+    if (this.eof) return null;
     let c: Buffer | null;
     try {
       c = await this.puller.next();
@@ -164,11 +164,19 @@ class Scanner {
       if (err instanceof MultipartError || typeof (err as { status?: unknown }).status === "number") throw err;
       throw new MultipartError(400, `the request body could not be read to its end (${(err as Error).message})`, { cause: err });
     }
-    if (c === null) {
-      this.eof = true;
-      return false;
-    }
+    if (c === null) this.eof = true;
+    return c;
+  }
+
+  append(c: Buffer): void {
     if (c.length) this.buf = this.buf.length ? Buffer.concat([this.buf, c]) : c;
+  }
+
+  /** Append the next chunk of the source; false at its end. */
+  async more(): Promise<boolean> {
+    const c = await this.pull();
+    if (c === null) return false;
+    this.append(c);
     return true;
   }
 
@@ -345,7 +353,20 @@ async function bodyChunk(sc: Scanner, delim: Buffer): Promise<Buffer | null> {
       sc.consume(out.length);
       return out;
     }
-    if (!(await sc.more())) throw truncated("inside a part");
+    const c = await sc.pull();
+    if (c === null) throw truncated("inside a part");
+    if (sc.buf.length && c.length >= delim.length - 1) {
+      // Only the kept bytes (less than a delimiter) are left. Whether a delimiter starts in them shows in the seam
+      // (they and the new chunk's first bytes); if none does, they are body and the new chunk is taken as it is.
+      // Appending would copy every chunk of every part once more (165 ms of a 2.8 s CT STOW, profiled).
+      const at = Buffer.concat([sc.buf, c.subarray(0, delim.length - 1)]).indexOf(delim);
+      if (at < 0 || at >= sc.buf.length) {
+        const out = sc.buf;
+        sc.buf = c;
+        return out;
+      }
+    }
+    sc.append(c);
   }
 }
 

@@ -148,6 +148,9 @@ describe("readMultipartParts", () => {
       const r = prng(seed);
       const parts = await collect(chunked(body, () => 1 + Math.floor(r() * 40)));
       expect(parts.map((p) => p.data.toString("hex")), `seed ${seed}`).toEqual(expected);
+      // chunks around a delimiter's length and longer: the kept bytes before a new chunk are judged by the seam
+      const wide = await collect(chunked(body, () => 1 + Math.floor(r() * 200)));
+      expect(wide.map((p) => p.data.toString("hex")), `seed ${seed}, wide`).toEqual(expected);
     }
   });
 
