@@ -239,7 +239,7 @@ export class IngestPipeline implements Ingestor {
     const locked = withBlobLock(blobKey, async (): Promise<IngestResult> => {
       try {
         // the hash is the one computed while spooling: S3 checks the bytes against it instead of hashing again
-        if ("chunks" in from) await store.put(blobKey, Readable.from(from.chunks), { size, sha256 });
+        if ("chunks" in from) await (store.putBuffers ? store.putBuffers(blobKey, from.chunks, { size, sha256 }) : store.put(blobKey, Readable.from(from.chunks), { size, sha256 }));
         else if (from.owned) {
           await store.putFile(blobKey, from.path, { sha256 });
           if (from.moved) from.moved.intoStorage = true;

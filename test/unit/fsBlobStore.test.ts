@@ -47,6 +47,30 @@ describe("FsBlobStore specifics", () => {
     fs.rmSync(parent, { recursive: true, force: true });
   });
 
+  it("putBuffers stores chunks held in memory as one object (atomic: no temp file left), and refuses a wrong size or an unsafe key", async () => {
+    const parent = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(path.join(parent, "root"));
+    await store.init();
+    const chunks = [Buffer.from("DICM"), Buffer.alloc(0), Buffer.alloc(70_000, 7), Buffer.from("end")];
+    const whole = Buffer.concat(chunks);
+    expect(await store.putBuffers("instances/ab/c.dcm", chunks, { size: whole.length })).toEqual({ key: "instances/ab/c.dcm", size: whole.length });
+    const back: Buffer[] = [];
+    for await (const c of await store.get("instances/ab/c.dcm")) back.push(c as Buffer);
+    expect(Buffer.concat(back).equals(whole)).toBe(true);
+    // the same key again overwrites, as put() does
+    await store.putBuffers("instances/ab/c.dcm", [Buffer.from("x")]);
+    expect((await store.stat("instances/ab/c.dcm"))?.size).toBe(1);
+    await expect(store.putBuffers("instances/ab/d.dcm", chunks, { size: whole.length + 1 })).rejects.toThrow(/not the .* announced/);
+    expect(await store.stat("instances/ab/d.dcm")).toBeNull();
+    await expect(store.putBuffers("../d.dcm", chunks)).rejects.toThrow(/unsafe/);
+    // nothing but the stored objects and the empty temp folder
+    const files: string[] = [];
+    const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) e.isDirectory() ? walk(path.join(d, e.name)) : files.push(path.relative(parent, path.join(d, e.name))); };
+    walk(parent);
+    expect(files).toEqual([path.join("root", "instances", "ab", "c.dcm")]);
+    fs.rmSync(parent, { recursive: true, force: true });
+  });
+
   it("readWhole gives a small object's bytes in one buffer; a missing or shorter object is an error, not short bytes", async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
     const store = new FsBlobStore(root);
