@@ -91,6 +91,7 @@ export const configSchema = z
             partSize: z.number().int().min(5 * 1024 * 1024),
             /** kept-alive connections to the backend per pool (object downloads; everything else), at most */
             maxConnections: z.number().int().min(1).max(4096),
+            readCacheBytes: z.number().int().min(0).optional(),
           })
           .strict(),
       })
@@ -402,6 +403,7 @@ export function defaultConfig(): RelayConfig {
         createBucket: true,
         partSize: 16 * 1024 * 1024,
         maxConnections: 256,
+        readCacheBytes: 64 * 1024 * 1024,
       },
     },
     index: { kind: "sqlite", sqlite: { path: "" }, postgres: { url: "", poolSize: 10 } },

@@ -22,6 +22,7 @@ import http from "node:http";
 import https from "node:https";
 import fsp from "node:fs/promises";
 import type { Readable } from "node:stream";
+import { ReadCache } from "./readCache.ts";
 import { finished } from "node:stream/promises";
 import { createRequire } from "node:module";
 import type * as Minio from "minio";
@@ -58,6 +59,11 @@ export interface S3BlobStoreOptions {
  * readers never hold the connections that uploads (ingest) need.
  */
 export const S3_MAX_SOCKETS = 256;
+
+/** Default of storage.s3.readCacheBytes: small objects read whole, kept in memory (0 turns the cache off). */
+export const S3_READ_CACHE_BYTES = 64 * 1024 * 1024;
+/** objects larger than this are never kept (the WADO read-ahead reads instances up to 1 MiB whole) */
+const READ_CACHE_MAX_ENTRY = 1024 * 1024;
 
 /** Error codes of the socket layer that mean "the backend cannot be reached now". */
 const NETWORK_CODES = new Set([
@@ -136,6 +142,8 @@ export class S3BlobStore implements BlobStore {
   /** "" or "some/prefix/" */
   private readonly prefix: string;
   private readonly partSize: number;
+  /** small objects read whole (WADO-RS of many small instances), kept in memory: storage.s3.readCacheBytes */
+  private readonly cache: ReadCache;
   private readonly log?: Logger;
   private readonly where: string;
 
@@ -166,6 +174,7 @@ export class S3BlobStore implements BlobStore {
     this.prefix = prefix ? prefix + "/" : "";
     this.bucket = settings.bucket;
     this.partSize = settings.partSize;
+    this.cache = new ReadCache(settings.readCacheBytes ?? S3_READ_CACHE_BYTES, READ_CACHE_MAX_ENTRY);
     this.log = opts.log;
     this.where = `s3 bucket ${settings.bucket} at ${url.origin}`;
 
@@ -239,6 +248,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async put(key: string, body: Readable, opts: PutOptions = {}): Promise<BlobStat> {
+    this.cache.delete(key);
     let name: string;
     try {
       name = this.name(key);
@@ -351,6 +361,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async putFile(key: string, sourcePath: string, opts: Pick<PutOptions, "sha256"> = {}): Promise<BlobStat> {
+    this.cache.delete(key);
     const name = this.name(key);
     let stat: BlobStat;
     const handle = await fsp.open(sourcePath, "r");
@@ -395,6 +406,27 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
+  /**
+   * A small object's first `size` bytes in one buffer: from the read cache, else one ranged GET (kept in the cache
+   * when it is small enough). Buffers handed out are shared: callers only read them.
+   */
+  async readWhole(key: string, size: number): Promise<Buffer> {
+    const cached = this.cache.get(key);
+    if (cached && cached.length >= size) return cached.length === size ? cached : cached.subarray(0, size);
+    if (size === 0) return Buffer.alloc(0);
+    const body = await this.get(key, { start: 0, end: size - 1 });
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of body) {
+      chunks.push(c as Buffer);
+      n += (c as Buffer).length;
+    }
+    if (n < size) throw new Error(`the stored object ${key} has ${n} bytes, fewer than the ${size} expected`);
+    const whole = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n);
+    this.cache.set(key, whole);
+    return whole;
+  }
+
   async stat(key: string): Promise<BlobStat | null> {
     const name = this.name(key);
     try {
@@ -408,6 +440,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async delete(key: string): Promise<boolean> {
+    this.cache.delete(key);
     // S3 DELETE succeeds for absent keys too: ask first to tell the caller whether something went
     if (!(await this.stat(key))) return false;
     try {

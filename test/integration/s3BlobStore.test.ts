@@ -318,6 +318,33 @@ describe("S3BlobStore requests to the backend", () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it("readWhole: a small object read again comes from the read cache (no request); a delete or put of the key drops it; readCacheBytes 0 keeps nothing", async () => {
+    const data = crypto.randomBytes(50_000);
+    await store.put("cache/a.dcm", Readable.from([data]));
+    proxy.reset();
+    expect((await store.readWhole("cache/a.dcm", data.length)).equals(data)).toBe(true);
+    expect(proxy.requests.filter((r) => r.method === "GET")).toHaveLength(1);
+    expect((await store.readWhole("cache/a.dcm", data.length)).equals(data)).toBe(true);
+    expect((await store.readWhole("cache/a.dcm", 10)).equals(data.subarray(0, 10))).toBe(true);
+    expect(proxy.requests.filter((r) => r.method === "GET")).toHaveLength(1);
+    // shorter than the index says: an error, not short bytes
+    await expect(store.readWhole("cache/a.dcm", data.length + 1)).rejects.toThrow(/fewer than/);
+    // a put of the same key is read from the backend again
+    const other = crypto.randomBytes(40_000);
+    await store.put("cache/a.dcm", Readable.from([other]));
+    expect((await store.readWhole("cache/a.dcm", other.length)).equals(other)).toBe(true);
+    // deleted: not served from memory
+    expect(await store.delete("cache/a.dcm")).toBe(true);
+    await expect(store.readWhole("cache/a.dcm", other.length)).rejects.toBeInstanceOf(BlobNotFoundError);
+    // without a cache every read is a request
+    const plain = new S3BlobStore({ ...settings(minio, { bucket: "requests", readCacheBytes: 0 }), endpoint: proxy.endpoint });
+    await plain.put("cache/b.dcm", Readable.from([data]));
+    proxy.reset();
+    for (let i = 0; i < 3; i++) expect((await plain.readWhole("cache/b.dcm", data.length)).equals(data)).toBe(true);
+    expect(proxy.requests.filter((r) => r.method === "GET")).toHaveLength(3);
+    await plain.close();
+  });
+
   it("an object of several parts is a multipart upload: initiate, one PUT per part, complete", async () => {
     proxy.reset();
     const size = 12 * MiB + 8;
