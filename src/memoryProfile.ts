@@ -1,0 +1,31 @@
+/**
+ * How much memory the relay server's JavaScript heap may take to go faster (server.memoryProfile).
+ *
+ * Measured with `npm run bench` (docs/operations.md, Memory): with V8's defaults the heap grows to ~95 MB during a
+ * STOW-RS of many small instances (a young generation of up to 16 MB semi-spaces, the old generation grown in big
+ * steps), and the relay's peak RSS reaches 200-250 MB; "lean" keeps it near 125 MB for the same work.
+ * The flags are set at run time (node:v8 setFlagsFromString), so `npm start`, the CLI and the container start the
+ * relay the same way, without a wrapper process. bin/dicom-relay.js sets the lean ones before it loads the relay (the
+ * loading itself then grows the heap less); `serve` then applies the configured profile, either way.
+ */
+import v8 from "node:v8";
+
+export type MemoryProfile = "lean" | "node-defaults";
+
+/**
+ * lean: V8's memory-constrained heap sizing (smaller growth steps, earlier full collections, unused pages given
+ * back) and a young generation that stays at its initial 1 MB semi-space instead of growing to 16 MB: the
+ * short-lived objects of each instance are collected by small, frequent scavenges.
+ * node-defaults: the same flags at the values Node starts with (V8 11 defaults).
+ */
+export const MEMORY_PROFILE_FLAGS: Record<MemoryProfile, readonly string[]> = {
+  lean: ["--optimize-for-size", "--semi-space-growth-factor=1"],
+  "node-defaults": ["--no-optimize-for-size", "--semi-space-growth-factor=2"],
+};
+
+/** Sets the profile's V8 flags in this process; returns them (for the start-up log). */
+export function applyMemoryProfile(profile: MemoryProfile): readonly string[] {
+  const flags = MEMORY_PROFILE_FLAGS[profile];
+  for (const f of flags) v8.setFlagsFromString(f);
+  return flags;
+}

@@ -1,0 +1,49 @@
+/**
+ * server.memoryProfile: "lean" (the default) sets V8's memory-saving flags in the relay process at start; the
+ * young generation then stays at its initial size where V8's defaults let it grow to 16 MB semi-spaces.
+ * Each profile runs in its own Node process (the flags are process-wide; the test runner's own heap is left alone).
+ */
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/config.ts";
+import { MEMORY_PROFILE_FLAGS } from "../../src/memoryProfile.ts";
+
+const ROOT = path.resolve(import.meta.dirname, "../..");
+
+/** new-space size (MB) after 2 million short-lived allocations, with the profiles applied first, in order */
+function newSpaceAfterChurn(...profiles: string[]): number {
+  const code = `
+    import v8 from "node:v8";
+    import { applyMemoryProfile } from "./src/memoryProfile.ts";
+    for (const p of ${JSON.stringify(profiles)}) applyMemoryProfile(p);
+    let keep = [];
+    for (let i = 0; i < 2e6; i++) { const o = { i, s: "x" + i }; if (i % 10 === 0) keep.push(o); if (keep.length > 50000) keep = []; }
+    const ns = v8.getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
+    process.stdout.write(String(ns.space_size / 1048576));
+  `;
+  return Number(execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], { cwd: ROOT, encoding: "utf8", timeout: 60_000 }));
+}
+
+describe("server.memoryProfile", () => {
+  it("is lean by default, node-defaults from the environment, anything else refused naming the key", () => {
+    expect(loadConfig({ env: {} }).server.memoryProfile).toBe("lean");
+    expect(loadConfig({ env: { DICOM_RELAY_SERVER_MEMORY_PROFILE: "node-defaults" } }).server.memoryProfile).toBe("node-defaults");
+    expect(() => loadConfig({ env: { DICOM_RELAY_SERVER_MEMORY_PROFILE: "small" } })).toThrow(/server\.memoryProfile/);
+  });
+
+  it("lean keeps V8's young generation at its initial size; node-defaults (also after lean, as serve does) lets it grow", () => {
+    const lean = newSpaceAfterChurn("lean");
+    const defaults = newSpaceAfterChurn("lean", "node-defaults");
+    expect(lean).toBeLessThanOrEqual(2);
+    expect(defaults).toBeGreaterThan(lean * 4);
+  }, 120_000);
+
+  it("bin/dicom-relay.js sets the lean flags before it loads the relay, the same as src/memoryProfile.ts", () => {
+    const bin = fs.readFileSync(path.join(ROOT, "bin/dicom-relay.js"), "utf8");
+    const early = /for \(const flag of (\[[^\]]*\])\) v8\.setFlagsFromString/.exec(bin);
+    expect(early).not.toBeNull();
+    expect(JSON.parse(early![1]!)).toEqual(MEMORY_PROFILE_FLAGS.lean);
+  });
+});
