@@ -26,7 +26,7 @@ import { benchIndex100k } from "./bench-index.ts";
 import { benchCrossborder } from "./bench-crossborder.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
-import { peakRssMeter } from "./lib/rss.ts";
+import { cpuSeconds, peakRssMeter } from "./lib/rss.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -59,6 +59,8 @@ interface Server {
   peakRss(): number;
   resetPeak(): void;
   peakRssMethod: string;
+  /** CPU time used so far, seconds */
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -101,6 +103,7 @@ export async function startServer(dataDir: string, env: Record<string, string> =
     peakRss: meter.peakRss,
     resetPeak: meter.resetPeak,
     peakRssMethod: meter.method,
+    cpuSeconds: () => cpuSeconds(proc.pid!),
     stop: () =>
       new Promise((resolve) => {
         meter.close();
@@ -212,6 +215,7 @@ interface Target {
   peakRss(): number;
   resetPeak(): void;
   peakRssMethod: string;
+  cpuSeconds(): number;
 }
 
 export async function benchCore(workDir: string) {
@@ -238,8 +242,10 @@ export async function measureDicomweb(server: Target) {
     // each phase's peak is its own (the meter is reset before it); what the process held when it began beside it
     const idleRss = server.rss();
     server.resetPeak();
+    const ctCpuBefore = server.cpuSeconds();
     const ctSeconds = await ingest(server.url, batched(ctGen, 10), 2);
     const ctPeak = server.peakRss();
+    const ctCpu = server.cpuSeconds() - ctCpuBefore;
 
     // --- 2,000 small instances over 100 studies ---
     let smallBytes = 0;
@@ -263,10 +269,12 @@ export async function measureDicomweb(server: Target) {
     };
     const rssBeforeSmall = server.rss();
     server.resetPeak();
+    const smallCpuBefore = server.cpuSeconds();
     let smallSeconds = await ingest(server.url, batched(smallHalf(), 50), 2);
     const smallFirstHalfPeak = server.peakRss();
     smallSeconds += await ingest(server.url, batched(smallHalf(), 50), 2);
     const smallPeak = server.peakRss();
+    const smallCpu = server.cpuSeconds() - smallCpuBefore;
 
     // --- QIDO ---
     const queries = [
@@ -334,12 +342,12 @@ export async function measureDicomweb(server: Target) {
       stowCt: {
         instances: SIZES.ctInstances, bytes: ctBytes, seconds: round(ctSeconds, 2),
         instancesPerSecond: round(SIZES.ctInstances / ctSeconds), mbPerSecond: round(ctBytes / MB / ctSeconds),
-        serverPeakRssMB: round(ctPeak / MB), serverRssAtStartMB: round(idleRss / MB),
+        serverPeakRssMB: round(ctPeak / MB), serverRssAtStartMB: round(idleRss / MB), serverCpuSeconds: round(ctCpu, 2),
       },
       stowSmall: {
         instances: SIZES.smallInstances, bytes: smallBytes, seconds: round(smallSeconds, 2),
         instancesPerSecond: round(SIZES.smallInstances / smallSeconds), mbPerSecond: round(smallBytes / MB / smallSeconds, 2),
-        serverPeakRssMB: round(smallPeak / MB), serverRssAtStartMB: round(rssBeforeSmall / MB),
+        serverPeakRssMB: round(smallPeak / MB), serverRssAtStartMB: round(rssBeforeSmall / MB), serverCpuSeconds: round(smallCpu, 2),
         // flat in study size: the peak over the first half of the instances and over all of them
         serverPeakRssFirstHalfMB: round(smallFirstHalfPeak / MB),
       },

@@ -6,7 +6,7 @@ import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { freePort } from "./lib/net.ts";
-import { peakRssMeter } from "./lib/rss.ts";
+import { cpuSeconds, peakRssMeter } from "./lib/rss.ts";
 
 const PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins"];
 
@@ -37,6 +37,7 @@ export interface OrthancPeer {
   peakRss(): number;
   resetPeak(): void;
   peakRssMethod: string;
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -73,6 +74,7 @@ export async function startOrthanc(workDir: string): Promise<OrthancPeer> {
     peakRss: meter.peakRss,
     resetPeak: meter.resetPeak,
     peakRssMethod: meter.method,
+    cpuSeconds: () => cpuSeconds(proc.pid!),
     stop: () =>
       new Promise((resolve) => {
         meter.close();

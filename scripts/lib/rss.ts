@@ -71,3 +71,14 @@ export function peakRssMeter(pid: number): PeakRssMeter {
     close: () => clearInterval(timer),
   };
 }
+
+/**
+ * CPU time the process has used so far (user + system, seconds, /proc/PID/stat): on a shared machine a steadier
+ * measure of what a phase costs than its wall-clock throughput.
+ */
+export function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  // the fields after the command name (which may hold spaces) in parentheses; utime and stime are the 14th and 15th
+  const after = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(after[11]) + Number(after[12])) / 100;
+}
