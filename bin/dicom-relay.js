@@ -10,7 +10,7 @@ import v8 from "node:v8";
 // "lean", the default; src/memoryProfile.ts has the same flags and the reasons, and serve applies the configured
 // profile once the configuration is read)
 if (process.argv[2] === "serve" && process.env.DICOM_RELAY_SERVER_MEMORY_PROFILE !== "node-defaults") {
-  for (const flag of ["--semi-space-growth-factor=1", "--heap-growing-percent=10"]) v8.setFlagsFromString(flag);
+  for (const flag of ["--semi-space-growth-factor=1", "--heap-growing-percent=50"]) v8.setFlagsFromString(flag);
 }
 
 let main;
