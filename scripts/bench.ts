@@ -540,6 +540,7 @@ function relayVersusOrthanc(core: CoreFigures | null, peer: unknown) {
     studyMetadataP50: ratio(orthanc.studyMetadataMs.p50, core.studyMetadataMs.p50),
     qidoP95: ratio(orthanc.qidoMs.p95, core.qidoMs.p95),
     stowCtServerPeakRss: ratio(orthanc.stowCt.serverPeakRssMB, core.stowCt.serverPeakRssMB),
+    stowSmallServerPeakRss: ratio(orthanc.stowSmall.serverPeakRssMB, core.stowSmall.serverPeakRssMB),
   };
 }
 
