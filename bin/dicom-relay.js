@@ -4,6 +4,14 @@
 // DICOM_RELAY_FROM_SOURCE=1 is set, the sources run through tsx's loader instead: same behaviour, slower start and
 // more memory.
 import { pathToFileURL } from "node:url";
+import v8 from "node:v8";
+
+// `serve`: V8 sized for memory from the first allocation, before the relay's modules are loaded (server.memoryProfile
+// "lean", the default; src/memoryProfile.ts has the same flags and the reasons, and serve applies the configured
+// profile once the configuration is read)
+if (process.argv[2] === "serve" && process.env.DICOM_RELAY_SERVER_MEMORY_PROFILE !== "node-defaults") {
+  for (const flag of ["--semi-space-growth-factor=1", "--heap-growing-percent=50"]) v8.setFlagsFromString(flag);
+}
 
 let main;
 if (process.env.DICOM_RELAY_FROM_SOURCE !== "1") {

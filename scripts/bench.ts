@@ -26,6 +26,7 @@ import { benchIndex100k } from "./bench-index.ts";
 import { benchCrossborder } from "./bench-crossborder.ts";
 import { startMinio } from "../test/support/minio.ts";
 import { freePort } from "./lib/net.ts";
+import { cpuSeconds, peakRssMeter } from "./lib/rss.ts";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -52,9 +53,14 @@ function checkDeadline() {
 interface Server {
   proc: ChildProcess;
   url: string;
-  /** peak resident set size since the last reset, bytes (VmHWM) */
+  /** resident set size now, bytes */
+  rss(): number;
+  /** peak resident set size since the last reset, bytes (VmHWM; scripts/lib/rss.ts) */
   peakRss(): number;
   resetPeak(): void;
+  peakRssMethod: string;
+  /** CPU time used so far, seconds */
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -89,14 +95,18 @@ export async function startServer(dataDir: string, env: Record<string, string> =
     proc.once("exit", (code) => reject(new Error(`relay exited with ${code}`)));
   });
   proc.stdout!.resume();
-  const status = () => fs.readFileSync(`/proc/${proc.pid}/status`, "utf8");
+  const meter = peakRssMeter(proc.pid!);
   return {
     proc,
     url: `http://127.0.0.1:${port}/dicom-web`,
-    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(status())![1]) * 1024,
-    resetPeak: () => fs.writeFileSync(`/proc/${proc.pid}/clear_refs`, "5"),
+    rss: meter.rss,
+    peakRss: meter.peakRss,
+    resetPeak: meter.resetPeak,
+    peakRssMethod: meter.method,
+    cpuSeconds: () => cpuSeconds(proc.pid!),
     stop: () =>
       new Promise((resolve) => {
+        meter.close();
         proc.once("exit", () => resolve());
         proc.kill("SIGTERM");
       }),
@@ -201,8 +211,11 @@ const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
 interface Target {
   url: string;
+  rss(): number;
   peakRss(): number;
   resetPeak(): void;
+  peakRssMethod: string;
+  cpuSeconds(): number;
 }
 
 export async function benchCore(workDir: string) {
@@ -226,9 +239,13 @@ export async function measureDicomweb(server: Target) {
         yield inst.bytes;
       }
     })();
+    // each phase's peak is its own (the meter is reset before it); what the process held when it began beside it
+    const idleRss = server.rss();
     server.resetPeak();
+    const ctCpuBefore = server.cpuSeconds();
     const ctSeconds = await ingest(server.url, batched(ctGen, 10), 2);
     const ctPeak = server.peakRss();
+    const ctCpu = server.cpuSeconds() - ctCpuBefore;
 
     // --- 2,000 small instances over 100 studies ---
     let smallBytes = 0;
@@ -241,9 +258,23 @@ export async function measureDicomweb(server: Target) {
         }
       }
     })();
+    // the CT's leftovers (heap not yet shrunk, freed memory glibc keeps) are in this phase's figure: the same
+    // process, as in production; in two halves so that a peak growing with the number of instances shows
+    const smallHalf = function* () {
+      for (let i = 0; i < SIZES.smallInstances / 2; i++) {
+        const next = smallGen.next();
+        if (next.done) return;
+        yield next.value;
+      }
+    };
+    const rssBeforeSmall = server.rss();
     server.resetPeak();
-    const smallSeconds = await ingest(server.url, batched(smallGen, 50), 2);
+    const smallCpuBefore = server.cpuSeconds();
+    let smallSeconds = await ingest(server.url, batched(smallHalf(), 50), 2);
+    const smallFirstHalfPeak = server.peakRss();
+    smallSeconds += await ingest(server.url, batched(smallHalf(), 50), 2);
     const smallPeak = server.peakRss();
+    const smallCpu = server.cpuSeconds() - smallCpuBefore;
 
     // --- QIDO ---
     const queries = [
@@ -311,12 +342,14 @@ export async function measureDicomweb(server: Target) {
       stowCt: {
         instances: SIZES.ctInstances, bytes: ctBytes, seconds: round(ctSeconds, 2),
         instancesPerSecond: round(SIZES.ctInstances / ctSeconds), mbPerSecond: round(ctBytes / MB / ctSeconds),
-        serverPeakRssMB: round(ctPeak / MB),
+        serverPeakRssMB: round(ctPeak / MB), serverRssAtStartMB: round(idleRss / MB), serverCpuSeconds: round(ctCpu, 2),
       },
       stowSmall: {
         instances: SIZES.smallInstances, bytes: smallBytes, seconds: round(smallSeconds, 2),
         instancesPerSecond: round(SIZES.smallInstances / smallSeconds), mbPerSecond: round(smallBytes / MB / smallSeconds, 2),
-        serverPeakRssMB: round(smallPeak / MB),
+        serverPeakRssMB: round(smallPeak / MB), serverRssAtStartMB: round(rssBeforeSmall / MB), serverCpuSeconds: round(smallCpu, 2),
+        // flat in study size: the peak over the first half of the instances and over all of them
+        serverPeakRssFirstHalfMB: round(smallFirstHalfPeak / MB),
       },
       qidoMs: { ...percentiles(qidoMs), queries: queries.length, indexedInstances: SIZES.ctInstances + SIZES.smallInstances },
       studyMetadataMs: { ...percentiles(metaMs), instances: SIZES.ctInstances, responseBytes: metaBytes },
@@ -327,6 +360,8 @@ export async function measureDicomweb(server: Target) {
         runsMBPerSecond: wadoSmall.runsMBPerSecond, serverPeakRssMB: round(wadoSmallPeak / MB),
       },
       serverPeakRssMB: round(server.peakRss() / MB),
+      serverIdleRssMB: round(idleRss / MB),
+      peakRssMethod: server.peakRssMethod,
     };
   }
 }
@@ -505,6 +540,7 @@ function relayVersusOrthanc(core: CoreFigures | null, peer: unknown) {
     studyMetadataP50: ratio(orthanc.studyMetadataMs.p50, core.studyMetadataMs.p50),
     qidoP95: ratio(orthanc.qidoMs.p95, core.qidoMs.p95),
     stowCtServerPeakRss: ratio(orthanc.stowCt.serverPeakRssMB, core.stowCt.serverPeakRssMB),
+    stowSmallServerPeakRss: ratio(orthanc.stowSmall.serverPeakRssMB, core.stowSmall.serverPeakRssMB),
   };
 }
 

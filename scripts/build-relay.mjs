@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Builds dist/relay.mjs: the relay's TypeScript sources (src/main.ts and everything it imports) as one JavaScript
-// file, dependencies left in node_modules. bin/dicom-relay.js (npm start, the CLI) runs it instead of loading the
+// Builds dist/relay.mjs: the relay's TypeScript sources (src/main.ts and everything it imports) as JavaScript, one
+// entry file and, for what is imported dynamically, chunks in dist/chunks/; dependencies left in node_modules. bin/dicom-relay.js (npm start, the CLI) runs it instead of loading the
 // sources through tsx: the loader costs start-up time and ~20 MB of resident memory for as long as the relay runs.
 // Each source keeps its own import.meta.url, so paths next to a source (the console's public/ folder) and
 // createRequire() resolve as they do from the sources. Run directly to build; bin/ calls ensureRelayBuild().
@@ -25,6 +25,22 @@ function newestSource() {
   return newest;
 }
 
+/**
+ * Chunks of earlier builds, a week after they were written: a relay started from an earlier build may still load one
+ * (a command's first use), so they are not removed at once.
+ */
+function removeOldChunks(dir) {
+  const weekAgo = Date.now() - 7 * 24 * 3600_000;
+  for (const name of fs.readdirSync(dir)) {
+    const file = path.join(dir, name);
+    try {
+      if (fs.statSync(file).mtimeMs < weekAgo) fs.rmSync(file, { force: true });
+    } catch {
+      // removed by another build meanwhile
+    }
+  }
+}
+
 /** Builds dist/relay.mjs unless it is newer than every source; returns its path. Throws when it cannot build. */
 export async function ensureRelayBuild({ force = false } = {}) {
   if (!force) {
@@ -44,13 +60,20 @@ export async function ensureRelayBuild({ force = false } = {}) {
       });
     },
   };
-  fs.mkdirSync(path.dirname(RELAY_BUILD), { recursive: true });
-  // several processes may start at once (a test suite): each writes its own file, the rename is atomic
-  const tmp = `${RELAY_BUILD}.${process.pid}.${Date.now()}.tmp`;
+  const dist = path.dirname(RELAY_BUILD);
+  fs.mkdirSync(path.join(dist, "chunks"), { recursive: true });
+  // several processes may start at once (a test suite): each builds into a folder of its own; the chunks are named by
+  // their content (the same name is the same file), so moving one over another is harmless; the entry moves last
+  const tmp = path.join(dist, `.build-${process.pid}-${Date.now()}`);
   try {
     await build({
-      entryPoints: [path.join(root, "src/main.ts")],
-      outfile: tmp,
+      entryPoints: { relay: path.join(root, "src/main.ts") },
+      outdir: tmp,
+      outExtension: { ".js": ".mjs" },
+      // the code behind a dynamic import() (the CLI commands, the server) is a chunk of its own, loaded with its
+      // dependencies only when used: `serve` does not load the push CLI's tus client, `push` not the server
+      splitting: true,
+      chunkNames: "chunks/[name]-[hash]",
       bundle: true,
       platform: "node",
       format: "esm",
@@ -64,10 +87,12 @@ export async function ensureRelayBuild({ force = false } = {}) {
       // CommonJS-style require() calls in the sources: an ES module gets a require of its own
       banner: { js: `// built by scripts/build-relay.mjs from src/; do not edit\nimport { createRequire as __createRequire } from "node:module";\nconst require = __createRequire(import.meta.url);` },
     });
-    fs.renameSync(tmp, RELAY_BUILD);
+    for (const name of fs.readdirSync(path.join(tmp, "chunks"))) fs.renameSync(path.join(tmp, "chunks", name), path.join(dist, "chunks", name));
+    fs.renameSync(path.join(tmp, "relay.mjs"), RELAY_BUILD);
   } finally {
-    fs.rmSync(tmp, { force: true });
+    fs.rmSync(tmp, { recursive: true, force: true });
   }
+  removeOldChunks(path.join(dist, "chunks"));
   return RELAY_BUILD;
 }
 

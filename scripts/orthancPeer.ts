@@ -6,6 +6,7 @@ import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { freePort } from "./lib/net.ts";
+import { cpuSeconds, peakRssMeter } from "./lib/rss.ts";
 
 const PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins"];
 
@@ -32,8 +33,11 @@ export function orthancVersion(binary: string): string {
 export interface OrthancPeer {
   url: string;
   proc: ChildProcess;
+  rss(): number;
   peakRss(): number;
   resetPeak(): void;
+  peakRssMethod: string;
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -62,14 +66,18 @@ export async function startOrthanc(workDir: string): Promise<OrthancPeer> {
     if (Date.now() > deadline) throw new Error("Orthanc did not start within 30 s");
     await new Promise((r) => setTimeout(r, 200));
   }
-  const status = () => fs.readFileSync(`/proc/${proc.pid}/status`, "utf8");
+  const meter = peakRssMeter(proc.pid!);
   return {
     url: `http://127.0.0.1:${httpPort}/dicom-web`,
     proc,
-    peakRss: () => Number(/VmHWM:\s+(\d+) kB/.exec(status())![1]) * 1024,
-    resetPeak: () => fs.writeFileSync(`/proc/${proc.pid}/clear_refs`, "5"),
+    rss: meter.rss,
+    peakRss: meter.peakRss,
+    resetPeak: meter.resetPeak,
+    peakRssMethod: meter.method,
+    cpuSeconds: () => cpuSeconds(proc.pid!),
     stop: () =>
       new Promise((resolve) => {
+        meter.close();
         proc.once("exit", () => resolve());
         proc.kill("SIGTERM");
       }),

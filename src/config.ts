@@ -68,6 +68,8 @@ export const configSchema = z
         maxConcurrentUploads: z.number().int().min(1),
         /** the same, per token (or client certificate, or anonymous without auth) */
         maxConcurrentUploadsPerToken: z.number().int().min(1),
+        /** "lean": V8 sized for memory (peak RSS ~half under load, src/memoryProfile.ts); "node-defaults": V8 as Node starts it */
+        memoryProfile: z.enum(["lean", "node-defaults"]),
       })
       .strict(),
     /** where the embedded defaults keep everything (blobs, SQLite, tus uploads, temp files) */
@@ -386,6 +388,7 @@ export function defaultConfig(): RelayConfig {
       bodyIdleTimeoutSeconds: 60,
       maxConcurrentUploads: 256,
       maxConcurrentUploadsPerToken: 64,
+      memoryProfile: "lean",
     },
     dataDir: "./data",
     log: { level: "info" },

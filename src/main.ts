@@ -105,6 +105,9 @@ export async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: "string" } }, strict: true });
   const config = loadConfig({ file: values.config });
+  // before the server allocates anything of note: V8 reads these at each garbage collection
+  const { applyMemoryProfile } = await import("./memoryProfile.ts");
+  const v8Flags = applyMemoryProfile(config.server.memoryProfile);
   // files the relay writes (blobs, uploads, spool, databases) are its user's only
   process.umask(0o077);
   // loaded here, not at the top: the push and the other commands start without loading the whole server
@@ -130,7 +133,7 @@ async function serve(args: string[]): Promise<number> {
     }
     throw err;
   }
-  log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind }, "dicom-relay listening");
+  log.info({ url: relay.url, dicomweb: relay.dicomwebUrl, dataDir: config.dataDir, storage: config.storage.kind, index: config.index.kind, memoryProfile: config.server.memoryProfile, v8Flags }, "dicom-relay listening");
   if (relay.initialAdminToken) {
     // standard output only, never the log: the token is stored as a hash and cannot be shown again
     process.stdout.write(

@@ -16,6 +16,16 @@ afterAll(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 
+/** The built files loaded with `file` by its static imports (not its dynamic import() calls), `file` included. */
+function staticClosure(file: string, seen = new Set<string>()): Set<string> {
+  seen.add(file);
+  for (const m of fs.readFileSync(file, "utf8").matchAll(/^import\b[^;]*?["'](\.{1,2}\/[^"']+)["']/gm)) {
+    const next = path.resolve(path.dirname(file), m[1]!);
+    if (!seen.has(next)) staticClosure(next, seen);
+  }
+  return seen;
+}
+
 /** `dicom-relay serve` until it says where it listens; then one DICOMweb request, then SIGTERM. */
 async function serveOnce(env: Record<string, string>): Promise<{ status: number; stderr: string }> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-start-"));
@@ -60,6 +70,13 @@ describe("production start", () => {
     const built = fs.readFileSync(RELAY_BUILD, "utf8");
     expect(built).toContain("built by scripts/build-relay.mjs");
     expect(built).toMatch(/DICOMweb root:/);
+    // what is imported dynamically is a chunk loaded when used: at start no server (express) and no uploader (tus client)
+    const atStart = staticClosure(RELAY_BUILD);
+    expect(atStart.size).toBeGreaterThan(1);
+    const packages = [...atStart].flatMap((f) => [...fs.readFileSync(f, "utf8").matchAll(/^import\b[^;]*?from "([^".][^"]*)"/gm)].map((m) => m[1]));
+    expect(packages).toContain("zod");
+    expect(packages).not.toContain("express");
+    expect(packages).not.toContain("tus-js-client");
   }, 120_000);
 
   it("DICOM_RELAY_FROM_SOURCE=1 runs the sources through tsx, with the same answers", async () => {
