@@ -62,6 +62,8 @@ export const S3_MAX_SOCKETS = 256;
 
 /** Default of storage.s3.readCacheBytes: small objects read whole, kept in memory (0 turns the cache off). */
 export const S3_READ_CACHE_BYTES = 64 * 1024 * 1024;
+/** after the backend was found unavailable, the read cache is not used for this long (ms) */
+const BACKEND_DOWN_MS = 10_000;
 /** objects larger than this are never kept (the WADO read-ahead reads instances up to 1 MiB whole) */
 const READ_CACHE_MAX_ENTRY = 1024 * 1024;
 
@@ -144,6 +146,8 @@ export class S3BlobStore implements BlobStore {
   private readonly partSize: number;
   /** small objects read whole (WADO-RS of many small instances), kept in memory: storage.s3.readCacheBytes */
   private readonly cache: ReadCache;
+  /** when a request last found the backend unavailable (ms since epoch) */
+  private unavailableAt = 0;
   private readonly log?: Logger;
   private readonly where: string;
 
@@ -209,6 +213,12 @@ export class S3BlobStore implements BlobStore {
 
   /** Backend failures as the BlobStore errors callers understand; anything else unchanged. */
   private mapError(err: unknown, key?: string): unknown {
+    const mapped = this.mapErrorOf(err, key);
+    if (mapped instanceof StorageUnavailableError) this.unavailableAt = Date.now();
+    return mapped;
+  }
+
+  private mapErrorOf(err: unknown, key?: string): unknown {
     if (err instanceof BlobNotFoundError || err instanceof StorageUnavailableError) return err;
     const code = errorCode(err);
     if ((code === "NoSuchKey" || code === "NotFound") && key !== undefined) return new BlobNotFoundError(key);
@@ -411,7 +421,9 @@ export class S3BlobStore implements BlobStore {
    * when it is small enough). Buffers handed out are shared: callers only read them.
    */
   async readWhole(key: string, size: number): Promise<Buffer> {
-    const cached = this.cache.get(key);
+    // while the backend fails, reads fail too (not from the cache): a study half in the cache would begin 200 and
+    // break off at the first instance it lacks; a clean 503 with Retry-After lets the client retry the whole retrieve
+    const cached = Date.now() - this.unavailableAt > BACKEND_DOWN_MS ? this.cache.get(key) : undefined;
     if (cached && cached.length >= size) return cached.length === size ? cached : cached.subarray(0, size);
     if (size === 0) return Buffer.alloc(0);
     const body = await this.get(key, { start: 0, end: size - 1 });
