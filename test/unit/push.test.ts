@@ -421,6 +421,35 @@ function drive(c: FlowController, rate: (flows: number, t: number) => number, se
   return levels;
 }
 
+/**
+ * A link whose bytes the controller sees a whole piece at a time (confirmed when a piece ends): each connection moves
+ * min(n, fullAt) * perFlow / n bytes per second; the first connections are at seeded random points of their pieces,
+ * connections added later start from zero unless addedAtRandom. Returns the level after each 250 ms sample.
+ */
+function driveByPieces(c: FlowController, o: { piece: number; perFlow: number; fullAt: number; seconds: number; seed: number; addedAtRandom: boolean }): number[] {
+  let seed = o.seed;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const progress: number[] = [];
+  let confirmed = 0;
+  const levels: number[] = [];
+  for (let t = 0; t <= o.seconds * 1000; t += 250) {
+    const n = c.flows;
+    while (progress.length < n) progress.push(t === 0 || o.addedAtRandom ? rnd() * o.piece : 0);
+    progress.length = n;
+    const each = (Math.min(n, o.fullAt) * o.perFlow * 0.25) / n;
+    for (let i = 0; i < n; i++) {
+      progress[i]! += each;
+      if (progress[i]! >= o.piece) {
+        progress[i]! -= o.piece;
+        confirmed += o.piece;
+      }
+    }
+    c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
+    levels.push(c.flows);
+  }
+  return levels;
+}
+
 describe("adaptive flows", () => {
   const MB = 1024 * 1024;
   // each flow gets perFlow (a lossy long path); the link saturates at K flows
@@ -493,32 +522,8 @@ describe("adaptive flows", () => {
     // they end; each connection's piece starts at its own moment (seeded)
     const run = (windowMs: number) => {
       const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs, settleMs: 600 });
-      const piece = 2 * MB;
-      let seed = 7;
-      const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
-      const progress: number[] = [];
-      let confirmed = 0;
-      let filled = 0;
-      let samples = 0;
-      for (let t = 0; t <= 600_000; t += 250) {
-        const n = c.flows;
-        while (progress.length < n) progress.push(rnd() * piece);
-        progress.length = n;
-        const each = (Math.min(n, 10) * 0.5 * MB * 0.25) / n;
-        for (let i = 0; i < n; i++) {
-          progress[i]! += each;
-          if (progress[i]! >= piece) {
-            progress[i]! -= piece;
-            confirmed += piece;
-          }
-        }
-        c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
-        if (t > 60_000) {
-          samples++;
-          if (c.flows >= 10) filled++;
-        }
-      }
-      return filled / samples;
+      const late = driveByPieces(c, { piece: 2 * MB, perFlow: 0.5 * MB, fullAt: 10, seconds: 600, seed: 7, addedAtRandom: true }).slice(60_000 / 250 + 1);
+      return late.filter((l) => l >= 10).length / late.length;
     };
     // two dozen pieces end in 9.6 s at the link's 5 MB/s; 2 s sees about five
     const sized = run(9600);
@@ -532,28 +537,7 @@ describe("adaptive flows", () => {
     const run = (settleMs: number) => {
       const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs: 2000, settleMs: 900 });
       c.setSettle(settleMs);
-      const piece = 1024 * 1024;
-      const progress: number[] = [];
-      let seed = 3;
-      const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
-      let confirmed = 0;
-      const levels: number[] = [];
-      for (let t = 0; t <= 120_000; t += 250) {
-        const n = c.flows;
-        // the first 16 are under way at random points of their pieces; added ones start from zero
-        while (progress.length < n) progress.push(t === 0 ? rnd() * piece : 0);
-        progress.length = n;
-        const each = (Math.min(n, 50) * 250_000 * 0.25) / n;
-        for (let i = 0; i < n; i++) {
-          progress[i]! += each;
-          if (progress[i]! >= piece) {
-            progress[i]! -= piece;
-            confirmed += piece;
-          }
-        }
-        c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
-        levels.push(c.flows);
-      }
+      const levels = driveByPieces(c, { piece: 1024 * 1024, perFlow: 250_000, fullAt: 50, seconds: 120, seed: 3, addedAtRandom: false });
       return { levels, history: c.history.map((h) => `${h.level} ${h.why}`).join("; ") };
     };
     const sized = run(4500);
