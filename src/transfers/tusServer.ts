@@ -15,8 +15,9 @@ import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
 import type http from "node:http";
-import type stream from "node:stream";
+import stream from "node:stream";
 import { FileStore } from "@tus/file-store";
+import { CoalesceChunks } from "./coalesce.ts";
 import { DataStore, ERRORS, Server, Upload, type Locker } from "@tus/server";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
@@ -90,6 +91,9 @@ export const joinedPartialKept = (id: string, final: string) =>
 /** PATCH against a final upload (tus: 403): its bytes are its partials'. */
 export const finalPatchRefused = () => tusError(403, "this is a final upload (tus concatenation): its bytes are those of its partial uploads; nothing can be appended to it");
 
+/** bytes of an upload written to its file at a time (at least; the last write of a request may be shorter) */
+const WRITE_CHUNK = 64 * 1024;
+
 /** FileStore that keeps answering for uploads whose data file went away after ingest, and expires them itself. */
 export class RelayFileStore extends FileStore implements RelayUploadStore {
   constructor(
@@ -135,7 +139,12 @@ export class RelayFileStore extends FileStore implements RelayUploadStore {
         return offset;
       }
     }
-    return super.write(readable, id, offset);
+    // a slow flow delivers a packet or two per read: write to the file in chunks of 64 kB (coalesce.ts)
+    const coalesced = new CoalesceChunks(WRITE_CHUNK);
+    stream.pipeline(readable, coalesced, () => {
+      // an error reaches super.write through the coalescer (destroyed with it); nothing else to do here
+    });
+    return super.write(coalesced, id, offset);
   }
 
   /** Termination: a final has only its info; a partial joined into a final not ingested yet stays (409). */
