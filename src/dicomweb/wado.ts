@@ -14,7 +14,7 @@ import { multipartBoundary, writeMultipart, type OutgoingPart } from "../dicom/m
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
-import type { BlobStore } from "../storage/blobStore.ts";
+import { readWholeByRange, type BlobStore } from "../storage/blobStore.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
@@ -45,24 +45,9 @@ async function sendMultipart(res: Response, type: string, parts: AsyncIterable<O
   res.end();
 }
 
-/** A stored instance's bytes, read whole by one ranged read (the index gives its size). */
-async function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer> {
-  if (inst.size === 0) return Buffer.alloc(0);
-  if (store.readWhole) return store.readWhole(inst.blobKey, inst.size);
-  const body = await store.get(inst.blobKey, { start: 0, end: inst.size - 1 });
-  return new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    body.on("data", (c: Buffer) => {
-      chunks.push(c);
-      n += c.length;
-    });
-    body.on("error", reject);
-    body.on("end", () => {
-      if (n !== inst.size) reject(new Error(`the stored instance ${inst.sopInstanceUID} has ${n} bytes; the index says ${inst.size}`));
-      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n));
-    });
-  });
+/** A stored instance's bytes, read whole (the index gives its size): the store's own way, else one ranged read. */
+function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer> {
+  return store.readWhole ? store.readWhole(inst.blobKey, inst.size) : readWholeByRange(store, inst.blobKey, inst.size);
 }
 
 export function wadoRoutes(svc: DicomwebServices): Router {

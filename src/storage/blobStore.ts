@@ -87,6 +87,22 @@ export class StorageUnavailableError extends Error {
 const SAFE_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
 
 /** Keys are relative, slash-separated, with no empty, "." or ".." segments and no odd characters. */
+/**
+ * An object's first `size` bytes in one buffer, by one ranged get(): what a store without its own readWhole gives
+ * (and S3 on a cache miss). An object shorter than `size` is an error, never short bytes.
+ */
+export async function readWholeByRange(store: Pick<BlobStore, "get">, key: string, size: number): Promise<Buffer> {
+  if (size === 0) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of await store.get(key, { start: 0, end: size - 1 })) {
+    chunks.push(c as Buffer);
+    n += (c as Buffer).length;
+  }
+  if (n < size) throw new Error(`the stored object ${key} has ${n} bytes, fewer than the ${size} expected`);
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n);
+}
+
 export function assertSafeKey(key: string): void {
   if (typeof key !== "string" || key.length === 0 || key.length > 512 || !SAFE_KEY.test(key) ||
       key.split("/").some((seg) => seg === "." || seg === "..")) {

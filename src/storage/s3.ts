@@ -35,6 +35,7 @@ import {
   assertSafeKey,
   BlobNotFoundError,
   StorageUnavailableError,
+  readWholeByRange,
   type BlobStat,
   type BlobStore,
   type ByteRangeRequest,
@@ -425,16 +426,7 @@ export class S3BlobStore implements BlobStore {
     // break off at the first instance it lacks; a clean 503 with Retry-After lets the client retry the whole retrieve
     const cached = Date.now() - this.unavailableAt > BACKEND_DOWN_MS ? this.cache.get(key) : undefined;
     if (cached && cached.length >= size) return cached.length === size ? cached : cached.subarray(0, size);
-    if (size === 0) return Buffer.alloc(0);
-    const body = await this.get(key, { start: 0, end: size - 1 });
-    const chunks: Buffer[] = [];
-    let n = 0;
-    for await (const c of body) {
-      chunks.push(c as Buffer);
-      n += (c as Buffer).length;
-    }
-    if (n < size) throw new Error(`the stored object ${key} has ${n} bytes, fewer than the ${size} expected`);
-    const whole = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n);
+    const whole = await readWholeByRange(this, key, size);
     this.cache.set(key, whole);
     return whole;
   }

@@ -22,24 +22,20 @@ export class CoalesceChunks extends Transform {
     }
     this.parts.push(chunk);
     this.held += chunk.length;
-    if (this.held < this.min) {
-      callback();
-      return;
-    }
-    const out = Buffer.concat(this.parts, this.held);
-    this.parts = [];
-    this.held = 0;
-    callback(null, out);
+    if (this.held < this.min) callback();
+    else callback(null, this.release());
   }
 
   override _flush(callback: TransformCallback): void {
-    if (this.held === 0) {
-      callback();
-      return;
-    }
+    if (this.held === 0) callback();
+    else callback(null, this.release());
+  }
+
+  /** what is held, as one chunk */
+  private release(): Buffer {
     const out = Buffer.concat(this.parts, this.held);
     this.parts = [];
     this.held = 0;
-    callback(null, out);
+    return out;
   }
 }
