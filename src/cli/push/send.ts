@@ -61,6 +61,8 @@ export interface SendFigures {
 
 type Piece = { study: SendStudy; bundle: BundleState; part: number | null };
 
+/** wire bytes / image bytes assumed until the first bundles are built (gzip 1 of CT: ~0.49) */
+const ASSUMED_RATIO = 0.55;
 /** pieces that should end within one judging window of the flow controller */
 const PIECES_PER_WINDOW = 24;
 
@@ -72,7 +74,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   let restRaw = studies.reduce((n, s) => n + s.rest.reduce((m, i) => m + i.size, 0), 0);
   const controller = o.parallel
     ? new FixedFlows(o.parallel)
-    : new FlowController({ min: 1, max: maxFlows, initial: initialFlows(restRaw * 0.55, maxFlows), windowMs: Math.max(2000, 6 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
+    : new FlowController({ min: 1, max: maxFlows, initial: initialFlows(restRaw * ASSUMED_RATIO, maxFlows), windowMs: Math.max(2000, 6 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
   let fatal: Error | null = null;
   let wire = 0;
   /**
@@ -120,7 +122,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const debug = process.env.DICOM_RELAY_PUSH_DEBUG === "1";
   const flowsNow = () => controller.flows;
   const wireRate = () => wireMeter.rate();
-  const ratio = () => (rawBuilt > 0 ? wireBuilt / rawBuilt : 0.55);
+  const ratio = () => (rawBuilt > 0 ? wireBuilt / rawBuilt : ASSUMED_RATIO);
   const sampler = setInterval(() => {
     const t = Date.now();
     wireMeter.add(t, wire);
