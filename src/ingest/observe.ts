@@ -24,5 +24,8 @@ export function observingIngestor(inner: Ingestor, onResult: (result: IngestResu
     async ingestSpool(spooled: SpooledInstance, opts?: IngestOptions) {
       return note(await inner.ingestSpool(spooled, opts), opts);
     },
+    discard(spooled: SpooledInstance) {
+      return inner.discard(spooled);
+    },
   };
 }

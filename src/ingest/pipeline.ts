@@ -158,6 +158,11 @@ export class IngestPipeline implements Ingestor {
     }
   }
 
+  async discard(spooled: SpooledInstance): Promise<void> {
+    if (spooled.path === null) this.inMemoryBytes -= spooled.size;
+    else await fsp.rm(spooled.path, { force: true });
+  }
+
   async ingestFile(filePath: string, opts: IngestOptions = {}): Promise<IngestResult> {
     const st = await fsp.stat(filePath);
     if (st.size > this.deps.config.maxInstanceBytes) {

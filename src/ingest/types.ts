@@ -51,7 +51,7 @@ export interface IngestOptions {
 
 /**
  * An instance's bytes, hashed and counted, not yet parsed or stored: in a local spool file, or (a small instance,
- * within the relay's in-memory budget) in memory. Whoever gets one must hand it to ingestSpool, which frees it.
+ * within the relay's in-memory budget) in memory. Whoever gets one must hand it to ingestSpool, which frees it, or to discard.
  */
 export interface SpooledInstance {
   /** the spool file, or null when the bytes are in memory */
@@ -71,4 +71,6 @@ export interface Ingestor {
   /** ingestStream in two halves, so a reader can overlap reading the next instance with storing this one */
   spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult>;
   ingestSpool(spooled: SpooledInstance, opts?: IngestOptions): Promise<IngestResult>;
+  /** Frees a spooled instance that will not be ingested (its memory, or its spool file). */
+  discard(spooled: SpooledInstance): Promise<void>;
 }

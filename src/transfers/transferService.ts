@@ -9,20 +9,16 @@
  */
 import { deleteBlobIfUnreferenced } from "../storage/blobLocks.ts";
 import crypto from "node:crypto";
-import fs from "node:fs";
 import fsp from "node:fs/promises";
-import path from "node:path";
 import type { Readable } from "node:stream";
-import { Transform } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import { ERRORS, Upload, type Locker } from "@tus/server";
-import { spoolDir, type RelayConfig } from "../config.ts";
+import type { RelayConfig } from "../config.ts";
 import type { Index } from "../catalog/index.ts";
 import type { BlobStore } from "../storage/blobStore.ts";
-import type { IngestResult, Ingestor } from "../ingest/types.ts";
+import type { IngestResult, Ingestor, SpooledInstance } from "../ingest/types.ts";
 import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "../dicom/failureReasons.ts";
-import { fileSource, readPart10 } from "../dicom/part10.ts";
+import { chunksSource, fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
 import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.ts";
@@ -154,10 +150,7 @@ export class TransferService {
   private closed = false;
   /** the tus server's locker: a final upload is made while its partials are held */
   private locker: Locker | null = null;
-  readonly spoolDir: string;
-
   constructor(private readonly deps: TransferServiceDeps) {
-    this.spoolDir = spoolDir(deps.config);
     this.results = deps.transfers;
   }
 
@@ -175,7 +168,6 @@ export class TransferService {
     this.uploads = tus;
     this.locker = locker;
     this.results = results;
-    await fsp.mkdir(this.spoolDir, { recursive: true });
     for (const id of await this.deps.transfers.listCompleteWithoutReceipt()) await this.issueReceipt(id);
     await this.recoverUploads("at start");
     const every = this.deps.config.transfers.cleanupIntervalSeconds * 1000;
@@ -738,41 +730,30 @@ export class TransferService {
   }
 
   /**
-   * One entry of an upload that belongs to a transfer: spooled and hashed first, so it can be matched to its
-   * manifest instance by hash; a copy matching no hash is matched by the SOPInstanceUID in its header and refused
-   * by the ingest pipeline (expectedSha256), which marks that instance failed with the reason.
+   * One entry of an upload that belongs to a transfer: spooled and hashed first (by the ingest pipeline: in memory
+   * when small, else a spool file; one pass over the bytes), so it can be matched to its manifest instance by hash;
+   * a copy matching no hash is matched by the SOPInstanceUID in its header and refused by the ingest pipeline
+   * (expectedSha256), which marks that instance failed with the reason.
    */
   private async ingestForTransfer(transferId: string, body: Readable, opts: { pendingId: string | undefined; source: string }): Promise<IngestResult> {
     const { transfers, ingest } = this.deps;
-    const spool = path.join(this.spoolDir, `${Date.now()}-${crypto.randomBytes(8).toString("hex")}.spool`);
-    const hash = crypto.createHash("sha256");
-    let size = 0;
-    const max = this.deps.config.ingest.maxInstanceBytes;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        size += chunk.length;
-        if (size > max) return done(new InstanceRejectedError(FailureReason.OutOfResources, `the instance is larger than the relay accepts (${max} bytes)`));
-        hash.update(chunk);
-        done(null, chunk);
-      },
-    });
+    const ingestOpts = { transferId: opts.pendingId, source: opts.source, bundleEntry: true as const };
+    const spooled = await ingest.spool(body, ingestOpts);
+    // refused while reading (larger than the relay accepts)
+    if ("status" in spooled) return spooled;
+    const { sha256, size } = spooled;
+    let handedOn = false;
     try {
-      try {
-        await pipeline(body, meter, fs.createWriteStream(spool, { flags: "wx" }));
-      } catch (err) {
-        if (err instanceof InstanceRejectedError) return { status: "failed", reason: err.reason, message: err.message, size };
-        throw err;
-      }
-      const sha256 = hash.digest("hex");
       const bySha = await transfers.findItemsBySha256(transferId, sha256);
       let result: IngestResult;
       if (bySha.length > 0) {
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: sha256, source: opts.source, bundleEntry: true });
+        handedOn = true;
+        result = await ingest.ingestSpool(spooled, { ...ingestOpts, expectedSha256: sha256 });
         // bytes declared in the manifest but refused before their header was read (e.g. truncated on the sender's
         // disk): the item they were declared as is failed, with the reason, rather than left missing
         if (result.status === "failed" && !result.sopInstanceUID && bySha.length === 1) result = { ...result, sopInstanceUID: bySha[0]!.sopInstanceUID };
       } else {
-        const header = await this.readSopInstanceUID(spool, size);
+        const header = await this.readSopInstanceUID(spooled);
         if ("failed" in header) return { status: "failed", reason: header.reason, message: header.message, sha256, size };
         const item = await transfers.getItem(transferId, header.sopInstanceUID);
         if (!item) {
@@ -786,13 +767,14 @@ export class TransferService {
           };
         }
         // the pipeline refuses it: the bytes do not match the manifest hash
-        result = await ingest.ingestFile(spool, { transferId: opts.pendingId, expectedSha256: item.sha256, source: opts.source, bundleEntry: true });
+        handedOn = true;
+        result = await ingest.ingestSpool(spooled, { ...ingestOpts, expectedSha256: item.sha256 });
         if (result.status === "failed") result = { ...result, sopInstanceUID: result.sopInstanceUID ?? header.sopInstanceUID };
       }
       await this.recordItem(transferId, result);
       return result;
     } finally {
-      await fsp.rm(spool, { force: true });
+      if (!handedOn) await ingest.discard(spooled);
     }
   }
 
@@ -815,10 +797,10 @@ export class TransferService {
     }
   }
 
-  private async readSopInstanceUID(file: string, size: number): Promise<{ sopInstanceUID: string } | { failed: true; reason: FailureReasonCode; message: string }> {
-    const handle = await fsp.open(file, "r");
+  private async readSopInstanceUID(spooled: SpooledInstance): Promise<{ sopInstanceUID: string } | { failed: true; reason: FailureReasonCode; message: string }> {
+    const handle = spooled.path === null ? null : await fsp.open(spooled.path, "r");
     try {
-      const parsed = await readPart10(fileSource(handle, size), {
+      const parsed = await readPart10(handle ? fileSource(handle, spooled.size) : chunksSource(spooled.chunks ?? []), {
         maxHeaderBytes: this.deps.config.ingest.maxHeaderBytes,
         bulkDataThreshold: this.deps.config.ingest.bulkDataThreshold,
         maxInflatedBytes: this.deps.config.ingest.maxInstanceBytes,
@@ -828,7 +810,7 @@ export class TransferService {
       if (err instanceof InstanceRejectedError) return { failed: true, reason: err.reason, message: err.message };
       return { failed: true, reason: FailureReason.CannotUnderstand, message: `the file could not be read as DICOM: ${(err as Error).message}` };
     } finally {
-      await handle.close();
+      await handle?.close();
     }
   }
 }

@@ -9,7 +9,7 @@ import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies,
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
 import { FlowController } from "../../src/cli/push/adaptive.ts";
-import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
+import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, PieceRate, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
 import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
@@ -426,25 +426,38 @@ function drive(c: FlowController, rate: (flows: number, t: number) => number, se
  * min(n, fullAt) * perFlow / n bytes per second; the first connections are at seeded random points of their pieces,
  * connections added later start from zero unless addedAtRandom. Returns the level after each 250 ms sample.
  */
-function driveByPieces(c: FlowController, o: { piece: number; perFlow: number; fullAt: number; seconds: number; seed: number; addedAtRandom: boolean }): number[] {
+function driveByPieces(c: FlowController, o: { piece: number; perFlow: number; fullAt: number; seconds: number; seed: number; addedAtRandom: boolean; pieceTimes?: boolean }): number[] {
   let seed = o.seed;
   const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
   const progress: number[] = [];
+  // ms each connection's current piece has been sending (pieceTimes: fed to the controller when it ends)
+  const elapsed: number[] = [];
+  const ended = { pieces: 0, bytes: 0, ms: 0 };
   let confirmed = 0;
   const levels: number[] = [];
   for (let t = 0; t <= o.seconds * 1000; t += 250) {
     const n = c.flows;
-    while (progress.length < n) progress.push(t === 0 || o.addedAtRandom ? rnd() * o.piece : 0);
+    while (progress.length < n) {
+      const at = t === 0 || o.addedAtRandom ? rnd() : 0;
+      progress.push(at * o.piece);
+      elapsed.push((at * o.piece * 1000) / o.perFlow);
+    }
     progress.length = n;
+    elapsed.length = n;
     const each = (Math.min(n, o.fullAt) * o.perFlow * 0.25) / n;
     for (let i = 0; i < n; i++) {
       progress[i]! += each;
+      elapsed[i]! += 250;
       if (progress[i]! >= o.piece) {
         progress[i]! -= o.piece;
         confirmed += o.piece;
+        ended.pieces++;
+        ended.bytes += o.piece;
+        ended.ms += elapsed[i]!;
+        elapsed[i] = 0;
       }
     }
-    c.sample({ t, bytes: confirmed, busy: n, errors: 0 });
+    c.sample({ t, bytes: confirmed, busy: n, errors: 0, ...(o.pieceTimes ? { pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms } : {}) });
     levels.push(c.flows);
   }
   return levels;
@@ -548,6 +561,34 @@ describe("adaptive flows", () => {
     expect(sized.history).not.toMatch(/^32 start; 16 more flows did not pay/);
   });
 
+  it("while doubling, connections each as fast as before mean the link has room: the next step comes as soon as pieces show it, not after a window", () => {
+    // 100 Mbit/s link, 2 Mbit/s per flow (full at 50), pieces of 1 MB (4 s of one flow); windows of 15 s (two dozen
+    // pieces at the start's rate), settling for a piece's time
+    const run = (pieceTimes: boolean) => {
+      const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs: 15_000, settleMs: 4500 });
+      const levels = driveByPieces(c, { piece: 1024 * 1024, perFlow: 250_000, fullAt: 50, seconds: 120, seed: 5, addedAtRandom: false, pieceTimes });
+      return { at48: levels.findIndex((l) => l >= 48) * 0.25, history: c.history.map((h) => `${h.level} ${h.why}`).join("; ") };
+    };
+    const quick = run(true);
+    const slow = run(false);
+    expect(quick.at48, quick.history).toBeGreaterThan(0);
+    expect(quick.at48, quick.history).toBeLessThanOrEqual(15);
+    expect(quick.history).toMatch(/each as fast/);
+    // by the aggregate alone: a 15 s window for each step
+    expect(slow.at48 < 0 || slow.at48 > 30, slow.history).toBe(true);
+  });
+
+  it("while doubling, connections slower than before (the link is full) decide nothing early: the window undoes the step", () => {
+    // 40 Mbit/s link, 4 Mbit/s per flow: full at 10; the push starts at 16
+    const c = new FlowController({ min: 1, max: 64, initial: 16, windowMs: 8000, settleMs: 4500 });
+    const levels = driveByPieces(c, { piece: 2 * 1024 * 1024, perFlow: 500_000, fullAt: 10, seconds: 180, seed: 9, addedAtRandom: false, pieceTimes: true });
+    const history = c.history.map((h) => `${h.level} ${h.why}`).join("; ");
+    expect(history).not.toMatch(/each as fast/);
+    expect(history).toMatch(/^32 start; 16 more flows did not pay/);
+    // and the link stays full afterwards (probes move around it, never below what fills it)
+    expect(Math.min(...levels.slice(40_000 / 250)), history).toBeGreaterThanOrEqual(10);
+  });
+
   it("windows without work for every flow are not judged (the end of a study)", () => {
     const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
     for (let t = 0; t <= 10_000; t += 250) c.sample({ t, bytes: t * 100, busy: 2, errors: 0 });
@@ -569,15 +610,32 @@ describe("sizing pieces and compression", () => {
     expect(chooseLevel({ compressedMembers: false, linkBytesPerSec: 100e6, gzipRawBytesPerSec: 30e6, ratio: 0.5 })).toBe(0);
   });
 
-  it("a piece is a few seconds of one flow, within bounds, and a share of what is left", () => {
+  it("a piece is several seconds of one flow (30 round trips on a long path), within bounds, and a share of what is left", () => {
     expect(pieceBytes({ perFlowBytesPerSec: 0, rttMs: 200, flows: 8, remainingWireBytes: 1e9 })).toBe(FIRST_PIECE);
-    expect(pieceBytes({ perFlowBytesPerSec: 500_000, rttMs: 200, flows: 8, remainingWireBytes: 1e9 })).toBe(2_000_000);
-    // a long round trip: at least ten of them per piece
-    expect(pieceBytes({ perFlowBytesPerSec: 250_000, rttMs: 600, flows: 8, remainingWireBytes: 1e9 })).toBe(1_500_000);
+    expect(pieceBytes({ perFlowBytesPerSec: 500_000, rttMs: 200, flows: 8, remainingWireBytes: 1e9 })).toBe(3_000_000);
+    // a long round trip: 30 of them per piece, so the ~1.5 a piece costs besides its bytes stay ~5% of its time
+    expect(pieceBytes({ perFlowBytesPerSec: 250_000, rttMs: 300, flows: 8, remainingWireBytes: 1e9 })).toBe(2_250_000);
+    expect(pieceBytes({ perFlowBytesPerSec: 250_000, rttMs: 600, flows: 8, remainingWireBytes: 1e9 })).toBe(4_500_000);
+    expect(pieceBytes({ perFlowBytesPerSec: 250_000, rttMs: 600, flows: 8, remainingWireBytes: 1e9, seconds: 4 })).toBe(1_000_000);
     expect(pieceBytes({ perFlowBytesPerSec: 50e6, rttMs: 1, flows: 2, remainingWireBytes: 1e10 })).toBe(MAX_PIECE);
     expect(pieceBytes({ perFlowBytesPerSec: 1000, rttMs: 1, flows: 2, remainingWireBytes: 1e10 })).toBe(MIN_PIECE);
     // 10 MB left for 20 flows: pieces of 512 kB so every flow has one
     expect(pieceBytes({ perFlowBytesPerSec: 5e6, rttMs: 200, flows: 20, remainingWireBytes: 10 * 1024 * 1024 })).toBe(512 * 1024);
+  });
+
+  it("pieces are sized by what one connection carries while it sends, from the last pieces", () => {
+    const r = new PieceRate(4);
+    expect(r.rate()).toBe(0);
+    r.add(250_000, 1000);
+    r.add(500_000, 2000);
+    expect(r.rate()).toBe(250_000);
+    // only the last four count: a slow start is forgotten
+    for (let i = 0; i < 4; i++) r.add(1_000_000, 1000);
+    expect(r.rate()).toBe(1_000_000);
+    // nothing measured (no bytes, no time) is ignored
+    r.add(0, 10);
+    r.add(10, 0);
+    expect(r.rate()).toBe(1_000_000);
   });
 
   it("a short push opens a connection per 512 kB share at once (within the bound); a long one starts at 16 and climbs", () => {

@@ -37,6 +37,14 @@ export interface FlowSample {
   busy: number;
   /** errors so far (connection resets, timeouts, 5xx), all flows together */
   errors: number;
+  /**
+   * pieces ended so far, with their bytes and the time each spent sending (summed over pieces): what one connection
+   * carries while it sends. Optional; when given, the climb doubles as soon as the connections a step added carry
+   * as much each as those before (the link had room) instead of waiting for a whole window
+   */
+  pieces?: number;
+  pieceBytes?: number;
+  pieceMs?: number;
 }
 
 export class FlowController {
@@ -51,8 +59,8 @@ export class FlowController {
   private fast = true;
   private start: FlowSample | null = null;
   private saturated = true;
-  /** a step being tried: the level and rate before it, and its direction */
-  private trial: { from: number; rate: number; dir: "up" | "down" } | null = null;
+  /** a step being tried: the level and rate before it (and each connection's rate before it), and its direction */
+  private trial: { from: number; rate: number; dir: "up" | "down"; flowRate?: number } | null = null;
   private held = 0;
   private probes = 0;
   private settleMs: number;
@@ -72,6 +80,11 @@ export class FlowController {
     this.probeEvery = o.probeEvery ?? 4;
     this.settleMs = Math.max(0, o.settleMs ?? 0);
     this.minSettleMs = this.settleMs;
+  }
+
+  /** still doubling (the first steps of a push) */
+  get climbing(): boolean {
+    return this.fast;
   }
 
   /** flows allowed now */
@@ -110,8 +123,16 @@ export class FlowController {
       this.saturated = true;
       return this.level;
     }
-    // a window is judged only if every allowed flow had work all through it
-    if (s.busy < this.level) this.saturated = false;
+    // a window is judged only if every allowed flow had work all through it; while doubling, a window begins when
+    // they all have (the first pieces are still being built when the push starts)
+    if (s.busy < this.level) {
+      if (this.fast) {
+        this.start = s;
+        return this.level;
+      }
+      this.saturated = false;
+    }
+    if (this.fast && this.saturated && this.climbEarly(s)) return this.level;
     if (s.t - this.start.t < this.windowMs) return this.level;
     const rate = ((s.bytes - this.start.bytes) * 1000) / (s.t - this.start.t);
     const errors = s.errors - this.start.errors;
@@ -161,7 +182,32 @@ export class FlowController {
     return this.level;
   }
 
-  private step(dir: "up" | "down", rate: number, why: string): void {
+  /**
+   * While doubling: once enough pieces have ended since the window began (a quarter of the connections' worth, at
+   * least 4), each connection's rate while sending tells at once whether the link had room. The first time it is the
+   * reference (and the first step is taken: nothing to judge yet); after a step up, connections each as fast as
+   * before (within 15%) mean the link was not full: double again. Slower connections decide nothing here: the
+   * window judges the step by the aggregate rate, as without this signal.
+   */
+  private climbEarly(s: FlowSample): boolean {
+    const w = this.start!;
+    if (s.pieces === undefined || w.pieces === undefined || s.pieceBytes === undefined || w.pieceBytes === undefined || s.pieceMs === undefined || w.pieceMs === undefined) return false;
+    if (s.pieces - w.pieces < Math.max(4, Math.ceil(this.level / 4)) || s.pieceMs <= w.pieceMs) return false;
+    const flowRate = ((s.pieceBytes - w.pieceBytes) * 1000) / (s.pieceMs - w.pieceMs);
+    // the reference a later window judges the step by: what this level carries with every connection sending (the
+    // confirmed bytes of so short a window would be noise)
+    const rate = flowRate * this.level;
+    const t = this.trial;
+    if (t && t.dir !== "up") return false;
+    if (t && !(t.flowRate && flowRate >= t.flowRate * 0.85)) return false;
+    this.start = s;
+    this.saturated = true;
+    this.trial = null;
+    this.step("up", rate, t ? "more flows paid (each as fast)" : "start", flowRate);
+    return true;
+  }
+
+  private step(dir: "up" | "down", rate: number, why: string, flowRate?: number): void {
     const next = dir === "up" ? (this.fast ? this.level * 2 : Math.max(this.level + 1, this.level * 1.25)) : Math.min(this.level - 1, this.level * 0.8);
     const to = clamp(Math.round(next), this.min, this.max);
     if (to === this.level) {
@@ -170,7 +216,7 @@ export class FlowController {
       this.held = 0;
       return;
     }
-    this.trial = { from: this.level, rate, dir };
+    this.trial = { from: this.level, rate, dir, flowRate };
     this.set(to, rate, why);
   }
 

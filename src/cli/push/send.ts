@@ -4,7 +4,7 @@
  * several connections) as many at once as the flow controller allows; a bundle's result is read while the next
  * pieces flow. Scanning and hashing are done before (the manifest lists every instance's SHA-256).
  *
- * Resume: every bundle is written to the state (members, gzip level) before it is built, every upload URL (whole or
+ * Resume: every bundle is written to the state (members, gzip level) before its upload begins, every upload URL (whole or
  * partial) before its bytes flow; a rebuilt bundle has the same bytes, so each upload resumes at the relay's offset.
  */
 import fsp from "node:fs/promises";
@@ -17,7 +17,7 @@ import type { FoundInstance } from "./scan.ts";
 import { RateMeter, type Progress } from "./progress.ts";
 import { bundleResult, createFinal, uploadFile, type UploadOutcome } from "./upload.ts";
 import { FixedFlows, FlowController } from "./adaptive.ts";
-import { chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
+import { PieceRate, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
 
 export interface SendStudy {
   st: StudyState;
@@ -87,10 +87,17 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   let firstByteAt: number | null = null;
   let flowsMax = 0;
   const wireMeter = new RateMeter(8000);
+  // what one connection carries while it sends: the rate pieces are sized by
+  const flowRate = new PieceRate();
+  // pieces ended, their bytes and their sending time (summed): the flow controller's per-connection signal
+  const ended = { pieces: 0, bytes: 0, ms: 0 };
   // compression measured as bundles are built
   let rawBuilt = 0;
   let wireBuilt = 0;
+  /** time during which at least one gzip build ran */
   let buildMs = 0;
+  let gzipBuilding = 0;
+  let gzipBusySince = 0;
   let bundlesBuilt = 0;
   let partials = 0;
   let rawSent = 0;
@@ -118,6 +125,20 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     waiters.add(done);
   });
 
+  // The state is written whole (temp file + rename) on the push's only thread: ~1 ms, several times per bundle. What
+  // must be on disk before the next step (an upload URL before its bytes flow, a bundle leaving the state with its
+  // record) is saved at once; the rest (a bundle planned or built, a partial's end) within a quarter second, or with
+  // the next save at once. Lost by a kill, those cost a bundle built again or a HEAD, never bytes in the wrong place.
+  let saveTimer: NodeJS.Timeout | null = null;
+  const saveNow = () => {
+    if (saveTimer) clearTimeout(saveTimer);
+    saveTimer = null;
+    o.save();
+  };
+  const saveSoon = () => {
+    saveTimer ??= setTimeout(saveNow, 250);
+  };
+
   // DICOM_RELAY_PUSH_DEBUG=1: the flow controller's decisions in the log
   const debug = process.env.DICOM_RELAY_PUSH_DEBUG === "1";
   const flowsNow = () => controller.flows;
@@ -135,7 +156,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       // a new connection's bytes count once its first piece has ended: settle for a piece's time on one connection
       if (active > 0) controller.setSettle(Math.min(15_000, (piece * 1000) / (rate / active) + o.rttMs));
     }
-    controller.sample({ t, bytes: confirmed, busy: active, errors });
+    controller.sample({ t, bytes: confirmed, busy: active, errors, pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
       o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length}, window ${(controller.window / 1000).toFixed(1)} s)`);
@@ -144,11 +165,14 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     if (controller.flows > before) poke();
   }, 250);
 
-  const remainingWire = () => restRaw * ratio() + onDisk;
+  // the wire bytes not yet in a built piece: pieces planned near the end get a share of that, smaller and smaller, and
+  // are sent last (the queue is in order), so the flows run out together instead of waiting on a few long pieces
+  const remainingWire = () => restRaw * ratio();
   const currentPiece = () => {
     const flows = Math.max(1, flowsNow());
-    const rate = wireRate();
-    return pieceBytes({ perFlowBytesPerSec: rate > 0 && active > 0 ? rate / Math.min(active, flows) : 0, rttMs: o.rttMs, flows, remainingWireBytes: remainingWire() });
+    // while the controller doubles, pieces of a few seconds: each step is judged once pieces begun after it have ended
+    const seconds = controller instanceof FlowController && controller.climbing ? Math.max(3, (10 * o.rttMs) / 1000) : undefined;
+    return pieceBytes({ perFlowBytesPerSec: flowRate.rate(), rttMs: o.rttMs, flows, remainingWireBytes: remainingWire(), seconds });
   };
 
   // ---------------------------------------------------------------- producer
@@ -174,7 +198,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const level = chooseLevel({ compressedMembers: compressed, linkBytesPerSec: wireRate(), gzipRawBytesPerSec: buildMs > 0 ? (rawBuilt * 1000) / buildMs : 0, ratio: ratio() });
     const b: BundleState = { name: `${tag}-${String(n).padStart(4, "0")}.tgz`, members, rawBytes, level };
     s.st.bundles.push(b);
-    o.save();
+    saveSoon();
     return b;
   };
 
@@ -186,10 +210,16 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         const i = s.bySop.get(u)!;
         return { name: entryName(u), path: i.path, size: i.size };
       });
-      const t = Date.now();
-      const built = await writeBundle(file, members, b.level ?? 6);
+      // gzip's speed is what the builders make together while any of them works (two run at once: per build, the
+      // speed would read half of it on two cores and the push would stop compressing for a link it could fill)
+      if (b.level === 1 && gzipBuilding++ === 0) gzipBusySince = Date.now();
+      let built;
+      try {
+        built = await writeBundle(file, members, b.level ?? 6);
+      } finally {
+        if (b.level === 1 && --gzipBuilding === 0) buildMs += Date.now() - gzipBusySince;
+      }
       if (b.level === 1) {
-        buildMs += Date.now() - t;
         rawBuilt += b.rawBytes;
         wireBuilt += built.size;
       }
@@ -211,7 +241,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         partials += parts.length;
       }
     }
-    o.save();
+    saveSoon();
     const pieces: Piece[] = b.parts ? b.parts.map((p, i) => ({ study: s, bundle: b, part: i })).filter((p) => !b.parts![p.part!]!.done) : [{ study: s, bundle: b, part: null }];
     onDisk += b.size!;
     if (b.parts && !pieces.length) {
@@ -285,7 +315,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     sent.failed += b.result.failed;
     s.st.bundles = s.st.bundles.filter((x) => x !== b);
     o.finished?.(s, b);
-    o.save();
+    saveNow();
     o.progress.bundleDone(b.name, b.rawBytes, b.members.length);
     const r = b.result;
     o.say(`${b.name}: ${b.members.length} instance(s) sent${b.parts ? ` over ${b.parts.length} connections` : ""}: ${r.stored} stored, ${r.alreadyStored} already there${r.failed ? `, ${r.failed} refused` : ""}${r.error ? ` (${r.error})` : ""}`);
@@ -300,7 +330,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         url = f.url;
         body = f.body;
         b.finalUrl = url;
-        o.save();
+        saveNow();
       }
       done(s, b, await bundleResult(o.api, url, body, b.name));
       await fsp.rm(path.join(o.bundlesDir, b.name), { force: true });
@@ -319,6 +349,9 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const arr = sentOf.get(b) ?? [];
     sentOf.set(b, arr);
     const slot = part ?? 0;
+    // when this piece's bytes began to flow (its upload URL known) and when the last was sent
+    let flowingAt = Date.now();
+    let sentAt = 0;
     try {
       const { url, body } = await uploadFile({
         api: o.api,
@@ -331,9 +364,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         uploadUrl: p ? p.uploadUrl : b.uploadUrl,
         stallMs: o.stallMs,
         onUploadUrl(url) {
+          flowingAt = Date.now();
           if (p) p.uploadUrl = url;
           else b.uploadUrl = url;
-          o.save();
+          saveNow();
         },
         onProgress(sent) {
           if (sent > lastSent) {
@@ -345,7 +379,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
           arr[slot] = sent;
           progressOf(b);
         },
-        onSent: free,
+        onSent() {
+          sentAt = Date.now();
+          free();
+        },
         onRestart() {
           lastSent = 0;
           arr[slot] = 0;
@@ -357,11 +394,17 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         log: o.log,
       });
       onDisk -= length;
+      if (sentAt > flowingAt && lastSent >= length) {
+        flowRate.add(length, sentAt - flowingAt);
+        ended.pieces++;
+        ended.bytes += length;
+        ended.ms += sentAt - flowingAt;
+      }
       confirmed += length;
       rawSent += (b.rawBytes * length) / Math.max(1, b.size!);
       if (p) {
         p.done = true;
-        o.save();
+        saveSoon();
         if (b.parts!.every((x) => x.done)) track(finishBundle(s, b));
       } else {
         // the relay reads the bundle while the next pieces flow
@@ -415,6 +458,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     while (finishing.size) await Promise.all([...finishing]);
   } finally {
     clearInterval(sampler);
+    if (saveTimer) saveNow();
   }
   if (fatal) throw fatal;
   await sleep(0);

@@ -46,16 +46,45 @@ export const MAX_PIECE = 16 * 1024 * 1024;
 export const FIRST_PIECE = 1024 * 1024;
 
 /**
- * Wire bytes one piece (a bundle, or a partial of one) should carry: about `seconds` of one flow's throughput, so
- * the relay ingests bundles while the next arrive and a cut costs little; no more than a share of what is left, so
- * the last pieces still fill every flow.
+ * Wire bytes one piece (a bundle, or a partial of one) should carry: `seconds` of one flow's throughput, so the
+ * round trips a piece costs besides its bytes (creating its upload, the relay's answer: ~1.5 RTT) stay a small part
+ * of its time, and the CPU each piece costs at both ends (a tus upload, a bundle read: ~30 ms) a small part of the
+ * bytes; no more than a share of what is left, so the last pieces still fill every flow. By default the larger of
+ * 6 s and 30 round trips (overhead ~5%); bytes resume after a cut wherever they stopped, so a long piece costs
+ * nothing there.
  */
 export function pieceBytes(o: { perFlowBytesPerSec: number; rttMs: number; flows: number; remainingWireBytes: number; seconds?: number }): number {
-  const seconds = o.seconds ?? 4;
-  // a piece costs about two round trips besides its bytes (create, then the answer): keep those a small part
-  const byRate = o.perFlowBytesPerSec > 0 ? o.perFlowBytesPerSec * Math.max(seconds, (o.rttMs / 1000) * 10) : FIRST_PIECE;
+  const seconds = o.seconds ?? Math.max(6, (o.rttMs / 1000) * 30);
+  const byRate = o.perFlowBytesPerSec > 0 ? o.perFlowBytesPerSec * seconds : FIRST_PIECE;
   const share = o.remainingWireBytes > 0 ? o.remainingWireBytes / Math.max(1, o.flows) : MAX_PIECE;
   return Math.round(Math.max(MIN_PIECE, Math.min(MAX_PIECE, byRate, Math.max(share, MIN_PIECE))));
+}
+
+/**
+ * The rate one connection carries while it sends, from the last pieces sent (bytes over the time from their upload's
+ * start to their last byte). Not the push's rate divided by its connections: pieces waiting for their upload or
+ * their answer would count as slow flows, pieces would be sized smaller, and their round trips weigh more still.
+ */
+export class PieceRate {
+  private readonly recent: Array<{ bytes: number; ms: number }> = [];
+  constructor(private readonly keep = 16) {}
+
+  add(bytes: number, ms: number): void {
+    if (!(bytes > 0 && ms > 0)) return;
+    this.recent.push({ bytes, ms });
+    if (this.recent.length > this.keep) this.recent.shift();
+  }
+
+  /** bytes per second; 0 before the first piece */
+  rate(): number {
+    let bytes = 0;
+    let ms = 0;
+    for (const r of this.recent) {
+      bytes += r.bytes;
+      ms += r.ms;
+    }
+    return ms > 0 ? (bytes * 1000) / ms : 0;
+  }
 }
 
 /** the least wire bytes a connection is opened for when a short push starts wide */
