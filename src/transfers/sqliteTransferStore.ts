@@ -75,12 +75,27 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async close(): Promise<void> {
+    this.statements.clear();
     if (this.db?.open) this.db.close();
   }
 
+  /**
+   * A prepared statement, prepared once: each method runs a handful of fixed statements, and a bundle entry runs
+   * four of them (prepared anew: ~50 us each, and garbage). A statement used with pluck() is always used so.
+   */
+  private readonly statements = new Map<string, Database.Statement>();
+  private stmt(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
+
   async createTransfer(t: { id: string; label: string | null; createdAt: string; createdBy: string | null }, items: TransferItem[]): Promise<void> {
-    const insertT = this.db.prepare("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES (?, ?, ?, ?, 'open')");
-    const insertI = this.db.prepare(
+    const insertT = this.stmt("INSERT INTO transfers (id, label, created_at, created_by, state) VALUES (?, ?, ?, ?, 'open')");
+    const insertI = this.stmt(
       `INSERT INTO transfer_items (transfer_id, sop_instance_uid, sha256, size, study_instance_uid, series_instance_uid, state, reason, failure_code, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
@@ -93,7 +108,7 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async getTransfer(id: string): Promise<TransferRecord | null> {
-    const r = this.db.prepare("SELECT * FROM transfers WHERE id = ?").get(id) as TransferRow | undefined;
+    const r = this.stmt("SELECT * FROM transfers WHERE id = ?").get(id) as TransferRow | undefined;
     return r ? transferFromRow(r) : null;
   }
 
@@ -110,25 +125,25 @@ export class SqliteTransferStore implements TransferStore {
       args.push(q.state);
     }
     const sql = `SELECT * FROM transfers ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, rowid DESC LIMIT ?`;
-    return (this.db.prepare(sql).all(...args, q.limit) as TransferRow[]).map(transferFromRow);
+    return (this.stmt(sql).all(...args, q.limit) as TransferRow[]).map(transferFromRow);
   }
 
   async markCancelled(transferId: string, at: string): Promise<boolean> {
-    return this.db.prepare("UPDATE transfers SET cancelled_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
+    return this.stmt("UPDATE transfers SET cancelled_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async listItems(transferId: string): Promise<TransferItem[]> {
-    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? ORDER BY rowid").all(transferId) as TransferItemRow[];
+    const rows = this.stmt("SELECT * FROM transfer_items WHERE transfer_id = ? ORDER BY rowid").all(transferId) as TransferItemRow[];
     return rows.map(itemFromRow);
   }
 
   async getItem(transferId: string, sopInstanceUID: string): Promise<TransferItem | null> {
-    const r = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sop_instance_uid = ?").get(transferId, sopInstanceUID) as TransferItemRow | undefined;
+    const r = this.stmt("SELECT * FROM transfer_items WHERE transfer_id = ? AND sop_instance_uid = ?").get(transferId, sopInstanceUID) as TransferItemRow | undefined;
     return r ? itemFromRow(r) : null;
   }
 
   async findItemsBySha256(transferId: string, sha256: string): Promise<TransferItem[]> {
-    const rows = this.db.prepare("SELECT * FROM transfer_items WHERE transfer_id = ? AND sha256 = ?").all(transferId, sha256.toLowerCase()) as TransferItemRow[];
+    const rows = this.stmt("SELECT * FROM transfer_items WHERE transfer_id = ? AND sha256 = ?").all(transferId, sha256.toLowerCase()) as TransferItemRow[];
     return rows.map(itemFromRow);
   }
 
@@ -144,48 +159,48 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async studiesOf(transferId: string, limit: number): Promise<string[]> {
-    return this.db.prepare("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
+    return this.stmt("SELECT DISTINCT study_instance_uid FROM transfer_items WHERE transfer_id = ? AND study_instance_uid IS NOT NULL LIMIT ?").pluck().all(transferId, limit) as string[];
   }
 
   async transfersNaming(studyInstanceUID: string, limit: number): Promise<string[]> {
-    return this.db.prepare("SELECT DISTINCT transfer_id FROM transfer_items WHERE study_instance_uid = ? LIMIT ?").pluck().all(studyInstanceUID, limit) as string[];
+    return this.stmt("SELECT DISTINCT transfer_id FROM transfer_items WHERE study_instance_uid = ? LIMIT ?").pluck().all(studyInstanceUID, limit) as string[];
   }
 
   async countItems(transferId: string): Promise<Record<ItemState, number>> {
-    const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
+    const rows = this.stmt("SELECT state, COUNT(*) AS n FROM transfer_items WHERE transfer_id = ? GROUP BY state").all(transferId) as { state: ItemState; n: number }[];
     const out: Record<ItemState, number> = { present: 0, received: 0, missing: 0, failed: 0 };
     for (const r of rows) out[r.state] = r.n;
     return out;
   }
 
   async markComplete(transferId: string, at: string): Promise<boolean> {
-    return this.db.prepare("UPDATE transfers SET state = 'complete', completed_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
+    return this.stmt("UPDATE transfers SET state = 'complete', completed_at = ? WHERE id = ? AND state IN ('open','released') AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async markReleased(transferId: string, at: string): Promise<boolean> {
-    return this.db.prepare("UPDATE transfers SET state = 'released', released_at = ? WHERE id = ? AND state = 'open' AND cancelled_at IS NULL").run(at, transferId).changes === 1;
+    return this.stmt("UPDATE transfers SET state = 'released', released_at = ? WHERE id = ? AND state = 'open' AND cancelled_at IS NULL").run(at, transferId).changes === 1;
   }
 
   async setReceipt(transferId: string, receipt: SignedReceipt): Promise<void> {
-    this.db.prepare("UPDATE transfers SET receipt = ? WHERE id = ?").run(JSON.stringify(receipt), transferId);
+    this.stmt("UPDATE transfers SET receipt = ? WHERE id = ?").run(JSON.stringify(receipt), transferId);
   }
 
   async listCompleteWithoutReceipt(): Promise<string[]> {
-    return (this.db.prepare("SELECT id FROM transfers WHERE state = 'complete' AND receipt IS NULL").all() as { id: string }[]).map((r) => r.id);
+    return (this.stmt("SELECT id FROM transfers WHERE state = 'complete' AND receipt IS NULL").all() as { id: string }[]).map((r) => r.id);
   }
 
   async countTransfersByState(): Promise<Record<TransferRecord["state"], number>> {
-    return transferStateCounts(this.db.prepare("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1").all() as { state: TransferRecord["state"]; n: number }[]);
+    return transferStateCounts(this.stmt("SELECT CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled' ELSE state END AS state, COUNT(*) AS n FROM transfers GROUP BY 1").all() as { state: TransferRecord["state"]; n: number }[]);
   }
 
   async getUploadResult(uploadId: string, opts: { entries?: boolean } = {}): Promise<UploadResult | null> {
-    const r = this.db.prepare("SELECT result FROM upload_results WHERE upload_id = ?").get(uploadId) as { result: string } | undefined;
+    const r = this.stmt("SELECT result FROM upload_results WHERE upload_id = ?").get(uploadId) as { result: string } | undefined;
     return r ? assembleUploadResult(r.result, opts.entries === false ? null : (count) => this.listUploadEntries(uploadId, 0, count)) : null;
   }
 
   async saveUploadResult(result: UploadResult): Promise<void> {
-    this.db
-      .prepare(
+    this
+      .stmt(
         `INSERT INTO upload_results (upload_id, transfer_id, state, finished_at, result) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (upload_id) DO UPDATE SET transfer_id = excluded.transfer_id, state = excluded.state, finished_at = excluded.finished_at, result = excluded.result`,
       )
@@ -193,19 +208,19 @@ export class SqliteTransferStore implements TransferStore {
   }
 
   async putUploadEntries(uploadId: string, first: number, entries: readonly UploadEntryResult[]): Promise<void> {
-    const put = this.db.prepare("INSERT OR REPLACE INTO upload_result_entries (upload_id, seq, entry) VALUES (?, ?, ?)");
+    const put = this.stmt("INSERT OR REPLACE INTO upload_result_entries (upload_id, seq, entry) VALUES (?, ?, ?)");
     this.db.transaction(() => entries.forEach((e, i) => put.run(uploadId, first + i, JSON.stringify(e))))();
   }
 
   async listUploadEntries(uploadId: string, first: number, limit: number): Promise<UploadEntryResult[]> {
-    const rows = this.db.prepare("SELECT entry FROM upload_result_entries WHERE upload_id = ? AND seq >= ? ORDER BY seq LIMIT ?").pluck().all(uploadId, first, limit) as string[];
+    const rows = this.stmt("SELECT entry FROM upload_result_entries WHERE upload_id = ? AND seq >= ? ORDER BY seq LIMIT ?").pluck().all(uploadId, first, limit) as string[];
     return rows.map((e) => JSON.parse(e) as UploadEntryResult);
   }
 
   async deleteUploadResultsBefore(iso: string): Promise<number> {
     return this.db.transaction(() => {
-      this.db.prepare("DELETE FROM upload_result_entries WHERE upload_id IN (SELECT upload_id FROM upload_results WHERE state = 'done' AND finished_at < ?)").run(iso);
-      return this.db.prepare("DELETE FROM upload_results WHERE state = 'done' AND finished_at < ?").run(iso).changes;
+      this.stmt("DELETE FROM upload_result_entries WHERE upload_id IN (SELECT upload_id FROM upload_results WHERE state = 'done' AND finished_at < ?)").run(iso);
+      return this.stmt("DELETE FROM upload_results WHERE state = 'done' AND finished_at < ?").run(iso).changes;
     })();
   }
 }

@@ -589,6 +589,34 @@ describe("adaptive flows", () => {
     expect(Math.min(...levels.slice(40_000 / 250)), history).toBeGreaterThanOrEqual(10);
   });
 
+  it("a step down is kept only if each connection got faster by as much: a window whose aggregate reads 'as fast' by noise does not walk capped connections down", () => {
+    // every connection is capped at 250 kB/s (a lossy path, the link not full), but the confirmed bytes read the same
+    // aggregate whatever the level (bursts of answers): only the pieces' own times show that fewer flows carry less
+    const run = (pieceTimes: boolean) => {
+      const c = new FlowController({ min: 1, max: 64, initial: 32, windowMs: 1000 });
+      const ended = { pieces: 0, bytes: 0, ms: 0 };
+      let carry = 0;
+      const levels: number[] = [];
+      for (let t = 0; t <= 120_000; t += 250) {
+        // pieces of 1 MB, 4 s each on one connection: level / 16 of them end per 250 ms
+        carry += c.flows / 16;
+        const n = Math.floor(carry);
+        carry -= n;
+        ended.pieces += n;
+        ended.bytes += n * 1_000_000;
+        ended.ms += n * 4000;
+        c.sample({ t, bytes: t * 8000, busy: c.flows, errors: 0, ...(pieceTimes ? { pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms } : {}) });
+        levels.push(c.flows);
+      }
+      return { late: Math.min(...levels.slice(20_000 / 250)), history: c.history.map((h) => `${h.level} ${h.why}`).join("; ") };
+    };
+    const timed = run(true);
+    expect(timed.late, timed.history).toBeGreaterThanOrEqual(32);
+    expect(timed.history).toMatch(/fewer flows lost rate/);
+    // judged by the aggregate alone, each probe down looks free and the level walks down
+    expect(run(false).late).toBeLessThan(20);
+  });
+
   it("windows without work for every flow are not judged (the end of a study)", () => {
     const c = new FlowController({ min: 1, max: 64, initial: 8, windowMs: 1000 });
     for (let t = 0; t <= 10_000; t += 250) c.sample({ t, bytes: t * 100, busy: 2, errors: 0 });

@@ -135,6 +135,7 @@ export class FlowController {
     if (this.fast && this.saturated && this.climbEarly(s)) return this.level;
     if (s.t - this.start.t < this.windowMs) return this.level;
     const rate = ((s.bytes - this.start.bytes) * 1000) / (s.t - this.start.t);
+    const flowRate = windowFlowRate(this.start, s);
     const errors = s.errors - this.start.errors;
     const judged = this.saturated;
     this.start = s;
@@ -151,33 +152,39 @@ export class FlowController {
     const t = this.trial;
     if (t) {
       this.trial = null;
+      // each connection's own rate, where both windows have it: confirmed bytes arrive a piece at a time and in
+      // bursts, so the aggregate of a window can read tens of percent off; a connection's pieces are timed one by one
+      const each = flowRate !== undefined && t.flowRate !== undefined ? flowRate / t.flowRate : undefined;
       if (t.dir === "up") {
-        if (rate >= t.rate * (1 + this.gain)) {
+        // more flows pay if the aggregate grew and the connections did not each slow down (a full link shares itself)
+        if (rate >= t.rate * (1 + this.gain) && (each === undefined || each >= 0.85)) {
           // it paid: keep climbing
-          this.step("up", rate, "more flows paid");
+          this.step("up", rate, "more flows paid", flowRate);
         } else {
           this.fast = false;
           this.held = 0;
           this.set(t.from, rate, "more flows did not pay");
         }
-      } else if (rate < t.rate * (1 - this.gain / 4)) {
+      } else if (rate < t.rate * (1 - this.gain / 4) || (each !== undefined && each < (t.from / this.level) * 0.85)) {
+        // fewer flows are as fast only if each got faster by as much (they shared a full link); connections each
+        // capped (a lossy path) stay as fast each, and then fewer of them carry less, whatever one window read
         // fewer flows must keep (nearly) all of the rate: too many flows cost little, too few cost the link
         this.held = 0;
         this.set(t.from, rate, "fewer flows lost rate");
       } else {
         // as fast with fewer: keep the lower level and try lower still
-        this.step("down", rate, "fewer flows as fast");
+        this.step("down", rate, "fewer flows as fast", flowRate);
       }
       return this.level;
     }
     if (this.fast) {
-      this.step("up", rate, "start");
+      this.step("up", rate, "start", flowRate);
       return this.level;
     }
     // holding: probe now and then, up and down in turn (the link's share changes at busy hours)
     if (++this.held >= this.probeEvery) {
       this.held = 0;
-      this.step(this.probes++ % 2 === 0 ? "up" : "down", rate, "probe");
+      this.step(this.probes++ % 2 === 0 ? "up" : "down", rate, "probe", flowRate);
     }
     return this.level;
   }
@@ -230,6 +237,13 @@ export class FlowController {
 }
 
 const clamp = (x: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, x));
+
+/** each connection's rate while sending over a window (pieces ended in it), when at least 4 ended; else undefined */
+function windowFlowRate(a: FlowSample, b: FlowSample): number | undefined {
+  if (a.pieces === undefined || b.pieces === undefined || a.pieceBytes === undefined || b.pieceBytes === undefined || a.pieceMs === undefined || b.pieceMs === undefined) return undefined;
+  if (b.pieces - a.pieces < 4 || b.pieceMs <= a.pieceMs) return undefined;
+  return ((b.pieceBytes - a.pieceBytes) * 1000) / (b.pieceMs - a.pieceMs);
+}
 
 /** A fixed number of flows (--parallel N): the same interface, no adaptation. */
 export class FixedFlows {
