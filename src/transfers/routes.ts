@@ -18,6 +18,9 @@ import { ConcatError, RESERVED_METADATA_KEYS, parseUploadConcat, publicMetadata,
 /** tus upload ids are what the stores generate: letters, digits, '-' and '_' (never a dot or a slash) */
 const UPLOAD_ID = /^[A-Za-z0-9_-]{1,128}$/;
 
+/** POST /api/transfers with this header set to 1: only the token's right to create transfers is checked (204) */
+export const PROBE_HEADER = "X-Dicom-Relay-Probe";
+
 export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
 
 export interface TransferRoutesOptions {
@@ -80,6 +83,12 @@ export function transfersRouter(
   // a manifest line is ~250 bytes of JSON; leave room for whitespace
   const limitMb = Math.max(1, Math.ceil((config.transfers.maxManifestInstances * 400) / (1024 * 1024)));
   api.post("/api/transfers", express.json({ limit: `${limitMb}mb`, type: ["application/json", "application/*+json"] }), async (req, res) => {
+    // the uploader's check before it reads a folder: may this token create transfers? The access check above has
+    // answered 401/403 already; nothing is created, nothing logged as a failure (it was an empty manifest's 400)
+    if (req.get(PROBE_HEADER) === "1") {
+      res.status(204).end();
+      return;
+    }
     if (!req.is("application/json") && !req.is("application/*+json")) {
       throw new HttpError(415, "send the manifest as application/json");
     }

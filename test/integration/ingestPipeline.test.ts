@@ -99,4 +99,17 @@ describe("ingest pipeline: in memory or spooled", () => {
     expect(pipeline.heldInMemoryBytes).toBe(0);
     expect(fs.readdirSync(spoolDir())).toEqual([]);
   });
+
+  it("discard frees a spooled instance that will not be ingested (a bundle entry matching no manifest line): memory and spool file", async () => {
+    const small = await pipeline.spool(chunked(makeInstance({ rows: 32, columns: 32, seed: 500 })));
+    const large = await pipeline.spool(chunked(makeInstance({ rows: 256, columns: 256, seed: 501 })));
+    expect((small as SpooledInstance).path).toBeNull();
+    expect(pipeline.heldInMemoryBytes).toBe((small as SpooledInstance).size);
+    const file = (large as SpooledInstance).path!;
+    expect(fs.existsSync(file)).toBe(true);
+    await pipeline.discard(small as SpooledInstance);
+    await pipeline.discard(large as SpooledInstance);
+    expect(pipeline.heldInMemoryBytes).toBe(0);
+    expect(fs.readdirSync(spoolDir())).toEqual([]);
+  });
 });

@@ -565,6 +565,18 @@ describe("dicom-relay push with access control", () => {
     const mk = async (scopes: string[]) => (await request(relay.url).post("/api/admin/tokens").set("Authorization", `Bearer ${admin}`).send({ scopes, label: scopes.join("+") })).body.token as string;
     const readToken = await mk(["read"]);
     const uploadToken = await mk(["upload"]);
+    // the check the push makes first (raw HTTP): 204 for a token that may create transfers, nothing created;
+    // the access check's 401/403 otherwise
+    const probe = (token: string | null) => {
+      const r = request(relay.url).post("/api/transfers").set("X-Dicom-Relay-Probe", "1").send({ instances: [] });
+      return token ? r.set("Authorization", `Bearer ${token}`) : r;
+    };
+    const transfers = async () => ((await request(relay.url).get("/api/transfers?limit=1000").set("Authorization", `Bearer ${admin}`)).body.transfers as unknown[]).length;
+    const before = await transfers();
+    expect((await probe(uploadToken)).status).toBe(204);
+    expect((await probe(readToken)).status).toBe(403);
+    expect((await probe(null)).status).toBe(401);
+    expect(await transfers()).toBe(before);
     const src = path.join(work, "cd");
     const study = await writeStudy(src, { instances: 3, rows: 32, columns: 32, seed: 17 });
     const common = [src, "--to", proxy.url, "--cache-dir", path.join(work, "cache"), "--receipt-dir", path.join(work, "receipts")];

@@ -168,8 +168,9 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<Checked> {
   const endpoint = `${opts.relay}/api/uploads`;
   const [key, probe, offer] = await Promise.all([
     api.request("GET", RECEIPT_KEY_PATH, { attempts: 3, timeoutMs: 30_000 }),
-    // an empty manifest: the access check answers 401/403 before the manifest is read, a permitted token gets 400
-    api.request("POST", "/api/transfers", { json: { instances: [] }, attempts: 3, timeoutMs: 30_000 }),
+    // the access check answers 401/403 before anything else; a permitted token gets 204 (X-Dicom-Relay-Probe), or
+    // from a relay older than that header, 400 for the empty manifest
+    api.request("POST", "/api/transfers", { json: { instances: [] }, headers: { "X-Dicom-Relay-Probe": "1" }, attempts: 3, timeoutMs: 30_000 }),
     tusOffer(api, endpoint),
   ]);
   if (key.status !== 200 || !/"kty"/.test(key.text)) {
@@ -183,7 +184,7 @@ async function preflight(api: RelayApi, opts: PushOptions): Promise<Checked> {
     throw new CouldNotRun(opts.token ? `the relay refused the token (401: ${errorText(probe.text)}); check it with whoever gave it to you` : "the relay needs an access token: add --token <token> (or set DICOM_RELAY_TOKEN)");
   }
   if (probe.status === 403) throw new CouldNotRun(`this token may not send studies (403: ${errorText(probe.text)}); ask for a token with upload scope`);
-  if (probe.status !== 400) throw new CouldNotRun(`the relay answered ${probe.status} to a test request (${errorText(probe.text)}); it may be a different version`);
+  if (probe.status !== 204 && probe.status !== 400) throw new CouldNotRun(`the relay answered ${probe.status} to a test request (${errorText(probe.text)}); it may be a different version`);
   // the round trip sizes the flow controller's window: a small request on a connection already open (the first
   // requests also paid for opening theirs); asked now, it comes back while the manifest is on its way
   const rttMs = (async () => {
