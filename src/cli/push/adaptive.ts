@@ -8,6 +8,9 @@
  * is undone and the level held, probing a step up or down every few windows (a step down that keeps the rate is
  * kept: as fast with fewer connections). Errors (resets, timeouts, 5xx) in a window cut the level by a third.
  * A window in which fewer flows had work than the level allows is not judged (nothing to learn).
+ * When the sender also gives each connection's own rate while sending (pieces timed one by one), it is the
+ * cross-check: while doubling, the next step comes as soon as added connections carry as much each as before, and a
+ * step down is kept only if each connection got faster by as much.
  */
 
 export interface FlowControllerOptions {
@@ -156,8 +159,9 @@ export class FlowController {
       // bursts, so the aggregate of a window can read tens of percent off; a connection's pieces are timed one by one
       const each = flowRate !== undefined && t.flowRate !== undefined ? flowRate / t.flowRate : undefined;
       if (t.dir === "up") {
-        // more flows pay if the aggregate grew and the connections did not each slow down (a full link shares itself)
-        if (rate >= t.rate * (1 + this.gain) && (each === undefined || each >= 0.85)) {
+        // more flows pay if the aggregate grew (judged by the aggregate alone: when the machine, not the link, is
+        // the limit, each connection slows down as flows are added, and yet more flows still carry more)
+        if (rate >= t.rate * (1 + this.gain)) {
           // it paid: keep climbing
           this.step("up", rate, "more flows paid", flowRate);
         } else {

@@ -152,9 +152,14 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const rate = wireMeter.rate();
     if (controller instanceof FlowController && rate > 0) {
       const piece = currentPiece();
-      controller.setWindow(Math.min(15_000, (PIECES_PER_WINDOW * piece * 1000) / rate));
+      // one piece's time on one connection (from each connection's own rate; the push's rate over its connections
+      // counts those waiting for an answer as slow, and read 2-3 times too long while climbing)
+      const each = flowRate.rate() || (active > 0 ? rate / active : 0);
+      const pieceMs = each > 0 ? (piece * 1000) / each : 0;
+      // and at least two of those: confirmed bytes arrive a piece at a time, in bursts when the relay is busy
+      controller.setWindow(Math.min(15_000, Math.max((PIECES_PER_WINDOW * piece * 1000) / rate, 2 * pieceMs)));
       // a new connection's bytes count once its first piece has ended: settle for a piece's time on one connection
-      if (active > 0) controller.setSettle(Math.min(15_000, (piece * 1000) / (rate / active) + o.rttMs));
+      if (pieceMs > 0) controller.setSettle(Math.min(15_000, pieceMs + o.rttMs));
     }
     controller.sample({ t, bytes: confirmed, busy: active, errors, pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
