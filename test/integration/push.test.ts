@@ -262,7 +262,7 @@ describe("dicom-relay push through an unreliable link", () => {
     const gate = http.createServer((req, res) => {
       const at = Date.now();
       const reqPath = req.url ?? "";
-      const busy = (req.method === "PATCH" && plan.patch503 > 0) || (req.method === "POST" && reqPath === "/api/transfers" && plan.transfers503 > 0 && seen.some((s) => s.method === "POST" && s.status === 400));
+      const busy = (req.method === "PATCH" && plan.patch503 > 0) || (req.method === "POST" && reqPath === "/api/transfers" && plan.transfers503 > 0 && !req.headers["x-dicom-relay-probe"]);
       if (busy) {
         if (req.method === "PATCH") plan.patch503--;
         else plan.transfers503--;

@@ -666,18 +666,18 @@ describe("sizing pieces and compression", () => {
     expect(r.rate()).toBe(1_000_000);
   });
 
-  it("a short push opens a connection per 512 kB share at once (within the bound); a long one starts at 16 and climbs", () => {
+  it("a short push opens a connection per 512 kB share at once (within the bound); a long one starts at 32 and climbs", () => {
     // 31 MB on the wire (the bench's 120-slice CT): over before a climb from 16 could pay
     expect(initialFlows(31e6, 64)).toBe(Math.ceil(31e6 / MIN_SHARE));
     expect(initialFlows(64 * FIRST_PIECE, 64)).toBe(64);
     expect(initialFlows(31e6, 20)).toBe(20);
     // a few MB: no fewer than a long push starts with
-    expect(initialFlows(2e6, 64)).toBe(16);
+    expect(initialFlows(2e6, 64)).toBe(32);
     expect(initialFlows(2e6, 8)).toBe(8);
     // a 3 GB study, or anything past one first piece per connection: 16, then the controller climbs
-    expect(initialFlows(64 * FIRST_PIECE + 1, 64)).toBe(16);
-    expect(initialFlows(64 * FIRST_PIECE + 1, 20)).toBe(16);
-    expect(initialFlows(1.5e9, 64)).toBe(16);
+    expect(initialFlows(64 * FIRST_PIECE + 1, 64)).toBe(32);
+    expect(initialFlows(64 * FIRST_PIECE + 1, 20)).toBe(20);
+    expect(initialFlows(1.5e9, 64)).toBe(32);
   });
 
   it("a large bundle is split in contiguous ranges covering it exactly; small ones and one flow are not", () => {

@@ -10,6 +10,7 @@ import fsp from "node:fs/promises";
 import path from "node:path";
 import { fileSource, readPart10 } from "../../dicom/part10.ts";
 import { InstanceRejectedError } from "../../dicom/failureReasons.ts";
+import { FileHasher } from "./hashWorker.ts";
 import type { DicomJsonDataset } from "../../dicom/types.ts";
 
 /** MediaStorageSOPClassUID of a DICOMDIR (Media Storage Directory Storage, PS3.10) */
@@ -176,6 +177,8 @@ const HEADER_OPTS = { maxHeaderBytes: 64 * 1024 * 1024, bulkDataThreshold: 1024 
 
 /** Files examined at once: reads wait on the disk, hashing and parsing on the CPU; several overlap the two. */
 const SCAN_CONCURRENCY = 4;
+/** folders of at least this many files hash on worker threads (hashWorker.ts) */
+const HASH_THREAD_FROM_FILES = 32;
 const HASH_CHUNK = 1024 * 1024;
 /** read buffers reused across files (one per file being examined): no garbage per chunk */
 const hashBuffers: Buffer[] = [];
@@ -199,7 +202,7 @@ async function sha256Open(fd: fsp.FileHandle, size: number): Promise<string> {
 
 type FileVerdict = { instance: FoundInstance } | { other: OtherFile } | { broken: BrokenFile } | { dicomdir: true };
 
-async function examine(file: string, st: fs.Stats, documents: boolean): Promise<FileVerdict> {
+async function examine(file: string, st: fs.Stats, documents: boolean, hasher: FileHasher | null): Promise<FileVerdict> {
   const fd = await fsp.open(file, "r");
   try {
     const head = Buffer.alloc(Math.min(st.size, 4096));
@@ -207,6 +210,9 @@ async function examine(file: string, st: fs.Stats, documents: boolean): Promise<
     const c = classifyHead(head, st.size);
     if (c.kind === "dicomdir") return { dicomdir: true };
     if (c.kind !== "part10") return { other: { path: file, size: st.size, kind: c.kind, sentence: otherSentence(c.kind, documents) } };
+    // the whole file's hash on a worker thread while this one parses the header
+    const hashing = hasher ? hasher.hash(file, st.size) : null;
+    hashing?.catch(() => undefined); // awaited below, or not needed (a broken header)
     let parsed;
     try {
       parsed = await readPart10(fileSource(fd, st.size), HEADER_OPTS);
@@ -220,7 +226,7 @@ async function examine(file: string, st: fs.Stats, documents: boolean): Promise<
         path: file,
         size: st.size,
         mtimeMs: st.mtimeMs,
-        sha256: await sha256Open(fd, st.size),
+        sha256: await (hashing ?? sha256Open(fd, st.size)),
         sopInstanceUID: parsed.sopInstanceUID,
         sopClassUID: parsed.sopClassUID,
         transferSyntaxUID: parsed.transferSyntaxUID,
@@ -278,7 +284,7 @@ export interface ScanOptions {
 }
 
 /** One file's verdict: from the cache of an earlier run when size and mtime are unchanged, else read. */
-async function examineCached(file: string, opts: ScanOptions): Promise<{ st: fs.Stats; verdict: FileVerdict } | { unreadable: string }> {
+async function examineCached(file: string, opts: ScanOptions, hasher: FileHasher | null): Promise<{ st: fs.Stats; verdict: FileVerdict } | { unreadable: string }> {
   let st: fs.Stats;
   try {
     st = await fsp.stat(file);
@@ -290,7 +296,7 @@ async function examineCached(file: string, opts: ScanOptions): Promise<{ st: fs.
     return { st, verdict: old.instance ? { instance: old.instance } : old.other ? { other: { ...old.other, sentence: otherSentence(old.other.kind, opts.documents) } } : old.broken ? { broken: old.broken } : { dicomdir: true } };
   }
   try {
-    return { st, verdict: await examine(file, st, opts.documents) };
+    return { st, verdict: await examine(file, st, opts.documents, hasher) };
   } catch (err) {
     return { st, verdict: { broken: { path: file, size: st.size, reason: `could not be read: ${(err as Error).message}` } } };
   }
@@ -306,11 +312,17 @@ export async function scanFolder(root: string, opts: ScanOptions): Promise<{ res
   const examined: Array<{ st: fs.Stats; verdict: FileVerdict } | { unreadable: string }> = new Array(files.length);
   let done = 0;
   const indexes = files.map((_, i) => i);
-  await forEachBounded(indexes, SCAN_CONCURRENCY, async (i) => {
-    const file = files[i]!;
-    examined[i] = await examineCached(file, opts);
-    opts.onFile?.(++done, files.length);
-  }, () => !!opts.signal?.aborted);
+  // a worker thread costs a few tens of ms to start: worth it for a folder, not for a handful of files
+  const hasher = files.length >= HASH_THREAD_FROM_FILES ? new FileHasher() : null;
+  try {
+    await forEachBounded(indexes, SCAN_CONCURRENCY, async (i) => {
+      const file = files[i]!;
+      examined[i] = await examineCached(file, opts, hasher);
+      opts.onFile?.(++done, files.length);
+    }, () => !!opts.signal?.aborted);
+  } finally {
+    await hasher?.close();
+  }
   opts.signal?.throwIfAborted();
   for (const [i, file] of files.entries()) {
     const e = examined[i]!;

@@ -161,7 +161,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       // a new connection's bytes count once its first piece has ended: settle for a piece's time on one connection
       if (pieceMs > 0) controller.setSettle(Math.min(15_000, pieceMs + o.rttMs));
     }
-    controller.sample({ t, bytes: confirmed, busy: active, errors, pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms });
+    // pieces waiting in the queue: the push had work for every allowed flow (fewer sending means the uploads the
+    // relay lets one token run are taken by pieces waiting for their answer; the level is still what limits)
+    const busy = queue.length > 0 ? Math.max(active, controller.flows) : active;
+    controller.sample({ t, bytes: confirmed, busy, errors, pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
       o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length}, window ${(controller.window / 1000).toFixed(1)} s)`);
