@@ -14,9 +14,6 @@ export function observingIngestor(inner: Ingestor, onResult: (result: IngestResu
     async ingestStream(body: Readable, opts?: IngestOptions) {
       return note(await inner.ingestStream(body, opts), opts);
     },
-    async ingestFile(p: string, opts?: IngestOptions) {
-      return note(await inner.ingestFile(p, opts), opts);
-    },
     async spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult> {
       const s = await inner.spool(body, opts);
       return "status" in s ? note(s, opts) : s;

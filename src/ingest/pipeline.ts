@@ -11,7 +11,7 @@ import fsp from "node:fs/promises";
 import path from "node:path";
 import { once } from "node:events";
 import { Readable } from "node:stream";
-import { finished, pipeline } from "node:stream/promises";
+import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { isIndexUnavailable, type Index, type InstanceRecord } from "../catalog/index.ts";
@@ -151,7 +151,7 @@ export class IngestPipeline implements Ingestor {
     }
     const moved = { intoStorage: false };
     try {
-      return await this.ingestSpooled({ path: spooled.path, owned: true, moved }, spooled.sha256, spooled.size, opts);
+      return await this.ingestSpooled({ path: spooled.path, moved }, spooled.sha256, spooled.size, opts);
     } finally {
       // a spool file renamed into storage is gone already: no lstat and unlink for nothing
       if (!moved.intoStorage) await fsp.rm(spooled.path, { force: true });
@@ -163,23 +163,12 @@ export class IngestPipeline implements Ingestor {
     else await fsp.rm(spooled.path, { force: true });
   }
 
-  async ingestFile(filePath: string, opts: IngestOptions = {}): Promise<IngestResult> {
-    const st = await fsp.stat(filePath);
-    if (st.size > this.deps.config.maxInstanceBytes) {
-      return this.fail(opts, FailureReason.OutOfResources,
-        `the instance is larger than the relay accepts (${this.deps.config.maxInstanceBytes} bytes)`);
-    }
-    const hash = crypto.createHash("sha256");
-    await pipeline(fs.createReadStream(filePath, { highWaterMark: 1 << 20 }), hash);
-    return this.ingestSpooled({ path: filePath, owned: false }, hash.digest("hex"), st.size, opts);
-  }
-
   /**
-   * The instance is complete and hashed: in memory, or in a file (owned: it may be moved into storage, and then
+   * The instance is complete and hashed: in memory, or in a spool file (moved into storage when stored, and then
    * moved.intoStorage says so).
    */
   private async ingestSpooled(
-    from: { chunks: Buffer[] } | { path: string; owned: boolean; moved?: { intoStorage: boolean } },
+    from: { chunks: Buffer[] } | { path: string; moved: { intoStorage: boolean } },
     sha256: string,
     size: number,
     opts: IngestOptions,
@@ -245,10 +234,10 @@ export class IngestPipeline implements Ingestor {
       try {
         // the hash is the one computed while spooling: S3 checks the bytes against it instead of hashing again
         if ("chunks" in from) await (store.putBuffers ? store.putBuffers(blobKey, from.chunks, { size, sha256 }) : store.put(blobKey, Readable.from(from.chunks), { size, sha256 }));
-        else if (from.owned) {
+        else {
           await store.putFile(blobKey, from.path, { sha256 });
-          if (from.moved) from.moved.intoStorage = true;
-        } else await store.put(blobKey, fs.createReadStream(from.path, { highWaterMark: 1 << 20 }), { size, sha256 });
+          from.moved.intoStorage = true;
+        }
       } catch (err) {
         log.error({ err, sopInstanceUID: parsed.sopInstanceUID }, "storing an instance failed");
         const unavailable = err instanceof StorageUnavailableError;

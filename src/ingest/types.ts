@@ -66,8 +66,6 @@ export interface SpooledInstance {
 export interface Ingestor {
   /** Ingest one Part-10 instance read from a stream. Never throws for bad input: returns failed. */
   ingestStream(body: Readable, opts?: IngestOptions): Promise<IngestResult>;
-  /** Ingest one Part-10 file already on local disk (a finished tus upload); the file is left in place. */
-  ingestFile(path: string, opts?: IngestOptions): Promise<IngestResult>;
   /** ingestStream in two halves, so a reader can overlap reading the next instance with storing this one */
   spool(body: Readable, opts?: IngestOptions): Promise<SpooledInstance | IngestResult>;
   ingestSpool(spooled: SpooledInstance, opts?: IngestOptions): Promise<IngestResult>;

@@ -664,6 +664,8 @@ describe("sizing pieces and compression", () => {
     r.add(0, 10);
     r.add(10, 0);
     expect(r.rate()).toBe(1_000_000);
+    // the totals (what the flow controller reads) count every piece, not only the last four
+    expect(r.total).toEqual({ pieces: 6, bytes: 4_750_000, ms: 7000 });
   });
 
   it("a short push opens a connection per 512 kB share at once (within the bound); a long one starts at 32 and climbs", () => {

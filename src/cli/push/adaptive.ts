@@ -170,9 +170,9 @@ export class FlowController {
           this.set(t.from, rate, "more flows did not pay");
         }
       } else if (rate < t.rate * (1 - this.gain / 4) || (each !== undefined && each < (t.from / this.level) * 0.85)) {
-        // fewer flows are as fast only if each got faster by as much (they shared a full link); connections each
-        // capped (a lossy path) stay as fast each, and then fewer of them carry less, whatever one window read
-        // fewer flows must keep (nearly) all of the rate: too many flows cost little, too few cost the link
+        // fewer flows must keep (nearly) all of the rate (too many flows cost little, too few cost the link), and
+        // each must have got faster by as much (they shared a full link): connections each capped by a lossy path
+        // stay as fast each, and then fewer of them carry less, whatever one window read
         this.held = 0;
         this.set(t.from, rate, "fewer flows lost rate");
       } else {
@@ -201,10 +201,8 @@ export class FlowController {
    * window judges the step by the aggregate rate, as without this signal.
    */
   private climbEarly(s: FlowSample): boolean {
-    const w = this.start!;
-    if (s.pieces === undefined || w.pieces === undefined || s.pieceBytes === undefined || w.pieceBytes === undefined || s.pieceMs === undefined || w.pieceMs === undefined) return false;
-    if (s.pieces - w.pieces < Math.max(4, Math.ceil(this.level / 4)) || s.pieceMs <= w.pieceMs) return false;
-    const flowRate = ((s.pieceBytes - w.pieceBytes) * 1000) / (s.pieceMs - w.pieceMs);
+    const flowRate = windowFlowRate(this.start!, s, Math.max(4, Math.ceil(this.level / 4)));
+    if (flowRate === undefined) return false;
     // the reference a later window judges the step by: what this level carries with every connection sending (the
     // confirmed bytes of so short a window would be noise)
     const rate = flowRate * this.level;
@@ -242,10 +240,10 @@ export class FlowController {
 
 const clamp = (x: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, x));
 
-/** each connection's rate while sending over a window (pieces ended in it), when at least 4 ended; else undefined */
-function windowFlowRate(a: FlowSample, b: FlowSample): number | undefined {
+/** each connection's rate while sending between two samples (pieces ended in between), when at least minPieces ended */
+function windowFlowRate(a: FlowSample, b: FlowSample, minPieces = 4): number | undefined {
   if (a.pieces === undefined || b.pieces === undefined || a.pieceBytes === undefined || b.pieceBytes === undefined || a.pieceMs === undefined || b.pieceMs === undefined) return undefined;
-  if (b.pieces - a.pieces < 4 || b.pieceMs <= a.pieceMs) return undefined;
+  if (b.pieces - a.pieces < minPieces || b.pieceMs <= a.pieceMs) return undefined;
   return ((b.pieceBytes - a.pieceBytes) * 1000) / (b.pieceMs - a.pieceMs);
 }
 

@@ -115,20 +115,33 @@ export class FileHasher {
   }
 }
 
-/** The same, on the calling thread (async reads, a reused buffer). */
-async function hashHere(file: string, size: number): Promise<string> {
+const HASH_CHUNK = 1024 * 1024;
+/** read buffers reused across files (one per file being hashed on this thread): no garbage per chunk */
+const hashBuffers: Buffer[] = [];
+
+/** SHA-256 of the first `size` bytes of an open file, on the calling thread, through a reused buffer. */
+export async function sha256Open(fd: fs.promises.FileHandle, size: number): Promise<string> {
   const h = crypto.createHash("sha256");
-  const fd = await fs.promises.open(file, "r");
-  const buf = Buffer.allocUnsafe(Math.min(size, 1024 * 1024) || 1);
+  const buf = hashBuffers.pop() ?? Buffer.allocUnsafe(HASH_CHUNK);
   try {
     for (let pos = 0; pos < size; ) {
-      const { bytesRead } = await fd.read(buf, 0, Math.min(buf.length, size - pos), pos);
+      const { bytesRead } = await fd.read(buf, 0, Math.min(HASH_CHUNK, size - pos), pos);
       if (bytesRead === 0) throw new Error("the file became shorter while it was read");
       h.update(buf.subarray(0, bytesRead));
       pos += bytesRead;
     }
   } finally {
-    await fd.close();
+    hashBuffers.push(buf);
   }
   return h.digest("hex");
+}
+
+/** The same for a file by name: where no worker could be started, or one died. */
+async function hashHere(file: string, size: number): Promise<string> {
+  const fd = await fs.promises.open(file, "r");
+  try {
+    return await sha256Open(fd, size);
+  } finally {
+    await fd.close();
+  }
 }

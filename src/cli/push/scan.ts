@@ -3,14 +3,13 @@
  * extension, nested folders), and saying plainly what everything else is. Headers are read with the project's
  * Part-10 reader by positional reads (bulk data is never read); the SHA-256 of each instance is streamed.
  */
-import crypto from "node:crypto";
 import { forEachBounded } from "../../bounded.ts";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
 import { fileSource, readPart10 } from "../../dicom/part10.ts";
 import { InstanceRejectedError } from "../../dicom/failureReasons.ts";
-import { FileHasher } from "./hashWorker.ts";
+import { FileHasher, sha256Open } from "./hashWorker.ts";
 import type { DicomJsonDataset } from "../../dicom/types.ts";
 
 /** MediaStorageSOPClassUID of a DICOMDIR (Media Storage Directory Storage, PS3.10) */
@@ -179,27 +178,6 @@ const HEADER_OPTS = { maxHeaderBytes: 64 * 1024 * 1024, bulkDataThreshold: 1024 
 const SCAN_CONCURRENCY = 4;
 /** folders of at least this many files hash on worker threads (hashWorker.ts) */
 const HASH_THREAD_FROM_FILES = 32;
-const HASH_CHUNK = 1024 * 1024;
-/** read buffers reused across files (one per file being examined): no garbage per chunk */
-const hashBuffers: Buffer[] = [];
-
-/** SHA-256 of an open file, read in place through a reused buffer. */
-async function sha256Open(fd: fsp.FileHandle, size: number): Promise<string> {
-  const h = crypto.createHash("sha256");
-  const buf = hashBuffers.pop() ?? Buffer.allocUnsafe(HASH_CHUNK);
-  try {
-    for (let pos = 0; pos < size; ) {
-      const { bytesRead } = await fd.read(buf, 0, Math.min(HASH_CHUNK, size - pos), pos);
-      if (bytesRead === 0) throw new Error("the file became shorter while it was read");
-      h.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
-    }
-  } finally {
-    hashBuffers.push(buf);
-  }
-  return h.digest("hex");
-}
-
 type FileVerdict = { instance: FoundInstance } | { other: OtherFile } | { broken: BrokenFile } | { dicomdir: true };
 
 async function examine(file: string, st: fs.Stats, documents: boolean, hasher: FileHasher | null): Promise<FileVerdict> {

@@ -87,10 +87,9 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   let firstByteAt: number | null = null;
   let flowsMax = 0;
   const wireMeter = new RateMeter(8000);
-  // what one connection carries while it sends: the rate pieces are sized by
+  // what one connection carries while it sends: the rate pieces are sized by, and (its totals) the flow
+  // controller's per-connection signal
   const flowRate = new PieceRate();
-  // pieces ended, their bytes and their sending time (summed): the flow controller's per-connection signal
-  const ended = { pieces: 0, bytes: 0, ms: 0 };
   // compression measured as bundles are built
   let rawBuilt = 0;
   let wireBuilt = 0;
@@ -164,7 +163,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     // pieces waiting in the queue: the push had work for every allowed flow (fewer sending means the uploads the
     // relay lets one token run are taken by pieces waiting for their answer; the level is still what limits)
     const busy = queue.length > 0 ? Math.max(active, controller.flows) : active;
-    controller.sample({ t, bytes: confirmed, busy, errors, pieces: ended.pieces, pieceBytes: ended.bytes, pieceMs: ended.ms });
+    controller.sample({ t, bytes: confirmed, busy, errors, pieces: flowRate.total.pieces, pieceBytes: flowRate.total.bytes, pieceMs: flowRate.total.ms });
     if (debug && controller.flows !== before && controller instanceof FlowController) {
       const h = controller.history[controller.history.length - 1];
       o.log(`flows ${before} -> ${controller.flows}: ${h?.why} (${Math.round((h?.rate ?? 0) / 1000)} kB/s, ${active} busy, queue ${queue.length}, window ${(controller.window / 1000).toFixed(1)} s)`);
@@ -402,12 +401,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         log: o.log,
       });
       onDisk -= length;
-      if (sentAt > flowingAt && lastSent >= length) {
-        flowRate.add(length, sentAt - flowingAt);
-        ended.pieces++;
-        ended.bytes += length;
-        ended.ms += sentAt - flowingAt;
-      }
+      if (sentAt > flowingAt && lastSent >= length) flowRate.add(length, sentAt - flowingAt);
       confirmed += length;
       rawSent += (b.rawBytes * length) / Math.max(1, b.size!);
       if (p) {

@@ -67,12 +67,17 @@ export function pieceBytes(o: { perFlowBytesPerSec: number; rttMs: number; flows
  */
 export class PieceRate {
   private readonly recent: Array<{ bytes: number; ms: number }> = [];
+  /** every piece so far (the flow controller reads differences of these between its samples) */
+  readonly total = { pieces: 0, bytes: 0, ms: 0 };
   constructor(private readonly keep = 16) {}
 
   add(bytes: number, ms: number): void {
     if (!(bytes > 0 && ms > 0)) return;
     this.recent.push({ bytes, ms });
     if (this.recent.length > this.keep) this.recent.shift();
+    this.total.pieces++;
+    this.total.bytes += bytes;
+    this.total.ms += ms;
   }
 
   /** bytes per second; 0 before the first piece */
