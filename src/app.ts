@@ -23,6 +23,7 @@ import { deidentifyRouter } from "./deidentify/routes.ts";
 import type { RetentionService } from "./retention/service.ts";
 import { retentionRouter } from "./retention/routes.ts";
 import { UPLOADS_PER_TOKEN_HEADER, bodyIdleTimeout, chain, closeUnreadBodies, declaresBody, UploadSlots } from "./http/uploadLimits.ts";
+import { CLIENT_UPLOAD_ID_OFFER } from "./transfers/uploadIds.ts";
 import { actorOf } from "./access/middleware.ts";
 import { shareUrlAudit } from "./access/shareAudit.ts";
 
@@ -74,6 +75,7 @@ export function createApp(svc: RelayServices): Express {
   // how many uploads one token may run at once: the uploader opens no more connections than that (docs/push.md)
   app.use(svc.config.transfers.tusPath, (_req, res, next) => {
     res.set(UPLOADS_PER_TOKEN_HEADER, String(svc.config.server.maxConcurrentUploadsPerToken));
+    res.set(CLIENT_UPLOAD_ID_OFFER, "1");
     next();
   });
 

@@ -8,6 +8,9 @@ import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
 
+/** Where the relay publishes its receipt key (public: anyone holding a receipt must be able to check it). */
+export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
+
 export const RECEIPT_FORMAT = "dicom-relay-receipt/1";
 
 export interface ReceiptInstance {

@@ -21,7 +21,8 @@ const UPLOAD_ID = /^[A-Za-z0-9_-]{1,128}$/;
 /** POST /api/transfers with this header set to 1: only the token's right to create transfers is checked (204) */
 export const PROBE_HEADER = "X-Dicom-Relay-Probe";
 
-export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
+import { RECEIPT_KEY_PATH } from "./receipts.ts";
+export { RECEIPT_KEY_PATH };
 
 export interface TransferRoutesOptions {
   /** runs before every sender route (tus, transfers, receipts) */
@@ -155,7 +156,7 @@ export function transfersRouter(
     const result = UPLOAD_ID.test(id) ? await service.uploadResult(id) : null;
     // the result is its upload's: another sender's answers like one that does not exist
     if (!result || !uploadOwnedBy(senderOf(res), { metadata: { relayOwner: result.owner ?? null } })) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
-    res.json(result);
+    res.json(await service.answerFor(result));
   });
   // every tus request naming an upload: a valid id, and an upload of this sender (HEAD, PATCH, DELETE)
   api.all(`${tusPath}/:id`, async (req, res, next) => {

@@ -21,7 +21,7 @@ import { FailureReason, InstanceRejectedError, type FailureReasonCode } from "..
 import { chunksSource, fileSource, readPart10 } from "../dicom/part10.ts";
 import { BundleError, readBundleEntries } from "./bundle.ts";
 import { initialItems, parseManifest, progressOf, type HeldInstance, type TransferProgress } from "./manifest.ts";
-import type { ReceiptInstance, ReceiptSigner, SignedReceipt } from "./receipts.ts";
+import { RECEIPT_KEY_PATH, type ReceiptInstance, type ReceiptSigner, type SignedReceipt } from "./receipts.ts";
 import type { ItemState, TransferItem, TransferListQuery, TransferRecord, TransferStore, UploadEntryResult, UploadResult, UploadResultStore } from "./transferStore.ts";
 import { tusError, type RelayUploadStore, type TusHooks } from "./tusServer.ts";
 import { StorageUnavailableError } from "../storage/blobStore.ts";
@@ -76,6 +76,12 @@ export interface TransferView extends TransferProgress {
   alreadyHeld?: string[];
   /** where the signed receipt is, once issued (kept out of this view: it lists every instance) */
   receiptUrl: string | null;
+}
+
+/** A finished upload's result with its transfer's state, and the receipt once the transfer is complete. */
+export interface UploadAnswer extends UploadResult {
+  transfer?: TransferProgress & { id: string; state: TransferRecord["state"] };
+  receipt?: SignedReceipt & { keyUrl: string };
 }
 
 export class TransferNotFoundError extends Error {
@@ -403,7 +409,7 @@ export class TransferService {
       onFinish: async (upload) => {
         const resultUrl = `${this.deps.config.transfers.tusPath}/${upload.id}`;
         const result = await this.finishWithin(this.processUpload(upload));
-        return { body: result ? JSON.stringify(result) : null, resultUrl };
+        return { body: result ? JSON.stringify(await this.answerFor(result)) : null, resultUrl };
       },
       isProcessed: async (id) => (await this.results.getUploadResult(id, { entries: false }))?.state === "done",
       isProcessing: (id) => this.inFlight.has(id),
@@ -416,6 +422,22 @@ export class TransferService {
 
   async uploadResult(id: string): Promise<UploadResult | null> {
     return this.results.getUploadResult(id);
+  }
+
+  /**
+   * A finished upload's result as its sender is answered: with where its transfer stands, and once that is complete
+   * its signed receipt (what the sender would ask next: the last upload's answer saves it a round trip).
+   */
+  async answerFor(result: UploadResult): Promise<UploadAnswer> {
+    if (result.state !== "done" || !result.transferId) return result;
+    const t = await this.deps.transfers.getTransfer(result.transferId);
+    if (!t) return result;
+    const progress = progressOf(await this.deps.transfers.countItems(t.id));
+    return {
+      ...result,
+      transfer: { id: t.id, state: t.state, ...progress },
+      ...(t.receipt ? { receipt: { ...t.receipt, keyUrl: RECEIPT_KEY_PATH } } : {}),
+    };
   }
 
   /** The result if the work ends within transfers.finishWaitSeconds, else null (the client reads it later). */
@@ -437,7 +459,7 @@ export class TransferService {
    * partials, so a retried POST finds the same final instead of making a second one) and ingests it like a finished
    * upload. Throws ConcatError (or a tusError from validateCreate) with the sentence for the sender.
    */
-  async createFinalUpload(req: { partIds: string[]; metadata: Record<string, string | null>; sender: Sender }): Promise<{ id: string; result: UploadResult | null }> {
+  async createFinalUpload(req: { partIds: string[]; metadata: Record<string, string | null>; sender: Sender }): Promise<{ id: string; result: UploadAnswer | null }> {
     const uploads = this.uploads;
     if (!uploads || !this.locker) throw new Error("the transfer service is not started");
     const { partIds, metadata, sender } = req;
@@ -474,7 +496,8 @@ export class TransferService {
       await Promise.all(held.map((l) => l.unlock().catch(() => undefined)));
     }
     const final = await uploads.getUpload(id);
-    return { id, result: await this.finishWithin(this.processUpload(final)) };
+    const result = await this.finishWithin(this.processUpload(final));
+    return { id, result: result && (await this.answerFor(result)) };
   }
 
   private async findUpload(id: string): Promise<Upload | null> {

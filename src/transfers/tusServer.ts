@@ -11,6 +11,7 @@
  * Two stores behind one interface (RelayUploadStore): local files (storage.kind=fs, RelayFileStore here) and S3
  * (storage.kind=s3, RelayS3Store in s3UploadStore.ts), where every node over the bucket can continue an upload.
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
@@ -22,6 +23,7 @@ import { DataStore, ERRORS, Server, Upload, type Locker } from "@tus/server";
 import type { Logger } from "pino";
 import type { RelayConfig } from "../config.ts";
 import { RelayS3Store } from "./s3UploadStore.ts";
+import { CLIENT_UPLOAD_ID, CLIENT_UPLOAD_ID_HEADER } from "./uploadIds.ts";
 import { isIndexUnavailable } from "../catalog/index.ts";
 import { ownedBy, type Sender } from "../access/sender.ts";
 import { CONCAT_KEY, FINAL_KEY, OWNER_KEY, RESERVED_METADATA_KEYS, concatenated, isFinal, isPartial, partsOf } from "./concat.ts";
@@ -82,6 +84,22 @@ export interface RelayUploadStore extends DataStore {
   createFinal(upload: Upload): Promise<void>;
   /** Concatenation: replace an upload's metadata (a partial records the final that joined it). */
   updateMetadata(id: string, metadata: Record<string, string | null>): Promise<void>;
+}
+
+
+/** The id a POST creates: the client's proposal when it is one (and free), else drawn at random. */
+export async function uploadIdFor(proposed: string | null, store: Pick<DataStore, "getUpload">): Promise<string> {
+  if (proposed === null) return crypto.randomBytes(16).toString("hex");
+  if (!CLIENT_UPLOAD_ID.test(proposed)) throw tusError(400, `${CLIENT_UPLOAD_ID_HEADER} must be 32 lowercase hexadecimal digits (a random 128-bit id), not "${proposed.slice(0, 80)}"`);
+  const exists = await store.getUpload(proposed).then(
+    () => true,
+    (err: unknown) => {
+      if (err === ERRORS.FILE_NOT_FOUND || err === ERRORS.FILE_NO_LONGER_EXISTS) return false;
+      throw err;
+    },
+  );
+  if (exists) throw tusError(409, `an upload with id ${proposed} exists already; resume it (HEAD gives its offset) or propose another id`);
+  return proposed;
 }
 
 /** DELETE of a partial whose final is not ingested yet: its bytes are the final's. */
@@ -322,6 +340,7 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
     maxSize: t.maxUploadBytes,
     ...(publicUrl ? { generateUrl: (_req, { path: p, id }) => `${publicUrl}${p}/${id}` } : {}),
     exposedHeaders: ["Upload-Result"],
+    namingFunction: (req) => uploadIdFor(req.headers.get(CLIENT_UPLOAD_ID_HEADER), store),
     async onUploadCreate(req, upload) {
       const sender: Sender = { owner: req.headers.get(OWNER_HEADER) ?? "anonymous", admin: req.headers.get(ADMIN_HEADER) === "true" };
       const metadata = upload.metadata ?? {};

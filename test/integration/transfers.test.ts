@@ -10,7 +10,7 @@ import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { generateStudy, makeInstance, newUid } from "../../scripts/lib/synthetic.ts";
 import { Readable } from "node:stream";
 import { createTarGzBundle } from "../../src/transfers/bundle.ts";
-import type { TransferView } from "../../src/transfers/transferService.ts";
+import type { TransferView, UploadAnswer } from "../../src/transfers/transferService.ts";
 import type { UploadResult } from "../../src/transfers/transferStore.ts";
 
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
@@ -93,6 +93,10 @@ describe("transfers with a manifest", () => {
     // first part: a bundle of three
     const part1 = await tusUpload(uploads, await tgz(insts.slice(1, 4).map((i, n) => ({ name: `IM${n}`, body: i.bytes }))), { transferId: t.id });
     expect(part1.counts).toMatchObject({ stored: 3, failed: 0 });
+    // the answer says where the transfer stands; no receipt while it is not complete
+    const answer1 = part1 as unknown as UploadAnswer;
+    expect(answer1.transfer).toMatchObject({ id: t.id, state: "open", complete: false, present: 1, received: 3, missing: 2 });
+    expect(answer1.receipt).toBeUndefined();
     let view = (await api("GET", `/api/transfers/${t.id}`)).json as unknown as TransferView;
     expect(view).toMatchObject({ complete: false, present: 1, received: 3, missing: 2 });
     // no half study: a reader sees only the instance it already had
@@ -102,10 +106,16 @@ describe("transfers with a manifest", () => {
     expect((await api("GET", `/api/transfers/${t.id}/receipt`)).status).toBe(409);
 
     // the rest as single files
+    let last: UploadAnswer | null = null;
     for (const i of insts.slice(4)) {
       const r = await tusUpload(uploads, i.bytes, { transferId: t.id, filename: "x.dcm" });
       expect(r.entries[0]).toMatchObject({ status: "stored", sopInstanceUID: i.sopInstanceUID });
+      last = r as unknown as UploadAnswer;
     }
+    // the upload that completed the transfer is answered with the receipt (the sender's next question)
+    expect(last!.transfer).toMatchObject({ id: t.id, state: "complete", complete: true, missing: 0, failed: 0 });
+    expect(last!.receipt!.jws).toBe(((await api("GET", `/api/transfers/${t.id}/receipt`)).json as { jws: string }).jws);
+    expect(last!.receipt!.keyUrl).toBe("/.well-known/dicom-relay/receipt-key");
     view = (await api("GET", `/api/transfers/${t.id}`)).json as unknown as TransferView;
     expect(view).toMatchObject({ state: "complete", complete: true, present: 1, received: 5, missing: 0, failed: 0 });
     expect(await qidoCount(study)).toBe(6);

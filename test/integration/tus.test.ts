@@ -4,6 +4,7 @@
  */
 import crypto from "node:crypto";
 import fs from "node:fs";
+import http from "node:http";
 import path from "node:path";
 import zlib from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -150,6 +151,58 @@ describe("tus uploads", () => {
     expect(res.headers.get("location")).toMatch(/\/api\/uploads\/[0-9a-f]+$/);
     const result = (await res.json()) as UploadResult;
     expect(result.counts).toEqual({ entries: 1, stored: 1, alreadyStored: 0, failed: 0 });
+  });
+
+  it("takes an upload id proposed by the uploader: bytes on the creating POST, cut, resumed at the known URL; a taken or malformed id is refused", async () => {
+    const offer = await fetch(endpoint, { method: "OPTIONS" });
+    expect(offer.headers.get("x-dicom-relay-client-upload-ids")).toBe("1");
+    const bytes = makeInstance({ rows: 256, columns: 256 });
+    const id = crypto.randomBytes(16).toString("hex");
+    const url = `${endpoint}/${id}`;
+    // a creating POST carrying the bytes, cut after the first half: its answer (and Location) never arrives
+    const half = Math.floor(bytes.length / 2);
+    await new Promise<void>((resolve) => {
+      const req = http.request(endpoint, {
+        method: "POST",
+        headers: { ...tusHeaders, "Upload-Length": String(bytes.length), "Content-Type": "application/offset+octet-stream", "Content-Length": String(bytes.length), "X-Dicom-Relay-Upload-Id": id },
+      });
+      req.on("error", () => resolve());
+      req.write(bytes.subarray(0, half), () => setTimeout(() => {
+        req.destroy();
+        resolve();
+      }, 300));
+    });
+    // the uploader knew the URL before the answer: HEAD gives what arrived
+    let offset = -1;
+    for (let i = 0; i < 50 && offset !== half; i++) {
+      const head = await fetch(url, { method: "HEAD", headers: tusHeaders });
+      expect(head.status).toBe(200);
+      offset = Number(head.headers.get("upload-offset"));
+      if (offset !== half) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(offset).toBe(half);
+    // the same id again is refused, and the upload keeps its bytes (never truncated or taken over)
+    const again = await fetch(endpoint, { method: "POST", headers: { ...tusHeaders, "Upload-Length": "10", "X-Dicom-Relay-Upload-Id": id } });
+    expect(again.status).toBe(409);
+    expect(await again.text()).toMatch(new RegExp(`an upload with id ${id} exists already; resume it`));
+    const still = await fetch(url, { method: "HEAD", headers: tusHeaders });
+    expect(still.headers.get("upload-offset")).toBe(String(half));
+    expect(still.headers.get("upload-length")).toBe(String(bytes.length));
+    // the rest by PATCH from that offset: stored whole
+    const patch = await fetch(url, {
+      method: "PATCH",
+      headers: { ...tusHeaders, "Upload-Offset": String(half), "Content-Type": "application/offset+octet-stream" },
+      body: new Uint8Array(bytes.subarray(half)),
+    });
+    expect(patch.status).toBe(200);
+    const result = (await patch.json()) as UploadResult;
+    expect(result.entries[0]).toMatchObject({ status: "stored", sha256: sha(bytes), size: bytes.length });
+    // not 32 lowercase hex digits: refused with a sentence, nothing created
+    for (const bad of ["../../etc/passwd", "ABCDEF0123456789ABCDEF0123456789", "abc"]) {
+      const r = await fetch(endpoint, { method: "POST", headers: { ...tusHeaders, "Upload-Length": "10", "X-Dicom-Relay-Upload-Id": bad } });
+      expect(r.status).toBe(400);
+      expect(await r.text()).toMatch(/X-Dicom-Relay-Upload-Id must be 32 lowercase hexadecimal digits/);
+    }
   });
 
   it("refuses an upload larger than transfers.maxUploadBytes with 413 and a sentence", async () => {

@@ -9,7 +9,7 @@ import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies,
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
 import { FlowController } from "../../src/cli/push/adaptive.ts";
-import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, PieceRate, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
+import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, PieceRate, chooseLevel, closerWith, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
 import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
@@ -680,6 +680,18 @@ describe("sizing pieces and compression", () => {
     expect(initialFlows(64 * FIRST_PIECE + 1, 64)).toBe(32);
     expect(initialFlows(64 * FIRST_PIECE + 1, 20)).toBe(20);
     expect(initialFlows(1.5e9, 64)).toBe(32);
+  });
+
+  it("bundles take whole instances to the count nearest the target, not fewer", () => {
+    // 120 CT slices of 526 kB for 64 connections: a target of 940 kB is two slices a bundle (60 bundles, one wave)
+    const slice = 526_000;
+    const target = (120 * slice) / 64;
+    expect(closerWith(slice, slice, target)).toBe(true);
+    expect(closerWith(2 * slice, slice, target)).toBe(false);
+    // a third past the target is farther than one short of it
+    expect(closerWith(0, 1000, 400)).toBe(false);
+    expect(closerWith(2000, 1000, 2600)).toBe(true);
+    expect(closerWith(2000, 1000, 2400)).toBe(false);
   });
 
   it("a large bundle is split in contiguous ranges covering it exactly; small ones and one flow are not", () => {

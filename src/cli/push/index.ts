@@ -12,13 +12,13 @@ import fsp from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { PUSH_USAGE, UsageError, parsePushArgs, type DocumentSpec, type PushOptions } from "./args.ts";
-import { CouldNotRun, RelayApi, RelayError, errorText } from "./http.ts";
+import { CouldNotRun, RelayApi, RelayError, errorText, type ApiResponse } from "./http.ts";
 import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInstance, type ScanResult, type StudySummary } from "./scan.ts";
 import { buildManifest, manifestKey, type ManifestBody } from "./manifest.ts";
 import { acquireLock, loadState, recordFinishedBundle, saveState, stateDirFor, LockedError, type PushState, type StudyState } from "./state.ts";
 import { Progress, formatBytes } from "./progress.ts";
 import { tusOffer, type TusOffer } from "./upload.ts";
-import { sendStudies, type SendFigures } from "./send.ts";
+import { sendStudies, type SendFigures, type SendStudy } from "./send.ts";
 import { isCompressedSyntax } from "./sizing.ts";
 import { RECEIPT_KEY_PATH, fetchAndSaveReceipt, receiptFileName } from "./receipt.ts";
 import { attachDocuments, documentsToAttach, type DocumentOutcome } from "./documents.ts";
@@ -34,7 +34,7 @@ interface TransferView {
   instances?: Array<{ sopInstanceUID: string; state: string; reason: string | null; failureCode: number | null }>;
 }
 
-interface StudyRun {
+interface StudyRun extends Partial<Pick<SendStudy, "completed">> {
   summary: StudySummary;
   manifest: ManifestBody;
   st: StudyState;
@@ -147,6 +147,12 @@ async function push(opts: PushOptions): Promise<number> {
     process.off("SIGTERM", onSignal);
     release();
   }
+}
+
+/** A receipt a bundle's answer carried, as if asked for at its route. */
+function answered(receipt: { jws: string }): ApiResponse {
+  const text = JSON.stringify(receipt);
+  return { status: 200, headers: new Headers(), text, json: <T>() => JSON.parse(text) as T };
 }
 
 // ---------------------------------------------------------------- before sending
@@ -314,6 +320,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
         bundleBytes: opts.bundleBytes,
         stallMs: opts.stallSeconds * 1000,
         concatenation: offer.concatenation,
+        clientUploadIds: offer.clientUploadIds,
         rttMs,
         progress,
         save: () => saveState(stateDir, state),
@@ -332,13 +339,24 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
   const thisRun = { sent: 0, already: 0 };
   out("");
   for (const run of runs) {
-    // the receipt is asked beside the view (one round trip, not two): used only if the view says complete
-    const receipt = api.request("GET", `/api/transfers/${run.st.transferId}/receipt`, { attempts: 1 }).catch(() => null);
-    const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
-    if (r.status !== 200) throw new RelayError(r.status, `the relay could not show transfer ${run.st.transferId} (${r.status}): ${errorText(r.text)}`);
-    const view = r.json<TransferView>();
-    const items = view.instances ?? [];
-    const count = (st: string) => items.filter((i) => i.state === st).length;
+    // a bundle's answer said the transfer is complete and carried the receipt: nothing to ask (a round trip less);
+    // else the receipt is asked beside the view (one round trip, not two), used only if the view says complete
+    const completed = run.completed;
+    const receipt = completed
+      ? Promise.resolve(answered(completed.receipt))
+      : api.request("GET", `/api/transfers/${run.st.transferId}/receipt`, { attempts: 1 }).catch(() => null);
+    let view: Pick<TransferView, "id" | "complete">;
+    let items: NonNullable<TransferView["instances"]> = [];
+    if (completed) {
+      view = { id: run.st.transferId, complete: true };
+    } else {
+      const r = await api.request("GET", `/api/transfers/${run.st.transferId}?instances=all`);
+      if (r.status !== 200) throw new RelayError(r.status, `the relay could not show transfer ${run.st.transferId} (${r.status}): ${errorText(r.text)}`);
+      const full = r.json<TransferView>();
+      view = full;
+      items = full.instances ?? [];
+    }
+    const count = (st: "received" | "present" | "failed" | "missing") => (completed ? completed.transfer[st] : items.filter((i) => i.state === st).length);
     const s = run.summary;
     out(`Result for ${s.patientName || "(no name)"}, ${formatDicomDate(s.studyDate)} ${s.studyDescription}:`);
     // what this run did (counted as its bundles finished)

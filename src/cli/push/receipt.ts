@@ -6,12 +6,12 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { verifyReceipt, type ReceiptPayload } from "../../transfers/receipts.ts";
+import { RECEIPT_KEY_PATH, verifyReceipt, type ReceiptPayload } from "../../transfers/receipts.ts";
 import { RelayError, errorText, type ApiResponse, type RelayApi } from "./http.ts";
 import type { ManifestBody } from "./manifest.ts";
 
 /** the relay's public receipt key (transfers/routes.ts serves it; not imported to keep express out of the CLI) */
-export const RECEIPT_KEY_PATH = "/.well-known/dicom-relay/receipt-key";
+export { RECEIPT_KEY_PATH };
 
 export interface SavedReceipt {
   file: string;

@@ -15,9 +15,9 @@ import { writeBundle } from "./bundle.ts";
 import type { BundleState, StudyState } from "./state.ts";
 import type { FoundInstance } from "./scan.ts";
 import { RateMeter, type Progress } from "./progress.ts";
-import { bundleResult, createFinal, uploadFile, type UploadOutcome } from "./upload.ts";
+import { bundleResult, createFinal, proposedUploadUrl, uploadFile, type UploadOutcome } from "./upload.ts";
 import { FixedFlows, FlowController } from "./adaptive.ts";
-import { PieceRate, chooseLevel, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
+import { PieceRate, chooseLevel, closerWith, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
 
 export interface SendStudy {
   st: StudyState;
@@ -26,6 +26,8 @@ export interface SendStudy {
   rest: FoundInstance[];
   /** bundle-level failures of this run */
   bundleErrors: string[];
+  /** a bundle's answer said the transfer is complete, with its receipt (no need to ask for either at the end) */
+  completed?: { transfer: NonNullable<UploadOutcome["transfer"]>; receipt: NonNullable<UploadOutcome["receipt"]> };
 }
 
 export interface SendOptions {
@@ -39,6 +41,8 @@ export interface SendOptions {
   stallMs: number;
   /** the relay takes tus partial uploads and their concatenation */
   concatenation: boolean;
+  /** the relay takes upload ids the push proposes (bytes on the creating POST, resumable) */
+  clientUploadIds?: boolean;
   rttMs: number;
   progress: Progress;
   save(): void;
@@ -72,6 +76,8 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const started = Date.now();
   const maxFlows = o.maxFlows ?? 64;
   let restRaw = studies.reduce((n, s) => n + s.rest.reduce((m, i) => m + i.size, 0), 0);
+  /** image bytes this run has to send: the rest, and bundles of the state not finished (a resumed push) */
+  const runRaw = restRaw + studies.reduce((n, s) => n + s.st.bundles.filter((b) => !b.done).reduce((m, b) => m + b.rawBytes, 0), 0);
   const controller = o.parallel
     ? new FixedFlows(o.parallel)
     : new FlowController({ min: 1, max: maxFlows, initial: initialFlows(restRaw * ASSUMED_RATIO, maxFlows), windowMs: Math.max(2000, 6 * o.rttMs), settleMs: Math.max(250, 3 * o.rttMs) });
@@ -172,9 +178,12 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     if (controller.flows > before) poke();
   }, 250);
 
-  // the wire bytes not yet in a built piece: pieces planned near the end get a share of that, smaller and smaller, and
-  // are sent last (the queue is in order), so the flows run out together instead of waiting on a few long pieces
-  const remainingWire = () => restRaw * ratio();
+  // the wire bytes not sent yet (planned, built and queued, or not planned): pieces planned near the end get a share of
+  // that, smaller and smaller, and are sent last (the queue is in order), so the flows run out together instead of
+  // waiting on a few long pieces. Counting the planned-but-unsent bytes too keeps the pieces of a short push equal
+  // (a share of what is not planned yet shrank with every bundle planned: 120 CT slices for 64 connections made 9
+  // bundles of 2 slices and 102 of 1, two waves of uploads where one does)
+  const remainingWire = () => Math.max(0, runRaw * ratio() - wire);
   const currentPiece = () => {
     const flows = Math.max(1, flowsNow());
     // while the controller doubles, pieces of a few seconds: each step is judged once pieces begun after it have ended
@@ -193,10 +202,11 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const target = o.bundleBytes ?? currentPiece() / (compressed ? 1 : ratio());
     const members: string[] = [];
     let rawBytes = 0;
-    // same kind only (compressed or not), in path order; an instance larger than the target goes alone
+    // same kind only (compressed or not), in path order, as close to the target as whole instances come; an instance
+    // larger than the target goes alone
     while (s.rest.length && isCompressedSyntax(s.rest[0]!.transferSyntaxUID) === compressed) {
       const i = s.rest[0]!;
-      if (members.length && rawBytes + i.size > target) break;
+      if (members.length && !closerWith(rawBytes, i.size, target)) break;
       s.rest.shift();
       restRaw -= i.size;
       members.push(i.sopInstanceUID);
@@ -312,6 +322,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   const done = (s: SendStudy, b: BundleState, outcome: UploadOutcome) => {
     const failures = outcome.entries.filter((e) => e.status === "failed").map((e) => ({ name: e.name, sopInstanceUID: e.sopInstanceUID, reason: e.reason, message: e.message }));
     b.done = true;
+    if (outcome.transfer?.complete && outcome.receipt && outcome.transfer.id === s.st.transferId) s.completed = { transfer: outcome.transfer, receipt: outcome.receipt };
     b.result = { stored: outcome.counts.stored, alreadyStored: outcome.counts.alreadyStored, failed: outcome.counts.failed, failures, error: outcome.error };
     // out of the state: it is saved several times per bundle, whole, on the push's only thread; with every finished
     // bundle kept (a 3 GB study makes ~1,500) each save took 10 ms by the end, about 20 s of a 300 s push
@@ -359,6 +370,15 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     // when this piece's bytes began to flow (its upload URL known) and when the last was sent
     let flowingAt = Date.now();
     let sentAt = 0;
+    // a new upload with an id of our own: its URL is saved before its bytes flow, and they go on the creating POST
+    const saved = p ? p.uploadUrl : b.uploadUrl;
+    const fresh = !saved && o.clientUploadIds === true;
+    if (fresh) {
+      const url = proposedUploadUrl(o.endpoint);
+      if (p) p.uploadUrl = url;
+      else b.uploadUrl = url;
+      saveNow();
+    }
     try {
       const { url, body } = await uploadFile({
         api: o.api,
@@ -369,6 +389,8 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         filename: p ? `${b.name}.part${String(part! + 1).padStart(2, "0")}` : b.name,
         transferId: s.st.transferId,
         uploadUrl: p ? p.uploadUrl : b.uploadUrl,
+        clientUploadId: o.clientUploadIds,
+        fresh,
         stallMs: o.stallMs,
         onUploadUrl(url) {
           flowingAt = Date.now();

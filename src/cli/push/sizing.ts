@@ -92,6 +92,15 @@ export class PieceRate {
   }
 }
 
+/**
+ * Does a bundle of `have` bytes come closer to `target` with one more instance of `next` bytes? (Rounding to the
+ * nearest count of instances, not down: with a target of 1.8 slices, down gives bundles of one slice, nearly twice
+ * as many uploads as connections.)
+ */
+export function closerWith(have: number, next: number, target: number): boolean {
+  return have + next / 2 <= target;
+}
+
 /** the least wire bytes a connection is opened for when a short push starts wide */
 export const MIN_SHARE = 512 * 1024;
 /** wire bytes up to which a push counts as short: one first piece for each of 64 connections */

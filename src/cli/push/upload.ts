@@ -3,8 +3,10 @@
  * retried with growing delays on resets, timeouts and 5xx, restarted when the connection stalls without an error,
  * then the relay's per-entry result read (from the final response or GET on the upload URL).
  */
+import crypto from "node:crypto";
 import fs from "node:fs";
 import * as tus from "tus-js-client";
+import { CLIENT_UPLOAD_ID, CLIENT_UPLOAD_ID_HEADER, CLIENT_UPLOAD_ID_OFFER } from "../../transfers/uploadIds.ts";
 import { CouldNotRun, RelayError, errorText, retryAfterMs, type RelayApi } from "./http.ts";
 
 export interface UploadEntry {
@@ -20,6 +22,10 @@ export interface UploadOutcome {
   counts: { entries: number; stored: number; alreadyStored: number; failed: number };
   entries: UploadEntry[];
   error: string | null;
+  /** where the upload's transfer stands after it (a relay of this version says so) */
+  transfer?: { id: string; state: string; total: number; present: number; received: number; missing: number; failed: number; complete: boolean };
+  /** the transfer's signed receipt, once it is complete */
+  receipt?: { jws: string };
 }
 
 export interface BundleUploadOptions {
@@ -34,6 +40,14 @@ export interface BundleUploadOptions {
   transferId: string;
   /** resume this upload (from the state file) */
   uploadUrl?: string;
+  /**
+   * the relay takes an id proposed by the uploader (X-Dicom-Relay-Upload-Id): the upload's URL is known before its
+   * POST is answered, so the bytes go on the creating POST (tus creation-with-upload, a round trip less) and still
+   * resume after a cut. uploadUrl then names the proposed URL; it may not exist yet (HEAD 404: created again).
+   */
+  clientUploadId?: boolean;
+  /** with clientUploadId: the upload was never started (no HEAD first; created with the bytes on its POST) */
+  fresh?: boolean;
   onUploadUrl(url: string): void;
   onProgress(sent: number, total: number): void;
   /**
@@ -77,18 +91,28 @@ export function uploadFile(o: BundleUploadOptions): Promise<{ url: string; body:
     let lastSent = -1;
     let lastTotal = 0;
     let url = o.uploadUrl;
+    // the proposed id is the last segment of the URL saved for it; an upload not created yet is created with it
+    const proposed = o.clientUploadId && o.uploadUrl ? proposedId(o.uploadUrl) : null;
+    // the first attempt of an upload that does not exist yet: its bytes go on the creating POST
+    const fresh = proposed !== null && o.fresh === true;
     // a ReadStream with start/end: tus-js-client reads that byte range of the file, and slices it again on resume
     const source = o.range ? fs.createReadStream(o.file, { start: o.range.start, end: o.range.end - 1 }) : fs.createReadStream(o.file);
     const upload = new tus.Upload(source, {
       endpoint: o.endpoint,
-      uploadUrl: o.uploadUrl ?? null,
+      uploadUrl: fresh ? null : (o.uploadUrl ?? null),
       metadata: { transferId: o.transferId, filename: o.filename },
-      // Upload-Concat only matters on the POST that creates the upload; sent on every request, it is ignored there
-      headers: o.partial ? { ...o.api.authHeaders(), "Upload-Concat": "partial" } : o.api.authHeaders(),
-      // one PATCH streams the rest of the file; a reset costs only the bytes in flight
+      // Upload-Concat and the proposed id only matter on the POST that creates the upload; sent on every request,
+      // they are ignored on the others
+      headers: {
+        ...o.api.authHeaders(),
+        ...(o.partial ? { "Upload-Concat": "partial" } : {}),
+        ...(proposed ? { [CLIENT_UPLOAD_ID_HEADER]: proposed } : {}),
+      },
+      // one PATCH (or the creating POST) streams the rest of the file; a reset costs only the bytes in flight
       chunkSize: Number.POSITIVE_INFINITY,
-      // not tus creation-with-upload (bytes on the creating POST): a round trip less per piece, but a POST cut
-      // before its answer leaves an upload whose URL the push never learnt, so its bytes could not be resumed
+      // tus creation-with-upload only with an id of our own: a POST cut before its answer would otherwise leave an
+      // upload whose URL the push never learnt, so its bytes could not be resumed
+      uploadDataDuringCreation: proposed !== null,
       // a copy: a Retry-After answer lengthens one of its delays
       retryDelays: [...(o.retryDelays ?? DEFAULT_RETRY_DELAYS)],
       storeFingerprintForResuming: false,
@@ -102,11 +126,16 @@ export function uploadFile(o: BundleUploadOptions): Promise<{ url: string; body:
         if (wait !== null && options.retryDelays && attempt < options.retryDelays.length) {
           options.retryDelays[attempt] = Math.max(options.retryDelays[attempt] ?? 0, wait);
         }
+        // a creating POST that got no answer: resume at the proposed URL (HEAD: its offset, or 404 and create it
+        // again); a second POST with the same id would be refused as taken (409)
+        if (proposed && upload.url === null) upload.url = o.uploadUrl!;
         o.onRetry?.();
         o.log(`${o.filename}: the connection dropped (${status ? `HTTP ${status}` : shortError(err)}); resuming${attempt ? ` (attempt ${attempt + 1})` : ""}`);
         return true;
       },
       onUploadUrlAvailable() {
+        // the relay's Location may name another host than the endpoint (server.publicUrl): the same upload
+        if (upload.url && url && lastSegment(upload.url) === lastSegment(url)) return;
         if (upload.url && upload.url !== url) {
           if (url) o.onRestart();
           url = upload.url;
@@ -178,11 +207,24 @@ export async function createFinal(api: RelayApi, endpoint: string, partUrls: str
   return { url: new URL(location, endpoint).href, body };
 }
 
-/** Does the relay's tus endpoint take partial uploads and their concatenation (Tus-Extension: concatenation)? */
+const lastSegment = (u: string) => new URL(u, "http://x/").pathname.split("/").pop() ?? "";
+/** the id proposed for an upload, from the URL saved for it (null: a URL the relay chose) */
+function proposedId(u: string): string | null {
+  const id = lastSegment(u);
+  return CLIENT_UPLOAD_ID.test(id) ? id : null;
+}
+
+/** A new upload's URL with an id of the uploader's own (the relay takes it: TusOffer.clientUploadIds). */
+export function proposedUploadUrl(endpoint: string): string {
+  return `${endpoint.replace(/\/$/, "")}/${crypto.randomBytes(16).toString("hex")}`;
+}
+
 /** What the relay's tus endpoint offers this uploader (an OPTIONS request). */
 export interface TusOffer {
   /** tus Concatenation: partial uploads and a final */
   concatenation: boolean;
+  /** the relay takes an upload id proposed by the uploader (X-Dicom-Relay-Upload-Id) */
+  clientUploadIds: boolean;
   /** uploads one token may run at once (X-Dicom-Relay-Uploads-Per-Token, server.maxConcurrentUploadsPerToken); null: not said */
   uploadsPerToken: number | null;
 }
@@ -194,9 +236,10 @@ export async function tusOffer(api: RelayApi, endpoint: string): Promise<TusOffe
     return {
       concatenation: (r.headers.get("tus-extension") ?? "").split(",").map((x) => x.trim()).includes("concatenation"),
       uploadsPerToken: Number.isInteger(slots) && slots > 0 ? slots : null,
+      clientUploadIds: r.headers.get(CLIENT_UPLOAD_ID_OFFER) === "1",
     };
   } catch {
-    return { concatenation: false, uploadsPerToken: null };
+    return { concatenation: false, uploadsPerToken: null, clientUploadIds: false };
   }
 }
 
