@@ -7,9 +7,10 @@
  *    syntax's encoding. Pixel data and binary elements at least `bulkDataThreshold` long are only
  *    located (offset, length; encapsulated pixel data fragment by fragment), never read.
  * 3. Re-encode the remaining elements (the "header") as explicit VR little endian, with every sequence
- *    and item of undefined length, and let dcmjs decode the values and character sets. Binary values
+ *    and item of undefined length, and decode the values and character sets: fastDecode.ts when the text is
+ *    Latin-1 or UTF-8 and it knows every element, else dcmjs (the same result for several times the CPU). Binary values
  *    inside sequence items at least `bulkDataThreshold` long (waveform data) are located here, from the
- *    kept sequence's position, and handed to dcmjs empty.
+ *    kept sequence's position, and handed to the decoder empty.
  * 4. Convert to DICOM JSON, add BulkDataURIs, check the UIDs.
  *
  * Choices: a file without the 128-byte preamble and "DICM" is refused, even when it is a bare data set
@@ -26,6 +27,7 @@ import { BULK_ROOT_PLACEHOLDER, type BulkDataLocation, type ByteRange, type Dico
 import { transferSyntaxInfo, type TransferSyntaxInfo } from "./transferSyntax.ts";
 import { dictionaryVR } from "./dictionary.ts";
 import { chooseCharset, needsJisX0201, sortDicomJson, textAttribute, toDicomJson, type CharsetChoice, type DcmjsDict } from "./dicomJson.ts";
+import { fastDecodeHeader, FastDecodeFallback } from "./fastDecode.ts";
 import { isValidUid, TransferSyntaxUID } from "./uids.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -956,8 +958,7 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
     warnings.push(`file meta SOPInstanceUID differs; stored as the data set's UID: MediaStorageSOPInstanceUID (0002,0003) "${meta.mediaStorageSOPInstanceUID.slice(0, 64).replace(/[^\x20-\x7e]/g, "?")}", data set SOPInstanceUID ${sopInstanceUID}; the bytes are stored unchanged`);
   }
 
-  const { dataset, parsedMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, opts.bulkDataThreshold);
-  const fileMeta = toDicomJson(parsedMeta);
+  const { dataset, fileMeta, nestedBulk } = decodeWalk(walk, ts.deflated ? EXPLICIT_LE : enc, meta.elements, opts.bulkDataThreshold);
   fileMeta["00020010"] = { vr: "UI", Value: [tsUid] };
 
   // bulk data: placeholders in the metadata, locations for WADO
@@ -1000,8 +1001,45 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
   };
 }
 
-/** Decode the kept (non-bulk) elements of a walk: character set, then dcmjs, then DICOM JSON. */
-function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"], nestedBulkThreshold = Infinity): { dataset: DicomJsonDataset; parsedMeta: DcmjsDict; nestedBulk: NestedBulk[] } {
+/**
+ * Tests and measurements: `dcmjsOnly` makes every header go through dcmjs; `fast` and `dcmjs` count the headers each
+ * path decoded, `lastFallback` says why the last one left the fast path.
+ */
+export const headerDecoding = { dcmjsOnly: false, fast: 0, dcmjs: 0, lastFallback: "" };
+
+/** Text in these sets reads the same through the fast decoder and dcmjs (Latin-1 as windows-1252, UTF-8). */
+const FAST_CHARSET_TERMS = new Set(["", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"]);
+const fastCharset = (terms: string[]) => terms.every((t) => FAST_CHARSET_TERMS.has(t.trim().toUpperCase().replace(/^ISO-IR/, "ISO_IR")));
+
+/**
+ * The re-encoded header as DICOM JSON (data set and file meta): the fast decoder (fastDecode.ts) when every character
+ * set is Latin-1 or UTF-8 and it knows every element, else dcmjs; both give the same result.
+ */
+function decodeHeader(meta: Buffer, dataset: Buffer, charset: CharsetChoice | undefined, nestedCharsets: TranscodeContext["nestedCharsets"]): { dataset: DicomJsonDataset; fileMeta: DicomJsonDataset } {
+  let why = "";
+  const item = nestedCharsets.find((c) => !fastCharset(c.terms));
+  if (headerDecoding.dcmjsOnly) why = "dcmjs forced";
+  else if (charset && !fastCharset(charset.terms)) why = `SpecificCharacterSet ${charset.terms.join("\\")}`;
+  else if (item) why = `SpecificCharacterSet ${item.terms.join("\\")} in an item`;
+  else {
+    try {
+      const decoded = fastDecodeHeader(meta, dataset);
+      headerDecoding.fast++;
+      return decoded;
+    } catch (err) {
+      if (!(err instanceof FastDecodeFallback)) throw err;
+      why = err.message;
+    }
+  }
+  headerDecoding.dcmjs++;
+  headerDecoding.lastFallback = why;
+  const parsed = parseWithDcmjs(meta, dataset);
+  const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
+  return { dataset: toDicomJson(parsed.dict, jsonOpts), fileMeta: toDicomJson(parsed.meta) };
+}
+
+/** Decode the kept (non-bulk) elements of a walk: character set, then the header decoder, then DICOM JSON. */
+function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["elements"], nestedBulkThreshold = Infinity): { dataset: DicomJsonDataset; fileMeta: DicomJsonDataset; nestedBulk: NestedBulk[] } {
   // character set: one decoder dcmjs knows, the original values restored afterwards
   let charset: CharsetChoice | undefined;
   if (walk.specificCharacterSet) {
@@ -1033,9 +1071,8 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
       ctx.nestedBulk = undefined;
     }
   }
-  const parsed = parseWithDcmjs(encodeMeta(metaElements), sink.concat());
-  const jsonOpts = { stripIso2022Escapes: charset?.iso2022 ?? false };
-  const dataset: DicomJsonDataset = { ...toDicomJson(parsed.dict, jsonOpts), ...direct };
+  const header = decodeHeader(encodeMeta(metaElements), sink.concat(), charset, ctx.nestedCharsets);
+  const dataset: DicomJsonDataset = { ...header.dataset, ...direct };
   if (charset && needsJisX0201(charset)) {
     // half-width katakana (GR bytes) of ISO 2022 IR 13: decoded here, dcmjs's single decoder cannot (top level)
     for (const k of walk.kept) {
@@ -1056,7 +1093,7 @@ function decodeWalk(walk: Walk, sourceEnc: Encoding, metaElements: FileMeta["ele
   if (charset) {
     dataset["00080005"] = { vr: "CS", Value: charset.terms.map((t) => (t === "" ? null : t)) };
   }
-  return { dataset, parsedMeta: parsed.meta, nestedBulk };
+  return { dataset, fileMeta: header.fileMeta, nestedBulk };
 }
 
 /** The attribute at `path` (sequence tag, item index, ..., tag) of a DICOM JSON data set, if it is there. */
