@@ -149,6 +149,8 @@ const hex = (code: number) => `0x${code.toString(16).toUpperCase().padStart(4, "
 export class TransferService {
   /** uploads being ingested now: a repeated finish waits for the same work instead of doing it twice */
   private readonly inFlight = new Map<string, Promise<UploadResult>>();
+  /** where a transfer stood right after an upload of it was ingested (its answer says so; a few hundred at most) */
+  private readonly progressAfter = new Map<string, TransferProgress>();
   private cleanupTimer: NodeJS.Timeout | null = null;
   private uploads: RelayUploadStore | null = null;
   /** where upload results are kept: the transfer store, or the S3 upload store (shared by nodes) */
@@ -342,12 +344,13 @@ export class TransferService {
     return { transfer: (await this.view(id, { instances: "none" }))!, released };
   }
 
-  private async checkComplete(id: string): Promise<void> {
+  private async checkComplete(id: string): Promise<TransferProgress> {
     const progress = progressOf(await this.deps.transfers.countItems(id));
-    if (!progress.complete) return;
+    if (!progress.complete) return progress;
     // only one caller wins the state change, so the receipt is issued once
-    if (!(await this.deps.transfers.markComplete(id, new Date().toISOString()))) return;
+    if (!(await this.deps.transfers.markComplete(id, new Date().toISOString()))) return progress;
     await this.issueReceipt(id);
+    return progress;
   }
 
   private async issueReceipt(id: string): Promise<void> {
@@ -432,7 +435,8 @@ export class TransferService {
     if (result.state !== "done" || !result.transferId) return result;
     const t = await this.deps.transfers.getTransfer(result.transferId);
     if (!t) return result;
-    const progress = progressOf(await this.deps.transfers.countItems(t.id));
+    const progress = this.progressAfter.get(result.uploadId) ?? progressOf(await this.deps.transfers.countItems(t.id));
+    this.progressAfter.delete(result.uploadId);
     return {
       ...result,
       transfer: { id: t.id, state: t.state, ...progress },
@@ -680,7 +684,9 @@ export class TransferService {
         if (result.error) await this.undoUpload(result, entryLog.written);
         else await this.deps.index.releaseTransfer(`upload:${upload.id}`);
       } else {
-        await this.checkComplete(transfer.id);
+        // counted once: the upload's answer says the same (answerFor)
+        this.progressAfter.set(upload.id, await this.checkComplete(transfer.id));
+        if (this.progressAfter.size > 1024) this.progressAfter.delete(this.progressAfter.keys().next().value!);
         // released (or completed) while this upload was being ingested: what it stored must not stay pending
         const now = await transfers.getTransfer(transfer.id);
         if (pendingId && now && now.state !== "open") await this.deps.index.releaseTransfer(transfer.id);

@@ -250,14 +250,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       b.sha256 = built.sha256;
     }
     bundlesBuilt++;
-    // split once, before any upload of it began; a resumed bundle keeps the way it was sent
-    if (!b.parts && !b.uploadUrl && o.concatenation) {
-      const parts = splitParts(b.size!, currentPiece(), flowsNow());
-      if (parts.length > 1) {
-        b.parts = parts;
-        partials += parts.length;
-      }
-    }
+    splitIfLarge(b);
     saveSoon();
     const pieces: Piece[] = b.parts ? b.parts.map((p, i) => ({ study: s, bundle: b, part: i })).filter((p) => !b.parts![p.part!]!.done) : [{ study: s, bundle: b, part: null }];
     onDisk += b.size!;
@@ -268,6 +261,22 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     }
     queue.push(...pieces);
     poke();
+  };
+
+  /**
+   * Split a built bundle into partial uploads when it is more than two pieces; once, before any upload of it began (a
+   * resumed bundle keeps the way it was sent). Asked when it is built and again when a connection takes it: near the
+   * end a piece is sized from what is left then, so the last pieces shrink and the connections run out together
+   * (sized when planned, the last ones were as long as the first: 17 of 64 connections sent for 6 s more at the end
+   * of a 1,000-instance push at 100/2/300).
+   */
+  const splitIfLarge = (b: BundleState): boolean => {
+    if (b.parts || b.uploadUrl || !o.concatenation || b.size === undefined) return false;
+    const parts = splitParts(b.size, currentPiece(), flowsNow());
+    if (parts.length < 2) return false;
+    b.parts = parts;
+    partials += parts.length;
+    return true;
   };
 
   const producer = (async () => {
@@ -454,7 +463,14 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       // sending connections as the controller allows, and all uploads under way (also those waiting for their
       // answer) within what the relay lets one token run
       while (!fatal && active < controller.flows && inFlight < maxFlows && queue.length) {
-        const piece = queue.shift()!;
+        let piece = queue.shift()!;
+        if (piece.part === null && splitIfLarge(piece.bundle)) {
+          // the parts go first, on this connection and the next ones free
+          const parts = piece.bundle.parts!.map((_, i) => ({ study: piece.study, bundle: piece.bundle, part: i }));
+          saveSoon();
+          piece = parts.shift()!;
+          queue.unshift(...parts);
+        }
         active++;
         inFlight++;
         flowsMax = Math.max(flowsMax, active);
