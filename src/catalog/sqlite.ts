@@ -49,6 +49,19 @@ class AlreadyIndexed extends Error {}
 
 const assignments = (cols: string[]) => cols.map((c) => `${c} = @${c}`).join(", ");
 
+/** One group's transaction: rows read once, counts added once (SqliteIndex.insertRow). */
+interface GroupMemo {
+  studies: Map<string, { pk: number; patientPk: number; attrs: DicomJsonDataset; patientAttrs: DicomJsonDataset }>;
+  /** by study pk + "/" + SeriesInstanceUID */
+  series: Map<string, { pk: number; attrs: DicomJsonDataset }>;
+  patients: Map<number, { key: ReturnType<typeof patientKey>; attrs: DicomJsonDataset }>;
+  patientByKey: Map<string, number>;
+  seriesCounts: Map<number, { added: number; visible: number }>;
+  studyCounts: Map<number, { added: number; visible: number }>;
+}
+
+const newGroupMemo = (): GroupMemo => ({ studies: new Map(), series: new Map(), patients: new Map(), patientByKey: new Map(), seriesCounts: new Map(), studyCounts: new Map() });
+
 export class SqliteIndex implements Index {
   readonly kind = "sqlite";
   private db: Database.Database | null = null;
@@ -174,7 +187,9 @@ export class SqliteIndex implements Index {
     // savepoint per record (two statements each); if one fails, everything rolled back and it goes again below
     try {
       db.transaction(() => {
-        for (const record of records) this.insertRow(record);
+        const memo = newGroupMemo();
+        for (const record of records) this.insertRow(record, memo);
+        this.addGroupCounts(memo);
       }).immediate();
       return records.map(() => ({ ok: { outcome: "inserted" } }));
     } catch {
@@ -254,12 +269,17 @@ export class SqliteIndex implements Index {
     return old;
   }
 
-  /** Inside a transaction: patient / study / series upserts, the instance row, the counts. */
-  private insertRow(record: InstanceRecord): void {
+  /**
+   * Inside a transaction: patient / study / series upserts, the instance row, the counts. With a memo (one group's
+   * transaction), each study, series and patient row is read and parsed once for the group and the counts are added
+   * once at its end (a STOW-RS group is mostly one study: per instance that was four SELECTs, four JSON.parse and two
+   * UPDATEs of the same rows).
+   */
+  private insertRow(record: InstanceRecord, memo?: GroupMemo): void {
     const now = new Date().toISOString();
     const ds = record.metadata;
-    const studyPk = this.ensureStudy(record.studyInstanceUID, ds, now);
-    const seriesPk = this.ensureSeries(studyPk, record.seriesInstanceUID, ds, now);
+    const studyPk = this.ensureStudy(record.studyInstanceUID, ds, now, memo);
+    const seriesPk = this.ensureSeries(studyPk, record.seriesInstanceUID, ds, now, memo);
     const cols = ["sop_instance_uid", "series_pk", "study_pk", "sop_class_uid", ...INSTANCE_COLUMNS, "transfer_syntax_uid", "size", "sha256",
       "blob_key", "metadata", "qido_attrs", "pixel_data", "bulk_data", "stored_at", "pending_transfer_id"];
     const pending = record.pendingTransferId ?? null;
@@ -284,12 +304,33 @@ export class SqliteIndex implements Index {
     });
     if (info.changes === 0) throw new AlreadyIndexed();
     const visible = pending === null ? 1 : 0;
+    if (memo) {
+      for (const [counts, pk] of [[memo.seriesCounts, seriesPk], [memo.studyCounts, studyPk]] as const) {
+        const c = counts.get(pk) ?? { added: 0, visible: 0 };
+        c.added++;
+        c.visible += visible;
+        counts.set(pk, c);
+      }
+      return;
+    }
     this.prep("UPDATE series SET instance_count = instance_count + 1, visible_count = visible_count + ? WHERE pk = ?").run(visible, seriesPk);
     this.prep("UPDATE studies SET instance_count = instance_count + 1, visible_count = visible_count + ? WHERE pk = ?").run(visible, studyPk);
   }
 
-  private ensurePatient(ds: DicomJsonDataset): number {
+  /** The counts a group's instances added, at the end of its transaction. */
+  private addGroupCounts(memo: GroupMemo): void {
+    for (const [pk, c] of memo.seriesCounts) this.prep("UPDATE series SET instance_count = instance_count + ?, visible_count = visible_count + ? WHERE pk = ?").run(c.added, c.visible, pk);
+    for (const [pk, c] of memo.studyCounts) this.prep("UPDATE studies SET instance_count = instance_count + ?, visible_count = visible_count + ? WHERE pk = ?").run(c.added, c.visible, pk);
+  }
+
+  private ensurePatient(ds: DicomJsonDataset, memo?: GroupMemo): number {
     const key = patientKey(ds);
+    const memoKey = `${key.patient_key_id}\0${key.patient_key_issuer}\0${key.patient_key_name}`;
+    const known = memo?.patientByKey.get(memoKey);
+    if (known !== undefined) {
+      this.fillPatient(known, memo!.patients.get(known)!.attrs, ds);
+      return known;
+    }
     const attrs = pick(ds, "patient");
     const cols = ["patient_key_id", "patient_key_issuer", "patient_key_name", ...PATIENT_COLUMNS, "attrs"];
     this.prep(
@@ -299,59 +340,89 @@ export class SqliteIndex implements Index {
     const row = this.prep(
       "SELECT pk, attrs FROM patients WHERE patient_key_id = @patient_key_id AND patient_key_issuer = @patient_key_issuer AND patient_key_name = @patient_key_name",
     ).get(key) as { pk: number; attrs: string };
-    this.fillPatient(row.pk, row.attrs, ds);
+    const stored = JSON.parse(row.attrs) as DicomJsonDataset;
+    if (memo) {
+      memo.patientByKey.set(memoKey, row.pk);
+      memo.patients.set(row.pk, { key, attrs: stored });
+    }
+    this.fillPatient(row.pk, stored, ds);
     return row.pk;
   }
 
-  private fillPatient(pk: number, storedJson: string, ds: DicomJsonDataset): void {
-    const merged = fillBlanks(JSON.parse(storedJson), ds, "patient");
+  /** Fills the patient row's blanks from ds (stored: its attributes, parsed; updated in place). */
+  private fillPatient(pk: number, stored: DicomJsonDataset, ds: DicomJsonDataset): void {
+    const merged = fillBlanks(stored, ds, "patient");
     if (merged) {
       this.prep(`UPDATE patients SET ${assignments(PATIENT_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
         .run({ ...matchColumnValues("patient", merged), attrs: JSON.stringify(merged), pk });
     }
   }
 
-  private ensureStudy(uid: string, ds: DicomJsonDataset, now: string): number {
-    const existing = this.prep("SELECT pk, patient_pk, attrs, patient_attrs FROM studies WHERE study_instance_uid = ?").get(uid) as
-      | { pk: number; patient_pk: number; attrs: string; patient_attrs: string }
-      | undefined;
+  private ensureStudy(uid: string, ds: DicomJsonDataset, now: string, memo?: GroupMemo): number {
+    let existing = memo?.studies.get(uid);
+    if (!existing) {
+      const row = this.prep("SELECT pk, patient_pk, attrs, patient_attrs FROM studies WHERE study_instance_uid = ?").get(uid) as
+        | { pk: number; patient_pk: number; attrs: string; patient_attrs: string }
+        | undefined;
+      if (row) {
+        existing = { pk: row.pk, patientPk: row.patient_pk, attrs: JSON.parse(row.attrs), patientAttrs: JSON.parse(row.patient_attrs) };
+        memo?.studies.set(uid, existing);
+      }
+    }
     if (existing) {
-      const merged = fillBlanks(JSON.parse(existing.attrs), ds, "study");
+      const merged = fillBlanks(existing.attrs, ds, "study");
       if (merged) {
         this.prep(`UPDATE studies SET ${assignments(STUDY_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
           .run({ ...matchColumnValues("study", merged), attrs: JSON.stringify(merged), pk: existing.pk });
       }
-      const mergedPatient = fillBlanks(JSON.parse(existing.patient_attrs), ds, "patient");
+      const mergedPatient = fillBlanks(existing.patientAttrs, ds, "patient");
       if (mergedPatient) {
         this.prep(`UPDATE studies SET ${assignments(PATIENT_COLUMNS)}, patient_attrs = @patient_attrs WHERE pk = @pk`)
           .run({ ...matchColumnValues("patient", mergedPatient), patient_attrs: JSON.stringify(mergedPatient), pk: existing.pk });
       }
       // the study keeps the patient its first instance named; only that same patient's blanks are filled
-      const patient = this.prep("SELECT patient_key_id, patient_key_issuer, patient_key_name, attrs FROM patients WHERE pk = ?").get(existing.patient_pk) as
-        { patient_key_id: string; patient_key_issuer: string; patient_key_name: string; attrs: string };
+      let patient = memo?.patients.get(existing.patientPk);
+      if (!patient) {
+        const row = this.prep("SELECT patient_key_id, patient_key_issuer, patient_key_name, attrs FROM patients WHERE pk = ?").get(existing.patientPk) as
+          { patient_key_id: string; patient_key_issuer: string; patient_key_name: string; attrs: string };
+        patient = { key: { patient_key_id: row.patient_key_id, patient_key_issuer: row.patient_key_issuer, patient_key_name: row.patient_key_name }, attrs: JSON.parse(row.attrs) };
+        memo?.patients.set(existing.patientPk, patient);
+      }
       const key = patientKey(ds);
-      if (patient.patient_key_id === key.patient_key_id && patient.patient_key_issuer === key.patient_key_issuer && patient.patient_key_name === key.patient_key_name) {
-        this.fillPatient(existing.patient_pk, patient.attrs, ds);
+      if (patient.key.patient_key_id === key.patient_key_id && patient.key.patient_key_issuer === key.patient_key_issuer && patient.key.patient_key_name === key.patient_key_name) {
+        this.fillPatient(existing.patientPk, patient.attrs, ds);
       }
       return existing.pk;
     }
     const attrs = pick(ds, "study");
     const patientAttrs = pick(ds, "patient");
     const cols = ["study_instance_uid", "patient_pk", ...STUDY_COLUMNS, ...PATIENT_COLUMNS, "attrs", "patient_attrs", "created_at"];
+    const patientPk = this.ensurePatient(ds, memo);
     this.prep(`INSERT INTO studies (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (study_instance_uid) DO NOTHING`)
       .run({
-        ...matchColumnValues("study", attrs), ...matchColumnValues("patient", patientAttrs), study_instance_uid: uid, patient_pk: this.ensurePatient(ds),
+        ...matchColumnValues("study", attrs), ...matchColumnValues("patient", patientAttrs), study_instance_uid: uid, patient_pk: patientPk,
         attrs: JSON.stringify(attrs), patient_attrs: JSON.stringify(patientAttrs), created_at: now,
       });
-    return (this.prep("SELECT pk FROM studies WHERE study_instance_uid = ?").get(uid) as { pk: number }).pk;
+    const pk = (this.prep("SELECT pk FROM studies WHERE study_instance_uid = ?").get(uid) as { pk: number }).pk;
+    // (ON CONFLICT cannot happen within this transaction: the SELECT above found none; the memo keeps what was written)
+    memo?.studies.set(uid, { pk, patientPk, attrs, patientAttrs });
+    return pk;
   }
 
-  private ensureSeries(studyPk: number, uid: string, ds: DicomJsonDataset, now: string): number {
-    const existing = this.prep("SELECT pk, attrs FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as
-      | { pk: number; attrs: string }
-      | undefined;
+  private ensureSeries(studyPk: number, uid: string, ds: DicomJsonDataset, now: string, memo?: GroupMemo): number {
+    const memoKey = `${studyPk}/${uid}`;
+    let existing = memo?.series.get(memoKey);
+    if (!existing) {
+      const row = this.prep("SELECT pk, attrs FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as
+        | { pk: number; attrs: string }
+        | undefined;
+      if (row) {
+        existing = { pk: row.pk, attrs: JSON.parse(row.attrs) };
+        memo?.series.set(memoKey, existing);
+      }
+    }
     if (existing) {
-      const merged = fillBlanks(JSON.parse(existing.attrs), ds, "series");
+      const merged = fillBlanks(existing.attrs, ds, "series");
       if (merged) {
         this.prep(`UPDATE series SET ${assignments(SERIES_COLUMNS)}, attrs = @attrs WHERE pk = @pk`)
           .run({ ...matchColumnValues("series", merged), attrs: JSON.stringify(merged), pk: existing.pk });
@@ -362,7 +433,9 @@ export class SqliteIndex implements Index {
     const cols = ["series_instance_uid", "study_pk", ...SERIES_COLUMNS, "attrs", "created_at"];
     this.prep(`INSERT INTO series (${cols.join(", ")}) VALUES (${cols.map((c) => "@" + c).join(", ")}) ON CONFLICT (study_pk, series_instance_uid) DO NOTHING`)
       .run({ ...matchColumnValues("series", attrs), series_instance_uid: uid, study_pk: studyPk, attrs: JSON.stringify(attrs), created_at: now });
-    return (this.prep("SELECT pk FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as { pk: number }).pk;
+    const pk = (this.prep("SELECT pk FROM series WHERE study_pk = ? AND series_instance_uid = ?").get(studyPk, uid) as { pk: number }).pk;
+    memo?.series.set(memoKey, { pk, attrs });
+    return pk;
   }
 
   /** Inside a transaction: remove instance rows, recount, drop emptied series / studies / patients. */

@@ -91,6 +91,48 @@ describe("SqliteIndex on disk", () => {
     await idx.close();
   });
 
+  it("a group's rows and counts are those the same instances give one by one (study, series, patient rows read once per group)", async () => {
+    const patientA = { patientID: "P-A", patientName: "Li^Na" };
+    const [s1, s2, se1, se2, se3] = [newUid(), newUid(), newUid(), newUid(), newUid()];
+    const records = [
+      // blanks of the study, series and patient filled by later instances of the same group
+      makeRecord({ study: s1, series: se1, ...patientA }),
+      makeRecord({ study: s1, series: se1, ...patientA, studyDescription: "CT CHEST", accession: "A1", seriesNumber: 3 }),
+      makeRecord({ study: s1, series: se2, ...patientA, studyDate: "20240304", modality: "SR" }),
+      makeRecord({ study: s1, series: se1, ...patientA, studyDescription: "OTHER", extra: { "00100030": { vr: "DA", Value: ["19800101"] } } }),
+      // another study of the same patient, another patient's study, pending (not visible) ones
+      { ...makeRecord({ study: s2, series: se3, ...patientA, studyDescription: "MR" }), pendingTransferId: "t-1" },
+      { ...makeRecord({ study: s2, series: se3, ...patientA }), pendingTransferId: "t-1" },
+      makeRecord({ study: newUid(), series: newUid(), patientID: "P-B", patientName: "Wang^Fang" }),
+    ];
+    const files = [path.join(dir, "one-by-one.sqlite"), path.join(dir, "one-group.sqlite")];
+    const [single, grouped] = [new SqliteIndex({ path: files[0]! }), new SqliteIndex({ path: files[1]! })];
+    await single.init();
+    await grouped.init();
+    for (const r of records) expect((await single.insertInstance(r)).outcome).toBe("inserted");
+    // issued in one turn: one group, one transaction
+    expect((await Promise.all(records.map((r) => grouped.insertInstance(r)))).map((o) => o.outcome)).toEqual(records.map(() => "inserted"));
+    await single.close();
+    await grouped.close();
+    const dump = (file: string) => {
+      const db = new Database(file, { readonly: true });
+      const rows = (table: string, order: string) =>
+        (db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).all() as Record<string, unknown>[]).map(({ pk: _pk, created_at: _c, patient_pk: _p, study_pk: _s, ...rest }) => rest);
+      const out = { patients: rows("patients", "patient_key_id"), studies: rows("studies", "study_instance_uid"), series: rows("series", "series_instance_uid") };
+      db.close();
+      return out;
+    };
+    const a = dump(files[0]!);
+    const b = dump(files[1]!);
+    expect(b).toEqual(a);
+    // and the counts are right, not merely the same
+    expect(a.studies.find((r) => r.study_instance_uid === s1)).toMatchObject({ instance_count: 4, visible_count: 4 });
+    expect(a.studies.find((r) => r.study_instance_uid === s2)).toMatchObject({ instance_count: 2, visible_count: 0 });
+    expect(a.series.find((r) => r.series_instance_uid === se1)).toMatchObject({ instance_count: 3, visible_count: 3 });
+    expect(JSON.parse(String(a.studies.find((r) => r.study_instance_uid === s1)!.attrs))["00081030"]).toEqual({ vr: "LO", Value: ["CT CHEST"] });
+    expect(a.patients.length).toBe(2);
+  });
+
   it("refuses a database written by a newer relay, with a sentence", async () => {
     const file = path.join(dir, "newer.sqlite");
     const a = new SqliteIndex({ path: file });
