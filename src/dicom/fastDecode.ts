@@ -9,6 +9,9 @@
  * - text is decoded by the decoder dcmjs would use: TextDecoder("latin1") (windows-1252) until a SpecificCharacterSet
  *   element switches it, and in every sequence item (dcmjs starts each item afresh); Latin-1 byte reads for the
  *   "ASCII" VRs (AE, AS, CS, DA, DS, DT, IS, TM, UI, UR);
+ * - a value is decoded whole and split on "\" and "=" afterwards, so a GBK / GB18030 trail byte 0x5C stays in its
+ *   character; GBK text goes through TextDecoder("gbk") as in dcmjs: in Node (ICU) it is not the GB18030 decoder
+ *   WHATWG specifies for that label (four-byte sequences left undecoded, 0xFF dropped), so the labels never mix;
  * - trimming per VR: AE, LO and SH trimmed as a whole before the split on "\", CS each value, ST, TM, UC, UT and LT
  *   trailing white space, PN one trailing space; ST, UT and UC are split on "\" like multi-valued text (LT is not);
  * - DS and IS keep digits, ".", "+", "-" and "e" only before Number(); empty US/SS/UL/SL/FL/FD/UV values read as [0];
@@ -17,9 +20,10 @@
  * - SpecificCharacterSet reads back as "ISO_IR 192" (part10.ts restores the values as written);
  * - undefined-length items delimited by dcmjs's 16-bit word scan, and an item the scan finds empty dropped.
  *
- * Anything this reader is not sure of (a character set other than Latin-1 or UTF-8, a VR dcmjs would read as another,
- * a numeric value whose length is not a multiple of its size, encapsulated fragments in an item, a structure dcmjs
- * would misread) throws FastDecodeFallback: the caller then lets dcmjs decode, so the answer is never a different one.
+ * Anything this reader is not sure of (a character set other than Latin-1, UTF-8, GB18030 or GBK, a VR dcmjs would
+ * read as another, a numeric value whose length is not a multiple of its size, encapsulated fragments in an item, a
+ * structure dcmjs would misread) throws FastDecodeFallback: the caller then lets dcmjs decode, so the answer is never
+ * a different one.
  */
 import type { DicomJsonAttribute, DicomJsonDataset } from "./types.ts";
 import { dictionaryVR } from "./dictionary.ts";
@@ -42,19 +46,36 @@ const DCMJS_VRS = new Set(["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD",
 const LENGTH32_VRS = new Set(["OB", "OW", "OF", "SQ", "UC", "UR", "UT", "UN", "OD", "UV"]);
 /** byte size of one value of the binary numeric VRs */
 const NUMBER_SIZE: Record<string, number> = { US: 2, SS: 2, UL: 4, SL: 4, FL: 4, FD: 8, UV: 8, AT: 4 };
+/** The text decoders this reader knows: dcmjs's TextDecoder labels (windows-1252 behind "latin1" and "iso-8859-1") */
+export type TextCoding = "latin1" | "utf-8" | "gb18030" | "gbk";
 /** SpecificCharacterSet values dcmjs maps to the decoders this reader knows (its encodingMapping) */
-const DCMJS_ENCODING: Record<string, "latin1" | "utf8"> = {
+const DCMJS_ENCODING: Record<string, TextCoding> = {
   "": "latin1",
   "iso-ir-6": "latin1",
   "iso-ir-100": "latin1",
   "iso-2022-ir-6": "latin1",
   "iso-2022-ir-100": "latin1",
-  "iso-ir-192": "utf8",
+  "iso-ir-192": "utf-8",
+  // single code table, no escapes; dcmjs's "iso-2022-gbk" and "iso-2022-58" are left to it (part10 never writes them)
+  gb18030: "gb18030",
+  gbk: "gbk",
 };
 const PN_GROUPS = ["Alphabetic", "Ideographic", "Phonetic"] as const;
 
-const windows1252 = new TextDecoder("latin1");
-const utf8Decoder = new TextDecoder("utf-8");
+const decoders = new Map<TextCoding, TextDecoder>();
+function decoder(coding: TextCoding): TextDecoder {
+  let d = decoders.get(coding);
+  if (!d) {
+    // a Node without full ICU has no GB decoders; dcmjs would fail there too, with its own message
+    try {
+      d = new TextDecoder(coding);
+    } catch {
+      return fallback(`no TextDecoder("${coding}")`);
+    }
+    decoders.set(coding, d);
+  }
+  return d;
+}
 
 const tagKeys = new Map<number, string>();
 function tagKey(tag: number): string {
@@ -69,10 +90,13 @@ function tagKey(tag: number): string {
 /** dcmjs's readAsciiString: one character per byte */
 const ascii = (b: Buffer, s: number, e: number) => b.toString("latin1", s, e);
 
-/** dcmjs's readEncodedString: its TextDecoder; plain ASCII reads the same in both, without the decoder's cost */
-function encoded(b: Buffer, s: number, e: number, utf8: boolean): string {
+/**
+ * dcmjs's readEncodedString: its TextDecoder over the whole value (one decode() call, nothing carried over). Plain
+ * ASCII reads the same in each of these decoders (GBK / GB18030 lead bytes are 0x81 and up), without their cost.
+ */
+function encoded(b: Buffer, s: number, e: number, coding: TextCoding): string {
   for (let i = s; i < e; i++) {
-    if (b[i]! >= 0x80) return (utf8 ? utf8Decoder : windows1252).decode(b.subarray(s, e));
+    if (b[i]! >= 0x80) return decoder(coding).decode(b.subarray(s, e));
   }
   return b.toString("latin1", s, e);
 }
@@ -171,7 +195,7 @@ function binaryNumbers(vr: string, b: Buffer, s: number, e: number): DicomJsonAt
 }
 
 /** One defined-length value (bytes s..e of b) as dcmjs + toDicomJson give it. */
-export function decodeValue(vr: string, b: Buffer, s: number, e: number, utf8: boolean): DicomJsonAttribute {
+export function decodeValue(vr: string, b: Buffer, s: number, e: number, coding: TextCoding): DicomJsonAttribute {
   switch (vr) {
     case "AE":
       return strings(vr, ascii(b, s, e).trim().split("\\"));
@@ -189,16 +213,16 @@ export function decodeValue(vr: string, b: Buffer, s: number, e: number, utf8: b
       return withValues(vr, ascii(b, s, e).split("\\").map(numberString));
     case "LO":
     case "SH":
-      return strings(vr, encoded(b, s, e, utf8).trim().split("\\"));
+      return strings(vr, encoded(b, s, e, coding).trim().split("\\"));
     case "ST":
     case "UT":
     case "UC":
-      return strings(vr, rtrim(encoded(b, s, e, utf8)).split("\\"));
+      return strings(vr, rtrim(encoded(b, s, e, coding)).split("\\"));
     case "LT":
-      return strings(vr, [rtrim(encoded(b, s, e, utf8))]);
+      return strings(vr, [rtrim(encoded(b, s, e, coding))]);
     case "PN": {
       if (e === s) return { vr };
-      const text = encoded(b, s, e, utf8);
+      const text = encoded(b, s, e, coding);
       // readPaddedEncodedString: one trailing space is padding
       return personNames(text.length && text[text.length - 1] !== " " ? text : text.slice(0, -1));
     }
@@ -288,7 +312,7 @@ function readSequence(b: Buffer, p: number, end: number, depth: number): { attr:
 function readDataset(b: Buffer, s: number, e: number, depth: number): DicomJsonDataset {
   if (depth > MAX_DEPTH) fallback("sequences nested too deep");
   const out: DicomJsonDataset = {};
-  let utf8 = false; // every dcmjs stream starts with TextDecoder("latin1")
+  let coding: TextCoding = "latin1"; // every dcmjs stream starts with TextDecoder("latin1")
   let ascending = true;
   let last = -1;
   let p = s;
@@ -318,7 +342,7 @@ function readDataset(b: Buffer, s: number, e: number, depth: number): DicomJsonD
       if (valueAt + length > e) fallback("a value past the end of its data set");
       // dcmjs reads UN as the dictionary's VR when the tag is in its dictionary
       if (vr === "UN" && dictionaryVR(tag)) fallback("UN with a dictionary VR");
-      attr = decodeValue(vr, b, valueAt, valueAt + length, utf8);
+      attr = decodeValue(vr, b, valueAt, valueAt + length, coding);
       p = valueAt + length;
     }
     if (tag === SPECIFIC_CHARACTER_SET) {
@@ -326,9 +350,9 @@ function readDataset(b: Buffer, s: number, e: number, depth: number): DicomJsonD
       if (vr !== "CS") fallback(`SpecificCharacterSet as ${vr}`);
       const terms = ascii(b, valueAt, valueAt + length).split("\\");
       if (terms.length > 1) fallback("several SpecificCharacterSet values");
-      const decoder = DCMJS_ENCODING[terms[0]!.trim().replace(/[_ ]/g, "-").toLowerCase()];
-      if (!decoder) fallback(`SpecificCharacterSet "${terms[0]!.trim()}"`);
-      utf8 = decoder === "utf8";
+      const next = DCMJS_ENCODING[terms[0]!.trim().replace(/[_ ]/g, "-").toLowerCase()];
+      if (!next) return fallback(`SpecificCharacterSet "${terms[0]!.trim()}"`);
+      coding = next;
       attr = { vr: "CS", Value: ["ISO_IR 192"] };
     }
     // group 0000 (command elements, part10's empty-item marker) never belongs in a data set: toDicomJson drops it

@@ -8,7 +8,7 @@
  *    located (offset, length; encapsulated pixel data fragment by fragment), never read.
  * 3. Re-encode the remaining elements (the "header") as explicit VR little endian, with every sequence
  *    and item of undefined length, and decode the values and character sets: fastDecode.ts when the text is
- *    Latin-1 or UTF-8 and it knows every element, else dcmjs (the same result for several times the CPU). Binary values
+ *    Latin-1, UTF-8, GB18030 or GBK (no ISO 2022 escapes) and it knows every element, else dcmjs (the same result for several times the CPU). Binary values
  *    inside sequence items at least `bulkDataThreshold` long (waveform data) are located here, from the
  *    kept sequence's position, and handed to the decoder empty.
  * 4. Convert to DICOM JSON, add BulkDataURIs, check the UIDs.
@@ -1007,13 +1007,17 @@ async function readPart10Checked(src: RandomAccessSource, opts: ReadPart10Option
  */
 export const headerDecoding = { dcmjsOnly: false, fast: 0, dcmjs: 0, lastFallback: "" };
 
-/** Text in these sets reads the same through the fast decoder and dcmjs (Latin-1 as windows-1252, UTF-8). */
-const FAST_CHARSET_TERMS = new Set(["", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"]);
+/**
+ * Text in these sets reads the same through the fast decoder and dcmjs (Latin-1 as windows-1252, UTF-8, and GB18030
+ * and GBK: single code tables, decoded whole by their own TextDecoder). Sets with code extensions (ISO 2022 IR 58 too,
+ * though chooseCharset gives it the GBK decoder) stay on dcmjs: escape sequences are stripped on that path only.
+ */
+const FAST_CHARSET_TERMS = new Set(["", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "GB18030", "GBK"]);
 const fastCharset = (terms: string[]) => terms.every((t) => FAST_CHARSET_TERMS.has(t.trim().toUpperCase().replace(/^ISO-IR/, "ISO_IR")));
 
 /**
  * The re-encoded header as DICOM JSON (data set and file meta): the fast decoder (fastDecode.ts) when every character
- * set is Latin-1 or UTF-8 and it knows every element, else dcmjs; both give the same result.
+ * set is one of FAST_CHARSET_TERMS and it knows every element, else dcmjs; both give the same result.
  */
 function decodeHeader(meta: Buffer, dataset: Buffer, charset: CharsetChoice | undefined, nestedCharsets: TranscodeContext["nestedCharsets"]): { dataset: DicomJsonDataset; fileMeta: DicomJsonDataset } {
   let why = "";

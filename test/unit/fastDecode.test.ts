@@ -1,15 +1,16 @@
 /**
  * The fast header decoder (src/dicom/fastDecode.ts) against dcmjs: every file at hand read with the fast path and with
  * dcmjs forced must give the same ParsedInstance (or the same refusal), key order included; the fast path must really
- * be taken for Latin-1 / UTF-8 files and left for other character sets. Then the value decoders' edge cases, each
- * checked against dcmjs and against the DICOM JSON it must give.
+ * be taken for Latin-1 / UTF-8 / GB18030 / GBK files and left for other character sets (ISO 2022 ones included). Then
+ * the value decoders' edge cases, each checked against dcmjs and against the DICOM JSON it must give.
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import iconv from "iconv-lite";
 import { afterEach, describe, expect, it } from "vitest";
 import { bufferSource, headerDecoding, readBareDataset, readPart10 } from "../../src/dicom/part10.ts";
-import { decodeValue, fastDecodeHeader, FastDecodeFallback } from "../../src/dicom/fastDecode.ts";
+import { decodeValue, fastDecodeHeader, FastDecodeFallback, type TextCoding } from "../../src/dicom/fastDecode.ts";
 import { InstanceRejectedError } from "../../src/dicom/failureReasons.ts";
 import type { DicomJsonDataset } from "../../src/dicom/types.ts";
 import { encodeDataset, encodeFileMeta, makeInstance, tagOf, type SyntheticInstanceOptions, type WriterElement } from "../../scripts/lib/synthetic.ts";
@@ -124,12 +125,13 @@ describe("fast header decoder against dcmjs: files", () => {
     for (const f of ["test_files/CT_small.dcm", "test_files/MR_small.dcm", "test_files/MR_small_implicit.dcm", "test_files/MR_small_bigendian.dcm",
       "test_files/image_dfl.dcm", "test_files/rtplan.dcm", "test_files/rtdose.dcm", "test_files/reportsi.dcm", "test_files/test-SR.dcm",
       "test_files/waveform_ecg.dcm", "test_files/JPEG2000.dcm", "test_files/MR_small_RLE.dcm", "test_files/nested_priv_SQ.dcm",
-      "charset_files/chrFren.dcm", "charset_files/chrFrenMulti.dcm", "charset_files/chrGerm.dcm", "charset_files/chrX1.dcm"]) {
+      "charset_files/chrFren.dcm", "charset_files/chrFrenMulti.dcm", "charset_files/chrGerm.dcm", "charset_files/chrX1.dcm",
+      "charset_files/chrX2.dcm"]) { // chrX2: GB18030
       expect(paths[f], f).toBe("fast");
     }
     // other character sets go to dcmjs, also when only an item has one
     for (const f of ["charset_files/chrArab.dcm", "charset_files/chrGreek.dcm", "charset_files/chrHbrw.dcm", "charset_files/chrRuss.dcm",
-      "charset_files/chrH31.dcm", "charset_files/chrH32.dcm", "charset_files/chrI2.dcm", "charset_files/chrX2.dcm", "charset_files/chrJapMulti.dcm",
+      "charset_files/chrH31.dcm", "charset_files/chrH32.dcm", "charset_files/chrI2.dcm", "charset_files/chrJapMulti.dcm",
       "charset_files/chrKoreanMulti.dcm", "charset_files/chrSQEncoding.dcm", "charset_files/chrSQEncoding1.dcm"]) {
       expect(paths[f], f).toBe("dcmjs");
       expect(whys[f], f).toMatch(/^SpecificCharacterSet /);
@@ -145,21 +147,46 @@ describe("fast header decoder against dcmjs: files", () => {
       ImageComments: "multi\\line comment ",
       FrameIncrementPointer: 0x00181063,
     };
+    // Chinese text: 錦 E55C, 誠 D55C, 運 DF5C, 衆 D05C end in the backslash byte in GBK and GB18030; three PN groups;
+    // multi-valued LO / CS / PN; trailing spaces; an item in the other GB set (the writer encodes items in the data
+    // set's set: these characters have the same bytes in both)
+    const chineseExtra = (charset: string) => ({
+      ...extra,
+      OtherPatientIDs: [" 運誠", "衆 ", "", "錦  "],
+      OtherPatientNames: "Yun^Cheng=運^誠=yun^cheng\\=衆^錦\\Zhong ",
+      InstitutionalDepartmentName: "放射科\\診斷 ",
+      PatientComments: "診斷\\運 ok  ",
+      ScanOptions: ["HELICAL ", " AXIAL", ""],
+      ReferencedPatientSequence: [{ SpecificCharacterSet: charset === "GBK" ? "GB18030" : charset === "GB18030" ? "GBK" : charset, PatientID: "錦", IssuerOfPatientID: "運誠醫院 ", ReferencedPatientSequence: [{ PatientID: "衆\\誠" }] }, {}],
+    });
     let n = 0;
     for (const transferSyntaxUID of Object.values(TS)) {
       for (const charset of ["ISO_IR 100", "ISO_IR 192", "GB18030", "GBK"] as const) {
         for (const undefinedLengthSequences of [false, true]) {
-          const o: SyntheticInstanceOptions = { rows: 16, columns: 16, frames: 2, seed: n++, transferSyntaxUID, charset, undefinedLengthSequences, extra, modality: ["CT", "MR", "US", "PT"][n % 4] };
-          if (charset === "ISO_IR 100") o.patientName = "Müller^Jürgen";
+          const chinese = charset !== "ISO_IR 100";
+          const o: SyntheticInstanceOptions = { rows: 16, columns: 16, frames: 2, seed: n++, transferSyntaxUID, charset, undefinedLengthSequences, extra: chinese ? chineseExtra(charset) : extra, modality: ["CT", "MR", "US", "PT"][n % 4] };
+          o.patientName = chinese ? "Huang^JinCheng=黃^錦誠=huang^jincheng " : "Müller^Jürgen";
           const label = `${transferSyntaxUID} ${charset} undefined lengths ${undefinedLengthSequences}`;
           const out = await differential(readFile(makeInstance(o)), label);
-          expect(out.path, label).toBe(charset === "GB18030" || charset === "GBK" ? "dcmjs" : "fast");
+          expect(out.path, label).toBe("fast");
           paths.push(out.path);
+          if (!chinese) continue;
+          // decoded before the split on "\\": the 0x5C trail bytes stayed in their characters
+          const ds = (out.result as { dataset: DicomJsonDataset }).dataset;
+          expect(ds["00100010"], label).toEqual({ vr: "PN", Value: [{ Alphabetic: "Huang^JinCheng", Ideographic: "黃^錦誠", Phonetic: "huang^jincheng" }] });
+          expect(ds["00101000"], label).toEqual({ vr: "LO", Value: ["運誠", "衆", null, "錦"] });
+          expect(ds["00101001"], label).toEqual({ vr: "PN", Value: [{ Alphabetic: "Yun^Cheng", Ideographic: "運^誠", Phonetic: "yun^cheng" }, { Ideographic: "衆^錦" }, { Alphabetic: "Zhong" }] });
+          expect(ds["00104000"], label).toEqual({ vr: "LT", Value: ["診斷\\運 ok"] });
+          expect(ds["00080005"], label).toEqual({ vr: "CS", Value: [charset] });
+          const item = (ds["00081120"]!.Value as DicomJsonDataset[])[0]!;
+          expect(item["00100021"], label).toEqual({ vr: "LO", Value: ["運誠醫院"] });
+          expect((item["00081120"]!.Value as DicomJsonDataset[])[0]!["00100020"], label).toEqual({ vr: "LO", Value: ["衆", "誠"] });
         }
       }
     }
     // the generator's default study: random patients and modalities
     for (let seed = 100; seed < 116; seed++) paths.push((await differential(readFile(makeInstance({ rows: 8, columns: 8, seed })), `seed ${seed}`)).path);
+    expect(paths.filter((p) => p !== "fast")).toEqual([]);
     console.log(`fast header decoder, synthetic: ${paths.length} instances, ${paths.filter((p) => p === "fast").length} fast, ${paths.filter((p) => p === "dcmjs").length} dcmjs`);
   });
 });
@@ -320,10 +347,83 @@ describe("fast header decoder: values", () => {
     }
   });
 
+  it("decodes GB18030 and GBK text as dcmjs does: 0x5C trail bytes, multi-values, PN groups, padding, lone and four-byte sequences, items in other sets", async () => {
+    const enc = (text: string, charset: string) => iconv.encode(text, charset.toLowerCase());
+    const gb = (text: string) => iconv.encode(text, "gb18030");
+    // GB18030's four-byte sequences (𠀀 95 32 82 36) and a GBK-only extension (䶮 FE 9F): Node's "gbk" decoder is not
+    // its "gb18030" one, so a GBK data set with these bytes shows which decoder read them
+    const fourByte = gb("𠀀䶮 胸部 ");
+    const otherSet = { GB18030: "GBK", GBK: "GB18030", "ISO_IR 100": "GB18030", "ISO_IR 192": "GBK" } as Record<string, string>;
+    for (const charset of ["GB18030", "GBK", "ISO_IR 100", "ISO_IR 192"]) {
+      const chinese = charset === "GB18030" || charset === "GBK";
+      const text = (t: string) => (chinese ? enc(t, charset) : charset === "ISO_IR 192" ? raw(t, "utf8") : raw("Latin-1 \xe9"));
+      const item = otherSet[charset]!;
+      const els = byTag([...minimalElements(), E(0x0008, 0x0005, "CS", charset),
+        // CS is read byte by byte (a 0x5C trail byte splits it: 運 is DF 5C)
+        E(0x0008, 0x0008, "CS", Buffer.concat([raw("ORIGINAL\\"), gb("運"), raw("X ")])),
+        E(0x0010, 0x0010, "PN", text("Huang^JinCheng=黃^錦誠=huang^jincheng ")),
+        E(0x0008, 0x0090, "PN", text("Yun^Cheng=運^誠=yun^cheng\\=衆^錦\\\\Zhong  ")),
+        E(0x0010, 0x1000, "LO", text(" 運誠\\衆 \\\\錦 \u3000 ")),
+        E(0x0008, 0x1010, "SH", text("運\\誠")),
+        E(0x0010, 0x4000, "LT", text("診斷: 錦\\運\r\n  ")),
+        E(0x0008, 0x0081, "ST", text("北京\\東城區 ")),
+        E(0x0008, 0x0119, "UC", text("運\\誠 ")),
+        E(0x0008, 0x1030, "LO", chinese ? fourByte : text("x")),
+        // 0x80, 0xFF, a lead byte at the end, then a value starting with 0x5C: one decode() each, nothing carried over
+        E(0x0008, 0x103e, "LO", Buffer.from([0x41, 0x80, 0xff, 0x42, 0xb0])),
+        E(0x0008, 0x1040, "LO", Buffer.from([0x5c, 0x41, 0x5c])),
+        E(0x0040, 0x0275, "SQ", [
+          // the data set's set, inherited (re-decoded by part10 after either decoder)
+          [E(0x0040, 0x1001, "SH", text("運誠 ")), E(0x0040, 0x1002, "LO", text("錦\\衆"))],
+          // another set of its own, and an item nested in it that inherits it
+          [E(0x0008, 0x0005, "CS", item), E(0x0040, 0x1001, "SH", enc("運誠", item)),
+            E(0x0040, 0x1002, "LO", item === "GB18030" ? fourByte : enc("錦\\衆", item)),
+            E(0x0008, 0x1110, "SQ", [[E(0x0010, 0x0010, "PN", enc("Li^Na=李^錦=li^jin", item))]])],
+          [E(0x0008, 0x0005, "CS", "ISO_IR 100"), E(0x0040, 0x1001, "SH", raw("M\xfcller"))],
+          [],
+        ])]);
+      const sop = els.find((e) => e.tag === tagOf(0x0008, 0x0018))!.value as string;
+      const files: Array<[string, Buffer]> = [["explicit LE", rawFile(els)], ["implicit LE", handMade(els, { transferSyntaxUID: TS.implicitLE, explicitVR: false })],
+        ["explicit BE", Buffer.concat([encodeFileMeta({ sopClassUID: "1.2.840.10008.5.1.4.1.1.7", sopInstanceUID: sop, transferSyntaxUID: TS.explicitBE }),
+          encodeDataset(els, { explicitVR: true, littleEndian: false, undefinedLengthSequences: true })])]];
+      for (const [layout, file] of files) {
+        const label = `${charset} ${layout}`;
+        const o = await differential(readFile(file), label);
+        expect(o.path, label).toBe("fast");
+        const ds = (o.result as { dataset: DicomJsonDataset }).dataset;
+        expect(ds["00080005"], label).toEqual({ vr: "CS", Value: [charset] });
+        expect(ds["00080008"], label).toEqual({ vr: "CS", Value: ["ORIGINAL", "\xdf", "X"] });
+        const items = ds["00400275"]!.Value as DicomJsonDataset[];
+        expect(items.length, label).toBe(4);
+        expect(items[1]!["00080005"], label).toEqual({ vr: "CS", Value: [item] });
+        expect(items[1]!["00401001"], label).toEqual({ vr: "SH", Value: ["運誠"] });
+        expect((items[1]!["00081110"]!.Value as DicomJsonDataset[])[0], label).toEqual({ "00100010": { vr: "PN", Value: [{ Alphabetic: "Li^Na", Ideographic: "李^錦", Phonetic: "li^jin" }] } });
+        expect(items[2]!["00401001"], label).toEqual({ vr: "SH", Value: ["Müller"] });
+        if (!chinese) continue;
+        expect(ds["00100010"], label).toEqual({ vr: "PN", Value: [{ Alphabetic: "Huang^JinCheng", Ideographic: "黃^錦誠", Phonetic: "huang^jincheng" }] });
+        expect(ds["00080090"], label).toEqual({ vr: "PN", Value: [{ Alphabetic: "Yun^Cheng", Ideographic: "運^誠", Phonetic: "yun^cheng" }, { Ideographic: "衆^錦" }, { Alphabetic: "Zhong" }] });
+        expect(ds["00101000"], label).toEqual({ vr: "LO", Value: ["運誠", "衆", null, "錦"] });
+        expect(ds["00081010"], label).toEqual({ vr: "SH", Value: ["運", "誠"] });
+        expect(ds["00104000"], label).toEqual({ vr: "LT", Value: ["診斷: 錦\\運"] });
+        expect(ds["00080081"], label).toEqual({ vr: "ST", Value: ["北京", "東城區"] });
+        expect(ds["00080119"], label).toEqual({ vr: "UC", Value: ["運", "誠"] });
+        const studyDescription = ds["00081030"]!.Value![0];
+        if (charset === "GB18030") expect(studyDescription, label).toBe("𠀀䶮 胸部");
+        else expect(studyDescription, label).toBe(new TextDecoder("gbk").decode(fourByte).trim());
+        expect(items[0], label).toEqual({ "00401001": { vr: "SH", Value: ["運誠"] }, "00401002": { vr: "LO", Value: ["錦", "衆"] } });
+      }
+    }
+  });
+
   it("leaves to dcmjs what it is not sure of, with the same result: other character sets, UN of a dictionary tag, odd numeric lengths, fragments in items, delimiter-like data in items", async () => {
     const cases: Array<[string, WriterElement[], RegExp]> = [
       ["ISO_IR 144", [E(0x0008, 0x0005, "CS", "ISO_IR 144"), E(0x0010, 0x0010, "PN", raw("\xbb\xee\xda"))], /^SpecificCharacterSet ISO_IR 144$/],
       ["an item in ISO 2022 IR 87", [E(0x0008, 0x1120, "SQ", [[E(0x0008, 0x0005, "CS", ["", "ISO 2022 IR 87"]), E(0x0010, 0x0010, "PN", raw("Yamada"))]])], /in an item$/],
+      // GB2312 with code extensions: chooseCharset gives it the GBK decoder, but only the dcmjs path strips escapes
+      ["ISO 2022 IR 58", [E(0x0008, 0x0005, "CS", ["", "ISO 2022 IR 58"]), E(0x0010, 0x0010, "PN", Buffer.concat([raw("Wang^XiaoDong=\x1b$)A"), iconv.encode("王^小东", "gbk")]))], /^SpecificCharacterSet \\ISO 2022 IR 58$/],
+      ["an item in ISO 2022 IR 58 in a GB18030 data set", [E(0x0008, 0x0005, "CS", "GB18030"), E(0x0010, 0x0010, "PN", iconv.encode("Wang=王", "gb18030")),
+        E(0x0008, 0x1120, "SQ", [[E(0x0008, 0x0005, "CS", ["", "ISO 2022 IR 58"]), E(0x0010, 0x0010, "PN", raw("Wang"))]])], /^SpecificCharacterSet \\ISO 2022 IR 58 in an item$/],
+      ["GB18030 beside ISO 2022 IR 6", [E(0x0008, 0x0005, "CS", ["ISO 2022 IR 6", "GB18030"]), E(0x0010, 0x0010, "PN", iconv.encode("Wang=王", "gb18030"))], /^SpecificCharacterSet ISO 2022 IR 6\\GB18030$/],
       ["UN of a dictionary tag", [E(0x0028, 0x0010, "UN", Buffer.from([0, 2]))], /^UN with a dictionary VR$/],
       ["an odd US", [E(0x0028, 0x0010, "US", Buffer.from([0, 2, 0]))], /^a US value of 3 bytes$/],
       ["encapsulated fragments in an item", [E(0x0088, 0x0200, "SQ", [[E(0x0028, 0x0010, "US", 1),
@@ -362,11 +462,16 @@ describe("fast header decoder: values", () => {
   });
 
   it("decodes single values directly: the text decoder in effect, ASCII fast, windows-1252 and UTF-8 (a BOM dropped) otherwise", () => {
-    const v = (vr: string, b: Buffer, utf8 = false) => decodeValue(vr, b, 0, b.length, utf8);
+    const v = (vr: string, b: Buffer, coding: TextCoding = "latin1") => decodeValue(vr, b, 0, b.length, coding);
     expect(v("LO", raw("caf\xe9 \x93q\x94"))).toEqual({ vr: "LO", Value: [new TextDecoder("latin1").decode(raw("caf\xe9 \x93q\x94"))] });
     expect(v("LO", raw("caf\xe9"))).toEqual({ vr: "LO", Value: ["café"] });
-    expect(v("LO", raw("\ufeffcafé", "utf8"), true)).toEqual({ vr: "LO", Value: ["café"] });
-    expect(v("LO", raw("caf\xe9"), true)).toEqual({ vr: "LO", Value: ["caf\ufffd"] });
+    expect(v("LO", raw("\ufeffcafé", "utf8"), "utf-8")).toEqual({ vr: "LO", Value: ["café"] });
+    expect(v("LO", raw("caf\xe9"), "utf-8")).toEqual({ vr: "LO", Value: ["caf\ufffd"] });
+    // GBK / GB18030: decoded whole, then split (錦 is E5 5C); each label its own decoder, as dcmjs's
+    expect(v("LO", iconv.encode("錦\\運誠 ", "gbk"), "gbk")).toEqual({ vr: "LO", Value: ["錦", "運誠"] });
+    const fourByte = iconv.encode("𠀀", "gb18030");
+    expect(v("SH", fourByte, "gb18030")).toEqual({ vr: "SH", Value: ["𠀀"] });
+    expect(v("SH", fourByte, "gbk")).toEqual({ vr: "SH", Value: [new TextDecoder("gbk").decode(fourByte)] });
     expect(v("CS", raw("caf\x80"))).toEqual({ vr: "CS", Value: ["caf\x80"] }); // the ASCII VRs read bytes, not windows-1252
     expect(v("PN", raw("Doe^John  "))).toEqual({ vr: "PN", Value: [{ Alphabetic: "Doe^John" }] });
     expect(() => v("UL", Buffer.alloc(6))).toThrow(FastDecodeFallback);
