@@ -612,7 +612,7 @@ describe("dicom-relay push over several connections", () => {
   let proxy: FaultProxy;
   let gate: http.Server;
   const work = tmp("push-par-");
-  /** partial uploads seen (by path), PATCHes to them in flight now and at most */
+  /** partial uploads seen (by path), requests carrying their bytes in flight now and at most */
   const partial = new Set<string>();
   const seen = { inFlight: 0, maxInFlight: 0, finals: 0 };
 
@@ -623,7 +623,8 @@ describe("dicom-relay push over several connections", () => {
     gate = http.createServer((req, res) => {
       const p = req.url ?? "";
       const concat = String(req.headers["upload-concat"] ?? "");
-      const counted = req.method === "PATCH" && partial.has(p);
+      // bytes of a partial upload go on its creating POST (creation-with-upload) or on a PATCH that resumes it
+      const counted = (req.method === "PATCH" && partial.has(p)) || (req.method === "POST" && concat === "partial" && req.headers["content-type"] === "application/offset+octet-stream");
       if (counted) seen.maxInFlight = Math.max(seen.maxInFlight, ++seen.inFlight);
       let ended = false;
       const end = () => {
