@@ -102,7 +102,9 @@ async function uploaderPath(workDir: string): Promise<string> {
 function runPush(cli: string, folder: string, url: string, dir: string, timeoutMs: number, wireUp: () => number): Promise<PushRun> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const p = spawn(process.execPath, [cli, "push", folder, "--to", url, "--cache-dir", path.join(dir, "cache"), "--receipt-dir", path.join(dir, "receipts")], {
+    // BENCH_PUSH_NODE_ARGS: node options for the uploader (e.g. --cpu-prof --cpu-prof-dir=DIR: where its time goes)
+    const nodeArgs = (process.env.BENCH_PUSH_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+    const p = spawn(process.execPath, [...nodeArgs, cli, "push", folder, "--to", url, "--cache-dir", path.join(dir, "cache"), "--receipt-dir", path.join(dir, "receipts")], {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, DICOM_RELAY_TOKEN: "" },
@@ -180,6 +182,8 @@ async function pushThrough(study: Study, profile: LinkProfile, dir: string, extr
       completed: ok,
       ...(r.timedOut && { timedOutAfterSeconds: round(timeoutMs / 1000, 0) }),
       ...((!ok || process.env.BENCH_CROSSBORDER_VERBOSE === "1") && { exitCode: r.code, outputTail: r.output.slice(-1500) }),
+      // where the link sat idle: Mbit/s delivered in each second of the push
+      ...(process.env.BENCH_CROSSBORDER_VERBOSE === "1" && { linkMbitEachSecond: s.series.map((x) => round((x.bytesUp * 8) / 1e6, 0)) }),
       seconds: round(r.seconds, 1),
       wireFloorSeconds: round(wireFloor, 1),
       xWireFloor: round(r.seconds / wireFloor, 2),

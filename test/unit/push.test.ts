@@ -9,7 +9,7 @@ import { MEDIA_DIRECTORY_SOP_CLASS, classifyHead, formatDicomDate, groupStudies,
 import { buildManifest, manifestKey, planBundles } from "../../src/cli/push/manifest.ts";
 import { writeBundle } from "../../src/cli/push/bundle.ts";
 import { FlowController } from "../../src/cli/push/adaptive.ts";
-import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, PieceRate, chooseLevel, closerWith, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "../../src/cli/push/sizing.ts";
+import { FIRST_PIECE, MAX_PIECE, MIN_PIECE, MIN_SHARE, PieceRate, chooseLevel, closerWith, inEndgame, initialFlows, isCompressedSyntax, pieceBytes, splitParts, unreportedBytes } from "../../src/cli/push/sizing.ts";
 import { Progress, RateMeter, bar, formatBytes, formatDuration, logLine, progressLine } from "../../src/cli/push/progress.ts";
 import { CouldNotRun, RelayApi, backoffMs, networkCode, retryAfterMs, unreachableSentence } from "../../src/cli/push/http.ts";
 import http from "node:http";
@@ -703,5 +703,38 @@ describe("sizing pieces and compression", () => {
     expect(parts[parts.length - 1]!.end).toBe(10_001);
     for (let i = 1; i < parts.length; i++) expect(parts[i]!.start).toBe(parts[i - 1]!.end);
     expect(splitParts(1e9, 1e6, 8).length).toBe(64);
+  });
+
+  it("at the end of a push a bundle larger than its share is split (over 1.25), before that only past twice a piece", () => {
+    // 1.54 MB bundles; 64 connections at 190 kB/s each; 300 ms RTT: a piece is 9 s of a flow (1.7 MB)
+    const mid = { perFlowBytesPerSec: 190_000, rttMs: 300, flows: 64, remainingWireBytes: 200e6 };
+    expect(inEndgame(mid)).toBe(false);
+    expect(splitParts(1_540_000, pieceBytes(mid), 64)).toHaveLength(1);
+    // 64 MB left for 64 connections: 1 MB each, less than a piece's 1.7 MB
+    const end = { ...mid, remainingWireBytes: 64e6 };
+    expect(inEndgame(end)).toBe(true);
+    expect(pieceBytes(end)).toBe(1_000_000);
+    // the default rule (twice a piece) keeps it whole; the end's rule splits it in two
+    expect(splitParts(1_540_000, pieceBytes(end), 64)).toHaveLength(1);
+    expect(splitParts(1_540_000, pieceBytes(end), 64, 64, 1.25)).toHaveLength(2);
+    expect(splitParts(1_200_000, pieceBytes(end), 64, 64, 1.25)).toHaveLength(1);
+    // one connection has nobody to share with
+    expect(inEndgame({ ...end, flows: 1 })).toBe(false);
+  });
+
+  it("bytes sent since a piece's last progress report are counted at one connection's rate, up to what it has left", () => {
+    const now = 10_000;
+    const pieces = [
+      // reported its first chunk 4 s ago: 4 s x 200 kB/s = 800 kB since
+      { length: 1_500_000, sent: 65_536, at: now - 4000 },
+      // 10 s ago: no more than the 1,434,464 bytes it had left
+      { length: 1_500_000, sent: 65_536, at: now - 10_000 },
+      // reported just now: nothing unreported
+      { length: 1_500_000, sent: 700_000, at: now },
+    ];
+    expect(unreportedBytes(pieces, 200_000, now)).toBe(800_000 + 1_434_464);
+    // no rate measured yet: nothing assumed
+    expect(unreportedBytes(pieces, 0, now)).toBe(0);
+    expect(unreportedBytes([], 200_000, now)).toBe(0);
   });
 });

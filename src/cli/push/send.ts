@@ -17,7 +17,7 @@ import type { FoundInstance } from "./scan.ts";
 import { RateMeter, type Progress } from "./progress.ts";
 import { bundleResult, createFinal, proposedUploadUrl, uploadFile, type UploadOutcome } from "./upload.ts";
 import { FixedFlows, FlowController } from "./adaptive.ts";
-import { PieceRate, chooseLevel, closerWith, initialFlows, isCompressedSyntax, pieceBytes, splitParts } from "./sizing.ts";
+import { PieceRate, chooseLevel, closerWith, inEndgame, initialFlows, isCompressedSyntax, pieceBytes, splitParts, unreportedBytes, type FlowingPiece } from "./sizing.ts";
 
 export interface SendStudy {
   st: StudyState;
@@ -183,13 +183,17 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   // waiting on a few long pieces. Counting the planned-but-unsent bytes too keeps the pieces of a short push equal
   // (a share of what is not planned yet shrank with every bundle planned: 120 CT slices for 64 connections made 9
   // bundles of 2 slices and 102 of 1, two waves of uploads where one does)
-  const remainingWire = () => Math.max(0, runRaw * ratio() - wire);
-  const currentPiece = () => {
+  const remainingWire = () => Math.max(0, runRaw * ratio() - wire - unreported());
+  /** pieces whose bytes are flowing now, with their last reported progress (what is left counts past it) */
+  const flowing = new Set<FlowingPiece>();
+  const unreported = () => unreportedBytes(flowing, flowRate.rate(), Date.now());
+  const pieceInputs = () => {
     const flows = Math.max(1, flowsNow());
     // while the controller doubles, pieces of a few seconds: each step is judged once pieces begun after it have ended
     const seconds = controller instanceof FlowController && controller.climbing ? Math.max(3, (10 * o.rttMs) / 1000) : undefined;
-    return pieceBytes({ perFlowBytesPerSec: flowRate.rate(), rttMs: o.rttMs, flows, remainingWireBytes: remainingWire(), seconds });
+    return { perFlowBytesPerSec: flowRate.rate(), rttMs: o.rttMs, flows, remainingWireBytes: remainingWire(), seconds };
   };
+  const currentPiece = () => pieceBytes(pieceInputs());
 
   // ---------------------------------------------------------------- producer
   const plan = (s: SendStudy): BundleState | null => {
@@ -250,7 +254,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       b.sha256 = built.sha256;
     }
     bundlesBuilt++;
-    splitIfLarge(b);
+    splitIfLarge(b, "built");
     saveSoon();
     const pieces: Piece[] = b.parts ? b.parts.map((p, i) => ({ study: s, bundle: b, part: i })).filter((p) => !b.parts![p.part!]!.done) : [{ study: s, bundle: b, part: null }];
     onDisk += b.size!;
@@ -270,9 +274,12 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
    * (sized when planned, the last ones were as long as the first: 17 of 64 connections sent for 6 s more at the end
    * of a 1,000-instance push at 100/2/300).
    */
-  const splitIfLarge = (b: BundleState): boolean => {
+  const splitIfLarge = (b: BundleState, when: "built" | "taken"): boolean => {
     if (b.parts || b.uploadUrl || !o.concatenation || b.size === undefined) return false;
-    const parts = splitParts(b.size, currentPiece(), flowsNow());
+    const inputs = pieceInputs();
+    // taken at the end of the push: split once larger than its share of what is left (inEndgame)
+    const over = when === "taken" && inEndgame(inputs) ? 1.25 : 2;
+    const parts = splitParts(b.size, pieceBytes(inputs), flowsNow(), 64, over);
     if (parts.length < 2) return false;
     b.parts = parts;
     partials += parts.length;
@@ -376,8 +383,16 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     const arr = sentOf.get(b) ?? [];
     sentOf.set(b, arr);
     const slot = part ?? 0;
+    const label = p ? `${b.name}.part${part! + 1}` : b.name;
+    if (debug) {
+      const i = pieceInputs();
+      o.log(`piece ${label}: ${length} bytes, taken (${active} sending, ${inFlight} under way, queue ${queue.length}; piece ${pieceBytes(i)}, left ${Math.round(i.remainingWireBytes)}, flow ${Math.round(i.perFlowBytesPerSec)} B/s${inEndgame(i) ? ", endgame" : ""}${o.concatenation ? "" : ", no concatenation"})`);
+    }
     // when this piece's bytes began to flow (its upload URL known) and when the last was sent
     let flowingAt = Date.now();
+    // reported progress (bytes, when) of this piece while its bytes flow
+    const moving: FlowingPiece = { length, at: flowingAt, sent: 0 };
+    flowing.add(moving);
     let sentAt = 0;
     // a new upload with an id of our own: its URL is saved before its bytes flow, and they go on the creating POST
     const saved = p ? p.uploadUrl : b.uploadUrl;
@@ -403,6 +418,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         stallMs: o.stallMs,
         onUploadUrl(url) {
           flowingAt = Date.now();
+          moving.at = flowingAt;
           if (p) p.uploadUrl = url;
           else b.uploadUrl = url;
           saveNow();
@@ -414,24 +430,33 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
             if (firstByteAt === null) firstByteAt = Date.now();
           }
           lastSent = sent;
+          moving.sent = sent;
+          moving.at = Date.now();
           arr[slot] = sent;
           progressOf(b);
         },
         onSent() {
           sentAt = Date.now();
+          if (debug) o.log(`piece ${label}: sent in ${sentAt - flowingAt} ms`);
+          flowing.delete(moving);
           free();
         },
         onRestart() {
           lastSent = 0;
+          moving.sent = 0;
+          moving.at = Date.now();
           arr[slot] = 0;
           progressOf(b);
         },
         onRetry() {
+          // the bytes stopped; they count again from the resumed upload's progress
+          moving.at = Date.now();
           errors++;
         },
         log: o.log,
       });
       onDisk -= length;
+      if (debug) o.log(`piece ${label}: answered ${Date.now() - sentAt} ms after its last byte`);
       if (sentAt > flowingAt && lastSent >= length) flowRate.add(length, sentAt - flowingAt);
       confirmed += length;
       rawSent += (b.rawBytes * length) / Math.max(1, b.size!);
@@ -454,6 +479,8 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       onDisk -= length;
       errors++;
       handle(s, b, err);
+    } finally {
+      flowing.delete(moving);
     }
   };
 
@@ -464,7 +491,7 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       // answer) within what the relay lets one token run
       while (!fatal && active < controller.flows && inFlight < maxFlows && queue.length) {
         let piece = queue.shift()!;
-        if (piece.part === null && splitIfLarge(piece.bundle)) {
+        if (piece.part === null && splitIfLarge(piece.bundle, "taken")) {
           // the parts go first, on this connection and the next ones free
           const parts = piece.bundle.parts!.map((_, i) => ({ study: piece.study, bundle: piece.bundle, part: i }));
           saveSoon();

@@ -53,11 +53,58 @@ export const FIRST_PIECE = 1024 * 1024;
  * 6 s and 30 round trips (overhead ~5%); bytes resume after a cut wherever they stopped, so a long piece costs
  * nothing there.
  */
-export function pieceBytes(o: { perFlowBytesPerSec: number; rttMs: number; flows: number; remainingWireBytes: number; seconds?: number }): number {
+export function pieceBytes(o: PieceInputs): number {
+  const { byRate, share } = pieceBounds(o);
+  return Math.round(Math.max(MIN_PIECE, Math.min(MAX_PIECE, byRate, Math.max(share, MIN_PIECE))));
+}
+
+export interface PieceInputs {
+  perFlowBytesPerSec: number;
+  rttMs: number;
+  flows: number;
+  remainingWireBytes: number;
+  seconds?: number;
+}
+
+function pieceBounds(o: PieceInputs): { byRate: number; share: number } {
   const seconds = o.seconds ?? Math.max(6, (o.rttMs / 1000) * 30);
   const byRate = o.perFlowBytesPerSec > 0 ? o.perFlowBytesPerSec * seconds : FIRST_PIECE;
   const share = o.remainingWireBytes > 0 ? o.remainingWireBytes / Math.max(1, o.flows) : MAX_PIECE;
-  return Math.round(Math.max(MIN_PIECE, Math.min(MAX_PIECE, byRate, Math.max(share, MIN_PIECE))));
+  return { byRate, share };
+}
+
+/**
+ * The end of a push: what is left, spread over the connections, is less than one piece's time on each. From then on a
+ * connection that takes a piece larger than its share runs on alone after the others ran dry, so a bundle planned
+ * before (when more was left, larger) is split as soon as it exceeds its share (splitParts with `over` near 1), not
+ * only past twice a piece: 38 bundles of 1.75 MB left for 64 connections at 2 Mbit/s each sent for 7 s at 76 of
+ * 100 Mbit/s, where 76 halves fill the link.
+ */
+export function inEndgame(o: PieceInputs): boolean {
+  const { byRate, share } = pieceBounds(o);
+  return o.flows >= 2 && share < byRate;
+}
+
+/** A piece whose bytes are flowing: its length, the progress its upload last reported and when. */
+export interface FlowingPiece {
+  length: number;
+  sent: number;
+  at: number;
+}
+
+/**
+ * Bytes of the flowing pieces most likely sent since their last progress report, each at one connection's rate (and
+ * no more than it has left). tus-js-client reports progress as the body is written to the socket, throttled with no
+ * trailing call: when the socket and the path's buffers take a piece's bytes in one burst, its progress stays at the
+ * first chunk until the relay answers. Counted by reports alone, what was left to send included nearly every byte of
+ * the pieces in flight (64 pieces of 1.5 MB: 90 MB read where 35 MB were left), so the end of the push was not seen
+ * coming and its last pieces were not split.
+ */
+export function unreportedBytes(pieces: Iterable<FlowingPiece>, perFlowBytesPerSec: number, now: number): number {
+  if (!(perFlowBytesPerSec > 0)) return 0;
+  let extra = 0;
+  for (const p of pieces) extra += Math.max(0, Math.min(p.length - p.sent, ((now - p.at) * perFlowBytesPerSec) / 1000));
+  return extra;
 }
 
 /**
@@ -122,10 +169,11 @@ export function initialFlows(remainingWireBytes: number, max: number): number {
 
 /**
  * Byte ranges [start, end) splitting a built bundle into tus partial uploads: one range (no split) unless the bundle
- * is more than twice the piece size and more than one flow runs; at most maxParts.
+ * is more than `over` times the piece size (twice by default: a split costs an upload more and the final's round
+ * trip) and more than one flow runs; at most maxParts.
  */
-export function splitParts(size: number, piece: number, flows: number, maxParts = 64): Array<{ start: number; end: number }> {
-  if (flows < 2 || size <= 2 * piece) return [{ start: 0, end: size }];
+export function splitParts(size: number, piece: number, flows: number, maxParts = 64, over = 2): Array<{ start: number; end: number }> {
+  if (flows < 2 || size <= over * piece) return [{ start: 0, end: size }];
   const n = Math.min(maxParts, Math.ceil(size / piece));
   const each = Math.ceil(size / n);
   const out: Array<{ start: number; end: number }> = [];
