@@ -12,7 +12,7 @@ import { ManifestError } from "./manifest.ts";
 import { TransferNotFoundError, TransferStateError, type TransferService } from "./transferService.ts";
 import type { ItemState, TransferState } from "./transferStore.ts";
 import { ownedBy, senderOf, type Sender } from "../access/sender.ts";
-import { ADMIN_HEADER, OWNER_HEADER, PARTIAL_UPLOAD, uploadOwnedBy, type PartialUploadMark } from "./tusServer.ts";
+import { ADMIN_HEADER, OWNER_HEADER, PARTIAL_UPLOAD, acceptsGzip, uploadOwnedBy, type PartialUploadMark } from "./tusServer.ts";
 import { ConcatError, RESERVED_METADATA_KEYS, parseUploadConcat, publicMetadata, uploadConcatHeader } from "./concat.ts";
 
 /** tus upload ids are what the stores generate: letters, digits, '-' and '_' (never a dot or a slash) */
@@ -78,9 +78,10 @@ export function transfersRouter(
     next();
   });
   // the transfer views and receipts list every instance (a 6,000-instance transfer: 2.4 MB of JSON, seconds on one
-  // flow of a lossy link); gzip makes them about a tenth when the client accepts it. Not the tus uploads (their
-  // answers are small) and not DICOMweb (multipart bodies are already the images' bytes)
-  api.use("/api/transfers", compression({ threshold: 8 * 1024 }));
+  // flow of a lossy link); gzip makes them about a tenth when the client accepts it. The tus answers too: the one that
+  // completes a transfer carries its receipt (~470 bytes per instance). Not DICOMweb (multipart bodies are already
+  // the images' bytes)
+  api.use(["/api/transfers", tusPath], compression({ threshold: 8 * 1024 }));
   // a manifest line is ~250 bytes of JSON; leave room for whitespace
   const limitMb = Math.max(1, Math.ceil((config.transfers.maxManifestInstances * 400) / (1024 * 1024)));
   api.post("/api/transfers", express.json({ limit: `${limitMb}mb`, type: ["application/json", "application/*+json"] }), async (req, res) => {
@@ -156,7 +157,7 @@ export function transfersRouter(
     const result = UPLOAD_ID.test(id) ? await service.uploadResult(id) : null;
     // the result is its upload's: another sender's answers like one that does not exist
     if (!result || !uploadOwnedBy(senderOf(res), { metadata: { relayOwner: result.owner ?? null } })) throw new HttpError(404, `no finished upload with id ${id} (unfinished uploads have no result yet; results are kept ${config.transfers.expirationSeconds} s)`);
-    res.json(await service.answerFor(result));
+    res.json(await service.answerFor(result, { acceptsGzip: acceptsGzip(req.get("accept-encoding")) }));
   });
   // every tus request naming an upload: a valid id, and an upload of this sender (HEAD, PATCH, DELETE)
   api.all(`${tusPath}/:id`, async (req, res, next) => {
@@ -201,7 +202,7 @@ export function transfersRouter(
     if (reserved.length) throw new HttpError(400, `Upload-Metadata key ${reserved.join(", ")} is reserved for the relay; leave it out`, { "Tus-Resumable": "1.0.0" });
     let made;
     try {
-      made = await service.createFinalUpload({ partIds: concat.ids, metadata, sender });
+      made = await service.createFinalUpload({ partIds: concat.ids, metadata, sender, acceptsGzip: acceptsGzip(req.get("accept-encoding")) });
     } catch (err) {
       const tusErr = err as { status_code?: number; body?: string };
       if (err instanceof ConcatError) throw new HttpError(err.status, err.message, { "Tus-Resumable": "1.0.0" });

@@ -57,7 +57,8 @@ export interface TusHooks {
   /** Refuse a new upload (throw tusError) or accept it; sender: who creates it. */
   validateCreate(metadata: Record<string, string | null>, sender: Sender): Promise<void>;
   /** The upload's bytes are all here: ingest them. Resolves with a JSON body for the response, or null (still processing). */
-  onFinish(upload: Upload, method: string): Promise<{ body: string | null; resultUrl: string }>;
+  /** the answer of the request that completed an upload; a client that takes gzip gets it compressed (routes.ts) */
+  onFinish(upload: Upload, client: { acceptsGzip: boolean }): Promise<{ body: string | null; resultUrl: string }>;
   /** Has this upload been ingested (its data file removed)? */
   isProcessed(id: string): Promise<boolean>;
   /** Is this upload's ingest running now (do not expire it under its feet)? */
@@ -355,7 +356,7 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
     },
     async onUploadFinish(req, upload) {
       if (isPartial(upload)) return {};
-      const { body, resultUrl } = await hooks.onFinish(upload, req.method);
+      const { body, resultUrl } = await hooks.onFinish(upload, { acceptsGzip: acceptsGzip(req.headers.get("accept-encoding")) });
       const headers: Record<string, string> = { "Upload-Result": resultUrl };
       if (body === null) return { headers };
       headers["Content-Type"] = "application/json";
@@ -389,4 +390,15 @@ export function createTusServer({ config, log, hooks, locker }: TusServerOptions
     },
   });
   return { server, store };
+}
+
+/** Does an Accept-Encoding header take gzip (not refused with q=0)? */
+export function acceptsGzip(header: string | null | undefined): boolean {
+  if (!header) return false;
+  return header.split(",").some((part) => {
+    const [coding, ...params] = part.trim().toLowerCase().split(";");
+    if (coding !== "gzip" && coding !== "*") return false;
+    const q = params.map((p) => p.trim()).find((p) => p.startsWith("q="));
+    return !q || Number(q.slice(2)) > 0;
+  });
 }

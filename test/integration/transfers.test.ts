@@ -138,6 +138,62 @@ describe("transfers with a manifest", () => {
     expect(late.status).toBe(409);
   });
 
+  it("the answer that completes a large transfer carries the receipt's JWS gzipped to a client that takes gzip, else where it is", async () => {
+    const http = await import("node:http");
+    const zlib = await import("node:zlib");
+    const study = newUid();
+    // more instances than RECEIPT_INLINE_INSTANCES (200)
+    const insts = [...generateStudy({ instances: 201, seriesCount: 1, rows: 8, columns: 8, studyInstanceUID: study })] as Inst[];
+    const t = (await api("POST", "/api/transfers", manifestOf(insts))).json as unknown as TransferView;
+    const first = (await tusUpload(uploads, await tgz(insts.slice(0, 200).map((i, n) => ({ name: `IM${n}`, body: i.bytes }))), { transferId: t.id })) as unknown as UploadAnswer;
+    expect(first.transfer).toMatchObject({ complete: false, received: 200, missing: 1 });
+    // the last instance, as a raw tus creation-with-upload that takes gzip
+    const b64 = (v: string) => Buffer.from(v).toString("base64");
+    const last = insts[200]!;
+    const answer = await new Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }>((resolve, reject) => {
+      const req = http.request(uploads, {
+        method: "POST",
+        headers: {
+          "Tus-Resumable": "1.0.0",
+          "Upload-Length": String(last.bytes.length),
+          "Upload-Metadata": `transferId ${b64(t.id)},filename ${b64("last.dcm")}`,
+          "Content-Type": "application/offset+octet-stream",
+          "Accept-Encoding": "gzip",
+        },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
+      });
+      req.on("error", reject);
+      req.end(last.bytes);
+    });
+    expect(answer.status).toBe(201);
+    expect(answer.headers["content-encoding"]).toBe("gzip");
+    const completing = JSON.parse(zlib.gunzipSync(answer.body).toString()) as UploadAnswer & { receipt: { payload?: unknown } };
+    const stored = (await api("GET", `/api/transfers/${t.id}/receipt`)).json as { jws: string; payload: { instances: unknown[] } };
+    expect(stored.payload.instances).toHaveLength(201);
+    expect(completing.transfer).toMatchObject({ state: "complete", complete: true, missing: 0 });
+    // the JWS alone (its payload is inside): not the decoded payload a second time
+    expect(completing.receipt.jws).toBe(stored.jws);
+    expect(completing.receipt.payload).toBeUndefined();
+    expect(completing.receiptUrl).toBe(`/api/transfers/${t.id}/receipt`);
+    // the same answer asked again at the upload's URL without gzip: where the receipt is, not the receipt
+    const resultUrl = String(answer.headers["upload-result"] ?? new URL(String(answer.headers.location)).pathname);
+    const plain = await new Promise<{ headers: Record<string, unknown>; body: string }>((resolve, reject) => {
+      http.get(new URL(resultUrl, relay.url), (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => (text += c.toString()));
+        res.on("end", () => resolve({ headers: res.headers, body: text }));
+      }).on("error", reject);
+    });
+    expect(plain.headers["content-encoding"]).toBeUndefined();
+    const again = JSON.parse(plain.body) as UploadAnswer;
+    expect(again.transfer).toMatchObject({ complete: true });
+    expect(again.receipt).toBeUndefined();
+    expect(again.receiptUrl).toBe(`/api/transfers/${t.id}/receipt`);
+  }, 60_000);
+
   it("refuses bytes that do not match the manifest hash, shows the instance failed, and accepts the right bytes later", async () => {
     const study = newUid();
     const insts = [...generateStudy({ instances: 2, rows: 8, columns: 8, studyInstanceUID: study })] as Inst[];

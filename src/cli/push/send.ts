@@ -360,7 +360,9 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       let url = b.finalUrl;
       let body: string | null = null;
       if (!url) {
+        const asked = Date.now();
         const f = await createFinal(o.api, o.endpoint, b.parts!.map((p) => p.uploadUrl!), { transferId: s.st.transferId, filename: b.name });
+        if (debug) o.log(`${b.name}: final upload answered in ${Date.now() - asked} ms${f.body ? " with its result" : ""}`);
         url = f.url;
         body = f.body;
         b.finalUrl = url;
