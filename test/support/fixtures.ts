@@ -107,3 +107,13 @@ export const H31_YAMADA = Buffer.from(
   ].join(""),
   "hex",
 );
+
+/** Transfer syntax UIDs the parser tests name */
+export const TS = {
+  explicitLE: "1.2.840.10008.1.2.1",
+  implicitLE: "1.2.840.10008.1.2",
+  explicitBE: "1.2.840.10008.1.2.2",
+  deflated: "1.2.840.10008.1.2.1.99",
+  rle: "1.2.840.10008.1.2.5",
+  encapsulatedUncompressed: "1.2.840.10008.1.2.1.98",
+};

@@ -14,18 +14,10 @@ import { decodeValue, fastDecodeHeader, FastDecodeFallback, type TextCoding } fr
 import { InstanceRejectedError } from "../../src/dicom/failureReasons.ts";
 import type { DicomJsonDataset } from "../../src/dicom/types.ts";
 import { encodeDataset, encodeFileMeta, makeInstance, tagOf, type SyntheticInstanceOptions, type WriterElement } from "../../scripts/lib/synthetic.ts";
-import { handMade, minimalElements, READ_OPTS } from "../support/fixtures.ts";
+import { handMade, minimalElements, READ_OPTS, TS } from "../support/fixtures.ts";
 
 const PYDICOM = "/usr/lib/python3/dist-packages/pydicom/data";
 const EXTRA = ["/usr/share/doc/libgdcm3.0/examples/00191113.dcm", "/usr/share/doc/dicom3tools/examples/0051.dcm"];
-const TS = {
-  explicitLE: "1.2.840.10008.1.2.1",
-  implicitLE: "1.2.840.10008.1.2",
-  explicitBE: "1.2.840.10008.1.2.2",
-  deflated: "1.2.840.10008.1.2.1.99",
-  rle: "1.2.840.10008.1.2.5",
-  encapsulatedUncompressed: "1.2.840.10008.1.2.1.98",
-};
 
 type Path = "fast" | "dcmjs" | "none";
 interface Outcome {

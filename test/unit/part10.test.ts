@@ -10,16 +10,8 @@ import { FailureReason } from "../../src/dicom/failureReasons.ts";
 import { transferSyntaxInfo } from "../../src/dicom/transferSyntax.ts";
 import { BULK_ROOT_PLACEHOLDER, type DicomJsonDataset } from "../../src/dicom/types.ts";
 import { encodeDataset, encodeFileMeta, makeInstance, newUid, rleEncodeFrame, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
-import { countingSource, H31_YAMADA, handMade, minimalElements, parse, READ_OPTS, rejection } from "../support/fixtures.ts";
+import { countingSource, H31_YAMADA, handMade, minimalElements, parse, READ_OPTS, rejection, TS } from "../support/fixtures.ts";
 
-const TS = {
-  explicitLE: "1.2.840.10008.1.2.1",
-  implicitLE: "1.2.840.10008.1.2",
-  explicitBE: "1.2.840.10008.1.2.2",
-  deflated: "1.2.840.10008.1.2.1.99",
-  rle: "1.2.840.10008.1.2.5",
-  encapsulatedUncompressed: "1.2.840.10008.1.2.1.98",
-};
 
 const value = (ds: DicomJsonDataset, tag: string) => ds[tag]?.Value;
 
