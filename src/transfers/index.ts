@@ -14,7 +14,7 @@ import { PostgresIndex } from "../catalog/postgres.ts";
 import type { TransferStore } from "./transferStore.ts";
 import { TransferService, type TransferServiceDeps } from "./transferService.ts";
 import { createTusServer, type RelayUploadStore } from "./tusServer.ts";
-import { RelayS3Store } from "./s3UploadStore.ts";
+import type { RelayS3Store } from "./s3UploadStore.ts";
 import { PgLocker } from "./pgLocker.ts";
 import { MemoryLocker, type Locker } from "@tus/server";
 import { transfersRouter, type TransferRoutesOptions } from "./routes.ts";
@@ -57,9 +57,10 @@ export async function startTransfers(deps: {
   }
   const service = new TransferService({ ...deps, transfers, signer });
   const locker = createTusLocker(config, deps.log);
-  const { server: tus, store: uploads } = createTusServer({ config, log: deps.log, hooks: service.tusHooks(), locker });
+  const { server: tus, store: uploads } = await createTusServer({ config, log: deps.log, hooks: service.tusHooks(), locker });
   // on S3 an upload's result lives beside it, so the node that continues an upload (or any other) can read it
-  await service.start(uploads, uploads instanceof RelayS3Store ? uploads : transfers, locker);
+  const s3Uploads = config.storage.kind === "s3" ? (uploads as RelayS3Store) : null;
+  await service.start(uploads, s3Uploads ?? transfers, locker);
   return {
     service,
     tus,
@@ -67,7 +68,7 @@ export async function startTransfers(deps: {
     router: (opts) => transfersRouter({ config, service, tus }, opts),
     async close() {
       await service.close();
-      if (uploads instanceof RelayS3Store) await uploads.close();
+      if (s3Uploads) await s3Uploads.close();
       if (locker instanceof PgLocker) await locker.close();
     },
   };

@@ -79,6 +79,31 @@ describe("production start", () => {
     expect(packages).not.toContain("tus-js-client");
   }, 120_000);
 
+  it("a relay on disk does not load the S3 upload store and its AWS SDK", async () => {
+    // a module hook that writes down every package the relay's process resolves
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "relay-loaded-"));
+    dirs.push(dir);
+    const list = path.join(dir, "packages.txt");
+    fs.writeFileSync(path.join(dir, "hooks.mjs"), `import fs from "node:fs";
+export async function resolve(spec, ctx, next) {
+  const r = await next(spec, ctx);
+  const m = /node_modules\\/(@[^/]+\\/[^/]+|[^/]+)\\//.exec(r.url);
+  if (m) fs.appendFileSync(${JSON.stringify(list)}, m[1] + "\\n");
+  return r;
+}
+`);
+    fs.writeFileSync(path.join(dir, "register.mjs"), `import { register } from "node:module";\nregister(${JSON.stringify(new URL(`file://${path.join(dir, "hooks.mjs")}`).href)});\n`);
+    const r = await serveOnce({ NODE_OPTIONS: `--import ${path.join(dir, "register.mjs")}` });
+    expect(r.status).toBe(200);
+    const loaded = new Set(fs.readFileSync(list, "utf8").split("\n").filter(Boolean));
+    // the hook saw the relay's packages
+    expect(loaded).toContain("@tus/server");
+    expect(loaded).toContain("better-sqlite3");
+    expect(loaded).not.toContain("@tus/s3-store");
+    expect(loaded).not.toContain("@aws-sdk/client-s3");
+    expect(loaded).not.toContain("minio");
+  }, 120_000);
+
   it("DICOM_RELAY_FROM_SOURCE=1 runs the sources through tsx, with the same answers", async () => {
     const r = await serveOnce({ DICOM_RELAY_FROM_SOURCE: "1" });
     expect(r.status).toBe(200);
