@@ -95,6 +95,9 @@ export interface UploadAnswer extends UploadResult {
  */
 export const RECEIPT_INLINE_INSTANCES = 200;
 
+/** where a complete transfer's receipt is read (routes.ts) */
+const receiptUrlOf = (transferId: string) => `/api/transfers/${transferId}/receipt`;
+
 export class TransferNotFoundError extends Error {
   constructor(id: string) {
     super(`no transfer with id ${id}`);
@@ -284,7 +287,7 @@ export class TransferService {
       createdBy: t.createdBy,
       studies: [],
       uploadMetadata: { transferId: t.id },
-      receiptUrl: t.receipt ? `/api/transfers/${t.id}/receipt` : null,
+      receiptUrl: t.receipt ? receiptUrlOf(t.id) : null,
     };
     // a query, not the item list: a manifest may hold 100,000 instances and list() shows many transfers
     out.studies = await this.deps.transfers.studiesOf(id, 20);
@@ -452,7 +455,7 @@ export class TransferService {
     return {
       ...result,
       transfer: { id: t.id, state: t.state, ...progress },
-      ...(t.receipt ? { receiptUrl: `/api/transfers/${t.id}/receipt` } : {}),
+      ...(t.receipt ? { receiptUrl: receiptUrlOf(t.id) } : {}),
       ...(inline ? { receipt: { jws: t.receipt!.jws, keyUrl: RECEIPT_KEY_PATH } } : {}),
     };
   }

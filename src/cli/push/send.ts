@@ -440,7 +440,6 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
         onSent() {
           sentAt = Date.now();
           if (debug) o.log(`piece ${label}: sent in ${sentAt - flowingAt} ms`);
-          flowing.delete(moving);
           free();
         },
         onRestart() {
