@@ -53,7 +53,8 @@ export function tusLockKey(id: string): number {
 }
 
 interface Held {
-  state: "acquiring" | "held";
+  /** releasing: the unlock is on its way to PostgreSQL, where a waiter may already have the lock */
+  state: "acquiring" | "held" | "releasing";
   session: pg.Client;
   requestRelease?: RequestRelease;
 }
@@ -193,6 +194,8 @@ export class PgLocker implements Locker {
     const h = this.held.get(id);
     // gone with its session: PostgreSQL already freed it
     if (!h || h.state !== "held") return;
+    // not held from here on: PostgreSQL may hand the lock to a waiter before this unlock's answer comes back
+    h.state = "releasing";
     try {
       if (this.session === h.session) {
         await this.query(h.session, "SELECT pg_advisory_unlock($1, $2)", [TUS_LOCK_CLASS, tusLockKey(id)]);
