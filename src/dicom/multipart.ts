@@ -458,8 +458,11 @@ export function multipartBoundary(): string {
 export interface OutgoingPart {
   contentType: string;
   headers?: Record<string, string>;
-  /** a stream, or the bytes of a small part already read (a WADO-RS instance of a few kilobytes) */
-  body: Readable | Buffer;
+  /**
+   * a stream, or the bytes of a small part already read (a WADO-RS instance of a few kilobytes): one buffer, or the
+   * chunks they were read in (written as they are, not joined first)
+   */
+  body: Readable | Buffer | readonly Buffer[];
 }
 
 /** small parts are gathered up to this many bytes and written together: one socket write, not two per part */
@@ -502,10 +505,18 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
         if (pendingBytes >= COALESCE_BYTES) await flush();
         continue;
       }
+      if (Array.isArray(body)) {
+        for (const chunk of body as readonly Buffer[]) {
+          pending.push(chunk);
+          pendingBytes += chunk.length;
+        }
+        if (pendingBytes >= COALESCE_BYTES) await flush();
+        continue;
+      }
       await flush();
       for await (const chunk of body) await write(out, chunk as Buffer);
     } finally {
-      if (!Buffer.isBuffer(body) && !body.destroyed && !body.readableEnded) body.destroy();
+      if (body instanceof Readable && !body.destroyed && !body.readableEnded) body.destroy();
     }
   }
   pending.push(Buffer.from(`${first ? "" : "\r\n"}--${boundary}--\r\n`, "latin1"));

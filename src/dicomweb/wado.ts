@@ -14,7 +14,7 @@ import { multipartBoundary, writeMultipart, type OutgoingPart } from "../dicom/m
 import { acceptsMediaType, multipartChoices, parseAccept, type PartNegotiation } from "../dicom/accept.ts";
 import { LEGACY_FRAME_MEDIA_TYPES, transferSyntaxInfo } from "../dicom/transferSyntax.ts";
 import { HttpError } from "../http/errors.ts";
-import { readWholeByRange, type BlobStore } from "../storage/blobStore.ts";
+import { readChunksByRange, type BlobStore } from "../storage/blobStore.ts";
 import type { DicomJsonDataset } from "../dicom/types.ts";
 import { pixelModuleOf, type PixelModule } from "../imaging/pixelModule.ts";
 import { frameIn, storedRanges, transcodeInstance, transcodeTargetsSentence, whyNotTranscodable } from "../imaging/transcode.ts";
@@ -45,9 +45,13 @@ async function sendMultipart(res: Response, type: string, parts: AsyncIterable<O
   res.end();
 }
 
-/** A stored instance's bytes, read whole (the index gives its size): the store's own way, else one ranged read. */
-function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer> {
-  return store.readWhole ? store.readWhole(inst.blobKey, inst.size) : readWholeByRange(store, inst.blobKey, inst.size);
+/**
+ * A stored instance's bytes, read whole (the index gives its size): as the chunks a remote store's response came in
+ * (written out as they are), in one buffer from a store that reads files, else by one ranged read.
+ */
+function readWhole(store: BlobStore, inst: InstanceBlob): Promise<Buffer | readonly Buffer[]> {
+  if (store.readChunks) return store.readChunks(inst.blobKey, inst.size);
+  return store.readWhole ? store.readWhole(inst.blobKey, inst.size) : readChunksByRange(store, inst.blobKey, inst.size);
 }
 
 export function wadoRoutes(svc: DicomwebServices): Router {
@@ -95,7 +99,7 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     const passThrough = (i: number) => target === null || target === ANY_TS || target === instances[i]!.transferSyntaxUID;
     const parts = readAhead(instances, {
       skip: (i) => !passThrough(i),
-      read: (inst, whole): Promise<Readable | Buffer> => (whole ? readWhole(store, inst) : store.get(inst.blobKey)),
+      read: (inst, whole): Promise<Readable | Buffer | readonly Buffer[]> => (whole ? readWhole(store, inst) : store.get(inst.blobKey)),
       // a response cut short: close what was opened ahead and not sent
       discard: (b) => {
         if (b instanceof Readable && !b.readableEnded) b.destroy();

@@ -58,6 +58,12 @@ export interface BlobStore {
    * Stores without it are read through get().
    */
   readWhole?(key: string, size: number): Promise<Buffer>;
+  /**
+   * Optional, as readWhole, but the bytes as the chunks they arrived in (a remote store's response), not joined into
+   * one buffer: joining copies every byte once more and doubles the memory the garbage collector has to chase
+   * (WADO-RS writes the chunks to the socket as they are). Preferred to readWhole where a store has both.
+   */
+  readChunks?(key: string, size: number): Promise<readonly Buffer[]>;
   /** Size of the object, or null when it does not exist. */
   stat(key: string): Promise<BlobStat | null>;
   /** Remove the object; true when something was removed. */
@@ -86,13 +92,36 @@ export class StorageUnavailableError extends Error {
 
 const SAFE_KEY = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
 
-/** Keys are relative, slash-separated, with no empty, "." or ".." segments and no odd characters. */
+/** Bytes held as the chunks they were read in. */
+export function chunksLength(chunks: readonly Buffer[]): number {
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  return n;
+}
+
+/** The first `size` bytes of chunks (views into them, nothing copied); all of them when they hold no more. */
+export function firstBytes(chunks: readonly Buffer[], size: number): readonly Buffer[] {
+  const out: Buffer[] = [];
+  let left = size;
+  for (const c of chunks) {
+    if (left <= 0) break;
+    out.push(c.length <= left ? c : c.subarray(0, left));
+    left -= c.length;
+  }
+  return out;
+}
+
+/** Chunks as one buffer (the buffer itself when there is one chunk). */
+export function joinChunks(chunks: readonly Buffer[]): Buffer {
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks as Buffer[]);
+}
+
 /**
- * An object's first `size` bytes in one buffer, by one ranged get(): what a store without its own readWhole gives
+ * An object's first `size` bytes as the chunks one ranged get() gave: what a store without its own readWhole gives
  * (and S3 on a cache miss). An object shorter than `size` is an error, never short bytes.
  */
-export async function readWholeByRange(store: Pick<BlobStore, "get">, key: string, size: number): Promise<Buffer> {
-  if (size === 0) return Buffer.alloc(0);
+export async function readChunksByRange(store: Pick<BlobStore, "get">, key: string, size: number): Promise<readonly Buffer[]> {
+  if (size === 0) return [];
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of await store.get(key, { start: 0, end: size - 1 })) {
@@ -100,9 +129,15 @@ export async function readWholeByRange(store: Pick<BlobStore, "get">, key: strin
     n += (c as Buffer).length;
   }
   if (n < size) throw new Error(`the stored object ${key} has ${n} bytes, fewer than the ${size} expected`);
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n);
+  return n === size ? chunks : firstBytes(chunks, size);
 }
 
+/** readChunksByRange in one buffer. */
+export async function readWholeByRange(store: Pick<BlobStore, "get">, key: string, size: number): Promise<Buffer> {
+  return size === 0 ? Buffer.alloc(0) : joinChunks(await readChunksByRange(store, key, size));
+}
+
+/** Keys are relative, slash-separated, with no empty, "." or ".." segments and no odd characters. */
 export function assertSafeKey(key: string): void {
   if (typeof key !== "string" || key.length === 0 || key.length > 512 || !SAFE_KEY.test(key) ||
       key.split("/").some((seg) => seg === "." || seg === "..")) {

@@ -3,10 +3,11 @@
  * content-addressed (the key is the SHA-256 of the bytes), so an entry never goes stale; a delete or a put of the
  * key drops it all the same. What the page cache gives the file store for free, and what Orthanc's storage cache
  * (MaximumStorageCacheSize, 128 MB by default) gives it: a study retrieved again (a viewer's second look, a PACS
- * retrying) does not cost a request per instance to the object store again.
+ * retrying) does not cost a request per instance to the object store again. An entry is the chunks the object's
+ * response arrived in (kept as they are: joining them would copy every byte once more).
  */
 export class ReadCache {
-  private readonly entries = new Map<string, Buffer>();
+  private readonly entries = new Map<string, { chunks: readonly Buffer[]; bytes: number }>();
   private bytes = 0;
 
   /**
@@ -22,33 +23,36 @@ export class ReadCache {
     return { entries: this.entries.size, bytes: this.bytes };
   }
 
-  get(key: string): Buffer | undefined {
-    const b = this.entries.get(key);
-    if (b) {
+  /** the object's chunks, or undefined when it is not kept */
+  get(key: string): readonly Buffer[] | undefined {
+    const e = this.entries.get(key);
+    if (e) {
       // most recently used last
       this.entries.delete(key);
-      this.entries.set(key, b);
+      this.entries.set(key, e);
     }
-    return b;
+    return e?.chunks;
   }
 
-  set(key: string, value: Buffer): void {
-    if (value.length > this.maxEntryBytes || value.length > this.maxBytes) return;
+  set(key: string, chunks: readonly Buffer[]): void {
+    let bytes = 0;
+    for (const c of chunks) bytes += c.length;
+    if (bytes > this.maxEntryBytes || bytes > this.maxBytes) return;
     this.delete(key);
-    this.entries.set(key, value);
-    this.bytes += value.length;
+    this.entries.set(key, { chunks, bytes });
+    this.bytes += bytes;
     // bounded by maxBytes: each turn drops the least recently used entry
-    for (const [k, b] of this.entries) {
+    for (const [k, e] of this.entries) {
       if (this.bytes <= this.maxBytes) break;
       this.entries.delete(k);
-      this.bytes -= b.length;
+      this.bytes -= e.bytes;
     }
   }
 
   delete(key: string): void {
-    const b = this.entries.get(key);
-    if (!b) return;
+    const e = this.entries.get(key);
+    if (!e) return;
     this.entries.delete(key);
-    this.bytes -= b.length;
+    this.bytes -= e.bytes;
   }
 }

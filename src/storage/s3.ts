@@ -35,7 +35,10 @@ import {
   assertSafeKey,
   BlobNotFoundError,
   StorageUnavailableError,
-  readWholeByRange,
+  chunksLength,
+  firstBytes,
+  joinChunks,
+  readChunksByRange,
   type BlobStat,
   type BlobStore,
   type ByteRangeRequest,
@@ -418,17 +421,22 @@ export class S3BlobStore implements BlobStore {
   }
 
   /**
-   * A small object's first `size` bytes in one buffer: from the read cache, else one ranged GET (kept in the cache
-   * when it is small enough). Buffers handed out are shared: callers only read them.
+   * A small object's first `size` bytes as the chunks its response arrived in: from the read cache, else one ranged
+   * GET (kept in the cache when it is small enough). Chunks handed out are shared: callers only read them.
    */
-  async readWhole(key: string, size: number): Promise<Buffer> {
+  async readChunks(key: string, size: number): Promise<readonly Buffer[]> {
     // while the backend fails, reads fail too (not from the cache): a study half in the cache would begin 200 and
     // break off at the first instance it lacks; a clean 503 with Retry-After lets the client retry the whole retrieve
     const cached = Date.now() - this.unavailableAt > BACKEND_DOWN_MS ? this.cache.get(key) : undefined;
-    if (cached && cached.length >= size) return cached.length === size ? cached : cached.subarray(0, size);
-    const whole = await readWholeByRange(this, key, size);
-    this.cache.set(key, whole);
-    return whole;
+    if (cached && chunksLength(cached) >= size) return firstBytes(cached, size);
+    const chunks = await readChunksByRange(this, key, size);
+    this.cache.set(key, chunks);
+    return chunks;
+  }
+
+  /** readChunks in one buffer. */
+  async readWhole(key: string, size: number): Promise<Buffer> {
+    return size === 0 ? Buffer.alloc(0) : joinChunks(await this.readChunks(key, size));
   }
 
   async stat(key: string): Promise<BlobStat | null> {

@@ -318,7 +318,7 @@ describe("S3BlobStore requests to the backend", () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it("readWhole: a small object read again comes from the read cache (no request); a delete or put of the key drops it; readCacheBytes 0 keeps nothing", async () => {
+  it("readWhole and readChunks: a small object read again comes from the read cache (no request); a delete or put of the key drops it; readCacheBytes 0 keeps nothing", async () => {
     const data = crypto.randomBytes(50_000);
     await store.put("cache/a.dcm", Readable.from([data]));
     proxy.reset();
@@ -326,6 +326,10 @@ describe("S3BlobStore requests to the backend", () => {
     expect(proxy.requests.filter((r) => r.method === "GET")).toHaveLength(1);
     expect((await store.readWhole("cache/a.dcm", data.length)).equals(data)).toBe(true);
     expect((await store.readWhole("cache/a.dcm", 10)).equals(data.subarray(0, 10))).toBe(true);
+    // the chunks the response came in (WADO-RS writes them as they are): the same bytes, from the same cache entry
+    const chunks = await store.readChunks("cache/a.dcm", data.length);
+    expect(Buffer.concat(chunks as Buffer[]).equals(data)).toBe(true);
+    expect(Buffer.concat((await store.readChunks("cache/a.dcm", 30_000)) as Buffer[]).equals(data.subarray(0, 30_000))).toBe(true);
     expect(proxy.requests.filter((r) => r.method === "GET")).toHaveLength(1);
     // shorter than the index says: an error, not short bytes
     await expect(store.readWhole("cache/a.dcm", data.length + 1)).rejects.toThrow(/fewer than/);

@@ -435,6 +435,24 @@ describe("writeMultipart", () => {
     expect(parts[5]!.headers).toEqual({ "content-type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", "content-length": "100000" });
   });
 
+  it("writes a part given as the chunks it was read in, byte for byte as the same part in one buffer or a stream", async () => {
+    const bodies = [...tricky, Buffer.alloc(300_000, 9)];
+    // each body cut into uneven chunks (one of them empty), as a remote store's response arrives
+    const cut = (b: Buffer) => [b.subarray(0, 3), b.subarray(3, 3), b.subarray(3, Math.floor(b.length / 2)), b.subarray(Math.floor(b.length / 2))];
+    const written = async (as: "chunks" | "buffer" | "stream") => {
+      const { w, data } = sink();
+      await writeMultipart(w, "bb", (async function* () {
+        for (const b of bodies) yield { contentType: "application/dicom", body: as === "chunks" ? cut(b) : as === "buffer" ? b : Readable.from([b]) };
+      })());
+      return data();
+    };
+    const fromChunks = await written("chunks");
+    expect(fromChunks.equals(await written("buffer"))).toBe(true);
+    expect(fromChunks.equals(await written("stream"))).toBe(true);
+    const parts = await collect(chunked(fromChunks, () => 4093), "bb");
+    expect(parts.map((p) => p.data.toString("hex"))).toEqual(bodies.map((b) => b.toString("hex")));
+  });
+
   it("writes just the close delimiter for no parts", async () => {
     const { w, data } = sink();
     await writeMultipart(w, "bb", (async function* () {})());
