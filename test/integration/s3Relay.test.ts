@@ -90,7 +90,7 @@ describe("relay on S3 storage (real MinIO)", () => {
     const client = dicomwebClient(relay.dicomwebUrl);
     const large = newUid();
     const largeSeries = newUid();
-    const instances = [256, 384, 512].map((n) => makeInstance({ studyInstanceUID: large, seriesInstanceUID: largeSeries, rows: n, columns: n }));
+    const instances = [256, 384, 512].map((n) => makeInstance({ studyInstanceUID: large, seriesInstanceUID: largeSeries, modality: "CT", bitsAllocated: 16, samplesPerPixel: 1, rows: n, columns: n }));
     expect(Math.min(...instances.map((b) => b.length))).toBeGreaterThan(128 * 1024);
     await client.storeInstances({ datasets: instances.map(toArrayBuffer) });
     const back = await client.retrieveStudy({ studyInstanceUID: large });
