@@ -111,7 +111,7 @@ export function firstBytes(chunks: readonly Buffer[], size: number): readonly Bu
   return out;
 }
 
-/** Chunks as one buffer (the buffer itself when there is one chunk). */
+/** Chunks as one buffer (the buffer itself when there is one chunk; an empty one for none). */
 export function joinChunks(chunks: readonly Buffer[]): Buffer {
   return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks as Buffer[]);
 }
@@ -130,11 +130,6 @@ export async function readChunksByRange(store: Pick<BlobStore, "get">, key: stri
   }
   if (n < size) throw new Error(`the stored object ${key} has ${n} bytes, fewer than the ${size} expected`);
   return n === size ? chunks : firstBytes(chunks, size);
-}
-
-/** readChunksByRange in one buffer. */
-export async function readWholeByRange(store: Pick<BlobStore, "get">, key: string, size: number): Promise<Buffer> {
-  return size === 0 ? Buffer.alloc(0) : joinChunks(await readChunksByRange(store, key, size));
 }
 
 /** Keys are relative, slash-separated, with no empty, "." or ".." segments and no odd characters. */

@@ -1,3 +1,5 @@
+import { chunksLength } from "./blobStore.ts";
+
 /**
  * Small objects read from a remote store, kept in memory, least recently used first out, bounded in bytes. Blobs are
  * content-addressed (the key is the SHA-256 of the bytes), so an entry never goes stale; a delete or a put of the
@@ -35,8 +37,7 @@ export class ReadCache {
   }
 
   set(key: string, chunks: readonly Buffer[]): void {
-    let bytes = 0;
-    for (const c of chunks) bytes += c.length;
+    const bytes = chunksLength(chunks);
     if (bytes > this.maxEntryBytes || bytes > this.maxBytes) return;
     this.delete(key);
     this.entries.set(key, { chunks, bytes });

@@ -436,7 +436,7 @@ export class S3BlobStore implements BlobStore {
 
   /** readChunks in one buffer. */
   async readWhole(key: string, size: number): Promise<Buffer> {
-    return size === 0 ? Buffer.alloc(0) : joinChunks(await this.readChunks(key, size));
+    return joinChunks(await this.readChunks(key, size));
   }
 
   async stat(key: string): Promise<BlobStat | null> {
