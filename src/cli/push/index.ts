@@ -14,7 +14,8 @@ import { pipeline } from "node:stream/promises";
 import { PUSH_USAGE, UsageError, parsePushArgs, type DocumentSpec, type PushOptions } from "./args.ts";
 import { CouldNotRun, RelayApi, RelayError, errorText, type ApiResponse } from "./http.ts";
 import { classifyHead, formatDicomDate, groupStudies, scanFolder, type FoundInstance, type ScanResult, type StudySummary } from "./scan.ts";
-import { buildManifest, manifestKey, type ManifestBody } from "./manifest.ts";
+import { buildManifest, entryName, manifestKey, type ManifestBody } from "./manifest.ts";
+import { AheadCompressor } from "./entries.ts";
 import { acquireLock, loadState, recordFinishedBundle, saveState, stateDirFor, LockedError, type PushState, type StudyState } from "./state.ts";
 import { Progress, formatBytes } from "./progress.ts";
 import { tusOffer, type TusOffer } from "./upload.ts";
@@ -139,9 +140,18 @@ async function push(opts: PushOptions): Promise<number> {
       out("Dry run: nothing was sent.");
       return 0;
     }
-    const relay = await checked;
-    phase("relay checked");
-    return await send(api, opts, state, stateDir, result, studies, documents, relay);
+    // the instances of studies this cache has not sent before are compressed while the relay is checked and the
+    // manifest crosses the link, in the order bundles will take them (the manifest's answer may leave some out: a
+    // study already on the relay is no longer compressed); a study sent before (a rerun) waits for the answer
+    const ahead = new AheadCompressor({ level: 1, budgetBytes: AHEAD_BUDGET });
+    ahead.plan(studies.filter((s) => !state.studies[s.studyInstanceUID]).flatMap((s) => aheadList(packingOrder(s.instances))));
+    try {
+      const relay = await checked;
+      phase(`relay checked (${formatBytes(ahead.meter.rawBytes)} compressed ahead)`);
+      return await send(api, opts, state, stateDir, result, studies, documents, relay, ahead);
+    } finally {
+      ahead.close();
+    }
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -255,7 +265,23 @@ async function openTransfer(api: RelayApi, run: { manifest: ManifestBody; key: s
   return { view, st: { manifestKey: run.key, transferId: view.id, bundles: [], documents: {} } };
 }
 
-async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir: string, scan: ScanResult, studies: StudySummary[], documents: Map<string, DocumentSpec[]>, checked: Checked): Promise<number> {
+/** raw bytes compressed ahead of the bundles, held in memory at most (compressed, or being compressed) */
+const AHEAD_BUDGET = 32 * 1024 * 1024;
+
+/**
+ * The order instances are packed in: not compressed syntaxes first, in path order (series stay together), then the
+ * already compressed ones.
+ */
+function packingOrder(instances: FoundInstance[]): FoundInstance[] {
+  return [...instances].sort((a, b) => Number(isCompressedSyntax(a.transferSyntaxUID)) - Number(isCompressedSyntax(b.transferSyntaxUID)) || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** What the ahead compressor takes of them: the instances bundles will compress. */
+function aheadList(ordered: FoundInstance[]): Array<{ key: string; source: { name: string; path: string; size: number } }> {
+  return ordered.filter((i) => !isCompressedSyntax(i.transferSyntaxUID)).map((i) => ({ key: i.sopInstanceUID, source: { name: entryName(i.sopInstanceUID), path: i.path, size: i.size } }));
+}
+
+async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir: string, scan: ScanResult, studies: StudySummary[], documents: Map<string, DocumentSpec[]>, checked: Checked, ahead: AheadCompressor): Promise<number> {
   const bundlesDir = path.join(stateDir, "bundles");
   await fsp.mkdir(bundlesDir, { recursive: true });
   const runs: StudyRun[] = [];
@@ -273,10 +299,8 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     st.bundles = st.bundles.filter((b) => !b.done && b.members.some((m) => needed.has(m)));
     st.sent = { bundles: 0, stored: 0, alreadyStored: 0, failed: 0 };
     const covered = new Set(st.bundles.flatMap((b) => b.members));
-    // the rest is packed as it is sent (bundles sized to the link): not compressed syntaxes first, in path order
-    // (series stay together), then the already compressed ones
-    const rest = [...needed].filter((u) => !covered.has(u)).map((u) => bySop.get(u)!).filter(Boolean)
-      .sort((a, b) => Number(isCompressedSyntax(a.transferSyntaxUID)) - Number(isCompressedSyntax(b.transferSyntaxUID)) || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    // the rest is packed as it is sent (bundles sized to the link)
+    const rest = packingOrder([...needed].filter((u) => !covered.has(u)).map((u) => bySop.get(u)!).filter(Boolean));
     const tag = st.transferId.slice(0, 8);
     saveState(stateDir, state);
     // leftover bundle files of this study that are no longer planned
@@ -287,7 +311,9 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
     out(`${s.patientName || s.studyInstanceUID} ${formatDicomDate(s.studyDate)}: ${s.instances.length} instances; ${held} already on the relay, ${needed.size} to send${fresh ? "" : " (continuing the earlier transfer)"}.`);
     runs.push({ summary: s, manifest, st, view, bySop, bundleErrors: [], rest });
   }
-  phase("manifests answered");
+  // what the bundles will take, now known: entries compressed ahead that the relay has already are dropped
+  ahead.plan(runs.flatMap((r) => aheadList(r.rest)));
+  phase(`manifests answered (${formatBytes(ahead.meter.rawBytes)} compressed ahead)`);
 
   const totalBytes = runs.reduce((n, r) => n + r.summary.bytes, 0);
   const totalInstances = runs.reduce((n, r) => n + r.summary.instances.length, 0);
@@ -320,6 +346,7 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
         bundleBytes: opts.bundleBytes,
         stallMs: opts.stallSeconds * 1000,
         concatenation: offer.concatenation,
+        ahead,
         clientUploadIds: offer.clientUploadIds,
         rttMs,
         progress,

@@ -12,6 +12,7 @@ import path from "node:path";
 import { CouldNotRun, RelayError, type RelayApi } from "./http.ts";
 import { entryName } from "./manifest.ts";
 import { writeBundle } from "./bundle.ts";
+import { CompressionMeter, type AheadCompressor } from "./entries.ts";
 import type { BundleState, StudyState } from "./state.ts";
 import type { FoundInstance } from "./scan.ts";
 import { RateMeter, type Progress } from "./progress.ts";
@@ -51,6 +52,8 @@ export interface SendOptions {
   say(line: string): void;
   log(line: string): void;
   maxFlows?: number;
+  /** instances compressed ahead (begun while the manifest crossed the link), at level 1 */
+  ahead?: AheadCompressor;
 }
 
 export interface SendFigures {
@@ -96,13 +99,10 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
   // what one connection carries while it sends: the rate pieces are sized by, and (its totals) the flow
   // controller's per-connection signal
   const flowRate = new PieceRate();
-  // compression measured as bundles are built
+  // compression measured as bundles are built (the ratio), and gzip's speed on this machine, ahead or in a build
   let rawBuilt = 0;
   let wireBuilt = 0;
-  /** time during which at least one gzip build ran */
-  let buildMs = 0;
-  let gzipBuilding = 0;
-  let gzipBusySince = 0;
+  const meter = o.ahead?.meter ?? new CompressionMeter();
   let bundlesBuilt = 0;
   let partials = 0;
   let rawSent = 0;
@@ -216,7 +216,12 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
       members.push(i.sopInstanceUID);
       rawBytes += i.size;
     }
-    const level = chooseLevel({ compressedMembers: compressed, linkBytesPerSec: wireRate(), gzipRawBytesPerSec: buildMs > 0 ? (rawBuilt * 1000) / buildMs : 0, ratio: ratio() });
+    const level = chooseLevel({ compressedMembers: compressed, linkBytesPerSec: wireRate(), gzipRawBytesPerSec: meter.rawPerSec(), ratio: ratio() });
+    // compressing ahead only while bundles are compressed (a link faster than gzip takes them as they are)
+    if (!compressed) {
+      if (level === 0) o.ahead?.pause();
+      else o.ahead?.resume();
+    }
     const b: BundleState = { name: `${tag}-${String(n).padStart(4, "0")}.tgz`, members, rawBytes, level };
     s.st.bundles.push(b);
     saveSoon();
@@ -229,17 +234,9 @@ export async function sendStudies(studies: SendStudy[], o: SendOptions): Promise
     if (!have || have.size !== b.size) {
       const members = b.members.map((u) => {
         const i = s.bySop.get(u)!;
-        return { name: entryName(u), path: i.path, size: i.size };
+        return { name: entryName(u), path: i.path, size: i.size, key: u };
       });
-      // gzip's speed is what the builders make together while any of them works (two run at once: per build, the
-      // speed would read half of it on two cores and the push would stop compressing for a link it could fill)
-      if (b.level === 1 && gzipBuilding++ === 0) gzipBusySince = Date.now();
-      let built;
-      try {
-        built = await writeBundle(file, members, b.level ?? 6);
-      } finally {
-        if (b.level === 1 && --gzipBuilding === 0) buildMs += Date.now() - gzipBusySince;
-      }
+      const built = await writeBundle(file, members, b.level ?? 6, { ahead: o.ahead, meter });
       if (b.level === 1) {
         rawBuilt += b.rawBytes;
         wireBuilt += built.size;
