@@ -334,7 +334,11 @@ export async function writeMembers(file: string, entries: ReadonlyArray<{ key: s
     await Promise.race([writeChunks(ws, await chunksOf(endMember(level)), o.onChunk), failed]);
     await new Promise<void>((resolve, reject) => ws.end((err?: Error | null) => (err ? reject(err) : resolve())));
   } catch (err) {
-    ws.destroy();
+    // closed first: a file still being opened would be created after the removal
+    if (!ws.closed) await new Promise<void>((resolve) => {
+      ws.once("close", () => resolve());
+      ws.destroy();
+    });
     await fsp.rm(part, { force: true });
     throw err;
   }
