@@ -249,7 +249,7 @@ export class AheadCompressor {
 
   private start(key: string, source: EntrySource): void {
     this.running++;
-    // counted at its raw size while it runs (the input is read whole), at its compressed size once done
+    // counted at its raw size while it runs (more than its member will hold), at its compressed size once done
     this.held += source.size;
     const end = this.meter.begin();
     const a: Ahead = { source, member: Promise.resolve([]), bytes: source.size, done: false };
