@@ -6,18 +6,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
-import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
-import { dicomwebClient } from "../support/dicomwebClient.ts";
+import { expectByteIdentical } from "../support/storedFiles.ts";
 import { writeStudy } from "../../scripts/lib/synthetic.ts";
-import { readPart10, fileSource } from "../../src/dicom/part10.ts";
 
 const BIN = path.resolve("bin/dicom-relay.js");
-const sha = (b: Buffer | ArrayBuffer) => crypto.createHash("sha256").update(Buffer.from(b as ArrayBuffer)).digest("hex");
 
 function push(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
   return pushWith({}, args, timeoutMs);
@@ -72,14 +69,7 @@ describe("dicom-relay push across an emulated long, lossy link", () => {
     // at most the folder plus what the cuts cost (each cut resends at most what was in flight)
     expect(first.bytesUp).toBeLessThan(study.totalBytes * 1.5);
 
-    const client = dicomwebClient(relay.dicomwebUrl);
-    for (const f of study.files) {
-      const fd = await fs.promises.open(f, "r");
-      const p = await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 22, bulkDataThreshold: 1024 });
-      await fd.close();
-      const back = await client.retrieveInstance({ studyInstanceUID: p.studyInstanceUID, seriesInstanceUID: p.seriesInstanceUID, sopInstanceUID: p.sopInstanceUID });
-      expect(sha(back), f).toBe(sha(fs.readFileSync(f)));
-    }
+    await expectByteIdentical(relay, study.files);
 
     proxy.resetCounters();
     const again = await push([src, "--to", proxy.url, "--cache-dir", cache, "--receipt-dir", receipts], 60_000);
@@ -124,14 +114,7 @@ describe("dicom-relay push across an emulated long, lossy link", () => {
       expect(ahead, r.out).not.toBeNull();
       expect(Number(ahead![1]) * { B: 1, kB: 1024, MB: 1024 * 1024 }[ahead![2] as "B" | "kB" | "MB"]).toBeGreaterThan(0);
       // the bundles made of those entries are what the relay stored, byte for byte
-      const client = dicomwebClient(relay.dicomwebUrl);
-      for (const f of study.files) {
-        const fd = await fs.promises.open(f, "r");
-        const p = await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 22, bulkDataThreshold: 1024 });
-        await fd.close();
-        const back = await client.retrieveInstance({ studyInstanceUID: p.studyInstanceUID, seriesInstanceUID: p.seriesInstanceUID, sopInstanceUID: p.sopInstanceUID });
-        expect(sha(back), f).toBe(sha(fs.readFileSync(f)));
-      }
+      await expectByteIdentical(relay, study.files);
     } finally {
       await link.close();
     }

@@ -13,7 +13,7 @@ import { Readable } from "node:stream";
 import request from "supertest";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { startFaultProxy, type FaultProxy } from "../support/faultProxy.ts";
-import { dicomwebClient } from "../support/dicomwebClient.ts";
+import { expectByteIdentical } from "../support/storedFiles.ts";
 import { encodeDataset, encodeFileMeta, newUid, tagOf, writeStudy } from "../../scripts/lib/synthetic.ts";
 import { verifyReceipt } from "../../src/transfers/receipts.ts";
 import { formatBytes } from "../../src/cli/push/progress.ts";
@@ -51,19 +51,6 @@ function runPush(args: string[], o: { env?: Record<string, string>; watch?: (p: 
 
 function tmp(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-}
-
-/** Every instance of the study read back by WADO-RS has the SHA-256 of its file. */
-async function expectByteIdentical(relay: TestRelay, files: string[], headers: Record<string, string> = {}): Promise<void> {
-  const client = dicomwebClient(relay.dicomwebUrl, headers);
-  const { readPart10, fileSource } = await import("../../src/dicom/part10.ts");
-  for (const f of files) {
-    const fd = await fs.promises.open(f, "r");
-    const p = await readPart10(fileSource(fd, (await fd.stat()).size), { maxHeaderBytes: 1 << 22, bulkDataThreshold: 1024 });
-    await fd.close();
-    const back = await client.retrieveInstance({ studyInstanceUID: p.studyInstanceUID, seriesInstanceUID: p.seriesInstanceUID, sopInstanceUID: p.sopInstanceUID });
-    expect(sha(back), f).toBe(sha(fs.readFileSync(f)));
-  }
 }
 
 /**
