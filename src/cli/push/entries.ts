@@ -10,6 +10,7 @@
  * the same bytes whether its members came from the ahead cache or were compressed while it was written, and its tus
  * upload resumes at the old offset.
  */
+import { once } from "node:events";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import { Readable, Transform, type TransformCallback } from "node:stream";
@@ -17,7 +18,7 @@ import { pipeline } from "node:stream/promises";
 import { createGzip } from "node:zlib";
 import tar from "tar-stream";
 
-export const FIXED_MTIME = new Date(Date.UTC(2000, 0, 1));
+const FIXED_MTIME = new Date(Date.UTC(2000, 0, 1));
 /** a tar archive ends with two zero blocks */
 const END_OF_TAR = 1024;
 /** gzip output per call: each is a hop from libuv's threads to the JavaScript thread */
@@ -30,7 +31,7 @@ export interface EntrySource {
   size: number;
 }
 
-export function fileChanged(e: EntrySource, size: number): Error {
+function fileChanged(e: EntrySource, size: number): Error {
   return new Error(`${e.path} changed since it was read (${e.size} -> ${size} bytes); run the command again`);
 }
 
@@ -72,7 +73,7 @@ function dropTail(n: number): Transform {
  * One instance as a gzip member of tar bytes (its header, its data, the padding to 512): a stream. The file's size
  * must still be the one the manifest declared.
  */
-export function entryMember(e: EntrySource, level: number): Readable {
+function entryMember(e: EntrySource, level: number): Readable {
   const pack = tar.pack();
   const gz = createGzip({ chunkSize: GZIP_CHUNK, level });
   void (async () => {
@@ -106,14 +107,14 @@ export function entryMember(e: EntrySource, level: number): Readable {
 }
 
 /** The last member of every bundle: the tar's end-of-archive blocks, at the bundle's level. */
-export function endMember(level: number): Readable {
+function endMember(level: number): Readable {
   const gz = createGzip({ chunkSize: GZIP_CHUNK, level });
   gz.end(Buffer.alloc(END_OF_TAR));
   return gz;
 }
 
 /** Reads a stream into its chunks (no join: they are written as they are). */
-export async function chunksOf(r: Readable): Promise<Buffer[]> {
+async function chunksOf(r: Readable): Promise<Buffer[]> {
   const out: Buffer[] = [];
   for await (const c of r) out.push(c as Buffer);
   return out;
@@ -126,19 +127,18 @@ export async function chunksOf(r: Readable): Promise<Buffer[]> {
  */
 export class CompressionMeter {
   rawBytes = 0;
-  wireBytes = 0;
   busyMs = 0;
   private running = 0;
   private since = 0;
 
-  begin(): (raw: number, wire: number) => void {
+  /** a compression begins; the function returned ends it with the raw bytes it took in */
+  begin(): (raw: number) => void {
     if (this.running++ === 0) this.since = performance.now();
     let ended = false;
-    return (raw, wire) => {
+    return (raw) => {
       if (ended) return;
       ended = true;
       this.rawBytes += raw;
-      this.wireBytes += wire;
       if (--this.running === 0) this.busyMs += performance.now() - this.since;
     };
   }
@@ -150,7 +150,7 @@ export class CompressionMeter {
 }
 
 /** An entry compressed ahead (or being compressed): its gzip member's chunks. */
-type Ahead = { source: EntrySource; member: Promise<Buffer[]>; bytes: number; done: boolean };
+type Ahead = { member: Promise<Buffer[]>; bytes: number; done: boolean };
 
 /**
  * Compresses instances ahead of the bundles that will carry them, in the order they will be packed, within a budget
@@ -252,15 +252,14 @@ export class AheadCompressor {
     // counted at its raw size while it runs (more than its member will hold), at its compressed size once done
     this.held += source.size;
     const end = this.meter.begin();
-    const a: Ahead = { source, member: Promise.resolve([]), bytes: source.size, done: false };
+    const a: Ahead = { member: Promise.resolve([]), bytes: source.size, done: false };
     a.member = chunksOf(entryMember(source, this.level)).then(
       (chunks) => {
-        const wire = chunks.reduce((n, c) => n + c.length, 0);
-        end(source.size, wire);
+        end(source.size);
         return chunks;
       },
       (err: Error) => {
-        end(0, 0);
+        end(0);
         throw err;
       },
     );
@@ -285,20 +284,11 @@ export class AheadCompressor {
   }
 }
 
-/** Writes chunks to a stream with backpressure. */
-async function writeChunks(ws: fs.WriteStream, chunks: readonly Buffer[], onChunk: (c: Buffer) => void): Promise<void> {
+/** Writes chunks to a stream with backpressure; `failed` rejects once the stream has failed. */
+async function writeChunks(ws: fs.WriteStream, chunks: readonly Buffer[], onChunk: (c: Buffer) => void, failed: Promise<never>): Promise<void> {
   for (const c of chunks) {
     onChunk(c);
-    if (!ws.write(c)) await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        ws.off("drain", done);
-        ws.off("error", done);
-        if (err) reject(err);
-        else resolve();
-      };
-      ws.once("drain", done);
-      ws.once("error", done);
-    });
+    if (!ws.write(c)) await Promise.race([once(ws, "drain"), failed]);
   }
 }
 
@@ -317,21 +307,19 @@ export async function writeMembers(file: string, entries: ReadonlyArray<{ key: s
       const taken = o.ahead?.take(key);
       const cached = o.ahead?.level === level ? taken : undefined;
       if (cached) {
-        await Promise.race([writeChunks(ws, await cached, o.onChunk), failed]);
+        await writeChunks(ws, await cached, o.onChunk, failed);
         continue;
       }
       const end = level > 0 ? o.meter?.begin() : undefined;
-      let wire = 0;
+      let raw = 0;
       try {
-        for await (const c of entryMember(source, level)) {
-          wire += (c as Buffer).length;
-          await Promise.race([writeChunks(ws, [c as Buffer], o.onChunk), failed]);
-        }
+        for await (const c of entryMember(source, level)) await writeChunks(ws, [c as Buffer], o.onChunk, failed);
+        raw = source.size;
       } finally {
-        end?.(wire > 0 ? source.size : 0, wire);
+        end?.(raw);
       }
     }
-    await Promise.race([writeChunks(ws, await chunksOf(endMember(level)), o.onChunk), failed]);
+    await writeChunks(ws, await chunksOf(endMember(level)), o.onChunk, failed);
     await new Promise<void>((resolve, reject) => ws.end((err?: Error | null) => (err ? reject(err) : resolve())));
   } catch (err) {
     // closed first: a file still being opened would be created after the removal
