@@ -55,8 +55,10 @@ export const tusError = (status_code: number, sentence: string): TusError => ({ 
 export interface TusHooks {
   /** Refuse a new upload (throw tusError) or accept it; sender: who creates it. */
   validateCreate(metadata: Record<string, string | null>, sender: Sender): Promise<void>;
-  /** The upload's bytes are all here: ingest them. Resolves with a JSON body for the response, or null (still processing). */
-  /** the answer of the request that completed an upload; a client that takes gzip gets it compressed (routes.ts) */
+  /**
+   * The upload's bytes are all here: ingest them. Resolves with a JSON body for the response, or null (still
+   * processing); a client that takes gzip gets it compressed (routes.ts).
+   */
   onFinish(upload: Upload, client: { acceptsGzip: boolean }): Promise<{ body: string | null; resultUrl: string }>;
   /** Has this upload been ingested (its data file removed)? */
   isProcessed(id: string): Promise<boolean>;
@@ -395,13 +397,18 @@ export async function createTusServer({ config, log, hooks, locker }: TusServerO
   return { server, store };
 }
 
-/** Does an Accept-Encoding header take gzip (not refused with q=0)? */
+/**
+ * Does an Accept-Encoding header take gzip (not refused with q=0)? gzip named decides; else `*` does (RFC 9110
+ * 12.5.3: "gzip;q=0, *" refuses gzip).
+ */
 export function acceptsGzip(header: string | null | undefined): boolean {
   if (!header) return false;
-  return header.split(",").some((part) => {
+  const q: Record<string, number> = {};
+  for (const part of header.split(",")) {
     const [coding, ...params] = part.trim().toLowerCase().split(";");
-    if (coding !== "gzip" && coding !== "*") return false;
-    const q = params.map((p) => p.trim()).find((p) => p.startsWith("q="));
-    return !q || Number(q.slice(2)) > 0;
-  });
+    if (coding !== "gzip" && coding !== "*") continue;
+    const weight = params.map((p) => p.trim()).find((p) => p.startsWith("q="));
+    q[coding] = weight ? Number(weight.slice(2)) : 1;
+  }
+  return (q.gzip ?? q["*"] ?? 0) > 0;
 }

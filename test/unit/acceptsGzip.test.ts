@@ -8,6 +8,9 @@ describe("acceptsGzip (Accept-Encoding)", () => {
     expect(acceptsGzip("br;q=1.0, GZIP;q=0.5")).toBe(true);
     expect(acceptsGzip("*")).toBe(true);
     expect(acceptsGzip("gzip;q=0")).toBe(false);
+    // named, gzip decides over *
+    expect(acceptsGzip("gzip;q=0, *")).toBe(false);
+    expect(acceptsGzip("*;q=0, gzip")).toBe(true);
     expect(acceptsGzip("deflate, br")).toBe(false);
     expect(acceptsGzip("identity")).toBe(false);
     expect(acceptsGzip("")).toBe(false);
