@@ -22,7 +22,8 @@ export function isCompressedSyntax(uid: string | undefined): boolean {
 
 /**
  * gzip level for a bundle. Measured on realistic 16-bit CT (docs/push.md): level 1 packs within 2% of level 6 at
- * twice its speed, and brotli gains 3% at best; so level 1, and none when the members are already compressed, or
+ * twice its speed; brotli 2 packs 4.5% smaller, but end to end (as *.br entries) cost the relay more CPU and the push
+ * no less, a loss where the CPU is the limit; so level 1, and none when the members are already compressed, or
  * when the link takes bytes faster than the compressors make them (then compressing would slow the push down).
  *
  * @param linkBytesPerSec wire rate measured so far (0: not known yet)
