@@ -499,14 +499,9 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
       const headBytes = Buffer.from(`${head}\r\n`, "latin1");
       pending.push(headBytes);
       pendingBytes += headBytes.length;
-      if (Buffer.isBuffer(body)) {
-        pending.push(body);
-        pendingBytes += body.length;
-        if (pendingBytes >= COALESCE_BYTES) await flush();
-        continue;
-      }
-      if (Array.isArray(body)) {
-        for (const chunk of body as readonly Buffer[]) {
+      if (!(body instanceof Readable)) {
+        // bytes already read: gathered with the heads (one buffer, or the chunks they were read in)
+        for (const chunk of Buffer.isBuffer(body) ? [body] : body) {
           pending.push(chunk);
           pendingBytes += chunk.length;
         }

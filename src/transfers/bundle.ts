@@ -633,16 +633,16 @@ async function* zipEntries(path: string, limits: Limits): AsyncGenerator<BundleE
   }
 }
 
-// ---------------------------------------------------------------- writing (uploader CLI, tests)
+// ---------------------------------------------------------------- writing (tests, scripts/bench-transfers.ts)
 
 /**
  * A tar.gz of the entries, streamed: each body is read once, in order, with backpressure. An entry's size must be
- * known (tar puts it before the data); a body longer or shorter than its size fails the bundle stream.
+ * known (tar puts it before the data); a body longer or shorter than its size fails the bundle stream. The uploader
+ * writes its bundles with src/cli/push/entries.ts instead (one gzip member per instance, compressed ahead).
  */
 export function createTarGzBundle(entries: AsyncIterable<{ name: string; size: number; body: Readable }>, opts: { mtime?: Date; level?: number } = {}): Readable {
   const pack = tar.pack();
-  // a fixed mtime (and gzip's header, which has none) makes the same entries give the same bytes: the uploader
-  // rebuilds a bundle after a crash and resumes its tus upload at the old offset
+  // a fixed mtime (and gzip's header, which has none) makes the same entries give the same bytes
   // output in 128 kB chunks, not 16 kB: each is a hop from libuv's threads to the JavaScript thread and a file write
   const gz = createGzip({ chunkSize: 128 * 1024, ...(opts.level !== undefined ? { level: opts.level } : {}) });
   const fail = (err: unknown) => {
