@@ -457,6 +457,50 @@ describe("dicom-relay push through an unreliable link", () => {
     await expectByteIdentical(relay, [...a.files, ...b.files]);
   }, 120_000);
 
+  it("a folder of three studies: their three manifests are on the link together, not one after the other", async () => {
+    const src = path.join(work, "cd-three");
+    const made = await Promise.all([0, 1, 2].map((k) => writeStudy(path.join(src, `S${k}`), { instances: 2, rows: 32, columns: 32, modality: "CT", patientName: "Zhang^San=张^三", patientID: "CN-3", seed: 40 + k })));
+    // an HTTP gate in front of the relay: a study's manifest (POST /api/transfers, not the access probe) is held until
+    // three are waiting, or for 3 s; the most held at once says whether they were sent together
+    let held: Array<() => void> = [];
+    let most = 0;
+    const target = new URL(relay.url);
+    const gate = http.createServer((req, res) => {
+      const forward = () => {
+        const up = http.request({ host: target.hostname, port: Number(target.port), method: req.method, path: req.url, headers: req.headers }, (ur) => {
+          res.writeHead(ur.statusCode ?? 502, ur.headers);
+          ur.pipe(res);
+        });
+        up.on("error", () => res.destroy());
+        req.pipe(up);
+      };
+      if (req.method !== "POST" || req.url !== "/api/transfers" || req.headers["x-dicom-relay-probe"]) return forward();
+      held.push(forward);
+      most = Math.max(most, held.length);
+      const release = () => {
+        const go = held;
+        held = [];
+        for (const f of go) f();
+      };
+      if (held.length >= 3) release();
+      else setTimeout(() => held.includes(forward) && (held.splice(held.indexOf(forward), 1), forward()), 3000);
+    });
+    await new Promise<void>((resolve) => gate.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(gate.address() as { port: number }).port}`;
+      const r = await runPush([src, "--to", url, "--cache-dir", path.join(work, "cache-three"), "--receipt-dir", path.join(work, "receipts-three")]);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(most).toBe(3);
+      // each study still gets its own line, in the order the folder listed them, and its own transfer and receipt
+      expect(r.stdout.match(/: 2 instances; 0 already on the relay, 2 to send\./g)).toHaveLength(3);
+      expect(receiptsIn(path.join(work, "receipts-three"))).toHaveLength(3);
+      await expectByteIdentical(relay, made.flatMap((m) => m.files));
+    } finally {
+      gate.closeAllConnections();
+      await new Promise<void>((resolve) => gate.close(() => resolve()));
+    }
+  }, 120_000);
+
   it("exit 2 when the relay refuses an instance (same SOPInstanceUID, other bytes), with the reason", async () => {
     const src = path.join(work, "cd5");
     const study = await writeStudy(src, { instances: 4, rows: 32, columns: 32, modality: "CT", seed: 15 });
