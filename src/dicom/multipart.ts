@@ -463,6 +463,11 @@ export interface OutgoingPart {
    * chunks they were read in (written as they are, not joined first)
    */
   body: Readable | Buffer | readonly Buffer[];
+  /**
+   * Called once the bytes of a body already read were written out (the socket's write finished: nothing refers to
+   * them any more), so their memory can be used again. Not called when the write failed or the response was cut.
+   */
+  release?: () => void;
 }
 
 /** small parts are gathered up to this many bytes and written together: one socket write, not two per part */
@@ -479,12 +484,16 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
   // part heads and Buffer bodies not yet written (at most COALESCE_BYTES plus one part)
   let pending: Buffer[] = [];
   let pendingBytes = 0;
+  // releases of the bodies in pending: called when the write of the last of them finishes
+  let releases: Array<() => void> = [];
   const flush = async () => {
     if (!pending.length) return;
     const chunks = pending;
+    const done = releases;
     pending = [];
     pendingBytes = 0;
-    await writeAll(out, chunks);
+    releases = [];
+    await writeAll(out, chunks, done.length ? () => done.forEach((f) => f()) : undefined);
   };
   for await (const part of parts) {
     const body = part.body;
@@ -505,6 +514,7 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
           pending.push(chunk);
           pendingBytes += chunk.length;
         }
+        if (part.release) releases.push(part.release);
         if (pendingBytes >= COALESCE_BYTES) await flush();
         continue;
       }
@@ -518,13 +528,20 @@ export async function writeMultipart(out: Writable, boundary: string, parts: Asy
   await flush();
 }
 
-/** Several chunks in one socket write (corked), then wait for drain if the socket buffer is full. */
-async function writeAll(out: Writable, chunks: Buffer[]): Promise<void> {
-  if (chunks.length === 1) return write(out, chunks[0]!);
+/**
+ * Several chunks in one socket write (corked), then wait for drain if the socket buffer is full. `written` runs when
+ * the write of the last chunk finished without error (a stream's writes finish in order: all of them are done).
+ */
+async function writeAll(out: Writable, chunks: Buffer[], written?: () => void): Promise<void> {
   if (out.destroyed || out.writableEnded) throw new Error("the response was closed before all parts were written");
+  const cb = written ? (err?: Error | null) => { if (!err) written(); } : undefined;
+  if (chunks.length === 1) {
+    if (!out.write(chunks[0]!, cb)) await drained(out);
+    return;
+  }
   out.cork();
   let ok = true;
-  for (const c of chunks) ok = out.write(c);
+  for (let i = 0; i < chunks.length; i++) ok = i === chunks.length - 1 ? out.write(chunks[i]!, cb) : out.write(chunks[i]!);
   out.uncork();
   if (!ok) await drained(out);
 }

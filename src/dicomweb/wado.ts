@@ -100,15 +100,18 @@ export function wadoRoutes(svc: DicomwebServices): Router {
     const parts = readAhead(instances, {
       skip: (i) => !passThrough(i),
       read: (inst, whole): Promise<Readable | Buffer | readonly Buffer[]> => (whole ? readWhole(store, inst) : store.get(inst.blobKey)),
-      // a response cut short: close what was opened ahead and not sent
+      // a response cut short: close what was opened ahead and not sent; what was read whole is not referred to any more
       discard: (b) => {
         if (b instanceof Readable && !b.readableEnded) b.destroy();
+        else if (Buffer.isBuffer(b)) store.releaseBuffer?.(b);
       },
     });
+    // a body read whole into one buffer: its memory is read into again once its bytes are on the socket
+    const releaseOf = (body: Readable | Buffer | readonly Buffer[]) => (Buffer.isBuffer(body) && store.releaseBuffer ? () => store.releaseBuffer!(body) : undefined);
     await sendMultipart(res, "application/dicom", (async function* () {
       for await (const { item: inst, index: i, body } of parts) {
         if (body !== null) {
-          yield { contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`, headers: { "Content-Length": String(inst.size) }, body };
+          yield { contentType: `application/dicom; transfer-syntax=${inst.transferSyntaxUID}`, headers: { "Content-Length": String(inst.size) }, body, release: releaseOf(body) };
           continue;
         }
         // transcoded a frame at a time: the length is not known in advance (located is set whenever transcoding is)

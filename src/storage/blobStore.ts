@@ -64,6 +64,11 @@ export interface BlobStore {
    * (WADO-RS writes the chunks to the socket as they are). Preferred to readWhole where a store has both.
    */
   readChunks?(key: string, size: number): Promise<readonly Buffer[]>;
+  /**
+   * Optional: the caller is done with a buffer readWhole() returned, and nothing refers to it any more (its bytes are
+   * on the socket, or it was dropped unsent); the store may read into its memory again. Never called before that.
+   */
+  releaseBuffer?(bytes: Buffer): void;
   /** Size of the object, or null when it does not exist. */
   stat(key: string): Promise<BlobStat | null>;
   /** Remove the object; true when something was removed. */

@@ -218,6 +218,10 @@ export class FsBlobStore implements BlobStore {
     return bytes;
   }
 
+  releaseBuffer(bytes: Buffer): void {
+    this.reader.release(bytes);
+  }
+
   async stat(key: string): Promise<BlobStat | null> {
     try {
       const st = await fsp.stat(this.pathOf(key));

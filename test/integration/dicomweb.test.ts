@@ -4,6 +4,8 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import crypto from "node:crypto";
+import http from "node:http";
+import { parseMultipartRelatedContentType, readMultipartParts } from "../../src/dicom/multipart.ts";
 import { dicomwebClient, type DicomwebClient } from "../support/dicomwebClient.ts";
 import { startTestRelay, type TestRelay } from "../support/relay.ts";
 import { generateStudy, makeInstance, newUid, tagOf, type WriterElement } from "../../scripts/lib/synthetic.ts";
@@ -149,6 +151,55 @@ describe("DICOMweb round trip with dicomweb-client", () => {
     expect(b["00081120"]!.Value![0]).toEqual({ "00080005": { vr: "CS", Value: ["ISO 2022 IR 13", "ISO 2022 IR 87"] }, "00100010": { vr: "PN", Value: [yamada] } });
     expect(JSON.stringify(meta)).not.toContain("\ufffd");
   });
+});
+
+describe("WADO-RS retrieves at once share the relay's read memory, each byte for byte", () => {
+  let relay: TestRelay;
+  const studyUID = newUid();
+  // three sizes of instance (8 kB, 131 kB, 525 kB): read memory is kept by size and read into again
+  const instances = [
+    ...generateStudy({ instances: 16, seriesCount: 1, rows: 64, columns: 64, modality: "MR", studyInstanceUID: studyUID, seed: 81 }),
+    ...generateStudy({ instances: 16, seriesCount: 1, rows: 256, columns: 256, modality: "CT", studyInstanceUID: studyUID, seed: 82 }),
+    ...generateStudy({ instances: 16, seriesCount: 1, rows: 512, columns: 512, modality: "CT", studyInstanceUID: studyUID, seed: 83 }),
+  ];
+  const expected = instances.map((i) => sha(i.bytes)).sort();
+
+  beforeAll(async () => {
+    relay = await startTestRelay();
+    await dicomwebClient(relay.dicomwebUrl).storeInstances({ datasets: instances.map((i) => toArrayBuffer(i.bytes)) });
+  });
+  afterAll(async () => {
+    await relay?.dispose();
+  });
+
+  /** a retrieve read over raw HTTP, the response left unread for `stallMs` first (a slow home PACS) */
+  async function slowRetrieve(stallMs: number): Promise<string[]> {
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) =>
+      http.get(`${relay.dicomwebUrl}/studies/${studyUID}`, { headers: { Accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } }, resolve).on("error", reject),
+    );
+    expect(res.statusCode).toBe(200);
+    res.pause();
+    await new Promise((resolve) => setTimeout(resolve, stallMs));
+    const boundary = parseMultipartRelatedContentType(String(res.headers["content-type"])).boundary;
+    const out: string[] = [];
+    for await (const part of readMultipartParts(res, boundary)) {
+      const h = crypto.createHash("sha256");
+      for await (const c of part.body) h.update(c as Buffer);
+      out.push(h.digest("hex"));
+    }
+    return out.sort();
+  }
+
+  it("five retrieves of a 48-instance study at once (one of them stalled), then five more: every part is its own instance's bytes", async () => {
+    const client = dicomwebClient(relay.dicomwebUrl);
+    for (let round = 0; round < 2; round++) {
+      const got = await Promise.all([
+        ...[0, 1, 2, 3].map(() => client.retrieveStudy({ studyInstanceUID: studyUID }).then((parts) => parts.map(sha).sort())),
+        slowRetrieve(400),
+      ]);
+      for (const parts of got) expect(parts).toEqual(expected);
+    }
+  }, 60_000);
 });
 
 describe("frame media types over raw HTTP", () => {

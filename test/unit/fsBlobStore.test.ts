@@ -1,3 +1,4 @@
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -82,6 +83,41 @@ describe("FsBlobStore specifics", () => {
     await expect(store.readWhole("instances/ab/none.dcm", 10)).rejects.toBeInstanceOf(BlobNotFoundError);
     await expect(store.readWhole("instances/ab/y.dcm", bytes.length + 1)).rejects.toThrow(/70000 bytes, fewer than the 70001 expected/);
     await expect(store.readWhole("../y.dcm", 1)).rejects.toThrow(/unsafe/);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it("releaseBuffer: the memory of a buffer given back is read into again, each read still gets its own object's bytes; a buffer given back twice, or not the store's, is never shared", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "fsblob-"));
+    const store = new FsBlobStore(root);
+    await store.init();
+    const kept = () => (store as unknown as { reader: { keptMemory: number } }).reader.keptMemory;
+    // sizes around the rounding steps (4 KiB under 64 KiB, 64 KiB above)
+    const sizes = [1, 4095, 4096, 9_000, 65_535, 65_536, 70_000, 525_000, 600_000];
+    const objects = sizes.flatMap((n, k) => [0, 1, 2].map((j) => ({ key: `instances/r${k}/o${j}.dcm`, bytes: crypto.randomBytes(n) })));
+    for (const o of objects) await store.put(o.key, Readable.from([o.bytes]));
+    const first = await Promise.all(objects.map((o) => store.readWhole(o.key, o.bytes.length)));
+    first.forEach((b, i) => expect(b.equals(objects[i]!.bytes), `object ${i}`).toBe(true));
+    expect(kept()).toBe(0);
+    // given back (one of them twice): kept, once
+    for (const b of first) store.releaseBuffer(b);
+    const keptAfter = kept();
+    store.releaseBuffer(first[0]!);
+    expect(kept()).toBe(keptAfter);
+    expect(keptAfter).toBeGreaterThanOrEqual(sizes.reduce((n, s) => n + 3 * s, 0));
+    // a buffer the store did not read (a slice of Node's shared pool) is left alone
+    store.releaseBuffer(Buffer.from("not read by the store"));
+    store.releaseBuffer(Buffer.allocUnsafe(4096));
+    expect(kept()).toBe(keptAfter);
+    // read again, in another order, twice over at once: each read gets its own bytes, in memory used again
+    const order = [...objects.keys()].reverse();
+    const again = await Promise.all([...order, ...order].map((i) => store.readWhole(objects[i]!.key, objects[i]!.bytes.length)));
+    again.forEach((b, j) => expect(b.equals(objects[order[j % order.length]!]!.bytes), `read ${j}`).toBe(true));
+    expect(kept()).toBeLessThan(keptAfter);
+    // no two live buffers share memory: each marked with its own byte keeps it
+    again.forEach((b, j) => b.fill(j & 0xff));
+    again.forEach((b, j) => expect(b.every((x) => x === (j & 0xff)), `read ${j} kept its own memory`).toBe(true));
+    await store.close();
+    expect(kept()).toBe(0);
     fs.rmSync(root, { recursive: true, force: true });
   });
 

@@ -453,6 +453,49 @@ describe("writeMultipart", () => {
     expect(parts.map((p) => p.data.toString("hex"))).toEqual(bodies.map((b) => b.toString("hex")));
   });
 
+  it("calls a part's release only once the write holding its bytes finished (a slow socket), never when the write failed", async () => {
+    const bodies = Array.from({ length: 40 }, (_, i) => Buffer.alloc(30_000 + i * 1000, i + 1));
+    // a socket that reads what it was given only when its write finishes (as the kernel copies it later)
+    const got: Buffer[] = [];
+    const slow = new Writable({
+      highWaterMark: 64 * 1024,
+      writev(chunks, cb) {
+        setTimeout(() => {
+          for (const { chunk } of chunks) got.push(Buffer.from(chunk as Buffer));
+          cb();
+        }, 1);
+      },
+    });
+    const released: number[] = [];
+    await writeMultipart(slow, "bb", (async function* () {
+      for (const [i, b] of bodies.entries()) {
+        yield {
+          contentType: "application/dicom",
+          body: b,
+          // the memory is used again at once: a release before the bytes were taken would change what was sent
+          release: () => {
+            released.push(i);
+            b.fill(0);
+          },
+        };
+      }
+    })());
+    await new Promise<void>((resolve) => slow.end(resolve));
+    expect(released).toEqual(bodies.map((_, i) => i));
+    const parts = await collect(chunked(Buffer.concat(got), () => 8191), "bb");
+    expect(parts.map((p) => p.data.equals(Buffer.alloc(30_000 + parts.indexOf(p) * 1000, parts.indexOf(p) + 1)))).toEqual(bodies.map(() => true));
+    // a write that fails: the bytes may still be held, so they are not released
+    let failedReleases = 0;
+    const broken = new Writable({ write: (_c, _e, cb) => setTimeout(() => cb(new Error("connection reset")), 1) });
+    const failed = new Promise<Error>((resolve) => broken.on("error", resolve));
+    await writeMultipart(broken, "bb", (async function* () {
+      for (let i = 0; i < 3; i++) yield { contentType: "application/dicom", body: Buffer.alloc(1000, 1), release: () => failedReleases++ };
+    })()).catch(() => undefined);
+    expect((await failed).message).toBe("connection reset");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(failedReleases).toBe(0);
+  });
+
   it("writes just the close delimiter for no parts", async () => {
     const { w, data } = sink();
     await writeMultipart(w, "bb", (async function* () {})());
