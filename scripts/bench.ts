@@ -149,6 +149,21 @@ async function stow(url: string, parts: (Buffer | string)[]): Promise<void> {
     headers: { "Content-Type": `multipart/related; type="application/dicom"; boundary=${boundary}`, Accept: "application/dicom+json" },
   }, stowBody(boundary, parts));
   if (res.status !== 200) throw new Error(`STOW-RS answered ${res.status}: ${res.body.toString().slice(0, 300)}`);
+  // a 200 that still lists failed instances (Orthanc's plugin answers so; PS3.18 says 202): said here, not later as
+  // a study that comes back short
+  const failed = stowFailures(res.body);
+  if (failed.length) throw new Error(`STOW-RS answered 200 but did not store ${failed.length} of ${parts.length} instances (failure reasons ${[...new Set(failed)].join(", ")})`);
+}
+
+/** The Failure Reasons (0008,1197) of a STOW-RS answer's Failed SOP Sequence (0008,1198); [] when none failed. */
+function stowFailures(body: Buffer): string[] {
+  let json: Record<string, { Value?: Array<Record<string, { Value?: unknown[] }>> }>;
+  try {
+    json = JSON.parse(body.toString());
+  } catch {
+    return [];
+  }
+  return (json["00081198"]?.Value ?? []).map((item) => String(item["00081197"]?.Value?.[0] ?? "none given"));
 }
 
 /** Ingest instances in batches with bounded concurrency; returns seconds. */
