@@ -121,7 +121,7 @@ export class WholeFileReader {
    */
   release(b: Buffer): void {
     const ab = b.buffer as ArrayBuffer;
-    if (this.closed || !this.own.has(ab) || ab.byteLength > KEEP_MAX || ab.byteLength !== grainOf(ab.byteLength)) return;
+    if (this.closed || !this.own.has(ab) || ab.byteLength === 0 || ab.byteLength > KEEP_MAX || ab.byteLength !== grainOf(ab.byteLength)) return;
     if (this.keptBytes + ab.byteLength > KEPT_BYTES) return;
     this.own.delete(ab);
     const list = this.kept.get(ab.byteLength) ?? [];
