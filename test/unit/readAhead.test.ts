@@ -64,6 +64,29 @@ describe("readAhead", () => {
     expect(t.max().streams).toBeLessThanOrEqual(LIMITS.streams);
   });
 
+  it("tops up whole reads in batches when half the bytes are used, not one read per item sent (items of 1/16 of the byte limit)", async () => {
+    const limits: ReadAheadLimits = { count: 64, bytes: 1000, streams: 2, wholeMax: 100 };
+    const items = Array.from({ length: 200 }, (_, id) => ({ id, size: 62 }));
+    const t = tracker();
+    // the reads started while each item was handed out: a batch is the reads started between two handouts
+    let handedOut = 0;
+    const batches = new Map<number, number>();
+    const read = (item: { id: number; size: number }, whole: boolean) => {
+      batches.set(handedOut, (batches.get(handedOut) ?? 0) + 1);
+      return t.read(item, whole);
+    };
+    for await (const { item, body } of readAhead(items, { limits, read })) {
+      t.handedOut(body!, item.size);
+      handedOut++;
+      for (let k = 0; k < 3; k++) await new Promise((r) => setImmediate(r));
+    }
+    expect(t.started).toEqual(items.map((i) => i.id));
+    expect(t.max().bytes).toBeLessThan(limits.bytes + 62);
+    // about 8 reads per batch (half the byte budget), so about 200 / 8 batches, not 200
+    expect(batches.size).toBeLessThan(40);
+    expect(Math.max(...batches.values())).toBeGreaterThanOrEqual(7);
+  });
+
   it("skipped items come as null and are never read; an early stop discards what was read ahead", async () => {
     const items = Array.from({ length: 20 }, (_, id) => ({ id, size: 10 }));
     const t = tracker();
