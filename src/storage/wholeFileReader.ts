@@ -29,6 +29,9 @@ parentPort.on("message", (batch) => {
         if (n === 0) break;
         got += n;
       }
+      // memory used again: what an earlier file left past this one's end is cleared, so no view of the whole
+      // buffer (b.buffer) can ever show another instance's bytes
+      if (into) new Uint8Array(into, got).fill(0);
       results.push({ got, bytes: buf.buffer });
       moved.push(buf.buffer);
     } catch (err) {

@@ -116,6 +116,18 @@ describe("FsBlobStore specifics", () => {
     // no two live buffers share memory: each marked with its own byte keeps it
     again.forEach((b, j) => b.fill(j & 0xff));
     again.forEach((b, j) => expect(b.every((x) => x === (j & 0xff)), `read ${j} kept its own memory`).toBe(true));
+    // memory used again never carries an earlier object's bytes past the new one's end (the same rounded size:
+    // 600,000 and 590,000 bytes both take 640 KiB)
+    const big = objects.find((o) => o.bytes.length === 600_000)!;
+    const smaller = crypto.randomBytes(590_000);
+    await store.put("instances/r9/smaller.dcm", Readable.from([smaller]));
+    const b1 = await store.readWhole(big.key, big.bytes.length);
+    store.releaseBuffer(b1);
+    const b2 = await store.readWhole("instances/r9/smaller.dcm", smaller.length);
+    expect(b2.equals(smaller)).toBe(true);
+    const whole = Buffer.from(b2.buffer as ArrayBuffer);
+    expect(whole.length).toBe(640 * 1024);
+    expect(whole.subarray(smaller.length).every((x) => x === 0)).toBe(true);
     await store.close();
     expect(kept()).toBe(0);
     fs.rmSync(root, { recursive: true, force: true });
