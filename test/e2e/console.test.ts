@@ -162,13 +162,16 @@ describe.skipIf(missing)("web console and viewer in Chromium", () => {
     const page = await tb.browser.newPage();
     await signIn(page, admin);
     await page.getByRole("link", { name: "Send a study" }).click();
+    // the send view shows once the link's hashchange was handled; that handler clears the message, so a drop before
+    // it had its sentence wiped (a flaky run)
+    await expect.poll(() => page.locator("#send").isVisible()).toBe(true);
     await page.locator("#drop").evaluate((drop) => {
       const data = new DataTransfer();
       data.items.add(new File(["MZ this is VIEWER.EXE"], "VIEWER.EXE"));
       data.items.add(new File(["autorun"], "AUTORUN.INF"));
       drop.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
     });
-    await expect.poll(() => page.locator("#message").textContent()).toContain("None of these files is a DICOM image");
+    await expect.poll(() => page.locator("#message").textContent(), { timeout: 10_000 }).toContain("None of these files is a DICOM image");
     expect(await page.locator("#file-rows").textContent()).toContain("left out: not a DICOM file");
     expect(await page.evaluate(() => localStorage.getItem("dicom-relay.transfer"))).toBeNull();
     await page.close();
