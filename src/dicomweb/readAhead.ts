@@ -20,8 +20,8 @@ export const WADO_READ_AHEAD: ReadAheadLimits = { count: 32, bytes: 8 * 1024 * 1
 /**
  * For each item in order: what read(item, whole) gave, or null for an item skip(i) leaves to the caller (an instance
  * transcoded a frame at a time). The reads are started ahead within the limits, topped up in batches (when half the
- * count or half the bytes are used) so the reads asked for together can go to the store together. On an early return or a failure,
- * what was read or opened ahead and not handed out is passed to discard().
+ * count or half the bytes are used) so the reads asked for together can go to the store together. On an early return
+ * or a failure, what was read or opened ahead and not handed out is passed to discard().
  */
 export async function* readAhead<T extends { size: number }, R>(
   items: readonly T[],

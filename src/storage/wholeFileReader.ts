@@ -81,7 +81,10 @@ export class WholeFileReader {
   private readonly inFlight = new Map<number, Read[]>();
   private seq = 0;
   private closed = false;
-  /** the memory of buffers this reader returned: only these are ever kept (never a slice of a shared pool) */
+  /**
+   * the memory of buffers this reader returned that may be kept (not empty, not over KEEP_MAX, sized by grainOf):
+   * only these are ever kept (never a slice of a shared pool)
+   */
   private readonly own = new WeakSet<ArrayBuffer>();
   /** memory given back, by size (as grainOf rounds it) */
   private readonly kept = new Map<number, ArrayBuffer[]>();
@@ -124,7 +127,7 @@ export class WholeFileReader {
    */
   release(b: Buffer): void {
     const ab = b.buffer as ArrayBuffer;
-    if (this.closed || !this.own.has(ab) || ab.byteLength === 0 || ab.byteLength > KEEP_MAX || ab.byteLength !== grainOf(ab.byteLength)) return;
+    if (this.closed || !this.own.has(ab)) return;
     if (this.keptBytes + ab.byteLength > KEPT_BYTES) return;
     this.own.delete(ab);
     const list = this.kept.get(ab.byteLength) ?? [];
@@ -179,7 +182,7 @@ export class WholeFileReader {
       reads?.forEach((r, i) => {
         const res = msg.results[i]!;
         if ("bytes" in res) {
-          this.own.add(res.bytes);
+          if (res.bytes.byteLength > 0 && res.bytes.byteLength <= KEEP_MAX) this.own.add(res.bytes);
           r.resolve(Buffer.from(res.bytes, 0, res.got));
         } else r.reject(Object.assign(new Error(res.message), res.code ? { code: res.code } : {}));
       });

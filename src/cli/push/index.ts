@@ -297,15 +297,15 @@ async function send(api: RelayApi, opts: PushOptions, state: PushState, stateDir
   // the studies' manifests cross the link together (a few at a time): a CD of several studies waits one round trip
   // for their answers, not one per study (at 300 ms, 1.5 s for five studies). The first refusal stops the others.
   const opened: Array<{ view: TransferView; st: StudyState }> = [];
-  let refused: { err: unknown } | null = null;
+  const refusals: unknown[] = [];
   await forEachBounded(planned.map((_, i) => i), MANIFESTS_AT_ONCE, async (i) => {
     try {
       opened[i] = await openTransfer(api, { manifest: planned[i]!.manifest, key: planned[i]!.key, st: state.studies[planned[i]!.s.studyInstanceUID] });
     } catch (err) {
-      refused ??= { err };
+      refusals.push(err);
     }
-  }, () => refused !== null);
-  if (refused) throw (refused as { err: unknown }).err;
+  }, () => refusals.length > 0);
+  if (refusals.length) throw refusals[0];
   for (const [i, { s, manifest }] of planned.entries()) {
     const { view, st } = opened[i]!;
     const fresh = state.studies[s.studyInstanceUID]?.transferId !== st.transferId;
